@@ -1,0 +1,21 @@
+#!/bin/bash
+# One device-machine session: install carried wheels, run the GPU tests, then the given python steps.
+# Usage (from the repo root on the GPU machine): bash benchmarks/gpu_session.sh [tests] [sweep] [bench] [pipeline]
+set -u
+OUT=${OUT:-/tmp/out}
+mkdir -p "$OUT"
+python3 -m pip install -q --no-index --no-deps --target /tmp/site .whl/*.whl 2>&1 | tail -2
+export PYTHONPATH=/tmp/site:$PWD:${PYTHONPATH:-}
+nvidia-smi --query-gpu=name,memory.total,clocks.sm,clocks.max.sm --format=csv,noheader
+python3 -c "import torch, triton; print('torch', torch.__version__, 'triton', triton.__version__)"
+for step in "$@"; do
+  echo "=== $step $(date +%T)"
+  case $step in
+    tests) timeout 300 python3 -m pytest -q -x tests -p no:cacheprovider 2>&1 | tail -25 ;;
+    sweep) timeout 400 python3 benchmarks/sweep_kernels.py --out "$OUT/sweep.json" 2>&1 | tee "$OUT/sweep.txt" | tail -40 ;;
+    bench) timeout 560 python3 benchmarks/bench_xattention.py --out-dir "$OUT" 2>&1 | tee "$OUT/bench.txt" | grep -v "^|" | tail -80 ;;
+    bench-quick) timeout 400 python3 benchmarks/bench_xattention.py --tokens 119056 --check-tokens 18616 --out-dir "$OUT" 2>&1 | tee "$OUT/bench.txt" | grep -v "^|" | tail -60 ;;
+    *) echo "unknown step $step" ;;
+  esac
+done
+echo "=== done $(date +%T)"

@@ -1,0 +1,56 @@
+"""bf16 on the GPU (the interpreter's bf16 dot is wrong, so bf16 is only tested here)."""
+
+import pytest
+import torch
+
+from conftest import requires_cuda
+from spec_reference import rel_err
+from xattn_video.kernels import BlockSelection, block_sparse_attention, estimate_block_scores, xattention
+
+pytestmark = requires_cuda
+
+
+def _qkv(gen, S, H, D, dtype=torch.bfloat16):
+    return [torch.randn(2, S, H, D, generator=gen).to(device="cuda", dtype=dtype) for _ in range(3)]
+
+
+@pytest.mark.parametrize("D", [64, 128])
+@pytest.mark.parametrize("stride", [8, 16])
+def test_bf16_scores_match_reference(gen, D, stride):
+    q, k, _ = _qkv(gen, 3001, 3, D)
+    kv = [3001, 2222]
+    got = estimate_block_scores(q, k, stride=stride, kv_len=kv, backend="triton")
+    ref = estimate_block_scores(q.float(), k.float(), stride=stride, kv_len=kv, backend="torch")
+    assert (got - ref).abs().max() < 1e-4, f"seed {gen.initial_seed()}"
+
+
+@pytest.mark.parametrize("D", [64, 128])
+@pytest.mark.parametrize("layout", ["bshd", "bhsd"])
+@pytest.mark.parametrize("use_tma", [False, True])
+def test_bf16_attention_matches_reference(gen, D, layout, use_tma):
+    from xattn_video.kernels.triton_attention import AttentionConfig, block_sparse_attention_triton
+
+    S = 2999
+    q, k, v = _qkv(gen, S, 3, D)
+    kv = torch.tensor([S, 2100], dtype=torch.int32, device="cuda")
+    n = -(-S // 128)
+    mask = torch.rand(2, 3, n, n, generator=gen).cuda() < 0.35
+    sel = BlockSelection.from_mask(mask, block_size=128, q_len=S, kv_len=kv)
+    if layout == "bhsd":
+        q, k, v = (x.transpose(1, 2).contiguous().transpose(1, 2) for x in (q, k, v))  # bshd views of bhsd data
+    ref = block_sparse_attention(q.float(), k.float(), v.float(), sel, backend="torch")
+    for cfg in (AttentionConfig(use_tma=use_tma), AttentionConfig(block_m=64, block_n=64, num_warps=4,
+                                                                   use_tma=use_tma)):
+        out = torch.full_like(q, float("nan"))
+        block_sparse_attention_triton(q, k, v, sel, kv, out=out, config=cfg)
+        assert torch.isfinite(out).all()
+        assert rel_err(out, ref) < 1e-2, f"{cfg} seed {gen.initial_seed()}"
+
+
+def test_bf16_xattention_end_to_end(gen):
+    q, k, v = _qkv(gen, 4100, 4, 128)
+    out = xattention(q, k, v, threshold=[0.8, 0.9, 0.95, 1.0], text_start=4000, kv_len=[4100, 4050])
+    ref = xattention(q.float(), k.float(), v.float(), threshold=[0.8, 0.9, 0.95, 1.0], text_start=4000,
+                     kv_len=[4100, 4050], backend="torch")
+    assert out.dtype == torch.bfloat16
+    assert rel_err(out, ref) < 2e-2

@@ -1,0 +1,112 @@
+"""The torch reference backend and the selection against literal transcriptions of the spec."""
+
+import pytest
+import torch
+
+from spec_reference import rel_err, spec_attention, spec_scores, spec_select
+from xattn_video.kernels import BlockSelection, block_sparse_attention, estimate_block_scores, select_blocks
+
+
+def _qkv(gen, B, Sq, Sk, H, D, dtype=torch.float32):
+    q = torch.randn(B, Sq, H, D, generator=gen, dtype=dtype)
+    k = torch.randn(B, Sk, H, D, generator=gen, dtype=dtype)
+    v = torch.randn(B, Sk, H, D, generator=gen, dtype=dtype)
+    return q, k, v
+
+
+@pytest.mark.parametrize(
+    "Sq,Sk,stride,block_size,kv_len",
+    [
+        (300, 300, 8, 32, [300, 251]),  # lengths not multiples of the block or the stride
+        (256, 256, 8, 128, [256, 256]),
+        (130, 203, 4, 64, [203, 77]),  # cross lengths, kv_len inside the last key group
+        (97, 97, 16, 64, [97, 90]),
+    ],
+)
+def test_scores_match_spec(gen, Sq, Sk, stride, block_size, kv_len):
+    q, k, _ = _qkv(gen, 2, Sq, Sk, 2, 64)
+    got = estimate_block_scores(q, k, stride=stride, block_size=block_size, kv_len=kv_len, backend="torch")
+    ref = spec_scores(q, k, kv_len, stride, block_size)
+    assert got.dtype == torch.float32 and got.shape == ref.shape
+    torch.testing.assert_close(got.double(), ref, atol=2e-6, rtol=1e-5, msg=f"seed {gen.initial_seed()}")
+
+
+def test_scores_rows_are_normalized_and_padding_blocks_zero(gen):
+    q, k, _ = _qkv(gen, 2, 200, 200, 3, 64)
+    scores = estimate_block_scores(q, k, stride=8, block_size=32, kv_len=[200, 70], backend="torch")
+    torch.testing.assert_close(scores.sum(-1), torch.ones(2, 3, 7))
+    assert torch.all(scores[1, :, :, 3:] == 0)  # key blocks starting at ≥ 70 are padding for batch 1
+    assert torch.all(scores[1, :, :, :3] > 0)
+
+
+def _grid_scores(gen, B, H, nq, nk):
+    """Random normalized rows on a 1/4096 grid so that prefix sums are exact in float32 and float64."""
+    raw = torch.randint(1, 200, (B, H, nq, nk), generator=gen).double()
+    raw = torch.floor(raw / raw.sum(-1, keepdim=True) * 4096) / 4096
+    raw[..., 0] += 1.0 - raw.sum(-1)  # rows sum to exactly 1
+    return raw.float()
+
+
+@pytest.mark.parametrize(
+    "tau,kv_len,text_start,keep_diagonal,max_density",
+    [
+        (0.9, [320, 320], None, True, None),
+        (0.5, [320, 200], None, False, None),
+        ([0.3, 0.95, 1.0], [320, 131], None, True, None),  # per-head τ, one head dense
+        (0.7, [320, 290], 250, True, None),  # text keys and text queries forced
+        (0.99, [320, 320], None, False, 0.3),  # cap on threshold-selected blocks
+        (0.8, [320, 100], 150, True, 0.5),  # text_start past kv_len in batch 1: no text keys there
+    ],
+)
+def test_selection_matches_spec(gen, tau, kv_len, text_start, keep_diagonal, max_density):
+    B, H, bs, q_len = 2, 3, 32, 300
+    nq, nk = 10, 10
+    scores = _grid_scores(gen, B, H, nq, nk)
+    # re-normalize rows over each batch's valid blocks, as the estimator does
+    for b in range(B):
+        n_valid = -(-kv_len[b] // bs)
+        scores[b, :, :, n_valid:] = 0
+        scores[b] = scores[b] / scores[b].sum(-1, keepdim=True)
+    taus = tau if isinstance(tau, list) else [tau] * H
+    sel = select_blocks(scores, tau, block_size=bs, q_len=q_len, kv_len=kv_len, keep_diagonal=keep_diagonal,
+                        text_start=text_start, max_density=max_density)
+    ref = spec_select(scores, taus, bs, q_len, kv_len, keep_diagonal, text_start, max_density)
+    assert torch.equal(sel.mask, ref), f"seed {gen.initial_seed()}"
+    assert torch.equal(sel.counts, ref.sum(-1).int())
+    # kept blocks first in ascending order, then the dropped ones in ascending order
+    for b, h, i in [(0, 0, 0), (1, H - 1, nq - 1), (1, 1, 4)]:
+        kept = torch.nonzero(ref[b, h, i]).flatten().tolist()
+        dropped = torch.nonzero(~ref[b, h, i]).flatten().tolist()
+        assert sel.indices[b, h, i].tolist() == kept + dropped
+    assert sel.indices.dtype == torch.int32 and sel.counts.dtype == torch.int32
+
+
+def test_selection_ties_keep_lower_block_index():
+    scores = torch.full((1, 1, 1, 4), 0.25)
+    sel = select_blocks(scores, 0.5, block_size=16, q_len=16, kv_len=64, keep_diagonal=False)
+    assert sel.mask[0, 0, 0].tolist() == [True, True, False, False]
+
+
+def test_density(gen):
+    scores = _grid_scores(gen, 2, 2, 4, 4)
+    sel = select_blocks(scores, 0.6, block_size=16, q_len=64, kv_len=[64, 20], keep_diagonal=False)
+    valid = torch.tensor([4, 2])
+    expected = sel.counts.sum() / (2 * 4 * valid.sum())  # heads × query blocks × valid key blocks
+    torch.testing.assert_close(sel.density(), expected.float())
+    per_head = sel.counts.sum(dim=(0, 2)).float() / (4 * valid.sum())
+    torch.testing.assert_close(sel.density_per_head(), per_head)
+
+
+@pytest.mark.parametrize("Sq,Sk,block_size,kv_len", [(300, 300, 32, [300, 213]), (100, 257, 64, [257, 1])])
+def test_sparse_attention_matches_spec(gen, Sq, Sk, block_size, kv_len):
+    q, k, v = _qkv(gen, 2, Sq, Sk, 2, 64)
+    nq, nk = -(-Sq // block_size), -(-Sk // block_size)
+    mask = torch.rand(2, 2, nq, nk, generator=gen) < 0.5
+    mask[0, 0, 0] = False  # a row block with no kept key: zeros, not NaN
+    sel = BlockSelection.from_mask(mask, block_size=block_size, q_len=Sq, kv_len=torch.tensor(kv_len, dtype=torch.int32))
+    out = block_sparse_attention(q, k, v, sel, backend="torch")
+    ref = spec_attention(q, k, v, mask, block_size, kv_len)
+    assert out.shape == q.shape and out.dtype == q.dtype
+    assert torch.all(out[0, :block_size, 0] == 0)
+    torch.testing.assert_close(out.double(), ref, atol=1e-5, rtol=1e-5, msg=f"seed {gen.initial_seed()}")
+    assert rel_err(out, ref) < 1e-6

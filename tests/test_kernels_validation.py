@@ -1,0 +1,87 @@
+"""Bad input gets an error that names the problem."""
+
+import pytest
+import torch
+
+from xattn_video.kernels import BlockSelection, XAttentionInputError, block_sparse_attention, select_blocks, xattention
+
+
+def _qkv(B=1, S=64, H=2, D=64, dtype=torch.float32):
+    return (torch.randn(B, S, H, D, dtype=dtype) for _ in range(3))
+
+
+@pytest.mark.parametrize(
+    "make,match",
+    [
+        (lambda q, k, v: (q[0], k, v), "q must be 4-D"),
+        (lambda q, k, v: (q, k[:, :, :1], v), "head count differs"),
+        (lambda q, k, v: (q, torch.cat([k, k]), v), "batch size differs"),
+        (lambda q, k, v: (q, k, v[:, :10]), "same sequence length"),
+        (lambda q, k, v: (q[..., :32], k[..., :32], v[..., :32]), "head_dim must be one of"),
+        (lambda q, k, v: (q, k, v.half()), "dtype"),
+        (lambda q, k, v: (q.int(), k.int(), v.int()), "supported dtypes"),
+        (lambda q, k, v: (q, k[..., :32], v), "head_dim differs"),
+    ],
+)
+def test_shape_and_dtype_errors(make, match):
+    q, k, v = make(*_qkv())
+    with pytest.raises(XAttentionInputError, match=match):
+        xattention(q, k, v, block_size=32)
+
+
+@pytest.mark.parametrize(
+    "kwargs,match",
+    [
+        (dict(threshold=0.0), "threshold must be > 0"),
+        (dict(threshold=-0.5), "threshold must be > 0"),
+        (dict(threshold=float("nan")), "NaN"),
+        (dict(threshold=[0.9, 0.9, 0.9]), r"shape \[H\] = \[2\]"),
+        (dict(stride=6), "multiple of stride"),
+        (dict(stride=0), "stride must be a positive int"),
+        (dict(kv_len=0), r"kv_len out of range"),
+        (dict(kv_len=65), r"kv_len out of range"),
+        (dict(kv_len=[64, 64]), "one per batch"),
+        (dict(kv_len=torch.tensor([1.5])), "integer tensor"),
+        (dict(text_start=65), "text_start must be in"),
+        (dict(max_density=0.0), "max_density must be in"),
+        (dict(layout="bsdh"), "layout must be one of"),
+        (dict(backend="cuda"), "backend must be one of"),
+    ],
+)
+def test_argument_errors(kwargs, match):
+    q, k, v = _qkv()
+    kwargs = {"block_size": 32, **kwargs}
+    with pytest.raises(XAttentionInputError, match=match):
+        xattention(q, k, v, **kwargs)
+
+
+def test_triton_on_cpu_without_interpreter_is_refused(monkeypatch):
+    monkeypatch.setenv("TRITON_INTERPRET", "0")
+    q, k, v = _qkv()
+    with pytest.raises(XAttentionInputError, match="needs CUDA tensors"):
+        xattention(q, k, v, block_size=32, backend="triton")
+
+
+def test_env_var_forces_backend(monkeypatch):
+    monkeypatch.setenv("XATTN_BACKEND", "nonsense")
+    q, k, v = _qkv()
+    with pytest.raises(XAttentionInputError, match="XATTN_BACKEND"):
+        xattention(q, k, v, block_size=32)
+    monkeypatch.setenv("XATTN_BACKEND", "torch")
+    assert xattention(q, k, v, block_size=32).shape == q.shape
+
+
+def test_triton_rejects_unsupported_block_size(triton_device):
+    q, k, v = (x.to(triton_device) for x in _qkv(S=96))
+    with pytest.raises(XAttentionInputError, match="powers of two"):
+        xattention(q, k, v, block_size=48, stride=8, backend="triton", threshold=0.5)
+
+
+def test_selection_mismatch_errors():
+    q, k, v = _qkv(S=64)
+    sel = BlockSelection.from_mask(torch.ones(1, 2, 3, 3, dtype=torch.bool), block_size=32, q_len=96,
+                                   kv_len=torch.tensor([96]))
+    with pytest.raises(XAttentionInputError, match="block grid"):
+        block_sparse_attention(q, k, v, sel)
+    with pytest.raises(XAttentionInputError, match="query blocks"):
+        select_blocks(torch.rand(1, 2, 3, 3), 0.9, block_size=32, q_len=64)

@@ -1,0 +1,207 @@
+"""Public entry points of the XAttention operator (see docs/xattention-spec.md in the shared docs).
+
+Inputs are validated once here; after that nothing in ``xattention`` synchronizes with the device.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from .backend import resolve_backend
+from .inputs import (
+    KvLen,
+    Threshold,
+    XAttentionInputError,
+    check_block_params,
+    check_layout,
+    check_max_density,
+    check_qk,
+    check_qkv,
+    check_text_start,
+    normalize_kv_len,
+    normalize_threshold,
+    num_blocks,
+    to_bshd,
+)
+from .naive import block_sparse_attention_torch, estimate_block_scores_torch
+from .selection import BlockSelection, _select
+
+
+def check_backend_support(backend: str, stride: int, block_size: int) -> None:
+    """Refuse parameters a backend cannot run before any work starts."""
+    if backend == "triton":
+        from .triton_attention import check_triton_attention_params
+        from .triton_estimate import check_triton_estimate_params
+
+        check_triton_estimate_params(stride, block_size)
+        check_triton_attention_params(block_size)
+
+
+def _estimate(q: torch.Tensor, k: torch.Tensor, kv: torch.Tensor, stride: int, block_size: int,
+              backend: str) -> torch.Tensor:
+    if backend == "triton":
+        from .triton_estimate import estimate_block_scores_triton
+
+        return estimate_block_scores_triton(q, k, kv, stride=stride, block_size=block_size)
+    return estimate_block_scores_torch(q, k, kv, stride=stride, block_size=block_size)
+
+
+def _sparse_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, selection: BlockSelection,
+                      kv: torch.Tensor, backend: str) -> torch.Tensor:
+    if backend == "triton":
+        from .triton_attention import block_sparse_attention_triton
+
+        return block_sparse_attention_triton(q, k, v, selection, kv)
+    return block_sparse_attention_torch(q, k, v, selection, kv)
+
+
+def estimate_block_scores(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    *,
+    stride: int = 8,
+    block_size: int = 128,
+    kv_len: KvLen = None,
+    layout: str = "bshd",
+    backend: str = "auto",
+) -> torch.Tensor:
+    """Antidiagonal block scores (spec §1).
+
+    q: [B, Sq, H, D], k: [B, Sk, H, D] ("bshd") or [B, H, S, D] ("bhsd"). Returns float32
+    [B, H, ceil(Sq/block_size), ceil(Sk/block_size)]; each row sums to 1 over the valid key blocks.
+    """
+    shape = check_qk(q, k, layout)
+    check_block_params(stride, block_size)
+    kv = normalize_kv_len(kv_len, shape.batch, shape.kv_len, q.device)
+    backend = resolve_backend(backend, q.device)
+    if backend == "triton":
+        from .triton_estimate import check_triton_estimate_params
+
+        check_triton_estimate_params(stride, block_size)
+    return _estimate(to_bshd(q, layout), to_bshd(k, layout), kv, stride, block_size, backend)
+
+
+def _check_selection(selection: BlockSelection, batch: int, heads: int, q_len: int, k_len: int) -> None:
+    if not isinstance(selection, BlockSelection):
+        raise XAttentionInputError(f"selection must be a BlockSelection, got {type(selection).__name__}")
+    bs = selection.block_size
+    expected = (batch, heads, num_blocks(q_len, bs), num_blocks(k_len, bs))
+    if tuple(selection.mask.shape) != expected:
+        raise XAttentionInputError(
+            f"selection has block grid {tuple(selection.mask.shape)} but q/k with block_size={bs} need {expected}"
+        )
+    if tuple(selection.counts.shape) != expected[:3] or tuple(selection.indices.shape) != expected:
+        raise XAttentionInputError(
+            f"selection counts/indices shapes {tuple(selection.counts.shape)}/{tuple(selection.indices.shape)} "
+            f"do not match the block grid {expected}"
+        )
+    if selection.counts.dtype != torch.int32 or selection.indices.dtype != torch.int32:
+        raise XAttentionInputError("selection counts and indices must be int32")
+
+
+def block_sparse_attention(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    selection: BlockSelection,
+    *,
+    kv_len: KvLen = None,
+    layout: str = "bshd",
+    backend: str = "auto",
+) -> torch.Tensor:
+    """Exact softmax attention restricted to the selected blocks (spec §3); same shape and dtype as q.
+
+    ``kv_len`` defaults to the selection's (clipped to Sk). Keys at positions ≥ kv_len are never attended.
+    """
+    shape = check_qkv(q, k, v, layout)
+    _check_selection(selection, shape.batch, shape.heads, shape.q_len, shape.kv_len)
+    if kv_len is None:
+        kv = selection.kv_len.to(device=q.device, dtype=torch.int32).clamp(max=shape.kv_len)
+    else:
+        kv = normalize_kv_len(kv_len, shape.batch, shape.kv_len, q.device)
+        # blocks that the new kv_len turns into pure padding must leave the index lists
+        selection = BlockSelection.from_mask(selection.mask, block_size=selection.block_size,
+                                             q_len=selection.q_len, kv_len=kv)
+    backend = resolve_backend(backend, q.device)
+    out = _sparse_attention(to_bshd(q, layout), to_bshd(k, layout), to_bshd(v, layout), selection, kv, backend)
+    return out if layout == "bshd" else out.transpose(1, 2)
+
+
+def dense_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, kv: torch.Tensor | None,
+                    layout: str) -> torch.Tensor:
+    """Dense SDPA with key padding (kv: int32 [B] or None for no padding); returns q's layout."""
+    qh, kh, vh = (x if layout == "bhsd" else x.transpose(1, 2) for x in (q, k, v))
+    mask = None
+    if kv is not None:
+        mask = (torch.arange(kh.shape[2], device=q.device)[None, :] < kv[:, None].to(torch.int64))[:, None, None, :]
+    out = F.scaled_dot_product_attention(qh, kh, vh, attn_mask=mask)
+    return out if layout == "bhsd" else out.transpose(1, 2)
+
+
+def full_selection(batch: int, heads: int, q_len: int, k_len: int, kv: torch.Tensor,
+                   block_size: int) -> BlockSelection:
+    """A selection that keeps every valid key block (what τ ≥ 1 means)."""
+    nq, nk = num_blocks(q_len, block_size), num_blocks(k_len, block_size)
+    n_valid = (kv.to(torch.int64) + block_size - 1) // block_size
+    valid = torch.arange(nk, device=kv.device)[None, :] < n_valid[:, None]
+    mask = valid[:, None, None, :].expand(batch, heads, nq, nk).contiguous()
+    return BlockSelection.from_mask(mask, block_size=block_size, q_len=q_len, kv_len=kv)
+
+
+def xattention(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    *,
+    threshold: Threshold = 0.9,
+    stride: int = 8,
+    block_size: int = 128,
+    kv_len: KvLen = None,
+    text_start: int | None = None,
+    keep_diagonal: bool = True,
+    max_density: float | None = None,
+    layout: str = "bshd",
+    backend: str = "auto",
+    return_selection: bool = False,
+) -> torch.Tensor | tuple[torch.Tensor, BlockSelection]:
+    """XAttention: estimate block scores, keep the blocks reaching ``threshold``, attend over them.
+
+    q: [B, Sq, H, D], k/v: [B, Sk, H, D] for layout "bshd" ([B, H, S, D] for "bhsd"); fp16/bf16 (fp32 for
+    tests). ``threshold`` is τ (float or per-head [H]); τ ≥ 1 on every head runs dense SDPA without
+    estimation. Returns the output (q's shape and dtype), and the BlockSelection if ``return_selection``.
+    """
+    shape = check_qkv(q, k, v, layout)
+    check_block_params(stride, block_size)
+    check_text_start(text_start, shape.q_len)
+    check_max_density(max_density)
+    tau = normalize_threshold(threshold, shape.heads)
+    backend = resolve_backend(backend, q.device)
+    check_backend_support(backend, stride, block_size)
+    kv = normalize_kv_len(kv_len, shape.batch, shape.kv_len, q.device)
+
+    if all(t >= 1.0 for t in tau):  # plain floats: no device sync
+        out = dense_attention(q, k, v, None if kv_len is None else kv, layout)
+        if not return_selection:
+            return out
+        return out, full_selection(shape.batch, shape.heads, shape.q_len, shape.kv_len, kv, block_size)
+
+    qb, kb, vb = to_bshd(q, layout), to_bshd(k, layout), to_bshd(v, layout)
+    scores = _estimate(qb, kb, kv, stride, block_size, backend)
+    selection = _select(
+        scores, tau, kv, block_size=block_size, q_len=shape.q_len, keep_diagonal=keep_diagonal,
+        text_start=text_start, max_density=max_density,
+    )
+    out = _sparse_attention(qb, kb, vb, selection, kv, backend)
+    out = out if layout == "bshd" else out.transpose(1, 2)
+    return (out, selection) if return_selection else out
+
+
+__all__ = [
+    "BlockSelection",
+    "XAttentionInputError",
+    "block_sparse_attention",
+    "check_layout",
+    "estimate_block_scores",
+    "xattention",
+]

@@ -1,0 +1,110 @@
+"""Plain PyTorch reference of the XAttention operator (spec §1 and §3), in float32.
+
+Runs on any device. Work is chunked over heads and query blocks so that memory stays bounded at
+HunyuanVideo sizes (~119k tokens): no full S×S (or S/s × S/s) matrix is ever materialized.
+All tensors here are [B, S, H, D] views; inputs were validated by the caller.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+from .selection import BlockSelection
+
+# Upper bound on the float32 intermediate of one chunk (bytes); keeps the reference usable at 119k tokens.
+CHUNK_BYTES = {"cpu": 256 * 1024 * 1024, "cuda": 4 * 1024 * 1024 * 1024}
+
+
+def _chunk(total: int, bytes_per_item: int, device: torch.device) -> int:
+    budget = CHUNK_BYTES.get(device.type, CHUNK_BYTES["cpu"])
+    return max(1, min(total, budget // max(1, bytes_per_item)))
+
+
+def _zero_padded(x: torch.Tensor, length: int, valid: int) -> torch.Tensor:
+    """float32 [length, H, D] copy of x [S, H, D] with rows ≥ valid set to zero."""
+    out = x.new_zeros((length,) + tuple(x.shape[1:]), dtype=torch.float32)
+    n = min(valid, x.shape[0])
+    out[:n] = x[:n].to(torch.float32)
+    return out
+
+
+def estimate_block_scores_torch(
+    q: torch.Tensor, k: torch.Tensor, kv_len: torch.Tensor, *, stride: int, block_size: int
+) -> torch.Tensor:
+    """Antidiagonal block scores Â, float32 [B, H, nq, nk], rows normalized over valid key blocks.
+
+    q: [B, Sq, H, D], k: [B, Sk, H, D], kv_len: int [B]. Keys at positions ≥ kv_len count as the zero
+    padding of step 1 (their contents never reach the scores); key groups with j·s ≥ kv_len get −inf.
+    """
+    B, Sq, H, D = q.shape
+    Sk = k.shape[1]
+    s, bs = stride, block_size
+    rows_per_block = bs // s
+    nq, nk = -(-Sq // bs), -(-Sk // bs)
+    n_rows, n_cols = nq * rows_per_block, nk * rows_per_block
+    scale = 1.0 / (s * math.sqrt(D))
+    kv_host = kv_len.tolist()  # the reference may synchronize; the Triton path does not
+    scores = torch.zeros(B, H, nq, nk, dtype=torch.float32, device=q.device)
+    row_valid = (torch.arange(n_rows, device=q.device) * s < Sq).to(torch.float32)
+    col_ids = torch.arange(n_cols, device=q.device)
+    heads_per_chunk = _chunk(H, n_rows * n_cols * 4, q.device)
+    for b in range(B):
+        qp = _zero_padded(q[b], nq * bs, Sq)
+        kp = _zero_padded(k[b], nk * bs, kv_host[b])
+        # Q̃[i] = concat_t q[i·s + s−1−t], K̃[j] = concat_t k[j·s + t]: [H, rows, s·D]
+        q_tilde = qp.view(n_rows, s, H, D).flip(1).permute(2, 0, 1, 3).reshape(H, n_rows, s * D)
+        k_tilde = kp.view(n_cols, s, H, D).permute(2, 0, 1, 3).reshape(H, n_cols, s * D)
+        group_valid = col_ids * s < kv_host[b]
+        q_blocks_per_chunk = _chunk(nq, heads_per_chunk * rows_per_block * n_cols * 4, q.device)
+        for h0 in range(0, H, heads_per_chunk):
+            h1 = min(H, h0 + heads_per_chunk)
+            for i0 in range(0, nq, q_blocks_per_chunk):
+                i1 = min(nq, i0 + q_blocks_per_chunk)
+                r0, r1 = i0 * rows_per_block, i1 * rows_per_block
+                logits = torch.matmul(q_tilde[h0:h1, r0:r1], k_tilde[h0:h1].transpose(-1, -2)) * scale
+                logits.masked_fill_(~group_valid, float("-inf"))
+                probs = torch.softmax(logits, dim=-1).nan_to_num_(0.0)  # kv_len = 0 rows: no mass
+                probs *= row_valid[r0:r1, None]
+                block_sum = probs.view(h1 - h0, i1 - i0, rows_per_block, nk, rows_per_block).sum(dim=(2, 4))
+                total = block_sum.sum(dim=-1, keepdim=True)
+                scores[b, h0:h1, i0:i1] = torch.where(total > 0, block_sum / total, torch.zeros_like(block_sum))
+    return scores
+
+
+def block_sparse_attention_torch(
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, selection: BlockSelection, kv_len: torch.Tensor
+) -> torch.Tensor:
+    """Exact attention over the kept blocks (spec §3), computed in float32; returns q's dtype.
+
+    q: [B, Sq, H, D], k/v: [B, Sk, H, D]. Rows with no kept valid key are zeros.
+    """
+    B, Sq, H, D = q.shape
+    Sk = k.shape[1]
+    bs = selection.block_size
+    nq = selection.num_q_blocks
+    scale = 1.0 / math.sqrt(D)
+    kv_host = kv_len.tolist()
+    out = torch.zeros(B, Sq, H, D, dtype=q.dtype, device=q.device)
+    key_block = torch.arange(Sk, device=q.device) // bs
+    heads_per_chunk = _chunk(H, bs * Sk * 4 * 3, q.device)
+    for b in range(B):
+        key_valid = torch.arange(Sk, device=q.device) < kv_host[b]
+        # zero the padding so that even non-finite padding values cannot leak through 0·x products
+        kb = _zero_padded(k[b], Sk, kv_host[b]).permute(1, 2, 0)  # [H, D, Sk]
+        vb = _zero_padded(v[b], Sk, kv_host[b]).permute(1, 0, 2)  # [H, Sk, D]
+        q_blocks_per_chunk = _chunk(nq, heads_per_chunk * bs * Sk * 4 * 3, q.device)
+        for h0 in range(0, H, heads_per_chunk):
+            h1 = min(H, h0 + heads_per_chunk)
+            for i0 in range(0, nq, q_blocks_per_chunk):
+                i1 = min(nq, i0 + q_blocks_per_chunk)
+                r0, r1 = i0 * bs, min(Sq, i1 * bs)
+                qc = q[b, r0:r1, h0:h1].to(torch.float32).permute(1, 0, 2)  # [h, rows, D]
+                logits = torch.matmul(qc, kb[h0:h1]) * scale  # [h, rows, Sk]
+                row_block = torch.arange(r0, r1, device=q.device) // bs
+                kept = selection.mask[b, h0:h1][:, row_block][:, :, key_block] & key_valid  # [h, rows, Sk]
+                logits.masked_fill_(~kept, float("-inf"))
+                probs = torch.softmax(logits, dim=-1).nan_to_num_(0.0)
+                out[b, r0:r1, h0:h1] = torch.matmul(probs, vb[h0:h1]).permute(1, 0, 2).to(q.dtype)
+    return out
