@@ -20,17 +20,18 @@ from xattn_video.kernels.triton_estimate import EstimateConfig, estimate_block_s
 
 ATTENTION_CONFIGS = [
     AttentionConfig(128, 128, 8, 3), AttentionConfig(128, 128, 8, 2, True), AttentionConfig(128, 128, 8, 3),
-    AttentionConfig(128, 128, 8, 2, True), AttentionConfig(128, 64, 8, 2), AttentionConfig(128, 64, 8, 4),
-    AttentionConfig(128, 128, 8, 3, False, True), AttentionConfig(128, 128, 8, 2, True, True),
-    AttentionConfig(128, 128, 8, 3, True, True), AttentionConfig(128, 64, 4, 3, True, True),
-    AttentionConfig(128, 128, 4, 3, False, True), AttentionConfig(128, 128, 4, 2, True, True),
+    AttentionConfig(128, 128, 8, 2, True), AttentionConfig(128, 128, 8, 2, True, True),
 ]
+E = EstimateConfig
 ESTIMATE_CONFIGS = [
-    EstimateConfig(128, 128, 8, 3), EstimateConfig(128, 128, 8, 4), EstimateConfig(128, 128, 4, 3),
-    EstimateConfig(128, 256, 8, 3), EstimateConfig(128, 64, 4, 4), EstimateConfig(64, 128, 4, 4),
-    EstimateConfig(128, 128, 8, 3, use_tma=True), EstimateConfig(128, 128, 8, 4, use_tma=True),
-    EstimateConfig(128, 256, 8, 3, use_tma=True), EstimateConfig(128, 128, 4, 4, use_tma=True),
-    EstimateConfig(256, 128, 8, 3, use_tma=True),
+    E(128, 128, 8, 3), E(128, 128, 8, 3, dot_epilogue=True), E(128, 256, 8, 2, dot_epilogue=True),
+    E(128, 128, 8, 3, use_tma=True, dot_epilogue=True), E(128, 256, 8, 2, use_tma=True, dot_epilogue=True),
+    E(128, 128, 8, 3, use_tma=True),
+    E(128, 128, 8, 4, use_tma=True, block_k=64, dot_epilogue=True),
+    E(128, 256, 8, 3, use_tma=True, block_k=64, dot_epilogue=True),
+    E(128, 256, 8, 4, use_tma=True, block_k=64, dot_epilogue=True),
+    E(64, 128, 4, 4), E(64, 256, 4, 3, use_tma=True, block_k=64, dot_epilogue=True),
+    E(256, 128, 8, 3, use_tma=True, block_k=64, dot_epilogue=True),
 ]
 
 

@@ -16,7 +16,7 @@ Two launches:
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 import triton
@@ -37,6 +37,8 @@ class EstimateConfig:
     num_stages: int = 3
     out_blocks: int = 64
     use_tma: bool = False
+    block_k: int = 0  # K-chunk per step (0: head_dim)
+    dot_epilogue: bool = False  # segmented block sums as a small matmul instead of a reshape
 
 
 @triton.jit
@@ -78,10 +80,15 @@ def _estimate_kernel(
     BLOCK_M: tl.constexpr,
     BLOCK_N: tl.constexpr,
     OUT_BLOCKS: tl.constexpr,
+    BLOCK_K: tl.constexpr,
     USE_TMA: tl.constexpr,
+    DOT_EPILOGUE: tl.constexpr,
+    NB_PAD: tl.constexpr,
     DOT_PRECISION: tl.constexpr,
+    EPI_PRECISION: tl.constexpr,
 ):
     KD: tl.constexpr = STRIDE * HEAD_DIM
+    K_STEPS: tl.constexpr = KD // BLOCK_K
     NB: tl.constexpr = BLOCK_N // ROWS_PER_BLOCK
     pid_m = tl.program_id(0)
     pid_bh = tl.program_id(1)
@@ -92,40 +99,56 @@ def _estimate_kernel(
     n_tiles = (n_groups + BLOCK_N - 1) // BLOCK_N
 
     rows = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
-    offs_d = tl.arange(0, HEAD_DIM)
-    q_row0 = pid_bh.to(tl.int64) * N_ROWS
-    k_row0 = pid_bh.to(tl.int64) * N_COLS
+    offs_k = tl.arange(0, BLOCK_K)
+    q_row0 = pid_bh * N_ROWS  # int32: TMA coordinates are 32-bit (the buffers hold < 2^31 rows)
+    k_row0 = pid_bh * N_COLS
     lse_base = LSE + pid_bh.to(tl.int64) * N_ROWS * NKB
 
     m_i = tl.full([BLOCK_M], float("-inf"), dtype=tl.float32)
     l_i = tl.zeros([BLOCK_M], dtype=tl.float32)
     acc = tl.zeros([BLOCK_M, BLOCK_N], dtype=tl.float32)
     # One flat loop over (key tile, stride position) so the pipeliner sees a long loop, GEMM-style.
-    for it in range(n_tiles * STRIDE):
-        tile = it // STRIDE
-        t = it % STRIDE
+    for it in range(n_tiles * K_STEPS):
+        tile = it // K_STEPS
+        kk = (it % K_STEPS) * BLOCK_K
         if USE_TMA:
-            a = QT.load([q_row0 + pid_m * BLOCK_M, t * HEAD_DIM])
-            bk = KT.load([k_row0 + tile * BLOCK_N, t * HEAD_DIM])
+            a = QT.load([q_row0 + pid_m * BLOCK_M, kk])
+            bk = KT.load([k_row0 + tile * BLOCK_N, kk])
         else:
-            a = tl.load(QT + (q_row0 + rows)[:, None] * KD + t * HEAD_DIM + offs_d[None, :])
+            a = tl.load(QT + (q_row0 + rows).to(tl.int64)[:, None] * KD + kk + offs_k[None, :])
             cols_ld = tile * BLOCK_N + tl.arange(0, BLOCK_N)
-            bk = tl.load(KT + (k_row0 + cols_ld)[:, None] * KD + t * HEAD_DIM + offs_d[None, :])
+            bk = tl.load(KT + (k_row0 + cols_ld).to(tl.int64)[:, None] * KD + kk + offs_k[None, :])
         acc = tl.dot(a, tl.trans(bk), acc, input_precision=DOT_PRECISION)
-        if t == STRIDE - 1:
+        if kk == KD - BLOCK_K:
             cols = tile * BLOCK_N + tl.arange(0, BLOCK_N)
             logits = tl.where(cols[None, :] < n_groups, acc * qk_scale, float("-inf"))  # log2 units
-            grouped = tl.reshape(logits, [BLOCK_M, NB, ROWS_PER_BLOCK])
-            blk_max = tl.max(grouped, axis=2)
-            blk_max_safe = tl.where(blk_max == float("-inf"), 0.0, blk_max)
-            blk_sum = tl.sum(tl.exp2(grouped - blk_max_safe[:, :, None]), axis=2)
-            blk_lse = blk_max_safe + tl.log2(blk_sum)  # -inf where the whole key block is padding
-            kb = tile * NB + tl.arange(0, NB)
-            tl.store(lse_base + rows[:, None] * NKB + kb[None, :], blk_lse,
-                     mask=(rows[:, None] < N_ROWS) & (kb[None, :] < NKB))
-            m_new = tl.maximum(m_i, tl.max(blk_max, axis=1))
-            m_new_safe = tl.where(m_new == float("-inf"), 0.0, m_new)
-            l_i = l_i * tl.exp2(m_i - m_new_safe) + tl.sum(blk_sum * tl.exp2(blk_max - m_new_safe[:, None]), axis=1)
+            if DOT_EPILOGUE:
+                # One max per row and tile; the per-block sums of exp2 are a [BLOCK_N, NB] 0/1 matmul.
+                tile_max = tl.max(logits, axis=1)
+                tile_max_safe = tl.where(tile_max == float("-inf"), 0.0, tile_max)
+                e = tl.exp2(logits - tile_max_safe[:, None])
+                groups = tl.arange(0, BLOCK_N)[:, None] // ROWS_PER_BLOCK == tl.arange(0, NB_PAD)[None, :]
+                blk_sum = tl.dot(e, groups.to(tl.float32), input_precision=EPI_PRECISION)
+                blk_lse = tile_max_safe[:, None] + tl.log2(blk_sum)  # -inf: padding (or < 2^-126 of the max)
+                kb = tile * NB + tl.arange(0, NB_PAD)
+                tl.store(lse_base + rows[:, None] * NKB + kb[None, :], blk_lse,
+                         mask=(rows[:, None] < N_ROWS) & (kb[None, :] < NKB) & (tl.arange(0, NB_PAD)[None, :] < NB))
+                m_new = tl.maximum(m_i, tile_max)
+                m_new_safe = tl.where(m_new == float("-inf"), 0.0, m_new)
+                l_i = l_i * tl.exp2(m_i - m_new_safe) + tl.sum(e, axis=1) * tl.exp2(tile_max - m_new_safe)
+            else:
+                grouped = tl.reshape(logits, [BLOCK_M, NB, ROWS_PER_BLOCK])
+                blk_max = tl.max(grouped, axis=2)
+                blk_max_safe = tl.where(blk_max == float("-inf"), 0.0, blk_max)
+                blk_sum = tl.sum(tl.exp2(grouped - blk_max_safe[:, :, None]), axis=2)
+                blk_lse = blk_max_safe + tl.log2(blk_sum)  # -inf where the whole key block is padding
+                kb = tile * NB + tl.arange(0, NB)
+                tl.store(lse_base + rows[:, None] * NKB + kb[None, :], blk_lse,
+                         mask=(rows[:, None] < N_ROWS) & (kb[None, :] < NKB))
+                m_new = tl.maximum(m_i, tl.max(blk_max, axis=1))
+                m_new_safe = tl.where(m_new == float("-inf"), 0.0, m_new)
+                l_i = l_i * tl.exp2(m_i - m_new_safe) + tl.sum(blk_sum * tl.exp2(blk_max - m_new_safe[:, None]),
+                                                               axis=1)
             m_i = m_new
             acc = tl.zeros([BLOCK_M, BLOCK_N], dtype=tl.float32)
 
@@ -216,12 +239,43 @@ def _restrided(x: torch.Tensor, limit: torch.Tensor, stride: int, rows_out: int,
     return out
 
 
+def _fallbacks(cfg: EstimateConfig) -> list[EstimateConfig]:
+    """The config, then cheaper ones to try if the GPU lacks shared memory for it."""
+    out = [cfg]
+    for stages in range(cfg.num_stages - 1, 0, -1):
+        out.append(replace(cfg, num_stages=stages))
+    return out
+
+
+# Launch shape that compiled for a given problem signature: shared-memory fallbacks are tried only once.
+_WORKING_CONFIG: dict[tuple, EstimateConfig] = {}
+
+
 def _launch_estimate(q: torch.Tensor, k: torch.Tensor, kv_len: torch.Tensor, stride: int,
                      block_size: int, config: EstimateConfig | None) -> torch.Tensor:
+    if config is not None:
+        return _launch_estimate_with(q, k, kv_len, stride, block_size, config)
+    key = (q.device.type, q.dtype, q.shape[-1], stride, block_size)
+    if key in _WORKING_CONFIG:
+        return _launch_estimate_with(q, k, kv_len, stride, block_size, _WORKING_CONFIG[key])
+    candidates = _fallbacks(default_config(q, stride, block_size))
+    for i, cfg in enumerate(candidates):
+        try:
+            out = _launch_estimate_with(q, k, kv_len, stride, block_size, cfg)
+        except triton.runtime.errors.OutOfResources:
+            if i == len(candidates) - 1:
+                raise
+            continue
+        _WORKING_CONFIG[key] = cfg
+        return out
+    raise AssertionError("unreachable")
+
+
+def _launch_estimate_with(q: torch.Tensor, k: torch.Tensor, kv_len: torch.Tensor, stride: int,
+                          block_size: int, cfg: EstimateConfig) -> torch.Tensor:
     B, Sq, H, D = q.shape
     rows_per_block = block_size // stride
     _, _, nq, nk = _score_grid(q, k, block_size)
-    cfg = config or default_config(q, stride, block_size)
     if cfg.block_m % rows_per_block or cfg.block_n % rows_per_block:
         raise ValueError(f"{cfg} must tile whole query/key blocks of {rows_per_block} rows")
     # Pad the reshaped rows to whole tiles so that the main loop needs no load masks.
@@ -233,6 +287,8 @@ def _launch_estimate(q: torch.Tensor, k: torch.Tensor, kv_len: torch.Tensor, str
     qk_scale = 1.0 / (stride * math.sqrt(D)) * 1.4426950408889634  # log2(e): the kernel works in base 2
     q_limit = torch.full((B,), Sq, dtype=torch.int32, device=q.device)
     use_tma = cfg.use_tma and q.is_cuda
+    block_k = cfg.block_k or D
+    nb = cfg.block_n // rows_per_block
     for h0 in range(0, H, heads_per_launch):
         h1 = min(H, h0 + heads_per_launch)
         hc = h1 - h0
@@ -244,15 +300,17 @@ def _launch_estimate(q: torch.Tensor, k: torch.Tensor, kv_len: torch.Tensor, str
         if use_tma:
             from triton.tools.tensor_descriptor import TensorDescriptor
 
-            q_arg = TensorDescriptor.from_tensor(q_t.view(-1, stride * D), [cfg.block_m, D])
-            k_arg = TensorDescriptor.from_tensor(k_t.view(-1, stride * D), [cfg.block_n, D])
+            q_arg = TensorDescriptor.from_tensor(q_t.view(-1, stride * D), [cfg.block_m, block_k])
+            k_arg = TensorDescriptor.from_tensor(k_t.view(-1, stride * D), [cfg.block_n, block_k])
         _estimate_kernel[(n_rows // cfg.block_m, B * hc)](
             q_arg, k_arg, kv_len, lse, out_h,
             hc, Sq, n_rows, n_cols, nq, nk,
             qk_scale,
             STRIDE=stride, HEAD_DIM=D, ROWS_PER_BLOCK=rows_per_block,
-            BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n, OUT_BLOCKS=cfg.out_blocks,
-            USE_TMA=use_tma, DOT_PRECISION="ieee" if q.dtype == torch.float32 else "tf32",
+            BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n, OUT_BLOCKS=cfg.out_blocks, BLOCK_K=block_k,
+            USE_TMA=use_tma, DOT_EPILOGUE=cfg.dot_epilogue, NB_PAD=max(16, nb),
+            DOT_PRECISION="ieee" if q.dtype == torch.float32 else "tf32",
+            EPI_PRECISION="bf16x3" if q.is_cuda else "ieee",
             num_warps=cfg.num_warps, num_stages=cfg.num_stages,
         )
         if hc != H:
