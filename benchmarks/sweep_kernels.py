@@ -18,20 +18,14 @@ from xattn_video.kernels.naive import block_sparse_attention_torch
 from xattn_video.kernels.triton_attention import AttentionConfig, block_sparse_attention_triton
 from xattn_video.kernels.triton_estimate import EstimateConfig, estimate_block_scores_triton
 
-ATTENTION_CONFIGS = [
-    AttentionConfig(128, 128, 8, 3), AttentionConfig(128, 128, 8, 2, True), AttentionConfig(128, 128, 8, 3),
-    AttentionConfig(128, 128, 8, 2, True), AttentionConfig(128, 128, 8, 2, True, True),
-]
+ATTENTION_CONFIGS = [AttentionConfig(128, 128, 8, 3), AttentionConfig(128, 128, 8, 3)]
 E = EstimateConfig
 ESTIMATE_CONFIGS = [
-    E(128, 128, 8, 3), E(128, 128, 8, 3, dot_epilogue=True), E(128, 256, 8, 2, dot_epilogue=True),
-    E(128, 128, 8, 3, use_tma=True, dot_epilogue=True), E(128, 256, 8, 2, use_tma=True, dot_epilogue=True),
-    E(128, 128, 8, 3, use_tma=True),
-    E(128, 128, 8, 4, use_tma=True, block_k=64, dot_epilogue=True),
-    E(128, 256, 8, 3, use_tma=True, block_k=64, dot_epilogue=True),
-    E(128, 256, 8, 4, use_tma=True, block_k=64, dot_epilogue=True),
-    E(64, 128, 4, 4), E(64, 256, 4, 3, use_tma=True, block_k=64, dot_epilogue=True),
-    E(256, 128, 8, 3, use_tma=True, block_k=64, dot_epilogue=True),
+    E(128, 128, 8, 3, use_tma=True), E(128, 128, 8, 3, use_tma=True, key_splits=2),
+    E(128, 128, 8, 3, use_tma=True, key_splits=4), E(128, 256, 8, 2, use_tma=True),
+    E(128, 256, 8, 2, use_tma=True, key_splits=2), E(128, 128, 8, 3, key_splits=2),
+    E(128, 128, 8, 4, use_tma=True, block_k=64, key_splits=2), E(64, 128, 4, 4, use_tma=True, key_splits=2),
+    E(128, 64, 4, 4, use_tma=True, key_splits=2),
 ]
 
 

@@ -135,15 +135,15 @@ def test_triton_scores_split_over_heads(gen, triton_device, monkeypatch):
     torch.testing.assert_close(split, whole)
 
 
-@pytest.mark.parametrize("stride,block_k,block_n", [(8, 32, 16), (4, 64, 32), (2, 64, 64)])
-def test_triton_scores_dot_epilogue(gen, triton_device, stride, block_k, block_n):
-    """The tensor-core epilogue (block sums as a 0/1 matmul) computes the same scores."""
+@pytest.mark.parametrize("stride,block_k,block_n,key_splits", [(8, 32, 16, 2), (4, 64, 32, 3), (2, 64, 64, 1)])
+def test_triton_scores_launch_shapes(gen, triton_device, stride, block_k, block_n, key_splits):
+    """K chunks and key splits (the launch shapes tuned for Hopper) compute the same scores."""
     from xattn_video.kernels.triton_estimate import EstimateConfig, estimate_block_scores_triton
 
     q, k, _ = _qkv(gen, 2, 150, 150, 2, 64, torch.float32, triton_device)
     kv = torch.tensor([150, 77], dtype=torch.int32, device=triton_device)
     cfg = EstimateConfig(block_m=32, block_n=block_n, num_warps=4, num_stages=1, out_blocks=16,
-                         block_k=block_k, dot_epilogue=True)
+                         block_k=block_k, key_splits=key_splits)
     got = estimate_block_scores_triton(q, k, kv, stride=stride, block_size=32, config=cfg)
     ref = estimate_block_scores(q.cpu(), k.cpu(), stride=stride, block_size=32, kv_len=[150, 77], backend="torch")
-    torch.testing.assert_close(got.cpu(), ref, atol=1e-4, rtol=1e-3, msg=f"seed {gen.initial_seed()}")
+    torch.testing.assert_close(got.cpu(), ref, atol=1e-5, rtol=1e-4, msg=f"seed {gen.initial_seed()}")

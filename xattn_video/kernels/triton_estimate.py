@@ -38,7 +38,7 @@ class EstimateConfig:
     out_blocks: int = 64
     use_tma: bool = False
     block_k: int = 0  # K-chunk per step (0: head_dim)
-    dot_epilogue: bool = False  # segmented block sums as a small matmul instead of a reshape
+    key_splits: int = 1  # programs sharing one query tile, each over a slice of the keys
 
 
 @triton.jit
@@ -71,32 +71,33 @@ def _restride_kernel(
 
 @triton.jit
 def _estimate_kernel(
-    QT, KT, KV_LEN, LSE, OUT,
-    H, SQ, N_ROWS, N_COLS, NQB, NKB,
+    QT, KT, KV_LEN, LSE, ROW_MAX, ROW_SUM,
+    H, N_ROWS, N_COLS, NKB, KEY_SPLITS,
     qk_scale,
     STRIDE: tl.constexpr,
     HEAD_DIM: tl.constexpr,
     ROWS_PER_BLOCK: tl.constexpr,
     BLOCK_M: tl.constexpr,
     BLOCK_N: tl.constexpr,
-    OUT_BLOCKS: tl.constexpr,
     BLOCK_K: tl.constexpr,
     USE_TMA: tl.constexpr,
-    DOT_EPILOGUE: tl.constexpr,
-    NB_PAD: tl.constexpr,
     DOT_PRECISION: tl.constexpr,
-    EPI_PRECISION: tl.constexpr,
 ):
+    """Per (row, key block) log-sum-exp into LSE, and per (split, row) running max / sum of exp2."""
     KD: tl.constexpr = STRIDE * HEAD_DIM
     K_STEPS: tl.constexpr = KD // BLOCK_K
     NB: tl.constexpr = BLOCK_N // ROWS_PER_BLOCK
-    pid_m = tl.program_id(0)
+    pid0 = tl.program_id(0)
     pid_bh = tl.program_id(1)
+    split = pid0 % KEY_SPLITS  # splits of one query tile run side by side and share its Q̃ in L2
+    pid_m = pid0 // KEY_SPLITS
     b = pid_bh // H
     kv_len = tl.load(KV_LEN + b)
     n_groups = (kv_len + STRIDE - 1) // STRIDE  # key groups j with j·s < kv_len
-    n_kv_blocks = (n_groups + ROWS_PER_BLOCK - 1) // ROWS_PER_BLOCK
     n_tiles = (n_groups + BLOCK_N - 1) // BLOCK_N
+    tiles_per_split = (n_tiles + KEY_SPLITS - 1) // KEY_SPLITS
+    tile0 = split * tiles_per_split
+    my_tiles = tl.maximum(tl.minimum(tiles_per_split, n_tiles - tile0), 0)
 
     rows = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
     offs_k = tl.arange(0, BLOCK_K)
@@ -107,9 +108,9 @@ def _estimate_kernel(
     m_i = tl.full([BLOCK_M], float("-inf"), dtype=tl.float32)
     l_i = tl.zeros([BLOCK_M], dtype=tl.float32)
     acc = tl.zeros([BLOCK_M, BLOCK_N], dtype=tl.float32)
-    # One flat loop over (key tile, stride position) so the pipeliner sees a long loop, GEMM-style.
-    for it in range(n_tiles * K_STEPS):
-        tile = it // K_STEPS
+    # One flat loop over (key tile, K chunk) so the pipeliner sees a long loop, GEMM-style.
+    for it in range(my_tiles * K_STEPS):
+        tile = tile0 + it // K_STEPS
         kk = (it % K_STEPS) * BLOCK_K
         if USE_TMA:
             a = QT.load([q_row0 + pid_m * BLOCK_M, kk])
@@ -122,51 +123,62 @@ def _estimate_kernel(
         if kk == KD - BLOCK_K:
             cols = tile * BLOCK_N + tl.arange(0, BLOCK_N)
             logits = tl.where(cols[None, :] < n_groups, acc * qk_scale, float("-inf"))  # log2 units
-            if DOT_EPILOGUE:
-                # One max per row and tile; the per-block sums of exp2 are a [BLOCK_N, NB] 0/1 matmul.
-                tile_max = tl.max(logits, axis=1)
-                tile_max_safe = tl.where(tile_max == float("-inf"), 0.0, tile_max)
-                e = tl.exp2(logits - tile_max_safe[:, None])
-                groups = tl.arange(0, BLOCK_N)[:, None] // ROWS_PER_BLOCK == tl.arange(0, NB_PAD)[None, :]
-                blk_sum = tl.dot(e, groups.to(tl.float32), input_precision=EPI_PRECISION)
-                blk_lse = tile_max_safe[:, None] + tl.log2(blk_sum)  # -inf: padding (or < 2^-126 of the max)
-                kb = tile * NB + tl.arange(0, NB_PAD)
-                tl.store(lse_base + rows[:, None] * NKB + kb[None, :], blk_lse,
-                         mask=(rows[:, None] < N_ROWS) & (kb[None, :] < NKB) & (tl.arange(0, NB_PAD)[None, :] < NB))
-                m_new = tl.maximum(m_i, tile_max)
-                m_new_safe = tl.where(m_new == float("-inf"), 0.0, m_new)
-                l_i = l_i * tl.exp2(m_i - m_new_safe) + tl.sum(e, axis=1) * tl.exp2(tile_max - m_new_safe)
-            else:
-                grouped = tl.reshape(logits, [BLOCK_M, NB, ROWS_PER_BLOCK])
-                blk_max = tl.max(grouped, axis=2)
-                blk_max_safe = tl.where(blk_max == float("-inf"), 0.0, blk_max)
-                blk_sum = tl.sum(tl.exp2(grouped - blk_max_safe[:, :, None]), axis=2)
-                blk_lse = blk_max_safe + tl.log2(blk_sum)  # -inf where the whole key block is padding
-                kb = tile * NB + tl.arange(0, NB)
-                tl.store(lse_base + rows[:, None] * NKB + kb[None, :], blk_lse,
-                         mask=(rows[:, None] < N_ROWS) & (kb[None, :] < NKB))
-                m_new = tl.maximum(m_i, tl.max(blk_max, axis=1))
-                m_new_safe = tl.where(m_new == float("-inf"), 0.0, m_new)
-                l_i = l_i * tl.exp2(m_i - m_new_safe) + tl.sum(blk_sum * tl.exp2(blk_max - m_new_safe[:, None]),
-                                                               axis=1)
+            grouped = tl.reshape(logits, [BLOCK_M, NB, ROWS_PER_BLOCK])
+            blk_max = tl.max(grouped, axis=2)
+            blk_max_safe = tl.where(blk_max == float("-inf"), 0.0, blk_max)
+            blk_sum = tl.sum(tl.exp2(grouped - blk_max_safe[:, :, None]), axis=2)
+            blk_lse = blk_max_safe + tl.log2(blk_sum)  # -inf where the whole key block is padding
+            kb = tile * NB + tl.arange(0, NB)
+            tl.store(lse_base + rows[:, None] * NKB + kb[None, :], blk_lse,
+                     mask=(rows[:, None] < N_ROWS) & (kb[None, :] < NKB))
+            m_new = tl.maximum(m_i, tl.max(blk_max, axis=1))
+            m_new_safe = tl.where(m_new == float("-inf"), 0.0, m_new)
+            l_i = l_i * tl.exp2(m_i - m_new_safe) + tl.sum(blk_sum * tl.exp2(blk_max - m_new_safe[:, None]), axis=1)
             m_i = m_new
             acc = tl.zeros([BLOCK_M, BLOCK_N], dtype=tl.float32)
+    stat = (pid_bh.to(tl.int64) * KEY_SPLITS + split) * N_ROWS + rows
+    tl.store(ROW_MAX + stat, m_i)
+    tl.store(ROW_SUM + stat, l_i)
 
+
+@triton.jit
+def _block_sums_kernel(
+    LSE, ROW_MAX, ROW_SUM, KV_LEN, OUT,
+    H, SQ, N_ROWS, NQB, NKB, KEY_SPLITS,
+    STRIDE: tl.constexpr,
+    ROWS_PER_BLOCK: tl.constexpr,
+    BLOCK_M: tl.constexpr,
+    OUT_BLOCKS: tl.constexpr,
+):
+    """Â[I, J] = mean over the valid rows i of query block I of Σ_{j∈J} softmax_j(ŝ[i, :])."""
+    pid_m = tl.program_id(0)
+    pid_bh = tl.program_id(1)
+    kv_len = tl.load(KV_LEN + pid_bh // H)
+    n_kv_blocks = ((kv_len + STRIDE - 1) // STRIDE + ROWS_PER_BLOCK - 1) // ROWS_PER_BLOCK
+    rows = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+    m = tl.full([BLOCK_M], float("-inf"), dtype=tl.float32)
+    for sp in range(KEY_SPLITS):
+        m = tl.maximum(m, tl.load(ROW_MAX + (pid_bh.to(tl.int64) * KEY_SPLITS + sp) * N_ROWS + rows))
+    m_safe = tl.where(m == float("-inf"), 0.0, m)
+    l = tl.zeros([BLOCK_M], dtype=tl.float32)
+    for sp in range(KEY_SPLITS):
+        stat = (pid_bh.to(tl.int64) * KEY_SPLITS + sp) * N_ROWS + rows
+        l += tl.load(ROW_SUM + stat) * tl.exp2(tl.load(ROW_MAX + stat) - m_safe)
     # Rows without any valid key (kv_len = 0) get +inf so that their probabilities are exactly zero.
-    row_lse = tl.where(l_i > 0, m_i + tl.log2(l_i), float("inf"))
+    row_lse = tl.where(l > 0, m_safe + tl.log2(l), float("inf"))
     row_weight = tl.where(rows * STRIDE < SQ, 1.0, 0.0)
-    tl.debug_barrier()  # the scratch was written above by other threads of this program
 
     QB: tl.constexpr = BLOCK_M // ROWS_PER_BLOCK
     qb = pid_m * QB + tl.arange(0, QB)
     rows_in_q = (SQ + STRIDE - 1) // STRIDE
     n_valid_rows = tl.minimum(tl.maximum(rows_in_q - qb * ROWS_PER_BLOCK, 0), ROWS_PER_BLOCK)
     inv_rows = tl.where(n_valid_rows > 0, 1.0 / n_valid_rows.to(tl.float32), 0.0)
+    lse_base = LSE + pid_bh.to(tl.int64) * N_ROWS * NKB
     out_base = OUT + pid_bh.to(tl.int64) * NQB * NKB
     for kb0 in range(0, NKB, OUT_BLOCKS):
         kbs = kb0 + tl.arange(0, OUT_BLOCKS)
         lse = tl.load(lse_base + rows[:, None] * NKB + kbs[None, :],
-                      mask=(rows[:, None] < N_ROWS) & (kbs[None, :] < n_kv_blocks), other=float("-inf"))
+                      mask=kbs[None, :] < n_kv_blocks, other=float("-inf"))
         p = tl.exp2(lse - row_lse[:, None]) * row_weight[:, None]
         a = tl.sum(tl.reshape(p, [QB, ROWS_PER_BLOCK, OUT_BLOCKS]), axis=1) * inv_rows[:, None]
         tl.store(out_base + qb[:, None] * NKB + kbs[None, :], a,
@@ -281,6 +293,7 @@ def _launch_estimate_with(q: torch.Tensor, k: torch.Tensor, kv_len: torch.Tensor
     # Pad the reshaped rows to whole tiles so that the main loop needs no load masks.
     n_rows = triton.cdiv(nq * rows_per_block, cfg.block_m) * cfg.block_m
     n_cols = triton.cdiv(nk * rows_per_block, cfg.block_n) * cfg.block_n
+    splits = cfg.key_splits
     out = q.new_empty((B, H, nq, nk), dtype=torch.float32)
     per_head = B * (n_rows * nk * 4 + (n_rows + n_cols) * stride * D * q.element_size())
     heads_per_launch = max(1, min(H, SCRATCH_BYTES // max(1, per_head)))
@@ -288,13 +301,14 @@ def _launch_estimate_with(q: torch.Tensor, k: torch.Tensor, kv_len: torch.Tensor
     q_limit = torch.full((B,), Sq, dtype=torch.int32, device=q.device)
     use_tma = cfg.use_tma and q.is_cuda
     block_k = cfg.block_k or D
-    nb = cfg.block_n // rows_per_block
     for h0 in range(0, H, heads_per_launch):
         h1 = min(H, h0 + heads_per_launch)
         hc = h1 - h0
         q_t = _restrided(q[:, :, h0:h1], q_limit, stride, n_rows, reverse=True)
         k_t = _restrided(k[:, :, h0:h1], kv_len, stride, n_cols, reverse=False)
         lse = torch.empty(B * hc * n_rows * nk, dtype=torch.float32, device=q.device)
+        row_max = torch.empty(B * hc * splits * n_rows, dtype=torch.float32, device=q.device)
+        row_sum = torch.empty_like(row_max)
         out_h = out if hc == H else torch.empty(B, hc, nq, nk, dtype=torch.float32, device=q.device)
         q_arg, k_arg = q_t, k_t
         if use_tma:
@@ -302,16 +316,20 @@ def _launch_estimate_with(q: torch.Tensor, k: torch.Tensor, kv_len: torch.Tensor
 
             q_arg = TensorDescriptor.from_tensor(q_t.view(-1, stride * D), [cfg.block_m, block_k])
             k_arg = TensorDescriptor.from_tensor(k_t.view(-1, stride * D), [cfg.block_n, block_k])
-        _estimate_kernel[(n_rows // cfg.block_m, B * hc)](
-            q_arg, k_arg, kv_len, lse, out_h,
-            hc, Sq, n_rows, n_cols, nq, nk,
+        _estimate_kernel[(n_rows // cfg.block_m * splits, B * hc)](
+            q_arg, k_arg, kv_len, lse, row_max, row_sum,
+            hc, n_rows, n_cols, nk, splits,
             qk_scale,
             STRIDE=stride, HEAD_DIM=D, ROWS_PER_BLOCK=rows_per_block,
-            BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n, OUT_BLOCKS=cfg.out_blocks, BLOCK_K=block_k,
-            USE_TMA=use_tma, DOT_EPILOGUE=cfg.dot_epilogue, NB_PAD=max(16, nb),
+            BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n, BLOCK_K=block_k, USE_TMA=use_tma,
             DOT_PRECISION="ieee" if q.dtype == torch.float32 else "tf32",
-            EPI_PRECISION="bf16x3" if q.is_cuda else "ieee",
             num_warps=cfg.num_warps, num_stages=cfg.num_stages,
+        )
+        _block_sums_kernel[(n_rows // cfg.block_m, B * hc)](
+            lse, row_max, row_sum, kv_len, out_h,
+            hc, Sq, n_rows, nq, nk, splits,
+            STRIDE=stride, ROWS_PER_BLOCK=rows_per_block, BLOCK_M=cfg.block_m, OUT_BLOCKS=cfg.out_blocks,
+            num_warps=4 if q.is_cuda else 1,
         )
         if hc != H:
             out[:, h0:h1] = out_h
