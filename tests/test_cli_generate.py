@@ -1,0 +1,108 @@
+"""`xvid generate` end to end on the tiny model, configs, presets and loading errors."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from xattn_video.cli import main
+from xattn_video.config import ConfigError, load_config
+from xattn_video.pipelines.loading import ModelLoadError, load_pipeline
+from xattn_video.video_io import read_video
+
+CONFIGS = sorted((Path(__file__).parents[1] / "configs").glob("*.yaml"))
+
+
+def test_generate_tiny_writes_playable_mp4_and_run_record(tmp_path, capsys):
+    out = tmp_path / "fox.mp4"
+    rc = main(["generate", "--prompt", "a red fox in the snow", "--frames", "5", "--steps", "3",
+               "--set", "xattn.threshold=0.8", "--out", str(out)])
+    assert rc == 0
+    frames = read_video(out)
+    assert frames.shape == (5, 256, 256, 3)
+    record = json.loads(out.with_suffix(".json").read_text())
+    assert record["config"]["generation"]["prompt"] == "a red fox in the snow"
+    assert record["config"]["xattn"]["threshold"] == 0.8
+    assert len(record["seconds_per_step"]) == 3
+    table = record["xattn"]["density_per_step_layer"]
+    assert set(table) == {"0", "1", "2"} and set(table["0"]) == {"0", "1", "2", "3"}
+    assert all(v == 1.0 for v in table["0"].values())  # warmup step (tiny preset: 1 warmup step)
+    assert all(0 < v < 1 for v in table["2"].values())
+    assert "noise" in record["note"]
+    printed = capsys.readouterr().out
+    assert "mean density" in printed and str(out) in printed
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["fox.json", "fox.mp4"]  # no temp files left
+
+
+def test_generate_dense_flag(tmp_path):
+    out = tmp_path / "dense.mp4"
+    assert main(["generate", "--dense", "--frames", "5", "--steps", "2", "--out", str(out)]) == 0
+    assert json.loads(out.with_suffix(".json").read_text())["xattn"] is None
+
+
+@pytest.mark.parametrize(
+    "args,message",
+    [
+        (["--set", "xattn.treshold=0.9"], "xattn.treshold"),
+        (["--set", "xattn.stride=eight"], "xattn.stride"),
+        (["--set", "xattn.threshold=0"], "xattn.threshold"),
+        (["--frames", "10"], "generation.frames"),
+        (["--height", "250"], "generation.height"),
+        (["--model", str(Path("/nonexistent/hunyuan"))], "does not exist"),
+        (["--config", "no-such-preset.yaml"], "config file not found"),
+    ],
+)
+def test_generate_bad_input_is_a_clear_error_and_writes_nothing(tmp_path, capsys, args, message):
+    out = tmp_path / "v.mp4"
+    rc = main(["generate", "--steps", "2", *args, "--out", str(out)])
+    assert rc == 2
+    assert message in capsys.readouterr().err
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("preset", CONFIGS, ids=lambda p: p.name)
+def test_presets_load(preset):
+    run = load_config(preset)
+    assert run.xattn.block_size % run.xattn.stride == 0
+
+
+def test_paper_preset_values():
+    run = load_config(Path(__file__).parents[1] / "configs" / "hunyuan-720p-tau0.90.yaml")
+    assert (run.xattn.stride, run.xattn.threshold, run.xattn.warmup_steps) == (8, 0.9, 5)
+    assert (run.generation.height, run.generation.width, run.generation.frames) == (720, 1280, 129)
+
+
+def test_overrides_win_over_preset_and_tiny_defaults():
+    preset = Path(__file__).parents[1] / "configs" / "tiny-cpu.yaml"
+    run = load_config(preset, ["xattn.threshold=0.7", "generation.steps=2"], extra={"generation": {"seed": 5}})
+    assert (run.xattn.threshold, run.generation.steps, run.generation.seed) == (0.7, 2, 5)
+    assert load_config().generation.height == 256  # tiny is the default model, with its sizes
+    assert load_config(overrides=["model.path=/some/checkpoint"]).generation.height == 720
+
+
+def test_unknown_nested_key_is_named():
+    with pytest.raises(ConfigError, match="generation.fames"):
+        load_config(overrides=["generation.fames=9"])
+
+
+def test_loading_errors(tmp_path, monkeypatch):
+    from xattn_video.config import ModelConfig
+
+    (tmp_path / "not-a-pipeline").mkdir()
+    with pytest.raises(ModelLoadError, match="no model_index.json"):
+        load_pipeline(ModelConfig(path=str(tmp_path / "not-a-pipeline"), device="cpu"))
+    with pytest.raises(ModelLoadError, match="does not exist"):
+        load_pipeline(ModelConfig(path="./missing/folder", device="cpu"))
+    from huggingface_hub import constants
+
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
+    with pytest.raises(ModelLoadError, match="not in the local Hugging Face cache"):
+        load_pipeline(ModelConfig(path="someone/some-video-model", device="cpu"))
+
+
+def test_console_script_help():
+    proc = subprocess.run([sys.executable, "-m", "xattn_video.cli", "generate", "--help"], capture_output=True,
+                          text=True, timeout=120)
+    assert proc.returncode == 0 and "--prompt" in proc.stdout and "--set" in proc.stdout

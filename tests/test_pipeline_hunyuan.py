@@ -1,0 +1,219 @@
+"""XAttention on the tiny HunyuanVideo pipeline (random weights, head_dim 64, CPU)."""
+
+import warnings
+
+import numpy as np
+import pytest
+import torch
+from diffusers.models.transformers import transformer_hunyuan_video as hv
+
+from xattn_video.config import ConfigError
+from xattn_video.kernels import xattention
+from xattn_video.pipelines import processor as processor_module
+from xattn_video.pipelines.hunyuan_video import XAttnHunyuanVideoPipeline, apply_xattention, attention_layers
+from xattn_video.pipelines.tiny import TINY_PROMPT_TEMPLATE, build_tiny_pipeline
+from xattn_video.warmup.schedule import StepTracker, timestep_index
+
+STEPS = 4
+CALL = dict(prompt="a cat walks on the grass", height=256, width=256, num_frames=9, num_inference_steps=STEPS,
+            output_type="np", prompt_template=TINY_PROMPT_TEMPLATE, max_sequence_length=32)
+
+
+@pytest.fixture(scope="module")
+def pipe():
+    p = build_tiny_pipeline(seed=0)
+    p.set_progress_bar_config(disable=True)
+    return p
+
+
+def _run(pipe, seed=0, **kw):
+    return pipe(generator=torch.Generator().manual_seed(seed), **{**CALL, **kw}).frames[0]
+
+
+@pytest.fixture(scope="module")
+def stock(pipe):
+    return _run(pipe)
+
+
+def test_tau_one_and_full_warmup_equal_stock(pipe, stock):
+    with apply_xattention(pipe, {"threshold": 1.0, "block_size": 32, "warmup_steps": 0}):
+        np.testing.assert_array_equal(_run(pipe), stock)
+    with apply_xattention(pipe, {"threshold": 0.5, "block_size": 32, "warmup_steps": STEPS}) as h:
+        np.testing.assert_array_equal(_run(pipe), stock)
+        assert h.stats.records and not any(r.sparse for r in h.stats.records)
+
+
+def test_sparse_differs_but_stays_finite(pipe, stock):
+    with apply_xattention(pipe, {"threshold": 0.3, "block_size": 32, "warmup_steps": 1}) as h:
+        frames = _run(pipe)
+        summary = h.summary()
+    assert np.isfinite(frames).all()
+    assert np.abs(frames - stock).max() > 1e-4
+    assert 0 < summary["mean_density_sparse_calls"] < 1
+
+
+def test_remove_restores_stock_processors(pipe, stock):
+    layers = attention_layers(pipe.transformer)
+    before = [a.processor for a in layers]
+    h = apply_xattention(pipe, {"threshold": 0.3, "block_size": 32, "warmup_steps": 0})
+    assert all(isinstance(a.processor, processor_module.XAttnHunyuanVideoAttnProcessor) for a in layers)
+    with pytest.raises(RuntimeError, match="already installed"):
+        apply_xattention(pipe)
+    h.remove()
+    assert [a.processor for a in layers] == before
+    np.testing.assert_array_equal(_run(pipe), stock)
+
+
+@pytest.mark.parametrize("true_cfg", [False, True])
+def test_warmup_switches_at_the_configured_step(pipe, true_cfg):
+    extra = dict(negative_prompt="blurry", true_cfg_scale=2.0) if true_cfg else {}
+    with apply_xattention(pipe, {"threshold": 0.5, "block_size": 32, "warmup_steps": 2}) as h:
+        _run(pipe, **extra)
+        records = list(h.stats.records)
+    n_layers = 4
+    calls_per_step = 2 if true_cfg else 1
+    assert len(records) == STEPS * n_layers * calls_per_step
+    for step in range(STEPS):
+        rs = [r for r in records if r.step == step]
+        assert len(rs) == n_layers * calls_per_step
+        assert all(r.sparse == (step >= 2) for r in rs), f"step {step}"
+
+
+def test_step_index_survives_custom_sigmas_and_repeated_generations(pipe):
+    sigmas = [1.0, 0.9, 0.5, 0.2]
+    with apply_xattention(pipe, {"threshold": 0.5, "block_size": 32, "warmup_steps": 3}) as h:
+        _run(pipe, sigmas=sigmas)
+        _run(pipe)
+        steps = [r.step for r in h.stats.records]
+        sparse = [r.sparse for r in h.stats.records]
+    assert steps == [s for s in range(STEPS) for _ in range(4)] * 2
+    assert sparse == [s >= 3 for s in range(STEPS) for _ in range(4)] * 2
+
+
+def test_per_layer_thresholds_reach_the_right_layers(pipe, monkeypatch):
+    seen = {}
+    real = processor_module.xattention
+
+    def spy(q, k, v, **kw):
+        out = real(q, k, v, **kw)
+        seen[kw["threshold"]] = seen.get(kw["threshold"], 0) + 1
+        return out
+
+    monkeypatch.setattr(processor_module, "xattention", spy)
+    # layers 0,1 dual-stream; 2,3 single-stream in the tiny model
+    cfg = {"threshold": {"default": 1.0, 1: 0.3, 2: [0.4, 0.6]}, "block_size": 32, "warmup_steps": 0,
+           "dense_layers": [3]}
+    with apply_xattention(pipe, cfg) as h:
+        _run(pipe)
+        table = h.stats.density_table()
+        by_layer = {layer: [r.sparse for r in h.stats.records if r.layer == layer] for layer in range(4)}
+    assert seen == {0.3: STEPS, (0.4, 0.6): STEPS}
+    assert by_layer == {0: [False] * STEPS, 1: [True] * STEPS, 2: [True] * STEPS, 3: [False] * STEPS}
+    assert table[0][0] == 1.0 and table[0][1] < 1.0
+
+
+def test_processor_matches_stock_processor_with_xattention_dispatch(pipe, monkeypatch):
+    """Same q/k/v (order, rotary, [image, text] layout) as diffusers' processor: feed the stock processor an
+    attention function that runs xattention with the same arguments, and compare."""
+    cfg = {"threshold": 0.4, "block_size": 32, "warmup_steps": 0}
+
+    def dispatch(query, key, value, attn_mask=None, **_):
+        kv = attn_mask.reshape(attn_mask.shape[0], -1).sum(-1)
+        text_start = dispatch.image_tokens
+        return xattention(query, key, value, threshold=0.4, stride=8, block_size=32, kv_len=kv,
+                          text_start=text_start)
+
+    captured = {}
+    transformer = pipe.transformer
+    orig_forward = transformer.forward
+
+    def forward(hidden_states, *a, **kw):
+        _, _, t, h, w = hidden_states.shape
+        dispatch.image_tokens = t * (h // 2) * (w // 2)
+        return orig_forward(hidden_states, *a, **kw)
+
+    monkeypatch.setattr(transformer, "forward", forward)
+    monkeypatch.setattr(hv, "dispatch_attention_fn", dispatch)
+    captured["stock"] = _run(pipe)
+    monkeypatch.undo()
+    with apply_xattention(pipe, cfg):
+        monkeypatch.setattr(transformer, "forward", forward)
+        captured["ours"] = _run(pipe)
+    np.testing.assert_allclose(captured["ours"], captured["stock"], atol=1e-5)
+
+
+def test_padded_text_never_reaches_image_tokens(pipe):
+    attn = pipe.transformer.transformer_blocks[0].attn
+    g = torch.Generator().manual_seed(1)
+    img = torch.randn(1, 96, 128, generator=g)
+    txt = torch.randn(1, 40, 128, generator=g)
+    n_valid_text = 13
+    mask = (torch.arange(136) < 96 + n_valid_text)[None, None, None, :]
+    with apply_xattention(pipe, {"threshold": 0.6, "block_size": 32, "warmup_steps": 0}):
+        out_a, _ = attn.processor(attn, img, txt, attention_mask=mask)
+        txt2 = txt.clone()
+        txt2[:, n_valid_text:] = 100 * torch.randn(1, 40 - n_valid_text, 128, generator=g)
+        out_b, _ = attn.processor(attn, img, txt2, attention_mask=mask)
+    torch.testing.assert_close(out_a, out_b)
+
+
+def test_non_prefix_mask_falls_back_to_dense_with_one_warning(pipe):
+    attn = pipe.transformer.single_transformer_blocks[0].attn
+    g = torch.Generator().manual_seed(2)
+    img, txt = torch.randn(1, 96, 128, generator=g), torch.randn(1, 40, 128, generator=g)
+    mask = torch.ones(1, 1, 1, 136, dtype=torch.bool)
+    mask[..., 100] = False  # a hole: not a key-padding prefix
+    stock = hv.HunyuanVideoAttnProcessor2_0()
+    expected = stock(attn, img, txt, attention_mask=mask)
+    with apply_xattention(pipe, {"threshold": 0.3, "block_size": 32, "warmup_steps": 0}):
+        with pytest.warns(RuntimeWarning, match="not a key-padding prefix"):
+            out = attn.processor(attn, img, txt, attention_mask=mask)
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")
+            attn.processor(attn, img, txt, attention_mask=mask.clone())  # warned once only
+    torch.testing.assert_close(out[0], expected[0])
+    torch.testing.assert_close(out[1], expected[1])
+
+
+def test_config_errors_name_the_key(pipe):
+    with pytest.raises(ConfigError, match="threshold"):
+        apply_xattention(pipe, {"threshold": [0.9, 0.9]})  # a list needs one entry per layer (4)
+    with pytest.raises(ConfigError, match="per-head list of 3"):
+        apply_xattention(pipe, {"threshold": {"default": [0.9, 0.8, 0.7]}})
+    with pytest.raises(ConfigError, match="dense_layers"):
+        apply_xattention(pipe, {"dense_layers": [7]})
+    with pytest.raises(ConfigError, match="treshold"):
+        apply_xattention(pipe, {"treshold": 0.9})
+    assert not any(isinstance(a.processor, processor_module.XAttnHunyuanVideoAttnProcessor)
+                   for a in attention_layers(pipe.transformer))
+
+
+def test_pipeline_class_from_pretrained(pipe, tmp_path, stock):
+    pipe.save_pretrained(tmp_path / "tiny")
+    loaded = XAttnHunyuanVideoPipeline.from_pretrained(tmp_path / "tiny", xattn={"threshold": 1.0, "block_size": 32})
+    loaded.set_progress_bar_config(disable=True)
+    assert isinstance(loaded.xattn_handle.state.config.threshold, float)
+    np.testing.assert_allclose(_run(loaded), stock, atol=1e-6)
+    loaded.enable_xattention({"threshold": 0.3, "block_size": 32, "warmup_steps": 0})
+    assert np.abs(_run(loaded) - stock).max() > 1e-4
+    loaded.disable_xattention()
+    assert loaded.xattn_handle is None
+
+
+def test_timestep_index_without_sync_and_by_value():
+    timesteps = torch.tensor([999.0, 750.0, 500.0, 250.0])
+    assert [timestep_index(t, timesteps) for t in timesteps] == [0, 1, 2, 3]
+    assert timestep_index(torch.tensor(500.0), timesteps) == 2  # a copy: matched by value
+    assert timestep_index(250, timesteps) == 3
+
+
+def test_step_tracker_outside_a_pipeline_loop():
+    class Fake:
+        _current_timestep = None
+        scheduler = None
+
+    fake = Fake()
+    tracker = StepTracker(fake)
+    assert tracker.current() is None
+    tracker.manual_step = 7
+    assert tracker.current() == 7

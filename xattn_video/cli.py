@@ -1,0 +1,126 @@
+"""``xvid``: generate videos with XAttention, compare them with dense attention, benchmark the kernels."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+from typing import Any, Sequence
+
+from .config import ConfigError, load_config
+from .kernels import XAttentionInputError
+from .pipelines.loading import ModelLoadError
+
+USER_ERRORS = (ConfigError, ModelLoadError, XAttentionInputError, FileNotFoundError)
+
+
+def _add_run_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--model", help="'tiny' (built-in random-weight model), a local diffusers folder, or a hub id")
+    p.add_argument("--config", type=Path, help="YAML preset (see configs/)")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="override any config key, e.g. --set xattn.threshold=0.95 (repeatable)")
+    p.add_argument("--height", type=int)
+    p.add_argument("--width", type=int)
+    p.add_argument("--frames", type=int, help="number of frames (4k+1)")
+    p.add_argument("--steps", type=int, help="denoising steps")
+    p.add_argument("--offload", choices=["model", "sequential"], help="diffusers CPU offload")
+    p.add_argument("--device", help="auto, cpu, cuda or cuda:N")
+
+
+def _cli_values(args: argparse.Namespace) -> dict[str, Any]:
+    """Options given on the command line, as a nested config dict (None = not given)."""
+    extra: dict[str, Any] = {"model": {}, "generation": {}}
+    if args.model is not None:
+        extra["model"]["path"] = args.model
+    if args.offload is not None:
+        extra["model"]["offload"] = args.offload
+    if args.device is not None:
+        extra["model"]["device"] = args.device
+    for key in ("height", "width", "frames", "steps"):
+        if getattr(args, key) is not None:
+            extra["generation"][key] = getattr(args, key)
+    for key in ("prompt", "seed"):
+        if getattr(args, key, None) is not None:
+            extra["generation"][key] = getattr(args, key)
+    if getattr(args, "dense", False):
+        extra["dense"] = True
+    return extra
+
+
+def cmd_generate(args: argparse.Namespace) -> int:
+    from .generate import generate
+
+    run = load_config(args.config, args.overrides, extra=_cli_values(args))
+    result = generate(run, args.out)
+    g = run.generation
+    steps = len(result.seconds_per_step)
+    line = (f"wrote {result.video_path} ({result.frames.shape[0]} frames {g.width}x{g.height}, {steps} steps in "
+            f"{result.seconds_total:.1f} s, {result.seconds_total / max(1, steps):.2f} s/step)")
+    if result.xattn is not None:
+        density = result.mean_density
+        line += (f"; XAttention τ={run.xattn.threshold}, {run.xattn.warmup_steps} warmup steps, mean density "
+                 f"{'n/a (all dense)' if density is None else f'{density:.3f}'} over "
+                 f"{result.xattn['sparse_calls']} sparse layer calls")
+    else:
+        line += "; dense attention"
+    print(line)
+    print(f"run record: {result.json_path}")
+    if run.model.path == "tiny":
+        print("note: the built-in tiny model has random weights, so its video is noise")
+    return 0
+
+
+def cmd_compare(args: argparse.Namespace) -> int:
+    from .compare import compare_cli
+
+    return compare_cli(args, load_config(args.config, args.overrides, extra=_cli_values(args)))
+
+
+def cmd_bench(argv: Sequence[str]) -> int:
+    from .benchmark import main as bench_main
+
+    return bench_main(list(argv))
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="xvid", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    gen = sub.add_parser("generate", help="generate one video (XAttention unless --dense)")
+    gen.add_argument("--prompt")
+    gen.add_argument("--seed", type=int)
+    gen.add_argument("--dense", action="store_true", help="stock dense attention (no XAttention)")
+    gen.add_argument("--out", type=Path, default=Path("video.mp4"), help="mp4 path; the run record goes next to it")
+    _add_run_options(gen)
+    gen.set_defaults(func=cmd_generate)
+
+    cmp = sub.add_parser("compare", help="dense vs XAttention videos from the same noise, with quality metrics")
+    group = cmp.add_mutually_exclusive_group(required=True)
+    group.add_argument("--prompt")
+    group.add_argument("--prompts", type=Path, help="text file, one prompt per line")
+    cmp.add_argument("--seeds", type=int, nargs="+", default=[0])
+    cmp.add_argument("--metrics", default="psnr,ssim,lpips,flicker",
+                     help="comma list: psnr, ssim, lpips, flicker, vbench:<dim>[,<dim>...] or a registered hook")
+    cmp.add_argument("--out-dir", type=Path, required=True)
+    _add_run_options(cmp)
+    cmp.set_defaults(func=cmd_compare)
+
+    bench = sub.add_parser("bench", help="GPU benchmark of the kernels (see benchmarks/)", add_help=False)
+    bench.set_defaults(func=None)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv and argv[0] == "bench":
+        return cmd_bench(argv[1:])
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except USER_ERRORS as exc:
+        print(f"xvid {args.command}: error: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

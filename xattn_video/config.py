@@ -1,0 +1,247 @@
+"""Structured configuration (omegaconf): defaults in code, YAML presets in configs/, ``--set`` overrides.
+
+A run is ``RunConfig`` = model + xattn + generation (+ output). Unknown keys and wrong types are errors that
+name the key. ``xattn.threshold`` is a float, a list with one entry per layer, or a mapping
+``{default: τ, <layer>: τ}``; any entry may be a per-head list.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Optional, Sequence
+
+from omegaconf import DictConfig, ListConfig, OmegaConf
+from omegaconf.errors import OmegaConfBaseException
+
+TINY_MODEL = "tiny"
+
+
+class ConfigError(ValueError):
+    """A configuration key or value that cannot be used; the message names the key."""
+
+
+@dataclass
+class XAttnConfig:
+    """How attention is replaced. Layers: 0..19 dual-stream, 20..59 single-stream (HunyuanVideo)."""
+
+    threshold: Any = 0.9  # τ: float | list per layer | {default: τ, layer: τ}; entries may be per-head lists
+    stride: int = 8
+    block_size: int = 128
+    warmup_steps: int = 5  # denoising steps 0..warmup_steps-1 run dense attention, no estimation
+    dense_layers: list[int] = field(default_factory=list)  # layers that always run dense
+    keep_diagonal: bool = True
+    text_forcing: bool = True  # text keys always kept, text queries dense
+    max_density: Optional[float] = None
+    backend: str = "auto"  # auto | torch | triton
+    collect_stats: bool = True  # density per (step, layer); adds no host sync
+    time_stats: bool = False  # estimate/attention time per (step, layer); synchronizes, for profiling only
+
+
+@dataclass
+class ModelConfig:
+    path: str = TINY_MODEL  # "tiny", a local diffusers folder, or a hub id
+    dtype: str = "bfloat16"  # transformer dtype on CUDA (CPU runs use float32)
+    device: str = "auto"  # auto | cuda | cpu | cuda:N
+    offload: Optional[str] = None  # None | model | sequential (diffusers CPU offload)
+    vae_tiling: Optional[bool] = None  # default: on for real checkpoints, off for tiny
+
+
+@dataclass
+class GenerationConfig:
+    prompt: str = "A cat walks on the grass, realistic"
+    negative_prompt: Optional[str] = None
+    height: int = 720
+    width: int = 1280
+    frames: int = 129
+    steps: int = 50
+    seed: int = 0
+    guidance_scale: float = 6.0  # embedded guidance (HunyuanVideo is guidance-distilled)
+    true_cfg_scale: float = 1.0  # > 1 with a negative prompt: two transformer calls per step
+    fps: int = 24
+    max_sequence_length: int = 256
+
+
+@dataclass
+class RunConfig:
+    model: ModelConfig = field(default_factory=ModelConfig)
+    xattn: XAttnConfig = field(default_factory=XAttnConfig)
+    generation: GenerationConfig = field(default_factory=GenerationConfig)
+    dense: bool = False  # run the stock pipeline (no XAttention), e.g. as the quality reference
+
+
+# What `--model tiny` changes when no preset says otherwise: sizes that run on a laptop CPU in seconds.
+TINY_DEFAULTS: dict[str, Any] = {
+    "xattn": {"block_size": 32, "stride": 8, "threshold": 0.9, "warmup_steps": 1},
+    "generation": {"height": 256, "width": 256, "frames": 9, "steps": 4, "fps": 8, "max_sequence_length": 32,
+                   "guidance_scale": 6.0},
+}
+
+
+def _merge(base: DictConfig, other: Any, source: str) -> DictConfig:
+    try:
+        return OmegaConf.merge(base, other)
+    except OmegaConfBaseException as exc:
+        raise ConfigError(f"{source}: {_describe(exc)}") from None
+
+
+def _describe(exc: OmegaConfBaseException) -> str:
+    key = getattr(exc, "full_key", None)
+    msg = str(exc).splitlines()[0]
+    if key:
+        return f"config key '{key}': {msg}"
+    return msg
+
+
+def load_config(path: str | Path | None = None, overrides: Sequence[str] = (),
+                extra: dict[str, Any] | None = None) -> RunConfig:
+    """Defaults ← tiny defaults (if the model is "tiny") ← YAML file ← ``extra`` ← ``key=value`` overrides."""
+    file_cfg = None
+    if path is not None:
+        path = Path(path)
+        if not path.is_file():
+            raise ConfigError(f"config file not found: {path}")
+        try:
+            file_cfg = OmegaConf.load(path)
+        except Exception as exc:  # YAML syntax errors come in several types
+            raise ConfigError(f"cannot read config file {path}: {exc}") from None
+    for item in overrides:
+        if "=" not in item:
+            raise ConfigError(f"--set expects key=value, got {item!r}")
+    try:
+        cli_cfg = OmegaConf.from_dotlist(list(overrides))
+    except OmegaConfBaseException as exc:
+        raise ConfigError(f"--set: {_describe(exc)}") from None
+
+    def build(with_tiny: bool) -> DictConfig:
+        cfg = OmegaConf.structured(RunConfig)
+        if with_tiny:
+            cfg = _merge(cfg, TINY_DEFAULTS, "tiny defaults")
+        if file_cfg is not None:
+            cfg = _merge(cfg, file_cfg, str(path))
+        if extra:
+            cfg = _merge(cfg, extra, "command line")
+        return _merge(cfg, cli_cfg, "--set")
+
+    cfg = build(False)
+    if cfg.model.path == TINY_MODEL:
+        cfg = build(True)
+    run: RunConfig = OmegaConf.to_object(cfg)  # type: ignore[assignment]
+    validate(run)
+    return run
+
+
+def to_container(cfg: RunConfig | XAttnConfig) -> dict:
+    return OmegaConf.to_container(OmegaConf.structured(cfg), resolve=True)  # type: ignore[return-value]
+
+
+def xattn_config(value: XAttnConfig | dict | DictConfig | None) -> XAttnConfig:
+    """Accept an XAttnConfig, a plain dict or a DictConfig (as users pass to ``apply_xattention``)."""
+    if value is None:
+        return XAttnConfig()
+    if isinstance(value, XAttnConfig):
+        cfg = value
+    else:
+        merged = _merge(OmegaConf.structured(XAttnConfig), value, "xattn config (keys are relative to 'xattn')")
+        cfg = OmegaConf.to_object(merged)  # type: ignore[assignment]
+    validate_xattn(cfg)
+    return cfg
+
+
+def validate(run: RunConfig) -> None:
+    validate_xattn(run.xattn)
+    g = run.generation
+    if g.frames < 1 or (g.frames - 1) % 4:
+        raise ConfigError(f"config key 'generation.frames' must be 4k+1 (the VAE compresses time by 4), got {g.frames}")
+    for key in ("height", "width"):
+        v = getattr(g, key)
+        if v < 16 or v % 16:
+            raise ConfigError(f"config key 'generation.{key}' must be a positive multiple of 16, got {v}")
+    if g.steps < 1:
+        raise ConfigError(f"config key 'generation.steps' must be >= 1, got {g.steps}")
+    if g.fps < 1:
+        raise ConfigError(f"config key 'generation.fps' must be >= 1, got {g.fps}")
+    if run.model.offload not in (None, "model", "sequential"):
+        raise ConfigError(f"config key 'model.offload' must be model, sequential or null, got {run.model.offload!r}")
+    if run.model.dtype not in ("bfloat16", "float16", "float32"):
+        raise ConfigError(f"config key 'model.dtype' must be bfloat16, float16 or float32, got {run.model.dtype!r}")
+
+
+def validate_xattn(x: XAttnConfig) -> None:
+    def fail(key: str, msg: str) -> None:
+        raise ConfigError(f"config key 'xattn.{key}' {msg}")
+
+    if x.stride < 1:
+        fail("stride", f"must be >= 1, got {x.stride}")
+    if x.block_size < 1 or x.block_size % x.stride:
+        fail("block_size", f"must be a positive multiple of xattn.stride ({x.stride}), got {x.block_size}")
+    if x.warmup_steps < 0:
+        fail("warmup_steps", f"must be >= 0, got {x.warmup_steps}")
+    if x.max_density is not None and not 0 < x.max_density <= 1:
+        fail("max_density", f"must be in (0, 1] or null, got {x.max_density}")
+    if x.backend not in ("auto", "torch", "triton"):
+        fail("backend", f"must be auto, torch or triton, got {x.backend!r}")
+    if any(not isinstance(layer, int) or layer < 0 for layer in x.dense_layers):
+        fail("dense_layers", f"must list layer numbers >= 0, got {x.dense_layers}")
+    _check_threshold_values(x.threshold)
+
+
+def _where(where: str) -> str:
+    return f"config key 'xattn.threshold{where}'"
+
+
+def _tau_entry(value: Any, where: str) -> float | tuple[float, ...]:
+    if isinstance(value, (ListConfig, list, tuple)):
+        taus = tuple(_tau_scalar(v, where) for v in value)
+        if not taus:
+            raise ConfigError(f"{_where(where)}: empty per-head list")
+        return taus
+    return _tau_scalar(value, where)
+
+
+def _tau_scalar(value: Any, where: str) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise ConfigError(f"{_where(where)}: expected a number, got {value!r}")
+    value = float(value)
+    if math.isnan(value) or value <= 0:
+        raise ConfigError(f"{_where(where)}: τ must be > 0 (τ >= 1 means dense), got {value}")
+    return value
+
+
+def _check_threshold_values(threshold: Any) -> None:
+    if isinstance(threshold, (DictConfig, dict)):
+        for key, value in threshold.items():
+            if key != "default" and not (isinstance(key, int) or (isinstance(key, str) and key.isdigit())):
+                raise ConfigError(f"config key 'xattn.threshold.{key}': keys must be layer numbers or 'default'")
+            _tau_entry(value, f"[{key}]")
+    elif isinstance(threshold, (ListConfig, list, tuple)):
+        if threshold and all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in threshold):
+            for i, v in enumerate(threshold):
+                _tau_scalar(v, f"[{i}]")
+        else:
+            for i, v in enumerate(threshold):
+                _tau_entry(v, f"[{i}]")
+    else:
+        _tau_scalar(threshold, "")
+
+
+def layer_thresholds(threshold: Any, num_layers: int) -> list[float | tuple[float, ...]]:
+    """τ for each of ``num_layers`` layers (a float, or a per-head tuple)."""
+    if isinstance(threshold, (DictConfig, dict)):
+        items = dict(threshold.items())
+        default = _tau_entry(items.pop("default", 0.9), "[default]")
+        out: list[float | tuple[float, ...]] = [default] * num_layers
+        for key, value in items.items():
+            layer = int(key)
+            if not 0 <= layer < num_layers:
+                raise ConfigError(f"config key 'xattn.threshold.{key}': layer out of range 0..{num_layers - 1}")
+            out[layer] = _tau_entry(value, f"[{key}]")
+        return out
+    if isinstance(threshold, (ListConfig, list, tuple)):
+        if len(threshold) != num_layers:
+            raise ConfigError(
+                f"config key 'xattn.threshold': a list needs one entry per layer ({num_layers}), got {len(threshold)}"
+            )
+        return [_tau_entry(v, f"[{i}]") for i, v in enumerate(threshold)]
+    return [_tau_scalar(threshold, "")] * num_layers

@@ -1,0 +1,5 @@
+"""Denoising-step state: which step the pipeline is in, and whether a layer runs dense or sparse there."""
+
+from .schedule import AttentionPlan, StepTracker
+
+__all__ = ["AttentionPlan", "StepTracker"]
