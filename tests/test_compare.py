@@ -1,0 +1,144 @@
+"""`xvid compare` end to end on the tiny model: report, plots, hooks, resume."""
+
+import json
+import math
+
+import numpy as np
+import pytest
+
+from xattn_video import compare as compare_module
+from xattn_video.cli import main
+from xattn_video.config import ConfigError, load_config
+from xattn_video.hooks import HookUnavailable, register_hook
+from xattn_video.pipelines.tiny import build_tiny_pipeline
+
+SMALL = ["generation.steps=3", "generation.frames=5"]
+
+
+@pytest.fixture(scope="module")
+def pipe():
+    return build_tiny_pipeline()
+
+
+class FakeHook:
+    name = "fake"
+
+    def __init__(self, args):
+        self.args = args
+
+    def score(self, videos, prompts):
+        return {"fake_mean": [float(v.frames.mean()) for v in videos],
+                "fake_prompt_len": [float(len(p)) for p in prompts]}
+
+
+@pytest.fixture
+def isolated_hooks(monkeypatch):
+    """Hooks registered by a test vanish after it (the registry is module state)."""
+    from xattn_video import hooks
+
+    monkeypatch.setattr(hooks, "_REGISTRY", dict(hooks._REGISTRY))
+
+
+def test_compare_two_prompts_writes_report_and_plots(tmp_path, capsys, isolated_hooks):
+    register_hook("fake", FakeHook)
+    prompts = tmp_path / "prompts.txt"
+    prompts.write_text("a cat walks on the grass\n# a comment line\n\na red fox in the snow\n")
+    out = tmp_path / "cmp"
+    rc = main(["compare", "--prompts", str(prompts), "--metrics", "psnr,ssim,lpips,flicker,fake",
+               "--out-dir", str(out), *sum((["--set", s] for s in SMALL), [])])
+    assert rc == 0
+    report = json.loads((out / "report.json").read_text())
+    assert [i["prompt"] for i in report["items"]] == ["a cat walks on the grass", "a red fox in the snow"]
+    item = report["items"][0]
+    assert 0 < item["pairwise"]["ssim"] <= 1 and item["pairwise"]["psnr"] > 0
+    assert item["pairwise"]["lpips"] is None and "lpips" in report["skipped"]
+    assert 0 < item["hooks"]["dense"]["flicker"] <= 1
+    frames = np.load(out / item["folder"] / "xattn.npy").astype(np.float32)
+    assert item["hooks"]["xattn"]["fake_mean"] == pytest.approx(float(frames.mean()), rel=1e-5)
+    assert item["hooks"]["dense"]["fake_prompt_len"] == len("a cat walks on the grass")
+    assert 0 < item["mean_density"] < 1 and item["seconds"]["dense"] > 0 and item["speedup"] > 0
+    assert len(item["seconds_per_step"]["xattn"]) == 3
+    assert {"density_heatmap.png", "quality_speed.png"} <= {p.name for p in out.iterdir()}
+    md = (out / "report.md").read_text()
+    assert "## a red fox in the snow" in md and "Means over all videos" in md and "fake_mean xattn" in md
+    assert "noise" in md
+    assert "report:" in capsys.readouterr().out
+
+
+def test_tau_one_videos_match(tmp_path, pipe):
+    run = load_config(overrides=SMALL + ["xattn.threshold=1.0"])
+    report = compare_module.compare(run, ["a cat"], [0], "psnr,ssim", tmp_path, pipe=pipe, show_progress=False)
+    item = report["items"][0]
+    assert item["pairwise"]["psnr"] == "inf"
+    assert item["pairwise"]["ssim"] == pytest.approx(1.0)
+    a, b = (np.load(tmp_path / item["folder"] / f"{v}.npy") for v in ("dense", "xattn"))
+    np.testing.assert_array_equal(a, b)
+
+
+def test_sparse_videos_differ(tmp_path, pipe):
+    run = load_config(overrides=SMALL + ["xattn.threshold=0.3", "xattn.warmup_steps=0"])
+    report = compare_module.compare(run, ["a cat"], [0], "psnr", tmp_path, pipe=pipe, show_progress=False)
+    psnr = report["items"][0]["pairwise"]["psnr"]
+    assert psnr != "inf" and math.isfinite(psnr)
+
+
+def test_vbench_absent_is_a_clear_skip(tmp_path, pipe):
+    run = load_config(overrides=SMALL)
+    report = compare_module.compare(run, ["a cat"], [0], "psnr,vbench:subject_consistency", tmp_path, pipe=pipe,
+                                    show_progress=False)
+    assert "vbench" in report["skipped"]
+    assert "subject_consistency" in report["skipped"]["vbench"] or "vbench" in report["skipped"]["vbench"]
+    assert "vbench" in (tmp_path / "report.md").read_text()
+
+
+def test_resume_skips_finished_videos(tmp_path, pipe, monkeypatch):
+    run = load_config(overrides=SMALL)
+    compare_module.compare(run, ["a cat", "a dog"], [0], "psnr", tmp_path, pipe=pipe, show_progress=False)
+    first = json.loads((tmp_path / "report.json").read_text())
+    # "interrupt": the second item lost its XAttention video and its result
+    folder = tmp_path / first["items"][1]["folder"]
+    for name in ("xattn.npy", "xattn.json", "result.json"):
+        (folder / name).unlink()
+    calls = []
+    real = compare_module._video
+
+    def counting(pipe, run, variant, folder, latents, show_progress):
+        calls.append((folder.name, variant, (folder / f"{variant}.npy").is_file()))
+        return real(pipe, run, variant, folder, latents, show_progress)
+
+    monkeypatch.setattr(compare_module, "_video", counting)
+    second = compare_module.compare(run, ["a cat", "a dog"], [0], "psnr", tmp_path, pipe=pipe, show_progress=False)
+    assert calls == [(folder.name, "dense", True), (folder.name, "xattn", False)]  # item 0 untouched
+    assert second["items"][1]["pairwise"]["psnr"] == pytest.approx(first["items"][1]["pairwise"]["psnr"], rel=1e-6)
+
+
+def test_metric_parsing():
+    assert compare_module.parse_metrics("psnr,ssim,vbench:subject_consistency,motion_smoothness,flicker") == (
+        ["psnr", "ssim"], ["vbench:subject_consistency,motion_smoothness", "flicker"])
+    with pytest.raises(ConfigError, match="unknown metric 'psnrr'"):
+        compare_module.parse_metrics("psnrr")
+
+
+def test_hook_unavailable_message_reaches_report(tmp_path, pipe, isolated_hooks):
+    class Broken:
+        name = "broken"
+
+        def __init__(self, args):
+            pass
+
+        def score(self, videos, prompts):
+            raise HookUnavailable("needs weights at /x/y")
+
+    register_hook("broken", Broken)
+    run = load_config(overrides=SMALL)
+    report = compare_module.compare(run, ["a cat"], [0], "broken", tmp_path, pipe=pipe, show_progress=False)
+    assert report["skipped"]["broken"] == "needs weights at /x/y"
+
+
+def test_prompt_file_errors(tmp_path, capsys):
+    empty = tmp_path / "empty.txt"
+    empty.write_text("# nothing\n")
+    assert main(["compare", "--prompts", str(empty), "--out-dir", str(tmp_path / "o")]) == 2
+    assert "has no prompts" in capsys.readouterr().err
+    assert main(["compare", "--prompts", str(tmp_path / "missing.txt"), "--out-dir", str(tmp_path / "o")]) == 2
+    assert "prompt file not found" in capsys.readouterr().err
