@@ -18,7 +18,12 @@ from xattn_video.kernels.naive import block_sparse_attention_torch
 from xattn_video.kernels.triton_attention import AttentionConfig, block_sparse_attention_triton
 from xattn_video.kernels.triton_estimate import EstimateConfig, estimate_block_scores_triton
 
-ATTENTION_CONFIGS = [AttentionConfig(128, 128, 8, 3), AttentionConfig(128, 128, 8, 3)]
+A = AttentionConfig
+ATTENTION_CONFIGS = [
+    A(128, 128, 8, 3), A(128, 128, 8, 3, overlap_qk=True), A(128, 128, 8, 2, overlap_qk=True),
+    A(128, 128, 8, 3, True, overlap_qk=True), A(128, 128, 8, 2, True, overlap_qk=True),
+    A(128, 128, 8, 3), A(128, 128, 8, 3, overlap_qk=True),
+]
 E = EstimateConfig
 ESTIMATE_CONFIGS = [
     E(128, 128, 8, 3, use_tma=True), E(128, 128, 8, 3, use_tma=True, key_splits=2),

@@ -109,8 +109,9 @@ def test_triton_non_contiguous_inputs(gen, triton_device):
     torch.testing.assert_close(out, out_c)
 
 
-@pytest.mark.parametrize("block_m,block_n", [(16, 16), (32, 16), (16, 32)])
-def test_triton_attention_sub_tiles(gen, triton_device, block_m, block_n):
+@pytest.mark.parametrize("block_m,block_n,overlap", [(16, 16, False), (32, 16, False), (16, 32, False),
+                                                     (32, 32, True), (16, 32, True)])
+def test_triton_attention_sub_tiles(gen, triton_device, block_m, block_n, overlap):
     """Query/key tiles smaller than the selection block (the launch shapes tuned for Hopper)."""
     from xattn_video.kernels.triton_attention import AttentionConfig, block_sparse_attention_triton
 
@@ -118,7 +119,7 @@ def test_triton_attention_sub_tiles(gen, triton_device, block_m, block_n):
     mask = torch.rand(1, 2, 5, 5, generator=gen) < 0.5
     kv = torch.tensor([141], dtype=torch.int32)
     sel = BlockSelection.from_mask(mask.to(triton_device), block_size=32, q_len=150, kv_len=kv.to(triton_device))
-    cfg = AttentionConfig(block_m=block_m, block_n=block_n, num_warps=4, num_stages=1)
+    cfg = AttentionConfig(block_m=block_m, block_n=block_n, num_warps=4, num_stages=1, overlap_qk=overlap)
     got = block_sparse_attention_triton(q, k, v, sel, sel.kv_len, config=cfg)
     ref = block_sparse_attention(q.cpu(), k.cpu(), v.cpu(), _to_cpu(sel), backend="torch")
     assert rel_err(got, ref) < 1e-5, f"seed {gen.initial_seed()}"
