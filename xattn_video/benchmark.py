@@ -171,9 +171,10 @@ def bench_tokens(tokens: int, heads: int, head_dim: int, gen: torch.Generator, l
 
     scores = estimate_block_scores_triton(q, k, kv, stride=8, block_size=BLOCK)
     taus = (0.9,) * H
-    ms = median_ms(lambda: _select(scores, taus, kv, block_size=BLOCK, q_len=S, keep_diagonal=True,
-                                   text_start=None, max_density=None), rep_ms)
-    add("ours selection (sort, cumsum, lists)", ms)
+    for backend, label in (("triton", "ours selection (one Triton kernel)"), ("torch", "selection as torch ops")):
+        ms = median_ms(lambda: _select(scores, taus, kv, block_size=BLOCK, q_len=S, keep_diagonal=True,
+                                       text_start=S - 256, max_density=None, backend=backend), rep_ms)
+        add(label, ms)
     del q, k, v, scores
     torch.cuda.empty_cache()
 

@@ -190,7 +190,7 @@ def xattention(
     scores = _estimate(qb, kb, kv, stride, block_size, backend)
     selection = _select(
         scores, tau, kv, block_size=block_size, q_len=shape.q_len, keep_diagonal=keep_diagonal,
-        text_start=text_start, max_density=max_density,
+        text_start=text_start, max_density=max_density, backend=backend,
     )
     out = _sparse_attention(qb, kb, vb, selection, kv, backend)
     out = out if layout == "bshd" else out.transpose(1, 2)

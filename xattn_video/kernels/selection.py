@@ -92,13 +92,17 @@ def select_blocks(
     keep_diagonal: bool = True,
     text_start: int | None = None,
     max_density: float | None = None,
+    backend: str = "auto",
 ) -> BlockSelection:
     """Select key blocks per (batch, head, query block) from normalized block scores.
 
     scores: float [B, H, nq, nk] (rows normalized over valid key blocks, as ``estimate_block_scores``
     returns). ``threshold`` is τ as a float or a per-head sequence/tensor [H]; τ ≥ 1 keeps every valid block.
     ``kv_len`` (int or int tensor [B]) is the valid key count; default nk·block_size. See spec §2.
+    ``backend``: "triton" runs one fused kernel, "torch" plain tensor ops; "auto" picks by device.
     """
+    from .backend import resolve_backend
+
     if not isinstance(scores, torch.Tensor) or scores.dim() != 4:
         raise XAttentionInputError(
             f"scores must be a 4-D tensor [B, H, nq, nk], got {getattr(scores, 'shape', type(scores))}"
@@ -122,7 +126,7 @@ def select_blocks(
     tau = normalize_threshold(threshold, H)
     return _select(
         scores, tau, kv, block_size=block_size, q_len=q_len, keep_diagonal=keep_diagonal,
-        text_start=text_start, max_density=max_density,
+        text_start=text_start, max_density=max_density, backend=resolve_backend(backend, device),
     )
 
 
@@ -136,8 +140,15 @@ def _select(
     keep_diagonal: bool,
     text_start: int | None,
     max_density: float | None,
+    backend: str = "torch",
 ) -> BlockSelection:
     """Selection on validated inputs (taus: τ per head; kv_len: int32 [B] on scores' device)."""
+    if backend == "triton":
+        from .triton_selection import select_blocks_triton
+
+        return select_blocks_triton(scores, threshold_tensor(taus, scores.device), kv_len, block_size=block_size,
+                                    q_len=q_len, keep_diagonal=keep_diagonal, text_start=text_start,
+                                    max_density=max_density)
     B, H, nq, nk = scores.shape
     device = scores.device
     block_ids = torch.arange(nk, device=device)

@@ -31,7 +31,6 @@ class AttentionConfig:
     num_stages: int = 3
     use_tma: bool = False
     warp_specialize: bool = False
-    overlap_qk: bool = False  # issue the next block's QK^T before this block's softmax (block_n == selection block)
 
 
 @triton.jit
@@ -75,18 +74,6 @@ def _attend(acc, l_i, m_i, q, k_src, v_src, b, h, key_start, offs_d, kv_len,
 
 
 @triton.jit
-def _softmax_pv(acc, l_i, m_i, qk, v, qk_scale, DOT_PRECISION: tl.constexpr):
-    """Online-softmax update with a finished (unmasked) QK^T tile and its V tile."""
-    m_new = tl.maximum(m_i, tl.max(qk, axis=1) * qk_scale)
-    p = tl.math.exp2(qk * qk_scale - m_new[:, None])
-    alpha = tl.math.exp2(m_i - m_new)
-    l_i = l_i * alpha + tl.sum(p, axis=1)
-    acc = acc * alpha[:, None]
-    acc = tl.dot(p.to(v.dtype), v, acc, input_precision=DOT_PRECISION)
-    return acc, l_i, m_new
-
-
-@triton.jit
 def _sparse_attn_fwd(
     Q, K, V, O, COUNTS, INDICES, KV_LEN,
     stride_qb, stride_qs, stride_qh, stride_qd,
@@ -101,7 +88,6 @@ def _sparse_attn_fwd(
     BLOCK_N: tl.constexpr,
     USE_TMA: tl.constexpr,
     WARP_SPECIALIZE: tl.constexpr,
-    OVERLAP_QK: tl.constexpr,
     DOT_PRECISION: tl.constexpr,
 ):
     SUB_N: tl.constexpr = SEL_BLOCK // BLOCK_N
@@ -134,36 +120,11 @@ def _sparse_attn_fwd(
     m_i = tl.full([BLOCK_M], float("-inf"), dtype=tl.float32)
     l_i = tl.zeros([BLOCK_M], dtype=tl.float32)
     acc = tl.zeros([BLOCK_M, HEAD_DIM], dtype=tl.float32)
-    if OVERLAP_QK:
-        # Software-pipelined by hand: QK^T of block r+1 is issued before the softmax of block r, so the
-        # tensor cores have work while the softmax runs (FA3's intra-warpgroup overlap). BLOCK_N == SEL_BLOCK.
-        if n_full > 0:
-            key_cur = tl.load(idx_ptr) * SEL_BLOCK
-            offs_n = key_cur + tl.arange(0, BLOCK_N)
-            k = _load_kv(k_src, b, h, key_cur, offs_n, offs_d, stride_ks, stride_kd, kv_len,
-                         HEAD_DIM, BLOCK_N, False, USE_TMA)
-            qk = tl.dot(q, tl.trans(k), input_precision=DOT_PRECISION)
-            for r in range(1, n_full):
-                key_next = tl.load(idx_ptr + r) * SEL_BLOCK
-                offs_next = key_next + tl.arange(0, BLOCK_N)
-                k = _load_kv(k_src, b, h, key_next, offs_next, offs_d, stride_ks, stride_kd, kv_len,
-                             HEAD_DIM, BLOCK_N, False, USE_TMA)
-                qk_next = tl.dot(q, tl.trans(k), input_precision=DOT_PRECISION)
-                v = _load_kv(v_src, b, h, key_cur, offs_n, offs_d, stride_vs, stride_vd, kv_len,
-                             HEAD_DIM, BLOCK_N, False, USE_TMA)
-                acc, l_i, m_i = _softmax_pv(acc, l_i, m_i, qk, v, qk_scale, DOT_PRECISION)
-                qk = qk_next
-                key_cur = key_next
-                offs_n = offs_next
-            v = _load_kv(v_src, b, h, key_cur, offs_n, offs_d, stride_vs, stride_vd, kv_len,
-                         HEAD_DIM, BLOCK_N, False, USE_TMA)
-            acc, l_i, m_i = _softmax_pv(acc, l_i, m_i, qk, v, qk_scale, DOT_PRECISION)
-    else:
-        for r in tl.range(0, n_full * SUB_N, warp_specialize=WARP_SPECIALIZE):
-            key_start = tl.load(idx_ptr + r // SUB_N) * SEL_BLOCK + (r % SUB_N) * BLOCK_N
-            acc, l_i, m_i = _attend(acc, l_i, m_i, q, k_src, v_src, b, h, key_start, offs_d, kv_len,
-                                    stride_ks, stride_kd, stride_vs, stride_vd, qk_scale,
-                                    HEAD_DIM, BLOCK_N, False, USE_TMA, DOT_PRECISION)
+    for r in tl.range(0, n_full * SUB_N, warp_specialize=WARP_SPECIALIZE):
+        key_start = tl.load(idx_ptr + r // SUB_N) * SEL_BLOCK + (r % SUB_N) * BLOCK_N
+        acc, l_i, m_i = _attend(acc, l_i, m_i, q, k_src, v_src, b, h, key_start, offs_d, kv_len,
+                                stride_ks, stride_kd, stride_vs, stride_vd, qk_scale,
+                                HEAD_DIM, BLOCK_N, False, USE_TMA, DOT_PRECISION)
     if partial:
         for sub in range(SUB_N):
             key_start = last * SEL_BLOCK + sub * BLOCK_N
@@ -278,7 +239,6 @@ def _launch_with(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, counts: torc
         1.0 / math.sqrt(D) * 1.4426950408889634,
         HEAD_DIM=D, SEL_BLOCK=block_size, BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n,
         USE_TMA=use_tma, WARP_SPECIALIZE=cfg.warp_specialize and q.is_cuda,
-        OVERLAP_QK=cfg.overlap_qk and cfg.block_n == block_size,
         DOT_PRECISION="ieee" if q.dtype == torch.float32 else "tf32",
         num_warps=cfg.num_warps, num_stages=cfg.num_stages,
     )
