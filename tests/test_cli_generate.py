@@ -102,6 +102,23 @@ def test_loading_errors(tmp_path, monkeypatch):
         load_pipeline(ModelConfig(path="someone/some-video-model", device="cpu"))
 
 
+def test_offload_without_gpu_is_refused():
+    from xattn_video.config import ModelConfig
+
+    with pytest.raises(ModelLoadError, match="model.offload"):
+        load_pipeline(ModelConfig(path="tiny", device="cpu", offload="model"))
+
+
+def test_load_pipeline_from_a_local_folder(tmp_path):
+    from xattn_video.config import ModelConfig
+    from xattn_video.pipelines.tiny import build_tiny_pipeline
+
+    build_tiny_pipeline(seed=3).save_pretrained(tmp_path / "ckpt")
+    pipe = load_pipeline(ModelConfig(path=str(tmp_path / "ckpt"), device="cpu"))
+    assert pipe.transformer.dtype.is_floating_point and pipe.vae.use_tiling  # tiling on for real checkpoints
+    assert pipe.transformer.config.attention_head_dim == 64
+
+
 def test_console_script_help():
     proc = subprocess.run([sys.executable, "-m", "xattn_video.cli", "generate", "--help"], capture_output=True,
                           text=True, timeout=120)

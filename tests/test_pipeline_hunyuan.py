@@ -209,7 +209,7 @@ def test_timestep_index_without_sync_and_by_value():
 
 def test_step_tracker_outside_a_pipeline_loop():
     class Fake:
-        _current_timestep = None
+        current_timestep = None
         scheduler = None
 
     fake = Fake()

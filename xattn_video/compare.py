@@ -11,6 +11,7 @@ Outputs in ``--out-dir``: one folder per item, ``report.json``, ``report.md`` an
 from __future__ import annotations
 
 import dataclasses
+import importlib.util
 import json
 import math
 import re
@@ -20,9 +21,10 @@ from typing import Any, Sequence
 import numpy as np
 
 from .config import ConfigError, RunConfig, to_container
+from .metrics import KNOWN_METRICS
 from .video_io import write_json, write_mp4
 
-PAIRWISE = ("psnr", "ssim", "lpips")
+PAIRWISE = tuple(KNOWN_METRICS)  # psnr, ssim, lpips: the XAttention video against the dense one
 VARIANTS = ("dense", "xattn")
 
 
@@ -125,6 +127,8 @@ def compare(run: RunConfig, prompts: Sequence[str], seeds: Sequence[int], metric
     from .pipelines.loading import load_pipeline
 
     pairwise, hook_specs = parse_metrics(metrics)
+    if pairwise and importlib.util.find_spec("torchmetrics") is None:
+        raise ConfigError(f"metrics {', '.join(pairwise)} need torchmetrics: pip install 'xattn-video[eval]'")
     hooks = make_hooks(hook_specs) if hook_specs else []
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -163,6 +167,8 @@ def compare(run: RunConfig, prompts: Sequence[str], seeds: Sequence[int], metric
     write_json(report, out_dir / "report.json")
     _write_text(out_dir / "report.md", markdown(report))
     report["plots"] = _plots(report, out_dir)
+    if not report["plots"]:
+        report["skipped"]["plots"] = "matplotlib is not installed: pip install 'xattn-video[eval]'"
     write_json(report, out_dir / "report.json")
     return report
 

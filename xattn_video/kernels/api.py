@@ -14,7 +14,6 @@ from .inputs import (
     Threshold,
     XAttentionInputError,
     check_block_params,
-    check_layout,
     check_max_density,
     check_qk,
     check_qkv,
@@ -197,11 +196,4 @@ def xattention(
     return (out, selection) if return_selection else out
 
 
-__all__ = [
-    "BlockSelection",
-    "XAttentionInputError",
-    "block_sparse_attention",
-    "check_layout",
-    "estimate_block_scores",
-    "xattention",
-]
+__all__ = ["BlockSelection", "XAttentionInputError", "block_sparse_attention", "estimate_block_scores", "xattention"]

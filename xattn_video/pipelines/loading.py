@@ -47,6 +47,9 @@ def load_pipeline(model: ModelConfig, pipeline_cls: type | None = None) -> Any:
     cls = pipeline_cls or HunyuanVideoPipeline
     device = resolve_device(model.device)
     on_gpu = device.type == "cuda"
+    if model.offload is not None and not on_gpu:
+        raise ModelLoadError(f"config key 'model.offload' ({model.offload}) moves models between the CPU and a GPU; "
+                             f"the device here is {device}")
     if is_tiny(model):
         pipe = build_tiny_pipeline(pipeline_cls=cls)
         if on_gpu:

@@ -141,7 +141,8 @@ class XAttnHunyuanVideoAttnProcessor:
             watch.mark()
             scores = estimate_block_scores(q, k, stride=cfg.stride, backend=cfg.backend, **common)
             selection = select_blocks(scores, tau, q_len=q.shape[1], keep_diagonal=cfg.keep_diagonal,
-                                      text_start=text_start, max_density=cfg.max_density, **common)
+                                      text_start=text_start, max_density=cfg.max_density, backend=cfg.backend,
+                                      **common)
             watch.mark()
             out = block_sparse_attention(q, k, v, selection, backend=cfg.backend)
             watch.mark()

@@ -54,7 +54,7 @@ class StepTracker:
         pipe = self._pipe() if self._pipe is not None else None
         if pipe is None:
             return None
-        t = getattr(pipe, "_current_timestep", None)
+        t = getattr(pipe, "current_timestep", None)
         scheduler = getattr(pipe, "scheduler", None)
         if t is None or scheduler is None or getattr(scheduler, "timesteps", None) is None:
             return None
