@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import os
 import re
 import sys
@@ -21,7 +20,7 @@ from typing import Callable
 import torch
 import torch.nn.functional as F
 
-from .kernels import BlockSelection, estimate_block_scores, xattention
+from .kernels import BlockSelection, xattention
 from .kernels.naive import block_sparse_attention_torch, estimate_block_scores_torch
 from .kernels.selection import _select
 from .synthetic import grid_for_tokens, video_like_qkv
@@ -120,7 +119,7 @@ def check_correctness(tokens: int, heads: int, head_dim: int, gen: torch.Generat
            "ok": finite and attn_err < 1e-2 and score_err < 1e-3}
     log(f"check {S}: sparse-attention rel err {attn_err:.2e} (all written: {finite}), "
         f"scores max abs err {score_err:.2e} -> {'OK' if res['ok'] else 'FAIL'}")
-    del q, k, v, out, ref, scores, scores_ref
+    q = k = v = out = ref = scores = scores_ref = None
     torch.cuda.empty_cache()
     return res
 
@@ -163,7 +162,6 @@ def bench_tokens(tokens: int, heads: int, head_dim: int, gen: torch.Generator, l
                 add(f"FlexAttention (random {d:.2f})", ms_f, fl, dens, {"rel_l2_err": flex_err})
             except Exception as exc:  # report, keep benchmarking
                 log(f"  FlexAttention failed: {type(exc).__name__}: {exc}")
-        del sel
 
     for s in (8, 16):
         ms = median_ms(lambda: estimate_block_scores_triton(q, k, kv, stride=s, block_size=BLOCK), rep_ms)
@@ -175,7 +173,7 @@ def bench_tokens(tokens: int, heads: int, head_dim: int, gen: torch.Generator, l
         ms = median_ms(lambda: _select(scores, taus, kv, block_size=BLOCK, q_len=S, keep_diagonal=True,
                                        text_start=S - 256, max_density=None, backend=backend), rep_ms)
         add(label, ms)
-    del q, k, v, scores
+    q = k = v = scores = None  # release GPU memory before the next inputs
     torch.cuda.empty_cache()
 
     # Whole call on video-like inputs (see xattn_video/synthetic.py).
@@ -195,7 +193,7 @@ def bench_tokens(tokens: int, heads: int, head_dim: int, gen: torch.Generator, l
         dens, err = float(sel.density()), _rel(out, ref)
         ms = median_ms(lambda: xattention(q, k, v, **kw), rep_ms)
         add(f"ours xattention capped ~0.35 s={s}", ms, None, dens, {"rel_l2_err": err})
-    del q, k, v, ref
+    q = k = v = ref = None
     torch.cuda.empty_cache()
     for row in rows:
         row["speedup_vs_cudnn"] = t_cudnn / row["ms"]

@@ -60,9 +60,9 @@ def load_pipeline(model: ModelConfig, pipeline_cls: type | None = None) -> Any:
         dtype = DTYPES[model.dtype] if on_gpu else torch.float32
         try:
             transformer = HunyuanVideoTransformer3DModel.from_pretrained(source, subfolder="transformer",
-                                                                         torch_dtype=dtype)
+                                                                         dtype=dtype)
             pipe = cls.from_pretrained(source, transformer=transformer,
-                                       torch_dtype=torch.float16 if on_gpu else torch.float32)
+                                       dtype=torch.float16 if on_gpu else torch.float32)
         except (OSError, ValueError, ConnectionError) as exc:
             where = "the local folder" if Path(source).exists() else "the Hugging Face hub"
             raise ModelLoadError(
