@@ -174,3 +174,31 @@ def test_triton_selection_matches_torch(gen, triton_device, tau, kv_len, text_st
     assert torch.equal(got.mask.cpu(), ref.mask), f"seed {gen.initial_seed()}"
     assert torch.equal(got.counts.cpu(), ref.counts)
     assert torch.equal(got.indices.cpu(), ref.indices)
+
+
+def test_launch_falls_back_to_fewer_stages_once():
+    from dataclasses import dataclass
+
+    import triton
+
+    from xattn_video.kernels.launch import launch_with_fallback
+
+    @dataclass(frozen=True)
+    class Cfg:
+        num_stages: int
+
+    tried = []
+
+    def launch(cfg):
+        tried.append(cfg.num_stages)
+        if cfg.num_stages > 2:
+            raise triton.runtime.errors.OutOfResources(300000, 232448, "shared memory")
+        return cfg.num_stages
+
+    cache = {}
+    assert launch_with_fallback(cache, "key", Cfg(4), launch) == 2
+    assert tried == [4, 3, 2]
+    assert launch_with_fallback(cache, "key", Cfg(4), launch) == 2
+    assert tried == [4, 3, 2, 2]  # remembered: no second search
+    with pytest.raises(triton.runtime.errors.OutOfResources):
+        launch_with_fallback({}, "other", Cfg(4), lambda cfg: launch(Cfg(cfg.num_stages + 5)))

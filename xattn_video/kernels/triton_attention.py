@@ -12,12 +12,13 @@ fetched with tensor descriptors (TMA) instead of pointer loads.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 
 import torch
 import triton
 import triton.language as tl
 
+from .launch import launch_with_fallback
 from .selection import BlockSelection
 
 
@@ -193,28 +194,20 @@ def _tma_ok(x: torch.Tensor) -> bool:
             and all((s * x.element_size()) % 16 == 0 for s in x.stride()[:-1]))
 
 
-# Launch shape that compiled for a problem signature: shared-memory fallbacks are tried only once.
+# Launch shape that compiled for a problem signature (see launch.launch_with_fallback).
 _WORKING_CONFIG: dict[tuple, AttentionConfig] = {}
 
 
 def _launch(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, counts: torch.Tensor, indices: torch.Tensor,
             kv_len: torch.Tensor, block_size: int, out: torch.Tensor, config: AttentionConfig | None) -> None:
+    def run(cfg: AttentionConfig) -> None:
+        _launch_with(q, k, v, counts, indices, kv_len, block_size, out, cfg)
+
     if config is not None:
-        return _launch_with(q, k, v, counts, indices, kv_len, block_size, out, config)
+        return run(config)
     key = (q.device.type, q.dtype, q.shape[-1], block_size)
-    if key in _WORKING_CONFIG:
-        return _launch_with(q, k, v, counts, indices, kv_len, block_size, out, _WORKING_CONFIG[key])
-    cfg = default_config(q, block_size)
-    candidates = [cfg] + [replace(cfg, num_stages=s) for s in range(cfg.num_stages - 1, 0, -1)]
-    for i, cand in enumerate(candidates):
-        try:
-            _launch_with(q, k, v, counts, indices, kv_len, block_size, out, cand)
-        except triton.runtime.errors.OutOfResources:
-            if i == len(candidates) - 1:
-                raise
-            continue
-        _WORKING_CONFIG[key] = cand
-        return None
+    launch_with_fallback(_WORKING_CONFIG, key, default_config(q, block_size), run)
+    return None
 
 
 def _launch_with(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, counts: torch.Tensor, indices: torch.Tensor,

@@ -17,11 +17,13 @@ from __future__ import annotations
 
 import functools
 import math
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 
 import torch
 import triton
 import triton.language as tl
+
+from .launch import launch_with_fallback
 
 # Scratch budget per launch (re-strided copies + log-sum-exp buffer); larger problems are split over
 # heads in a host loop, which never synchronizes.
@@ -262,36 +264,19 @@ def _restrided(x: torch.Tensor, limit: torch.Tensor, stride: int, rows_out: int,
     return out
 
 
-def _fallbacks(cfg: EstimateConfig) -> list[EstimateConfig]:
-    """The config, then cheaper ones to try if the GPU lacks shared memory for it."""
-    out = [cfg]
-    for stages in range(cfg.num_stages - 1, 0, -1):
-        out.append(replace(cfg, num_stages=stages))
-    return out
-
-
-# Launch shape that compiled for a given problem signature: shared-memory fallbacks are tried only once.
+# Launch shape that compiled for a problem signature (see launch.launch_with_fallback).
 _WORKING_CONFIG: dict[tuple, EstimateConfig] = {}
 
 
 def _launch_estimate(q: torch.Tensor, k: torch.Tensor, kv_len: torch.Tensor, stride: int,
                      block_size: int, config: EstimateConfig | None) -> torch.Tensor:
+    def run(cfg: EstimateConfig) -> torch.Tensor:
+        return _launch_estimate_with(q, k, kv_len, stride, block_size, cfg)
+
     if config is not None:
-        return _launch_estimate_with(q, k, kv_len, stride, block_size, config)
+        return run(config)
     key = (q.device.type, q.dtype, q.shape[-1], stride, block_size)
-    if key in _WORKING_CONFIG:
-        return _launch_estimate_with(q, k, kv_len, stride, block_size, _WORKING_CONFIG[key])
-    candidates = _fallbacks(default_config(q, stride, block_size))
-    for i, cfg in enumerate(candidates):
-        try:
-            out = _launch_estimate_with(q, k, kv_len, stride, block_size, cfg)
-        except triton.runtime.errors.OutOfResources:
-            if i == len(candidates) - 1:
-                raise
-            continue
-        _WORKING_CONFIG[key] = cfg
-        return out
-    raise AssertionError("unreachable")
+    return launch_with_fallback(_WORKING_CONFIG, key, default_config(q, stride, block_size), run)
 
 
 def _launch_estimate_with(q: torch.Tensor, k: torch.Tensor, kv_len: torch.Tensor, stride: int,
