@@ -24,6 +24,7 @@ from .kernels import BlockSelection, xattention
 from .kernels.naive import block_sparse_attention_torch, estimate_block_scores_torch
 from .kernels.selection import _select
 from .synthetic import grid_for_tokens, video_like_qkv
+from .video_io import write_text
 
 DENSITIES = (0.1, 0.2, 0.35, 0.45)
 TAUS = (0.8, 0.9, 0.95)
@@ -263,12 +264,6 @@ def plot(results: dict, path: Path) -> None:
     os.replace(tmp, path)
 
 
-def _write(path: Path, text: str) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
-
-
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="xvid bench", description=__doc__.splitlines()[0])
     p.add_argument("--tokens", type=int, nargs="+", default=[18616, 67576, 119056])
@@ -302,9 +297,9 @@ def main(argv: list[str] | None = None) -> int:
                                         rep_ms=args.rep_ms)
     args.out_dir.mkdir(parents=True, exist_ok=True)
     stem = args.out_dir / gpu_slug()
-    _write(stem.with_suffix(".json"), json.dumps(results, indent=1))
+    write_text(json.dumps(results, indent=1), stem.with_suffix(".json"))
     md = markdown(results)
-    _write(stem.with_suffix(".md"), md)
+    write_text(md, stem.with_suffix(".md"))
     try:
         plot(results, stem.with_suffix(".png"))
     except ImportError:

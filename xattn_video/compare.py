@@ -22,7 +22,7 @@ import numpy as np
 
 from .config import ConfigError, RunConfig, to_container
 from .metrics import KNOWN_METRICS
-from .video_io import write_json, write_mp4
+from .video_io import write_json, write_mp4, write_text
 
 PAIRWISE = tuple(KNOWN_METRICS)  # psnr, ssim, lpips: the XAttention video against the dense one
 VARIANTS = ("dense", "xattn")
@@ -164,12 +164,11 @@ def compare(run: RunConfig, prompts: Sequence[str], seeds: Sequence[int], metric
         write_json(_jsonable(result), result_path)
         results.append(_jsonable(result))
     report = _report(run, results, pairwise, hooks)
-    write_json(report, out_dir / "report.json")
-    _write_text(out_dir / "report.md", markdown(report))
     report["plots"] = _plots(report, out_dir)
     if not report["plots"]:
         report["skipped"]["plots"] = "matplotlib is not installed: pip install 'xattn-video[eval]'"
     write_json(report, out_dir / "report.json")
+    write_text(markdown(report), out_dir / "report.md")
     return report
 
 
@@ -237,12 +236,6 @@ def markdown(report: dict) -> str:
     if report["skipped"]:
         lines += ["", "## Skipped", ""] + [f"- **{k}**: {v}" for k, v in report["skipped"].items()]
     return "\n".join(lines) + "\n"
-
-
-def _write_text(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text)
-    tmp.replace(path)
 
 
 def _plots(report: dict, out_dir: Path) -> list[str]:

@@ -79,13 +79,17 @@ def read_video(path: str | Path) -> np.ndarray:
         return np.stack([np.asarray(f) for f in reader])
 
 
-def write_json(data: Any, path: str | Path) -> Path:
+def write_text(text: str, path: str | Path) -> Path:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = _temp_name(path)
     try:
-        tmp.write_text(json.dumps(data, indent=1, default=str))
+        tmp.write_text(text)
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)
     return path
+
+
+def write_json(data: Any, path: str | Path) -> Path:
+    return write_text(json.dumps(data, indent=1, default=str), path)
