@@ -21,8 +21,8 @@ import torch
 import torch.nn.functional as F
 
 from .kernels import BlockSelection, xattention
-from .kernels.naive import block_sparse_attention_torch, estimate_block_scores_torch
-from .kernels.selection import _select
+from .kernels.naive import naive_block_sparse_attention as block_sparse_attention_torch, naive_estimate_block_scores as estimate_block_scores_torch
+from .kernels.api import _select
 from .synthetic import grid_for_tokens, video_like_qkv
 from .video_io import write_text
 

@@ -1,14 +1,18 @@
 """Public entry points of the XAttention operator (see docs/xattention-spec.md in the shared docs).
 
-Inputs are validated once here; after that nothing in ``xattention`` synchronizes with the device.
+Inputs are validated once here (shapes, parameters, the backend's constraints); after that nothing in
+``xattention`` synchronizes with the device. Each step dispatches to ``naive.py`` (torch) or ``triton_*.py``.
 """
 
 from __future__ import annotations
 
+from typing import Protocol
+
 import torch
 import torch.nn.functional as F
 
-from .backend import resolve_backend
+from .backend import check_backend_params, resolve_backend
+from .blocks import BlockSelection, num_blocks
 from .inputs import (
     KvLen,
     Threshold,
@@ -20,21 +24,21 @@ from .inputs import (
     check_text_start,
     normalize_kv_len,
     normalize_threshold,
-    num_blocks,
+    threshold_tensor,
     to_bshd,
 )
-from .naive import block_sparse_attention_torch, estimate_block_scores_torch
-from .selection import BlockSelection, _select
+from .naive import naive_block_sparse_attention, naive_estimate_block_scores, naive_select_blocks
+
+
+class Marker(Protocol):
+    """Anything with ``mark()`` (e.g. ``xattn_video.stats.Stopwatch``): called between the operator's steps."""
+
+    def mark(self) -> None: ...
 
 
 def check_backend_support(backend: str, stride: int, block_size: int) -> None:
-    """Refuse parameters a backend cannot run before any work starts."""
-    if backend == "triton":
-        from .triton_attention import check_triton_attention_params
-        from .triton_estimate import check_triton_estimate_params
-
-        check_triton_estimate_params(stride, block_size)
-        check_triton_attention_params(block_size)
+    """Refuse parameters that ``backend`` cannot run for a whole ``xattention`` call."""
+    check_backend_params(backend, block_size=block_size, stride=stride)
 
 
 def _estimate(q: torch.Tensor, k: torch.Tensor, kv: torch.Tensor, stride: int, block_size: int,
@@ -43,7 +47,19 @@ def _estimate(q: torch.Tensor, k: torch.Tensor, kv: torch.Tensor, stride: int, b
         from .triton_estimate import estimate_block_scores_triton
 
         return estimate_block_scores_triton(q, k, kv, stride=stride, block_size=block_size)
-    return estimate_block_scores_torch(q, k, kv, stride=stride, block_size=block_size)
+    return naive_estimate_block_scores(q, k, kv, stride=stride, block_size=block_size)
+
+
+def _select(scores: torch.Tensor, taus: tuple[float, ...], kv_len: torch.Tensor, *, block_size: int, q_len: int,
+            keep_diagonal: bool, text_start: int | None, max_density: float | None, backend: str) -> BlockSelection:
+    if backend == "triton":
+        from .triton_selection import select_blocks_triton
+
+        return select_blocks_triton(scores, threshold_tensor(taus, scores.device), kv_len, block_size=block_size,
+                                    q_len=q_len, keep_diagonal=keep_diagonal, text_start=text_start,
+                                    max_density=max_density)
+    return naive_select_blocks(scores, taus, kv_len, block_size=block_size, q_len=q_len,
+                               keep_diagonal=keep_diagonal, text_start=text_start, max_density=max_density)
 
 
 def _sparse_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, selection: BlockSelection,
@@ -52,7 +68,7 @@ def _sparse_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, selecti
         from .triton_attention import block_sparse_attention_triton
 
         return block_sparse_attention_triton(q, k, v, selection, kv)
-    return block_sparse_attention_torch(q, k, v, selection, kv)
+    return naive_block_sparse_attention(q, k, v, selection, kv)
 
 
 def estimate_block_scores(
@@ -74,11 +90,54 @@ def estimate_block_scores(
     check_block_params(stride, block_size)
     kv = normalize_kv_len(kv_len, shape.batch, shape.kv_len, q.device)
     backend = resolve_backend(backend, q.device)
-    if backend == "triton":
-        from .triton_estimate import check_triton_estimate_params
-
-        check_triton_estimate_params(stride, block_size)
+    check_backend_params(backend, block_size=block_size, stride=stride, attention=False)
     return _estimate(to_bshd(q, layout), to_bshd(k, layout), kv, stride, block_size, backend)
+
+
+def select_blocks(
+    scores: torch.Tensor,
+    threshold: Threshold,
+    *,
+    block_size: int = 128,
+    q_len: int,
+    kv_len: KvLen = None,
+    keep_diagonal: bool = True,
+    text_start: int | None = None,
+    max_density: float | None = None,
+    backend: str = "auto",
+) -> BlockSelection:
+    """Select key blocks per (batch, head, query block) from normalized block scores.
+
+    scores: float [B, H, nq, nk] (rows normalized over valid key blocks, as ``estimate_block_scores``
+    returns). ``threshold`` is τ as a float or a per-head sequence/tensor [H]; τ ≥ 1 keeps every valid block.
+    ``kv_len`` (int or int tensor [B]) is the valid key count; default nk·block_size. See spec §2.
+    ``backend``: "triton" runs one fused kernel, "torch" plain tensor ops; "auto" picks by device.
+    """
+    if not isinstance(scores, torch.Tensor) or scores.dim() != 4:
+        raise XAttentionInputError(
+            f"scores must be a 4-D tensor [B, H, nq, nk], got {getattr(scores, 'shape', type(scores))}"
+        )
+    if not scores.dtype.is_floating_point:
+        raise XAttentionInputError(f"scores must be floating point, got {scores.dtype}")
+    B, H, nq, nk = scores.shape
+    if not isinstance(block_size, int) or block_size < 1:
+        raise XAttentionInputError(f"block_size must be a positive int, got {block_size!r}")
+    if not isinstance(q_len, int) or q_len < 1:
+        raise XAttentionInputError(f"q_len must be a positive int, got {q_len!r}")
+    if num_blocks(q_len, block_size) != nq:
+        raise XAttentionInputError(
+            f"scores have {nq} query blocks but q_len={q_len} with block_size={block_size} "
+            f"gives {num_blocks(q_len, block_size)}"
+        )
+    check_text_start(text_start, q_len)
+    check_max_density(max_density)
+    device = scores.device
+    kv = normalize_kv_len(kv_len, B, nk * block_size, device)
+    tau = normalize_threshold(threshold, H)
+    return _select(
+        scores, tau, kv, block_size=block_size, q_len=q_len, keep_diagonal=keep_diagonal,
+        text_start=text_start, max_density=max_density, backend=resolve_backend(backend, device),
+    )
 
 
 def _check_selection(selection: BlockSelection, batch: int, heads: int, q_len: int, k_len: int) -> None:
@@ -123,6 +182,7 @@ def block_sparse_attention(
         selection = BlockSelection.from_mask(selection.mask, block_size=selection.block_size,
                                              q_len=selection.q_len, kv_len=kv)
     backend = resolve_backend(backend, q.device)
+    check_backend_params(backend, block_size=selection.block_size)
     out = _sparse_attention(to_bshd(q, layout), to_bshd(k, layout), to_bshd(v, layout), selection, kv, backend)
     return out if layout == "bshd" else out.transpose(1, 2)
 
@@ -142,8 +202,7 @@ def full_selection(batch: int, heads: int, q_len: int, k_len: int, kv: torch.Ten
                    block_size: int) -> BlockSelection:
     """A selection that keeps every valid key block (what τ ≥ 1 means)."""
     nq, nk = num_blocks(q_len, block_size), num_blocks(k_len, block_size)
-    n_valid = (kv.to(torch.int64) + block_size - 1) // block_size
-    valid = torch.arange(nk, device=kv.device)[None, :] < n_valid[:, None]
+    valid = torch.arange(nk, device=kv.device)[None, :] < num_blocks(kv, block_size)[:, None]
     mask = valid[:, None, None, :].expand(batch, heads, nq, nk).contiguous()
     return BlockSelection.from_mask(mask, block_size=block_size, q_len=q_len, kv_len=kv)
 
@@ -163,12 +222,15 @@ def xattention(
     layout: str = "bshd",
     backend: str = "auto",
     return_selection: bool = False,
+    stopwatch: Marker | None = None,
 ) -> torch.Tensor | tuple[torch.Tensor, BlockSelection]:
     """XAttention: estimate block scores, keep the blocks reaching ``threshold``, attend over them.
 
     q: [B, Sq, H, D], k/v: [B, Sk, H, D] for layout "bshd" ([B, H, S, D] for "bhsd"); fp16/bf16 (fp32 for
     tests). ``threshold`` is τ (float or per-head [H]); τ ≥ 1 on every head runs dense SDPA without
     estimation. Returns the output (q's shape and dtype), and the BlockSelection if ``return_selection``.
+    ``stopwatch`` (timing only): ``mark()`` is called before the estimate, after the selection and after the
+    attention (dense calls: before and after the attention only); see ``xattn_video.stats.Stopwatch``.
     """
     shape = check_qkv(q, k, v, layout)
     check_block_params(stride, block_size)
@@ -179,8 +241,12 @@ def xattention(
     check_backend_support(backend, stride, block_size)
     kv = normalize_kv_len(kv_len, shape.batch, shape.kv_len, q.device)
 
+    if stopwatch is not None:
+        stopwatch.mark()
     if all(t >= 1.0 for t in tau):  # plain floats: no device sync
         out = dense_attention(q, k, v, None if kv_len is None else kv, layout)
+        if stopwatch is not None:
+            stopwatch.mark()
         if not return_selection:
             return out
         return out, full_selection(shape.batch, shape.heads, shape.q_len, shape.kv_len, kv, block_size)
@@ -191,9 +257,14 @@ def xattention(
         scores, tau, kv, block_size=block_size, q_len=shape.q_len, keep_diagonal=keep_diagonal,
         text_start=text_start, max_density=max_density, backend=backend,
     )
+    if stopwatch is not None:
+        stopwatch.mark()
     out = _sparse_attention(qb, kb, vb, selection, kv, backend)
+    if stopwatch is not None:
+        stopwatch.mark()
     out = out if layout == "bshd" else out.transpose(1, 2)
     return (out, selection) if return_selection else out
 
 
-__all__ = ["BlockSelection", "XAttentionInputError", "block_sparse_attention", "estimate_block_scores", "xattention"]
+__all__ = ["BlockSelection", "XAttentionInputError", "block_sparse_attention", "estimate_block_scores",
+           "select_blocks", "xattention"]

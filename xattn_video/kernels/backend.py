@@ -1,4 +1,4 @@
-"""Backend choice: by tensor device and what is installed, never by GPU name."""
+"""Backend choice (by tensor device and what is installed, never by GPU name) and what each backend can run."""
 
 from __future__ import annotations
 
@@ -61,3 +61,35 @@ def resolve_backend(backend: str, device: torch.device) -> str:
                 f"Triton kernels on the CPU through the interpreter"
             )
     return backend
+
+
+# What the Triton kernels can run; the one declaration of it. api.py checks it once per public call, so the
+# launchers in triton_*.py assume it holds.
+TRITON_ATTENTION_BLOCK_SIZES = (16, 32, 64, 128)  # tiles of the block-sparse attention kernel
+TRITON_MIN_ESTIMATE_BLOCK = 16  # the estimate kernel: stride and block_size powers of two, block_size ≥ this
+
+
+def _pow2(x: int) -> bool:
+    return x > 0 and (x & (x - 1)) == 0
+
+
+def check_backend_params(backend: str, *, block_size: int, stride: int | None = None,
+                         attention: bool = True) -> None:
+    """Refuse parameters ``backend`` cannot run, before any work starts.
+
+    ``stride`` given: the estimate will run; ``attention``: the block-sparse attention will run. Only the
+    "triton" backend has constraints (the torch reference runs any valid stride/block_size).
+    """
+    if backend != "triton":
+        return
+    if stride is not None and (not _pow2(stride) or not _pow2(block_size) or block_size < TRITON_MIN_ESTIMATE_BLOCK):
+        raise XAttentionInputError(
+            f"the triton backend needs stride and block_size to be powers of two with block_size >= "
+            f"{TRITON_MIN_ESTIMATE_BLOCK}, got stride={stride}, block_size={block_size} (use backend='torch' for "
+            f"other values)"
+        )
+    if attention and block_size not in TRITON_ATTENTION_BLOCK_SIZES:
+        raise XAttentionInputError(
+            f"the triton backend supports block_size {', '.join(map(str, TRITON_ATTENTION_BLOCK_SIZES[:-1]))} or "
+            f"{TRITON_ATTENTION_BLOCK_SIZES[-1]}, got {block_size} (use backend='torch' for other values)"
+        )

@@ -204,7 +204,3 @@ def check_max_density(max_density: float | None) -> None:
         raise XAttentionInputError(f"max_density must be a float in (0, 1] or None, got {max_density!r}")
     if not (0.0 < float(max_density) <= 1.0) or math.isnan(max_density):
         raise XAttentionInputError(f"max_density must be in (0, 1], got {max_density}")
-
-
-def num_blocks(length: int, block_size: int) -> int:
-    return -(-length // block_size)

@@ -1,6 +1,6 @@
-"""Plain PyTorch reference of the XAttention operator (spec §1 and §3), in float32.
+"""Plain PyTorch reference of the whole XAttention operator (spec §1 estimate, §2 selection, §3 attention).
 
-Runs on any device. Work is chunked over heads and query blocks so that memory stays bounded at
+Runs on any device; the Triton kernels are tested against these functions. Work is chunked over heads and query blocks so that memory stays bounded at
 HunyuanVideo sizes (~119k tokens): no full S×S (or S/s × S/s) matrix is ever materialized.
 All tensors here are [B, S, H, D] views; inputs were validated by the caller.
 """
@@ -11,7 +11,8 @@ import math
 
 import torch
 
-from .selection import BlockSelection
+from .blocks import BlockSelection, num_blocks
+from .inputs import threshold_tensor
 
 # Upper bound on the float32 intermediate of one chunk (bytes); keeps the reference usable at 119k tokens.
 CHUNK_BYTES = {"cpu": 256 * 1024 * 1024, "cuda": 4 * 1024 * 1024 * 1024}
@@ -30,7 +31,7 @@ def _zero_padded(x: torch.Tensor, length: int, valid: int) -> torch.Tensor:
     return out
 
 
-def estimate_block_scores_torch(
+def naive_estimate_block_scores(
     q: torch.Tensor, k: torch.Tensor, kv_len: torch.Tensor, *, stride: int, block_size: int
 ) -> torch.Tensor:
     """Antidiagonal block scores Â, float32 [B, H, nq, nk], rows normalized over valid key blocks.
@@ -42,7 +43,7 @@ def estimate_block_scores_torch(
     Sk = k.shape[1]
     s, bs = stride, block_size
     rows_per_block = bs // s
-    nq, nk = -(-Sq // bs), -(-Sk // bs)
+    nq, nk = num_blocks(Sq, bs), num_blocks(Sk, bs)
     n_rows, n_cols = nq * rows_per_block, nk * rows_per_block
     scale = 1.0 / (s * math.sqrt(D))
     kv_host = kv_len.tolist()  # the reference may synchronize; the Triton path does not
@@ -73,7 +74,63 @@ def estimate_block_scores_torch(
     return scores
 
 
-def block_sparse_attention_torch(
+def naive_select_blocks(
+    scores: torch.Tensor,
+    taus: tuple[float, ...],
+    kv_len: torch.Tensor,
+    *,
+    block_size: int,
+    q_len: int,
+    keep_diagonal: bool,
+    text_start: int | None,
+    max_density: float | None,
+) -> BlockSelection:
+    """Block selection (spec §2) on validated inputs: the fewest key blocks per row whose mass reaches τ.
+
+    scores: float [B, H, nq, nk]; taus: τ per head; kv_len: int32 [B] on scores' device. Plain tensor ops
+    (sort, cumulative sum, scatter) with no host sync, so this also serves as the non-Triton backend.
+    """
+    B, H, nq, nk = scores.shape
+    device = scores.device
+    block_ids = torch.arange(nk, device=device)
+    n_valid = num_blocks(kv_len, block_size)  # [B]
+    valid_k = block_ids[None, :] < n_valid[:, None]  # [B, nk]
+    valid_k4 = valid_k[:, None, None, :]
+
+    # Invalid key blocks sort last (valid scores are >= 0) and are never kept.
+    s = scores.to(torch.float32).masked_fill(~valid_k4, -1.0)
+    sorted_scores, order = torch.sort(s, dim=-1, descending=True, stable=True)
+    sorted_mass = sorted_scores.clamp_min(0.0)
+    # Exact exclusive prefix: shift the inclusive sum right by one instead of subtracting.
+    mass_before = torch.nn.functional.pad(torch.cumsum(sorted_mass, dim=-1)[..., :-1], (1, 0))
+    uniform = all(t == taus[0] for t in taus)
+    tau = taus[0] if uniform else threshold_tensor(taus, device).view(1, H, 1, 1)
+    keep_sorted = (mass_before < tau) & (sorted_scores >= 0.0)
+    if max_density is not None:
+        cap = torch.ceil(float(max_density) * n_valid.to(torch.float64)).to(torch.int64)  # [B]
+        keep_sorted &= block_ids.view(1, 1, 1, nk) < cap.view(B, 1, 1, 1)
+    mask = torch.zeros_like(keep_sorted).scatter_(-1, order, keep_sorted)
+
+    if any(t >= 1.0 for t in taus):
+        dense_heads = (threshold_tensor(taus, device) >= 1.0).view(1, H, 1, 1)
+        mask |= dense_heads & valid_k4
+    if keep_diagonal:
+        q_ids = torch.arange(nq, device=device)
+        diag = q_ids[:, None] == block_ids[None, :]  # [nq, nk]
+        mask |= diag[None, None] & valid_k4
+    if text_start is not None:
+        # Key blocks overlapping [text_start, kv_len) and query blocks overlapping [text_start, q_len).
+        has_text = (kv_len > text_start)[:, None]  # [B, 1]: the batch has valid text keys
+        text_keys = ((block_ids + 1) * block_size > text_start)[None, :] & valid_k & has_text  # [B, nk]
+        mask |= text_keys[:, None, None, :]
+        q_ids = torch.arange(nq, device=device)
+        text_queries = (q_ids + 1) * block_size > text_start  # [nq]
+        if text_start < q_len:
+            mask |= text_queries[None, None, :, None] & valid_k4
+    return BlockSelection.from_mask(mask, block_size=block_size, q_len=q_len, kv_len=kv_len)
+
+
+def naive_block_sparse_attention(
     q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, selection: BlockSelection, kv_len: torch.Tensor
 ) -> torch.Tensor:
     """Exact attention over the kept blocks (spec §3), computed in float32; returns q's dtype.

@@ -19,7 +19,7 @@ import triton
 import triton.language as tl
 
 from .launch import launch_with_fallback
-from .selection import BlockSelection
+from .blocks import BlockSelection
 
 
 @dataclass(frozen=True)
@@ -139,16 +139,6 @@ def _sparse_attn_fwd(
     tl.store(o_ptrs, out.to(O.dtype.element_ty), mask=offs_m[:, None] < SQ)
 
 
-def check_triton_attention_params(block_size: int) -> None:
-    from .inputs import XAttentionInputError
-
-    if block_size not in (16, 32, 64, 128):
-        raise XAttentionInputError(
-            f"the triton backend supports block_size 16, 32, 64 or 128, got {block_size} "
-            f"(use backend='torch' for other values)"
-        )
-
-
 def default_config(q: torch.Tensor, block_size: int) -> AttentionConfig:
     if not q.is_cuda:
         return AttentionConfig(block_m=block_size, block_n=block_size, num_warps=4, num_stages=1)
@@ -160,12 +150,12 @@ def block_sparse_attention_triton(
     q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, selection: BlockSelection, kv_len: torch.Tensor,
     out: torch.Tensor | None = None, config: AttentionConfig | None = None,
 ) -> torch.Tensor:
-    """Same contract as ``naive.block_sparse_attention_torch``; q/k/v are [B, S, H, D] views.
+    """Same contract as ``naive.naive_block_sparse_attention``; q/k/v are [B, S, H, D] views.
 
     The selection must not keep blocks wholly past kv_len (``select_blocks`` and ``BlockSelection.from_mask``
-    guarantee it). ``out`` (optional, q's shape) is written in place; ``config`` overrides the launch shape.
+    guarantee it), and its block_size must meet ``backend.check_backend_params`` (the public API checks it).
+    ``out`` (optional, q's shape) is written in place; ``config`` overrides the launch shape.
     """
-    check_triton_attention_params(selection.block_size)
     counts, indices = selection.counts.contiguous(), selection.indices.contiguous()
     if out is None and config is None:
         return _sparse_attention_op(q, k, v, counts, indices, kv_len, selection.block_size)

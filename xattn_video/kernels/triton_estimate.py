@@ -23,6 +23,7 @@ import torch
 import triton
 import triton.language as tl
 
+from .blocks import num_blocks
 from .launch import launch_with_fallback
 
 # Scratch budget per launch (re-strided copies + log-sum-exp buffer); larger problems are split over
@@ -188,20 +189,6 @@ def _block_sums_kernel(
                  mask=(qb[:, None] < NQB) & (kbs[None, :] < NKB))
 
 
-def _pow2(x: int) -> bool:
-    return x > 0 and (x & (x - 1)) == 0
-
-
-def check_triton_estimate_params(stride: int, block_size: int) -> None:
-    from .inputs import XAttentionInputError
-
-    if not _pow2(stride) or not _pow2(block_size) or block_size < 16:
-        raise XAttentionInputError(
-            f"the triton backend needs stride and block_size to be powers of two with block_size >= 16, "
-            f"got stride={stride}, block_size={block_size} (use backend='torch' for other values)"
-        )
-
-
 @functools.lru_cache(maxsize=None)
 def _has_tma(device_index: int) -> bool:
     # The bulk tensor copy engine exists from compute capability 9.0 (Hopper) on.
@@ -224,11 +211,11 @@ def estimate_block_scores_triton(
     q: torch.Tensor, k: torch.Tensor, kv_len: torch.Tensor, *, stride: int, block_size: int,
     config: EstimateConfig | None = None,
 ) -> torch.Tensor:
-    """Same contract as ``naive.estimate_block_scores_torch``; q/k are [B, S, H, D] views (any strides).
+    """Same contract as ``naive.naive_estimate_block_scores``; q/k are [B, S, H, D] views (any strides).
 
-    ``config`` overrides the launch shape (benchmarks); the default path goes through the custom op.
+    stride/block_size must meet ``backend.check_backend_params`` (the public API checks it). ``config``
+    overrides the launch shape (benchmarks); the default path goes through the custom op.
     """
-    check_triton_estimate_params(stride, block_size)
     if config is not None:
         return _launch_estimate(q, k, kv_len, stride, block_size, config)
     return _estimate_op(q, k, kv_len, stride, block_size)
@@ -236,7 +223,7 @@ def estimate_block_scores_triton(
 
 def _score_grid(q: torch.Tensor, k: torch.Tensor, block_size: int) -> tuple[int, int, int, int]:
     B, Sq, H, _ = q.shape
-    return B, H, -(-Sq // block_size), -(-k.shape[1] // block_size)
+    return B, H, num_blocks(Sq, block_size), num_blocks(k.shape[1], block_size)
 
 
 # A custom op, so that torch.compile treats the launch as one opaque node (no graph break, no tracing

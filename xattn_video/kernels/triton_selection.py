@@ -13,7 +13,7 @@ import torch
 import triton
 import triton.language as tl
 
-from .selection import BlockSelection
+from .blocks import BlockSelection, num_blocks
 
 
 @triton.jit
@@ -74,7 +74,7 @@ def _select_kernel(
 def select_blocks_triton(scores: torch.Tensor, taus: torch.Tensor, kv_len: torch.Tensor, *, block_size: int,
                          q_len: int, keep_diagonal: bool, text_start: int | None,
                          max_density: float | None) -> BlockSelection:
-    """Same contract as ``selection._select``; taus: float32 [H] on scores' device, kv_len: int32 [B]."""
+    """Same contract as ``naive.naive_select_blocks``; taus: float32 [H] on scores' device, kv_len: int32 [B]."""
     counts, indices, mask = _select_op(scores.to(torch.float32), taus, kv_len, block_size, q_len, keep_diagonal,
                                        -1 if text_start is None else text_start,
                                        -1.0 if max_density is None else float(max_density))
@@ -94,8 +94,7 @@ def _select_op(scores: torch.Tensor, taus: torch.Tensor, kv_len: torch.Tensor, b
     indices = torch.empty((B, H, nq, nk), dtype=torch.int32, device=scores.device)
     cap = kv_len  # placeholder pointer when there is no cap
     if max_density > 0:
-        n_valid = (kv_len.to(torch.int64) + block_size - 1) // block_size
-        cap = torch.ceil(max_density * n_valid.to(torch.float64)).to(torch.int32)  # as the torch path
+        cap = torch.ceil(max_density * num_blocks(kv_len, block_size).to(torch.float64)).to(torch.int32)  # as the torch path
     nk_p2 = max(16, triton.next_power_of_2(nk))
     _select_kernel[(B * H * nq,)](
         scores, taus, kv_len, cap, mask, counts, indices,

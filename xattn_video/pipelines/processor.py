@@ -17,7 +17,7 @@ from diffusers.models.attention_dispatch import dispatch_attention_fn
 from diffusers.models.embeddings import apply_rotary_emb
 
 from ..config import XAttnConfig
-from ..kernels import block_sparse_attention, estimate_block_scores, select_blocks, xattention
+from ..kernels import xattention
 from ..stats import AttentionStats, Stopwatch
 from ..warmup import AttentionPlan, StepTracker
 
@@ -136,23 +136,12 @@ class XAttnHunyuanVideoAttnProcessor:
         tau = state.plan.threshold(self.layer)
         text_start = image_tokens if (cfg.text_forcing and has_text) else None
         common = dict(block_size=cfg.block_size, kv_len=kv_len)
-        if cfg.time_stats:
-            watch = Stopwatch(q.device)
-            watch.mark()
-            scores = estimate_block_scores(q, k, stride=cfg.stride, backend=cfg.backend, **common)
-            selection = select_blocks(scores, tau, q_len=q.shape[1], keep_diagonal=cfg.keep_diagonal,
-                                      text_start=text_start, max_density=cfg.max_density, backend=cfg.backend,
-                                      **common)
-            watch.mark()
-            out = block_sparse_attention(q, k, v, selection, backend=cfg.backend)
-            watch.mark()
-            state.stats.record(step, self.layer, selection.density(), sparse=True, watch=watch)
-            return out
+        watch = Stopwatch(q.device) if cfg.time_stats else None  # the operator marks its own steps
         out, selection = xattention(q, k, v, threshold=tau, stride=cfg.stride, text_start=text_start,
                                     keep_diagonal=cfg.keep_diagonal, max_density=cfg.max_density,
-                                    backend=cfg.backend, return_selection=True, **common)
-        if collect:
-            state.stats.record(step, self.layer, selection.density(), sparse=True)
+                                    backend=cfg.backend, return_selection=True, stopwatch=watch, **common)
+        if collect or watch is not None:
+            state.stats.record(step, self.layer, selection.density(), sparse=True, watch=watch)
         return out
 
 
