@@ -1,6 +1,6 @@
 #!/bin/bash
 # One device-machine session: install carried wheels, run the GPU tests, then the given python steps.
-# Usage (from the repo root on the GPU machine): bash benchmarks/gpu_session.sh [tests] [sweep] [bench] [pipeline]
+# Usage (from the repo root on the GPU machine): bash benchmarks/gpu_session.sh [tests] [bench] [bench-quick]
 set -u
 OUT=${OUT:-/tmp/out}
 mkdir -p "$OUT"
@@ -12,7 +12,6 @@ for step in "$@"; do
   echo "=== $step $(date +%T)"
   case $step in
     tests) timeout 240 python3 -m pytest -q -x -p no:cacheprovider tests/test_kernels_*.py tests/test_pipeline_hunyuan.py tests/test_pipeline_gpu.py 2>&1 | tail -25 ;;
-    sweep) timeout 400 python3 benchmarks/sweep_kernels.py --out "$OUT/sweep.json" 2>&1 | tee "$OUT/sweep.txt" | tail -40 ;;
     bench) timeout 450 python3 benchmarks/bench_xattention.py --out-dir "$OUT" 2>&1 | tee "$OUT/bench.txt" | grep -v "^|" | tail -80 ;;
     bench-quick) timeout 400 python3 benchmarks/bench_xattention.py --tokens 119056 --check-tokens 18616 --out-dir "$OUT" 2>&1 | tee "$OUT/bench.txt" | grep -v "^|" | tail -60 ;;
     *) echo "unknown step $step" ;;

@@ -1,25 +1,28 @@
-"""xattn-video: XAttention block-sparse attention for diffusers video transformers."""
+"""xattn-video: XAttention block-sparse attention for diffusers video transformers.
 
-from .kernels import BlockSelection, block_sparse_attention, estimate_block_scores, select_blocks, xattention
+Packages: ``kernels`` (the operator), ``warmup`` (dense/sparse plan), ``pipelines`` (diffusers integration),
+``eval`` (quality: compare, metrics, scorers), ``bench`` (speed: operator benchmark, synthetic inputs).
+Names below load lazily, so that importing a light submodule (e.g. VBench's driver) pulls in nothing heavy.
+"""
+
+import importlib
 
 __version__ = "0.1.0"
 
-__all__ = [
-    "BlockSelection",
-    "XAttnHunyuanVideoPipeline",
-    "__version__",
-    "apply_xattention",
-    "block_sparse_attention",
-    "estimate_block_scores",
-    "select_blocks",
-    "xattention",
-]
+_LAZY = {
+    "BlockSelection": "kernels",
+    "block_sparse_attention": "kernels",
+    "estimate_block_scores": "kernels",
+    "select_blocks": "kernels",
+    "xattention": "kernels",
+    "apply_xattention": "pipelines",  # the diffusers integration: importing the kernels never imports diffusers
+    "XAttnHunyuanVideoPipeline": "pipelines",
+}
+
+__all__ = ["__version__", *_LAZY]
 
 
 def __getattr__(name: str):
-    # The diffusers integration loads lazily, so importing the kernels does not import diffusers.
-    if name in ("apply_xattention", "XAttnHunyuanVideoPipeline"):
-        from . import pipelines
-
-        return getattr(pipelines, name)
+    if name in _LAZY:
+        return getattr(importlib.import_module(f".{_LAZY[name]}", __name__), name)
     raise AttributeError(f"module 'xattn_video' has no attribute {name!r}")

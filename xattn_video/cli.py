@@ -8,10 +8,12 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from .config import ConfigError, load_config
+from .eval.scorers.registry import ScorerSpecError
 from .kernels import XAttentionInputError
 from .pipelines.loading import ModelLoadError
 
-USER_ERRORS = (ConfigError, ModelLoadError, XAttentionInputError, FileNotFoundError)
+# Every user mistake is one of these: the CLI prints one line and exits 2. Anything else is a bug: traceback.
+USER_ERRORS = (ConfigError, ModelLoadError, XAttentionInputError, ScorerSpecError, FileNotFoundError)
 
 
 def _add_run_options(p: argparse.ArgumentParser) -> None:
@@ -71,13 +73,13 @@ def cmd_generate(args: argparse.Namespace) -> int:
 
 
 def cmd_compare(args: argparse.Namespace) -> int:
-    from .compare import compare_cli
+    from .eval.compare import compare_cli
 
     return compare_cli(args, load_config(args.config, args.overrides, extra=_cli_values(args)))
 
 
 def cmd_bench(argv: Sequence[str]) -> int:
-    from .benchmark import main as bench_main
+    from .bench.operator import main as bench_main
 
     return bench_main(list(argv))
 
@@ -100,7 +102,7 @@ def build_parser() -> argparse.ArgumentParser:
     group.add_argument("--prompts", type=Path, help="text file, one prompt per line")
     cmp.add_argument("--seeds", type=int, nargs="+", default=[0])
     cmp.add_argument("--metrics", default="psnr,ssim,lpips,flicker",
-                     help="comma list: psnr, ssim, lpips, flicker, vbench:<dim>[,<dim>...] or a registered hook")
+                     help="comma list: psnr, ssim, lpips, flicker, vbench:<dim>[,<dim>...] or a registered scorer")
     cmp.add_argument("--out-dir", type=Path, required=True)
     _add_run_options(cmp)
     cmp.set_defaults(func=cmd_compare)

@@ -1,9 +1,13 @@
-"""Video and JSON files, written under a temporary name and renamed, so nothing is left half-written."""
+"""Every file the package writes (videos, frames, JSON, text, plots) goes through ``atomic_write``: written under a
+temporary name in the target folder and renamed, so a reader never sees a half-written file and an error leaves none.
+"""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -11,7 +15,28 @@ import numpy as np
 
 
 def _temp_name(path: Path) -> Path:
+    # Same folder (rename stays atomic), same suffix (writers that pick a format by suffix still work).
     return path.with_name(f".{path.stem}.tmp-{os.getpid()}{path.suffix}")
+
+
+@contextlib.contextmanager
+def atomic_write(path: str | Path) -> Iterator[Path]:
+    """Yield a temporary path beside ``path``; when the block succeeds it is renamed to ``path``.
+
+    On error the temporary file is removed and the original exception propagates (a failure to remove it never
+    replaces that exception). Creates the parent folder.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = _temp_name(path)
+    try:
+        yield tmp
+        os.replace(tmp, path)
+    finally:
+        try:
+            tmp.unlink(missing_ok=True)
+        except OSError:  # pragma: no cover - keep the original error (or success) visible
+            pass
 
 
 def to_uint8(frames: np.ndarray) -> np.ndarray:
@@ -39,9 +64,7 @@ def write_mp4(frames: np.ndarray, path: str | Path, fps: int) -> Path:
     path = Path(path)
     if frames.ndim != 4 or frames.shape[-1] != 3:
         raise ValueError(f"frames must be [T, H, W, 3], got shape {frames.shape}")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = _temp_name(path)
-    try:
+    with atomic_write(path) as tmp:
         if _ffmpeg_available():
             import imageio.v2 as imageio
 
@@ -51,9 +74,6 @@ def write_mp4(frames: np.ndarray, path: str | Path, fps: int) -> Path:
                     writer.append_data(frame)
         else:
             _write_mp4_opencv(to_uint8(frames), tmp, fps)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
     return path
 
 
@@ -80,16 +100,34 @@ def read_video(path: str | Path) -> np.ndarray:
 
 
 def write_text(text: str, path: str | Path) -> Path:
+    """Write ``text`` (UTF-8) to ``path`` atomically."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = _temp_name(path)
-    try:
-        tmp.write_text(text)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
+    with atomic_write(path) as tmp:
+        tmp.write_text(text, encoding="utf-8")
     return path
 
 
 def write_json(data: Any, path: str | Path) -> Path:
+    """Write ``data`` as indented JSON atomically (objects JSON lacks are written with ``str``)."""
     return write_text(json.dumps(data, indent=1, default=str), path)
+
+
+def write_npy(array: np.ndarray, path: str | Path) -> Path:
+    """Write ``array`` as a ``.npy`` file atomically (``path`` should end in ``.npy``)."""
+    path = Path(path)
+    with atomic_write(path) as tmp:
+        np.save(tmp, array)
+    return path
+
+
+def write_figure(fig: Any, path: str | Path, **savefig_kwargs: Any) -> Path:
+    """Save a matplotlib figure atomically (format from ``path``'s suffix) and close it."""
+    import matplotlib.pyplot as plt
+
+    path = Path(path)
+    try:
+        with atomic_write(path) as tmp:
+            fig.savefig(tmp, **savefig_kwargs)
+    finally:
+        plt.close(fig)
+    return path
