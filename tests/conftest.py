@@ -1,5 +1,8 @@
+"""Fixtures only; shared helpers live in helpers.py (tests import that, never this file)."""
+
 import os
 
+import numpy as np
 import pytest
 import torch
 
@@ -7,7 +10,7 @@ import torch
 if not torch.cuda.is_available():
     os.environ.setdefault("TRITON_INTERPRET", "1")
 
-HAS_CUDA = torch.cuda.is_available()
+from helpers import HAS_CUDA, SEEDS, generator, numpy_rng, seed_id  # noqa: E402
 
 
 @pytest.fixture
@@ -16,12 +19,13 @@ def triton_device() -> str:
     return "cuda" if HAS_CUDA else "cpu"
 
 
-@pytest.fixture
-def gen() -> torch.Generator:
-    """A freshly seeded generator per test: new random inputs every run of the suite."""
-    g = torch.Generator()
-    g.manual_seed(int.from_bytes(os.urandom(4), "little"))
-    return g
+@pytest.fixture(params=SEEDS, ids=seed_id)
+def gen(request) -> torch.Generator:
+    """A generator seeded from helpers.SEEDS (test ids say which: ``[seed0]``); ``gen.initial_seed()`` is the seed."""
+    return generator(request.param)
 
 
-requires_cuda = pytest.mark.skipif(not HAS_CUDA, reason="needs a CUDA GPU")
+@pytest.fixture(params=SEEDS, ids=seed_id)
+def rng(request) -> np.random.Generator:
+    """A numpy generator seeded from helpers.SEEDS (test ids say which: ``[seed0]``)."""
+    return numpy_rng(request.param)

@@ -83,8 +83,3 @@ def spec_attention(q, k, v, mask, block_size, kv_len):
             probs = torch.softmax(logits, dim=-1).nan_to_num(0.0)
             out[b, :, h] = probs @ v[b, :, h].double()
     return out
-
-
-def rel_err(x, ref) -> float:
-    x, ref = x.double().cpu(), ref.double().cpu()
-    return float((x - ref).norm() / ref.norm().clamp_min(1e-30))

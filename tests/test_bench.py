@@ -1,12 +1,18 @@
-"""`xvid bench` on a machine without a GPU, and the report/plot writers on recorded results."""
+"""`xvid bench` (xattn_video.bench) without a GPU, its report/plot writers on recorded results, benchmarks/ scripts."""
 
 import json
+import os
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 import torch
 
-from xattn_video import benchmark
+from xattn_video.bench import operator, report
 from xattn_video.cli import main
+
+REPO = Path(__file__).resolve().parents[1]
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the no-GPU message")
@@ -31,7 +37,7 @@ def _results():
 
 def test_markdown_and_plot_from_recorded_results(tmp_path):
     results = _results()
-    md = benchmark.markdown(results)
+    md = report.markdown(results)
     assert "| 119,056 | ours block-sparse (random 0.35) | 0.350 | 129.000 |" in md
     assert "| 18,616 | 2.00e-03 | True | 1.00e-09 | yes |" in md
     path = tmp_path / "r.json"
@@ -47,4 +53,17 @@ def test_kept_flops_counts_partial_blocks():
     mask = torch.ones(1, 1, 2, 2, dtype=torch.bool)
     sel = BlockSelection.from_mask(mask, block_size=128, q_len=200, kv_len=torch.tensor([150]))
     # rows 128 + 72, keys 128 + 22
-    assert benchmark.kept_flops(sel, 200, 64) == 4 * 64 * 200 * 150
+    assert operator.kept_flops(sel, 200, 64) == 4 * 64 * 200 * 150
+
+
+def test_bench_uses_only_public_operator_functions():
+    source = (REPO / "xattn_video" / "bench" / "operator.py").read_text()
+    assert "kernels." not in source and "import _" not in source
+
+
+@pytest.mark.parametrize("script", sorted(p.name for p in (REPO / "benchmarks").glob("*.py")))
+def test_benchmark_scripts_run_help_on_cpu(script):
+    done = subprocess.run([sys.executable, str(REPO / "benchmarks" / script), "--help"], capture_output=True,
+                          text=True, timeout=120, cwd=REPO, env={**os.environ, "PYTHONPATH": str(REPO)})
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "usage:" in done.stdout

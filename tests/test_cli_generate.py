@@ -123,3 +123,22 @@ def test_console_script_help():
     proc = subprocess.run([sys.executable, "-m", "xattn_video.cli", "generate", "--help"], capture_output=True,
                           text=True, timeout=120)
     assert proc.returncode == 0 and "--prompt" in proc.stdout and "--set" in proc.stdout
+
+
+@pytest.mark.parametrize(
+    "metrics,message",
+    [
+        ("vbench:foo", "unknown VBench dimension 'foo'"),
+        ("flicker:x", "the flicker scorer takes no arguments"),
+        ("vbench:color", "custom_input"),
+        ("psnr,nope", "unknown metric 'nope'"),
+    ],
+    ids=["vbench-dim", "flicker-args", "vbench-unsupported", "unknown-metric"],
+)
+def test_compare_metric_mistakes_are_one_line_and_exit_2(tmp_path, capsys, metrics, message):
+    out = tmp_path / "cmp"
+    assert main(["compare", "--prompt", "a cat", "--metrics", metrics, "--out-dir", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("xvid compare: error: ") and message in err
+    assert err.count("\n") == 1 and "Traceback" not in err
+    assert not out.exists() or not any(out.iterdir())  # refused before anything was written

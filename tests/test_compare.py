@@ -2,14 +2,16 @@
 
 import json
 import math
+import sys
 
 import numpy as np
 import pytest
 
-from xattn_video import compare as compare_module
 from xattn_video.cli import main
 from xattn_video.config import ConfigError, load_config
-from xattn_video.hooks import HookUnavailable, register_hook
+from xattn_video.eval import compare as compare_module
+from xattn_video.eval.errors import Unavailable
+from xattn_video.eval.scorers import register_scorer, registry
 from xattn_video.pipelines.tiny import build_tiny_pipeline
 
 SMALL = ["generation.steps=3", "generation.frames=5"]
@@ -32,15 +34,13 @@ class FakeHook:
 
 
 @pytest.fixture
-def isolated_hooks(monkeypatch):
-    """Hooks registered by a test vanish after it (the registry is module state)."""
-    from xattn_video import hooks
-
-    monkeypatch.setattr(hooks, "_REGISTRY", dict(hooks._REGISTRY))
+def isolated_scorers(monkeypatch):
+    """Scorers registered by a test vanish after it (the registry is module state)."""
+    monkeypatch.setattr(registry, "_REGISTRY", dict(registry._REGISTRY))
 
 
-def test_compare_two_prompts_writes_report_and_plots(tmp_path, capsys, isolated_hooks):
-    register_hook("fake", FakeHook)
+def test_compare_two_prompts_writes_report_and_plots(tmp_path, capsys, isolated_scorers):
+    register_scorer("fake", FakeHook)
     prompts = tmp_path / "prompts.txt"
     prompts.write_text("a cat walks on the grass\n# a comment line\n\na red fox in the snow\n")
     out = tmp_path / "cmp"
@@ -82,13 +82,20 @@ def test_sparse_videos_differ(tmp_path, pipe):
     assert psnr != "inf" and math.isfinite(psnr)
 
 
-def test_vbench_absent_is_a_clear_skip(tmp_path, pipe):
+def test_vbench_absent_is_a_clear_skip(tmp_path, pipe, monkeypatch):
+    # This interpreter has no vbench, and the cache is empty: both reasons must reach the report.
+    monkeypatch.setenv("XVID_VBENCH_PYTHON", sys.executable)
+    monkeypatch.setenv("VBENCH_CACHE_DIR", str(tmp_path / "empty-cache"))
     run = load_config(overrides=SMALL)
-    report = compare_module.compare(run, ["a cat"], [0], "psnr,vbench:subject_consistency", tmp_path, pipe=pipe,
-                                    show_progress=False)
-    assert "vbench" in report["skipped"]
-    assert "subject_consistency" in report["skipped"]["vbench"] or "vbench" in report["skipped"]["vbench"]
-    assert "vbench" in (tmp_path / "report.md").read_text()
+    report = compare_module.compare(run, ["a cat"], [0], "psnr,vbench:subject_consistency", tmp_path / "out",
+                                    pipe=pipe, show_progress=False)
+    reason = report["skipped"]["vbench"]
+    assert reason.startswith("VBench is unavailable: ")
+    assert "vbench does not import" in reason
+    assert "'subject_consistency' needs checkpoint(s) that are missing" in reason
+    assert str(tmp_path / "empty-cache" / "dino_model") in reason
+    assert report["items"][0]["pairwise"]["psnr"] is not None  # the other metrics still ran
+    assert f"- **vbench**: {reason}" in (tmp_path / "out" / "report.md").read_text()
 
 
 def test_resume_skips_finished_videos(tmp_path, pipe, monkeypatch):
@@ -119,7 +126,7 @@ def test_metric_parsing():
         compare_module.parse_metrics("psnrr")
 
 
-def test_hook_unavailable_message_reaches_report(tmp_path, pipe, isolated_hooks):
+def test_hook_unavailable_message_reaches_report(tmp_path, pipe, isolated_scorers):
     class Broken:
         name = "broken"
 
@@ -127,9 +134,9 @@ def test_hook_unavailable_message_reaches_report(tmp_path, pipe, isolated_hooks)
             pass
 
         def score(self, videos, prompts):
-            raise HookUnavailable("needs weights at /x/y")
+            raise Unavailable("needs weights at /x/y")
 
-    register_hook("broken", Broken)
+    register_scorer("broken", Broken)
     run = load_config(overrides=SMALL)
     report = compare_module.compare(run, ["a cat"], [0], "broken", tmp_path, pipe=pipe, show_progress=False)
     assert report["skipped"]["broken"] == "needs weights at /x/y"

@@ -3,25 +3,21 @@
 import pytest
 import torch
 
-from conftest import requires_cuda
-from spec_reference import rel_err
+from helpers import assert_close, assert_rel_err, make_qkv, requires_cuda
 from xattn_video.kernels import BlockSelection, block_sparse_attention, estimate_block_scores, xattention
 
 pytestmark = requires_cuda
 
 
-def _qkv(gen, S, H, D, dtype=torch.bfloat16):
-    return [torch.randn(2, S, H, D, generator=gen).to(device="cuda", dtype=dtype) for _ in range(3)]
-
 
 @pytest.mark.parametrize("D", [64, 128])
 @pytest.mark.parametrize("stride", [8, 16])
 def test_bf16_scores_match_reference(gen, D, stride):
-    q, k, _ = _qkv(gen, 3001, 3, D)
+    q, k, _ = make_qkv(gen, 2, 3001, 3, D, dtype=torch.bfloat16, device="cuda")
     kv = [3001, 2222]
     got = estimate_block_scores(q, k, stride=stride, kv_len=kv, backend="triton")
     ref = estimate_block_scores(q.float(), k.float(), stride=stride, kv_len=kv, backend="torch")
-    assert (got - ref).abs().max() < 1e-4, f"seed {gen.initial_seed()}"
+    assert_close(got, ref, atol=1e-4, rtol=0.0, seed=gen)
 
 
 @pytest.mark.parametrize("D", [64, 128])
@@ -31,7 +27,7 @@ def test_bf16_attention_matches_reference(gen, D, layout, use_tma):
     from xattn_video.kernels.triton_attention import AttentionConfig, block_sparse_attention_triton
 
     S = 2999
-    q, k, v = _qkv(gen, S, 3, D)
+    q, k, v = make_qkv(gen, 2, S, 3, D, dtype=torch.bfloat16, device="cuda")
     kv = torch.tensor([S, 2100], dtype=torch.int32, device="cuda")
     n = -(-S // 128)
     mask = torch.rand(2, 3, n, n, generator=gen).cuda() < 0.35
@@ -44,22 +40,22 @@ def test_bf16_attention_matches_reference(gen, D, layout, use_tma):
         out = torch.full_like(q, float("nan"))
         block_sparse_attention_triton(q, k, v, sel, kv, out=out, config=cfg)
         assert torch.isfinite(out).all()
-        assert rel_err(out, ref) < 1e-2, f"{cfg} seed {gen.initial_seed()}"
+        assert_rel_err(out, ref, 1e-2, seed=gen, what=str(cfg))
 
 
 def test_bf16_xattention_end_to_end(gen):
-    q, k, v = _qkv(gen, 4100, 4, 128)
+    q, k, v = make_qkv(gen, 2, 4100, 4, 128, dtype=torch.bfloat16, device="cuda")
     out = xattention(q, k, v, threshold=[0.8, 0.9, 0.95, 1.0], text_start=4000, kv_len=[4100, 4050])
     ref = xattention(q.float(), k.float(), v.float(), threshold=[0.8, 0.9, 0.95, 1.0], text_start=4000,
                      kv_len=[4100, 4050], backend="torch")
     assert out.dtype == torch.bfloat16
-    assert rel_err(out, ref) < 2e-2
+    assert_rel_err(out, ref, 2e-2, seed=gen)
 
 
 def test_triton_selection_matches_torch_on_gpu(gen):
     from xattn_video.kernels import select_blocks
 
-    q, k, _ = _qkv(gen, 5000, 4, 128)
+    q, k, _ = make_qkv(gen, 2, 5000, 4, 128, dtype=torch.bfloat16, device="cuda")
     scores = estimate_block_scores(q, k, kv_len=[5000, 4100])
     kw = dict(q_len=5000, kv_len=[5000, 4100], text_start=4900, max_density=0.6)
     got = select_blocks(scores, [0.5, 0.8, 0.95, 1.0], backend="triton", **kw)

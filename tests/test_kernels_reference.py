@@ -3,15 +3,10 @@
 import pytest
 import torch
 
-from spec_reference import rel_err, spec_attention, spec_scores, spec_select
+from helpers import assert_close, assert_rel_err, grid_scores, make_qkv
+from spec_reference import spec_attention, spec_scores, spec_select
 from xattn_video.kernels import BlockSelection, block_sparse_attention, estimate_block_scores, select_blocks
 
-
-def _qkv(gen, B, Sq, Sk, H, D, dtype=torch.float32):
-    q = torch.randn(B, Sq, H, D, generator=gen, dtype=dtype)
-    k = torch.randn(B, Sk, H, D, generator=gen, dtype=dtype)
-    v = torch.randn(B, Sk, H, D, generator=gen, dtype=dtype)
-    return q, k, v
 
 
 @pytest.mark.parametrize(
@@ -24,27 +19,20 @@ def _qkv(gen, B, Sq, Sk, H, D, dtype=torch.float32):
     ],
 )
 def test_scores_match_spec(gen, Sq, Sk, stride, block_size, kv_len):
-    q, k, _ = _qkv(gen, 2, Sq, Sk, 2, 64)
+    q, k, _ = make_qkv(gen, 2, Sq, 2, 64, Sk=Sk)
     got = estimate_block_scores(q, k, stride=stride, block_size=block_size, kv_len=kv_len, backend="torch")
     ref = spec_scores(q, k, kv_len, stride, block_size)
     assert got.dtype == torch.float32 and got.shape == ref.shape
-    torch.testing.assert_close(got.double(), ref, atol=2e-6, rtol=1e-5, msg=f"seed {gen.initial_seed()}")
+    assert_close(got.double(), ref, atol=2e-6, rtol=1e-5, seed=gen)
 
 
 def test_scores_rows_are_normalized_and_padding_blocks_zero(gen):
-    q, k, _ = _qkv(gen, 2, 200, 200, 3, 64)
+    q, k, _ = make_qkv(gen, 2, 200, 3, 64, Sk=200)
     scores = estimate_block_scores(q, k, stride=8, block_size=32, kv_len=[200, 70], backend="torch")
     torch.testing.assert_close(scores.sum(-1), torch.ones(2, 3, 7))
     assert torch.all(scores[1, :, :, 3:] == 0)  # key blocks starting at ≥ 70 are padding for batch 1
     assert torch.all(scores[1, :, :, :3] > 0)
 
-
-def _grid_scores(gen, B, H, nq, nk):
-    """Random normalized rows on a 1/4096 grid so that prefix sums are exact in float32 and float64."""
-    raw = torch.randint(1, 200, (B, H, nq, nk), generator=gen).double()
-    raw = torch.floor(raw / raw.sum(-1, keepdim=True) * 4096) / 4096
-    raw[..., 0] += 1.0 - raw.sum(-1)  # rows sum to exactly 1
-    return raw.float()
 
 
 @pytest.mark.parametrize(
@@ -61,7 +49,7 @@ def _grid_scores(gen, B, H, nq, nk):
 def test_selection_matches_spec(gen, tau, kv_len, text_start, keep_diagonal, max_density):
     B, H, bs, q_len = 2, 3, 32, 300
     nq, nk = 10, 10
-    scores = _grid_scores(gen, B, H, nq, nk)
+    scores = grid_scores(gen, B, H, nq, nk)
     # re-normalize rows over each batch's valid blocks, as the estimator does
     for b in range(B):
         n_valid = -(-kv_len[b] // bs)
@@ -88,7 +76,7 @@ def test_selection_ties_keep_lower_block_index():
 
 
 def test_density(gen):
-    scores = _grid_scores(gen, 2, 2, 4, 4)
+    scores = grid_scores(gen, 2, 2, 4, 4)
     sel = select_blocks(scores, 0.6, block_size=16, q_len=64, kv_len=[64, 20], keep_diagonal=False)
     valid = torch.tensor([4, 2])
     expected = sel.counts.sum() / (2 * 4 * valid.sum())  # heads × query blocks × valid key blocks
@@ -99,7 +87,7 @@ def test_density(gen):
 
 @pytest.mark.parametrize("Sq,Sk,block_size,kv_len", [(300, 300, 32, [300, 213]), (100, 257, 64, [257, 1])])
 def test_sparse_attention_matches_spec(gen, Sq, Sk, block_size, kv_len):
-    q, k, v = _qkv(gen, 2, Sq, Sk, 2, 64)
+    q, k, v = make_qkv(gen, 2, Sq, 2, 64, Sk=Sk)
     nq, nk = -(-Sq // block_size), -(-Sk // block_size)
     mask = torch.rand(2, 2, nq, nk, generator=gen) < 0.5
     mask[0, 0, 0] = False  # a row block with no kept key: zeros, not NaN
@@ -108,5 +96,5 @@ def test_sparse_attention_matches_spec(gen, Sq, Sk, block_size, kv_len):
     ref = spec_attention(q, k, v, mask, block_size, kv_len)
     assert out.shape == q.shape and out.dtype == q.dtype
     assert torch.all(out[0, :block_size, 0] == 0)
-    torch.testing.assert_close(out.double(), ref, atol=1e-5, rtol=1e-5, msg=f"seed {gen.initial_seed()}")
-    assert rel_err(out, ref) < 1e-6
+    assert_close(out.double(), ref, atol=1e-5, rtol=1e-5, seed=gen)
+    assert_rel_err(out, ref, 1e-6, seed=gen)

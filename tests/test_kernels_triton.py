@@ -3,15 +3,9 @@
 import pytest
 import torch
 
-from spec_reference import rel_err
+from helpers import assert_close, assert_rel_err, grid_scores, make_qkv
 from xattn_video.kernels import BlockSelection, block_sparse_attention, estimate_block_scores, select_blocks, xattention
 
-
-def _qkv(gen, B, Sq, Sk, H, D, dtype, device):
-    q = torch.randn(B, Sq, H, D, generator=gen).to(device=device, dtype=dtype)
-    k = torch.randn(B, Sk, H, D, generator=gen).to(device=device, dtype=dtype)
-    v = torch.randn(B, Sk, H, D, generator=gen).to(device=device, dtype=dtype)
-    return q, k, v
 
 
 @pytest.mark.parametrize(
@@ -24,12 +18,12 @@ def _qkv(gen, B, Sq, Sk, H, D, dtype, device):
     ],
 )
 def test_triton_scores_match_reference(gen, triton_device, dtype, Sq, Sk, stride, block_size, kv_len, D):
-    q, k, _ = _qkv(gen, 2, Sq, Sk, 2, D, dtype, triton_device)
+    q, k, _ = make_qkv(gen, 2, Sq, 2, D, Sk=Sk, dtype=dtype, device=triton_device)
     got = estimate_block_scores(q, k, stride=stride, block_size=block_size, kv_len=kv_len, backend="triton")
     ref = estimate_block_scores(q.cpu().float(), k.cpu().float(), stride=stride, block_size=block_size,
                                 kv_len=kv_len, backend="torch")
     assert got.dtype == torch.float32
-    torch.testing.assert_close(got.cpu(), ref, atol=1e-4, rtol=1e-3, msg=f"seed {gen.initial_seed()}")
+    assert_close(got.cpu(), ref, atol=1e-4, rtol=1e-3, seed=gen)
 
 
 @pytest.mark.parametrize(
@@ -42,7 +36,7 @@ def test_triton_scores_match_reference(gen, triton_device, dtype, Sq, Sk, stride
 )
 def test_triton_attention_matches_reference_on_same_selection(gen, triton_device, dtype, Sq, Sk, block_size,
                                                                kv_len, layout):
-    q, k, v = _qkv(gen, 2, Sq, Sk, 3, 64, dtype, triton_device)
+    q, k, v = make_qkv(gen, 2, Sq, 3, 64, Sk=Sk, dtype=dtype, device=triton_device)
     nq, nk = -(-Sq // block_size), -(-Sk // block_size)
     mask = torch.rand(2, 3, nq, nk, generator=gen) < 0.4
     mask[1, 2, 1] = False  # empty row: zeros
@@ -58,7 +52,7 @@ def test_triton_attention_matches_reference_on_same_selection(gen, triton_device
     assert got.shape == q.shape and got.dtype == q.dtype
     assert torch.isfinite(got).all()
     tol = 1e-5 if dtype == torch.float32 else 3e-3
-    assert rel_err(got, ref) < tol, f"seed {gen.initial_seed()}"
+    assert_rel_err(got, ref, tol, seed=gen)
     empty_rows = got.transpose(1, 2) if layout == "bhsd" else got
     assert torch.all(empty_rows[1, block_size: 2 * block_size, 2] == 0)
 
@@ -67,7 +61,7 @@ def test_triton_output_is_fully_written(gen, triton_device):
     """Poison the output buffer: every element must be overwritten."""
     from xattn_video.kernels.triton_attention import block_sparse_attention_triton
 
-    q, k, v = _qkv(gen, 1, 100, 100, 2, 64, torch.float32, triton_device)
+    q, k, v = make_qkv(gen, 1, 100, 2, 64, Sk=100, dtype=torch.float32, device=triton_device)
     mask = torch.ones(1, 2, 4, 4, dtype=torch.bool, device=triton_device)
     kv = torch.tensor([100], dtype=torch.int32, device=triton_device)
     sel = BlockSelection.from_mask(mask, block_size=32, q_len=100, kv_len=kv)
@@ -77,7 +71,7 @@ def test_triton_output_is_fully_written(gen, triton_device):
 
 
 def test_triton_xattention_end_to_end_matches_torch(gen, triton_device):
-    q, k, v = _qkv(gen, 2, 260, 260, 2, 64, torch.float32, triton_device)
+    q, k, v = make_qkv(gen, 2, 260, 2, 64, Sk=260, dtype=torch.float32, device=triton_device)
     kw = dict(threshold=torch.tensor([0.6, 0.9]), stride=8, block_size=32, kv_len=[260, 201], text_start=230,
               return_selection=True)
     out_t, sel_t = xattention(q, k, v, backend="triton", **kw)
@@ -85,8 +79,8 @@ def test_triton_xattention_end_to_end_matches_torch(gen, triton_device):
     # Scores agree to ~1e-7; a selection can differ only where a prefix sum sits on τ within that.
     assert (sel_t.mask.cpu() == sel_r.mask).float().mean().item() > 0.99
     ref_on_triton_selection = block_sparse_attention(q.cpu(), k.cpu(), v.cpu(), _to_cpu(sel_t), backend="torch")
-    assert rel_err(out_t, ref_on_triton_selection) < 1e-5, f"seed {gen.initial_seed()}"
-    assert rel_err(out_r, ref_on_triton_selection) < 0.05  # same operator, near-identical selections
+    assert_rel_err(out_t, ref_on_triton_selection, 1e-5, seed=gen)
+    assert_rel_err(out_r, ref_on_triton_selection, 0.05, seed=gen)  # same operator, near-identical selections
 
 
 def _to_cpu(sel):
@@ -114,21 +108,21 @@ def test_triton_attention_sub_tiles(gen, triton_device, block_m, block_n):
     """Query/key tiles smaller than the selection block (the launch shapes tuned for Hopper)."""
     from xattn_video.kernels.triton_attention import AttentionConfig, block_sparse_attention_triton
 
-    q, k, v = _qkv(gen, 1, 150, 150, 2, 64, torch.float32, triton_device)
+    q, k, v = make_qkv(gen, 1, 150, 2, 64, Sk=150, dtype=torch.float32, device=triton_device)
     mask = torch.rand(1, 2, 5, 5, generator=gen) < 0.5
     kv = torch.tensor([141], dtype=torch.int32)
     sel = BlockSelection.from_mask(mask.to(triton_device), block_size=32, q_len=150, kv_len=kv.to(triton_device))
     cfg = AttentionConfig(block_m=block_m, block_n=block_n, num_warps=4, num_stages=1)
     got = block_sparse_attention_triton(q, k, v, sel, sel.kv_len, config=cfg)
     ref = block_sparse_attention(q.cpu(), k.cpu(), v.cpu(), _to_cpu(sel), backend="torch")
-    assert rel_err(got, ref) < 1e-5, f"seed {gen.initial_seed()}"
+    assert_rel_err(got, ref, 1e-5, seed=gen)
 
 
 def test_triton_scores_split_over_heads(gen, triton_device, monkeypatch):
     """Large problems are scored in head chunks; the result must not depend on the split."""
     from xattn_video.kernels import triton_estimate
 
-    q, k, _ = _qkv(gen, 2, 100, 100, 3, 64, torch.float32, triton_device)
+    q, k, _ = make_qkv(gen, 2, 100, 3, 64, Sk=100, dtype=torch.float32, device=triton_device)
     whole = estimate_block_scores(q, k, stride=8, block_size=32, kv_len=[100, 61], backend="triton")
     monkeypatch.setattr(triton_estimate, "SCRATCH_BYTES", 1)
     split = estimate_block_scores(q, k, stride=8, block_size=32, kv_len=[100, 61], backend="triton")
@@ -140,13 +134,13 @@ def test_triton_scores_launch_shapes(gen, triton_device, stride, block_k, block_
     """K chunks and key splits (the launch shapes tuned for Hopper) compute the same scores."""
     from xattn_video.kernels.triton_estimate import EstimateConfig, estimate_block_scores_triton
 
-    q, k, _ = _qkv(gen, 2, 150, 150, 2, 64, torch.float32, triton_device)
+    q, k, _ = make_qkv(gen, 2, 150, 2, 64, Sk=150, dtype=torch.float32, device=triton_device)
     kv = torch.tensor([150, 77], dtype=torch.int32, device=triton_device)
     cfg = EstimateConfig(block_m=32, block_n=block_n, num_warps=4, num_stages=1, out_blocks=16,
                          block_k=block_k, key_splits=key_splits)
     got = estimate_block_scores_triton(q, k, kv, stride=stride, block_size=32, config=cfg)
     ref = estimate_block_scores(q.cpu(), k.cpu(), stride=stride, block_size=32, kv_len=[150, 77], backend="torch")
-    torch.testing.assert_close(got.cpu(), ref, atol=1e-5, rtol=1e-4, msg=f"seed {gen.initial_seed()}")
+    assert_close(got.cpu(), ref, atol=1e-5, rtol=1e-4, seed=gen)
 
 
 @pytest.mark.parametrize(
@@ -162,10 +156,8 @@ def test_triton_scores_launch_shapes(gen, triton_device, stride, block_k, block_
 )
 def test_triton_selection_matches_torch(gen, triton_device, tau, kv_len, text_start, keep_diagonal, max_density,
                                         nq, nk):
-    from test_kernels_reference import _grid_scores
-
     B, H, bs = 2, 3, 32
-    scores = _grid_scores(gen, B, H, nq, nk)
+    scores = grid_scores(gen, B, H, nq, nk)
     scores[:, :, :, 3] = scores[:, :, :, 5]  # ties: the lower block index must win, as in the stable sort
     kw = dict(block_size=bs, q_len=nq * bs - 5, kv_len=kv_len, keep_diagonal=keep_diagonal, text_start=text_start,
               max_density=max_density)

@@ -3,11 +3,20 @@
 import pytest
 import torch
 
-from xattn_video.kernels import BlockSelection, XAttentionInputError, block_sparse_attention, select_blocks, xattention
+from helpers import generator, make_qkv
+from xattn_video.kernels import (
+    BlockSelection,
+    XAttentionInputError,
+    block_sparse_attention,
+    resolve_backend,
+    select_blocks,
+    xattention,
+)
 
 
-def _qkv(B=1, S=64, H=2, D=64, dtype=torch.float32):
-    return (torch.randn(B, S, H, D, dtype=dtype) for _ in range(3))
+def _qkv(S: int = 64):
+    """Inputs for validation tests (values do not matter, shapes do)."""
+    return make_qkv(generator(0), 1, S, 2, 64)
 
 
 @pytest.mark.parametrize(
@@ -63,12 +72,21 @@ def test_triton_on_cpu_without_interpreter_is_refused(monkeypatch):
 
 
 def test_env_var_forces_backend(monkeypatch):
-    monkeypatch.setenv("XATTN_BACKEND", "nonsense")
     q, k, v = _qkv()
+    monkeypatch.setenv("XATTN_BACKEND", "nonsense")
     with pytest.raises(XAttentionInputError, match="XATTN_BACKEND"):
         xattention(q, k, v, block_size=32)
+    # "torch" wins over the device: auto on a CUDA device would otherwise pick triton (no tensor needed to ask).
     monkeypatch.setenv("XATTN_BACKEND", "torch")
-    assert xattention(q, k, v, block_size=32).shape == q.shape
+    assert resolve_backend("auto", torch.device("cuda")) == "torch"
+    assert torch.equal(xattention(q, k, v, block_size=32), xattention(q, k, v, block_size=32, backend="torch"))
+    # "triton" reaches xattention: CPU tensors without the interpreter are refused with the Triton message.
+    monkeypatch.setenv("XATTN_BACKEND", "triton")
+    monkeypatch.delenv("TRITON_INTERPRET", raising=False)
+    assert resolve_backend("auto", torch.device("cuda")) == "triton"
+    with pytest.raises(XAttentionInputError, match="needs CUDA tensors"):
+        xattention(q, k, v, block_size=32, threshold=0.5)
+    assert xattention(q, k, v, block_size=32, backend="torch").shape == q.shape  # an explicit backend ignores it
 
 
 def test_triton_rejects_unsupported_block_size(triton_device):

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import math
-import os
 import warnings
 
 import numpy as np
@@ -11,14 +10,8 @@ import pytest
 import torch
 from torchmetrics.functional.image import peak_signal_noise_ratio, structural_similarity_index_measure
 
-from xattn_video import metrics
-from xattn_video.metrics import MetricUnavailable, compare_videos, lpips, psnr, ssim
-
-
-@pytest.fixture
-def rng() -> np.random.Generator:
-    """Fresh random inputs on every run."""
-    return np.random.default_rng(int.from_bytes(os.urandom(8), "little"))
+from xattn_video.eval import metrics
+from xattn_video.eval.metrics import MetricUnavailable, compare_videos, lpips, psnr, ssim
 
 
 def _video(rng: np.random.Generator, t: int = 4, h: int = 16, w: int = 16) -> np.ndarray:
@@ -151,8 +144,16 @@ def test_lpips_without_torchvision_or_weights_is_unavailable(rng, tmp_path, monk
     expected_ckpt = tmp_path / "hub" / "checkpoints" / "alexnet-owt-7be5be79.pth"
     assert str(expected_ckpt) in message
     assert "download.pytorch.org/models/alexnet-owt-7be5be79.pth" in message
-    if metrics._torchvision_problem() is not None:  # true in this project's test environment
-        assert "pip install torchvision" in message
+
+
+def test_lpips_names_a_torchvision_problem(rng, tmp_path, monkeypatch):
+    _forbid_downloads(monkeypatch)
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path))
+    monkeypatch.setattr(metrics, "_torchvision_problem", lambda: "torchvision does not import: boom")
+    video = _video(rng, t=2, h=32, w=32)
+    with pytest.raises(MetricUnavailable) as info:
+        lpips(video, video)
+    assert "torchvision does not import: boom: pip install torchvision" in str(info.value)
 
 
 def test_lpips_with_torchvision_but_no_checkpoint_names_only_the_checkpoint(rng, tmp_path, monkeypatch):

@@ -3,7 +3,7 @@
 import numpy as np
 import torch
 
-from conftest import requires_cuda
+from helpers import requires_cuda
 from xattn_video.pipelines.hunyuan_video import apply_xattention
 from xattn_video.pipelines.tiny import TINY_PROMPT_TEMPLATE, build_tiny_pipeline
 

@@ -1,4 +1,4 @@
-"""Scoring hooks (xattn_video.hooks): registry, in-house VBench temporal flickering, VBench preflight and driver."""
+"""Scorers (xattn_video.eval.scorers): registry, in-house VBench temporal flickering, VBench preflight and driver."""
 
 from __future__ import annotations
 
@@ -13,36 +13,31 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from xattn_video import hooks
-from xattn_video.hooks import (
+from xattn_video.eval.scorers import (
     VBENCH_DIMENSION_WEIGHTS,
-    FlickerHook,
-    HookUnavailable,
-    VBenchHook,
+    FlickerScorer,
+    Unavailable,
+    VBenchScorer,
     VideoItem,
-    available_hooks,
+    available_scorers,
     frames_to_uint8,
-    make_hooks,
-    register_hook,
+    make_scorers,
+    register_scorer,
+    registry,
     temporal_flickering_score,
 )
+from xattn_video.eval.scorers import vbench as vbench_scorer
 
 
 @pytest.fixture
-def rng() -> np.random.Generator:
-    """Fresh random inputs on every run."""
-    return np.random.default_rng(int.from_bytes(os.urandom(8), "little"))
-
-
-@pytest.fixture
-def registry(monkeypatch):
-    """A private copy of the hook registry, so test registrations do not leak."""
-    monkeypatch.setattr(hooks, "_REGISTRY", dict(hooks._REGISTRY))
-    return hooks._REGISTRY
+def isolated_registry(monkeypatch):
+    """A private copy of the scorer registry, so test registrations do not leak."""
+    monkeypatch.setattr(registry, "_REGISTRY", dict(registry._REGISTRY))
+    return registry._REGISTRY
 
 
 # ------------------------------------------------------------------------------------------------------- registry
-class _FakeHook:
+class _FakeScorer:
     def __init__(self, args: list[str]) -> None:
         self.name = "fake"
         self.args = args
@@ -51,40 +46,40 @@ class _FakeHook:
         return {"n": [float(len(self.args))] * len(videos)}
 
 
-def test_builtin_hooks_are_registered():
-    assert {"flicker", "vbench"} <= set(available_hooks())
+def test_builtin_scorers_are_registered():
+    assert {"flicker", "vbench"} <= set(available_scorers())
 
 
-def test_register_and_make_a_custom_hook(registry):
-    register_hook("fake", _FakeHook)
-    assert "fake" in available_hooks()
-    (hook,) = make_hooks("fake:a,b")
-    assert isinstance(hook, _FakeHook) and hook.args == ["a", "b"]
-    (hook,) = make_hooks(["fake: x , y,,"])
+def test_register_and_make_a_custom_scorer(isolated_registry):
+    register_scorer("fake", _FakeScorer)
+    assert "fake" in available_scorers()
+    (hook,) = make_scorers("fake:a,b")
+    assert isinstance(hook, _FakeScorer) and hook.args == ["a", "b"]
+    (hook,) = make_scorers(["fake: x , y,,"])
     assert hook.args == ["x", "y"]
-    both = make_hooks("flicker;fake")
-    assert [type(h) for h in both] == [FlickerHook, _FakeHook] and both[1].args == []
+    both = make_scorers("flicker;fake")
+    assert [type(h) for h in both] == [FlickerScorer, _FakeScorer] and both[1].args == []
 
 
-def test_unknown_hook_lists_registered_names(registry):
-    register_hook("fake", _FakeHook)
+def test_unknown_scorer_lists_registered_names(isolated_registry):
+    register_scorer("fake", _FakeScorer)
     with pytest.raises(ValueError) as info:
-        make_hooks(["flicker", "nope:1"])
+        make_scorers(["flicker", "nope:1"])
     message = str(info.value)
     assert "nope" in message and all(name in message for name in ("fake", "flicker", "vbench"))
 
 
-def test_register_rejects_duplicates_and_bad_factories(registry):
-    register_hook("fake", _FakeHook)
+def test_register_rejects_duplicates_and_bad_factories(isolated_registry):
+    register_scorer("fake", _FakeScorer)
     with pytest.raises(ValueError, match="already registered"):
-        register_hook("fake", _FakeHook)
-    register_hook("fake", lambda args: _FakeHook(["replaced", *args]), replace=True)
-    assert make_hooks("fake:z")[0].args == ["replaced", "z"]
-    with pytest.raises(ValueError, match="hook name"):
-        register_hook("bad:name", _FakeHook)
-    register_hook("junk", lambda args: object())
+        register_scorer("fake", _FakeScorer)
+    register_scorer("fake", lambda args: _FakeScorer(["replaced", *args]), replace=True)
+    assert make_scorers("fake:z")[0].args == ["replaced", "z"]
+    with pytest.raises(ValueError, match="scorer name"):
+        register_scorer("bad:name", _FakeScorer)
+    register_scorer("junk", lambda args: object())
     with pytest.raises(TypeError, match="junk"):
-        make_hooks("junk")
+        make_scorers("junk")
 
 
 # ------------------------------------------------------------------------------------------------------- flicker
@@ -135,52 +130,52 @@ def test_frames_to_uint8_rounds_and_clips(rng):
 def test_flicker_hook_scores_each_video_in_order(rng):
     still = np.repeat(rng.random((1, 8, 8, 3), dtype=np.float32), 4, axis=0)
     noisy = rng.random((4, 8, 8, 3), dtype=np.float32)
-    (hook,) = make_hooks("flicker")
+    (hook,) = make_scorers("flicker")
     scores = hook.score([VideoItem(still, None, "a"), VideoItem(noisy, None, "b")], ["a", "b"])
     assert list(scores) == ["flicker"]
     assert scores["flicker"][0] == 1.0
     assert scores["flicker"][1] == pytest.approx(_flicker_reference(noisy), abs=1e-6)
     with pytest.raises(ValueError, match="takes no arguments"):
-        make_hooks("flicker:x")
+        make_scorers("flicker:x")
 
 
 # ------------------------------------------------------------------------------------------------ VBench preflight
 def test_vbench_unknown_or_unsupported_dimension_is_a_value_error():
     with pytest.raises(ValueError) as info:
-        VBenchHook(["subject_consistency", "sharpness"])
+        VBenchScorer(["subject_consistency", "sharpness"])
     assert "sharpness" in str(info.value) and "motion_smoothness" in str(info.value)
     with pytest.raises(ValueError, match="custom_input"):
-        VBenchHook(["color"])
+        VBenchScorer(["color"])
     with pytest.raises(ValueError, match="at least one dimension"):
-        make_hooks("vbench")
+        make_scorers("vbench")
 
 
 def test_vbench_missing_interpreter_is_unavailable(tmp_path):
     fake_python = tmp_path / "no-such-env" / "bin" / "python"
-    hook = VBenchHook(["temporal_flickering"], python=str(fake_python), cache_dir=tmp_path)
-    with pytest.raises(HookUnavailable) as info:
+    hook = VBenchScorer(["temporal_flickering"], python=str(fake_python), cache_dir=tmp_path)
+    with pytest.raises(Unavailable) as info:
         hook.check_available()
     assert str(fake_python) in str(info.value) and "does not exist" in str(info.value)
     video = tmp_path / "v.mp4"
     video.write_bytes(b"x")
-    with pytest.raises(HookUnavailable):  # score() runs the same checks before anything else
+    with pytest.raises(Unavailable):  # score() runs the same checks before anything else
         hook.score([VideoItem(np.zeros((2, 4, 4, 3), np.float32), video, "p")], ["p"])
 
 
 @pytest.mark.skipif(importlib.util.find_spec("vbench") is not None, reason="vbench is installed here")
 def test_vbench_not_importable_is_unavailable(tmp_path):
-    hook = VBenchHook(["temporal_flickering"], python=sys.executable, cache_dir=tmp_path)
-    with pytest.raises(HookUnavailable) as info:
+    hook = VBenchScorer(["temporal_flickering"], python=sys.executable, cache_dir=tmp_path)
+    with pytest.raises(Unavailable) as info:
         hook.check_available()
     assert "vbench does not import" in str(info.value) and "No module named 'vbench'" in str(info.value)
 
 
 def test_vbench_missing_weights_name_dimension_and_file(tmp_path, monkeypatch):
-    monkeypatch.setattr(hooks, "_vbench_import_problem", lambda python, env, timeout_s=60.0: None)
+    monkeypatch.setattr(vbench_scorer, "_vbench_import_problem", lambda python, env, timeout_s=60.0: None)
     monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
     cache = tmp_path / "vbench_cache"
-    hook = VBenchHook(["temporal_flickering", "motion_smoothness", "subject_consistency"], cache_dir=cache)
-    with pytest.raises(HookUnavailable) as info:
+    hook = VBenchScorer(["temporal_flickering", "motion_smoothness", "subject_consistency"], cache_dir=cache)
+    with pytest.raises(Unavailable) as info:
         hook.check_available()
     message = str(info.value)
     assert "'motion_smoothness'" in message and str(cache / "amt_model" / "amt-s.pth") in message
@@ -212,20 +207,20 @@ def test_vbench_weight_table_covers_the_custom_input_dimensions():
 def test_vbench_default_python_and_cache_come_from_the_environment(tmp_path, monkeypatch):
     monkeypatch.setenv("XVID_VBENCH_PYTHON", "/opt/vbench-env/bin/python")
     monkeypatch.setenv("VBENCH_CACHE_DIR", str(tmp_path))
-    hook = VBenchHook(["dynamic_degree"])
+    hook = VBenchScorer(["dynamic_degree"])
     assert hook.python == "/opt/vbench-env/bin/python" and hook.cache_dir == tmp_path
     env = hook.subprocess_env()
     assert env["HF_HUB_OFFLINE"] == "1" and env["TRANSFORMERS_OFFLINE"] == "1"
     assert env["VBENCH_CACHE_DIR"] == str(tmp_path)
     monkeypatch.delenv("XVID_VBENCH_PYTHON")
-    assert VBenchHook(["dynamic_degree"]).python == sys.executable
+    assert VBenchScorer(["dynamic_degree"]).python == sys.executable
 
 
 def test_vbench_file_names_follow_vbench_custom_input_naming():
-    assert hooks.vbench_file_name("a cat playing piano", 3) == "a cat playing piano-3.mp4"
-    assert hooks.vbench_file_name("left/right\nnext", 0, ".gif") == "left right next-0.gif"
-    assert hooks.vbench_file_name("", 1) == "video-1.mp4"
-    assert len(hooks.vbench_file_name("é" * 500, 12).encode()) <= 180 + len("-12.mp4")
+    assert vbench_scorer.vbench_file_name("a cat playing piano", 3) == "a cat playing piano-3.mp4"
+    assert vbench_scorer.vbench_file_name("left/right\nnext", 0, ".gif") == "left right next-0.gif"
+    assert vbench_scorer.vbench_file_name("", 1) == "video-1.mp4"
+    assert len(vbench_scorer.vbench_file_name("é" * 500, 12).encode()) <= 180 + len("-12.mp4")
 
 
 def test_parse_vbench_results_orders_by_file_and_fills_gaps():
@@ -234,11 +229,11 @@ def test_parse_vbench_results_orders_by_file_and_fills_gaps():
                                  {"video_path": "/x/a-0.mp4", "video_results": False}]],
         "temporal_flickering": [0.9, [{"video_path": "/x/b-1.mp4", "video_results": 0.9}]],
     }  # fmt: skip
-    scores = hooks._parse_vbench_results(results, ["a-0.mp4", "b-1.mp4"], ["dynamic_degree", "temporal_flickering"])
+    scores = vbench_scorer._parse_vbench_results(results, ["a-0.mp4", "b-1.mp4"], ["dynamic_degree", "temporal_flickering"])
     assert scores["dynamic_degree"] == [0.0, 1.0]
     assert math.isnan(scores["temporal_flickering"][0]) and scores["temporal_flickering"][1] == 0.9
-    with pytest.raises(HookUnavailable, match="motion_smoothness"):
-        hooks._parse_vbench_results(results, ["a-0.mp4"], ["motion_smoothness"])
+    with pytest.raises(Unavailable, match="motion_smoothness"):
+        vbench_scorer._parse_vbench_results(results, ["a-0.mp4"], ["motion_smoothness"])
 
 
 # ------------------------------------------------------------------------------------------------------- VBench run
@@ -302,9 +297,9 @@ def _mp4s(tmp_path: Path, rng: np.random.Generator, n: int) -> list[VideoItem]:
 def test_vbench_runs_custom_input_through_the_driver(tmp_path, rng, fake_vbench):
     items = _mp4s(tmp_path, rng, 3)
     prompts = ["a dog / running", "a dog / running", "ocean at dusk"]  # duplicate prompt, path separator
-    hook = VBenchHook(["temporal_flickering", "dynamic_degree"], python=sys.executable, cache_dir=tmp_path / "c",
+    hook = VBenchScorer(["temporal_flickering", "dynamic_degree"], python=sys.executable, cache_dir=tmp_path / "c",
                       device="cpu", timeout_s=120)  # fmt: skip
-    with pytest.raises(HookUnavailable, match="raft-things.pth"):
+    with pytest.raises(Unavailable, match="raft-things.pth"):
         hook.score(items, prompts)
     raft = tmp_path / "c" / "raft_model" / "models" / "raft-things.pth"
     raft.parent.mkdir(parents=True)
@@ -328,8 +323,8 @@ def test_vbench_runs_custom_input_through_the_driver(tmp_path, rng, fake_vbench)
 def test_vbench_run_failure_carries_stderr(tmp_path, rng, fake_vbench, monkeypatch):
     monkeypatch.setenv("FAKE_VBENCH_FAIL", "1")
     items = _mp4s(tmp_path, rng, 1)
-    hook = VBenchHook(["temporal_flickering"], python=sys.executable, cache_dir=tmp_path, device="cpu")
-    with pytest.raises(HookUnavailable) as info:
+    hook = VBenchScorer(["temporal_flickering"], python=sys.executable, cache_dir=tmp_path, device="cpu")
+    with pytest.raises(Unavailable) as info:
         hook.score(items, ["p"])
     assert "exit code" in str(info.value) and "fake VBench exploded" in str(info.value)
 
@@ -337,15 +332,15 @@ def test_vbench_run_failure_carries_stderr(tmp_path, rng, fake_vbench, monkeypat
 def test_vbench_run_timeout_is_reported(tmp_path, rng, fake_vbench, monkeypatch):
     monkeypatch.setenv("FAKE_VBENCH_SLEEP", "60")
     items = _mp4s(tmp_path, rng, 1)
-    hook = VBenchHook(["temporal_flickering"], python=sys.executable, cache_dir=tmp_path, device="cpu", timeout_s=2)
-    with pytest.raises(HookUnavailable, match="did not finish within 2 s"):
+    hook = VBenchScorer(["temporal_flickering"], python=sys.executable, cache_dir=tmp_path, device="cpu", timeout_s=2)
+    with pytest.raises(Unavailable, match="did not finish within 2 s"):
         hook.score(items, ["p"])
 
 
 def test_vbench_needs_written_files(tmp_path, fake_vbench):
-    hook = VBenchHook(["temporal_flickering"], python=sys.executable, cache_dir=tmp_path)
+    hook = VBenchScorer(["temporal_flickering"], python=sys.executable, cache_dir=tmp_path)
     frames = np.zeros((2, 4, 4, 3), np.float32)
-    with pytest.raises(HookUnavailable, match=r"video\(s\) \[1\]"):
+    with pytest.raises(Unavailable, match=r"video\(s\) \[1\]"):
         hook.score([VideoItem(frames, Path(__file__), "a"), VideoItem(frames, None, "b")], ["a", "b"])
     with pytest.raises(ValueError, match="2 videos but 1 prompts"):
         hook.score([VideoItem(frames, None, "a"), VideoItem(frames, None, "b")], ["a"])

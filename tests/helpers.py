@@ -1,0 +1,96 @@
+"""Shared test helpers: seeds, input makers, comparisons that say how to reproduce a failure.
+
+Every random input comes from a generator seeded from ``SEEDS`` (the ``gen`` fixture parametrises over them, with
+ids ``seed<N>``), so a failure names its seed and reruns identically: ``pytest -k seed0 ...``. Run more seeds with
+``XATTN_TEST_SEEDS=0,1,2,3 pytest``.
+"""
+
+from __future__ import annotations
+
+import os
+
+import numpy as np
+import pytest
+import torch
+
+SEEDS: tuple[int, ...] = tuple(int(s) for s in os.environ.get("XATTN_TEST_SEEDS", "0").split(",") if s.strip())
+HAS_CUDA = torch.cuda.is_available()
+requires_cuda = pytest.mark.skipif(not HAS_CUDA, reason="needs a CUDA GPU")
+
+
+def seed_id(seed: int) -> str:
+    return f"seed{seed}"
+
+
+def generator(seed: int) -> torch.Generator:
+    """A CPU torch generator seeded with ``seed`` (inputs are drawn on the CPU, then moved)."""
+    return torch.Generator().manual_seed(seed)
+
+
+def numpy_rng(seed: int) -> np.random.Generator:
+    return np.random.default_rng(seed)
+
+
+def make_qkv(gen: torch.Generator, B: int, Sq: int, H: int, D: int = 64, *, Sk: int | None = None,
+             dtype: torch.dtype = torch.float32, device: str | torch.device = "cpu",
+             layout: str = "bshd") -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Standard-normal q [B, Sq, H, D] and k, v [B, Sk, H, D] (Sk defaults to Sq); "bhsd" swaps dims 1 and 2."""
+    Sk = Sq if Sk is None else Sk
+    q, k, v = (torch.randn(B, S, H, D, generator=gen).to(device=device, dtype=dtype) for S in (Sq, Sk, Sk))
+    if layout == "bhsd":
+        q, k, v = (x.transpose(1, 2).contiguous() for x in (q, k, v))
+    return q, k, v
+
+
+def grid_scores(gen: torch.Generator, B: int, H: int, nq: int, nk: int) -> torch.Tensor:
+    """Random normalized rows on a 1/4096 grid so that prefix sums are exact in float32 and float64."""
+    raw = torch.randint(1, 200, (B, H, nq, nk), generator=gen).double()
+    raw = torch.floor(raw / raw.sum(-1, keepdim=True) * 4096) / 4096
+    raw[..., 0] += 1.0 - raw.sum(-1)  # rows sum to exactly 1
+    return raw.float()
+
+
+def _seed_of(seed: int | torch.Generator | None) -> str:
+    if isinstance(seed, torch.Generator):
+        seed = seed.initial_seed()
+    return "seed unknown" if seed is None else f"seed {seed}"
+
+
+def rel_err(x: torch.Tensor, ref: torch.Tensor) -> float:
+    """‖x − ref‖ / ‖ref‖ in float64 (on the CPU)."""
+    x, ref = x.double().cpu(), ref.double().cpu()
+    return float((x - ref).norm() / ref.norm().clamp_min(1e-30))
+
+
+def assert_close(actual: torch.Tensor, expected: torch.Tensor, *, seed: int | torch.Generator | None,
+                 atol: float = 1e-5, rtol: float = 1e-5, what: str = "") -> None:
+    """Elementwise |actual − expected| ≤ atol + rtol·|expected| (NaNs must match); on failure the message names the
+    seed, the number of bad elements and the worst one (index, both values)."""
+    a, e = actual.detach().double().cpu(), expected.detach().double().cpu()
+    assert a.shape == e.shape, f"{what} shape {tuple(a.shape)} != {tuple(e.shape)} ({_seed_of(seed)})"
+    both_nan = a.isnan() & e.isnan()
+    excess = ((a - e).abs() - (atol + rtol * e.abs())).nan_to_num(nan=float("inf"))
+    excess = excess.masked_fill(both_nan, float("-inf"))
+    bad = excess > 0
+    if bad.any():
+        flat = int(excess.flatten().argmax())
+        idx = tuple(int(i) for i in np.unravel_index(flat, a.shape))
+        raise AssertionError(
+            f"{what + ': ' if what else ''}{int(bad.sum())} of {a.numel()} elements differ beyond atol={atol:g}, "
+            f"rtol={rtol:g} ({_seed_of(seed)}); worst at {idx}: actual {float(a[idx]):.6g}, "
+            f"expected {float(e[idx]):.6g}"
+        )
+
+
+def assert_rel_err(actual: torch.Tensor, expected: torch.Tensor, tol: float, *,
+                   seed: int | torch.Generator | None, what: str = "") -> None:
+    """Relative L2 error below ``tol``; on failure names the seed and the worst element."""
+    err = rel_err(actual, expected)
+    if not err < tol:
+        diff = (actual.detach().double().cpu() - expected.detach().double().cpu()).abs().nan_to_num(nan=float("inf"))
+        idx = tuple(int(i) for i in np.unravel_index(int(diff.flatten().argmax()), diff.shape))
+        raise AssertionError(
+            f"{what + ': ' if what else ''}relative L2 error {err:.3g} >= {tol:g} ({_seed_of(seed)}); worst at {idx}: "
+            f"actual {float(actual.flatten()[int(diff.flatten().argmax())]):.6g}, "
+            f"expected {float(expected.flatten()[int(diff.flatten().argmax())]):.6g}"
+        )
