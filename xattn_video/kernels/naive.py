@@ -2,7 +2,7 @@
 
 Runs on any device; the Triton kernels are tested against these functions. Work is chunked over heads and query blocks so that memory stays bounded at
 HunyuanVideo sizes (~119k tokens): no full S×S (or S/s × S/s) matrix is ever materialized.
-All tensors here are [B, S, H, D] views; inputs were validated by the caller.
+q/k/v here are [B, S, H, D] views, scores [B, H, nq, nk]; inputs were validated by the caller (api.py).
 """
 
 from __future__ import annotations
