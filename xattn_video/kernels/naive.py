@@ -1,7 +1,8 @@
 """Plain PyTorch reference of the whole XAttention operator (spec §1 estimate, §2 selection, §3 attention).
 
-Runs on any device; the Triton kernels are tested against these functions. Work is chunked over heads and query blocks so that memory stays bounded at
-HunyuanVideo sizes (~119k tokens): no full S×S (or S/s × S/s) matrix is ever materialized.
+Runs on any device; the Triton kernels are tested against these functions. Work is chunked over heads and
+query blocks so that memory stays bounded at HunyuanVideo sizes (~119k tokens): no full S×S (or S/s × S/s)
+matrix is ever materialized.
 q/k/v here are [B, S, H, D] views, scores [B, H, nq, nk]; inputs were validated by the caller (api.py).
 """
 
