@@ -134,6 +134,9 @@ def dense_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, kv: torch
     mask = None
     if kv is not None:
         mask = (torch.arange(kh.shape[2], device=q.device)[None, :] < kv[:, None].to(torch.int64))[:, None, None, :]
+        # SDPA adds the mask as -inf, and NaN + -inf = NaN: padding must hold finite values to never matter
+        pad = ~mask.transpose(2, 3)  # [B, 1, Sk, 1]
+        kh, vh = kh.masked_fill(pad, 0.0), vh.masked_fill(pad, 0.0)
     out = F.scaled_dot_product_attention(qh, kh, vh, attn_mask=mask)
     return out if layout == "bhsd" else out.transpose(1, 2)
 
@@ -169,6 +172,10 @@ def xattention(
     q: [B, Sq, H, D], k/v: [B, Sk, H, D] for layout "bshd" ([B, H, S, D] for "bhsd"); fp16/bf16 (fp32 for
     tests). ``threshold`` is τ (float or per-head [H]); τ ≥ 1 on every head runs dense SDPA without
     estimation. Returns the output (q's shape and dtype), and the BlockSelection if ``return_selection``.
+
+    Non-finite inputs (spec §4), the same on every backend: padding (positions ≥ kv_len) never matters; a
+    NaN/+inf score row keeps all its valid blocks; an output row whose query or any kept valid key/value is
+    non-finite is non-finite (NaN), as in dense SDPA, never silently zero.
     """
     shape = check_qkv(q, k, v, layout)
     check_block_params(stride, block_size)

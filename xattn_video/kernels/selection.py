@@ -169,6 +169,8 @@ def _select(
         cap = torch.ceil(float(max_density) * n_valid.to(torch.float64)).to(torch.int64)  # [B]
         keep_sorted &= block_ids.view(1, 1, 1, nk) < cap.view(B, 1, 1, 1)
     mask = torch.zeros_like(keep_sorted).scatter_(-1, order, keep_sorted)
+    # A row with NaN/+inf scores (from a non-finite q or k) carries no ranking: keep all its valid blocks.
+    mask |= ~torch.isfinite(sorted_mass.sum(dim=-1, keepdim=True)) & valid_k4
 
     if any(t >= 1.0 for t in taus):
         dense_heads = (threshold_tensor(taus, device) >= 1.0).view(1, H, 1, 1)
