@@ -1,6 +1,8 @@
 """xattn-video: XAttention block-sparse attention for diffusers video transformers."""
 
-from .kernels import BlockSelection, block_sparse_attention, estimate_block_scores, select_blocks, xattention
+from __future__ import annotations
+
+from typing import Any
 
 __version__ = "0.1.0"
 
@@ -15,11 +17,23 @@ __all__ = [
     "xattention",
 ]
 
+_KERNELS = ("BlockSelection", "block_sparse_attention", "estimate_block_scores", "select_blocks", "xattention")
+_PIPELINES = ("apply_xattention", "XAttnHunyuanVideoPipeline")
 
-def __getattr__(name: str):
-    # The diffusers integration loads lazily, so importing the kernels does not import diffusers.
-    if name in ("apply_xattention", "XAttnHunyuanVideoPipeline"):
+
+def __getattr__(name: str) -> Any:
+    # Everything loads on first use: `xvid --help` must not wait for torch, and importing the kernels must not
+    # import diffusers.
+    if name in _KERNELS:
+        from . import kernels
+
+        return getattr(kernels, name)
+    if name in _PIPELINES:
         from . import pipelines
 
         return getattr(pipelines, name)
     raise AttributeError(f"module 'xattn_video' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(__all__))
