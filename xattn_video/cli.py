@@ -56,10 +56,14 @@ def _cli_values(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def cmd_generate(args: argparse.Namespace) -> int:
-    from .generate import generate
+    from .generate import NonFiniteVideoError, generate
 
     run = load_config(args.config, args.overrides, extra=_cli_values(args))
-    result = generate(run, args.out)
+    try:
+        result = generate(run, args.out)
+    except NonFiniteVideoError as exc:  # not the user's input, but a failed run: one line, no video
+        print(f"xvid generate: error: {exc}", file=sys.stderr)
+        return 1
     g = run.generation
     steps = len(result.seconds_per_step)
     line = (f"wrote {result.video_path} ({result.frames.shape[0]} frames {g.width}x{g.height}, {steps} steps in "
