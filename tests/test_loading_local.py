@@ -7,7 +7,8 @@ import pytest
 from xattn_video.cli import main
 
 INDEX = {"_class_name": "HunyuanVideoPipeline", "_diffusers_version": "0.42.1",
-         "transformer": ["diffusers", "HunyuanVideoTransformer3DModel"], "vae": ["diffusers", "AutoencoderKLHunyuanVideo"],
+         "transformer": ["diffusers", "HunyuanVideoTransformer3DModel"],
+         "vae": ["diffusers", "AutoencoderKLHunyuanVideo"],
          "text_encoder": ["transformers", "LlamaModel"], "text_encoder_2": ["transformers", "CLIPTextModel"],
          "tokenizer": ["transformers", "LlamaTokenizerFast"], "tokenizer_2": ["transformers", "CLIPTokenizer"],
          "scheduler": ["diffusers", "FlowMatchEulerDiscreteScheduler"]}
