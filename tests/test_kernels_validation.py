@@ -103,3 +103,18 @@ def test_selection_mismatch_errors():
         block_sparse_attention(q, k, v, sel)
     with pytest.raises(XAttentionInputError, match="query blocks"):
         select_blocks(torch.rand(1, 2, 3, 3), 0.9, block_size=32, q_len=64)
+
+
+@pytest.mark.parametrize("threshold", [0.5, 1.0])
+@pytest.mark.parametrize("backend", ["torch", "triton"])
+def test_backward_says_inference_only(backend, threshold, triton_device):
+    device = "cpu" if backend == "torch" else triton_device
+    q, k, v = (torch.randn(1, 40, 1, 64, device=device, requires_grad=True) for _ in range(3))
+    out = xattention(q, k, v, threshold=threshold, block_size=32, kv_len=35, backend=backend)
+    with pytest.raises(RuntimeError, match="inference-only"):
+        out.sum().backward()
+    sel = select_blocks(torch.rand(1, 1, 2, 2), 0.5, block_size=32, q_len=40)
+    with pytest.raises(RuntimeError, match="inference-only"):
+        block_sparse_attention(q, k, v, sel, backend=backend).sum().backward()
+    with torch.no_grad():  # without grad nothing changes
+        assert not xattention(q, k, v, threshold=threshold, block_size=32, backend=backend).requires_grad

@@ -8,12 +8,19 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from .config import ConfigError, load_config
-from .eval.scorers.registry import ScorerSpecError
-from .kernels import XAttentionInputError
-from .pipelines.loading import ModelLoadError
-
 # Every user mistake is one of these: the CLI prints one line and exits 2. Anything else is a bug: traceback.
-USER_ERRORS = (ConfigError, ModelLoadError, XAttentionInputError, ScorerSpecError, FileNotFoundError)
+# torch and diffusers load only once a command runs, so `xvid --help` and argument errors are instant.
+
+
+def _user_errors() -> tuple[type[BaseException], ...]:
+    """Errors that are the user's input: one line, exit code 2. A module not imported yet raised none."""
+    errors: list[type[BaseException]] = [ConfigError, FileNotFoundError]
+    for module, name in (("xattn_video.kernels.inputs", "XAttentionInputError"),
+                         ("xattn_video.pipelines.loading", "ModelLoadError"),
+                         ("xattn_video.eval.scorers.registry", "ScorerSpecError")):
+        if module in sys.modules:
+            errors.append(getattr(sys.modules[module], name))
+    return tuple(errors)
 
 
 def _add_run_options(p: argparse.ArgumentParser) -> None:
@@ -50,10 +57,14 @@ def _cli_values(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def cmd_generate(args: argparse.Namespace) -> int:
-    from .generate import generate
+    from .generate import NonFiniteVideoError, generate
 
     run = load_config(args.config, args.overrides, extra=_cli_values(args))
-    result = generate(run, args.out)
+    try:
+        result = generate(run, args.out)
+    except NonFiniteVideoError as exc:  # not the user's input, but a failed run: one line, no video
+        print(f"xvid generate: error: {exc}", file=sys.stderr)
+        return 1
     g = run.generation
     steps = len(result.seconds_per_step)
     line = (f"wrote {result.video_path} ({result.frames.shape[0]} frames {g.width}x{g.height}, {steps} steps in "
@@ -114,14 +125,18 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
-    if argv and argv[0] == "bench":
-        return cmd_bench(argv[1:])
-    args = build_parser().parse_args(argv)
     try:
-        return args.func(args)
-    except USER_ERRORS as exc:
-        print(f"xvid {args.command}: error: {exc}", file=sys.stderr)
-        return 2
+        if argv and argv[0] == "bench":
+            return cmd_bench(argv[1:])
+        args = build_parser().parse_args(argv)
+        try:
+            return args.func(args)
+        except _user_errors() as exc:
+            print(f"xvid {args.command}: error: {exc}", file=sys.stderr)
+            return 2
+    except KeyboardInterrupt:
+        print(f"xvid{' ' + argv[0] if argv else ''}: interrupted", file=sys.stderr)
+        return 130  # 128 + SIGINT, as shells report it
 
 
 if __name__ == "__main__":

@@ -8,6 +8,7 @@ name the key. ``xattn.threshold`` is a float, a list with one entry per layer, o
 from __future__ import annotations
 
 import math
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional, Sequence
@@ -94,6 +95,18 @@ def _describe(exc: OmegaConfBaseException) -> str:
     return msg
 
 
+def _spaced_flow_mapping(item: str) -> str:
+    """``key={default:0.5,3:0.95}`` → ``key={default: 0.5,3: 0.95}``.
+
+    YAML needs a space after a mapping colon; without it ``default:0.5`` is one string key and ``3:0.95`` even
+    reads as the base-60 number 180.95. People type it without spaces, so add them inside ``{...}`` values.
+    """
+    key, _, value = item.partition("=")
+    if not value.lstrip().startswith("{"):
+        return item
+    return key + "=" + re.sub(r":(?=[^\s/])", ": ", value)
+
+
 def load_config(path: str | Path | None = None, overrides: Sequence[str] = (),
                 extra: dict[str, Any] | None = None) -> RunConfig:
     """Defaults ← tiny defaults (if the model is "tiny") ← YAML file ← ``extra`` ← ``key=value`` overrides."""
@@ -105,12 +118,15 @@ def load_config(path: str | Path | None = None, overrides: Sequence[str] = (),
         try:
             file_cfg = OmegaConf.load(path)
         except Exception as exc:  # YAML syntax errors come in several types
-            raise ConfigError(f"cannot read config file {path}: {exc}") from None
+            raise ConfigError(f"cannot read config file {path}: {str(exc).splitlines()[0]}") from None
+        if not isinstance(file_cfg, DictConfig):
+            raise ConfigError(f"config file {path}: the top level must be a mapping of sections (model:, xattn:, "
+                              f"generation:), got a {type(file_cfg).__name__.replace('Config', '').lower()}")
     for item in overrides:
         if "=" not in item:
             raise ConfigError(f"--set expects key=value, got {item!r}")
     try:
-        cli_cfg = OmegaConf.from_dotlist(list(overrides))
+        cli_cfg = OmegaConf.from_dotlist([_spaced_flow_mapping(item) for item in overrides])
     except OmegaConfBaseException as exc:
         raise ConfigError(f"--set: {_describe(exc)}") from None
 

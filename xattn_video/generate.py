@@ -11,11 +11,27 @@ from typing import Any
 import numpy as np
 import torch
 
-from .config import RunConfig, to_container
+from .config import ConfigError, RunConfig, to_container
+from .memory import check_fits
 from .pipelines.hunyuan_video import apply_xattention
-from .pipelines.loading import is_tiny, load_pipeline
+from .pipelines.loading import is_tiny, load_pipeline, resolve_device
 from .pipelines.tiny import TINY_PROMPT_TEMPLATE
-from .video_io import write_json, write_mp4
+from .video_io import OutputPathError, check_output_path, write_json, write_mp4
+
+
+class NonFiniteVideoError(RuntimeError):
+    """The pipeline returned frames with NaN/inf: a failed generation, never written as a video."""
+
+
+def check_finite_frames(frames: np.ndarray, what: str = "the generated video") -> None:
+    """Raise ``NonFiniteVideoError`` (one line) if any frame of ``frames`` [T, H, W, 3] holds NaN or inf."""
+    bad = ~np.isfinite(frames).reshape(frames.shape[0], -1).all(axis=1)
+    if bad.any():
+        raise NonFiniteVideoError(
+            f"{what} has non-finite values (NaN/inf) in {int(bad.sum())} of {frames.shape[0]} frames (first: "
+            f"frame {int(np.argmax(bad))}); nothing was written. The model produced NaN: check the prompt, the "
+            f"dtype and the checkpoint"
+        )
 
 
 @dataclass
@@ -56,6 +72,7 @@ def run_pipeline(pipe: Any, run: RunConfig, latents: torch.Tensor | None = None,
     """Run one generation on ``pipe`` (XAttention installed for its duration unless ``run.dense``)."""
     g = run.generation
     device = pipeline_device(pipe)
+    check_fits(run, device)  # before the latents: refuse sizes that cannot fit, with the numbers
     if latents is None:
         latents = initial_latents(pipe, run)
     handle = None if run.dense else apply_xattention(pipe, run.xattn)
@@ -86,6 +103,7 @@ def run_pipeline(pipe: Any, run: RunConfig, latents: torch.Tensor | None = None,
         if handle is not None:
             handle.remove()
     frames = np.asarray(output.frames[0], dtype=np.float32)
+    check_finite_frames(frames)
     per_step = [b - a for a, b in zip([start] + step_ends[:-1], step_ends)]
     return GenerationResult(frames=frames, seconds_total=total, seconds_per_step=per_step, xattn=summary)
 
@@ -111,8 +129,19 @@ def environment() -> dict:
 
 def generate(run: RunConfig, out: str | Path | None = None, pipe: Any = None,
              show_progress: bool = True) -> GenerationResult:
-    """Generate one video; with ``out`` write ``out`` (mp4) and ``out`` with suffix .json (the run record)."""
+    """Generate one video; with ``out`` write ``out`` (mp4) and ``out`` with suffix .json (the run record).
+
+    ``out`` and the memory the size needs are checked before the model loads (``ConfigError``); frames with
+    NaN/inf raise ``NonFiniteVideoError`` and nothing is written.
+    """
+    if out is not None:
+        try:
+            out = check_output_path(out)
+            check_output_path(out.with_suffix(".json"), (".json",))
+        except OutputPathError as exc:
+            raise ConfigError(f"--out: {exc}") from None
     if pipe is None:
+        check_fits(run, resolve_device(run.model.device))
         pipe = load_pipeline(run.model)
     result = run_pipeline(pipe, run, show_progress=show_progress)
     result.meta = {

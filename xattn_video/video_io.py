@@ -14,6 +14,13 @@ from typing import Any
 import numpy as np
 
 
+VIDEO_SUFFIXES = (".mp4",)  # what write_mp4 writes
+
+
+class OutputPathError(ValueError):
+    """An output path that cannot be written; the message says why (one line)."""
+
+
 def _temp_name(path: Path) -> Path:
     # Same folder (rename stays atomic), same suffix (writers that pick a format by suffix still work).
     return path.with_name(f".{path.stem}.tmp-{os.getpid()}{path.suffix}")
@@ -37,6 +44,36 @@ def atomic_write(path: str | Path) -> Iterator[Path]:
             tmp.unlink(missing_ok=True)
         except OSError:  # pragma: no cover - keep the original error (or success) visible
             pass
+
+
+def check_output_path(path: str | Path, suffixes: tuple[str, ...] = VIDEO_SUFFIXES) -> Path:
+    """Check, before any work, that ``path`` can be written: a supported suffix, not a directory, and a place
+    where files can be created (the nearest existing folder is probed with a temporary file).
+
+    Raises ``OutputPathError`` with one line naming the problem.
+    """
+    trailing_sep = str(path).endswith(("/", os.sep))
+    path = Path(path).expanduser()
+    if path.is_dir() or trailing_sep:
+        raise OutputPathError(f"{path} is a directory; give a file name ending in {' or '.join(suffixes)}")
+    if path.suffix.lower() not in suffixes:
+        got = f"'{path.suffix}'" if path.suffix else "no extension"
+        raise OutputPathError(f"{path}: the video writer supports {' or '.join(suffixes)} files, got {got}")
+    folder = path.parent
+    while not folder.exists() and folder != folder.parent:
+        folder = folder.parent
+    if not folder.is_dir():
+        raise OutputPathError(f"cannot write {path}: {folder} is not a directory")
+    probe = folder / f".{path.stem}.probe-{os.getpid()}"
+    try:
+        probe.touch(exist_ok=False)
+    except OSError as exc:
+        raise OutputPathError(f"cannot write {path}: {exc.strerror or exc} ({folder})") from None
+    try:
+        probe.unlink()
+    except OSError:
+        pass
+    return path
 
 
 def to_uint8(frames: np.ndarray) -> np.ndarray:
@@ -65,13 +102,17 @@ def write_mp4(frames: np.ndarray, path: str | Path, fps: int) -> Path:
     if frames.ndim != 4 or frames.shape[-1] != 3:
         raise ValueError(f"frames must be [T, H, W, 3], got shape {frames.shape}")
     with atomic_write(path) as tmp:
+        try:
+            tmp.touch()  # fails here, clearly, in a read-only place (ffmpeg would only log it and write nothing)
+        except OSError as exc:
+            raise OSError(exc.errno, f"cannot write {path}: {exc.strerror}") from None
         if _ffmpeg_available():
             import imageio.v2 as imageio
 
             with imageio.get_writer(tmp, format="FFMPEG", mode="I", fps=fps, codec="libx264", quality=8,
                                     macro_block_size=1, pixelformat="yuv420p") as writer:
-                for frame in to_uint8(frames):
-                    writer.append_data(frame)
+                for frame in frames:  # frame by frame: no float64 copy of the whole video
+                    writer.append_data(to_uint8(frame))
         else:
             _write_mp4_opencv(to_uint8(frames), tmp, fps)
     return path

@@ -6,7 +6,8 @@ Inputs are validated once here (shapes, parameters, the backend's constraints); 
 
 from __future__ import annotations
 
-from typing import Protocol
+import functools
+from typing import Any, Callable, Protocol
 
 import torch
 import torch.nn.functional as F
@@ -34,6 +35,41 @@ class Marker(Protocol):
     """Anything with ``mark()`` (e.g. ``xattn_video.stats.Stopwatch``): called between the operator's steps."""
 
     def mark(self) -> None: ...
+
+
+INFERENCE_ONLY = (
+    "xattention is inference-only: it has no backward pass (run it under torch.no_grad() or "
+    "torch.inference_mode(); for training use dense attention, e.g. torch.nn.functional.scaled_dot_product_attention)"
+)
+
+
+class _InferenceOnly(torch.autograd.Function):
+    """Passes the output through; its backward refuses with a clear message instead of whatever error the
+    kernels' in-place writes or the custom ops would raise."""
+
+    @staticmethod
+    def forward(ctx: Any, out: torch.Tensor, *inputs: torch.Tensor) -> torch.Tensor:
+        return out.view_as(out)
+
+    @staticmethod
+    def backward(ctx: Any, *grads: torch.Tensor) -> Any:
+        raise RuntimeError(INFERENCE_ONLY)
+
+
+def _inference_only(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """Run ``fn(q, k, v, ...)`` without building a graph; if q/k/v require grad, make backward refuse."""
+
+    @functools.wraps(fn)
+    def wrapper(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *args: Any, **kwargs: Any) -> Any:
+        if not (torch.is_grad_enabled() and any(isinstance(t, torch.Tensor) and t.requires_grad for t in (q, k, v))):
+            return fn(q, k, v, *args, **kwargs)
+        with torch.no_grad():
+            result = fn(q, k, v, *args, **kwargs)
+        if isinstance(result, tuple):
+            return (_InferenceOnly.apply(result[0], q, k, v),) + result[1:]
+        return _InferenceOnly.apply(result, q, k, v)
+
+    return wrapper
 
 
 def check_backend_support(backend: str, stride: int, block_size: int) -> None:
@@ -158,6 +194,7 @@ def _check_selection(selection: BlockSelection, batch: int, heads: int, q_len: i
         raise XAttentionInputError("selection counts and indices must be int32")
 
 
+@_inference_only
 def block_sparse_attention(
     q: torch.Tensor,
     k: torch.Tensor,
@@ -194,6 +231,9 @@ def dense_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, kv: torch
     mask = None
     if kv is not None:
         mask = (torch.arange(kh.shape[2], device=q.device)[None, :] < kv[:, None].to(torch.int64))[:, None, None, :]
+        # SDPA adds the mask as -inf, and NaN + -inf = NaN: padding must hold finite values to never matter
+        pad = ~mask.transpose(2, 3)  # [B, 1, Sk, 1]
+        kh, vh = kh.masked_fill(pad, 0.0), vh.masked_fill(pad, 0.0)
     out = F.scaled_dot_product_attention(qh, kh, vh, attn_mask=mask)
     return out if layout == "bhsd" else out.transpose(1, 2)
 
@@ -207,6 +247,7 @@ def full_selection(batch: int, heads: int, q_len: int, k_len: int, kv: torch.Ten
     return BlockSelection.from_mask(mask, block_size=block_size, q_len=q_len, kv_len=kv)
 
 
+@_inference_only
 def xattention(
     q: torch.Tensor,
     k: torch.Tensor,
@@ -231,6 +272,11 @@ def xattention(
     estimation. Returns the output (q's shape and dtype), and the BlockSelection if ``return_selection``.
     ``stopwatch`` (timing only): ``mark()`` is called before the estimate, after the selection and after the
     attention (dense calls: before and after the attention only); see ``xattn_video.stats.Stopwatch``.
+
+    Non-finite inputs (spec §4), the same on every backend: padding (positions ≥ kv_len) never matters; a
+    NaN/+inf score row keeps all its valid blocks; an output row whose query or any kept valid key/value is
+    non-finite is non-finite (NaN), as in dense SDPA, never silently zero. Inference only: ``.backward()``
+    through the output raises a RuntimeError saying so (spec §5).
     """
     shape = check_qkv(q, k, v, layout)
     check_block_params(stride, block_size)

@@ -54,7 +54,10 @@ def resolve_backend(backend: str, device: torch.device) -> str:
             backend = "triton" if device.type == "cuda" and triton_available() else "torch"
     if backend == "triton":
         if not triton_available():
-            raise XAttentionInputError("backend 'triton' requested but triton is not installed")
+            raise XAttentionInputError(
+                "backend 'triton' requested but triton is not installed (the CUDA builds of torch bring it; "
+                "for the CPU interpreter: pip install 'triton>=3.7'); backend 'torch' runs anywhere"
+            )
         if device.type != "cuda" and not triton_interpreted():
             raise XAttentionInputError(
                 f"backend 'triton' needs CUDA tensors (got {device.type}); set TRITON_INTERPRET=1 to run the "

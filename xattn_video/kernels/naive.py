@@ -67,11 +67,14 @@ def naive_estimate_block_scores(
                 r0, r1 = i0 * rows_per_block, i1 * rows_per_block
                 logits = torch.matmul(q_tilde[h0:h1, r0:r1], k_tilde[h0:h1].transpose(-1, -2)) * scale
                 logits.masked_fill_(~group_valid, float("-inf"))
-                probs = torch.softmax(logits, dim=-1).nan_to_num_(0.0)  # kv_len = 0 rows: no mass
+                probs = torch.softmax(logits, dim=-1)
+                if kv_host[b] == 0:
+                    probs.zero_()  # no valid key: no mass (softmax over only -inf is NaN)
                 probs *= row_valid[r0:r1, None]
                 block_sum = probs.view(h1 - h0, i1 - i0, rows_per_block, nk, rows_per_block).sum(dim=(2, 4))
                 total = block_sum.sum(dim=-1, keepdim=True)
-                scores[b, h0:h1, i0:i1] = torch.where(total > 0, block_sum / total, torch.zeros_like(block_sum))
+                # total == 0 only without valid rows or keys; a NaN total (non-finite q/k) stays NaN
+                scores[b, h0:h1, i0:i1] = torch.where(total == 0, torch.zeros_like(block_sum), block_sum / total)
     return scores
 
 
@@ -111,6 +114,8 @@ def naive_select_blocks(
         cap = torch.ceil(float(max_density) * n_valid.to(torch.float64)).to(torch.int64)  # [B]
         keep_sorted &= block_ids.view(1, 1, 1, nk) < cap.view(B, 1, 1, 1)
     mask = torch.zeros_like(keep_sorted).scatter_(-1, order, keep_sorted)
+    # A row with NaN/+inf scores (from a non-finite q or k) carries no ranking: keep all its valid blocks.
+    mask |= ~torch.isfinite(sorted_mass.sum(dim=-1, keepdim=True)) & valid_k4
 
     if any(t >= 1.0 for t in taus):
         dense_heads = (threshold_tensor(taus, device) >= 1.0).view(1, H, 1, 1)
@@ -136,7 +141,9 @@ def naive_block_sparse_attention(
 ) -> torch.Tensor:
     """Exact attention over the kept blocks (spec §3), computed in float32; returns q's dtype.
 
-    q: [B, Sq, H, D], k/v: [B, Sk, H, D]. Rows with no kept valid key are zeros.
+    q: [B, Sq, H, D], k/v: [B, Sk, H, D]. Rows with no kept valid key are zeros. A row whose query or any kept
+    valid key/value is non-finite is non-finite (NaN), as in dense attention; dropped blocks and padding never
+    matter.
     """
     B, Sq, H, D = q.shape
     Sk = k.shape[1]
@@ -152,6 +159,10 @@ def naive_block_sparse_attention(
         # zero the padding so that even non-finite padding values cannot leak through 0·x products
         kb = _zero_padded(k[b], Sk, kv_host[b]).permute(1, 2, 0)  # [H, D, Sk]
         vb = _zero_padded(v[b], Sk, kv_host[b]).permute(1, 0, 2)  # [H, Sk, D]
+        # A non-finite value must reach exactly the rows that keep its key (as in the Triton kernel, which
+        # never loads dropped blocks), not every row through 0·inf: multiply finite values, flag the rest.
+        v_bad = ~torch.isfinite(vb).all(dim=-1)  # [H, Sk]
+        vb = vb.masked_fill(v_bad[..., None], 0.0)
         q_blocks_per_chunk = _chunk(nq, heads_per_chunk * bs * Sk * 4 * 3, q.device)
         for h0 in range(0, H, heads_per_chunk):
             h1 = min(H, h0 + heads_per_chunk)
@@ -163,6 +174,9 @@ def naive_block_sparse_attention(
                 row_block = torch.arange(r0, r1, device=q.device) // bs
                 kept = selection.mask[b, h0:h1][:, row_block][:, :, key_block] & key_valid  # [h, rows, Sk]
                 logits.masked_fill_(~kept, float("-inf"))
-                probs = torch.softmax(logits, dim=-1).nan_to_num_(0.0)
-                out[b, r0:r1, h0:h1] = torch.matmul(probs, vb[h0:h1]).permute(1, 0, 2).to(q.dtype)
+                # rows without a kept key get zeros; NaN from a non-finite query stays NaN
+                probs = torch.softmax(logits, dim=-1).masked_fill_(~kept.any(dim=-1, keepdim=True), 0.0)
+                rows_out = torch.matmul(probs, vb[h0:h1])
+                rows_out.masked_fill_((kept & v_bad[h0:h1, None, :]).any(dim=-1, keepdim=True), float("nan"))
+                out[b, r0:r1, h0:h1] = rows_out.permute(1, 0, 2).to(q.dtype)
     return out

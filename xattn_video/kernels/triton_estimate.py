@@ -168,8 +168,9 @@ def _block_sums_kernel(
     for sp in range(KEY_SPLITS):
         stat = (pid_bh.to(tl.int64) * KEY_SPLITS + sp) * N_ROWS + rows
         l += tl.load(ROW_SUM + stat) * tl.exp2(tl.load(ROW_MAX + stat) - m_safe)
-    # Rows without any valid key (kv_len = 0) get +inf so that their probabilities are exactly zero.
-    row_lse = tl.where(l > 0, m_safe + tl.log2(l), float("inf"))
+    # Rows without any valid key (kv_len = 0) get +inf so that their probabilities are exactly zero; a NaN sum
+    # (non-finite q or k) stays NaN, so the row's scores are NaN and the selection keeps the whole row.
+    row_lse = tl.where(l == 0, float("inf"), m_safe + tl.log2(l))
     row_weight = tl.where(rows * STRIDE < SQ, 1.0, 0.0)
 
     QB: tl.constexpr = BLOCK_M // ROWS_PER_BLOCK

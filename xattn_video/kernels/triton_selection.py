@@ -56,6 +56,9 @@ def _select_kernel(
     tl.debug_barrier()  # the scatter above went through memory; read the row back in block order
 
     kept = tl.load(MASK + base + j, mask=in_row, other=0) != 0
+    # NaN/+inf among the valid scores (a non-finite q or k) leaves no ranking: the row keeps every valid block.
+    row_sum = tl.sum(tl.where(valid, scores, 0.0), axis=0)
+    kept = tl.where((row_sum != row_sum) | (row_sum == float("inf")), kept | valid, kept)
     if KEEP_DIAG:
         kept = kept | ((j == i) & valid)
     if HAS_TEXT:

@@ -64,9 +64,11 @@ def load_pipeline(model: ModelConfig, pipeline_cls: type | None = None) -> Any:
             pipe = cls.from_pretrained(source, transformer=transformer,
                                        dtype=torch.float16 if on_gpu else torch.float32)
         except (OSError, ValueError, ConnectionError) as exc:
-            where = "the local folder" if Path(source).exists() else "the Hugging Face hub"
+            if Path(source).exists():  # a download hint would be wrong for a local folder
+                raise ModelLoadError(f"could not load HunyuanVideo from the local folder {model.path!r}: "
+                                     f"{str(exc).splitlines()[0]}") from exc
             raise ModelLoadError(
-                f"could not load HunyuanVideo from {where} ({model.path!r}): {str(exc).splitlines()[0]}\n"
+                f"could not load HunyuanVideo from the Hugging Face hub ({model.path!r}): {str(exc).splitlines()[0]}\n"
                 f"Without network access, download the diffusers-format checkpoint elsewhere (for example "
                 f"hunyuanvideo-community/HunyuanVideo) and pass --model /path/to/that/folder."
             ) from exc
@@ -87,11 +89,41 @@ def _check_source(path: str) -> str:
     if local.exists():
         if not (local / "model_index.json").is_file():
             raise ModelLoadError(f"{local} is not a diffusers pipeline folder (it has no model_index.json)")
+        _check_local_files(local)
         return str(local)
     if path.startswith((".", "/", "~")) or not HUB_ID.match(path):
         raise ModelLoadError(f"model path {path!r} does not exist (and is not a hub id of the form owner/name)")
     _check_hub(path)
     return path
+
+
+# Files every model component of a diffusers folder needs: a config and weights (any of these names).
+_WEIGHTS = ("diffusion_pytorch_model.safetensors", "diffusion_pytorch_model.safetensors.index.json",
+            "diffusion_pytorch_model.bin", "model.safetensors", "model.safetensors.index.json", "pytorch_model.bin",
+            "pytorch_model.bin.index.json")
+
+
+def _check_local_files(local: Path) -> None:
+    """Name the first missing file of a local folder (diffusers would say "no file named config.json" in the
+    folder's root, not which component lacks it)."""
+    import json
+
+    try:
+        index = json.loads((local / "model_index.json").read_text())
+    except (OSError, ValueError) as exc:
+        raise ModelLoadError(f"cannot read {local / 'model_index.json'}: {exc}") from None
+    if not isinstance(index, dict):
+        raise ModelLoadError(f"{local / 'model_index.json'} is not a diffusers model index (not a JSON object)")
+    for name in ("transformer", "vae", "text_encoder", "text_encoder_2"):
+        if name not in index and name != "transformer":
+            continue
+        folder = local / name
+        if not (folder / "config.json").is_file():
+            raise ModelLoadError(f"{local} has no {name}/config.json: the folder is not a complete diffusers "
+                                 f"checkpoint (copy every component folder that model_index.json lists)")
+        if not any((folder / w).is_file() for w in _WEIGHTS):
+            example = _WEIGHTS[3] if name.startswith("text_encoder") else _WEIGHTS[0]
+            raise ModelLoadError(f"{local} has no weights in {name}/ (such as {name}/{example})")
 
 
 def _check_hub(repo_id: str) -> None:

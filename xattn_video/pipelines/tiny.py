@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import torch
 from diffusers import AutoencoderKLHunyuanVideo, FlowMatchEulerDiscreteScheduler, HunyuanVideoTransformer3DModel
-from tokenizers import Tokenizer, decoders, models, pre_tokenizers
+from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors
 from transformers import CLIPTextConfig, CLIPTextModel, LlamaConfig, LlamaModel, PreTrainedTokenizerFast
 
 # With the byte-level tokenizer below, HunyuanVideo's long Llama prompt template would use up the whole
@@ -27,6 +27,9 @@ def byte_tokenizer(max_length: int) -> PreTrainedTokenizerFast:
     tok = Tokenizer(models.BPE(vocab=vocab, merges=[]))
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tok.decoder = decoders.ByteLevel()
+    # A leading <s> as real Llama/CLIP tokenizers add: without it the empty prompt has no valid text token, an
+    # all-zero text mask, and the token refiner's masked mean is 0/0 (a video of NaN frames).
+    tok.post_processor = processors.TemplateProcessing(single="<s> $A", special_tokens=[("<s>", 1)])
     return PreTrainedTokenizerFast(tokenizer_object=tok, pad_token="<pad>", bos_token="<s>", eos_token="</s>",
                                    model_max_length=max_length)
 

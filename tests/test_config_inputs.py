@@ -1,0 +1,49 @@
+"""Config and prompts-file inputs people actually type: each mistake is one clear line, exit code 2."""
+
+import pytest
+
+from xattn_video.cli import main
+from xattn_video.config import ConfigError, layer_thresholds, load_config
+from xattn_video.prompts import parse_prompts, read_prompts
+
+
+@pytest.mark.parametrize("value", ["{default:0.5,3:0.95}", "{default: 0.5, 3: 0.95}", "{default:0.5,3:[0.9,0.95]}"])
+def test_threshold_mapping_without_spaces_parses(value):
+    run = load_config(None, [f"xattn.threshold={value}"])
+    taus = layer_thresholds(run.xattn.threshold, 60)
+    assert taus[0] == 0.5 and taus[59] == 0.5
+    assert taus[3] in (0.95, (0.9, 0.95))
+
+
+def test_yaml_top_level_list_is_one_line_error(tmp_path, capsys):
+    cfg = tmp_path / "list.yaml"
+    cfg.write_text("- xattn:\n    threshold: 0.9\n")
+    with pytest.raises(ConfigError, match="top level must be a mapping"):
+        load_config(cfg)
+    rc = main(["generate", "--model", "tiny", "--config", str(cfg), "--out", str(tmp_path / "x.mp4")])
+    err = capsys.readouterr().err
+    assert rc == 2 and err.count("\n") == 1 and "top level must be a mapping" in err
+    assert not list(tmp_path.glob("x*"))
+
+
+def test_prompts_indented_comments_are_comments():
+    assert parse_prompts("a cat\n   # indented comment\n\t#tab comment\n  a fox  \n#x\n\n") == ["a cat", "a fox"]
+
+
+@pytest.mark.parametrize("content", [b"\x89PNG\r\n\x1a\n\x00\x00\x00\rIHDR\xff\xfe", b"a prompt\x00\x01\x02\n"])
+def test_binary_prompts_file_is_one_line_error(tmp_path, content):
+    path = tmp_path / "prompts.txt"
+    path.write_bytes(content)
+    with pytest.raises(ConfigError, match="is not UTF-8 text") as info:
+        read_prompts(path)
+    assert "\n" not in str(info.value)
+
+
+def test_prompts_file_missing_or_empty(tmp_path):
+    with pytest.raises(ConfigError, match="not found"):
+        read_prompts(tmp_path / "nope.txt")
+    (tmp_path / "c.txt").write_text("  # only a comment\n\n")
+    with pytest.raises(ConfigError, match="has no prompts"):
+        read_prompts(tmp_path / "c.txt")
+    (tmp_path / "ok.txt").write_bytes("\ufeffun chat\n".encode("utf-8"))  # a BOM is not part of the prompt
+    assert read_prompts(tmp_path / "ok.txt") == ["un chat"]
