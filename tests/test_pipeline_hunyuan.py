@@ -231,3 +231,19 @@ def test_step_tracker_outside_a_pipeline_loop():
     assert tracker.current() is None
     tracker.manual_step = 7
     assert tracker.current() == 7
+
+
+def test_selection_reuse_skips_the_estimate_on_reused_steps(pipe, stock, monkeypatch):
+    calls = []
+    real = processor_module.estimate_block_scores
+    monkeypatch.setattr(processor_module, "estimate_block_scores", lambda *a, **kw: calls.append(1) or real(*a, **kw))
+    cfg = {"threshold": 0.5, "block_size": 32, "warmup_steps": 1, "selection_reuse": 2}
+    with apply_xattention(pipe, cfg) as h:
+        frames = _run(pipe)
+        records = list(h.stats.records)
+        hits = h.state.reuse.hits
+    n_layers = 4
+    # sparse steps 1, 2, 3: estimate on 1, reuse on 2, estimate on 3
+    assert len(calls) == 2 * n_layers and hits == n_layers
+    assert sum(r.sparse for r in records) == 3 * n_layers
+    assert np.isfinite(frames).all() and np.abs(frames - stock).max() > 1e-4

@@ -22,6 +22,7 @@ from ..kernels import block_sparse_attention, estimate_block_scores, select_bloc
 from ..kernels.dense import dense_attention, prefix_kv_lens
 from ..stats import AttentionStats, Stopwatch
 from ..warmup import AttentionPlan, StepTracker
+from ..warmup.reuse import SelectionCache, selection_signature
 
 
 @dataclass
@@ -32,6 +33,7 @@ class XAttentionState:
     plan: AttentionPlan
     tracker: StepTracker
     stats: AttentionStats = field(default_factory=AttentionStats)
+    reuse: SelectionCache = field(default_factory=lambda: SelectionCache(0))
     _mask: Any = None
     _mask_kv_len: Any = None
     _mask_is_prefix: bool = True
@@ -148,17 +150,31 @@ class XAttnHunyuanVideoAttnProcessor:
         tau = state.plan.threshold(self.layer)
         text_start = image_tokens if (cfg.text_forcing and has_text) else None
         common = dict(block_size=cfg.block_size, kv_len=kv_len)
-        if cfg.time_stats:
-            watch = Stopwatch(q.device)
-            watch.mark()
-            scores = estimate_block_scores(q, k, stride=cfg.stride, backend=cfg.backend, **common)
-            selection = select_blocks(scores, tau, q_len=q.shape[1], keep_diagonal=cfg.keep_diagonal,
-                                      text_start=text_start, max_density=cfg.max_density, backend=cfg.backend,
-                                      **common)
-            watch.mark()
+        signature, selection = None, None
+        if state.reuse.enabled:
+            _, lens = state.host_kv_lens(mask)
+            signature = selection_signature(q.shape[0], q.shape[1], k.shape[1], q.shape[2], cfg.block_size, lens,
+                                            text_start)
+            selection = state.reuse.get(self.layer, step, signature)
+        if cfg.time_stats or signature is not None:
+            # The same work as xattention, in its three public steps (timed, and with a reusable selection).
+            watch = Stopwatch(q.device) if cfg.time_stats else None
+            if watch is not None:
+                watch.mark()
+            if selection is None:
+                scores = estimate_block_scores(q, k, stride=cfg.stride, backend=cfg.backend, **common)
+                selection = select_blocks(scores, tau, q_len=q.shape[1], keep_diagonal=cfg.keep_diagonal,
+                                          text_start=text_start, max_density=cfg.max_density, backend=cfg.backend,
+                                          **common)
+                if signature is not None:
+                    state.reuse.put(self.layer, step, signature, selection)
+            if watch is not None:
+                watch.mark()
             out = block_sparse_attention(q, k, v, selection, backend=cfg.backend)
-            watch.mark()
-            state.stats.record(step, self.layer, selection.density(), sparse=True, watch=watch)
+            if watch is not None:
+                watch.mark()
+            if collect or watch is not None:
+                state.stats.record(step, self.layer, selection.density(), sparse=True, watch=watch)
             return out
         out, selection = xattention(q, k, v, threshold=tau, stride=cfg.stride, text_start=text_start,
                                     keep_diagonal=cfg.keep_diagonal, max_density=cfg.max_density,
