@@ -163,11 +163,15 @@ class XAttnHunyuanVideoAttnProcessor:
                 watch.mark()
             if selection is None:
                 scores = estimate_block_scores(q, k, stride=cfg.stride, backend=cfg.backend, **common)
+                if watch is not None:
+                    watch.mark()
                 selection = select_blocks(scores, tau, q_len=q.shape[1], keep_diagonal=cfg.keep_diagonal,
                                           text_start=text_start, max_density=cfg.max_density, backend=cfg.backend,
                                           **common)
                 if signature is not None:
                     state.reuse.put(self.layer, step, signature, selection)
+            elif watch is not None:
+                watch.mark()  # a reused selection: no estimate, no selection (two marks keep the intervals aligned)
             if watch is not None:
                 watch.mark()
             out = block_sparse_attention(q, k, v, selection, backend=cfg.backend)

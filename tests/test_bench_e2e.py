@@ -1,0 +1,57 @@
+"""`xvid bench --e2e` on the CPU: help, the no-GPU error, model sizes, fast random init, the projection."""
+
+import pytest
+import torch
+
+from xattn_video import cli
+from xattn_video.bench import e2e
+
+TINY_HV = dict(in_channels=4, out_channels=4, num_attention_heads=2, attention_head_dim=64, num_layers=1,
+               num_single_layers=1, num_refiner_layers=1, mlp_ratio=2.0, text_embed_dim=32, pooled_projection_dim=16,
+               rope_axes_dim=(8, 28, 28))
+
+
+def test_help_and_no_gpu_is_one_clear_line(capsys, monkeypatch):
+    with pytest.raises(SystemExit) as exc:
+        cli.main(["bench", "--e2e", "--help"])
+    assert exc.value.code == 0 and "--settings" in capsys.readouterr().out
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert cli.main(["bench", "--e2e", "--models", "hunyuan-video"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "needs a CUDA GPU" in err[0]
+
+
+def test_token_counts_of_the_presets():
+    hv, wan = e2e.MODELS["hunyuan-video"], e2e.MODELS["wan2.1-14b"]
+    assert hv.image_tokens(None, hv.shapes["720p"]) + hv.text_tokens == 119056
+    assert hv.image_tokens(None, hv.shapes["544p"]) + hv.text_tokens == 18616
+    assert wan.image_tokens(None, wan.shapes["720p"]) == 75600
+
+
+def test_fast_init_builds_finite_bf16_weights_and_restores_torch_state():
+    linear_init = torch.nn.Linear.reset_parameters
+    model = e2e.build_transformer(e2e.HUNYUAN, torch.device("cpu"), **TINY_HV)
+    assert torch.get_default_dtype() == torch.float32 and torch.nn.Linear.reset_parameters is linear_init
+    params = dict(model.named_parameters())
+    assert all(p.dtype == torch.bfloat16 and torch.isfinite(p).all() for p in params.values())
+    w = params["transformer_blocks.0.attn.to_q.weight"].float()
+    assert 0.015 < w.std() < 0.025  # re-initialised, not left as uninitialised memory
+    inputs = e2e.HUNYUAN.make_inputs(model, e2e.Shape("tiny", 64, 64, 5), torch.device("cpu"))
+    with e2e.SdpaTimer(cuda=False) as timer:
+        out = model(**inputs)[0]
+    assert out.shape == inputs["hidden_states"].shape and timer.pairs
+
+
+def test_projection_uses_dense_warmup_steps_and_reuse():
+    def row(setting, ms, est=0.0):
+        return dict(model="m", shape="s", tokens=1, setting=setting, total_ms=ms, dense_attention_ms=0.0,
+                    estimate_ms=est, selection_ms=0.0, sparse_attention_ms=0.0, other_ms=0.0, density=None)
+
+    rows = [row("stock", 1000.0), row("dense", 800.0), row("cap0.35", 400.0, est=40.0)]
+    e2e.project(rows, steps=50, warmup=5, reuse=2)
+    stock, dense, sparse = rows
+    assert stock["video_s"] == pytest.approx(50.0) and dense["speedup_video"] == pytest.approx(1.25)
+    assert sparse["video_s"] == pytest.approx(5 * 0.8 + 45 * 0.4)
+    assert sparse["video_s_reuse"] == pytest.approx(5 * 0.8 + 45 * (0.4 - 0.02))
+    assert "| cap0.35 |" in e2e.markdown(dict(gpu="g", torch="t", triton=None, date="d", steps=50, warmup_steps=5,
+                                              reuse=2, rows=rows, notes=[]))
