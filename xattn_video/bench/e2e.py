@@ -385,6 +385,10 @@ def run(args: argparse.Namespace, log: Callable[[str], None]) -> dict:
                 try:
                     if handle is not None:
                         handle.tracker.manual_step = args.warmup_steps  # the first sparse step
+                    if args.compile:  # the first compiled forward compiles: not timed
+                        with torch.no_grad():
+                            transformer(**inputs)
+                        torch.cuda.synchronize()
                     row.update(time_forward(transformer, inputs, handle))
                 except torch.cuda.OutOfMemoryError as exc:
                     row["skipped"] = f"out of memory: {str(exc).splitlines()[0]}"
@@ -458,7 +462,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--steps", type=int, default=50, help="denoising steps of the projected video")
     p.add_argument("--warmup-steps", type=int, default=5, help="dense warmup steps of the projected video")
     p.add_argument("--reuse", type=int, default=2, help="also project selection reuse every N sparse steps (<=1: off)")
-    p.add_argument("--compile", action="store_true", help="regional torch.compile (fullgraph) of the stock model")
+    p.add_argument("--compile", action="store_true",
+                   help="regional torch.compile (fullgraph) of the stock model; one untimed forward per shape compiles "
+                        "first (use with --shapes 544p: a 720p forward is ~32 s)")
     p.add_argument("--out-dir", type=Path, default=Path("benchmarks/results"))
     return p
 
