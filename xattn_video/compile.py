@@ -49,6 +49,8 @@ def compile_transformer(transformer: Any, *, fullgraph: bool = True, backend: st
     ``_repeated_blocks``.
     """
     blocks = repeated_blocks(transformer)
+    if getattr(transformer, "_xvid_compiled", False):  # idempotent: a second call would wrap twice
+        return len(blocks)
     if not blocks or not hasattr(transformer, "compile_repeated_blocks"):
         raise ValueError(f"{type(transformer).__name__} lists no repeated blocks to compile (_repeated_blocks)")
     raise_recompile_limit(len(blocks))
@@ -56,6 +58,7 @@ def compile_transformer(transformer: Any, *, fullgraph: bool = True, backend: st
     if backend is not None:
         options["backend"] = backend
     transformer.compile_repeated_blocks(**options)
+    transformer._xvid_compiled = True
     return len(blocks)
 
 

@@ -58,6 +58,10 @@ def run_pipeline(pipe: Any, run: RunConfig, latents: torch.Tensor | None = None,
     device = pipeline_device(pipe)
     if latents is None:
         latents = initial_latents(pipe, run)
+    if run.model.compile:
+        from .compile import compile_transformer
+
+        compile_transformer(pipe.transformer)  # once per pipeline; the first step pays for the compilation
     handle = None if run.dense else apply_xattention(pipe, run.xattn)
     step_ends: list[float] = []
 
