@@ -9,7 +9,9 @@ and shape it runs one forward per setting:
   layers run;
 - ``cap0.2`` / ``cap0.35`` / ``cap0.5``: XAttention τ 0.9 capped at that density (``max_density``);
 - ``tau0.9``: XAttention τ 0.9 uncapped (random weights give near-uniform attention, so this keeps most
-  blocks: it is no guide to the density of a trained model).
+  blocks: it is no guide to the density of a trained model);
+- ``cap0.35-reuse2``: a step that reuses the selections of the step before (``selection_reuse: 2``); an
+  untimed estimating forward runs first.
 
 Breakdown per forward (CUDA events, read after the forward): dense attention (every SDPA call), estimate,
 selection and sparse attention (per XAttention call), everything else = forward − those. Projected video time:
@@ -33,7 +35,7 @@ from typing import Any, Callable, Iterator
 
 import torch
 
-SETTINGS = ("stock", "dense", "cap0.2", "cap0.35", "cap0.5", "tau0.9")
+SETTINGS = ("stock", "dense", "cap0.2", "cap0.35", "cap0.5", "tau0.9", "cap0.35-reuse2")
 
 
 @dataclass(frozen=True)
@@ -163,6 +165,9 @@ def xattn_settings(warmup: int) -> dict[str, dict | None]:
         "cap0.35": {**common, "threshold": 0.9, "max_density": 0.35, "warmup_steps": warmup},
         "cap0.5": {**common, "threshold": 0.9, "max_density": 0.5, "warmup_steps": warmup},
         "tau0.9": {**common, "threshold": 0.9, "warmup_steps": warmup},
+        # a step that reuses the previous step's selections (measured: an untimed estimating step runs first)
+        "cap0.35-reuse2": {**common, "threshold": 0.9, "max_density": 0.35, "warmup_steps": warmup,
+                           "selection_reuse": 2},
     }
 
 
@@ -315,14 +320,20 @@ def project(rows: list[dict], steps: int, warmup: int, reuse: int) -> None:
         dense = by_key.get((r["model"], r["shape"], "dense"))
         r["speedup_step"] = stock["total_ms"] / r["total_ms"] if stock else None
         step_s = r["total_ms"] / 1e3
-        if r["setting"] == "stock":
+        if r["setting"] in ("stock", "dense"):
             video = steps * step_s
-        elif r["setting"] == "dense":
-            video = steps * step_s
+        elif r.get("reuse_every", 0) > 1:
+            # measured reuse step; the estimating steps (one in N) run as the same setting without reuse
+            warm_s = (dense or stock or r)["total_ms"] / 1e3
+            fresh = by_key.get((r["model"], r["shape"], r["setting"].split("-reuse")[0]))
+            fresh_s = fresh["total_ms"] / 1e3 if fresh else step_s
+            n_sparse = steps - warmup
+            n_fresh = -(-n_sparse // r["reuse_every"])
+            video = warmup * warm_s + n_fresh * fresh_s + (n_sparse - n_fresh) * step_s
         else:
             warm_s = (dense or stock or r)["total_ms"] / 1e3
             video = warmup * warm_s + (steps - warmup) * step_s
-            if reuse > 1:
+            if reuse > 1 and r["estimate_ms"] > 0:
                 saved = (1 - 1 / reuse) * (r["estimate_ms"] + r["selection_ms"]) / 1e3
                 r["video_s_reuse"] = warmup * warm_s + (steps - warmup) * (step_s - saved)
         r["video_s"] = video
@@ -385,11 +396,18 @@ def run(args: argparse.Namespace, log: Callable[[str], None]) -> dict:
                 try:
                     if handle is not None:
                         handle.tracker.manual_step = args.warmup_steps  # the first sparse step
-                    if args.compile:  # the first compiled forward compiles: not timed
+                    if args.compile or (cfg or {}).get("selection_reuse", 0) > 1:
+                        # untimed: the first compiled forward compiles; with reuse, this step estimates
                         with torch.no_grad():
                             transformer(**inputs)
                         torch.cuda.synchronize()
+                        if handle is not None:
+                            handle.reset_stats()
+                            handle.tracker.manual_step = args.warmup_steps + 1  # reuses every layer's selection
                     row.update(time_forward(transformer, inputs, handle))
+                    if handle is not None and cfg.get("selection_reuse", 0) > 1:
+                        row["reuse_every"] = cfg["selection_reuse"]
+                        row["reuse_hits"] = handle.state.reuse.hits
                 except torch.cuda.OutOfMemoryError as exc:
                     row["skipped"] = f"out of memory: {str(exc).splitlines()[0]}"
                 finally:
