@@ -67,3 +67,43 @@ def test_projection_of_a_measured_reuse_step():
     # 45 sparse steps: 23 estimate (cap0.35), 22 reuse
     assert rows[3]["video_s"] == pytest.approx(5 * 0.8 + 23 * 0.4 + 22 * 0.36)
     assert "video_s_reuse" not in rows[3]
+
+
+class _FakeEvent:
+    """torch.cuda.Event on the host clock, so the whole run can be smoke-tested on the CPU."""
+
+    def __init__(self, enable_timing=True):
+        self.t = None
+
+    def record(self, stream=None):
+        import time
+
+        self.t = time.perf_counter()
+
+    def synchronize(self):
+        pass
+
+    def elapsed_time(self, other):
+        return (other.t - self.t) * 1e3
+
+
+def test_whole_run_on_tiny_models_on_the_cpu(monkeypatch, tmp_path):
+    for name, fn in (("Event", _FakeEvent), ("synchronize", lambda *a: None), ("empty_cache", lambda: None),
+                     ("get_device_name", lambda *a: "fake gpu")):
+        monkeypatch.setattr(torch.cuda, name, fn)
+    tiny_wan = dict(num_attention_heads=2, attention_head_dim=64, in_channels=4, out_channels=4, text_dim=32,
+                    freq_dim=32, ffn_dim=64, num_layers=1)
+    args = e2e.build_parser().parse_args(["--shapes", "tiny", "--settings", "stock", "dense", "cap0.35",
+                                          "cap0.35-reuse2"])
+    for spec in e2e.MODELS.values():
+        monkeypatch.setitem(spec.shapes, "tiny", e2e.Shape("tiny", 128, 128, 9))
+    res = e2e.run(args, lambda msg: None, device=torch.device("cpu"),
+                  config_overrides={"hunyuan-video": TINY_HV, "wan2.1-14b": tiny_wan})
+    rows = {(r["model"], r["setting"]): r for r in res["rows"]}
+    hv = [rows[("hunyuan-video", s)] for s in ("stock", "dense", "cap0.35", "cap0.35-reuse2")]
+    assert all("total_ms" in r and r["output_finite"] for r in hv)
+    assert hv[0]["dense_attention_ms"] > 0 and hv[2]["estimate_ms"] > 0 and hv[2]["sparse_calls"] == 2
+    assert hv[3]["reuse_hits"] == 2 and hv[3]["estimate_ms"] < hv[2]["estimate_ms"]
+    assert "video_s" in hv[3] and "speedup_video" in hv[2]
+    assert "total_ms" in rows[("wan2.1-14b", "stock")] and "skipped" in rows[("wan2.1-14b", "dense")]
+    assert "cap0.35-reuse2" in e2e.markdown(res)

@@ -343,8 +343,11 @@ def project(rows: list[dict], steps: int, warmup: int, reuse: int) -> None:
                 r["speedup_video_reuse"] = steps * stock["total_ms"] / 1e3 / r["video_s_reuse"]
 
 
-def run(args: argparse.Namespace, log: Callable[[str], None]) -> dict:
-    device = torch.device("cuda")
+def run(args: argparse.Namespace, log: Callable[[str], None], device: torch.device | None = None,
+        config_overrides: dict[str, dict] | None = None) -> dict:
+    """Every (model, shape, setting) of ``args``; ``config_overrides`` {model name: constructor kwargs} and a
+    CPU ``device`` exist for the smoke test (tiny models), the benchmark uses the full-size defaults."""
+    device = device or torch.device("cuda")
     results: dict[str, Any] = {"gpu": torch.cuda.get_device_name(), "torch": torch.__version__,
                                "date": time.strftime("%Y-%m-%d %H:%M"), "steps": args.steps,
                                "warmup_steps": args.warmup_steps, "reuse": args.reuse, "rows": [], "notes": []}
@@ -359,7 +362,7 @@ def run(args: argparse.Namespace, log: Callable[[str], None]) -> dict:
         spec = MODELS[model_name]
         results["notes"] += [f"{spec.name}: {n}" for n in spec.notes]
         t0 = time.perf_counter()
-        transformer = build_transformer(spec, device)
+        transformer = build_transformer(spec, device, **(config_overrides or {}).get(spec.name, {}))
         torch.cuda.synchronize()
         params = sum(p.numel() for p in transformer.parameters())
         log(f"{spec.name}: built {params / 1e9:.1f}B parameters (random bf16) in {time.perf_counter() - t0:.1f} s")
