@@ -63,7 +63,7 @@ def run(args) -> dict:
         q, k, v = q0, k0, v0
         for t in range(args.steps):
             if t:
-                q, k, v = (x + (eps * r) * torch.randn(x.shape, generator=gen, device=device, dtype=torch.float32).to(dtype)
+                q, k, v = (x + (eps * r) * torch.randn(x.shape, generator=gen, device=device).to(dtype)
                            for x, r in zip((q, k, v), rms))
             seq.append((q, k, v))
         lens = [kv_len]
@@ -94,7 +94,8 @@ def run(args) -> dict:
                     both = (sel.mask & fresh[t].mask).sum().item()
                     overlap.append(both / max(1, fresh[t].mask.sum().item()))
             row = {"drift": eps, "every": every, "err_mean": sum(errs) / len(errs), "err_max": max(errs),
-                   "err_per_step": errs, "density": sum(dens) / len(dens), "overlap_with_fresh": sum(overlap) / len(overlap),
+                   "err_per_step": errs, "density": sum(dens) / len(dens),
+                   "overlap_with_fresh": sum(overlap) / len(overlap),
                    "ms_per_step": sum(times) / len(times)}
             rows.append(row)
             print(f"drift {eps:<5} reuse {every:>2}: rel err mean {row['err_mean']:.4f} max {row['err_max']:.4f}  "

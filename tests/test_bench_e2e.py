@@ -62,7 +62,8 @@ def test_projection_of_a_measured_reuse_step():
         return dict(model="m", shape="s", tokens=1, setting=setting, total_ms=ms, dense_attention_ms=0.0,
                     estimate_ms=0.0, selection_ms=0.0, sparse_attention_ms=0.0, other_ms=0.0, density=None, **extra)
 
-    rows = [row("stock", 1000.0), row("dense", 800.0), row("cap0.35", 400.0), row("cap0.35-reuse2", 360.0, reuse_every=2)]
+    rows = [row("stock", 1000.0), row("dense", 800.0), row("cap0.35", 400.0),
+            row("cap0.35-reuse2", 360.0, reuse_every=2)]
     e2e.project(rows, steps=50, warmup=5, reuse=2)
     # 45 sparse steps: 23 estimate (cap0.35), 22 reuse
     assert rows[3]["video_s"] == pytest.approx(5 * 0.8 + 23 * 0.4 + 22 * 0.36)

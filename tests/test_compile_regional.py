@@ -91,8 +91,9 @@ def test_stock_hunyuan_blocks_compile_fullgraph(gen):
     torch._dynamo.reset()
     torch.manual_seed(gen.initial_seed())
     model = HunyuanVideoTransformer3DModel(
-        in_channels=4, out_channels=4, num_attention_heads=2, attention_head_dim=64, num_layers=1, num_single_layers=1,
-        num_refiner_layers=1, mlp_ratio=2.0, text_embed_dim=32, pooled_projection_dim=16, rope_axes_dim=(8, 28, 28)).eval()
+        in_channels=4, out_channels=4, num_attention_heads=2, attention_head_dim=64, num_layers=1,
+        num_single_layers=1, num_refiner_layers=1, mlp_ratio=2.0, text_embed_dim=32, pooled_projection_dim=16,
+        rope_axes_dim=(8, 28, 28)).eval()
     mask = torch.zeros(1, 12, dtype=torch.bool)
     mask[:, :5] = True
     kw = dict(hidden_states=torch.randn(1, 4, 2, 16, 16, generator=gen), timestep=torch.tensor([500]),

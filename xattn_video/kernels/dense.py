@@ -11,6 +11,7 @@ the mask check it already does, so nothing here synchronizes with the device.
 
 from __future__ import annotations
 
+import inspect
 from typing import Sequence
 
 import torch
@@ -26,10 +27,13 @@ SDPA_PRIORITY = [SDPBackend.CUDNN_ATTENTION, SDPBackend.FLASH_ATTENTION, SDPBack
 
 KvLens = int | Sequence[int] | None
 
+# torch < 2.6 has no set_priority: the listed kernels are then tried in torch's own order.
+_PRIORITY_KW = {"set_priority": True} if "set_priority" in inspect.signature(sdpa_kernel).parameters else {}
+
 
 def _sdpa_bshd(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float | None) -> torch.Tensor:
     """Unmasked SDPA on bshd views (no copies: SDPA takes the permuted strides as they are)."""
-    with sdpa_kernel(SDPA_PRIORITY, set_priority=True):
+    with sdpa_kernel(SDPA_PRIORITY, **_PRIORITY_KW):
         out = F.scaled_dot_product_attention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), scale=scale)
     return out.transpose(1, 2)
 
