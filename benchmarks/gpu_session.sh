@@ -1,6 +1,6 @@
 #!/bin/bash
 # One device-machine session: install carried wheels, run the GPU tests, then the given python steps.
-# Usage (from the repo root on the GPU machine): bash benchmarks/gpu_session.sh [tests] [bench] [bench-quick]
+# Usage (from the repo root on the GPU machine): bash benchmarks/gpu_session.sh [tests] [bench] [bench-quick] [e2e] [e2e-544] [reuse]
 set -u
 OUT=${OUT:-/tmp/out}
 mkdir -p "$OUT"
@@ -14,6 +14,9 @@ for step in "$@"; do
     tests) timeout 240 python3 -m pytest -q -x -p no:cacheprovider tests/test_kernels_*.py tests/test_pipeline_hunyuan.py tests/test_pipeline_gpu.py 2>&1 | tail -25 ;;
     bench) timeout 450 python3 benchmarks/bench_xattention.py --out-dir "$OUT" 2>&1 | tee "$OUT/bench.txt" | grep -v "^|" | tail -80 ;;
     bench-quick) timeout 400 python3 benchmarks/bench_xattention.py --tokens 119056 --check-tokens 18616 --out-dir "$OUT" 2>&1 | tee "$OUT/bench.txt" | grep -v "^|" | tail -60 ;;
+    e2e) timeout 560 python3 benchmarks/bench_e2e.py --out-dir "$OUT" 2>&1 | tee "$OUT/e2e.txt" | tail -40 ;;
+    e2e-544) timeout 300 python3 benchmarks/bench_e2e.py --models hunyuan-video --shapes 544p --out-dir "$OUT" 2>&1 | tee "$OUT/e2e-544.txt" | tail -30 ;;
+    reuse) timeout 300 python3 benchmarks/bench_reuse.py --full --out-dir "$OUT" 2>&1 | tee "$OUT/reuse.txt" | tail -20 ;;
     *) echo "unknown step $step" ;;
   esac
 done

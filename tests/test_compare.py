@@ -66,7 +66,7 @@ def test_compare_two_prompts_writes_report_and_plots(tmp_path, capsys, isolated_
 
 
 def test_tau_one_videos_match(tmp_path, pipe):
-    run = load_config(overrides=SMALL + ["xattn.threshold=1.0"])
+    run = load_config(overrides=SMALL + ["xattn.threshold=1.0", "xattn.dense_backend=stock"])
     report = compare_module.compare(run, ["a cat"], [0], "psnr,ssim", tmp_path, pipe=pipe, show_progress=False)
     item = report["items"][0]
     assert item["pairwise"]["psnr"] == "inf"

@@ -36,11 +36,24 @@ def stock(pipe):
 
 
 def test_tau_one_and_full_warmup_equal_stock(pipe, stock):
-    with apply_xattention(pipe, {"threshold": 1.0, "block_size": 32, "warmup_steps": 0}):
+    stock_dense = {"block_size": 32, "dense_backend": "stock"}
+    with apply_xattention(pipe, {"threshold": 1.0, "warmup_steps": 0, **stock_dense}):
         np.testing.assert_array_equal(_run(pipe), stock)
-    with apply_xattention(pipe, {"threshold": 0.5, "block_size": 32, "warmup_steps": STEPS}) as h:
+    with apply_xattention(pipe, {"threshold": 0.5, "warmup_steps": STEPS, **stock_dense}) as h:
         np.testing.assert_array_equal(_run(pipe), stock)
         assert h.stats.records and not any(r.sparse for r in h.stats.records)
+
+
+def test_fast_dense_backend_matches_stock_up_to_rounding(pipe, stock, monkeypatch):
+    calls = []
+    real = processor_module.dense_attention
+    monkeypatch.setattr(processor_module, "dense_attention", lambda *a: calls.append(a[3]) or real(*a))
+    with apply_xattention(pipe, {"threshold": 1.0, "block_size": 32, "warmup_steps": 0}) as h:
+        assert h.config.dense_backend == "fast"  # the default
+        frames = _run(pipe)
+    # host ints (no tensor), fewer than all keys: the padded text keys were dropped
+    assert calls and all(isinstance(lens, list) and len(lens) == 1 and isinstance(lens[0], int) for lens in calls)
+    np.testing.assert_allclose(frames, stock, atol=1e-4)
 
 
 def test_sparse_differs_but_stays_finite(pipe, stock):
@@ -190,7 +203,8 @@ def test_config_errors_name_the_key(pipe):
 
 def test_pipeline_class_from_pretrained(pipe, tmp_path, stock):
     pipe.save_pretrained(tmp_path / "tiny")
-    loaded = XAttnHunyuanVideoPipeline.from_pretrained(tmp_path / "tiny", xattn={"threshold": 1.0, "block_size": 32})
+    loaded = XAttnHunyuanVideoPipeline.from_pretrained(tmp_path / "tiny", xattn={"threshold": 1.0, "block_size": 32,
+                                                                                  "dense_backend": "stock"})
     loaded.set_progress_bar_config(disable=True)
     assert isinstance(loaded.xattn_handle.state.config.threshold, float)
     np.testing.assert_allclose(_run(loaded), stock, atol=1e-6)
@@ -217,3 +231,19 @@ def test_step_tracker_outside_a_pipeline_loop():
     assert tracker.current() is None
     tracker.manual_step = 7
     assert tracker.current() == 7
+
+
+def test_selection_reuse_skips_the_estimate_on_reused_steps(pipe, stock, monkeypatch):
+    calls = []
+    real = processor_module.estimate_block_scores
+    monkeypatch.setattr(processor_module, "estimate_block_scores", lambda *a, **kw: calls.append(1) or real(*a, **kw))
+    cfg = {"threshold": 0.5, "block_size": 32, "warmup_steps": 1, "selection_reuse": 2}
+    with apply_xattention(pipe, cfg) as h:
+        frames = _run(pipe)
+        records = list(h.stats.records)
+        hits = h.state.reuse.hits
+    n_layers = 4
+    # sparse steps 1, 2, 3: estimate on 1, reuse on 2, estimate on 3
+    assert len(calls) == 2 * n_layers and hits == n_layers
+    assert sum(r.sparse for r in records) == 3 * n_layers
+    assert np.isfinite(frames).all() and np.abs(frames - stock).max() > 1e-4

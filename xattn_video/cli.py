@@ -90,6 +90,10 @@ def cmd_compare(args: argparse.Namespace) -> int:
 
 
 def cmd_bench(argv: Sequence[str]) -> int:
+    if "--e2e" in argv:  # end-to-end model benchmark (xattn_video/bench/e2e.py)
+        from .bench.e2e import main as e2e_main
+
+        return e2e_main([a for a in argv if a != "--e2e"])
     from .bench.operator import main as bench_main
 
     return bench_main(list(argv))
@@ -118,7 +122,8 @@ def build_parser() -> argparse.ArgumentParser:
     _add_run_options(cmp)
     cmp.set_defaults(func=cmd_compare)
 
-    bench = sub.add_parser("bench", help="GPU benchmark of the kernels (see benchmarks/)", add_help=False)
+    bench = sub.add_parser("bench", help="GPU benchmark of the kernels; --e2e: of whole models (see benchmarks/)",
+                           add_help=False)
     bench.set_defaults(func=None)
     return parser
 

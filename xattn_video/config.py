@@ -17,6 +17,7 @@ from omegaconf import DictConfig, ListConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 TINY_MODEL = "tiny"
+DENSE_BACKENDS = ("fast", "stock")
 
 
 class ConfigError(ValueError):
@@ -38,6 +39,11 @@ class XAttnConfig:
     backend: str = "auto"  # auto | torch | triton
     collect_stats: bool = True  # density per (step, layer); adds no host sync
     time_stats: bool = False  # estimate/attention time per (step, layer); synchronizes, for profiling only
+    # Dense calls (warmup steps, dense layers, τ ≥ 1): "fast" drops padded keys and calls unmasked SDPA (cuDNN
+    # first; exact up to rounding); "stock" calls diffusers' masked dispatch, bit for bit its numerics.
+    dense_backend: str = "fast"
+    # Estimate on one sparse step, reuse each layer's block selection on the next N-1 sparse steps (0/1: off).
+    selection_reuse: int = 0
 
 
 @dataclass
@@ -47,6 +53,7 @@ class ModelConfig:
     device: str = "auto"  # auto | cuda | cpu | cuda:N
     offload: Optional[str] = None  # None | model | sequential (diffusers CPU offload)
     vae_tiling: Optional[bool] = None  # default: on for real checkpoints, off for tiny
+    compile: bool = False  # regional torch.compile of the repeated transformer blocks (fullgraph)
 
 
 @dataclass
@@ -180,6 +187,11 @@ def validate(run: RunConfig) -> None:
         raise ConfigError(f"config key 'generation.fps' must be >= 1, got {g.fps}")
     if run.model.offload not in (None, "model", "sequential"):
         raise ConfigError(f"config key 'model.offload' must be model, sequential or null, got {run.model.offload!r}")
+    if run.model.compile and not run.dense:
+        # Today's HunyuanVideo processor checks the mask and reads the step inside each block (host work that
+        # fullgraph compilation refuses); the per-layer dispatch (issue 9) moves it before the blocks.
+        raise ConfigError("config key 'model.compile': compiling with XAttention needs the attention dispatch "
+                          "(issue 9); for now it works with dense runs only (--dense)")
     if run.model.dtype not in ("bfloat16", "float16", "float32"):
         raise ConfigError(f"config key 'model.dtype' must be bfloat16, float16 or float32, got {run.model.dtype!r}")
 
@@ -198,6 +210,10 @@ def validate_xattn(x: XAttnConfig) -> None:
         fail("max_density", f"must be in (0, 1] or null, got {x.max_density}")
     if x.backend not in ("auto", "torch", "triton"):
         fail("backend", f"must be auto, torch or triton, got {x.backend!r}")
+    if x.dense_backend not in DENSE_BACKENDS:
+        fail("dense_backend", f"must be one of {', '.join(DENSE_BACKENDS)}, got {x.dense_backend!r}")
+    if isinstance(x.selection_reuse, bool) or not isinstance(x.selection_reuse, int) or x.selection_reuse < 0:
+        fail("selection_reuse", f"must be an int >= 0 (0 or 1: estimate on every sparse step), got {x.selection_reuse!r}")
     if any(not isinstance(layer, int) or layer < 0 for layer in x.dense_layers):
         fail("dense_layers", f"must list layer numbers >= 0, got {x.dense_layers}")
     _check_threshold_values(x.threshold)

@@ -75,6 +75,10 @@ def run_pipeline(pipe: Any, run: RunConfig, latents: torch.Tensor | None = None,
     check_fits(run, device)  # before the latents: refuse sizes that cannot fit, with the numbers
     if latents is None:
         latents = initial_latents(pipe, run)
+    if run.model.compile:
+        from .compile import compile_transformer
+
+        compile_transformer(pipe.transformer)  # once per pipeline; the first step pays for the compilation
     handle = None if run.dense else apply_xattention(pipe, run.xattn)
     step_ends: list[float] = []
 

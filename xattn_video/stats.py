@@ -41,7 +41,7 @@ class _Record:
     layer: int
     density: torch.Tensor | float  # 1.0 for dense calls
     sparse: bool
-    watch: Stopwatch | None = None  # marks: start, after estimate+selection, after attention
+    watch: Stopwatch | None = None  # marks: start, after estimate, after selection, after attention
 
 
 @dataclass
@@ -71,13 +71,21 @@ class AttentionStats:
                 for step, layers in sorted(acc.items(), key=lambda kv: -1 if kv[0] is None else kv[0])}
 
     def timing_table(self) -> dict[int | None, dict[int, dict[str, float]]]:
-        """{step: {layer: {"estimate_ms", "attention_ms"}}} summed over the calls of a step (timed calls only)."""
-        out: dict = defaultdict(lambda: defaultdict(lambda: {"estimate_ms": 0.0, "attention_ms": 0.0}))
+        """{step: {layer: {"estimate_ms", "selection_ms", "attention_ms"}}} summed over the calls of a step.
+
+        Timed calls only; a call timed with two intervals (estimate+selection, attention) counts the first
+        as estimate.
+        """
+        out: dict = defaultdict(lambda: defaultdict(lambda: {"estimate_ms": 0.0, "selection_ms": 0.0,
+                                                             "attention_ms": 0.0}))
         for r in self.records:
             if r.watch is None:
                 continue
             intervals = r.watch.intervals_ms()
-            if len(intervals) == 2:
+            if len(intervals) == 3:
+                for key, ms in zip(("estimate_ms", "selection_ms", "attention_ms"), intervals):
+                    out[r.step][r.layer][key] += ms
+            elif len(intervals) == 2:
                 out[r.step][r.layer]["estimate_ms"] += intervals[0]
                 out[r.step][r.layer]["attention_ms"] += intervals[1]
             elif len(intervals) == 1:

@@ -264,14 +264,17 @@ def xattention(
     backend: str = "auto",
     return_selection: bool = False,
     stopwatch: Marker | None = None,
+    selection: BlockSelection | None = None,
 ) -> torch.Tensor | tuple[torch.Tensor, BlockSelection]:
     """XAttention: estimate block scores, keep the blocks reaching ``threshold``, attend over them.
 
     q: [B, Sq, H, D], k/v: [B, Sk, H, D] for layout "bshd" ([B, H, S, D] for "bhsd"); fp16/bf16 (fp32 for
     tests). ``threshold`` is τ (float or per-head [H]); τ ≥ 1 on every head runs dense SDPA without
     estimation. Returns the output (q's shape and dtype), and the BlockSelection if ``return_selection``.
-    ``stopwatch`` (timing only): ``mark()`` is called before the estimate, after the selection and after the
-    attention (dense calls: before and after the attention only); see ``xattn_video.stats.Stopwatch``.
+    ``stopwatch`` (timing only): ``mark()`` is called before the estimate, after the estimate, after the selection
+    and after the attention (dense calls: before and after the attention only); see ``xattn_video.stats.Stopwatch``.
+    ``selection``: a BlockSelection from an earlier call with the same shapes (reuse across denoising steps):
+    the estimate and the selection are skipped (their intervals are then zero) and ``threshold`` is unused.
 
     Non-finite inputs (spec §4), the same on every backend: padding (positions ≥ kv_len) never matters; a
     NaN/+inf score row keeps all its valid blocks; an output row whose query or any kept valid key/value is
@@ -298,11 +301,20 @@ def xattention(
         return out, full_selection(shape.batch, shape.heads, shape.q_len, shape.kv_len, kv, block_size)
 
     qb, kb, vb = to_bshd(q, layout), to_bshd(k, layout), to_bshd(v, layout)
-    scores = _estimate(qb, kb, kv, stride, block_size, backend)
-    selection = _select(
-        scores, tau, kv, block_size=block_size, q_len=shape.q_len, keep_diagonal=keep_diagonal,
-        text_start=text_start, max_density=max_density, backend=backend,
-    )
+    if selection is None:
+        scores = _estimate(qb, kb, kv, stride, block_size, backend)
+        if stopwatch is not None:
+            stopwatch.mark()
+        selection = _select(
+            scores, tau, kv, block_size=block_size, q_len=shape.q_len, keep_diagonal=keep_diagonal,
+            text_start=text_start, max_density=max_density, backend=backend,
+        )
+    else:
+        _check_selection(selection, shape.batch, shape.heads, shape.q_len, shape.kv_len)
+        if selection.block_size != block_size:
+            raise XAttentionInputError(f"selection has block_size {selection.block_size}, the call {block_size}")
+        if stopwatch is not None:
+            stopwatch.mark()
     if stopwatch is not None:
         stopwatch.mark()
     out = _sparse_attention(qb, kb, vb, selection, kv, backend)

@@ -68,8 +68,8 @@ def naive_estimate_block_scores(
                 logits = torch.matmul(q_tilde[h0:h1, r0:r1], k_tilde[h0:h1].transpose(-1, -2)) * scale
                 logits.masked_fill_(~group_valid, float("-inf"))
                 probs = torch.softmax(logits, dim=-1)
-                if kv_host[b] == 0:
-                    probs.zero_()  # no valid key: no mass (softmax over only -inf is NaN)
+                # no valid key: no mass (softmax over only -inf is NaN); a tensor condition keeps compile graphs whole
+                probs.masked_fill_(~group_valid.any(), 0.0)
                 probs *= row_valid[r0:r1, None]
                 block_sum = probs.view(h1 - h0, i1 - i0, rows_per_block, nk, rows_per_block).sum(dim=(2, 4))
                 total = block_sum.sum(dim=-1, keepdim=True)

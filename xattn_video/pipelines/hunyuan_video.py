@@ -12,6 +12,7 @@ from ..kernels.api import check_backend_support
 from ..kernels.backend import resolve_backend
 from ..stats import AttentionStats
 from ..warmup import AttentionPlan, StepTracker
+from ..warmup.reuse import SelectionCache
 from .processor import XAttentionState, XAttnHunyuanVideoAttnProcessor
 
 
@@ -55,6 +56,7 @@ class XAttentionHandle:
             return
         for attn, original in zip(self._layers, self._originals):
             attn.set_processor(original)
+        self.state.reuse.clear()  # reused selections hold device memory
         self.active = False
 
     def reset_stats(self) -> None:
@@ -96,7 +98,8 @@ def apply_xattention(pipe: Any, config: XAttnConfig | dict | None = None) -> XAt
     device = next(transformer.parameters()).device
     if cfg.backend != "auto":
         check_backend_support(resolve_backend(cfg.backend, device), cfg.stride, cfg.block_size)
-    state = XAttentionState(config=cfg, plan=AttentionPlan(cfg, len(layers), heads), tracker=StepTracker(pipe))
+    state = XAttentionState(config=cfg, plan=AttentionPlan(cfg, len(layers), heads), tracker=StepTracker(pipe),
+                            reuse=SelectionCache(cfg.selection_reuse))
     originals = [attn.processor for attn in layers]
     for index, attn in enumerate(layers):
         attn.set_processor(XAttnHunyuanVideoAttnProcessor(index, state))

@@ -2,7 +2,8 @@
 
 It computes q/k/v exactly as diffusers' ``HunyuanVideoAttnProcessor2_0`` does (projections, RMS norms,
 rotary embedding on image tokens, [image, text] token order) and then either calls diffusers' own
-``dispatch_attention_fn`` (dense steps and layers: bit-identical to the stock processor) or ``xattention``
+``dispatch_attention_fn`` (dense steps and layers with ``dense_backend: stock``: bit-identical to the stock
+processor; ``fast``, the default: padded keys dropped and unmasked SDPA, exact up to rounding) or ``xattention``
 with the key-padding length taken from the attention mask and the text region forced (spec §2).
 """
 
@@ -18,8 +19,10 @@ from diffusers.models.embeddings import apply_rotary_emb
 
 from ..config import XAttnConfig
 from ..kernels import xattention
+from ..kernels.dense import dense_attention, prefix_kv_lens
 from ..stats import AttentionStats, Stopwatch
 from ..warmup import AttentionPlan, StepTracker
+from ..warmup.reuse import SelectionCache, selection_signature
 
 
 @dataclass
@@ -30,9 +33,11 @@ class XAttentionState:
     plan: AttentionPlan
     tracker: StepTracker
     stats: AttentionStats = field(default_factory=AttentionStats)
+    reuse: SelectionCache = field(default_factory=lambda: SelectionCache(0))
     _mask: Any = None
     _mask_kv_len: Any = None
     _mask_is_prefix: bool = True
+    _mask_host_lens: Any = None
     warned_mask: bool = False
 
     def key_padding(self, mask: torch.Tensor | None) -> tuple[bool, torch.Tensor | None]:
@@ -45,14 +50,18 @@ class XAttentionState:
             return True, None
         if mask is self._mask:
             return self._mask_is_prefix, self._mask_kv_len
-        kv_len, prefix = None, False
+        kv_len, prefix, lens = None, False, None
         if mask.dtype == torch.bool and mask.dim() == 4 and mask.shape[1] == 1 and mask.shape[2] == 1:
-            flat = mask.reshape(mask.shape[0], mask.shape[-1])
-            kv_len = flat.sum(dim=-1, dtype=torch.int32)
-            positions = torch.arange(flat.shape[-1], device=flat.device)
-            prefix = bool(torch.equal(flat, positions[None, :] < kv_len[:, None])) and bool((kv_len > 0).all())
+            prefix, lens = prefix_kv_lens(mask)  # the one host sync; also gives the fast dense path its lengths
+            kv_len = mask.reshape(mask.shape[0], mask.shape[-1]).sum(dim=-1, dtype=torch.int32)
         self._mask, self._mask_kv_len, self._mask_is_prefix = mask, (kv_len if prefix else None), prefix
+        self._mask_host_lens = lens
         return prefix, self._mask_kv_len
+
+    def host_kv_lens(self, mask: torch.Tensor | None) -> tuple[bool, list[int] | None]:
+        """(usable, valid key count per batch entry as host ints) of the forward's mask (cached, see above)."""
+        usable, _ = self.key_padding(mask)
+        return usable, (self._mask_host_lens if mask is not None else None)
 
 
 class XAttnHunyuanVideoAttnProcessor:
@@ -111,6 +120,11 @@ class XAttnHunyuanVideoAttnProcessor:
         return out, encoder_out
 
     def _dense(self, q, k, v, mask):
+        cfg = self.state.config
+        if cfg.dense_backend == "fast" and self._attention_backend is None and self._parallel_config is None:
+            usable, lens = self.state.host_kv_lens(mask)
+            if usable:
+                return dense_attention(q, k, v, lens)
         return dispatch_attention_fn(q, k, v, attn_mask=mask, dropout_p=0.0, is_causal=False,
                                      backend=self._attention_backend, parallel_config=self._parallel_config)
 
@@ -136,10 +150,20 @@ class XAttnHunyuanVideoAttnProcessor:
         tau = state.plan.threshold(self.layer)
         text_start = image_tokens if (cfg.text_forcing and has_text) else None
         common = dict(block_size=cfg.block_size, kv_len=kv_len)
+        signature, selection = None, None
+        if state.reuse.enabled:
+            _, lens = state.host_kv_lens(mask)
+            signature = selection_signature(q.shape[0], q.shape[1], k.shape[1], q.shape[2], cfg.block_size, lens,
+                                            text_start)
+            selection = state.reuse.get(self.layer, step, signature)
         watch = Stopwatch(q.device) if cfg.time_stats else None  # the operator marks its own steps
+        reused = selection is not None
         out, selection = xattention(q, k, v, threshold=tau, stride=cfg.stride, text_start=text_start,
                                     keep_diagonal=cfg.keep_diagonal, max_density=cfg.max_density,
-                                    backend=cfg.backend, return_selection=True, stopwatch=watch, **common)
+                                    backend=cfg.backend, return_selection=True, stopwatch=watch, selection=selection,
+                                    **common)
+        if signature is not None and not reused:
+            state.reuse.put(self.layer, step, signature, selection)
         if collect or watch is not None:
             state.stats.record(step, self.layer, selection.density(), sparse=True, watch=watch)
         return out

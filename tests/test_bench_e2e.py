@@ -1,0 +1,110 @@
+"""`xvid bench --e2e` on the CPU: help, the no-GPU error, model sizes, fast random init, the projection."""
+
+import pytest
+import torch
+
+from xattn_video import cli
+from xattn_video.bench import e2e
+
+TINY_HV = dict(in_channels=4, out_channels=4, num_attention_heads=2, attention_head_dim=64, num_layers=1,
+               num_single_layers=1, num_refiner_layers=1, mlp_ratio=2.0, text_embed_dim=32, pooled_projection_dim=16,
+               rope_axes_dim=(8, 28, 28))
+
+
+def test_help_and_no_gpu_is_one_clear_line(capsys, monkeypatch):
+    with pytest.raises(SystemExit) as exc:
+        cli.main(["bench", "--e2e", "--help"])
+    assert exc.value.code == 0 and "--settings" in capsys.readouterr().out
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert cli.main(["bench", "--e2e", "--models", "hunyuan-video"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "needs a CUDA GPU" in err[0]
+
+
+def test_token_counts_of_the_presets():
+    hv, wan = e2e.MODELS["hunyuan-video"], e2e.MODELS["wan2.1-14b"]
+    assert hv.image_tokens(None, hv.shapes["720p"]) + hv.text_tokens == 119056
+    assert hv.image_tokens(None, hv.shapes["544p"]) + hv.text_tokens == 18616
+    assert wan.image_tokens(None, wan.shapes["720p"]) == 75600
+
+
+def test_fast_init_builds_finite_bf16_weights_and_restores_torch_state():
+    linear_init = torch.nn.Linear.reset_parameters
+    model = e2e.build_transformer(e2e.HUNYUAN, torch.device("cpu"), **TINY_HV)
+    assert torch.get_default_dtype() == torch.float32 and torch.nn.Linear.reset_parameters is linear_init
+    params = dict(model.named_parameters())
+    assert all(p.dtype == torch.bfloat16 and torch.isfinite(p).all() for p in params.values())
+    w = params["transformer_blocks.0.attn.to_q.weight"].float()
+    assert 0.015 < w.std() < 0.025  # re-initialised, not left as uninitialised memory
+    inputs = e2e.HUNYUAN.make_inputs(model, e2e.Shape("tiny", 64, 64, 5), torch.device("cpu"))
+    with e2e.SdpaTimer(cuda=False) as timer:
+        out = model(**inputs)[0]
+    assert out.shape == inputs["hidden_states"].shape and timer.pairs
+
+
+def test_projection_uses_dense_warmup_steps_and_reuse():
+    def row(setting, ms, est=0.0):
+        return dict(model="m", shape="s", tokens=1, setting=setting, total_ms=ms, dense_attention_ms=0.0,
+                    estimate_ms=est, selection_ms=0.0, sparse_attention_ms=0.0, other_ms=0.0, density=None)
+
+    rows = [row("stock", 1000.0), row("dense", 800.0), row("cap0.35", 400.0, est=40.0)]
+    e2e.project(rows, steps=50, warmup=5, reuse=2)
+    stock, dense, sparse = rows
+    assert stock["video_s"] == pytest.approx(50.0) and dense["speedup_video"] == pytest.approx(1.25)
+    assert sparse["video_s"] == pytest.approx(5 * 0.8 + 45 * 0.4)
+    assert sparse["video_s_reuse"] == pytest.approx(5 * 0.8 + 45 * (0.4 - 0.02))
+    assert "| cap0.35 |" in e2e.markdown(dict(gpu="g", torch="t", triton=None, date="d", steps=50, warmup_steps=5,
+                                              reuse=2, rows=rows, notes=[]))
+
+
+def test_projection_of_a_measured_reuse_step():
+    def row(setting, ms, **extra):
+        return dict(model="m", shape="s", tokens=1, setting=setting, total_ms=ms, dense_attention_ms=0.0,
+                    estimate_ms=0.0, selection_ms=0.0, sparse_attention_ms=0.0, other_ms=0.0, density=None, **extra)
+
+    rows = [row("stock", 1000.0), row("dense", 800.0), row("cap0.35", 400.0),
+            row("cap0.35-reuse2", 360.0, reuse_every=2)]
+    e2e.project(rows, steps=50, warmup=5, reuse=2)
+    # 45 sparse steps: 23 estimate (cap0.35), 22 reuse
+    assert rows[3]["video_s"] == pytest.approx(5 * 0.8 + 23 * 0.4 + 22 * 0.36)
+    assert "video_s_reuse" not in rows[3]
+
+
+class _FakeEvent:
+    """torch.cuda.Event on the host clock, so the whole run can be smoke-tested on the CPU."""
+
+    def __init__(self, enable_timing=True):
+        self.t = None
+
+    def record(self, stream=None):
+        import time
+
+        self.t = time.perf_counter()
+
+    def synchronize(self):
+        pass
+
+    def elapsed_time(self, other):
+        return (other.t - self.t) * 1e3
+
+
+def test_whole_run_on_tiny_models_on_the_cpu(monkeypatch, tmp_path):
+    for name, fn in (("Event", _FakeEvent), ("synchronize", lambda *a: None), ("empty_cache", lambda: None),
+                     ("get_device_name", lambda *a: "fake gpu")):
+        monkeypatch.setattr(torch.cuda, name, fn)
+    tiny_wan = dict(num_attention_heads=2, attention_head_dim=64, in_channels=4, out_channels=4, text_dim=32,
+                    freq_dim=32, ffn_dim=64, num_layers=1)
+    args = e2e.build_parser().parse_args(["--shapes", "tiny", "--settings", "stock", "dense", "cap0.35",
+                                          "cap0.35-reuse2"])
+    for spec in e2e.MODELS.values():
+        monkeypatch.setitem(spec.shapes, "tiny", e2e.Shape("tiny", 128, 128, 9))
+    res = e2e.run(args, lambda msg: None, device=torch.device("cpu"),
+                  config_overrides={"hunyuan-video": TINY_HV, "wan2.1-14b": tiny_wan})
+    rows = {(r["model"], r["setting"]): r for r in res["rows"]}
+    hv = [rows[("hunyuan-video", s)] for s in ("stock", "dense", "cap0.35", "cap0.35-reuse2")]
+    assert all("total_ms" in r and r["output_finite"] for r in hv)
+    assert hv[0]["dense_attention_ms"] > 0 and hv[2]["estimate_ms"] > 0 and hv[2]["sparse_calls"] == 2
+    assert hv[3]["reuse_hits"] == 2 and hv[3]["estimate_ms"] < hv[2]["estimate_ms"]
+    assert "video_s" in hv[3] and "speedup_video" in hv[2]
+    assert "total_ms" in rows[("wan2.1-14b", "stock")] and "skipped" in rows[("wan2.1-14b", "dense")]
+    assert "cap0.35-reuse2" in e2e.markdown(res)

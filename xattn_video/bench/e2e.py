@@ -1,0 +1,519 @@
+"""End-to-end speed: one transformer forward (= one denoising step) of full-size video models, stock vs ours.
+
+The transformers are built from diffusers' default configs (HunyuanVideo 13B, Wan 2.1 14B) with random bf16
+weights directly on the GPU — no download; their outputs are noise, only the time means anything. Per model
+and shape it runs one forward per setting:
+
+- ``stock``: diffusers as shipped (HunyuanVideo: SDPA with its ``[B, 1, 1, N]`` key mask);
+- ``dense``: our dense path (padded keys dropped, unmasked SDPA, cuDNN first): what warmup steps and dense
+  layers run;
+- ``cap0.2`` / ``cap0.35`` / ``cap0.5``: XAttention τ 0.9 capped at that density (``max_density``);
+- ``tau0.9``: XAttention τ 0.9 uncapped (random weights give near-uniform attention, so this keeps most
+  blocks: it is no guide to the density of a trained model);
+- ``cap0.35-reuse2``: a step that reuses the selections of the step before (``selection_reuse: 2``); an
+  untimed estimating forward runs first.
+
+Breakdown per forward (CUDA events, read after the forward): dense attention (every SDPA call), estimate,
+selection and sparse attention (per XAttention call), everything else = forward − those. Projected video time:
+``warmup`` dense steps + (steps − warmup) steps of the setting, against ``steps`` stock steps; with
+``--reuse N`` also the projection where the estimate and selection run on one sparse step in N.
+
+Run: ``xvid bench --e2e`` or ``python benchmarks/bench_e2e.py`` (``--help`` for subsets). Writes
+``benchmarks/results/e2e-<gpu>.json`` and ``.md``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import re
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Iterator
+
+import torch
+
+SETTINGS = ("stock", "dense", "cap0.2", "cap0.35", "cap0.5", "tau0.9", "cap0.35-reuse2")
+
+
+@dataclass(frozen=True)
+class Shape:
+    """A video size: pixels and frames, and the latent grid the transformer sees."""
+
+    name: str
+    height: int
+    width: int
+    frames: int
+
+    def latent(self, spatial: int = 8, temporal: int = 4) -> tuple[int, int, int]:
+        return (self.frames - 1) // temporal + 1, self.height // spatial, self.width // spatial
+
+
+@dataclass
+class ModelSpec:
+    """One model family: how to build it at full size, its inputs, and how our attention is installed."""
+
+    name: str
+    diffusers_class: str
+    shapes: dict[str, Shape]
+    default_shapes: tuple[str, ...]
+    make_inputs: Callable[[Any, Shape, torch.device], dict]
+    image_tokens: Callable[[Any, Shape], int]
+    text_tokens: int
+    text_valid: int
+    # Install our attention (dense path or XAttention) on a transformer; returns a handle with .remove() and
+    # .state.stats. None: not available on this branch (see the TODO below).
+    install: Callable[[Any, dict], Any] | None = None
+    notes: list[str] = field(default_factory=list)
+
+
+# ---------------------------------------------------------------- models
+
+
+def _hunyuan_inputs(transformer: Any, shape: Shape, device: torch.device) -> dict:
+    cfg = transformer.config
+    t, h, w = shape.latent()
+    gen = torch.Generator(device=device).manual_seed(0)
+    dtype = torch.bfloat16
+    mask = torch.zeros(1, HUNYUAN.text_tokens, dtype=torch.bool, device=device)
+    mask[:, :HUNYUAN.text_valid] = True
+    return dict(
+        hidden_states=torch.randn(1, cfg.in_channels, t, h, w, generator=gen, device=device, dtype=dtype),
+        timestep=torch.tensor([500], device=device),
+        encoder_hidden_states=torch.randn(1, HUNYUAN.text_tokens, cfg.text_embed_dim, generator=gen, device=device,
+                                          dtype=dtype),
+        encoder_attention_mask=mask,
+        pooled_projections=torch.randn(1, cfg.pooled_projection_dim, generator=gen, device=device, dtype=dtype),
+        guidance=torch.tensor([6000.0], device=device, dtype=dtype),
+        return_dict=False,
+    )
+
+
+def _hunyuan_install(transformer: Any, xattn: dict) -> Any:
+    # TODO(integrator, issue 9): replace with pipelines/dispatch.py's installer once it is on this branch; it
+    # covers every family, so Wan and HunyuanVideo 1.5 get `install` too and the model list stays as it is.
+    from ..pipelines.hunyuan_video import apply_xattention
+
+    class _Holder:  # apply_xattention takes a pipeline; the step is set by hand (manual_step)
+        pass
+
+    holder = _Holder()
+    holder.transformer = transformer
+    handle = apply_xattention(holder, xattn)
+    handle._holder = holder  # the tracker keeps a weak reference only
+    return handle
+
+
+def _wan_inputs(transformer: Any, shape: Shape, device: torch.device) -> dict:
+    cfg = transformer.config
+    t, h, w = shape.latent()
+    gen = torch.Generator(device=device).manual_seed(0)
+    return dict(
+        hidden_states=torch.randn(1, cfg.in_channels, t, h, w, generator=gen, device=device, dtype=torch.bfloat16),
+        timestep=torch.tensor([500], device=device),
+        encoder_hidden_states=torch.randn(1, WAN.text_tokens, cfg.text_dim, generator=gen, device=device,
+                                          dtype=torch.bfloat16),
+        return_dict=False,
+    )
+
+
+def _tokens(patch: tuple[int, int, int]) -> Callable[[Any, Shape], int]:
+    def count(transformer: Any, shape: Shape) -> int:
+        t, h, w = shape.latent()
+        return (t // patch[0]) * (h // patch[1]) * (w // patch[2])
+    return count
+
+
+HUNYUAN = ModelSpec(
+    name="hunyuan-video",
+    diffusers_class="HunyuanVideoTransformer3DModel",
+    shapes={"720p": Shape("720p×129f", 720, 1280, 129), "544p": Shape("544p×33f", 544, 960, 33)},
+    default_shapes=("720p", "544p"),
+    make_inputs=_hunyuan_inputs,
+    image_tokens=_tokens((1, 2, 2)),
+    text_tokens=256,
+    text_valid=40,
+    install=_hunyuan_install,
+)
+
+WAN = ModelSpec(
+    name="wan2.1-14b",
+    diffusers_class="WanTransformer3DModel",
+    shapes={"720p": Shape("720p×81f", 720, 1280, 81), "480p": Shape("480p×81f", 480, 832, 81)},
+    default_shapes=("720p",),
+    make_inputs=_wan_inputs,
+    image_tokens=_tokens((1, 2, 2)),
+    text_tokens=512,
+    text_valid=512,
+    install=None,  # TODO(integrator, issue 9): dispatch.py's installer (self-attention has no text, no mask)
+    notes=["our dense path and XAttention need pipelines/dispatch.py (issue 9): stock only on this branch"],
+)
+
+MODELS: dict[str, ModelSpec] = {m.name: m for m in (HUNYUAN, WAN)}
+
+
+def xattn_settings(warmup: int) -> dict[str, dict | None]:
+    """Setting name → config for our attention (None: stock diffusers). Every setting times one sparse step
+    (the forward runs with the step set past the warmup), except ``dense`` whose every layer is dense."""
+    common = {"stride": 8, "block_size": 128, "collect_stats": True, "time_stats": True, "dense_backend": "fast"}
+    return {
+        "stock": None,
+        "dense": {**common, "threshold": 1.0, "warmup_steps": 0},
+        "cap0.2": {**common, "threshold": 0.9, "max_density": 0.2, "warmup_steps": warmup},
+        "cap0.35": {**common, "threshold": 0.9, "max_density": 0.35, "warmup_steps": warmup},
+        "cap0.5": {**common, "threshold": 0.9, "max_density": 0.5, "warmup_steps": warmup},
+        "tau0.9": {**common, "threshold": 0.9, "warmup_steps": warmup},
+        # a step that reuses the previous step's selections (measured: an untimed estimating step runs first)
+        "cap0.35-reuse2": {**common, "threshold": 0.9, "max_density": 0.35, "warmup_steps": warmup,
+                           "selection_reuse": 2},
+    }
+
+
+# ---------------------------------------------------------------- building
+
+
+def gpu_slug() -> str:
+    """File-name form of the GPU's name, e.g. nvidia-h100-80gb-hbm3."""
+    name = torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu"
+    return re.sub(r"[^a-z0-9]+", "-", name.lower()).strip("-")
+
+
+@contextlib.contextmanager
+def _fast_init(device: torch.device, dtype: torch.dtype) -> Iterator[None]:
+    """Construct modules directly on ``device`` in ``dtype`` without running torch's (slow, CPU-style) init."""
+    classes = (torch.nn.Linear, torch.nn.Conv1d, torch.nn.Conv2d, torch.nn.Conv3d, torch.nn.Embedding,
+               torch.nn.LayerNorm, torch.nn.GroupNorm)
+    saved = [(c, c.reset_parameters) for c in classes]
+    old_dtype = torch.get_default_dtype()
+    try:
+        for c, _ in saved:
+            c.reset_parameters = lambda self: None
+        torch.set_default_dtype(dtype)
+        with torch.device(device):
+            yield
+    finally:
+        torch.set_default_dtype(old_dtype)
+        for c, fn in saved:
+            c.reset_parameters = fn
+
+
+@torch.no_grad()
+def build_transformer(spec: ModelSpec, device: torch.device, seed: int = 0, **config: Any) -> Any:
+    """The model at diffusers' default config (``config`` overrides, for tests) with random bf16 weights:
+    N(0, 0.02) matrices, norm weights 1, biases 0."""
+    import diffusers
+
+    cls = getattr(diffusers, spec.diffusers_class)
+    with _fast_init(device, torch.bfloat16):
+        model = cls(**config)
+    gen = torch.Generator(device=device).manual_seed(seed)
+    for name, p in model.named_parameters():
+        if p.dim() >= 2:
+            p.normal_(0.0, 0.02, generator=gen)
+        elif name.endswith("bias"):
+            p.zero_()
+        else:
+            p.fill_(1.0)
+    return model.eval().requires_grad_(False)
+
+
+# ---------------------------------------------------------------- timing
+
+
+class SdpaTimer:
+    """Times every ``F.scaled_dot_product_attention`` call (diffusers' dense dispatch and ours): CUDA events
+    on a GPU (read after the forward, no sync in between), the host clock on the CPU (tests)."""
+
+    def __init__(self, cuda: bool = True) -> None:
+        self.cuda = cuda
+        self.pairs: list[tuple[Any, Any]] = []
+        self._orig = None
+
+    def _mark(self) -> Any:
+        if not self.cuda:
+            return time.perf_counter()
+        ev = torch.cuda.Event(enable_timing=True)
+        ev.record()
+        return ev
+
+    def __enter__(self) -> "SdpaTimer":
+        import torch.nn.functional as F
+
+        self._orig = F.scaled_dot_product_attention
+        orig, pairs, mark = self._orig, self.pairs, self._mark
+
+        def timed(*args: Any, **kwargs: Any) -> torch.Tensor:
+            start = mark()
+            out = orig(*args, **kwargs)
+            pairs.append((start, mark()))
+            return out
+
+        F.scaled_dot_product_attention = timed
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        import torch.nn.functional as F
+
+        F.scaled_dot_product_attention = self._orig
+
+    def total_ms(self) -> float:
+        if not self.cuda:
+            return sum((b - a) * 1e3 for a, b in self.pairs)
+        return sum(a.elapsed_time(b) for a, b in self.pairs)
+
+
+def _warm_kernels(q_len: int, kv_len: int, heads: int, head_dim: int, xattn: dict | None,
+                  device: torch.device) -> None:
+    """Compile/plan the attention kernels at this shape outside the timed forward (Triton JIT, cuDNN plans)."""
+    from ..kernels import xattention
+    from ..kernels.dense import dense_attention
+
+    q = torch.randn(1, q_len, heads, head_dim, device=device, dtype=torch.bfloat16)
+    mask = (torch.arange(q_len, device=device) < kv_len)[None, None, None, :]
+    torch.nn.functional.scaled_dot_product_attention(q.transpose(1, 2), q.transpose(1, 2), q.transpose(1, 2),
+                                                     attn_mask=mask)
+    dense_attention(q, q, q, [kv_len])
+    if xattn is not None and xattn["threshold"] < 1:
+        xattention(q, q, q, threshold=xattn["threshold"], stride=xattn["stride"], kv_len=kv_len,
+                   text_start=q_len - 256 if q_len > 256 else None, max_density=xattn.get("max_density"))
+    torch.cuda.synchronize()
+
+
+def time_forward(transformer: Any, inputs: dict, handle: Any | None) -> dict:
+    """One forward with CUDA events: total, dense (SDPA) attention, estimate, selection, sparse attention."""
+    torch.cuda.synchronize()
+    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+    with SdpaTimer() as sdpa, torch.no_grad():
+        start.record()
+        out = transformer(**inputs)
+        end.record()
+    torch.cuda.synchronize()
+    total = start.elapsed_time(end)
+    res = {"total_ms": total, "dense_attention_ms": sdpa.total_ms(), "estimate_ms": 0.0, "selection_ms": 0.0,
+           "sparse_attention_ms": 0.0, "density": None, "output_finite": bool(torch.isfinite(out[0]).all())}
+    if handle is not None:
+        for layers in handle.state.stats.timing_table().values():
+            for t in layers.values():
+                res["estimate_ms"] += t.get("estimate_ms", 0.0)
+                res["selection_ms"] += t.get("selection_ms", 0.0)
+                res["sparse_attention_ms"] += t.get("attention_ms", 0.0)
+        summary = handle.state.stats.summary()
+        res["density"] = summary["mean_density_sparse_calls"]
+        res["sparse_calls"] = summary["sparse_calls"]
+    res["other_ms"] = total - res["dense_attention_ms"] - res["estimate_ms"] - res["selection_ms"] \
+        - res["sparse_attention_ms"]
+    return res
+
+
+# ---------------------------------------------------------------- the run
+
+
+def project(rows: list[dict], steps: int, warmup: int, reuse: int) -> None:
+    """Projected video seconds per row: warmup dense steps (ours: our dense path) + sparse steps."""
+    by_key = {(r["model"], r["shape"], r["setting"]): r for r in rows if "total_ms" in r}
+    for r in rows:
+        if "total_ms" not in r:
+            continue
+        stock = by_key.get((r["model"], r["shape"], "stock"))
+        dense = by_key.get((r["model"], r["shape"], "dense"))
+        r["speedup_step"] = stock["total_ms"] / r["total_ms"] if stock else None
+        step_s = r["total_ms"] / 1e3
+        if r["setting"] in ("stock", "dense"):
+            video = steps * step_s
+        elif r.get("reuse_every", 0) > 1:
+            # measured reuse step; the estimating steps (one in N) run as the same setting without reuse
+            warm_s = (dense or stock or r)["total_ms"] / 1e3
+            fresh = by_key.get((r["model"], r["shape"], r["setting"].split("-reuse")[0]))
+            fresh_s = fresh["total_ms"] / 1e3 if fresh else step_s
+            n_sparse = steps - warmup
+            n_fresh = -(-n_sparse // r["reuse_every"])
+            video = warmup * warm_s + n_fresh * fresh_s + (n_sparse - n_fresh) * step_s
+        else:
+            warm_s = (dense or stock or r)["total_ms"] / 1e3
+            video = warmup * warm_s + (steps - warmup) * step_s
+            if reuse > 1 and r["estimate_ms"] > 0:
+                saved = (1 - 1 / reuse) * (r["estimate_ms"] + r["selection_ms"]) / 1e3
+                r["video_s_reuse"] = warmup * warm_s + (steps - warmup) * (step_s - saved)
+        r["video_s"] = video
+        if stock:
+            r["speedup_video"] = steps * stock["total_ms"] / 1e3 / video
+            if "video_s_reuse" in r:
+                r["speedup_video_reuse"] = steps * stock["total_ms"] / 1e3 / r["video_s_reuse"]
+
+
+def run(args: argparse.Namespace, log: Callable[[str], None], device: torch.device | None = None,
+        config_overrides: dict[str, dict] | None = None) -> dict:
+    """Every (model, shape, setting) of ``args``; ``config_overrides`` {model name: constructor kwargs} and a
+    CPU ``device`` exist for the smoke test (tiny models), the benchmark uses the full-size defaults."""
+    device = device or torch.device("cuda")
+    results: dict[str, Any] = {"gpu": torch.cuda.get_device_name(), "torch": torch.__version__,
+                               "date": time.strftime("%Y-%m-%d %H:%M"), "steps": args.steps,
+                               "warmup_steps": args.warmup_steps, "reuse": args.reuse, "rows": [], "notes": []}
+    try:
+        import triton
+
+        results["triton"] = triton.__version__
+    except ImportError:
+        results["triton"] = None
+    settings = xattn_settings(args.warmup_steps)
+    for model_name in args.models:
+        spec = MODELS[model_name]
+        results["notes"] += [f"{spec.name}: {n}" for n in spec.notes]
+        t0 = time.perf_counter()
+        transformer = build_transformer(spec, device, **(config_overrides or {}).get(spec.name, {}))
+        torch.cuda.synchronize()
+        params = sum(p.numel() for p in transformer.parameters())
+        log(f"{spec.name}: built {params / 1e9:.1f}B parameters (random bf16) in {time.perf_counter() - t0:.1f} s")
+        if args.compile:
+            from ..compile import compile_transformer
+
+            compile_transformer(transformer, fullgraph=True)
+            results["notes"].append("regional compile (fullgraph) on: stock setting only (see e2e.py)")
+        heads = int(transformer.config.num_attention_heads)
+        head_dim = int(transformer.config.attention_head_dim)
+        shapes = args.shapes or list(spec.default_shapes)
+        for shape_key in shapes:
+            if shape_key not in spec.shapes:
+                log(f"{spec.name}: no shape {shape_key!r} (known: {', '.join(spec.shapes)}); skipped")
+                continue
+            shape = spec.shapes[shape_key]
+            n_img = spec.image_tokens(transformer, shape)
+            text = spec.text_tokens if spec.name == "hunyuan-video" else 0  # Wan: text only in cross-attention
+            q_len, kv_len = n_img + text, n_img + (spec.text_valid if text else 0)
+            inputs = spec.make_inputs(transformer, shape, device)
+            for setting in args.settings:
+                cfg = settings[setting]
+                row = {"model": spec.name, "shape": shape.name, "tokens": q_len, "setting": setting}
+                if cfg is not None and spec.install is None:
+                    row["skipped"] = "our attention is not installable on this model yet (needs dispatch.py)"
+                    results["rows"].append(row)
+                    continue
+                if args.compile and cfg is not None:
+                    row["skipped"] = "--compile: our settings need dispatch.py's per-forward host work outside blocks"
+                    results["rows"].append(row)
+                    continue
+                _warm_kernels(q_len, kv_len, heads, head_dim, cfg, device)
+                handle = spec.install(transformer, cfg) if cfg is not None else None
+                try:
+                    if handle is not None:
+                        handle.tracker.manual_step = args.warmup_steps  # the first sparse step
+                    if args.compile or (cfg or {}).get("selection_reuse", 0) > 1:
+                        # untimed: the first compiled forward compiles; with reuse, this step estimates
+                        with torch.no_grad():
+                            transformer(**inputs)
+                        torch.cuda.synchronize()
+                        if handle is not None:
+                            handle.reset_stats()
+                            handle.tracker.manual_step = args.warmup_steps + 1  # reuses every layer's selection
+                    row.update(time_forward(transformer, inputs, handle))
+                    if handle is not None and cfg.get("selection_reuse", 0) > 1:
+                        row["reuse_every"] = cfg["selection_reuse"]
+                        row["reuse_hits"] = handle.state.reuse.hits
+                except torch.cuda.OutOfMemoryError as exc:
+                    row["skipped"] = f"out of memory: {str(exc).splitlines()[0]}"
+                finally:
+                    if handle is not None:
+                        handle.remove()
+                    torch.cuda.empty_cache()
+                results["rows"].append(row)
+                if "total_ms" in row:
+                    dens = "" if row["density"] is None else f" density {row['density']:.3f}"
+                    log(f"  {spec.name} {shape.name} {setting:<8} {row['total_ms'] / 1e3:7.2f} s  (dense attn "
+                        f"{row['dense_attention_ms'] / 1e3:.2f}, estimate {row['estimate_ms'] / 1e3:.2f}, selection "
+                        f"{row['selection_ms'] / 1e3:.2f}, sparse attn {row['sparse_attention_ms'] / 1e3:.2f}, other "
+                        f"{row['other_ms'] / 1e3:.2f}){dens}")
+                else:
+                    log(f"  {spec.name} {shape.name} {setting:<8} skipped: {row['skipped']}")
+            del inputs
+        del transformer
+        torch.cuda.empty_cache()
+    project(results["rows"], args.steps, args.warmup_steps, args.reuse)
+    return results
+
+
+def markdown(res: dict) -> str:
+    def f(x: Any, fmt: str) -> str:
+        return "" if x is None else format(x, fmt)
+
+    lines = [f"# End-to-end speed: {res['gpu']}", "",
+             f"torch {res['torch']}, triton {res['triton']}, {res['date']}. One transformer forward per setting "
+             f"(= one denoising step), B=1, random bf16 weights at diffusers' default config (outputs are noise). "
+             f"Projected video: {res['warmup_steps']} dense warmup steps (ours: our dense path) + "
+             f"{res['steps'] - res['warmup_steps']} steps of the setting, vs {res['steps']} stock steps."
+             + (f" 'reuse {res['reuse']}' projects estimate + selection on one sparse step in {res['reuse']}."
+                if res["reuse"] > 1 else ""), "",
+             "| model | shape | tokens | setting | density | step s | vs stock | dense attn s | estimate s | "
+             "selection s | sparse attn s | other s | video s | video vs stock |"
+             + (f" video s (reuse {res['reuse']}) | vs stock |" if res["reuse"] > 1 else ""),
+             "|---|---|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
+             + ("---:|---:|" if res["reuse"] > 1 else "")]
+    for r in res["rows"]:
+        if "total_ms" not in r:
+            lines.append(f"| {r['model']} | {r['shape']} | {r['tokens']:,} | {r['setting']} | skipped: "
+                         f"{r['skipped']} |")
+            continue
+        secs = " | ".join(f"{r[k] / 1e3:.2f}" for k in ("dense_attention_ms", "estimate_ms", "selection_ms",
+                                                          "sparse_attention_ms", "other_ms"))
+        line = (f"| {r['model']} | {r['shape']} | {r['tokens']:,} | {r['setting']} | {f(r['density'], '.3f')} | "
+                f"{r['total_ms'] / 1e3:.2f} | {f(r.get('speedup_step'), '.2f')}× | {secs} | "
+                f"{r['video_s']:.0f} | {f(r.get('speedup_video'), '.2f')}× |")
+        if res["reuse"] > 1:
+            line += f" {f(r.get('video_s_reuse'), '.0f')} | {f(r.get('speedup_video_reuse'), '.2f')}× |"
+        lines.append(line)
+    if any(not r.get("output_finite", True) for r in res["rows"]):
+        lines += ["", "Some outputs were not finite (random weights); the timings are unaffected."]
+    lines += [""] + [f"- {n}" for n in res["notes"]]
+    return "\n".join(lines) + "\n"
+
+
+def print_table(res: dict) -> None:
+    print(markdown(res))
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="xvid bench --e2e", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter,
+                                epilog="Budget on an H100: HunyuanVideo stock forward ~32 s at 720p, ~1.4 s at 544p; "
+                                       "the default run (both models) takes ~5 min.")
+    p.add_argument("--models", nargs="+", choices=list(MODELS), default=list(MODELS))
+    p.add_argument("--shapes", nargs="+", help="shape keys (hunyuan-video: 720p 544p; wan2.1-14b: 720p 480p); "
+                                               "default: each model's presets")
+    p.add_argument("--settings", nargs="+", choices=SETTINGS, default=list(SETTINGS))
+    p.add_argument("--steps", type=int, default=50, help="denoising steps of the projected video")
+    p.add_argument("--warmup-steps", type=int, default=5, help="dense warmup steps of the projected video")
+    p.add_argument("--reuse", type=int, default=2, help="also project selection reuse every N sparse steps (<=1: off)")
+    p.add_argument("--compile", action="store_true",
+                   help="regional torch.compile (fullgraph) of the stock model; one untimed forward per shape compiles "
+                        "first (use with --shapes 544p: a 720p forward is ~32 s)")
+    p.add_argument("--out-dir", type=Path, default=Path("benchmarks/results"))
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    if not torch.cuda.is_available():
+        print("xvid bench --e2e: needs a CUDA GPU (none is visible to torch)", file=sys.stderr)
+        return 2
+    try:
+        import diffusers  # noqa: F401
+    except ImportError:
+        print("xvid bench --e2e: needs diffusers (pip install diffusers)", file=sys.stderr)
+        return 2
+    if not 0 <= args.warmup_steps <= args.steps:
+        print(f"xvid bench --e2e: --warmup-steps must be in 0..--steps ({args.steps})", file=sys.stderr)
+        return 2
+    from ..video_io import write_json, write_text
+
+    res = run(args, lambda msg: print(msg, flush=True))
+    print_table(res)
+    stem = args.out_dir / f"e2e-{gpu_slug()}"
+    write_json(res, stem.with_suffix(".json"))
+    write_text(markdown(res), stem.with_suffix(".md"))
+    print(f"wrote {stem}.md and .json")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
