@@ -50,7 +50,8 @@ def markdown(sol: Solution, profile: CalibrationProfile, meta: dict[str, Any] | 
         lines.append(f"| {row['layer']} | {_fmt_tau(row['tau'])} | {row['density']:.3f} | {row['recall']:.4f} | "
                      f"{row['error']:.4f} |")
     if sol.per_head:
-        lines += ["", "## Per head", "", "| layer | head | τ | density | recall | output error |",
+        lines += ["", "## Per head", "", "(output error of a head: ‖O_τ − O‖ of that head over the layer's mean "
+                  "head output norm)", "", "| layer | head | τ | density | recall | output error |",
                   "|---|---|---|---|---|---|"]
         for u in sol.units:
             lines.append(f"| {u.layer} | {u.head} | {sol.taus[u.choice]:g} | {float(u.density[u.choice]):.3f} | "

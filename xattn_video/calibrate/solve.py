@@ -2,7 +2,8 @@
 
 Objectives (exactly one):
 - ``target_recall`` R: per unit, the lowest-density candidate whose measured recall is ≥ R;
-- ``target_error`` E: per unit, the lowest-density candidate whose output relative error is ≤ E;
+- ``target_error`` E: per unit, the lowest-density candidate whose output relative error is ≤ E (per head:
+  the head's error over the layer's mean head output norm, so the layer's output error stays ≤ E);
 - ``density`` budget d: a global block budget (mean density over the profiled units ≤ d) spent greedily
   where the marginal recall per unit of density is highest (steps along each unit's concave recall–density
   hull, the classic greedy for this multiple-choice knapsack).
@@ -102,7 +103,7 @@ class Solution:
 
 
 def _combined_error(units: list[Unit]) -> float:
-    # per-head errors are relative to each head's own norm; combine as RMS weighted by blocks
+    # layer errors, or head errors over the layer's mean head norm: the RMS is the output error of them all
     num = sum(float(u.error[u.choice]) ** 2 * u.possible for u in units)
     return math.sqrt(num / max(sum(u.possible for u in units), 1.0))
 
@@ -112,7 +113,11 @@ def _units(profile: CalibrationProfile, per_head: bool) -> list[Unit]:
     for layer, p in sorted(profile.layers.items()):
         calls = max(p.calls, 1)
         if per_head:
-            density, recall, error = p.head_stats()
+            density, recall, _ = p.head_stats()
+            # a head's error is measured against the layer's mean head output norm, not its own: a diffuse
+            # head has a tiny output whose own relative error says nothing about the layer's output. Every head
+            # within E this way keeps the layer's output error (all heads together) within E too.
+            error = (p.err_num / (p.err_den.sum() / p.err_den.numel()).clamp_min(1e-30)).sqrt()
             for h in range(density.shape[0]):
                 units.append(Unit(layer, h, p.kept[h] / calls, float(p.possible[h]) / calls, recall[h], error[h]))
         else:
