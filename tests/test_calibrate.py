@@ -135,6 +135,7 @@ def structured_qkv(layer_seed, input_seed, grid=(4, 8, 16), heads=3, head_dim=64
 
 
 TAUS = (0.3, 0.5, 0.7, 0.8, 0.9, 0.95, 0.99, 1.0)
+BLOCK = 16  # small blocks: many per row, so one block flipping moves recall and error only a little
 LAYER_SHARPNESS = (12.0, 4.0)  # layer 0 sharp, layer 1 diffuse
 
 
@@ -146,7 +147,7 @@ def profile_inputs(structure_seed, inputs, samples=32):
         for seed in inputs:
             q, k, v, n = structured_qkv(structure_seed + layer, seed, sharpness=sharp)
             prof.add(layer, profile_attention(q, k, v, taus=TAUS, samples=samples, generator=g, text_start=n,
-                                              stride=8, block_size=32, backend="torch"))
+                                              stride=8, block_size=BLOCK, backend="torch"))
     return prof
 
 
@@ -176,7 +177,7 @@ def mean(stats, i):
 
 
 def best_uniform(prof, ok):
-    """Lowest-density single τ (all layers and heads) whose held-out stats satisfy ``ok``."""
+    """Lowest-density single τ (all layers and heads) whose stats on ``prof`` satisfy ``ok``."""
     for tau in TAUS:
         stats = held_out(prof, tau)
         if ok(stats):
@@ -197,13 +198,15 @@ def test_recall_target_met_on_held_out_inputs_at_no_more_density_than_uniform(pr
             assert all(r >= target - 0.02 for _, r, *_ in heads), msg
         else:
             assert sum(r * w for _, r, _, w, *_ in heads) / sum(w for _, _, _, w, *_ in heads) >= target - 0.02, msg
-    # the uniform τ that meets the same per-unit target costs at least as much
+    # the best uniform τ under the same per-unit constraint, chosen on the same calibration inputs, costs at
+    # least as much on the held-out inputs
     if per_head:
-        tau, uni = best_uniform(test, lambda s: all(r >= target for heads in s.values() for _, r, *_ in heads))
+        tau, _ = best_uniform(train, lambda s: all(r >= target for heads in s.values() for _, r, *_ in heads))
     else:
-        tau, uni = best_uniform(test, lambda s: all(
+        tau, _ = best_uniform(train, lambda s: all(
             sum(r * w for _, r, _, w, *_ in hs) / sum(h[3] for h in hs) >= target for hs in s.values()))
-    assert mean(stats, 0) <= mean(uni, 0) + 0.01, msg + f"; uniform τ {tau}: {mean(uni, 0):.3f}"
+    uni = held_out(test, tau)
+    assert mean(stats, 0) <= mean(uni, 0) + 0.005, msg + f"; uniform τ {tau}: {mean(uni, 0):.3f}"
     assert sol.mean_density < 1.0 and 0 < sol.mean_recall <= 1
 
 
@@ -218,19 +221,19 @@ def test_error_target_met_on_held_out_inputs(profiles, per_head):
     # somewhat (discrete block choices), hence 1.5×
     for heads in stats.values():
         assert math.sqrt(sum(h[4] for h in heads) / sum(h[5] for h in heads)) <= 1.5 * target, msg
-    assert mean(stats, 0) < 0.95, msg + ": the target must be reachable below dense"
+    assert mean(stats, 0) < 1.0, msg + ": the target must be reachable below dense"
 
 
 def test_density_budget_gives_more_recall_than_uniform_at_equal_density(profiles):
     train, test, seed = profiles
-    # the best uniform τ for a mean recall of 0.9 on the held-out inputs, and its density as the budget
-    tau, uni = best_uniform(test, lambda s: mean(s, 1) >= 0.9)
-    budget = mean(uni, 0)
+    # the best uniform τ for a mean recall of 0.9 on the calibration inputs; its density is the budget
+    tau, uni_train = best_uniform(train, lambda s: mean(s, 1) >= 0.9)
+    budget = mean(uni_train, 0)
     sol = solve(train, density=budget, per_head=True)
-    stats = held_out(test, sol.threshold_config())
-    msg = f"seed {seed}; uniform τ {tau}: density {budget:.3f} recall {mean(uni, 1):.4f}; calibrated {stats}"
+    stats, uni = held_out(test, sol.threshold_config()), held_out(test, tau)
+    msg = f"seed {seed}; uniform τ {tau}: density {mean(uni, 0):.3f} recall {mean(uni, 1):.4f}; calibrated {stats}"
     assert sol.mean_density <= budget + 1e-9, msg
-    assert mean(stats, 0) <= budget + 0.03, msg
+    assert mean(stats, 0) <= mean(uni, 0) + 0.01, msg
     assert mean(stats, 1) >= mean(uni, 1) - 0.005, msg
 
 
@@ -285,3 +288,16 @@ def test_cli_calibrate_tiny_round_trips_through_generate(tmp_path, capsys):
     assert density["1"] == 1.0  # dense layer
     assert sorted(p.name for p in tmp_path.iterdir()) == ["calib.json", "calib.md", "calib.png", "calib.yaml",
                                                           "p.txt", "v.json", "v.mp4"]
+
+
+def test_gpu_benchmark_script_imports_on_cpu():
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).parents[1] / "benchmarks" / "bench_calibrate.py"
+    spec = importlib.util.spec_from_file_location("bench_calibrate", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    assert callable(module.main)
+    if not torch.cuda.is_available():
+        assert module.main(["--out-dir", "unused"]) == 2  # refuses cleanly without a GPU
