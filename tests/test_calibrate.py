@@ -6,12 +6,13 @@ import os
 
 import pytest
 import torch
+from omegaconf import OmegaConf
 
 from xattn_video.calibrate import CalibrationProfile, profile_attention, solve
 from xattn_video.calibrate import profile as profile_mod
 from xattn_video.calibrate.solve import Unit, _spend_budget, check_target
 from xattn_video.cli import main
-from xattn_video.config import ConfigError, layer_thresholds, load_config
+from xattn_video.config import ConfigError, layer_thresholds, load_config, xattn_config
 from xattn_video.kernels import block_sparse_attention, estimate_block_scores, select_blocks
 from xattn_video.synthetic import HEAD_KINDS
 
@@ -278,6 +279,7 @@ def test_cli_calibrate_tiny_round_trips_through_generate(tmp_path, capsys):
     assert out.with_suffix(".md").read_text().count("| 2 | 1 |") == 1  # per-head table row (layer 2, head 1)
     run = load_config(out)
     taus = run.xattn.threshold
+    assert xattn_config(OmegaConf.to_container(OmegaConf.load(out).xattn)).threshold == taus  # apply_xattention's
     assert set(taus) == {"default", 0, 2, 3} and run.xattn.dense_layers == [1]
     # the YAML as is drives a generation
     video = tmp_path / "v.mp4"

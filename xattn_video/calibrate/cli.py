@@ -67,6 +67,8 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
 
     # cheap checks first: a bad target or prompt file fails before any model is loaded
     check_target(args.target_recall, args.target_error, args.density)
+    if args.out.is_dir():
+        raise ConfigError(f"--out {args.out} is a folder; give the YAML file to write, e.g. {args.out / 'calib.yaml'}")
     if not args.prompts.is_file():
         raise ConfigError(f"prompt file not found: {args.prompts}")
     prompts = read_prompts(args.prompts)
