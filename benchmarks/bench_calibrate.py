@@ -12,6 +12,11 @@ input are that draw plus fresh noise on q and k and fresh values (same structure
 
 Prints a table and writes ``bench_calibrate.json`` and ``bench_calibrate.md`` into ``--out-dir``.
 Run: ``python benchmarks/bench_calibrate.py --out-dir benchmarks/results/calibrate`` (about 2–4 minutes).
+
+``--model-timing`` instead times calibration on the 13B HunyuanVideo transformer with random weights (bf16, built
+on the GPU, no download) at 720p × 129 frames: ``--profile-steps`` denoising steps with the calibration hook
+(every layer profiled) against the same steps dense, and the solve; writes ``calibrate_model_timing.json|md``.
+Random weights: the thresholds it finds mean nothing, only the wall time does.
 """
 
 from __future__ import annotations
@@ -73,6 +78,103 @@ def per_head(tau, heads: int) -> list[float]:
     return list(tau) if isinstance(tau, (list, tuple)) else [float(tau)] * heads
 
 
+HUNYUAN_13B_LATENTS = (1, 16, 33, 90, 160)  # 720×1280, 129 frames → 33×45×80 tokens after 2×2 patches
+TINY_TRANSFORMER = dict(in_channels=4, out_channels=4, num_attention_heads=2, attention_head_dim=64, num_layers=2,
+                        num_single_layers=2, num_refiner_layers=1, mlp_ratio=2.0, patch_size=2, patch_size_t=1,
+                        guidance_embeds=True, text_embed_dim=32, pooled_projection_dim=32, rope_axes_dim=(16, 24, 24))
+
+
+class _Pipe:
+    """Just enough of a pipeline for ``apply_xattention``: a transformer (steps are set by hand)."""
+
+    def __init__(self, transformer):
+        self.transformer = transformer
+
+
+def model_timing(args) -> int:
+    """Wall time of a calibration profile on a random-weight HunyuanVideo transformer vs the same steps dense."""
+    from diffusers import HunyuanVideoTransformer3DModel
+
+    from xattn_video.calibrate import Collector
+    from xattn_video.config import XAttnConfig
+    from xattn_video.pipelines.hunyuan_video import apply_xattention
+
+    device = args.device
+    tiny = device != "cuda"
+    dtype = torch.float32 if tiny else torch.bfloat16
+    latents_shape = (1, 4, 3, 16, 16) if tiny else HUNYUAN_13B_LATENTS
+    t0 = time.perf_counter()
+    previous = torch.get_default_dtype()
+    torch.set_default_dtype(dtype)
+    try:
+        with torch.device(device):
+            transformer = HunyuanVideoTransformer3DModel(**(TINY_TRANSFORMER if tiny else {})).eval()
+    finally:
+        torch.set_default_dtype(previous)
+    build_s = time.perf_counter() - t0
+    cfg = transformer.config
+    g = torch.Generator(device=device).manual_seed(0)
+    text = 32 if tiny else 256
+    inputs = dict(
+        hidden_states=torch.randn(latents_shape, generator=g, device=device, dtype=dtype),
+        encoder_hidden_states=torch.randn(1, text, cfg.text_embed_dim, generator=g, device=device, dtype=dtype),
+        encoder_attention_mask=(torch.arange(text, device=device) < text - 7)[None].to(dtype),  # 7 padded tokens
+        pooled_projections=torch.randn(1, cfg.pooled_projection_dim, generator=g, device=device, dtype=dtype),
+        guidance=torch.tensor([6000.0], device=device, dtype=dtype),
+    )
+    pipe = _Pipe(transformer)
+    sync = torch.cuda.synchronize if device == "cuda" else (lambda: None)
+    xcfg = XAttnConfig(threshold=0.5, warmup_steps=0, block_size=32 if tiny else 128, backend="auto",
+                       collect_stats=False)
+
+    def steps(collector):
+        handle = apply_xattention(pipe, xcfg)
+        handle.state.observer = collector
+        if collector is None:  # dense reference: the same processors, every call dense
+            handle.state.plan.dense_layers = frozenset(range(handle.state.plan.num_layers))
+        try:
+            sync()
+            start = time.perf_counter()
+            with torch.no_grad():
+                for step in range(args.profile_steps):
+                    handle.tracker.manual_step = step
+                    t = torch.tensor([1000.0 - 20 * step], device=device, dtype=dtype)
+                    transformer(timestep=t, return_dict=False, **inputs)
+            sync()
+            return time.perf_counter() - start, handle.state.plan
+        finally:
+            handle.remove()
+
+    dense_s, plan = steps(None)
+    collector = Collector(xcfg, plan.num_layers, plan.num_heads, samples=args.samples)
+    profile_s, _ = steps(collector)
+    t1 = time.perf_counter()
+    sol = solve(collector.profile, target_recall=0.95, per_head=True)
+    solve_s = time.perf_counter() - t1
+    tokens = latents_shape[2] * (latents_shape[3] // 2) * (latents_shape[4] // 2) + text
+    record = {"device": torch.cuda.get_device_name() if device == "cuda" else "cpu smoke run",
+              "model": "HunyuanVideo transformer, random weights" + (" (tiny config)" if tiny else " (13B, bf16)"),
+              "tokens": tokens, "layers": plan.num_layers, "heads": plan.num_heads, "steps": args.profile_steps,
+              "samples": args.samples, "candidates": len(collector.profile.taus), "build_s": build_s,
+              "dense_steps_s": dense_s, "calibration_steps_s": profile_s, "solve_s": solve_s,
+              "profiled_calls": collector.profile.num_calls,
+              "overhead_per_call_s": (profile_s - dense_s) / max(1, collector.profile.num_calls),
+              "predicted_density_random_weights": sol.mean_density}
+    md = (f"# Calibration wall time ({record['device']})\n\n{record['model']}, {tokens} tokens, "
+          f"{plan.num_layers} layers × {plan.num_heads} heads, {args.profile_steps}-step profile "
+          f"({record['profiled_calls']} attention calls, {args.samples} query blocks sampled per call, "
+          f"{record['candidates']} candidate τ).\n\n| | seconds |\n|---|---|\n"
+          f"| {args.profile_steps} steps dense | {dense_s:.1f} |\n| {args.profile_steps} steps with calibration "
+          f"profiling | {profile_s:.1f} |\n| solve (per head, recall 0.95) | {solve_s:.2f} |\n"
+          f"| profiling overhead per attention call | {record['overhead_per_call_s']:.3f} |\n\n"
+          f"A real calibration adds the text encoders and the warmup steps (dense) before the profiled steps. "
+          f"Random weights: the thresholds found mean nothing.\n")
+    print(md)
+    write_text(json.dumps(record, indent=1), args.out_dir / "calibrate_model_timing.json")
+    write_text(md, args.out_dir / "calibrate_model_timing.md")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out-dir", type=Path, required=True)
@@ -85,10 +187,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--heads", type=int, default=HEADS)
     parser.add_argument("--grid", help="smoke runs: latent grid T,H,W instead of --tokens (text: 64 tokens)")
     parser.add_argument("--device", default="cuda", help="cuda; cpu only for a smoke run of this script")
+    parser.add_argument("--model-timing", action="store_true",
+                        help="time a calibration profile on the random-weight 13B HunyuanVideo transformer instead")
+    parser.add_argument("--profile-steps", type=int, default=2, help="with --model-timing: profiled steps")
     args = parser.parse_args(argv)
     if args.device == "cuda" and not torch.cuda.is_available():
         print("bench_calibrate needs a CUDA GPU (--device cpu --grid 2,8,16 is a smoke run)", file=sys.stderr)
         return 2
+    if args.model_timing:
+        return model_timing(args)
     if args.grid:
         grid, text = tuple(int(x) for x in args.grid.split(",")), 64
         args.tokens = grid[0] * grid[1] * grid[2] + text
