@@ -283,7 +283,8 @@ def main(argv: list[str] | None = None) -> int:
     head = ("| config | density | held-out error mean / max | xattention ms/call | vs dense | "
             "time saved vs uniform | density saved vs uniform |")
     lines = [f"# Calibrated vs uniform τ at equal output error ({gpu})", "",
-             f"{args.tokens} tokens (structured video-like, {args.heads} heads × {HEAD_DIM}, bf16), {args.layers} synthetic "
+             f"{args.tokens} tokens (structured video-like, {args.heads} heads × {HEAD_DIM}, bf16), "
+             f"{args.layers} synthetic "
              f"layers, calibration on {args.calib_inputs} inputs per layer, evaluation on a held-out input; "
              f"stride {STRIDE}, block {BLOCK}; dense SDPA {mean(dense_ms):.1f} ms/call; times are medians of "
              f"triton.testing.do_bench in one run. Error: ‖O − O_dense‖/‖O_dense‖ over all rows, bf16 reference.",
@@ -292,7 +293,8 @@ def main(argv: list[str] | None = None) -> int:
              "|---|---|---|---|---|---|---|"]
     for r in table:
         lines.append(f"| {r['config']} | {r['density']:.3f} | {r['error_mean']:.4f} / {r['error_max']:.4f} | "
-                     f"{r['ms_per_call']:.1f} | {r['speedup_vs_dense']:.2f}× | {100 * r['time_saved_vs_uniform']:.1f}% | "
+                     f"{r['ms_per_call']:.1f} | {r['speedup_vs_dense']:.2f}× | "
+                     f"{100 * r['time_saved_vs_uniform']:.1f}% | "
                      f"{100 * r['density_saved_vs_uniform']:.1f}% |")
     lines += ["", "Thresholds:", ""] + [f"- {r['config']}: {json.dumps(r['thresholds'])}" for r in table]
     md = "\n".join(lines) + "\n"

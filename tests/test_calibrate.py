@@ -160,7 +160,7 @@ def profiles():
 
 
 def held_out(prof, thresholds, heads=3):
-    """Per layer and head: (density, recall, error, blocks, Σ‖O_τ − O‖², Σ‖O‖²) on the held-out profile for a threshold mapping."""
+    """Per layer and head: (density, recall, error, blocks, Σ‖O_τ − O‖², Σ‖O‖²) on ``prof`` for a τ mapping."""
     per_layer = layer_thresholds(thresholds, len(LAYER_SHARPNESS))
     out = {}
     for layer, p in prof.layers.items():

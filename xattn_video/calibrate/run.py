@@ -88,7 +88,7 @@ def profile_pipeline(pipe: Any, run: RunConfig, prompts: Sequence[str], steps: i
 
 def calibrated_config(run: RunConfig, solution: Solution) -> RunConfig:
     """``run`` with ``xattn.threshold`` set to the solution's per-layer (per-head) mapping."""
-    xattn = xattn_config({**to_container(run.xattn), "threshold": solution.threshold_config()})
+    xattn = xattn_config({**to_container(run.xattn), **solution.xattn_fragment()})
     return dataclasses.replace(run, xattn=xattn)
 
 

@@ -88,6 +88,10 @@ class Solution:
             default = max(set(flat), key=lambda t: (flat.count(t), t)) if flat else 1.0
         return {"default": default, **{layer: tau for layer, tau in sorted(self.thresholds.items())}}
 
+    def xattn_fragment(self) -> dict[str, Any]:
+        """``{"threshold": {...}}``: the part of an xattn config calibration sets (merge it into yours)."""
+        return {"threshold": self.threshold_config()}
+
     def layer_rows(self) -> list[dict]:
         """Per layer: τ, predicted density, recall and error (from the profile)."""
         rows = []
