@@ -122,6 +122,10 @@ def build_parser() -> argparse.ArgumentParser:
     _add_run_options(cmp)
     cmp.set_defaults(func=cmd_compare)
 
+    from .calibrate.cli import add_parser as add_calibrate_parser
+
+    add_calibrate_parser(sub)
+
     bench = sub.add_parser("bench", help="GPU benchmark of the kernels; --e2e: of whole models (see benchmarks/)",
                            add_help=False)
     bench.set_defaults(func=None)

@@ -18,6 +18,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
+from ..prompts import read_prompts
 from ..config import ConfigError, RunConfig
 from ..video_io import write_json, write_mp4, write_npy, write_text
 from .metrics import KNOWN_METRICS
@@ -49,16 +50,6 @@ def parse_metrics(spec: str | Sequence[str]) -> tuple[list[str], list[str]]:
             raise ConfigError(f"unknown metric {item!r} in --metrics: use {', '.join(PAIRWISE)} or a hook "
                              f"({', '.join(sorted(hooks_known))})")
     return pairwise, hooks
-
-
-def read_prompts(path: Path) -> list[str]:
-    """Prompts of a text file: one per non-empty line; lines starting with # are comments."""
-    if not path.is_file():
-        raise FileNotFoundError(f"prompt file not found: {path}")
-    prompts = [line.strip() for line in path.read_text().splitlines() if line.strip() and not line.startswith("#")]
-    if not prompts:
-        raise ConfigError(f"prompt file {path} has no prompts (one per line; # starts a comment)")
-    return prompts
 
 
 def _video(pipe: Any, run: RunConfig, variant: str, folder: Path, latents: Any, show_progress: bool) -> dict:

@@ -39,6 +39,9 @@ class XAttentionState:
     _mask_is_prefix: bool = True
     _mask_host_lens: Any = None
     warned_mask: bool = False
+    # calibration hook (xattn_video.calibrate.Collector): observe(step, layer, q, k, v, kv_len, text_start) on
+    # sparse-eligible calls; with observer.run_dense the call then runs dense. To move into pipelines/dispatch.
+    observer: Any = None
 
     def key_padding(self, mask: torch.Tensor | None) -> tuple[bool, torch.Tensor | None]:
         """(usable, kv_len [B] int32 or None) for a mask. usable=False: not a key-padding prefix.
@@ -149,6 +152,10 @@ class XAttnHunyuanVideoAttnProcessor:
 
         tau = state.plan.threshold(self.layer)
         text_start = image_tokens if (cfg.text_forcing and has_text) else None
+        if state.observer is not None:
+            state.observer.observe(step, self.layer, q, k, v, kv_len, text_start)
+            if state.observer.run_dense:
+                return self._dense(q, k, v, mask)
         common = dict(block_size=cfg.block_size, kv_len=kv_len)
         signature, selection = None, None
         if state.reuse.enabled:

@@ -1,0 +1,87 @@
+"""``xvid calibrate``: argument parsing and the command (cli.py only registers it)."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+from typing import Any
+
+from ..config import ConfigError, load_config
+from .defaults import DEFAULT_SAMPLES, DEFAULT_TAUS
+
+
+def _taus(text: str) -> list[float]:
+    try:
+        return [float(x) for x in text.split(",") if x.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a comma list of numbers, got {text!r}") from None
+
+
+def add_parser(sub: Any) -> None:
+    p = sub.add_parser("calibrate", help="per-layer / per-head τ from a short profiling run; writes a config YAML",
+                       description="Profile a few prompts (dense trajectory) and choose τ per layer (or head) for "
+                                   "one target; writes a YAML that `xvid generate --config` takes as is, plus "
+                                   "a report (.md), a plot (.png) and the profile (.json) next to it.")
+    p.add_argument("--prompts", type=Path, required=True, help="text file, one prompt per line (# comments)")
+    p.add_argument("--steps", type=int, default=2, dest="profile_steps",
+                   help="sparse-eligible denoising steps profiled per prompt, after the warmup steps (default 2); "
+                        "the schedule length is generation.steps")
+    target = p.add_mutually_exclusive_group(required=True)
+    target.add_argument("--target-recall", type=float, help="keep at least this attention mass, in (0, 1]")
+    target.add_argument("--target-error", type=float, help="output relative error vs dense at most this, >= 0")
+    target.add_argument("--density", type=float, help="mean density budget in (0, 1], spent where recall gains most")
+    p.add_argument("--per-head", action="store_true", help="one τ per head (default: one per layer)")
+    p.add_argument("--out", type=Path, required=True, help="YAML to write (report, plot, profile go next to it)")
+    p.add_argument("--taus", type=_taus, default=list(DEFAULT_TAUS),
+                   help=f"candidate τ, comma list (default {','.join(f'{t:g}' for t in DEFAULT_TAUS)})")
+    p.add_argument("--samples", type=int, default=DEFAULT_SAMPLES, help="query blocks sampled per attention call")
+    p.add_argument("--seed", type=int, help="generation seed (initial noise)")
+    p.add_argument("--model", help="'tiny' (built-in random-weight model), a local diffusers folder, or a hub id")
+    p.add_argument("--config", type=Path, help="YAML preset (see configs/)")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="override any config key, e.g. --set xattn.warmup_steps=2 (repeatable)")
+    p.add_argument("--height", type=int)
+    p.add_argument("--width", type=int)
+    p.add_argument("--frames", type=int, help="number of frames (4k+1)")
+    p.add_argument("--offload", choices=["model", "sequential"], help="diffusers CPU offload")
+    p.add_argument("--device", help="auto, cpu, cuda or cuda:N")
+    p.set_defaults(func=cmd_calibrate)
+
+
+def _extra(args: argparse.Namespace) -> dict[str, Any]:
+    extra: dict[str, Any] = {"model": {}, "generation": {}}
+    for key, dest in (("path", "model"), ("offload", "offload"), ("device", "device")):
+        if getattr(args, dest) is not None:
+            extra["model"][key] = getattr(args, dest)
+    for key in ("height", "width", "frames", "seed"):
+        if getattr(args, key) is not None:
+            extra["generation"][key] = getattr(args, key)
+    return extra
+
+
+def cmd_calibrate(args: argparse.Namespace) -> int:
+    from ..prompts import read_prompts
+    from .run import run_calibration
+    from .report import summary_line
+    from .solver import check_target
+
+    # cheap checks first: a bad target or prompt file fails before any model is loaded
+    check_target(args.target_recall, args.target_error, args.density)
+    if args.out.is_dir():
+        raise ConfigError(f"--out {args.out} is a folder; give the YAML file to write, e.g. {args.out / 'calib.yaml'}")
+    if not args.prompts.is_file():
+        raise ConfigError(f"prompt file not found: {args.prompts}")
+    prompts = read_prompts(args.prompts)
+    run = load_config(args.config, args.overrides, extra=_extra(args))
+    result = run_calibration(run, prompts, args.profile_steps, target_recall=args.target_recall,
+                             target_error=args.target_error, density=args.density, per_head=args.per_head,
+                             out=args.out, taus=args.taus, samples=args.samples)
+    print(f"{summary_line(result.solution)}; {result.profile.num_calls} attention calls profiled in "
+          f"{result.seconds:.1f} s")
+    for note in result.solution.notes:
+        print(f"note: {note}")
+    print(f"wrote {result.files['config']} (use: xvid generate --config {result.files['config']}); report "
+          f"{result.files['report']}")
+    if run.model.path == "tiny":
+        print("note: the built-in tiny model has random weights; its thresholds say nothing about real models")
+    return 0
