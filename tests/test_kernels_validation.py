@@ -113,7 +113,7 @@ def test_backward_says_inference_only(backend, threshold, triton_device):
     out = xattention(q, k, v, threshold=threshold, block_size=32, kv_len=35, backend=backend)
     with pytest.raises(RuntimeError, match="inference-only"):
         out.sum().backward()
-    sel = select_blocks(torch.rand(1, 1, 2, 2), 0.5, block_size=32, q_len=40)
+    sel = select_blocks(torch.rand(1, 1, 2, 2, device=device), 0.5, block_size=32, q_len=40)
     with pytest.raises(RuntimeError, match="inference-only"):
         block_sparse_attention(q, k, v, sel, backend=backend).sum().backward()
     with torch.no_grad():  # without grad nothing changes
