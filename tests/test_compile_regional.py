@@ -45,7 +45,8 @@ class TinyTransformer(ModelMixin):
 
 
 @pytest.mark.parametrize("backend", ["torch", "triton"])
-def test_blocks_with_xattention_compile_without_graph_breaks(gen, backend):
+def test_blocks_with_xattention_compile_without_graph_breaks(gen, backend, triton_device):
+    device = triton_device if backend == "triton" else "cpu"
     torch._dynamo.reset()
     torch._dynamo.utils.counters.clear()
     torch.manual_seed(gen.initial_seed())
@@ -53,9 +54,9 @@ def test_blocks_with_xattention_compile_without_graph_breaks(gen, backend):
     taus = [0.6, 0.6, 0.9, None, 0.6, 0.9, 0.6, 0.6, 0.9, 0.6]
     if backend == "triton":
         taus = [0.6, 0.6]  # the Triton interpreter is slow on the CPU
-    model = TinyTransformer(taus, backend).eval()
+    model = TinyTransformer(taus, backend).eval().to(device)
     S, text_start, kv = 150, 140, 145
-    x = torch.randn(1, S, H * D, generator=gen)
+    x = torch.randn(1, S, H * D, generator=gen).to(device)
     with torch.no_grad():
         ref = model(x, [kv], text_start)
         assert compile_transformer(model, backend="aot_eager") == len(taus)
