@@ -24,7 +24,8 @@ class ConfigError(ValueError):
 
 @dataclass
 class XAttnConfig:
-    """How attention is replaced. Layers: 0..19 dual-stream, 20..59 single-stream (HunyuanVideo)."""
+    """How attention is replaced. Layer numbering per family: HunyuanVideo 0..19 dual-stream, 20..59 single-stream;
+    HunyuanVideo 1.5 0..53; Wan blocks 0..39 (14B); Wan 2.2's transformer_2 through ``expert2``."""
 
     threshold: Any = 0.9  # τ: float | list per layer | {default: τ, layer: τ}; entries may be per-head lists
     stride: int = 8
@@ -37,6 +38,9 @@ class XAttnConfig:
     backend: str = "auto"  # auto | torch | triton
     collect_stats: bool = True  # density per (step, layer); adds no host sync
     time_stats: bool = False  # estimate/attention time per (step, layer); synchronizes, for profiling only
+    # Wan 2.2 A14B: overrides for the second expert (transformer_2), layers numbered from 0 within it:
+    # {threshold: ..., dense_layers: [...]}; keys not given are inherited from the keys above.
+    expert2: Optional[dict[str, Any]] = None
 
 
 @dataclass
@@ -185,6 +189,14 @@ def validate_xattn(x: XAttnConfig) -> None:
     if any(not isinstance(layer, int) or layer < 0 for layer in x.dense_layers):
         fail("dense_layers", f"must list layer numbers >= 0, got {x.dense_layers}")
     _check_threshold_values(x.threshold)
+    if x.expert2 is not None:
+        unknown = sorted(set(x.expert2) - {"threshold", "dense_layers"})
+        if unknown:
+            fail("expert2", f"may set threshold and dense_layers only, got {unknown}")
+        if "threshold" in x.expert2:
+            _check_threshold_values(x.expert2["threshold"])
+        if any(not isinstance(layer, int) or layer < 0 for layer in x.expert2.get("dense_layers", [])):
+            fail("expert2.dense_layers", f"must list layer numbers >= 0, got {x.expert2['dense_layers']}")
 
 
 def _where(where: str) -> str:
