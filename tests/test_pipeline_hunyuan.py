@@ -9,7 +9,7 @@ from diffusers.models.transformers import transformer_hunyuan_video as hv
 
 from xattn_video.config import ConfigError
 from xattn_video.kernels import xattention
-from xattn_video.pipelines import processor as processor_module
+from xattn_video.pipelines import dispatch as dispatch_module
 from xattn_video.pipelines.hunyuan_video import XAttnHunyuanVideoPipeline, apply_xattention, attention_layers
 from xattn_video.pipelines.tiny import TINY_PROMPT_TEMPLATE, build_tiny_pipeline
 from xattn_video.warmup.schedule import StepTracker, timestep_index
@@ -55,12 +55,16 @@ def test_sparse_differs_but_stays_finite(pipe, stock):
 def test_remove_restores_stock_processors(pipe, stock):
     layers = attention_layers(pipe.transformer)
     before = [a.processor for a in layers]
+    stock_dispatch = hv.dispatch_attention_fn
     h = apply_xattention(pipe, {"threshold": 0.3, "block_size": 32, "warmup_steps": 0})
-    assert all(isinstance(a.processor, processor_module.XAttnHunyuanVideoAttnProcessor) for a in layers)
+    assert all(dispatch_module.has_xattention(a) for a in layers)
+    assert hv.dispatch_attention_fn is not stock_dispatch
     with pytest.raises(RuntimeError, match="already installed"):
         apply_xattention(pipe)
     h.remove()
     assert [a.processor for a in layers] == before
+    assert not any(dispatch_module.has_xattention(a) for a in [*layers, pipe.transformer])
+    assert hv.dispatch_attention_fn is stock_dispatch
     np.testing.assert_array_equal(_run(pipe), stock)
 
 
@@ -92,14 +96,14 @@ def test_step_index_survives_custom_sigmas_and_repeated_generations(pipe):
 
 def test_per_layer_thresholds_reach_the_right_layers(pipe, monkeypatch):
     seen = {}
-    real = processor_module.xattention
+    real = dispatch_module.xattention
 
     def spy(q, k, v, **kw):
         out = real(q, k, v, **kw)
         seen[kw["threshold"]] = seen.get(kw["threshold"], 0) + 1
         return out
 
-    monkeypatch.setattr(processor_module, "xattention", spy)
+    monkeypatch.setattr(dispatch_module, "xattention", spy)
     # layers 0,1 dual-stream; 2,3 single-stream in the tiny model
     cfg = {"threshold": {"default": 1.0, 1: 0.3, 2: [0.4, 0.6]}, "block_size": 32, "warmup_steps": 0,
            "dense_layers": [3]}
@@ -150,10 +154,10 @@ def test_padded_text_never_reaches_image_tokens(pipe):
     n_valid_text = 13
     mask = (torch.arange(136) < 96 + n_valid_text)[None, None, None, :]
     with apply_xattention(pipe, {"threshold": 0.6, "block_size": 32, "warmup_steps": 0}):
-        out_a, _ = attn.processor(attn, img, txt, attention_mask=mask)
+        out_a, _ = attn(img, txt, attention_mask=mask)
         txt2 = txt.clone()
         txt2[:, n_valid_text:] = 100 * torch.randn(1, 40 - n_valid_text, 128, generator=g)
-        out_b, _ = attn.processor(attn, img, txt2, attention_mask=mask)
+        out_b, _ = attn(img, txt2, attention_mask=mask)
     torch.testing.assert_close(out_a, out_b)
 
 
@@ -167,10 +171,10 @@ def test_non_prefix_mask_falls_back_to_dense_with_one_warning(pipe):
     expected = stock(attn, img, txt, attention_mask=mask)
     with apply_xattention(pipe, {"threshold": 0.3, "block_size": 32, "warmup_steps": 0}):
         with pytest.warns(RuntimeWarning, match="not a key-padding prefix"):
-            out = attn.processor(attn, img, txt, attention_mask=mask)
+            out = attn(img, txt, attention_mask=mask)
         with warnings.catch_warnings():
             warnings.simplefilter("error")
-            attn.processor(attn, img, txt, attention_mask=mask.clone())  # warned once only
+            attn(img, txt, attention_mask=mask.clone())  # warned once only
     torch.testing.assert_close(out[0], expected[0])
     torch.testing.assert_close(out[1], expected[1])
 
@@ -184,8 +188,7 @@ def test_config_errors_name_the_key(pipe):
         apply_xattention(pipe, {"dense_layers": [7]})
     with pytest.raises(ConfigError, match="treshold"):
         apply_xattention(pipe, {"treshold": 0.9})
-    assert not any(isinstance(a.processor, processor_module.XAttnHunyuanVideoAttnProcessor)
-                   for a in attention_layers(pipe.transformer))
+    assert not any(dispatch_module.has_xattention(a) for a in [*attention_layers(pipe.transformer), pipe.transformer])
 
 
 def test_pipeline_class_from_pretrained(pipe, tmp_path, stock):
