@@ -220,3 +220,57 @@ def test_step_tracker_outside_a_pipeline_loop():
     assert tracker.current() is None
     tracker.manual_step = 7
     assert tracker.current() == 7
+
+
+@pytest.mark.parametrize("how", ["components", "from_pipe"])
+def test_warmup_follows_the_pipeline_that_runs_the_transformer(pipe, how):
+    """Issue 14: the step comes from whichever pipeline calls the transformer, not the one seen at apply time."""
+    from diffusers import HunyuanVideoPipeline
+
+    with apply_xattention(pipe, {"threshold": 0.5, "block_size": 32, "warmup_steps": 1}) as h:
+        other = (HunyuanVideoPipeline(**pipe.components) if how == "components"
+                 else HunyuanVideoPipeline.from_pipe(pipe))
+        other.set_progress_bar_config(disable=True)
+        assert other.transformer is pipe.transformer
+        _run(other, num_inference_steps=2)
+        records = list(h.stats.records)
+    assert [(r.step, r.sparse) for r in records] == [(0, False)] * 4 + [(1, True)] * 4
+
+
+def test_saved_xattn_pipeline_loads_with_the_stock_loader(tmp_path):
+    """Issue 14: model_index.json names the stock class; construction and from_pretrained behave alike."""
+    import json
+
+    from diffusers import DiffusionPipeline, HunyuanVideoPipeline
+
+    from xattn_video.pipelines.tiny import build_tiny_components
+
+    built = XAttnHunyuanVideoPipeline(**build_tiny_components())
+    assert built.xattn_handle is not None and built.xattn_handle.config.threshold == 0.9  # the defaults
+    built.save_pretrained(tmp_path / "saved")
+    assert json.loads((tmp_path / "saved" / "model_index.json").read_text())["_class_name"] == "HunyuanVideoPipeline"
+    stock = DiffusionPipeline.from_pretrained(tmp_path / "saved")
+    assert type(stock) is HunyuanVideoPipeline
+    assert not any(dispatch_module.has_xattention(a) for a in attention_layers(stock.transformer))
+    loaded = XAttnHunyuanVideoPipeline.from_pretrained(tmp_path / "saved", xattn={"threshold": 0.7})
+    assert loaded.xattn_handle.config.threshold == 0.7
+    assert XAttnHunyuanVideoPipeline.from_pretrained(tmp_path / "saved").xattn_handle.config.threshold == 0.9
+    assert XAttnHunyuanVideoPipeline.from_pretrained(tmp_path / "saved", xattn=False).xattn_handle is None
+    for p in (built, loaded):
+        p.disable_xattention()
+
+
+def test_statistics_stay_bounded_over_many_calls():
+    """Issue 14: one running sum per (step, layer) and a bounded list of recent calls, not one tensor per call."""
+    from xattn_video.stats import AttentionStats
+
+    stats = AttentionStats(max_records=5)
+    for _generation in range(3):
+        for step in range(4):
+            stats.record(step, 0, 1.0, sparse=False)
+            stats.record(step, 1, torch.tensor(0.25), sparse=True)
+    assert stats.calls == 24 and len(stats.records) == 5
+    assert stats.tensor_count() == 4  # one per (step, layer 1), whatever the number of generations
+    summary = stats.summary()
+    assert summary["sparse_calls"] == 12 and summary["mean_density_sparse_calls"] == pytest.approx(0.25)
+    assert summary["density_per_step_layer"]["3"] == {"0": 1.0, "1": 0.25}
