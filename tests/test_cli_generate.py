@@ -171,3 +171,15 @@ def test_pipeline_class_comes_from_model_index(tmp_path):
     with pytest.raises(ModelLoadError, match="StableDiffusionPipeline, which XAttention does not support; "
                                              "supported pipelines: .*HunyuanVideo15Pipeline"):
         load_pipeline(ModelConfig(path=str(folder), device="cpu"))
+
+
+def test_family_presets_state_their_token_counts():
+    configs = Path(__file__).parents[1] / "configs"
+    for name, tokens in [("wan21-14b-720p-81f.yaml", "75,600"), ("wan22-a14b-720p.yaml", "75,600"),
+                         ("hunyuan15-720p.yaml", "111,600")]:
+        text = (configs / name).read_text()
+        run = load_config(configs / name)
+        assert tokens in text and (run.xattn.stride, run.xattn.threshold, run.xattn.warmup_steps) == (8, 0.9, 5)
+        g = run.generation
+        latent = ((g.frames - 1) // 4 + 1) * (g.height // 16) * (g.width // 16)  # Wan 8x + patch 2 = HV1.5 16x
+        assert f"{latent:,}" in text

@@ -145,7 +145,10 @@ def load_pipeline(model: ModelConfig, pipeline_cls: type | None = None) -> Any:
         dtype = DTYPES[model.dtype] if on_gpu else torch.float32
         rest = torch.float16 if on_gpu else torch.float32
         try:
-            pipe = cls.from_pretrained(source, dtype={"transformer": dtype, "transformer_2": dtype, "default": rest})
+            dtypes = {"transformer": dtype, "transformer_2": dtype, "default": rest}
+            if cls.__name__.startswith("Wan"):
+                dtypes["vae"] = torch.float32  # as Wan's model cards load it
+            pipe = cls.from_pretrained(source, dtype=dtypes)
         except (OSError, ValueError, ConnectionError) as exc:
             where = "the local folder" if Path(source).exists() else "the Hugging Face hub"
             raise ModelLoadError(
