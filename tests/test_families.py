@@ -174,3 +174,18 @@ def test_dispatch_patch_is_reference_counted():
     hb.remove()
     hb.remove()  # idempotent
     assert module.dispatch_attention_fn is stock
+
+
+def test_hunyuan_video_i2v_pipeline_is_detected_and_hooked():
+    """HunyuanVideo I2V shares the T2V transformer layout (no tiny Llava text encoder here: only the install)."""
+    from diffusers import HunyuanVideoImageToVideoPipeline
+    from transformers import CLIPImageProcessor
+
+    from xattn_video.pipelines.tiny import build_tiny_components
+
+    pipe = HunyuanVideoImageToVideoPipeline(**build_tiny_components(), image_processor=CLIPImageProcessor())
+    with apply_xattention(pipe, {"threshold": {"default": 0.9, 3: 0.5}}) as h:
+        assert h.family.name == "hunyuan_video" and len(h.layers) == 4
+        assert h.state.plan.threshold(3) == 0.5
+        assert all(dispatch_module.has_xattention(layer.module) for layer in h.layers)
+    assert not any(dispatch_module.has_xattention(m) for m in pipe.transformer.modules())

@@ -12,13 +12,14 @@ __all__ = [
     "block_sparse_attention",
     "estimate_block_scores",
     "select_blocks",
+    "supported_pipelines",
     "xattention",
 ]
 
 
 def __getattr__(name: str):
     # The diffusers integration loads lazily, so importing the kernels does not import diffusers.
-    if name in ("apply_xattention", "XAttnHunyuanVideoPipeline"):
+    if name in ("apply_xattention", "XAttnHunyuanVideoPipeline", "supported_pipelines"):
         from . import pipelines
 
         return getattr(pipelines, name)
