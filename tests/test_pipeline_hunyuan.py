@@ -247,6 +247,7 @@ def test_saved_xattn_pipeline_loads_with_the_stock_loader(tmp_path):
 
     built = XAttnHunyuanVideoPipeline(**build_tiny_components())
     assert built.xattn_handle is not None and built.xattn_handle.config.threshold == 0.9  # the defaults
+    assert XAttnHunyuanVideoPipeline.from_pipe(built).xattn_handle is None  # shares built's install, no error
     built.save_pretrained(tmp_path / "saved")
     assert json.loads((tmp_path / "saved" / "model_index.json").read_text())["_class_name"] == "HunyuanVideoPipeline"
     stock = DiffusionPipeline.from_pretrained(tmp_path / "saved")

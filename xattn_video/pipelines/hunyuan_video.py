@@ -12,9 +12,12 @@ from __future__ import annotations
 
 from typing import Any
 
-from diffusers import HunyuanVideoPipeline
+from diffusers import (AutoencoderKLHunyuanVideo, FlowMatchEulerDiscreteScheduler, HunyuanVideoPipeline,
+                       HunyuanVideoTransformer3DModel)
+from transformers import CLIPTextModel, CLIPTokenizer, LlamaModel, LlamaTokenizerFast
 
 from ..config import XAttnConfig
+from .dispatch import has_xattention
 from .family import FamilyAdapter, XAttentionHandle, apply_xattention, register_family
 
 __all__ = ["HUNYUAN_VIDEO", "XAttentionHandle", "XAttnHunyuanVideoPipeline", "apply_xattention", "attention_layers"]
@@ -46,18 +49,22 @@ class XAttnHunyuanVideoPipeline(HunyuanVideoPipeline):
     """``HunyuanVideoPipeline`` with XAttention.
 
     One behaviour for every way of building it: construction (directly, ``from_pretrained``, ``from_pipe``)
-    installs XAttention with the defaults; ``from_pretrained(path, xattn=cfg)`` installs ``cfg`` instead
+    installs XAttention with the defaults (unless the transformer already has it, e.g. ``from_pipe`` of another
+    XAttention pipeline: that install serves both, as the step follows whichever pipeline runs); ``from_pretrained(path, xattn=cfg)`` installs ``cfg`` instead
     (``xattn=False``: nothing), ``enable_xattention(cfg)`` changes it and ``disable_xattention()`` removes it.
     ``save_pretrained`` writes the stock class name into ``model_index.json``, so the saved folder loads with
     ``DiffusionPipeline.from_pretrained`` (as a stock ``HunyuanVideoPipeline``) and with this class.
     """
 
-    def __init__(self, text_encoder: Any, tokenizer: Any, transformer: Any, vae: Any, scheduler: Any,
-                 text_encoder_2: Any, tokenizer_2: Any):
+    # the stock annotations: from_pipe matches components by them
+    def __init__(self, text_encoder: LlamaModel, tokenizer: LlamaTokenizerFast,
+                 transformer: HunyuanVideoTransformer3DModel, vae: AutoencoderKLHunyuanVideo,
+                 scheduler: FlowMatchEulerDiscreteScheduler, text_encoder_2: CLIPTextModel, tokenizer_2: CLIPTokenizer):
         super().__init__(text_encoder=text_encoder, tokenizer=tokenizer, transformer=transformer, vae=vae,
                          scheduler=scheduler, text_encoder_2=text_encoder_2, tokenizer_2=tokenizer_2)
         self.__dict__["_xattn_handle"] = None
-        self.enable_xattention(None)
+        if not has_xattention(transformer):  # from_pipe of an XAttn pipeline: its install already serves both
+            self.enable_xattention(None)
 
     @classmethod
     def from_pretrained(cls, pretrained_model_name_or_path: Any, *args: Any,
