@@ -189,3 +189,16 @@ def test_hunyuan_video_i2v_pipeline_is_detected_and_hooked():
         assert h.state.plan.threshold(3) == 0.5
         assert all(dispatch_module.has_xattention(layer.module) for layer in h.layers)
     assert not any(dispatch_module.has_xattention(m) for m in pipe.transformer.modules())
+
+
+def test_compare_runs_on_a_two_expert_wan(tmp_path):
+    from xattn_video.compare import compare
+    from xattn_video.config import load_config
+
+    run = load_config(overrides=["model.path=tiny-wan22", "generation.frames=5", "generation.steps=2",
+                                 "generation.height=96", "generation.width=96", "xattn.block_size=16",
+                                 "xattn.warmup_steps=0"])
+    report = compare(run, ["a dog"], [0], "psnr", tmp_path / "cmp", show_progress=False)
+    item = report["items"][0]
+    assert set(item["density_per_step_layer"]["1"]) == {"t2.0", "t2.1"}
+    assert item["pairwise"]["psnr"] is not None and (tmp_path / "cmp" / "density_heatmap.png").is_file()
