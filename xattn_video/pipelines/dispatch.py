@@ -17,6 +17,9 @@ How it works (diffusers 0.42):
 * Inside an active layer, a call runs dense (the original dispatch call with the same arguments: bit-identical)
   or ``xattention`` with ``kv_len`` from the key-padding mask and the text region forced.
 
+torch.compile: the layer hooks and this function trace with ``fullgraph=True`` when the blocks are compiled
+(regional compilation); the StepHook's call-stack walk is a graph break, so compile blocks, not the whole model.
+
 Context parallelism: with a ``parallel_config`` whose Ulysses degree N > 1, the sparse call runs inside diffusers'
 own all-to-all (``_templated_context_parallel_attention``): our forward op sees the full sequence for H/N heads
 (rank r holds heads [r·H/N, (r+1)·H/N), the mask all-gathered by diffusers), per-head τ lists are sliced to those
