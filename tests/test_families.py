@@ -202,3 +202,23 @@ def test_compare_runs_on_a_two_expert_wan(tmp_path):
     item = report["items"][0]
     assert set(item["density_per_step_layer"]["1"]) == {"t2.0", "t2.1"}
     assert item["pairwise"]["psnr"] is not None and (tmp_path / "cmp" / "density_heatmap.png").is_file()
+
+
+def test_blocks_compile_with_fullgraph():
+    """Regional compilation (what diffusers recommends) traces the layer hook and the patched dispatch in one graph."""
+    pipe = build_tiny_wan_pipeline()
+    model = pipe.transformer
+    g = torch.Generator().manual_seed(0)
+    inputs = dict(hidden_states=torch.randn(1, 16, 2, 8, 8, generator=g), timestep=torch.tensor([500.0]),
+                  encoder_hidden_states=torch.randn(1, 8, 32, generator=g), return_dict=False)
+    with apply_xattention(pipe, {"threshold": 0.5, "block_size": 16, "warmup_steps": 0, "backend": "torch"}) as h:
+        with torch.no_grad():
+            eager = model(**inputs)[0]
+            torch._dynamo.reset()
+            for block in model.blocks:
+                block.compile(backend="eager", fullgraph=True)
+            compiled = model(**inputs)[0]
+        assert h.summary()["sparse_calls"] == 4
+    torch.testing.assert_close(compiled, eager)
+    for block in model.blocks:
+        block._compiled_call_impl = None  # leave the module eager for other tests
