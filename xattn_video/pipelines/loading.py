@@ -60,7 +60,7 @@ def pipeline_class_for(model: ModelConfig) -> type:
 
     if is_tiny(model):
         return getattr(diffusers, _TINY_CLASSES[model.path])
-    return resolve_pipeline_class(pipeline_class_name(_check_source(model.path)))
+    return resolve_pipeline_class(pipeline_class_name(_check_source(model.path, files=False)))
 
 
 def takes_image(cls: type) -> bool:
@@ -139,8 +139,10 @@ def load_pipeline(model: ModelConfig, pipeline_cls: type | None = None) -> Any:
                     getattr(pipe, attr).to(DTYPES[model.dtype])
         tiling = bool(model.vae_tiling)
     else:
-        source = _check_source(model.path)
+        source = _check_source(model.path, files=False)
         cls = pipeline_cls or resolve_pipeline_class(pipeline_class_name(source))
+        if Path(source).exists():
+            _check_local_files(Path(source))  # after the class: an unsupported pipeline is said first
         _check_extras(cls)
         dtype = DTYPES[model.dtype] if on_gpu else torch.float32
         rest = torch.float16 if on_gpu else torch.float32
@@ -179,12 +181,14 @@ def _check_extras(cls: type) -> None:
                              "pip install ftfy")
 
 
-def _check_source(path: str) -> str:
+def _check_source(path: str, files: bool = True) -> str:
+    """The local folder or hub id to load; ``files``: also check a local folder's component files."""
     local = Path(path).expanduser()
     if local.exists():
         if not (local / "model_index.json").is_file():
             raise ModelLoadError(f"{local} is not a diffusers pipeline folder (it has no model_index.json)")
-        _check_local_files(local)
+        if files:
+            _check_local_files(local)
         return str(local)
     if path.startswith((".", "/", "~")) or not HUB_ID.match(path):
         raise ModelLoadError(f"model path {path!r} does not exist (and is not a hub id of the form owner/name)")
