@@ -208,21 +208,29 @@ def test_compare_runs_on_a_two_expert_wan(tmp_path):
     assert item["pairwise"]["psnr"] is not None and (tmp_path / "cmp" / "density_heatmap.png").is_file()
 
 
-def test_blocks_compile_with_fullgraph():
-    """Regional compilation (what diffusers recommends) traces the layer hook and the patched dispatch in one graph."""
+@pytest.mark.parametrize("cfg,sparse_calls", [({"threshold": 0.5}, 4), ({"threshold": 1.0}, 0),
+                                              ({"threshold": 0.5, "selection_reuse": 2}, 4)],
+                         ids=["sparse", "fast-dense", "reuse"])
+def test_blocks_compile_with_fullgraph(cfg, sparse_calls):
+    """Regional compilation (what diffusers recommends) traces the layer hook and the patched dispatch in one graph
+    (sparse, the fast dense path, a reused selection)."""
     pipe = build_tiny_wan_pipeline()
     model = pipe.transformer
     g = torch.Generator().manual_seed(0)
     inputs = dict(hidden_states=torch.randn(1, 16, 2, 8, 8, generator=g), timestep=torch.tensor([500.0]),
                   encoder_hidden_states=torch.randn(1, 8, 32, generator=g), return_dict=False)
-    with apply_xattention(pipe, {"threshold": 0.5, "block_size": 16, "warmup_steps": 0, "backend": "torch"}) as h:
+    with apply_xattention(pipe, {**cfg, "block_size": 16, "warmup_steps": 0, "backend": "torch"}) as h:
+        h.tracker.manual_step = 1
         with torch.no_grad():
             eager = model(**inputs)[0]
             torch._dynamo.reset()
             for block in model.blocks:
                 block.compile(backend="eager", fullgraph=True)
+            h.tracker.manual_step = 2  # with reuse: the compiled forward reuses the eager forward's selections
             compiled = model(**inputs)[0]
-        assert h.summary()["sparse_calls"] == 4
+        assert h.summary()["sparse_calls"] == sparse_calls
+        if cfg.get("selection_reuse"):
+            assert h.state.reuse.hits == 2
     torch.testing.assert_close(compiled, eager)
     for block in model.blocks:
         block._compiled_call_impl = None  # leave the module eager for other tests
