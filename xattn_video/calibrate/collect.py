@@ -4,8 +4,8 @@ Hook contract (what a pipeline's attention mechanism must do, per attention call
 if the call is sparse-eligible and its key mask is a usable key-padding prefix, call
 ``observer.observe(step, layer, q, k, v, kv_len, text_start)`` with ``layer`` the layer label (5, or "t2.5" for
 Wan 2.2's ``transformer_2``), q/k/v [B, S, H, D], kv_len an int32 tensor [B] or None, text_start the first text
-position when text forcing is on (else None), before the attention itself; then, if ``observer.run_dense`` is true, run dense attention (the reference trajectory)
-instead of XAttention. The collector re-checks warmup steps and dense layers with its own ``AttentionPlan`` per
+position when text forcing is on (else None), before the attention itself; then, if ``observer.run_dense`` is
+true, run dense attention (the reference trajectory) instead of XAttention. The collector re-checks warmup steps and dense layers with its own ``AttentionPlan`` per
 expert, so calling it on every call is also correct. ``xattn_video.pipelines.dispatch`` implements the contract
 for every family (``handle.state.observer``).
 """
