@@ -196,7 +196,7 @@ def test_hunyuan_video_i2v_pipeline_is_detected_and_hooked():
 
 
 def test_compare_runs_on_a_two_expert_wan(tmp_path):
-    from xattn_video.compare import compare
+    from xattn_video.eval.compare import compare
     from xattn_video.config import load_config
 
     run = load_config(overrides=["model.path=tiny-wan22", "generation.frames=5", "generation.steps=2",
