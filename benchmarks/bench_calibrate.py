@@ -84,11 +84,14 @@ TINY_TRANSFORMER = dict(in_channels=4, out_channels=4, num_attention_heads=2, at
                         guidance_embeds=True, text_embed_dim=32, pooled_projection_dim=32, rope_axes_dim=(16, 24, 24))
 
 
-class _Pipe:
-    """Just enough of a pipeline for ``apply_xattention``: a transformer (steps are set by hand)."""
+def _pipe(transformer):
+    """Just enough of a HunyuanVideoPipeline for ``apply_xattention`` (family by class): a transformer; the steps
+    are set by hand."""
+    from diffusers import HunyuanVideoPipeline
 
-    def __init__(self, transformer):
-        self.transformer = transformer
+    pipe = HunyuanVideoPipeline.__new__(HunyuanVideoPipeline)
+    object.__setattr__(pipe, "transformer", transformer)
+    return pipe
 
 
 def model_timing(args) -> int:
@@ -97,7 +100,7 @@ def model_timing(args) -> int:
 
     from xattn_video.calibrate import Collector
     from xattn_video.config import XAttnConfig
-    from xattn_video.pipelines.hunyuan_video import apply_xattention
+    from xattn_video.pipelines import apply_xattention
 
     device = args.device
     tiny = device != "cuda"
@@ -122,7 +125,7 @@ def model_timing(args) -> int:
         pooled_projections=torch.randn(1, cfg.pooled_projection_dim, generator=g, device=device, dtype=dtype),
         guidance=torch.tensor([6000.0], device=device, dtype=dtype),
     )
-    pipe = _Pipe(transformer)
+    pipe = _pipe(transformer)
     sync = torch.cuda.synchronize if device == "cuda" else (lambda: None)
     xcfg = XAttnConfig(threshold=0.5, warmup_steps=0, block_size=32 if tiny else 128, backend="auto",
                        collect_stats=False)

@@ -142,3 +142,63 @@ def test_compare_metric_mistakes_are_one_line_and_exit_2(tmp_path, capsys, metri
     assert err.startswith("xvid compare: error: ") and message in err
     assert err.count("\n") == 1 and "Traceback" not in err
     assert not out.exists() or not any(out.iterdir())  # refused before anything was written
+
+
+@pytest.mark.parametrize(
+    "model,image,message",
+    [
+        ("tiny-wan", "cond.png", "text-to-video and takes no --image"),
+        ("tiny-wan-i2v", None, "image-to-video: pass --image"),
+        ("tiny-wan-i2v", "missing.png", "image file not found"),
+        ("tiny-hunyuan15-i2v", "garbage.png", "cannot read"),
+    ],
+)
+def test_bad_image_is_a_clear_error_and_writes_nothing(tmp_path, capsys, model, image, message):
+    from PIL import Image
+
+    inputs = tmp_path / "inputs"
+    inputs.mkdir()
+    Image.new("RGB", (32, 32)).save(inputs / "cond.png")
+    (inputs / "garbage.png").write_bytes(b"not an image")
+    out_dir = tmp_path / "out"
+    out_dir.mkdir()
+    args = ["generate", "--model", model, "--steps", "1", "--out", str(out_dir / "v.mp4")]
+    if image is not None:
+        args += ["--image", str(inputs / image)]
+    assert main(args) == 2
+    assert message in capsys.readouterr().err
+    assert list(out_dir.iterdir()) == []
+
+
+def test_generate_tiny_wan22_records_both_experts(tmp_path):
+    out = tmp_path / "w.mp4"
+    assert main(["generate", "--model", "tiny-wan22", "--frames", "5", "--steps", "2", "--height", "96", "--width",
+                 "96", "--set", "xattn.warmup_steps=0", "--set", "xattn.block_size=16", "--out", str(out)]) == 0
+    table = json.loads(out.with_suffix(".json").read_text())["xattn"]["density_per_step_layer"]
+    assert set(table["0"]) == {"0", "1"} and set(table["1"]) == {"t2.0", "t2.1"}  # boundary 0.5 of 2 steps
+
+
+def test_pipeline_class_comes_from_model_index(tmp_path):
+    from xattn_video.config import ModelConfig
+    from xattn_video.pipelines.loading import pipeline_class_for
+
+    folder = tmp_path / "ckpt"
+    folder.mkdir()
+    (folder / "model_index.json").write_text(json.dumps({"_class_name": "WanImageToVideoPipeline"}))
+    assert pipeline_class_for(ModelConfig(path=str(folder))).__name__ == "WanImageToVideoPipeline"
+    (folder / "model_index.json").write_text(json.dumps({"_class_name": "StableDiffusionPipeline"}))
+    with pytest.raises(ModelLoadError, match="StableDiffusionPipeline, which XAttention does not support; "
+                                             "supported pipelines: .*HunyuanVideo15Pipeline"):
+        load_pipeline(ModelConfig(path=str(folder), device="cpu"))
+
+
+def test_family_presets_state_their_token_counts():
+    configs = Path(__file__).parents[1] / "configs"
+    for name, tokens in [("wan21-14b-720p-81f.yaml", "75,600"), ("wan22-a14b-720p.yaml", "75,600"),
+                         ("hunyuan15-720p.yaml", "111,600")]:
+        text = (configs / name).read_text()
+        run = load_config(configs / name)
+        assert tokens in text and (run.xattn.stride, run.xattn.threshold, run.xattn.warmup_steps) == (8, 0.9, 5)
+        g = run.generation
+        latent = ((g.frames - 1) // 4 + 1) * (g.height // 16) * (g.width // 16)  # Wan 8x + patch 2 = HV1.5 16x
+        assert f"{latent:,}" in text

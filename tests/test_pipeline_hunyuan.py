@@ -9,7 +9,7 @@ from diffusers.models.transformers import transformer_hunyuan_video as hv
 
 from xattn_video.config import ConfigError
 from xattn_video.kernels import xattention
-from xattn_video.pipelines import processor as processor_module
+from xattn_video.pipelines import dispatch as dispatch_module
 from xattn_video.pipelines.hunyuan_video import XAttnHunyuanVideoPipeline, apply_xattention, attention_layers
 from xattn_video.pipelines.tiny import TINY_PROMPT_TEMPLATE, build_tiny_pipeline
 from xattn_video.warmup.schedule import StepTracker, timestep_index
@@ -46,8 +46,8 @@ def test_tau_one_and_full_warmup_equal_stock(pipe, stock):
 
 def test_fast_dense_backend_matches_stock_up_to_rounding(pipe, stock, monkeypatch):
     calls = []
-    real = processor_module.dense_attention
-    monkeypatch.setattr(processor_module, "dense_attention", lambda *a: calls.append(a[3]) or real(*a))
+    real = dispatch_module.dense_attention
+    monkeypatch.setattr(dispatch_module, "dense_attention", lambda *a: calls.append(a[3]) or real(*a))
     with apply_xattention(pipe, {"threshold": 1.0, "block_size": 32, "warmup_steps": 0}) as h:
         assert h.config.dense_backend == "fast"  # the default
         frames = _run(pipe)
@@ -68,12 +68,16 @@ def test_sparse_differs_but_stays_finite(pipe, stock):
 def test_remove_restores_stock_processors(pipe, stock):
     layers = attention_layers(pipe.transformer)
     before = [a.processor for a in layers]
+    stock_dispatch = hv.dispatch_attention_fn
     h = apply_xattention(pipe, {"threshold": 0.3, "block_size": 32, "warmup_steps": 0})
-    assert all(isinstance(a.processor, processor_module.XAttnHunyuanVideoAttnProcessor) for a in layers)
+    assert all(dispatch_module.has_xattention(a) for a in layers)
+    assert hv.dispatch_attention_fn is not stock_dispatch
     with pytest.raises(RuntimeError, match="already installed"):
         apply_xattention(pipe)
     h.remove()
     assert [a.processor for a in layers] == before
+    assert not any(dispatch_module.has_xattention(a) for a in [*layers, pipe.transformer])
+    assert hv.dispatch_attention_fn is stock_dispatch
     np.testing.assert_array_equal(_run(pipe), stock)
 
 
@@ -105,14 +109,14 @@ def test_step_index_survives_custom_sigmas_and_repeated_generations(pipe):
 
 def test_per_layer_thresholds_reach_the_right_layers(pipe, monkeypatch):
     seen = {}
-    real = processor_module.xattention
+    real = dispatch_module.xattention
 
     def spy(q, k, v, **kw):
         out = real(q, k, v, **kw)
         seen[kw["threshold"]] = seen.get(kw["threshold"], 0) + 1
         return out
 
-    monkeypatch.setattr(processor_module, "xattention", spy)
+    monkeypatch.setattr(dispatch_module, "xattention", spy)
     # layers 0,1 dual-stream; 2,3 single-stream in the tiny model
     cfg = {"threshold": {"default": 1.0, 1: 0.3, 2: [0.4, 0.6]}, "block_size": 32, "warmup_steps": 0,
            "dense_layers": [3]}
@@ -163,10 +167,10 @@ def test_padded_text_never_reaches_image_tokens(pipe):
     n_valid_text = 13
     mask = (torch.arange(136) < 96 + n_valid_text)[None, None, None, :]
     with apply_xattention(pipe, {"threshold": 0.6, "block_size": 32, "warmup_steps": 0}):
-        out_a, _ = attn.processor(attn, img, txt, attention_mask=mask)
+        out_a, _ = attn(img, txt, attention_mask=mask)
         txt2 = txt.clone()
         txt2[:, n_valid_text:] = 100 * torch.randn(1, 40 - n_valid_text, 128, generator=g)
-        out_b, _ = attn.processor(attn, img, txt2, attention_mask=mask)
+        out_b, _ = attn(img, txt2, attention_mask=mask)
     torch.testing.assert_close(out_a, out_b)
 
 
@@ -180,10 +184,10 @@ def test_non_prefix_mask_falls_back_to_dense_with_one_warning(pipe):
     expected = stock(attn, img, txt, attention_mask=mask)
     with apply_xattention(pipe, {"threshold": 0.3, "block_size": 32, "warmup_steps": 0}):
         with pytest.warns(RuntimeWarning, match="not a key-padding prefix"):
-            out = attn.processor(attn, img, txt, attention_mask=mask)
+            out = attn(img, txt, attention_mask=mask)
         with warnings.catch_warnings():
             warnings.simplefilter("error")
-            attn.processor(attn, img, txt, attention_mask=mask.clone())  # warned once only
+            attn(img, txt, attention_mask=mask.clone())  # warned once only
     torch.testing.assert_close(out[0], expected[0])
     torch.testing.assert_close(out[1], expected[1])
 
@@ -197,8 +201,7 @@ def test_config_errors_name_the_key(pipe):
         apply_xattention(pipe, {"dense_layers": [7]})
     with pytest.raises(ConfigError, match="treshold"):
         apply_xattention(pipe, {"treshold": 0.9})
-    assert not any(isinstance(a.processor, processor_module.XAttnHunyuanVideoAttnProcessor)
-                   for a in attention_layers(pipe.transformer))
+    assert not any(dispatch_module.has_xattention(a) for a in [*attention_layers(pipe.transformer), pipe.transformer])
 
 
 def test_pipeline_class_from_pretrained(pipe, tmp_path, stock):
@@ -235,8 +238,10 @@ def test_step_tracker_outside_a_pipeline_loop():
 
 def test_selection_reuse_skips_the_estimate_on_reused_steps(pipe, stock, monkeypatch):
     calls = []
-    real = processor_module.estimate_block_scores
-    monkeypatch.setattr(processor_module, "estimate_block_scores", lambda *a, **kw: calls.append(1) or real(*a, **kw))
+    from xattn_video.kernels import api
+
+    real = api._estimate
+    monkeypatch.setattr(api, "_estimate", lambda *a, **kw: calls.append(1) or real(*a, **kw))
     cfg = {"threshold": 0.5, "block_size": 32, "warmup_steps": 1, "selection_reuse": 2}
     with apply_xattention(pipe, cfg) as h:
         frames = _run(pipe)
@@ -247,3 +252,58 @@ def test_selection_reuse_skips_the_estimate_on_reused_steps(pipe, stock, monkeyp
     assert len(calls) == 2 * n_layers and hits == n_layers
     assert sum(r.sparse for r in records) == 3 * n_layers
     assert np.isfinite(frames).all() and np.abs(frames - stock).max() > 1e-4
+
+
+@pytest.mark.parametrize("how", ["components", "from_pipe"])
+def test_warmup_follows_the_pipeline_that_runs_the_transformer(pipe, how):
+    """Issue 14: the step comes from whichever pipeline calls the transformer, not the one seen at apply time."""
+    from diffusers import HunyuanVideoPipeline
+
+    with apply_xattention(pipe, {"threshold": 0.5, "block_size": 32, "warmup_steps": 1}) as h:
+        other = (HunyuanVideoPipeline(**pipe.components) if how == "components"
+                 else HunyuanVideoPipeline.from_pipe(pipe))
+        other.set_progress_bar_config(disable=True)
+        assert other.transformer is pipe.transformer
+        _run(other, num_inference_steps=2)
+        records = list(h.stats.records)
+    assert [(r.step, r.sparse) for r in records] == [(0, False)] * 4 + [(1, True)] * 4
+
+
+def test_saved_xattn_pipeline_loads_with_the_stock_loader(tmp_path):
+    """Issue 14: model_index.json names the stock class; construction and from_pretrained behave alike."""
+    import json
+
+    from diffusers import DiffusionPipeline, HunyuanVideoPipeline
+
+    from xattn_video.pipelines.tiny import build_tiny_components
+
+    built = XAttnHunyuanVideoPipeline(**build_tiny_components())
+    assert built.xattn_handle is not None and built.xattn_handle.config.threshold == 0.9  # the defaults
+    assert XAttnHunyuanVideoPipeline.from_pipe(built).xattn_handle is None  # shares built's install, no error
+    built.save_pretrained(tmp_path / "saved")
+    assert json.loads((tmp_path / "saved" / "model_index.json").read_text())["_class_name"] == "HunyuanVideoPipeline"
+    stock = DiffusionPipeline.from_pretrained(tmp_path / "saved")
+    assert type(stock) is HunyuanVideoPipeline
+    assert not any(dispatch_module.has_xattention(a) for a in attention_layers(stock.transformer))
+    loaded = XAttnHunyuanVideoPipeline.from_pretrained(tmp_path / "saved", xattn={"threshold": 0.7})
+    assert loaded.xattn_handle.config.threshold == 0.7
+    assert XAttnHunyuanVideoPipeline.from_pretrained(tmp_path / "saved").xattn_handle.config.threshold == 0.9
+    assert XAttnHunyuanVideoPipeline.from_pretrained(tmp_path / "saved", xattn=False).xattn_handle is None
+    for p in (built, loaded):
+        p.disable_xattention()
+
+
+def test_statistics_stay_bounded_over_many_calls():
+    """Issue 14: one running sum per (step, layer) and a bounded list of recent calls, not one tensor per call."""
+    from xattn_video.stats import AttentionStats
+
+    stats = AttentionStats(max_records=5)
+    for _generation in range(3):
+        for step in range(4):
+            stats.record(step, 0, 1.0, sparse=False)
+            stats.record(step, 1, torch.tensor(0.25), sparse=True)
+    assert stats.calls == 24 and len(stats.records) == 5
+    assert stats.tensor_count() == 4  # one per (step, layer 1), whatever the number of generations
+    summary = stats.summary()
+    assert summary["sparse_calls"] == 12 and summary["mean_density_sparse_calls"] == pytest.approx(0.25)
+    assert summary["density_per_step_layer"]["3"] == {"0": 1.0, "1": 0.25}

@@ -35,9 +35,11 @@ def test_timing_table_sums_per_step_and_layer():
     stats.record(0, 1, torch.tensor(0.25), sparse=True, watch=FakeWatch([1.0, 4.0]))  # same step and layer: summed
     stats.record(0, 2, 1.0, sparse=False, watch=FakeWatch([7.0]))  # dense call: attention only
     stats.record(1, 1, 1.0, sparse=False)  # untimed: not in the table
-    assert stats.timing_table() == {0: {1: {"estimate_ms": 3.0, "attention_ms": 7.0},
-                                        2: {"estimate_ms": 0.0, "attention_ms": 7.0}}}
-    assert stats.density_table() == {0: {1: 0.375, 2: 1.0}, 1: {1: 1.0}}
+    stats.record(1, 3, torch.tensor(0.5), sparse=True, watch=FakeWatch([1.0, 0.5, 2.0]))  # the operator's marks
+    assert stats.timing_table() == {0: {1: {"estimate_ms": 3.0, "selection_ms": 0.0, "attention_ms": 7.0},
+                                        2: {"estimate_ms": 0.0, "selection_ms": 0.0, "attention_ms": 7.0}},
+                                    1: {3: {"estimate_ms": 1.0, "selection_ms": 0.5, "attention_ms": 2.0}}}
+    assert stats.density_table() == {0: {1: 0.375, 2: 1.0}, 1: {1: 1.0, 3: 0.5}}
 
 
 def test_xattention_marks_each_step_and_returns_the_same_output(gen):
@@ -45,7 +47,7 @@ def test_xattention_marks_each_step_and_returns_the_same_output(gen):
     kw = dict(threshold=0.6, block_size=32, stride=8, kv_len=[150, 97], backend="torch")
     watch = Stopwatch(q.device)
     out, sel = xattention(q, k, v, return_selection=True, stopwatch=watch, **kw)
-    assert len(watch.marks) == 3  # before estimate, after selection, after attention
+    assert len(watch.marks) == 4  # before estimate, after estimate, after selection, after attention
     assert all(ms >= 0 for ms in watch.intervals_ms())
     ref, ref_sel = xattention(q, k, v, return_selection=True, **kw)
     assert_close(out, ref, atol=0, rtol=0, seed=gen)

@@ -15,8 +15,10 @@ _LAZY = {
     "estimate_block_scores": "kernels",
     "select_blocks": "kernels",
     "xattention": "kernels",
-    "apply_xattention": "pipelines",  # the diffusers integration: importing the kernels never imports diffusers
+    # the diffusers integration: importing the kernels never imports diffusers
+    "apply_xattention": "pipelines",
     "XAttnHunyuanVideoPipeline": "pipelines",
+    "supported_pipelines": "pipelines",
 }
 
 __all__ = ["__version__", *_LAZY]

@@ -7,7 +7,7 @@ import sys
 from pathlib import Path
 from typing import Any, Sequence
 
-from .config import ConfigError, load_config
+from .config import TINY_MODELS, ConfigError, load_config
 # Every user mistake is one of these: the CLI prints one line and exits 2. Anything else is a bug: traceback.
 # torch and diffusers load only once a command runs, so `xvid --help` and argument errors are instant.
 
@@ -24,7 +24,10 @@ def _user_errors() -> tuple[type[BaseException], ...]:
 
 
 def _add_run_options(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--model", help="'tiny' (built-in random-weight model), a local diffusers folder, or a hub id")
+    p.add_argument("--model", help="a built-in random-weight model (tiny, tiny-wan, tiny-wan22, tiny-wan-i2v, "
+                                   "tiny-wan22-i2v, tiny-hunyuan15, tiny-hunyuan15-i2v), a local diffusers folder or "
+                                   "a hub id; the pipeline class comes from its model_index.json")
+    p.add_argument("--image", help="conditioning image file (image-to-video pipelines only)")
     p.add_argument("--config", type=Path, help="YAML preset (see configs/)")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="override any config key, e.g. --set xattn.threshold=0.95 (repeatable)")
@@ -48,6 +51,8 @@ def _cli_values(args: argparse.Namespace) -> dict[str, Any]:
     for key in ("height", "width", "frames", "steps"):
         if getattr(args, key) is not None:
             extra["generation"][key] = getattr(args, key)
+    if getattr(args, "image", None) is not None:
+        extra["generation"]["image"] = args.image
     for key in ("prompt", "seed"):
         if getattr(args, key, None) is not None:
             extra["generation"][key] = getattr(args, key)
@@ -66,8 +71,9 @@ def cmd_generate(args: argparse.Namespace) -> int:
         print(f"xvid generate: error: {exc}", file=sys.stderr)
         return 1
     g = run.generation
-    steps = len(result.seconds_per_step)
-    line = (f"wrote {result.video_path} ({result.frames.shape[0]} frames {g.width}x{g.height}, {steps} steps in "
+    steps = g.steps
+    frames, height, width = result.frames.shape[:3]
+    line = (f"wrote {result.video_path} ({frames} frames {width}x{height}, {steps} steps in "
             f"{result.seconds_total:.1f} s, {result.seconds_total / max(1, steps):.2f} s/step)")
     if result.xattn is not None:
         density = result.mean_density
@@ -78,8 +84,8 @@ def cmd_generate(args: argparse.Namespace) -> int:
         line += "; dense attention"
     print(line)
     print(f"run record: {result.json_path}")
-    if run.model.path == "tiny":
-        print("note: the built-in tiny model has random weights, so its video is noise")
+    if run.model.path in TINY_MODELS:
+        print("note: the built-in tiny models have random weights, so their videos are noise")
     return 0
 
 

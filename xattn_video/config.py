@@ -18,6 +18,17 @@ from omegaconf.errors import OmegaConfBaseException
 
 TINY_MODEL = "tiny"
 DENSE_BACKENDS = ("fast", "stock")
+# Built-in tiny random-weight models (their videos are noise) -> what they change in the defaults besides
+# TINY_DEFAULTS: sizes that run on a CPU in seconds (Wan 2.1 I2V needs 512 text tokens: its processor hard-codes them).
+TINY_MODELS: dict[str, dict[str, Any]] = {
+    "tiny": {},
+    "tiny-wan": {"generation": {"height": 128, "width": 128, "guidance_scale": 5.0}},
+    "tiny-wan22": {"generation": {"height": 128, "width": 128, "guidance_scale": 5.0}},
+    "tiny-wan-i2v": {"generation": {"height": 128, "width": 128, "guidance_scale": 5.0, "max_sequence_length": 512}},
+    "tiny-wan22-i2v": {"generation": {"height": 128, "width": 128, "guidance_scale": 5.0}},
+    "tiny-hunyuan15": {"generation": {"height": 128, "width": 128}},
+    "tiny-hunyuan15-i2v": {"generation": {"height": 128, "width": 128}},
+}
 
 
 class ConfigError(ValueError):
@@ -26,7 +37,8 @@ class ConfigError(ValueError):
 
 @dataclass
 class XAttnConfig:
-    """How attention is replaced. Layers: 0..19 dual-stream, 20..59 single-stream (HunyuanVideo)."""
+    """How attention is replaced. Layer numbering per family: HunyuanVideo 0..19 dual-stream, 20..59 single-stream;
+    HunyuanVideo 1.5 0..53; Wan blocks 0..39 (14B); Wan 2.2's transformer_2 through ``expert2``."""
 
     threshold: Any = 0.9  # τ: float | list per layer | {default: τ, layer: τ}; entries may be per-head lists
     stride: int = 8
@@ -44,11 +56,14 @@ class XAttnConfig:
     dense_backend: str = "fast"
     # Estimate on one sparse step, reuse each layer's block selection on the next N-1 sparse steps (0/1: off).
     selection_reuse: int = 0
+    # Wan 2.2 A14B: overrides for the second expert (transformer_2), layers numbered from 0 within it:
+    # {threshold: ..., dense_layers: [...]}; keys not given are inherited from the keys above.
+    expert2: Optional[dict[str, Any]] = None
 
 
 @dataclass
 class ModelConfig:
-    path: str = TINY_MODEL  # "tiny", a local diffusers folder, or a hub id
+    path: str = TINY_MODEL  # a tiny model name (TINY_MODELS), a local diffusers folder, or a hub id
     dtype: str = "bfloat16"  # transformer dtype on CUDA (CPU runs use float32)
     device: str = "auto"  # auto | cuda | cpu | cuda:N
     offload: Optional[str] = None  # None | model | sequential (diffusers CPU offload)
@@ -69,6 +84,7 @@ class GenerationConfig:
     true_cfg_scale: float = 1.0  # > 1 with a negative prompt: two transformer calls per step
     fps: int = 24
     max_sequence_length: int = 256
+    image: Optional[str] = None  # conditioning image file, for image-to-video pipelines
 
 
 @dataclass
@@ -137,19 +153,20 @@ def load_config(path: str | Path | None = None, overrides: Sequence[str] = (),
     except OmegaConfBaseException as exc:
         raise ConfigError(f"--set: {_describe(exc)}") from None
 
-    def build(with_tiny: bool) -> DictConfig:
+    def build(tiny: str | None) -> DictConfig:
         cfg = OmegaConf.structured(RunConfig)
-        if with_tiny:
+        if tiny:
             cfg = _merge(cfg, TINY_DEFAULTS, "tiny defaults")
+            cfg = _merge(cfg, TINY_MODELS[tiny], "tiny defaults")
         if file_cfg is not None:
             cfg = _merge(cfg, file_cfg, str(path))
         if extra:
             cfg = _merge(cfg, extra, "command line")
         return _merge(cfg, cli_cfg, "--set")
 
-    cfg = build(False)
-    if cfg.model.path == TINY_MODEL:
-        cfg = build(True)
+    cfg = build(None)
+    if cfg.model.path in TINY_MODELS:
+        cfg = build(cfg.model.path)
     run: RunConfig = OmegaConf.to_object(cfg)  # type: ignore[assignment]
     validate(run)
     return run
@@ -187,11 +204,6 @@ def validate(run: RunConfig) -> None:
         raise ConfigError(f"config key 'generation.fps' must be >= 1, got {g.fps}")
     if run.model.offload not in (None, "model", "sequential"):
         raise ConfigError(f"config key 'model.offload' must be model, sequential or null, got {run.model.offload!r}")
-    if run.model.compile and not run.dense:
-        # Today's HunyuanVideo processor checks the mask and reads the step inside each block (host work that
-        # fullgraph compilation refuses); the per-layer dispatch (issue 9) moves it before the blocks.
-        raise ConfigError("config key 'model.compile': compiling with XAttention needs the attention dispatch "
-                          "(issue 9); for now it works with dense runs only (--dense)")
     if run.model.dtype not in ("bfloat16", "float16", "float32"):
         raise ConfigError(f"config key 'model.dtype' must be bfloat16, float16 or float32, got {run.model.dtype!r}")
 
@@ -217,6 +229,14 @@ def validate_xattn(x: XAttnConfig) -> None:
     if any(not isinstance(layer, int) or layer < 0 for layer in x.dense_layers):
         fail("dense_layers", f"must list layer numbers >= 0, got {x.dense_layers}")
     _check_threshold_values(x.threshold)
+    if x.expert2 is not None:
+        unknown = sorted(set(x.expert2) - {"threshold", "dense_layers"})
+        if unknown:
+            fail("expert2", f"may set threshold and dense_layers only, got {unknown}")
+        if "threshold" in x.expert2:
+            _check_threshold_values(x.expert2["threshold"])
+        if any(not isinstance(layer, int) or layer < 0 for layer in x.expert2.get("dense_layers", [])):
+            fail("expert2.dense_layers", f"must list layer numbers >= 0, got {x.expert2['dense_layers']}")
 
 
 def _where(where: str) -> str:

@@ -13,8 +13,8 @@ import torch
 
 from .config import ConfigError, RunConfig, to_container
 from .memory import check_fits
-from .pipelines.hunyuan_video import apply_xattention
-from .pipelines.loading import is_tiny, load_pipeline, resolve_device
+from .pipelines.family import apply_xattention
+from .pipelines.loading import is_tiny, load_pipeline, pipeline_class_for, resolve_device, takes_image
 from .pipelines.tiny import TINY_PROMPT_TEMPLATE
 from .video_io import OutputPathError, check_output_path, write_json, write_mp4
 
@@ -58,8 +58,45 @@ def pipeline_device(pipe: Any) -> torch.device:
     return getattr(pipe, "_execution_device", None) or next(pipe.transformer.parameters()).device
 
 
-def initial_latents(pipe: Any, run: RunConfig, batch: int = 1) -> torch.Tensor:
-    """The seeded starting noise of a generation, so dense and XAttention runs can share it exactly."""
+def load_image(path: str | Path) -> Any:
+    """The conditioning image as an RGB PIL image; one clear error when it is missing or unreadable."""
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with Image.open(path) as image:
+            return image.convert("RGB")
+    except FileNotFoundError:
+        raise ConfigError(f"config key 'generation.image': image file not found: {path}") from None
+    except (UnidentifiedImageError, OSError, ValueError) as exc:
+        raise ConfigError(f"config key 'generation.image': cannot read {path} as an image ({exc})") from None
+
+
+def check_inputs(run: RunConfig) -> Any:
+    """Before any model loads: the image fits the pipeline (I2V needs one, T2V takes none) and is readable.
+
+    Returns the loaded image or None.
+    """
+    cls = pipeline_class_for(run.model)
+    if run.model.compile and not run.dense:
+        from .pipelines.family import family_of_class
+
+        check_compile(cls.__name__, family_of_class(cls).name)
+    image_path = run.generation.image
+    if takes_image(cls) and image_path is None:
+        raise ConfigError(f"{cls.__name__} is image-to-video: pass --image FILE (config key 'generation.image')")
+    if not takes_image(cls) and image_path is not None:
+        raise ConfigError(f"{cls.__name__} is text-to-video and takes no --image; use an image-to-video checkpoint "
+                          f"(e.g. --model tiny-wan-i2v)")
+    return None if image_path is None else load_image(image_path)
+
+
+def initial_latents(pipe: Any, run: RunConfig, batch: int = 1) -> torch.Tensor | None:
+    """The seeded starting noise of a HunyuanVideo generation, so dense and XAttention runs share it exactly.
+
+    Other families return None: their runs share the noise through a generator seeded with the same seed.
+    """
+    if type(pipe).__name__ not in ("HunyuanVideoPipeline", "XAttnHunyuanVideoPipeline"):
+        return None
     g = run.generation
     device = pipeline_device(pipe)
     generator = torch.Generator(device="cpu").manual_seed(g.seed)
@@ -67,18 +104,54 @@ def initial_latents(pipe: Any, run: RunConfig, batch: int = 1) -> torch.Tensor:
                                 torch.float32, device, generator)
 
 
+def check_compile(pipeline_name: str, family: str) -> None:
+    """``model.compile`` with XAttention: Wan only (see ``compile_pipeline``); one clear ConfigError otherwise."""
+    if family != "wan":
+        raise ConfigError(f"config key 'model.compile': with XAttention, compilation works for Wan pipelines only; "
+                          f"{pipeline_name} checks its attention mask inside the compiled blocks (add --dense, or "
+                          f"leave model.compile off)")
+
+
+def compile_pipeline(pipe: Any, dense: bool = False) -> None:
+    """Regional ``torch.compile`` (fullgraph) of the repeated blocks of every transformer (Wan 2.2: both experts).
+
+    With XAttention the blocks must trace without graph breaks: Wan's self-attention has no mask, so every
+    host value (step, τ, dense or sparse) is read outside the blocks or is a plain Python value. HunyuanVideo and
+    HunyuanVideo 1.5 build their key-padding mask inside the transformer, and its once-per-forward prefix check
+    (one host read) would run inside the first compiled block: refused with one line instead of a slow fallback.
+    """
+    from .compile import compile_transformer
+
+    if not dense:
+        from .pipelines.family import detect_family
+
+        family = detect_family(pipe)
+        check_compile(type(pipe).__name__, family.name)
+    for attr in ("transformer", "transformer_2"):
+        transformer = getattr(pipe, attr, None)
+        if transformer is not None:
+            compile_transformer(transformer)
+
+
 def run_pipeline(pipe: Any, run: RunConfig, latents: torch.Tensor | None = None,
-                 show_progress: bool = True) -> GenerationResult:
-    """Run one generation on ``pipe`` (XAttention installed for its duration unless ``run.dense``)."""
+                 show_progress: bool = True, image: Any = None) -> GenerationResult:
+    """Run one generation on ``pipe`` (XAttention installed for its duration unless ``run.dense``).
+
+    Only the arguments the pipeline's ``__call__`` takes are passed (families differ: HunyuanVideo 1.5 has no
+    guidance_scale, its I2V pipeline no height/width). ``image``: a PIL image for I2V (else read from
+    ``run.generation.image``).
+    """
+    import inspect
+
     g = run.generation
     device = pipeline_device(pipe)
     check_fits(run, device)  # before the latents: refuse sizes that cannot fit, with the numbers
     if latents is None:
         latents = initial_latents(pipe, run)
+    if image is None and g.image is not None:
+        image = load_image(g.image)
     if run.model.compile:
-        from .compile import compile_transformer
-
-        compile_transformer(pipe.transformer)  # once per pipeline; the first step pays for the compilation
+        compile_pipeline(pipe, dense=run.dense)  # once per pipeline; the first step pays for the compilation
     handle = None if run.dense else apply_xattention(pipe, run.xattn)
     step_ends: list[float] = []
 
@@ -90,11 +163,17 @@ def run_pipeline(pipe: Any, run: RunConfig, latents: torch.Tensor | None = None,
     kwargs: dict[str, Any] = dict(
         prompt=g.prompt, negative_prompt=g.negative_prompt, height=g.height, width=g.width, num_frames=g.frames,
         num_inference_steps=g.steps, guidance_scale=g.guidance_scale, true_cfg_scale=g.true_cfg_scale,
-        max_sequence_length=g.max_sequence_length, latents=latents, output_type="np",
-        callback_on_step_end=on_step_end,
+        max_sequence_length=g.max_sequence_length, output_type="np", callback_on_step_end=on_step_end,
+        image=image,
     )
-    if is_tiny(run.model):
+    if latents is not None:
+        kwargs["latents"] = latents
+    else:
+        kwargs["generator"] = torch.Generator(device="cpu").manual_seed(g.seed)
+    if run.model.path == "tiny":
         kwargs["prompt_template"] = TINY_PROMPT_TEMPLATE
+    accepted = inspect.signature(pipe.__call__).parameters
+    kwargs = {k: v for k, v in kwargs.items() if k in accepted and (v is not None or k == "negative_prompt")}
     pipe.set_progress_bar_config(disable=not show_progress)
     try:
         _sync(device)
@@ -135,8 +214,8 @@ def generate(run: RunConfig, out: str | Path | None = None, pipe: Any = None,
              show_progress: bool = True) -> GenerationResult:
     """Generate one video; with ``out`` write ``out`` (mp4) and ``out`` with suffix .json (the run record).
 
-    ``out`` and the memory the size needs are checked before the model loads (``ConfigError``); frames with
-    NaN/inf raise ``NonFiniteVideoError`` and nothing is written.
+    ``out``, the image and the memory the size needs are checked before the model loads (``ConfigError``);
+    frames with NaN/inf raise ``NonFiniteVideoError`` and nothing is written.
     """
     if out is not None:
         try:
@@ -144,10 +223,11 @@ def generate(run: RunConfig, out: str | Path | None = None, pipe: Any = None,
             check_output_path(out.with_suffix(".json"), (".json",))
         except OutputPathError as exc:
             raise ConfigError(f"--out: {exc}") from None
+    image = check_inputs(run) if pipe is None else None
     if pipe is None:
         check_fits(run, resolve_device(run.model.device))
         pipe = load_pipeline(run.model)
-    result = run_pipeline(pipe, run, show_progress=show_progress)
+    result = run_pipeline(pipe, run, show_progress=show_progress, image=image)
     result.meta = {
         "config": to_container(run),
         "device": str(pipeline_device(pipe)),

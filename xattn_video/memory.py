@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .config import ConfigError, RunConfig, TINY_MODEL
+from .config import ConfigError, RunConfig, TINY_MODELS
 
 GIB = 1024**3
 
@@ -39,7 +39,7 @@ TINY_DIMS = ModelDims(hidden=2 * 64, mlp_ratio=2.0, vae_channels=8)  # see pipel
 
 def model_dims(path: str) -> ModelDims:
     """Dims of the tiny model, or read from a local folder's configs; HunyuanVideo's when unknown (hub ids)."""
-    if path == TINY_MODEL:
+    if path in TINY_MODELS:  # every built-in tiny model is about this small
         return TINY_DIMS
     dims = ModelDims()
     try:
@@ -79,7 +79,7 @@ def estimate(run: RunConfig, dims: ModelDims, on_cpu: bool) -> MemoryEstimate:
         * (g.width // dims.vae_spatial // dims.patch) + g.max_sequence_length
     transformer = tokens * dims.hidden * act_bytes * (4 + dims.mlp_ratio)
     pixels = g.frames * g.height * g.width
-    tiled = run.model.vae_tiling is not False and run.model.path != TINY_MODEL
+    tiled = run.model.vae_tiling is not False and run.model.path not in TINY_MODELS
     vae = pixels * 3 * vae_bytes + (0 if tiled else pixels * dims.vae_channels * vae_bytes)
     return MemoryEstimate(device_bytes=int(max(transformer, vae)), host_bytes=pixels * 3 * 4)
 

@@ -64,7 +64,7 @@ class ModelSpec:
     text_tokens: int
     text_valid: int
     # Install our attention (dense path or XAttention) on a transformer; returns a handle with .remove() and
-    # .state.stats. None: not available on this branch (see the TODO below).
+    # .state.stats. None: our attention is not installable on this model.
     install: Callable[[Any, dict], Any] | None = None
     notes: list[str] = field(default_factory=list)
 
@@ -91,19 +91,24 @@ def _hunyuan_inputs(transformer: Any, shape: Shape, device: torch.device) -> dic
     )
 
 
-def _hunyuan_install(transformer: Any, xattn: dict) -> Any:
-    # TODO(integrator, issue 9): replace with pipelines/dispatch.py's installer once it is on this branch; it
-    # covers every family, so Wan and HunyuanVideo 1.5 get `install` too and the model list stays as it is.
-    from ..pipelines.hunyuan_video import apply_xattention
+def _installer(pipeline_class: str) -> Callable[[Any, dict], Any]:
+    """Install our attention (pipelines/dispatch.py, any family) on a bare transformer: a pipeline object of the
+    family's class holding only the transformer (the family is detected by class; the step is set by hand)."""
 
-    class _Holder:  # apply_xattention takes a pipeline; the step is set by hand (manual_step)
-        pass
+    def install(transformer: Any, xattn: dict) -> Any:
+        import diffusers
 
-    holder = _Holder()
-    holder.transformer = transformer
-    handle = apply_xattention(holder, xattn)
-    handle._holder = holder  # the tracker keeps a weak reference only
-    return handle
+        from ..pipelines.family import apply_xattention
+
+        cls = getattr(diffusers, pipeline_class)
+        holder = cls.__new__(cls)  # no components but the transformer: nothing else is built or loaded
+        object.__setattr__(holder, "transformer", transformer)
+        object.__setattr__(holder, "transformer_2", None)
+        handle = apply_xattention(holder, xattn)
+        handle._holder = holder  # the tracker keeps a weak reference only
+        return handle
+
+    return install
 
 
 def _wan_inputs(transformer: Any, shape: Shape, device: torch.device) -> dict:
@@ -135,7 +140,7 @@ HUNYUAN = ModelSpec(
     image_tokens=_tokens((1, 2, 2)),
     text_tokens=256,
     text_valid=40,
-    install=_hunyuan_install,
+    install=_installer("HunyuanVideoPipeline"),
 )
 
 WAN = ModelSpec(
@@ -147,8 +152,7 @@ WAN = ModelSpec(
     image_tokens=_tokens((1, 2, 2)),
     text_tokens=512,
     text_valid=512,
-    install=None,  # TODO(integrator, issue 9): dispatch.py's installer (self-attention has no text, no mask)
-    notes=["our dense path and XAttention need pipelines/dispatch.py (issue 9): stock only on this branch"],
+    install=_installer("WanPipeline"),  # self-attention has no text and no mask
 )
 
 MODELS: dict[str, ModelSpec] = {m.name: m for m in (HUNYUAN, WAN)}

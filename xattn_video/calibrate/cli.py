@@ -6,7 +6,7 @@ import argparse
 from pathlib import Path
 from typing import Any
 
-from ..config import ConfigError, load_config
+from ..config import TINY_MODELS, ConfigError, load_config
 from .defaults import DEFAULT_SAMPLES, DEFAULT_TAUS
 
 
@@ -82,6 +82,6 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
         print(f"note: {note}")
     print(f"wrote {result.files['config']} (use: xvid generate --config {result.files['config']}); report "
           f"{result.files['report']}")
-    if run.model.path == "tiny":
+    if run.model.path in TINY_MODELS:
         print("note: the built-in tiny model has random weights; its thresholds say nothing about real models")
     return 0

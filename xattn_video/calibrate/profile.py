@@ -22,6 +22,8 @@ from typing import Sequence
 
 import torch
 
+from ..stats import Label, layer_order, parse_label
+
 from ..kernels import estimate_block_scores, select_blocks
 from ..kernels.inputs import XAttentionInputError, normalize_kv_len
 
@@ -229,9 +231,9 @@ class CalibrationProfile:
 
     def __init__(self, taus: Sequence[float] = DEFAULT_TAUS):
         self.taus = check_taus(taus)
-        self.layers: dict[int, LayerProfile] = {}
+        self.layers: dict[Label, LayerProfile] = {}  # 5, or "t2.5" for Wan 2.2's transformer_2
 
-    def add(self, layer: int, call: CallProfile) -> None:
+    def add(self, layer: Label, call: CallProfile) -> None:
         if call.kept.shape[1] != len(self.taus):
             raise ValueError(f"call profile has {call.kept.shape[1]} candidates, the profile {len(self.taus)}")
         if layer not in self.layers:
@@ -245,12 +247,12 @@ class CalibrationProfile:
     def to_dict(self) -> dict:
         return {"taus": list(self.taus),
                 "layers": {str(layer): {"calls": p.calls, **{n: getattr(p, n).tolist() for n in self.FIELDS}}
-                           for layer, p in sorted(self.layers.items())}}
+                           for layer, p in sorted(self.layers.items(), key=lambda kv: layer_order(kv[0]))}}
 
     @classmethod
     def from_dict(cls, data: dict) -> "CalibrationProfile":
         prof = cls(data["taus"])
         for layer, d in data["layers"].items():
-            prof.layers[int(layer)] = LayerProfile(
+            prof.layers[parse_label(layer)] = LayerProfile(
                 **{n: torch.tensor(d[n], dtype=torch.float64) for n in cls.FIELDS}, calls=int(d["calls"]))
         return prof

@@ -7,6 +7,7 @@ from typing import Any
 
 from omegaconf import OmegaConf
 
+from ..stats import layer_order
 from ..video_io import write_json, write_text
 from .profile import CalibrationProfile
 from .solver import Solution
@@ -59,7 +60,7 @@ def markdown(sol: Solution, profile: CalibrationProfile, meta: dict[str, Any] | 
     lines += ["", "## Candidates per layer (one τ on every head)", "",
               "| layer | " + " | ".join(f"τ={t:g}" for t in profile.taus) + " |",
               "|---|" + "---|" * len(profile.taus)]
-    for layer, p in sorted(profile.layers.items()):
+    for layer, p in sorted(profile.layers.items(), key=lambda kv: layer_order(kv[0])):
         d, r, _ = p.layer_stats()
         cells = [f"{float(d[t]):.2f} / {float(r[t]):.3f}" for t in range(len(profile.taus))]
         lines.append(f"| {layer} | " + " | ".join(cells) + " |")
@@ -80,18 +81,20 @@ def plot(sol: Solution, path: Path) -> str | None:
         return None
     rows = sol.layer_rows()
     layers = [r["layer"] for r in rows]
+    x = {layer: i for i, layer in enumerate(layers)}  # positions: labels may be "t2.N" (Wan 2.2's transformer_2)
     fig, (ax1, ax2) = plt.subplots(2, 1, figsize=(max(6.0, 0.16 * len(layers) + 3), 6), sharex=True)
     for u in sol.units:
-        ax1.scatter(u.layer, sol.taus[u.choice], s=10 if sol.per_head else 20, color="tab:blue", alpha=0.6)
+        ax1.scatter(x[u.layer], sol.taus[u.choice], s=10 if sol.per_head else 20, color="tab:blue", alpha=0.6)
     ax1.set_ylabel("τ" + (" (per head)" if sol.per_head else ""))
     ax1.set_title(summary_line(sol), fontsize=8)
-    ax2.bar(layers, [r["density"] for r in rows], color="tab:orange", label="density")
+    ax2.bar(range(len(layers)), [r["density"] for r in rows], color="tab:orange", label="density")
     ax2.axhline(sol.mean_density, color="k", lw=0.8, ls=":", label=f"mean {sol.mean_density:.3f}")
-    ax2.plot(layers, [r["recall"] for r in rows], "o-", ms=3, color="tab:green", label="recall")
+    ax2.plot(range(len(layers)), [r["recall"] for r in rows], "o-", ms=3, color="tab:green", label="recall")
     ax2.set_ylim(0, 1.05)
     ax2.set_xlabel("layer")
     ax2.legend(fontsize=7, loc="lower right")
-    ax2.xaxis.get_major_locator().set_params(integer=True)
+    ticks = list(range(0, len(layers), max(1, len(layers) // 16)))
+    ax2.set_xticks(ticks, [str(layers[i]) for i in ticks])
     tmp = path.with_name(f".{path.stem}.tmp.png")
     try:
         fig.tight_layout()

@@ -37,29 +37,41 @@ def profiled_steps(run: RunConfig, steps: int) -> int:
 
 def profile_pipeline(pipe: Any, run: RunConfig, prompts: Sequence[str], steps: int, *,
                      taus: Sequence[float] = DEFAULT_TAUS, samples: int = DEFAULT_SAMPLES, seed: int = 0,
-                     show_progress: bool = True) -> CalibrationProfile:
+                     show_progress: bool = True, image: Any = None) -> CalibrationProfile:
     """Run ``pipe`` on each prompt (dense trajectory, the config's schedule, stopped after the warmup steps
-    plus ``steps`` profiled steps, no VAE decode) and profile every sparse-eligible attention call."""
+    plus ``steps`` profiled steps, no VAE decode) and profile every sparse-eligible attention call.
+
+    Any supported family (``xattn_video.pipelines.supported_pipelines()``); Wan 2.2 A14B's second expert is
+    profiled as layers ``t2.N`` (its warmup and dense layers from ``xattn.expert2``). ``image``: the
+    conditioning image of an image-to-video pipeline (else read from ``run.generation.image``).
+    """
+    import inspect
+
     from tqdm.auto import tqdm
 
-    from ..generate import initial_latents
-    from ..pipelines.hunyuan_video import apply_xattention
-    from ..pipelines.loading import is_tiny
+    from ..generate import initial_latents, load_image
+    from ..pipelines.family import _expert_config, apply_xattention
     from ..pipelines.tiny import TINY_PROMPT_TEMPLATE
+    from .collect import eligibility_plan
 
     n_steps = profiled_steps(run, steps)
     stop_after = run.xattn.warmup_steps + n_steps
     g = run.generation
+    if image is None and g.image is not None:
+        image = load_image(g.image)
     # installed with any τ < 1 so the sparse-eligible branch is reached; the collector then runs it dense
     handle = apply_xattention(pipe, dataclasses.replace(run.xattn, threshold=0.5, collect_stats=False,
-                                                        time_stats=False))
-    num_layers, heads = handle.state.plan.num_layers, handle.state.plan.num_heads
-    eligible = sum(handle.state.plan.is_sparse(None, layer) for layer in range(num_layers))
-    calls_per_step = 2 if (g.true_cfg_scale > 1 and g.negative_prompt) else 1
+                                                        time_stats=False, selection_reuse=0))
+    plans = {expert: eligibility_plan(_expert_config(handle.config, expert), plan.num_layers, plan.num_heads)
+             for expert, plan in handle.state.plans.items()}
+    # calls per step: the sparse-eligible layers of one expert (Wan 2.2 switches experts between steps)
+    eligible = max(sum(p.is_sparse(None, layer) for layer in range(p.num_layers)) for p in plans.values())
+    cfg_calls = g.guidance_scale > 1 if handle.family.name == "wan" else (g.true_cfg_scale > 1 and g.negative_prompt)
+    calls_per_step = 2 if cfg_calls else 1  # progress bar only
     bar = tqdm(total=len(prompts) * n_steps * eligible * calls_per_step, desc="xvid calibrate", unit="call",
                disable=not show_progress)
-    collector = Collector(run.xattn, num_layers, heads, taus=taus, samples=samples, seed=seed,
-                          on_observe=lambda step, layer: bar.update(1))
+    collector = Collector(run.xattn, plans[0].num_layers, plans[0].num_heads, taus=taus, samples=samples,
+                          seed=seed, on_observe=lambda step, layer: bar.update(1), plans=plans)
     handle.state.observer = collector
 
     def stop(_pipe: Any, i: int, _t: Any, _kwargs: dict) -> dict:
@@ -67,17 +79,25 @@ def profile_pipeline(pipe: Any, run: RunConfig, prompts: Sequence[str], steps: i
             _pipe._interrupt = True  # diffusers skips the remaining steps
         return {}
 
+    accepted = inspect.signature(pipe.__call__).parameters
     try:
         pipe.set_progress_bar_config(disable=True)
         for prompt in prompts:
             item = dataclasses.replace(run, generation=dataclasses.replace(g, prompt=prompt))
+            latents = initial_latents(pipe, item)
             kwargs: dict[str, Any] = dict(
                 prompt=prompt, negative_prompt=g.negative_prompt, height=g.height, width=g.width,
                 num_frames=g.frames, num_inference_steps=g.steps, guidance_scale=g.guidance_scale,
-                true_cfg_scale=g.true_cfg_scale, max_sequence_length=g.max_sequence_length,
-                latents=initial_latents(pipe, item), output_type="latent", callback_on_step_end=stop)
-            if is_tiny(run.model):
+                true_cfg_scale=g.true_cfg_scale, max_sequence_length=g.max_sequence_length, image=image,
+                output_type="latent", callback_on_step_end=stop)
+            if latents is not None:
+                kwargs["latents"] = latents
+            else:
+                kwargs["generator"] = torch.Generator(device="cpu").manual_seed(g.seed)
+            if run.model.path == "tiny":  # the tiny HunyuanVideo's byte tokenizer needs a short template
                 kwargs["prompt_template"] = TINY_PROMPT_TEMPLATE
+            # only what this pipeline's __call__ takes (families differ), as generate.run_pipeline does
+            kwargs = {k: v for k, v in kwargs.items() if k in accepted and (v is not None or k == "negative_prompt")}
             with torch.no_grad():
                 pipe(**kwargs)
     finally:
@@ -88,7 +108,10 @@ def profile_pipeline(pipe: Any, run: RunConfig, prompts: Sequence[str], steps: i
 
 def calibrated_config(run: RunConfig, solution: Solution) -> RunConfig:
     """``run`` with ``xattn.threshold`` set to the solution's per-layer (per-head) mapping."""
-    xattn = xattn_config({**to_container(run.xattn), **solution.xattn_fragment()})
+    fragment = solution.xattn_fragment()
+    if "expert2" in fragment:  # keep the user's other expert2 keys (dense_layers)
+        fragment["expert2"] = {**(run.xattn.expert2 or {}), **fragment["expert2"]}
+    xattn = xattn_config({**to_container(run.xattn), **fragment})
     return dataclasses.replace(run, xattn=xattn)
 
 
@@ -98,6 +121,7 @@ def run_calibration(run: RunConfig, prompts: Sequence[str], steps: int = 2, *, t
                     samples: int = DEFAULT_SAMPLES, seed: int = 0, pipe: Any = None,
                     show_progress: bool = True) -> CalibrationResult:
     """Everything ``calibrate`` does, returning the profile and solution too."""
+    from ..generate import check_inputs
     from ..pipelines.loading import load_pipeline
     from .report import write_outputs
 
@@ -111,10 +135,12 @@ def run_calibration(run: RunConfig, prompts: Sequence[str], steps: int = 2, *, t
         raise ConfigError(f"samples (query blocks per call) must be a positive int, got {samples!r}")
     n_steps = profiled_steps(run, steps)
     start = time.perf_counter()
+    image = None
     if pipe is None:
+        image = check_inputs(run)  # the I2V image, before any model loads
         pipe = load_pipeline(run.model)
     profile = profile_pipeline(pipe, run, prompts, n_steps, taus=taus, samples=samples, seed=seed,
-                               show_progress=show_progress)
+                               show_progress=show_progress, image=image)
     sol = solve(profile, target_recall=target_recall, target_error=target_error, density=density,
                 per_head=per_head)
     config = calibrated_config(run, sol)

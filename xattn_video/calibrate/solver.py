@@ -20,6 +20,7 @@ from typing import Any
 import torch
 
 from ..config import ConfigError
+from ..stats import Label, layer_order
 from .profile import CalibrationProfile
 
 
@@ -48,7 +49,7 @@ def check_target(target_recall: float | None = None, target_error: float | None 
 class Unit:
     """One thing that gets a τ: a layer (head None) or a (layer, head); stats over the candidates [T]."""
 
-    layer: int
+    layer: Label
     head: int | None
     kept: torch.Tensor  # mean kept blocks per call, per candidate
     possible: float  # mean possible blocks per call
@@ -71,31 +72,42 @@ class Solution:
     target: float
     per_head: bool
     units: list[Unit]
-    thresholds: dict[int, float | list[float]] = field(default_factory=dict)
+    thresholds: dict[Label, float | list[float]] = field(default_factory=dict)  # 5, or "t2.5" (transformer_2)
     mean_density: float = 1.0
     mean_recall: float = 1.0
     mean_error: float = 0.0
     notes: list[str] = field(default_factory=list)
 
-    def threshold_config(self, default: float | None = None) -> dict[Any, Any]:
-        """``{default: τ, <layer>: τ or [τ per head]}`` as ``xattn.threshold`` accepts it.
+    def threshold_config(self, default: float | None = None, expert: int = 0) -> dict[Any, Any]:
+        """``{default: τ, <layer>: τ or [τ per head]}`` as ``xattn.threshold`` accepts it, for one expert
+        (0: ``transformer``; 1: ``transformer_2``, whose layers are numbered from 0 as ``xattn.expert2`` wants).
 
         ``default`` (layers that were never profiled: dense layers, or layers a partial run never reached)
-        defaults to the most common chosen τ.
+        defaults to the most common chosen τ of that expert.
         """
+        mine = {layer_order(label)[1]: tau for label, tau in self.thresholds.items() if layer_order(label)[0] == expert}
         if default is None:
-            flat = [t for v in self.thresholds.values() for t in (v if isinstance(v, list) else [v])]
+            # an expert without profiled layers takes the most common τ of the other
+            flat = [t for v in (mine or self.thresholds).values() for t in (v if isinstance(v, list) else [v])]
             default = max(set(flat), key=lambda t: (flat.count(t), t)) if flat else 1.0
-        return {"default": default, **{layer: tau for layer, tau in sorted(self.thresholds.items())}}
+        return {"default": default, **dict(sorted(mine.items()))}
+
+    def experts(self) -> list[int]:
+        """The experts with a calibrated layer (0: ``transformer``, 1: ``transformer_2``)."""
+        return sorted({layer_order(label)[0] for label in self.thresholds}) or [0]
 
     def xattn_fragment(self) -> dict[str, Any]:
-        """``{"threshold": {...}}``: the part of an xattn config calibration sets (merge it into yours)."""
-        return {"threshold": self.threshold_config()}
+        """``{"threshold": {...}}`` (and ``{"expert2": {"threshold": {...}}}`` when Wan 2.2's second expert was
+        profiled): the part of an xattn config calibration sets (merge it into yours)."""
+        out: dict[str, Any] = {"threshold": self.threshold_config()}
+        if 1 in self.experts():
+            out["expert2"] = {"threshold": self.threshold_config(expert=1)}
+        return out
 
     def layer_rows(self) -> list[dict]:
         """Per layer: τ, predicted density, recall and error (from the profile)."""
         rows = []
-        for layer in sorted(self.thresholds):
+        for layer in sorted(self.thresholds, key=layer_order):
             units = [u for u in self.units if u.layer == layer]
             kept = sum(float(u.kept[u.choice]) for u in units)
             possible = sum(u.possible for u in units)
@@ -114,7 +126,7 @@ def _combined_error(units: list[Unit]) -> float:
 
 def _units(profile: CalibrationProfile, per_head: bool) -> list[Unit]:
     units = []
-    for layer, p in sorted(profile.layers.items()):
+    for layer, p in sorted(profile.layers.items(), key=lambda kv: layer_order(kv[0])):
         calls = max(p.calls, 1)
         if per_head:
             density, recall, _ = p.head_stats()
@@ -215,7 +227,7 @@ def solve(profile: CalibrationProfile, *, target_recall: float | None = None, ta
         names = ", ".join(f"layer {u.layer}" + ("" if u.head is None else f" head {u.head}") for u in missed[:8])
         sol.notes.append(f"{len(missed)} unit(s) cannot reach the target with the candidate τ ({names}"
                          f"{', …' if len(missed) > 8 else ''}); they take the best candidate")
-    for layer in sorted({u.layer for u in units}):
+    for layer in sorted({u.layer for u in units}, key=layer_order):
         lu = [u for u in units if u.layer == layer]
         taus = [profile.taus[u.choice] for u in lu]
         sol.thresholds[layer] = taus[0] if len(set(taus)) == 1 else taus

@@ -97,7 +97,7 @@ def compare(run: RunConfig, prompts: Sequence[str], seeds: Sequence[int], metric
     """Generate dense and XAttention videos for every (prompt, seed), score them, write the report."""
     from tqdm.auto import tqdm
 
-    from ..generate import initial_latents
+    from ..generate import check_inputs, initial_latents
     from .scorers import make_scorers
     from ..pipelines.loading import load_pipeline
 
@@ -108,6 +108,7 @@ def compare(run: RunConfig, prompts: Sequence[str], seeds: Sequence[int], metric
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     if pipe is None:
+        check_inputs(run)  # I2V image present and readable, before any model loads
         pipe = load_pipeline(run.model)
     items = [(p, s) for p in prompts for s in seeds]
     results = []

@@ -12,7 +12,7 @@ from typing import Any
 
 import numpy as np
 
-from ..config import RunConfig, to_container
+from ..config import TINY_MODELS, RunConfig, to_container
 from ..video_io import write_figure
 
 VARIANTS = ("dense", "xattn")
@@ -61,7 +61,7 @@ def build_report(run: RunConfig, results: list[dict], pairwise: list[str], score
     skipped = {k: v for r in results for k, v in r["skipped"].items()}
     return jsonable({"config": to_container(run), "pairwise_metrics": pairwise, "hooks": [h.name for h in scorers],
                       "hook_metrics": hook_metrics, "items": results, "means": means, "skipped": skipped,
-                      "note": "tiny random-weight model: videos are noise" if run.model.path == "tiny" else None})
+                      "note": "tiny random-weight model: videos are noise" if run.model.path in TINY_MODELS else None})
 
 
 def fmt(x: Any) -> str:
@@ -118,7 +118,9 @@ def plots(report: dict, out_dir: Path) -> list[str]:
     tables = [r["density_per_step_layer"] for r in report["items"] if r.get("density_per_step_layer")]
     if tables:
         steps = sorted({int(s) for t in tables for s in t if s not in ("None", "null")})
-        layers = sorted({int(layer) for t in tables for row in t.values() for layer in row})
+        # labels: "5" (transformer) and "t2.5" (Wan 2.2's transformer_2), one row each, second expert on top
+        layers = sorted({layer for t in tables for row in t.values() for layer in row},
+                        key=lambda label: (label.startswith("t2."), int(label.removeprefix("t2."))))
         grid = np.full((len(layers), len(steps)), np.nan)
         for i, layer in enumerate(layers):
             for j, step in enumerate(steps):
@@ -127,11 +129,12 @@ def plots(report: dict, out_dir: Path) -> list[str]:
                     grid[i, j] = float(np.mean(vals))
         fig, ax = plt.subplots(figsize=(max(6.5, 0.18 * len(steps) + 3), max(3.5, 0.09 * len(layers) + 2)))
         im = ax.imshow(grid, aspect="auto", cmap="viridis", vmin=0, vmax=1, origin="lower",
-                       extent=(min(steps) - 0.5, max(steps) + 0.5, min(layers) - 0.5, max(layers) + 0.5))
+                       extent=(min(steps) - 0.5, max(steps) + 0.5, -0.5, len(layers) - 0.5))
         fig.colorbar(im, ax=ax, label="density (kept blocks; 1 = dense)")
         ax.set_xlabel("denoising step")
         ax.set_ylabel("layer")
-        ax.yaxis.get_major_locator().set_params(integer=True)
+        ticks = list(range(0, len(layers), max(1, len(layers) // 12)))
+        ax.set_yticks(ticks, [layers[i] for i in ticks])
         ax.xaxis.get_major_locator().set_params(integer=True)
         ax.set_title("XAttention density per layer × step\n(mean over videos; warmup steps and dense layers = 1)",
                      fontsize=9)

@@ -1,6 +1,8 @@
-"""diffusers integration: XAttention on HunyuanVideo, pipeline loading, the built-in tiny model."""
+"""diffusers integration: XAttention on HunyuanVideo, HunyuanVideo 1.5 and Wan, pipeline loading, tiny models."""
 
-from .hunyuan_video import XAttentionHandle, XAttnHunyuanVideoPipeline, apply_xattention
+from .family import XAttentionHandle, apply_xattention, detect_family, supported_pipelines
+from .hunyuan_video import XAttnHunyuanVideoPipeline
 from .loading import ModelLoadError, load_pipeline
 
-__all__ = ["ModelLoadError", "XAttentionHandle", "XAttnHunyuanVideoPipeline", "apply_xattention", "load_pipeline"]
+__all__ = ["ModelLoadError", "XAttentionHandle", "XAttnHunyuanVideoPipeline", "apply_xattention", "detect_family",
+           "load_pipeline", "supported_pipelines"]

@@ -1,19 +1,26 @@
-"""XAttention on diffusers' HunyuanVideo: ``apply_xattention(pipe, config)`` and a pipeline class."""
+"""HunyuanVideo (2024; text- and image-to-video) adapter, and ``XAttnHunyuanVideoPipeline``.
+
+Token layout: joint self-attention over [video, text] in the 20 dual-stream blocks (layers 0..19) and the 40
+single-stream blocks (20..59); text starts after the module's ``hidden_states`` and the transformer passes a
+[B, 1, 1, S] key-padding mask (padded text last). Never sparse: the token refiner's attention (not hooked).
+Image-to-video: the conditioning image enters as latent frame 0 of the video tokens (``token_replace`` or
+``latent_concat``), so its tokens are ordinary video tokens and go sparse like the rest; the image tokens that the
+Llava text encoder puts into the text embedding sit in the text region, which text forcing keeps dense.
+"""
 
 from __future__ import annotations
 
 from typing import Any
 
-from diffusers import HunyuanVideoPipeline
+from diffusers import (AutoencoderKLHunyuanVideo, FlowMatchEulerDiscreteScheduler, HunyuanVideoPipeline,
+                       HunyuanVideoTransformer3DModel)
+from transformers import CLIPTextModel, CLIPTokenizer, LlamaModel, LlamaTokenizerFast
 
-from ..config import ConfigError, XAttnConfig, xattn_config
-from ..kernels import SUPPORTED_HEAD_DIMS
-from ..kernels.api import check_backend_support
-from ..kernels.backend import resolve_backend
-from ..stats import AttentionStats
-from ..warmup import AttentionPlan, StepTracker
-from ..warmup.reuse import SelectionCache
-from .processor import XAttentionState, XAttnHunyuanVideoAttnProcessor
+from ..config import XAttnConfig
+from .dispatch import has_xattention
+from .family import FamilyAdapter, XAttentionHandle, apply_xattention, register_family
+
+__all__ = ["HUNYUAN_VIDEO", "XAttentionHandle", "XAttnHunyuanVideoPipeline", "apply_xattention", "attention_layers"]
 
 
 def attention_layers(transformer: Any) -> list[Any]:
@@ -28,100 +35,57 @@ def attention_layers(transformer: Any) -> list[Any]:
     return [block.attn for block in list(dual) + list(single)]
 
 
-class XAttentionHandle:
-    """What ``apply_xattention`` installed: statistics, the plan, and ``remove()`` to restore the pipeline."""
-
-    def __init__(self, pipe: Any, layers: list[Any], originals: list[Any], state: XAttentionState):
-        self.pipe = pipe
-        self._layers = layers
-        self._originals = originals
-        self.state = state
-        self.active = True
-
-    @property
-    def config(self) -> XAttnConfig:
-        return self.state.config
-
-    @property
-    def stats(self) -> AttentionStats:
-        return self.state.stats
-
-    @property
-    def tracker(self) -> StepTracker:
-        return self.state.tracker
-
-    def remove(self) -> None:
-        """Put the original attention processors back (idempotent)."""
-        if not self.active:
-            return
-        for attn, original in zip(self._layers, self._originals):
-            attn.set_processor(original)
-        self.state.reuse.clear()  # reused selections hold device memory
-        self.active = False
-
-    def reset_stats(self) -> None:
-        self.state.stats.clear()
-
-    def summary(self) -> dict:
-        out = self.state.stats.summary()
-        if self.state.config.time_stats:
-            out["time_per_step_layer_ms"] = {
-                str(step): {str(layer): t for layer, t in layers.items()}
-                for step, layers in self.state.stats.timing_table().items()
-            }
-        return out
-
-    def __enter__(self) -> "XAttentionHandle":
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.remove()
-
-
-def apply_xattention(pipe: Any, config: XAttnConfig | dict | None = None) -> XAttentionHandle:
-    """Install XAttention on every dual- and single-stream attention layer of a HunyuanVideo pipeline.
-
-    ``config``: an ``XAttnConfig``, a dict of its keys, or None for the defaults (τ 0.9, stride 8, 5 dense
-    warmup steps). Returns a handle; ``handle.remove()`` (or leaving a ``with`` block) restores the pipeline.
-    """
-    transformer = getattr(pipe, "transformer", None)
-    if transformer is None:
-        raise TypeError(f"{type(pipe).__name__} has no transformer to install XAttention on")
-    layers = attention_layers(transformer)
-    if any(isinstance(attn.processor, XAttnHunyuanVideoAttnProcessor) for attn in layers):
-        raise RuntimeError("XAttention is already installed on this pipeline; call .remove() on its handle first")
-    cfg = xattn_config(config)
-    heads = int(transformer.config.num_attention_heads)
-    head_dim = int(transformer.config.attention_head_dim)
-    if head_dim not in SUPPORTED_HEAD_DIMS:
-        raise ConfigError(f"the model's attention head_dim is {head_dim}; XAttention supports {SUPPORTED_HEAD_DIMS}")
-    device = next(transformer.parameters()).device
-    if cfg.backend != "auto":
-        check_backend_support(resolve_backend(cfg.backend, device), cfg.stride, cfg.block_size)
-    state = XAttentionState(config=cfg, plan=AttentionPlan(cfg, len(layers), heads), tracker=StepTracker(pipe),
-                            reuse=SelectionCache(cfg.selection_reuse))
-    originals = [attn.processor for attn in layers]
-    for index, attn in enumerate(layers):
-        attn.set_processor(XAttnHunyuanVideoAttnProcessor(index, state))
-    return XAttentionHandle(pipe, layers, originals, state)
+HUNYUAN_VIDEO = register_family(FamilyAdapter(
+    name="hunyuan_video",
+    pipeline_classes=("HunyuanVideoPipeline", "HunyuanVideoImageToVideoPipeline"),
+    patch_modules=("diffusers.models.transformers.transformer_hunyuan_video",),
+    attention_layers=attention_layers,
+    joint_text=True,
+    never_sparse="token refiner self-attention (over text only)",
+))
 
 
 class XAttnHunyuanVideoPipeline(HunyuanVideoPipeline):
-    """``HunyuanVideoPipeline`` with XAttention: ``from_pretrained(path, xattn=config)`` installs it on load."""
+    """``HunyuanVideoPipeline`` with XAttention.
+
+    One behaviour for every way of building it: construction (directly, ``from_pretrained``, ``from_pipe``)
+    installs XAttention with the defaults (unless the transformer already has it, e.g. ``from_pipe`` of another
+    XAttention pipeline: that install serves both, as the step follows whichever pipeline runs); ``from_pretrained(path, xattn=cfg)`` installs ``cfg`` instead
+    (``xattn=False``: nothing), ``enable_xattention(cfg)`` changes it and ``disable_xattention()`` removes it.
+    ``save_pretrained`` writes the stock class name into ``model_index.json``, so the saved folder loads with
+    ``DiffusionPipeline.from_pretrained`` (as a stock ``HunyuanVideoPipeline``) and with this class.
+    """
+
+    # the stock annotations: from_pipe matches components by them
+    def __init__(self, text_encoder: LlamaModel, tokenizer: LlamaTokenizerFast,
+                 transformer: HunyuanVideoTransformer3DModel, vae: AutoencoderKLHunyuanVideo,
+                 scheduler: FlowMatchEulerDiscreteScheduler, text_encoder_2: CLIPTextModel, tokenizer_2: CLIPTokenizer):
+        super().__init__(text_encoder=text_encoder, tokenizer=tokenizer, transformer=transformer, vae=vae,
+                         scheduler=scheduler, text_encoder_2=text_encoder_2, tokenizer_2=tokenizer_2)
+        self.__dict__["_xattn_handle"] = None
+        if not has_xattention(transformer):  # from_pipe of an XAttn pipeline: its install already serves both
+            self.enable_xattention(None)
 
     @classmethod
     def from_pretrained(cls, pretrained_model_name_or_path: Any, *args: Any,
-                        xattn: XAttnConfig | dict | None = None, **kwargs: Any) -> "XAttnHunyuanVideoPipeline":
+                        xattn: XAttnConfig | dict | bool | None = None, **kwargs: Any) -> "XAttnHunyuanVideoPipeline":
         pipe = super().from_pretrained(pretrained_model_name_or_path, *args, **kwargs)
-        pipe.enable_xattention(xattn)
+        if xattn is False:
+            pipe.disable_xattention()
+        elif xattn is not None:
+            pipe.enable_xattention(xattn)
         return pipe
+
+    def to_json_string(self) -> str:
+        # model_index.json names the stock class: the folder is an ordinary HunyuanVideo checkpoint.
+        return super().to_json_string().replace(f'"{type(self).__name__}"', '"HunyuanVideoPipeline"', 1)
 
     @property
     def xattn_handle(self) -> XAttentionHandle | None:
         return self.__dict__.get("_xattn_handle")
 
     def enable_xattention(self, config: XAttnConfig | dict | None = None) -> XAttentionHandle:
-        """(Re)install XAttention with ``config``."""
+        """(Re)install XAttention with ``config`` (None: the defaults)."""
         self.disable_xattention()
         self.__dict__["_xattn_handle"] = apply_xattention(self, config)
         return self.__dict__["_xattn_handle"]

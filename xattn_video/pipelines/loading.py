@@ -1,4 +1,4 @@
-"""Loading a HunyuanVideo pipeline: the built-in tiny model, a local diffusers folder, or a hub id."""
+"""Loading a pipeline: a built-in tiny model, a local diffusers folder, or a hub id (class from model_index.json)."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from typing import Any
 
 import torch
 
-from ..config import TINY_MODEL, ModelConfig
+from ..config import TINY_MODELS, ModelConfig
 
 HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 DTYPES = {"bfloat16": torch.bfloat16, "float16": torch.float16, "float32": torch.float32}
@@ -31,49 +31,138 @@ def resolve_device(spec: str) -> torch.device:
 
 
 def is_tiny(model: ModelConfig) -> bool:
-    return model.path == TINY_MODEL
+    return model.path in TINY_MODELS
+
+
+# Tiny model name -> (builder in tiny.py, keyword arguments). All are built offline with random weights.
+_TINY_BUILDERS: dict[str, tuple[str, dict]] = {
+    "tiny": ("build_tiny_pipeline", {}),
+    "tiny-wan": ("build_tiny_wan_pipeline", {}),
+    "tiny-wan22": ("build_tiny_wan_pipeline", {"two_experts": True}),
+    "tiny-wan-i2v": ("build_tiny_wan_pipeline", {"i2v": True}),
+    "tiny-wan22-i2v": ("build_tiny_wan_pipeline", {"i2v": True, "two_experts": True}),
+    "tiny-hunyuan15": ("build_tiny_hunyuan15_pipeline", {}),
+    "tiny-hunyuan15-i2v": ("build_tiny_hunyuan15_pipeline", {"i2v": True}),
+}
+assert set(_TINY_BUILDERS) == set(TINY_MODELS)
+
+
+_TINY_CLASSES = {
+    "tiny": "HunyuanVideoPipeline", "tiny-wan": "WanPipeline", "tiny-wan22": "WanPipeline",
+    "tiny-wan-i2v": "WanImageToVideoPipeline", "tiny-wan22-i2v": "WanImageToVideoPipeline",
+    "tiny-hunyuan15": "HunyuanVideo15Pipeline", "tiny-hunyuan15-i2v": "HunyuanVideo15ImageToVideoPipeline",
+}
+
+
+def pipeline_class_for(model: ModelConfig) -> type:
+    """The pipeline class ``load_pipeline`` will build, known before any weights load."""
+    import diffusers
+
+    if is_tiny(model):
+        return getattr(diffusers, _TINY_CLASSES[model.path])
+    return resolve_pipeline_class(pipeline_class_name(_check_source(model.path, files=False)))
+
+
+def takes_image(cls: type) -> bool:
+    """Whether the pipeline is image-to-video (its ``__call__`` takes an ``image``)."""
+    import inspect
+
+    return "image" in inspect.signature(cls.__call__).parameters
+
+
+def build_tiny(name: str, pipeline_cls: type | None = None) -> Any:
+    from . import tiny
+
+    builder, kwargs = _TINY_BUILDERS[name]
+    if pipeline_cls is not None:
+        if name != "tiny":
+            raise ModelLoadError(f"a pipeline class can only be given for the tiny HunyuanVideo model, not {name!r}")
+        kwargs = {**kwargs, "pipeline_cls": pipeline_cls}
+    return getattr(tiny, builder)(**kwargs)
+
+
+def pipeline_class_name(source: str) -> str:
+    """``_class_name`` from the checkpoint's ``model_index.json`` (local folder or hub id, cached or fetched)."""
+    import json
+
+    local = Path(source)
+    if local.exists():
+        index = local / "model_index.json"
+    else:
+        from huggingface_hub import hf_hub_download
+
+        try:
+            index = Path(hf_hub_download(source, "model_index.json"))
+        except Exception as exc:  # connection and hub errors come in several types
+            raise ModelLoadError(f"cannot read model_index.json of {source!r}: {str(exc).splitlines()[0]}") from None
+    try:
+        name = json.loads(index.read_text(encoding="utf-8")).get("_class_name")
+    except (OSError, ValueError, AttributeError) as exc:
+        raise ModelLoadError(f"{index} is not a readable diffusers model_index.json ({exc})") from None
+    if not isinstance(name, str):
+        raise ModelLoadError(f"{index} names no pipeline class (_class_name)")
+    return name
+
+
+def resolve_pipeline_class(name: str) -> type:
+    """The diffusers pipeline class called ``name`` if XAttention supports it, else a clear error."""
+    import diffusers
+
+    from .family import supported_pipelines
+
+    supported = supported_pipelines()
+    stock = "HunyuanVideoPipeline" if name == "XAttnHunyuanVideoPipeline" else name
+    if stock not in supported:
+        raise ModelLoadError(f"the checkpoint is a {name}, which XAttention does not support; supported pipelines: "
+                             f"{', '.join(supported)}")
+    return getattr(diffusers, stock)
 
 
 def load_pipeline(model: ModelConfig, pipeline_cls: type | None = None) -> Any:
     """Build or load the pipeline described by ``model`` and place it on its device (or offload it).
 
-    Real checkpoints: transformer in ``model.dtype`` (bfloat16 by default), the rest in float16, VAE tiling
-    on unless ``model.vae_tiling`` is false. On the CPU everything runs in float32.
+    The pipeline class comes from the checkpoint's ``model_index.json`` (any supported family, see
+    ``supported_pipelines()``) unless ``pipeline_cls`` is given. Real checkpoints: transformer(s) in
+    ``model.dtype`` (bfloat16 by default), the rest in float16, VAE tiling on unless ``model.vae_tiling`` is
+    false. On the CPU everything runs in float32.
     """
-    from diffusers import HunyuanVideoPipeline, HunyuanVideoTransformer3DModel
-
-    from .tiny import build_tiny_pipeline
-
-    cls = pipeline_cls or HunyuanVideoPipeline
     device = resolve_device(model.device)
     on_gpu = device.type == "cuda"
     if model.offload is not None and not on_gpu:
         raise ModelLoadError(f"config key 'model.offload' ({model.offload}) moves models between the CPU and a GPU; "
                              f"the device here is {device}")
     if is_tiny(model):
-        pipe = build_tiny_pipeline(pipeline_cls=cls)
+        pipe = build_tiny(model.path, pipeline_cls)
         if on_gpu:
-            pipe.transformer.to(DTYPES[model.dtype])
+            for attr in ("transformer", "transformer_2"):
+                if getattr(pipe, attr, None) is not None:
+                    getattr(pipe, attr).to(DTYPES[model.dtype])
         tiling = bool(model.vae_tiling)
     else:
-        source = _check_source(model.path)
+        source = _check_source(model.path, files=False)
+        cls = pipeline_cls or resolve_pipeline_class(pipeline_class_name(source))
+        if Path(source).exists():
+            _check_local_files(Path(source))  # after the class: an unsupported pipeline is said first
+        _check_extras(cls)
         dtype = DTYPES[model.dtype] if on_gpu else torch.float32
+        rest = torch.float16 if on_gpu else torch.float32
         try:
-            transformer = HunyuanVideoTransformer3DModel.from_pretrained(source, subfolder="transformer",
-                                                                         dtype=dtype)
-            pipe = cls.from_pretrained(source, transformer=transformer,
-                                       dtype=torch.float16 if on_gpu else torch.float32)
+            dtypes = {"transformer": dtype, "transformer_2": dtype, "default": rest}
+            if cls.__name__.startswith("Wan"):
+                dtypes["vae"] = torch.float32  # as Wan's model cards load it
+            pipe = cls.from_pretrained(source, dtype=dtypes)
         except (OSError, ValueError, ConnectionError) as exc:
             if Path(source).exists():  # a download hint would be wrong for a local folder
-                raise ModelLoadError(f"could not load HunyuanVideo from the local folder {model.path!r}: "
+                raise ModelLoadError(f"could not load {cls.__name__} from the local folder {model.path!r}: "
                                      f"{str(exc).splitlines()[0]}") from exc
             raise ModelLoadError(
-                f"could not load HunyuanVideo from the Hugging Face hub ({model.path!r}): {str(exc).splitlines()[0]}\n"
+                f"could not load {cls.__name__} from the Hugging Face hub ({model.path!r}): "
+                f"{str(exc).splitlines()[0]}\n"
                 f"Without network access, download the diffusers-format checkpoint elsewhere (for example "
                 f"hunyuanvideo-community/HunyuanVideo) and pass --model /path/to/that/folder."
             ) from exc
         tiling = model.vae_tiling is not False
-    if tiling:
+    if tiling and hasattr(pipe.vae, "enable_tiling"):
         pipe.vae.enable_tiling()
     if model.offload == "model":
         pipe.enable_model_cpu_offload(device=device)
@@ -84,12 +173,22 @@ def load_pipeline(model: ModelConfig, pipeline_cls: type | None = None) -> Any:
     return pipe
 
 
-def _check_source(path: str) -> str:
+def _check_extras(cls: type) -> None:
+    import importlib.util
+
+    if cls.__name__ == "WanImageToVideoPipeline" and importlib.util.find_spec("ftfy") is None:
+        raise ModelLoadError("WanImageToVideoPipeline needs the ftfy package (diffusers calls it on every prompt): "
+                             "pip install ftfy")
+
+
+def _check_source(path: str, files: bool = True) -> str:
+    """The local folder or hub id to load; ``files``: also check a local folder's component files."""
     local = Path(path).expanduser()
     if local.exists():
         if not (local / "model_index.json").is_file():
             raise ModelLoadError(f"{local} is not a diffusers pipeline folder (it has no model_index.json)")
-        _check_local_files(local)
+        if files:
+            _check_local_files(local)
         return str(local)
     if path.startswith((".", "/", "~")) or not HUB_ID.match(path):
         raise ModelLoadError(f"model path {path!r} does not exist (and is not a hub id of the form owner/name)")
@@ -114,15 +213,17 @@ def _check_local_files(local: Path) -> None:
         raise ModelLoadError(f"cannot read {local / 'model_index.json'}: {exc}") from None
     if not isinstance(index, dict):
         raise ModelLoadError(f"{local / 'model_index.json'} is not a diffusers model index (not a JSON object)")
-    for name in ("transformer", "vae", "text_encoder", "text_encoder_2"):
-        if name not in index and name != "transformer":
+    for name in ("transformer", "transformer_2", "vae", "text_encoder", "text_encoder_2", "image_encoder"):
+        entry = index.get(name)
+        # [null, null]: a component the family has but this checkpoint does not use (Wan 2.2 TI2V-5B)
+        if name != "transformer" and not (isinstance(entry, list) and entry and entry[0] is not None):
             continue
         folder = local / name
         if not (folder / "config.json").is_file():
             raise ModelLoadError(f"{local} has no {name}/config.json: the folder is not a complete diffusers "
                                  f"checkpoint (copy every component folder that model_index.json lists)")
         if not any((folder / w).is_file() for w in _WEIGHTS):
-            example = _WEIGHTS[3] if name.startswith("text_encoder") else _WEIGHTS[0]
+            example = _WEIGHTS[3] if name.startswith(("text_encoder", "image_encoder")) else _WEIGHTS[0]
             raise ModelLoadError(f"{local} has no weights in {name}/ (such as {name}/{example})")
 
 

@@ -76,3 +76,139 @@ def build_tiny_pipeline(seed: int = 0, pipeline_cls: type | None = None):
 
     cls = pipeline_cls or HunyuanVideoPipeline
     return cls(**build_tiny_components(seed))
+
+
+# ------------------------------------------------------------------------------------------------------ Wan
+TINY_WAN_TEXT_LEN = 512  # Wan 2.1 I2V's processor hard-codes 512 text tokens (image tokens come first)
+
+
+def _tiny_umt5(vocab: int):
+    from transformers import UMT5Config, UMT5EncoderModel
+
+    return UMT5EncoderModel(UMT5Config(vocab_size=vocab, d_model=TINY_TEXT_DIM, d_kv=8, d_ff=64, num_layers=2,
+                                       num_heads=4, relative_attention_num_buckets=8, pad_token_id=0,
+                                       eos_token_id=2, decoder_start_token_id=0)).eval()
+
+
+def _tiny_wan_transformer(in_channels: int = 16, image_dim: int | None = None):
+    from diffusers import WanTransformer3DModel
+
+    return WanTransformer3DModel(
+        patch_size=(1, 2, 2), num_attention_heads=2, attention_head_dim=64, in_channels=in_channels,
+        out_channels=16, text_dim=TINY_TEXT_DIM, freq_dim=32, ffn_dim=64, num_layers=2, cross_attn_norm=True,
+        qk_norm="rms_norm_across_heads", eps=1e-6, image_dim=image_dim, rope_max_seq_len=64,
+    )
+
+
+def build_tiny_wan_components(seed: int = 0, *, two_experts: bool = False, i2v: bool = False) -> dict:
+    """Components of a tiny Wan pipeline (float32, random weights). ``two_experts``: Wan 2.2 A14B layout
+    (``transformer_2`` for the low-noise steps, boundary 0.5); ``i2v``: Wan 2.1 image-to-video (CLIP image
+    encoder, 36 input channels)."""
+    from diffusers import AutoencoderKLWan
+    from transformers import CLIPImageProcessor, CLIPVisionConfig, CLIPVisionModel
+
+    torch.manual_seed(seed)
+    vocab = 3 + 256
+    in_channels = 36 if i2v else 16
+    image_dim = TINY_TEXT_DIM if (i2v and not two_experts) else None
+    components: dict = {
+        "transformer": _tiny_wan_transformer(in_channels, image_dim),
+        "vae": AutoencoderKLWan(base_dim=3, z_dim=16, dim_mult=[1, 1, 1, 1], num_res_blocks=1,
+                                temperal_downsample=[False, True, True]),
+        "scheduler": FlowMatchEulerDiscreteScheduler(shift=5.0),
+        "text_encoder": _tiny_umt5(vocab),
+        "tokenizer": byte_tokenizer(TINY_WAN_TEXT_LEN),
+    }
+    if two_experts:
+        components["transformer_2"] = _tiny_wan_transformer(in_channels, image_dim)
+        components["boundary_ratio"] = 0.5
+    if image_dim is not None:
+        components["image_encoder"] = CLIPVisionModel(CLIPVisionConfig(
+            hidden_size=TINY_TEXT_DIM, projection_dim=TINY_TEXT_DIM, num_hidden_layers=2, num_attention_heads=4,
+            image_size=32, intermediate_size=37, patch_size=8)).eval()
+        components["image_processor"] = CLIPImageProcessor(crop_size=32, size=32)
+    return components
+
+
+def ftfy_missing_shim() -> bool:
+    """diffusers 0.42's Wan I2V pipeline calls ``ftfy.fix_text`` unconditionally (the T2V one only when ftfy is
+    installed). Without ftfy, give that module a pass-through ``ftfy`` so the tiny I2V model runs; returns
+    whether the shim was needed. Real checkpoints are refused instead (see loading.py)."""
+    import importlib.util
+    import types
+
+    from diffusers.pipelines.wan import pipeline_wan_i2v
+
+    if importlib.util.find_spec("ftfy") is not None or hasattr(pipeline_wan_i2v, "ftfy"):
+        return False
+    pipeline_wan_i2v.ftfy = types.SimpleNamespace(fix_text=lambda text: text)
+    return True
+
+
+def build_tiny_wan_pipeline(seed: int = 0, *, two_experts: bool = False, i2v: bool = False):
+    from diffusers import WanImageToVideoPipeline, WanPipeline
+
+    if i2v:
+        ftfy_missing_shim()
+    cls = WanImageToVideoPipeline if i2v else WanPipeline
+    return cls(**build_tiny_wan_components(seed, two_experts=two_experts, i2v=i2v))
+
+
+# ------------------------------------------------------------------------------------------ HunyuanVideo 1.5
+TINY_HV15_SETTINGS = {"tokenizer_max_length": 32, "tokenizer_2_max_length": 16, "vision_num_semantic_tokens": 8,
+                      "prompt_template_encode_start_idx": 0, "system_message": "Describe the video."}
+_CHAT_TEMPLATE = ("{% for m in messages %}<|{{ m['role'] }}|>{% if m['content'] is string %}{{ m['content'] }}"
+                  "{% else %}{% for c in m['content'] %}{{ c['text'] }}{% endfor %}{% endif %}{% endfor %}"
+                  "{% if add_generation_prompt %}<|assistant|>{% endif %}")
+
+
+def build_tiny_hunyuan15_components(seed: int = 0, *, i2v: bool = False) -> dict:
+    """Components of a tiny HunyuanVideo 1.5 pipeline (float32, random weights, byte-level tokenizers)."""
+    from diffusers import AutoencoderKLHunyuanVideo15, ClassifierFreeGuidance, HunyuanVideo15Transformer3DModel
+    from transformers import ByT5Tokenizer, T5Config, T5EncoderModel
+    from transformers.models.qwen2_5_vl import Qwen2_5_VLTextConfig, Qwen2_5_VLTextModel
+
+    torch.manual_seed(seed)
+    vocab = 3 + 256
+    tokenizer = byte_tokenizer(TINY_HV15_SETTINGS["tokenizer_max_length"] + 64)
+    tokenizer.chat_template = _CHAT_TEMPLATE
+    text_encoder = Qwen2_5_VLTextModel(Qwen2_5_VLTextConfig(
+        vocab_size=vocab, hidden_size=TINY_TEXT_DIM, intermediate_size=64, num_hidden_layers=3,
+        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=512,
+        rope_scaling={"type": "mrope", "mrope_section": [1, 1, 2]}, bos_token_id=1, eos_token_id=2,
+        pad_token_id=0)).eval()
+    byt5 = ByT5Tokenizer()
+    text_encoder_2 = T5EncoderModel(T5Config(vocab_size=len(byt5), d_model=TINY_TEXT_DIM, d_kv=8, d_ff=64,
+                                             num_layers=2, num_heads=4, relative_attention_num_buckets=8)).eval()
+    latent = 8
+    transformer = HunyuanVideo15Transformer3DModel(
+        in_channels=2 * latent + 1, out_channels=latent, num_attention_heads=2, attention_head_dim=64, num_layers=2,
+        num_refiner_layers=1, mlp_ratio=2.0, patch_size=1, patch_size_t=1, text_embed_dim=TINY_TEXT_DIM,
+        text_embed_2_dim=TINY_TEXT_DIM, image_embed_dim=TINY_TEXT_DIM, rope_axes_dim=(16, 24, 24), target_size=128,
+        task_type="i2v" if i2v else "t2v")
+    vae = AutoencoderKLHunyuanVideo15(in_channels=3, out_channels=3, latent_channels=latent,
+                                      block_out_channels=(16, 16, 16, 16, 16), layers_per_block=1,
+                                      spatial_compression_ratio=16, temporal_compression_ratio=4)
+    components = {
+        "transformer": transformer, "vae": vae, "scheduler": FlowMatchEulerDiscreteScheduler(shift=7.0),
+        "text_encoder": text_encoder, "tokenizer": tokenizer, "text_encoder_2": text_encoder_2, "tokenizer_2": byt5,
+        "guider": ClassifierFreeGuidance(guidance_scale=6.0),
+    }
+    if i2v:
+        from transformers import SiglipImageProcessor, SiglipVisionConfig, SiglipVisionModel
+
+        components["image_encoder"] = SiglipVisionModel(SiglipVisionConfig(
+            hidden_size=TINY_TEXT_DIM, intermediate_size=37, num_hidden_layers=2, num_attention_heads=4,
+            image_size=32, patch_size=8)).eval()
+        components["feature_extractor"] = SiglipImageProcessor(size={"height": 32, "width": 32})
+    return components
+
+
+def build_tiny_hunyuan15_pipeline(seed: int = 0, *, i2v: bool = False):
+    from diffusers import HunyuanVideo15ImageToVideoPipeline, HunyuanVideo15Pipeline
+
+    cls = HunyuanVideo15ImageToVideoPipeline if i2v else HunyuanVideo15Pipeline
+    pipe = cls(**build_tiny_hunyuan15_components(seed, i2v=i2v))
+    for key, value in TINY_HV15_SETTINGS.items():
+        setattr(pipe, key, value)
+    return pipe

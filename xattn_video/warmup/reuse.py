@@ -49,7 +49,7 @@ class SelectionCache:
             raise ValueError(f"selection_reuse must be >= 0, got {every}")
         self.every = every
         self.max_signatures = max_signatures
-        self._entries: dict[int, dict[Signature, _Entry]] = {}
+        self._entries: dict[Hashable, dict[Signature, _Entry]] = {}  # layer label -> entries
         self.hits = 0
         self.misses = 0
 
@@ -57,7 +57,7 @@ class SelectionCache:
     def enabled(self) -> bool:
         return self.every > 1
 
-    def get(self, layer: int, step: int | None, signature: Signature) -> BlockSelection | None:
+    def get(self, layer: Hashable, step: int | None, signature: Signature) -> BlockSelection | None:
         """The selection estimated for this layer and signature on one of the ``every - 1`` steps before."""
         if not self.enabled or step is None:
             return None
@@ -68,7 +68,7 @@ class SelectionCache:
         self.hits += 1
         return entry.selection
 
-    def put(self, layer: int, step: int | None, signature: Signature, selection: BlockSelection) -> None:
+    def put(self, layer: Hashable, step: int | None, signature: Signature, selection: BlockSelection) -> None:
         """Remember a freshly estimated selection (unknown steps are not cached: they cannot be matched)."""
         if not self.enabled or step is None:
             return

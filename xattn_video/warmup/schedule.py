@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 import weakref
 from typing import Any
 
@@ -32,13 +33,35 @@ def timestep_index(t: Any, timesteps: torch.Tensor) -> int | None:
     return int(torch.argmin(diffs))
 
 
+def calling_pipeline(max_depth: int = 64) -> Any | None:
+    """The diffusers pipeline whose code is on the call stack (innermost first), or None.
+
+    A denoising loop runs inside ``pipeline.__call__``, whose frame holds the pipeline as ``self``; walking up
+    from the transformer's forward finds it in a few frames. This is what makes warmup follow the pipeline
+    that actually runs the transformer (``from_pipe``, a pipeline built from ``pipe.components``), not the one
+    XAttention was applied to.
+    """
+    from diffusers import DiffusionPipeline
+
+    frame = sys._getframe(1)
+    depth = 0
+    while frame is not None and depth < max_depth:
+        candidate = frame.f_locals.get("self") if "self" in frame.f_code.co_varnames else None
+        if isinstance(candidate, DiffusionPipeline):
+            return candidate
+        frame = frame.f_back
+        depth += 1
+    return None
+
+
 class StepTracker:
     """The denoising step of the running pipeline, read from its own state on every transformer call.
 
-    The step is the index of ``pipe.current_timestep`` in ``pipe.scheduler.timesteps`` (for the Euler
-    flow-matching scheduler of HunyuanVideo, the step number). Both transformer calls of a true-CFG step see
-    the same step, custom sigmas work, and a new generation starts again at step 0. Outside a denoising loop
-    the step is unknown (``None``) unless ``manual_step`` is set.
+    The pipeline is the one on the call stack (:func:`calling_pipeline`); outside any pipeline it is the one
+    given at construction. The step is the index of ``pipe.current_timestep`` in ``pipe.scheduler.timesteps``
+    (for flow-matching Euler schedulers, the step number). Both transformer calls of a true-CFG step see the
+    same step, custom sigmas work, and a new generation starts again at step 0. Outside a denoising loop the
+    step is unknown (``None``) unless ``manual_step`` is set.
     """
 
     def __init__(self, pipe: Any | None):
@@ -51,10 +74,14 @@ class StepTracker:
     def current(self) -> int | None:
         if self.manual_step is not None:
             return self.manual_step
-        pipe = self._pipe() if self._pipe is not None else None
+        pipe = calling_pipeline()
+        if pipe is None:
+            pipe = self._pipe() if self._pipe is not None else None
         if pipe is None:
             return None
-        t = getattr(pipe, "current_timestep", None)
+        t = getattr(pipe, "_current_timestep", None)
+        if t is None:
+            t = getattr(pipe, "current_timestep", None)
         scheduler = getattr(pipe, "scheduler", None)
         if t is None or scheduler is None or getattr(scheduler, "timesteps", None) is None:
             return None

@@ -1,0 +1,347 @@
+"""The one XAttention mechanism for every diffusers video transformer: hooks + a patched ``dispatch_attention_fn``.
+
+How it works (diffusers 0.42):
+
+* Every supported attention processor ends in a call to the module-level name ``dispatch_attention_fn`` of its
+  transformer module (``transformer_hunyuan_video``, ``transformer_hunyuan_video15``, ``transformer_wan``). That
+  name is replaced, once per module and reference-counted over all installs, by :func:`xattn_dispatch`. With no
+  XAttention layer active it delegates to the original at once, so other modules and pipelines are untouched.
+* Each self-attention module gets a diffusers ``ModelHook`` (:class:`XAttnLayerHook`) that marks "this layer is
+  running" in a shared slot for the duration of its forward, with the token layout the family adapter declares.
+  The stock processor still computes q/k/v, norms and rotary; only its final dispatch call is intercepted.
+  (Wrapping the processor object instead does not work: ``Attention.forward`` filters keyword arguments by
+  ``inspect.signature(processor.__call__)``.)
+* Each transformer gets a :class:`StepHook` that, once per forward, reads the denoising step from whichever
+  pipeline is running it (see :func:`xattn_video.warmup.calling_pipeline`), so ``from_pipe`` and pipelines built
+  from ``pipe.components`` get warmup right.
+* Inside an active layer, a call runs dense or ``xattention`` with ``kv_len`` from the key-padding mask and the
+  text region forced. Dense calls (warmup steps, dense layers, τ ≥ 1) follow ``xattn.dense_backend``: ``fast``
+  (default) drops the padded keys and calls unmasked SDPA (:func:`xattn_video.kernels.dense.dense_attention`,
+  exact up to rounding) with the host key lengths of the once-per-forward mask check; ``stock`` makes the original
+  dispatch call with the same arguments (bit-identical). Calls whose mask is not a key-padding prefix, other
+  attention backends and context-parallel calls always take the original call.
+* Sparse calls go through ``xattention`` itself: ``selection=`` for selection reuse across steps
+  (``xattn.selection_reuse``, :mod:`xattn_video.warmup.reuse`), ``stopwatch=`` for ``time_stats``. A calibration
+  observer (:class:`xattn_video.calibrate.collect.Collector`, ``state.observer``) sees every sparse-eligible call
+  with a usable mask before its attention, and with ``observer.run_dense`` the call runs dense.
+
+torch.compile: the layer hooks and this function trace with ``fullgraph=True`` when the blocks are compiled
+(regional compilation); the StepHook's call-stack walk is a graph break, so compile blocks, not the whole model.
+
+Context parallelism: with a ``parallel_config`` whose Ulysses degree N > 1, the sparse call runs inside diffusers'
+own all-to-all (``_templated_context_parallel_attention``): our forward op sees the full sequence for H/N heads
+(rank r holds heads [r·H/N, (r+1)·H/N), the mask all-gathered by diffusers), per-head τ lists are sliced to those
+heads, and each rank records statistics for its heads (``summary()["parallel"]``). Ring degree > 1: dense only,
+with one warning (a ring pass sees one key shard at a time, and block selection needs all keys of a row). Under
+Ulysses the text region is not forced unless the parallel plan keeps the [video, text] order after the
+all-to-all (``state.cp_text_start`` may be set by the plan); the inference-only backward raises.
+"""
+
+from __future__ import annotations
+
+import functools
+import importlib
+import warnings
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+import torch
+from diffusers.hooks import HookRegistry, ModelHook
+
+from ..config import XAttnConfig
+from ..kernels import xattention
+from ..kernels.dense import dense_attention, prefix_kv_lens
+from ..stats import AttentionStats, Stopwatch
+from ..warmup import AttentionPlan, StepTracker
+from ..warmup.reuse import SelectionCache, selection_signature
+
+LAYER_HOOK = "xattn_video_layer"
+STEP_HOOK = "xattn_video_step"
+
+Label = int | str
+
+
+@dataclass(frozen=True)
+class AttentionLayer:
+    """One self-attention module: its number within its transformer, the expert (0 = ``transformer``,
+    1 = ``transformer_2``) and the label used in configs and statistics (``5`` or ``"t2.5"``)."""
+
+    module: torch.nn.Module
+    index: int
+    expert: int = 0
+
+    @property
+    def label(self) -> Label:
+        return self.index if self.expert == 0 else f"t2.{self.index}"
+
+
+@dataclass
+class XAttentionState:
+    """Shared by the hooks of one install: config, one plan per expert, the step, statistics, mask cache."""
+
+    config: XAttnConfig
+    plans: dict[int, AttentionPlan]
+    tracker: StepTracker
+    stats: AttentionStats = field(default_factory=AttentionStats)
+    step: int | None = None  # set by StepHook at each transformer forward
+    cp_text_start: int | None = None  # text start in the full sequence under Ulysses (set by a parallel plan)
+    parallel: dict = field(default_factory=lambda: {"ulysses_degree": 1, "ring_degree": 1, "rank": 0})
+    warned: set = field(default_factory=set)
+    reuse: SelectionCache = field(default_factory=lambda: SelectionCache(0))
+    # calibration (xattn_video.calibrate.Collector): observe(step, label, q, k, v, kv_len, text_start) on
+    # sparse-eligible calls with a usable mask, before the attention; with observer.run_dense the call runs dense
+    observer: Any = None
+    _mask: Any = None
+    _mask_kv_len: Any = None
+    _mask_is_prefix: bool = True
+    _mask_host_lens: Any = None
+
+    @property
+    def plan(self) -> AttentionPlan:
+        return self.plans[0]
+
+    def record(self, step: int | None, label: Label, density: Any, sparse: bool, watch: Stopwatch | None = None) -> None:
+        if self.config.collect_stats or watch is not None:
+            self.stats.record(step, label, density, sparse, watch=watch)
+
+    def warn_once(self, key: str, message: str) -> None:
+        if key not in self.warned:
+            self.warned.add(key)
+            warnings.warn(message, RuntimeWarning, stacklevel=3)
+
+    def key_padding(self, mask: torch.Tensor | None) -> tuple[bool, torch.Tensor | None]:
+        """(usable, kv_len [B] int32 or None) for an attention mask; usable=False: not a key-padding prefix.
+
+        Accepts a bool mask [B, 1, 1, S] (HunyuanVideo) or [B, 1, S_q, S] whose first query row is the key
+        padding (HunyuanVideo 1.5, whose first query is a video token and always valid). The transformer passes one
+        mask object to all its blocks, so the prefix check (one host synchronization) runs once per forward.
+        """
+        if mask is None:
+            return True, None
+        if mask is self._mask:
+            return self._mask_is_prefix, self._mask_kv_len
+        kv_len, prefix, lens = None, False, None
+        if mask.dtype == torch.bool and mask.dim() == 4 and mask.shape[1] == 1:
+            flat = mask[:, 0, 0, :]
+            prefix, lens = prefix_kv_lens(flat)  # the one host sync; also the fast dense path's lengths
+            kv_len = flat.sum(dim=-1, dtype=torch.int32)
+        self._mask, self._mask_kv_len, self._mask_is_prefix = mask, (kv_len if prefix else None), prefix
+        self._mask_host_lens = lens
+        return prefix, self._mask_kv_len
+
+    def host_kv_lens(self, mask: torch.Tensor | None) -> tuple[bool, list[int] | None]:
+        """(usable, valid key count per batch entry as host ints) of the forward's mask (cached, see above)."""
+        usable, _ = self.key_padding(mask)
+        return usable, (self._mask_host_lens if mask is not None else None)
+
+
+@dataclass
+class _Active:
+    state: XAttentionState
+    layer: AttentionLayer
+    text_start: int | None  # first text token in the joint sequence, None when there is no text
+    module_mask: torch.Tensor | None  # key-padding mask the adapter derived at module level (or None)
+
+
+_ACTIVE: list[_Active] = []  # innermost active XAttention layer last
+
+
+# ----------------------------------------------------------------------------------------------- hooks
+class XAttnLayerHook(ModelHook):
+    """Marks a self-attention module as active while it runs; ``layout(module, args, kwargs)`` gives
+    ``(text_start, module_mask)`` from the module's own inputs (the family adapter's token layout)."""
+
+    def __init__(self, state: XAttentionState, layer: AttentionLayer,
+                 layout: Callable[[torch.nn.Module, tuple, dict], tuple[int | None, Any]]):
+        super().__init__()
+        self.state, self.layer, self.layout = state, layer, layout
+
+    def new_forward(self, module: torch.nn.Module, *args: Any, **kwargs: Any) -> Any:
+        text_start, module_mask = self.layout(module, args, kwargs)
+        _ACTIVE.append(_Active(self.state, self.layer, text_start, module_mask))
+        try:
+            return self.fn_ref.original_forward(*args, **kwargs)
+        finally:
+            _ACTIVE.pop()
+
+
+class StepHook(ModelHook):
+    """On each transformer forward, reads the denoising step from the pipeline that is calling it."""
+
+    def __init__(self, state: XAttentionState):
+        super().__init__()
+        self.state = state
+
+    def new_forward(self, module: torch.nn.Module, *args: Any, **kwargs: Any) -> Any:
+        self.state.step = self.state.tracker.current()
+        return self.fn_ref.original_forward(*args, **kwargs)
+
+
+def has_xattention(module: torch.nn.Module) -> bool:
+    registry = getattr(module, "_diffusers_hook", None)
+    return registry is not None and (registry.get_hook(LAYER_HOOK) is not None
+                                     or registry.get_hook(STEP_HOOK) is not None)
+
+
+def add_hook(module: torch.nn.Module, hook: ModelHook, name: str) -> None:
+    HookRegistry.check_if_exists_or_initialize(module).register_hook(hook, name)
+
+
+def remove_hook(module: torch.nn.Module, name: str) -> None:
+    registry = getattr(module, "_diffusers_hook", None)
+    if registry is not None:
+        registry.remove_hook(name, recurse=False)
+
+
+# ----------------------------------------------------------------------------------------------- the patch
+_PATCHES: dict[str, list] = {}  # python module name -> [original dispatch_attention_fn, install count]
+
+
+def patch_dispatch(module_names: tuple[str, ...]) -> None:
+    """Replace ``dispatch_attention_fn`` in each module by :func:`xattn_dispatch` (reference-counted)."""
+    for name in module_names:
+        entry = _PATCHES.get(name)
+        if entry is None:
+            mod = importlib.import_module(name)
+            _PATCHES[name] = [mod.dispatch_attention_fn, 1]
+            mod.dispatch_attention_fn = functools.partial(xattn_dispatch, _original=mod.dispatch_attention_fn)
+        else:
+            entry[1] += 1
+
+
+def unpatch_dispatch(module_names: tuple[str, ...]) -> None:
+    """Undo one :func:`patch_dispatch`; the original comes back when the last install is removed."""
+    for name in module_names:
+        entry = _PATCHES.get(name)
+        if entry is None:
+            continue
+        entry[1] -= 1
+        if entry[1] <= 0:
+            importlib.import_module(name).dispatch_attention_fn = entry[0]
+            del _PATCHES[name]
+
+
+def parallel_degree(parallel_config: Any) -> tuple[int, int]:
+    """(ulysses_degree, ring_degree) of a diffusers ``ParallelConfig`` (1, 1 when None or not context-parallel)."""
+    cp = getattr(parallel_config, "context_parallel_config", None) if parallel_config is not None else None
+    if cp is None:
+        return 1, 1
+    return int(cp.ulysses_degree or 1), int(cp.ring_degree or 1)
+
+
+def xattn_dispatch(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
+                   attn_mask: torch.Tensor | None = None, dropout_p: float = 0.0, is_causal: bool = False,
+                   scale: float | None = None, enable_gqa: bool = False,
+                   attention_kwargs: dict[str, Any] | None = None, *, backend: Any = None,
+                   parallel_config: Any = None, _original: Callable[..., torch.Tensor]) -> torch.Tensor:
+    """Drop-in for ``dispatch_attention_fn`` ([B, S, H, D] in and out): XAttention inside an active layer."""
+
+    def stock() -> torch.Tensor:
+        return _original(query, key, value, attn_mask=attn_mask, dropout_p=dropout_p, is_causal=is_causal,
+                         scale=scale, enable_gqa=enable_gqa, attention_kwargs=attention_kwargs, backend=backend,
+                         parallel_config=parallel_config)
+
+    active = _ACTIVE[-1] if _ACTIVE else None
+    if active is None:
+        return stock()
+    state, layer, cfg = active.state, active.layer, active.state.config
+    step = state.step
+    plan = state.plans[layer.expert]
+    # Only plain self-attention goes sparse (cross-attention calls inside a hooked module stay dense).
+    self_attention = (query.shape[1] == key.shape[1] and not is_causal and dropout_p == 0.0 and scale is None
+                      and not enable_gqa)
+    mask = active.module_mask if active.module_mask is not None else attn_mask
+
+    def dense() -> torch.Tensor:
+        # fast: padded keys dropped, unmasked SDPA with the host lengths of the forward's mask check (no extra sync)
+        if (cfg.dense_backend == "fast" and self_attention and backend is None and parallel_config is None
+                and not attention_kwargs):
+            usable, lens = state.host_kv_lens(mask)
+            if usable:
+                return dense_attention(query, key, value, lens)
+        return stock()
+
+    if not self_attention or not plan.is_sparse(step, layer.index):
+        state.record(step, layer.label, 1.0, sparse=False)
+        return dense()
+    ulysses, ring = parallel_degree(parallel_config)
+    if ring > 1:
+        state.warn_once("ring", "xattn-video: ring context parallelism is not supported by XAttention; those "
+                                "attention calls run dense")
+        state.record(step, layer.label, 1.0, sparse=False)
+        return stock()
+    tau = plan.threshold(layer.index)
+    if ulysses > 1:
+        return _ulysses(query, key, value, attn_mask, parallel_config, active, step, tau)
+    usable, kv_len = state.key_padding(mask)
+    if not usable:
+        state.warn_once("mask", "xattn-video: the attention mask is not a key-padding prefix; those calls run "
+                                "dense masked attention")
+        state.record(step, layer.label, 1.0, sparse=False)
+        return stock()
+    text_start = active.text_start if cfg.text_forcing else None
+    if state.observer is not None:
+        state.observer.observe(step, layer.label, query, key, value, kv_len, text_start)
+        if state.observer.run_dense:
+            return dense()
+    lens = state.host_kv_lens(mask)[1] if state.reuse.enabled else None
+    return _sparse(query, key, value, state, layer, step, tau, kv_len, text_start, lens)
+
+
+def _sparse(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, state: XAttentionState, layer: AttentionLayer,
+            step: int | None, tau: Any, kv_len: torch.Tensor | None, text_start: int | None,
+            host_lens: list[int] | None = None) -> torch.Tensor:
+    """``xattention`` on one call: a reused selection (``selection_reuse``), the operator's own timing marks."""
+    cfg = state.config
+    signature, selection = None, None
+    if state.reuse.enabled:  # host values only: no device read
+        signature = selection_signature(q.shape[0], q.shape[1], k.shape[1], q.shape[2], cfg.block_size, host_lens,
+                                        text_start)
+        selection = state.reuse.get(layer.label, step, signature)
+    reused = selection is not None
+    watch = Stopwatch(q.device) if cfg.time_stats else None  # marks: estimate, selection, attention
+    out, selection = xattention(q, k, v, threshold=tau, stride=cfg.stride, block_size=cfg.block_size, kv_len=kv_len,
+                                text_start=text_start, keep_diagonal=cfg.keep_diagonal, max_density=cfg.max_density,
+                                backend=cfg.backend, return_selection=True, stopwatch=watch, selection=selection)
+    if signature is not None and not reused:
+        state.reuse.put(layer.label, step, signature, selection)
+    state.record(step, layer.label, selection.density(), sparse=True, watch=watch)
+    return out
+
+
+def _inference_only_backward(*_: Any, **__: Any) -> Any:
+    raise RuntimeError("xattn-video: XAttention is inference-only; its context-parallel attention has no backward")
+
+
+def _ulysses(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, attn_mask: torch.Tensor | None,
+             parallel_config: Any, active: _Active, step: int | None, tau: Any) -> torch.Tensor:
+    """The sparse call inside diffusers' Ulysses all-to-all: the op sees the full sequence for this rank's heads."""
+    from diffusers.models.attention_dispatch import _templated_context_parallel_attention
+
+    state, layer = active.state, active.layer
+    cp = parallel_config.context_parallel_config
+    world = int(cp.ulysses_degree)
+    rank = int(getattr(cp, "_ulysses_local_rank", 0) or 0)
+    state.parallel = {"ulysses_degree": world, "ring_degree": 1, "rank": rank}
+
+    def forward_op(ctx: Any, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None,
+                   dropout_p: float, is_causal: bool, scale: Any, enable_gqa: bool, return_lse: bool,
+                   _save_ctx: bool = True, _parallel_config: Any = None) -> torch.Tensor:
+        if return_lse:
+            raise ValueError("xattn-video: XAttention does not return the log-sum-exp")
+        heads = q.shape[2]
+        local_tau = tau[rank * heads:(rank + 1) * heads] if isinstance(tau, tuple) else tau
+        usable, kv_len = state.key_padding(mask)
+        if not usable:
+            state.warn_once("mask", "xattn-video: the attention mask is not a key-padding prefix; those calls "
+                                    "run dense masked attention")
+            state.record(step, layer.label, 1.0, sparse=False)
+            return torch.nn.functional.scaled_dot_product_attention(
+                q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), attn_mask=mask).transpose(1, 2)
+        text_start = state.cp_text_start if state.config.text_forcing else None
+        lens = state.host_kv_lens(mask)[1] if state.reuse.enabled else None
+        return _sparse(q, k, v, state, layer, step, local_tau, kv_len, text_start, lens)
+
+    return _templated_context_parallel_attention(query, key, value, attn_mask, 0.0, False, None, False, False,
+                                                 forward_op=forward_op, backward_op=_inference_only_backward,
+                                                 _parallel_config=parallel_config)
