@@ -60,7 +60,7 @@ def cmd_generate(args: argparse.Namespace) -> int:
     if gpus > 1 or world > 1:
         if not in_rank():  # the parent: check everything, then start the ranks (they re-run this command)
             check_launch(run, gpus)
-            return launch(gpus, args.argv)
+            return launch(gpus, ["-m", "xattn_video.cli", *args.argv])
         generate_on_ranks(run, args.out, gpus, report=_report)
         return 0
     _report(run, generate(run, args.out))

@@ -16,6 +16,7 @@ import logging
 import os
 import sys
 import uuid
+from pathlib import Path
 from typing import Any, Callable, Sequence
 
 import torch
@@ -64,8 +65,11 @@ def check_launch(run: RunConfig, gpus: int) -> dict:
     return validate_parallel(run.model, run.generation, gpus)
 
 
-def launch(nproc: int, module_args: Sequence[str], module: str = "xattn_video.cli") -> int:
-    """Run ``python -m <module> <module_args>`` as ``nproc`` ranks on this machine; returns an exit code.
+def launch(nproc: int, python_args: Sequence[str]) -> int:
+    """Run ``python <python_args>`` as ``nproc`` ranks on this machine; returns an exit code.
+
+    ``xvid generate --gpus N ...`` runs ``python -m xattn_video.cli generate --gpus N ...``. The ranks import
+    this same copy of the package (its folder is put first on PYTHONPATH).
 
     The first rank to fail stops the others (no hang); its own message is on stderr, and this prints one line
     naming the rank. Exit code: the failed rank's if it was 2 (bad input), else 1.
@@ -73,21 +77,30 @@ def launch(nproc: int, module_args: Sequence[str], module: str = "xattn_video.cl
     from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
     from torch.distributed.launcher.api import LaunchConfig, elastic_launch
 
-    os.environ.update(NO_MULTICAST_ENV)
-    os.environ.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // nproc)))
-    os.environ["PYTHONUNBUFFERED"] = "1"
+    package_root = str(Path(__file__).resolve().parents[1])
+    env = {**NO_MULTICAST_ENV, "PYTHONUNBUFFERED": "1",
+           "PYTHONPATH": os.pathsep.join(filter(None, [package_root, os.environ.get("PYTHONPATH")])),
+           "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // nproc)))}
     logging.getLogger("torch.distributed.elastic").setLevel(logging.ERROR)
     config = LaunchConfig(min_nodes=1, max_nodes=1, nproc_per_node=nproc, run_id=f"xvid-{uuid.uuid4().hex[:8]}",
                           rdzv_backend="c10d", rdzv_endpoint="localhost:0", max_restarts=0, monitor_interval=0.2,
                           start_method="spawn", shutdown_timeout=10)
+    saved = {key: os.environ.get(key) for key in env}
+    os.environ.update(env)  # the ranks inherit this process's environment
     try:
-        elastic_launch(config, sys.executable)("-m", module, *module_args)
+        elastic_launch(config, sys.executable)(*python_args)
     except ChildFailedError as exc:
         rank, failure = exc.get_first_failure()
         code = failure.exitcode
         what = f"exit code {code}" if code >= 0 else f"signal {-code}"
         print(f"xvid: rank {rank} of {nproc} failed ({what}); all ranks were stopped", file=sys.stderr)
         return 2 if code == 2 else 1
+    finally:
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
     return 0
 
 
