@@ -29,16 +29,48 @@ def main(argv: list[str]) -> int:
         return 0
 
     from xattn_video.config import load_config
-    from xattn_video.launch import generate_on_ranks
 
     out_dir, overrides = Path(argv[1]), argv[2:]
-    run = load_config(overrides=["model.device=cpu", *overrides])
-    result = generate_on_ranks(run, None, 2)
-    if result.meta:  # rank 0
-        np.save(out_dir / "frames.npy", result.frames)
-        (out_dir / "summary.json").write_text(json.dumps({"xattn": result.xattn,
-                                                          "parallel": result.meta["parallel"]}))
+    xattn_first = "--xattn-first" in overrides
+    run = load_config(overrides=["model.device=cpu", *[o for o in overrides if o != "--xattn-first"]])
+    if xattn_first:
+        frames, xattn, parallel = _xattention_then_parallelism(run)
+    else:
+        from xattn_video.launch import generate_on_ranks
+
+        result = generate_on_ranks(run, None, 2)
+        frames, xattn, parallel = result.frames, result.xattn, result.meta.get("parallel")
+    if parallel is not None:  # rank 0
+        np.save(out_dir / "frames.npy", frames)
+        (out_dir / "summary.json").write_text(json.dumps({"xattn": xattn, "parallel": parallel}))
     return 0
+
+
+def _xattention_then_parallelism(run):
+    """The other order a Python user may take: ``apply_xattention`` first, then ``enable_context_parallel``."""
+    import dataclasses
+
+    import torch
+    import torch.distributed as dist
+
+    from xattn_video import apply_xattention
+    from xattn_video.generate import run_pipeline
+    from xattn_video.launch import init_process_group, merge_rank_summaries
+    from xattn_video.pipelines.loading import load_pipeline
+    from xattn_video.pipelines.parallel import enable_context_parallel
+
+    rank, world = init_process_group(torch.device("cpu"))
+    try:
+        pipe = load_pipeline(run.model)
+        handle = apply_xattention(pipe, run.xattn)
+        layout = enable_context_parallel(pipe, world)
+        result = run_pipeline(pipe, dataclasses.replace(run, dense=True), show_progress=False, decode=rank == 0)
+        summaries = [None] * world
+        dist.all_gather_object(summaries, handle.summary())
+        handle.remove()
+        return result.frames, merge_rank_summaries(summaries), layout.record() if rank == 0 else None
+    finally:
+        dist.destroy_process_group()
 
 
 if __name__ == "__main__":
