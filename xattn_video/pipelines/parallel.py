@@ -71,7 +71,9 @@ def hunyuan_video15_cp_plan() -> dict:
     every block (each block receives the same whole mask). ``rope`` outputs and ``proj_out`` as for HunyuanVideo.
 
     Caveat: diffusers' HunyuanVideo 1.5 processor turns the text mask into a query×key mask [B, 1, S, S], which
-    Ulysses cannot all-gather (it gathers key masks); the attention dispatch must reduce it to a key mask.
+    Ulysses cannot all-gather (it gathers key masks: "size of tensor a (2S) must match ... (S)"); the attention
+    dispatch must reduce it to a key mask ``mask.any(dim=2, keepdim=True)`` — exact for every image token (checked:
+    2-rank output within 3e-7 of 1-rank with that reduction; tests/test_parallel.py runs it once the dispatch is in).
     """
     from diffusers.models._modeling_parallel import ContextParallelInput, ContextParallelOutput
 
@@ -81,7 +83,7 @@ def hunyuan_video15_cp_plan() -> dict:
             "encoder_hidden_states": ContextParallelInput(split_dim=1, expected_dims=3, split_output=False),
         },
         "transformer_blocks.*": {
-            "encoder_attention_mask": ContextParallelInput(split_dim=1, expected_dims=2, split_output=False),
+            "attention_mask": ContextParallelInput(split_dim=1, expected_dims=2, split_output=False),
         },
         "rope": {
             0: ContextParallelInput(split_dim=0, expected_dims=2, split_output=True),
