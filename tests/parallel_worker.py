@@ -78,9 +78,6 @@ def _xattention_then_parallelism(run):
         dist.destroy_process_group()
 
 
-if __name__ == "__main__":
-    raise SystemExit(main(sys.argv[1:]))
-
 
 def _hunyuan_video15(out_dir: Path) -> int:
     import torch
@@ -116,3 +113,7 @@ def _hunyuan_video15(out_dir: Path) -> int:
         (out_dir / "hv15.json").write_text(json.dumps({"max_abs_diff": (out - reference).abs().max().item()}))
     dist.destroy_process_group()
     return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main(sys.argv[1:]))
