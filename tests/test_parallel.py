@@ -63,6 +63,23 @@ def test_sequence_must_split_evenly():
         check_sequence(HV, config, odd, 2)
 
 
+def test_layout_read_from_a_local_checkpoint_without_weights(tmp_path):
+    from xattn_video.config import ModelConfig
+    from xattn_video.pipelines.parallel import validate_parallel
+
+    (tmp_path / "transformer").mkdir()
+    (tmp_path / "vae").mkdir()
+    (tmp_path / "model_index.json").write_text("{}")
+    (tmp_path / "transformer" / "config.json").write_text(json.dumps(
+        {"_class_name": "WanTransformer3DModel", "num_attention_heads": 40, "patch_size": [1, 2, 2]}))
+    (tmp_path / "vae" / "config.json").write_text(json.dumps({"scale_factor_spatial": 16, "scale_factor_temporal": 4}))
+    g = GenerationConfig(height=704, width=1280, frames=121, max_sequence_length=512)
+    layout = validate_parallel(ModelConfig(path=str(tmp_path)), g, 4)
+    assert (layout["heads_per_rank"], layout["image_tokens"]) == (10, 31 * 22 * 40)  # text is not split for Wan
+    with pytest.raises(ConfigError, match="40 attention heads"):
+        validate_parallel(ModelConfig(path=str(tmp_path)), g, 3)
+
+
 def test_degree_not_dividing_heads_fails_fast_with_exit_2(tmp_path, capsys):
     start = time.perf_counter()
     rc = main(["generate", "--gpus", "3", "--device", "cpu", "--steps", "2", "--out", str(tmp_path / "v.mp4")])

@@ -126,22 +126,30 @@ def check_heads(heads: int, degree: int, what: str = "the model") -> None:
                           f"(Ulysses gives each GPU whole heads); use --gpus {'/'.join(map(str, divisors))}")
 
 
-def token_counts(family: str, transformer_config: dict, generation: GenerationConfig) -> tuple[int, int]:
-    """(image tokens, text tokens) of one transformer call for this generation."""
+def token_counts(family: str, transformer_config: dict, generation: GenerationConfig,
+                 vae_config: dict | None = None) -> tuple[int, int]:
+    """(image tokens, text tokens) of one transformer call for this generation.
+
+    The VAE's compression comes from ``vae_config`` when given (Wan 2.2 5B compresses space by 16, not 8).
+    """
     spec = _FAMILIES[family]
+    vae = vae_config or {}
+    vae_t = vae.get("temporal_compression_ratio", vae.get("scale_factor_temporal")) or spec["vae_t"]
+    vae_s = vae.get("spatial_compression_ratio", vae.get("scale_factor_spatial")) or spec["vae_s"]
     patch = transformer_config.get("patch_size", 2)
     patch_t = transformer_config.get("patch_size_t", 1)
     if isinstance(patch, (list, tuple)):  # Wan: (t, h, w)
         patch_t, patch = patch[0], patch[1]
-    latent_frames = (generation.frames - 1) // spec["vae_t"] + 1
-    h = generation.height // spec["vae_s"] // patch
-    w = generation.width // spec["vae_s"] // patch
+    latent_frames = (generation.frames - 1) // vae_t + 1
+    h = generation.height // vae_s // patch
+    w = generation.width // vae_s // patch
     return (latent_frames // patch_t) * h * w, generation.max_sequence_length
 
 
-def check_sequence(family: str, transformer_config: dict, generation: GenerationConfig, degree: int) -> None:
+def check_sequence(family: str, transformer_config: dict, generation: GenerationConfig, degree: int,
+                   vae_config: dict | None = None) -> None:
     """diffusers' equipartition split asserts that every split length divides by the degree; say so up front."""
-    image, text = token_counts(family, transformer_config, generation)
+    image, text = token_counts(family, transformer_config, generation, vae_config)
     g = generation
     if image % degree:
         raise ConfigError(f"{g.width}x{g.height}x{g.frames} gives {image:,} image tokens, which do not split "
@@ -152,27 +160,33 @@ def check_sequence(family: str, transformer_config: dict, generation: Generation
                           f"number of GPUs ({degree}): Ulysses splits the text tokens too")
 
 
-def read_transformer_config(model: ModelConfig) -> tuple[str, dict]:
-    """(transformer class name, its config dict) without loading any weights."""
+def read_transformer_config(model: ModelConfig) -> tuple[str, dict, dict | None]:
+    """(transformer class name, its config, the VAE's config or None) without loading any weights."""
     from .loading import _check_source, is_tiny
 
     if is_tiny(model):
         from .tiny import TINY_TRANSFORMER_CONFIG
 
-        return "HunyuanVideoTransformer3DModel", dict(TINY_TRANSFORMER_CONFIG)
+        return "HunyuanVideoTransformer3DModel", dict(TINY_TRANSFORMER_CONFIG), None
     source = _check_source(model.path)
     local = Path(source).expanduser()
-    if local.exists():
-        path = local / "transformer" / "config.json"
-    else:
-        from huggingface_hub import hf_hub_download
 
-        path = Path(hf_hub_download(source, "transformer/config.json"))
-    try:
-        config = json.loads(Path(path).read_text())
-    except (OSError, ValueError) as exc:
-        raise ConfigError(f"cannot read the transformer config {path}: {exc}") from None
-    return config.get("_class_name", "HunyuanVideoTransformer3DModel"), config
+    def read(name: str, required: bool) -> dict | None:
+        try:
+            if local.exists():
+                path = local / name
+            else:
+                from huggingface_hub import hf_hub_download
+
+                path = Path(hf_hub_download(source, name))
+            return json.loads(Path(path).read_text())
+        except Exception as exc:  # missing file, JSON or hub errors
+            if required:
+                raise ConfigError(f"cannot read {name} of {model.path}: {exc}") from None
+            return None
+
+    config = read("transformer/config.json", True)
+    return config.get("_class_name", "HunyuanVideoTransformer3DModel"), config, read("vae/config.json", False)
 
 
 def validate_parallel(model: ModelConfig, generation: GenerationConfig, degree: int) -> dict:
@@ -180,15 +194,15 @@ def validate_parallel(model: ModelConfig, generation: GenerationConfig, degree: 
 
     Returns the layout record (family, heads, degree, tokens per rank).
     """
-    family, config = read_transformer_config(model)
+    family, config, vae_config = read_transformer_config(model)
     if family not in _FAMILIES:
         raise ConfigError(f"{family} has no context-parallel plan; multi-GPU generation supports "
                           f"{', '.join(sorted(_FAMILIES))}")
     heads = int(config.get("num_attention_heads", 24 if "Hunyuan" in family else 40))
     check_heads(heads, degree, f"{family} ({model.path})")
     if degree > 1:
-        check_sequence(family, config, generation, degree)
-    image, text = token_counts(family, config, generation)
+        check_sequence(family, config, generation, degree, vae_config)
+    image, text = token_counts(family, config, generation, vae_config)
     return {"family": family, "heads": heads, "heads_per_rank": heads // degree, "ulysses_degree": degree,
             "ring_degree": 1, "image_tokens": image, "text_tokens": text}
 
