@@ -247,8 +247,14 @@ def table(phases: list[dict], args) -> tuple[str, dict]:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     args.out_dir.mkdir(parents=True, exist_ok=True)
-    if args.phase is not None or in_rank():  # a rank (ours, or a user's torchrun)
+    if args.phase is not None:  # a rank of a phase we launched
         run_phase(args)
+        return 0
+    if in_rank():  # a user's torchrun: one phase at this world size; rank 0 prints its table
+        run_phase(args)
+        path = args.out_dir / f"phase-{os.environ['WORLD_SIZE']}gpu.json"
+        if os.environ.get("RANK") == "0" and path.exists():
+            print(table([json.loads(path.read_text())], args)[0])
         return 0
     import torch
 
