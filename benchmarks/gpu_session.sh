@@ -1,6 +1,6 @@
 #!/bin/bash
 # One device-machine session: install carried wheels, run the GPU tests, then the given python steps.
-# Usage (from the repo root on the GPU machine): bash benchmarks/gpu_session.sh [tests] [sweep] [bench] [pipeline]
+# Usage (from the repo root on the GPU machine): bash benchmarks/gpu_session.sh [tests] [sweep] [bench] [pipeline] [multigpu]
 set -u
 OUT=${OUT:-/tmp/out}
 mkdir -p "$OUT"
@@ -15,6 +15,7 @@ for step in "$@"; do
     sweep) timeout 400 python3 benchmarks/sweep_kernels.py --out "$OUT/sweep.json" 2>&1 | tee "$OUT/sweep.txt" | tail -40 ;;
     bench) timeout 450 python3 benchmarks/bench_xattention.py --out-dir "$OUT" 2>&1 | tee "$OUT/bench.txt" | grep -v "^|" | tail -80 ;;
     bench-quick) timeout 400 python3 benchmarks/bench_xattention.py --tokens 119056 --check-tokens 18616 --out-dir "$OUT" 2>&1 | tee "$OUT/bench.txt" | grep -v "^|" | tail -60 ;;
+    multigpu) timeout 590 python3 benchmarks/bench_multigpu.py --gpus 1 2 --out-dir "$OUT" 2>&1 | tee "$OUT/multigpu.txt" | tail -30 ;;
     *) echo "unknown step $step" ;;
   esac
 done

@@ -85,12 +85,13 @@ def initial_latents(pipe: Any, run: RunConfig, batch: int = 1) -> torch.Tensor |
 
 
 def run_pipeline(pipe: Any, run: RunConfig, latents: torch.Tensor | None = None,
-                 show_progress: bool = True, image: Any = None) -> GenerationResult:
+                 show_progress: bool = True, image: Any = None, decode: bool = True) -> GenerationResult:
     """Run one generation on ``pipe`` (XAttention installed for its duration unless ``run.dense``).
 
     Only the arguments the pipeline's ``__call__`` takes are passed (families differ: HunyuanVideo 1.5 has no
     guidance_scale, its I2V pipeline no height/width). ``image``: a PIL image for I2V (else read from
-    ``run.generation.image``).
+    ``run.generation.image``). ``decode=False`` skips the VAE (frames come back empty): ranks other than 0 of
+    a multi-GPU run.
     """
     import inspect
 
@@ -111,8 +112,8 @@ def run_pipeline(pipe: Any, run: RunConfig, latents: torch.Tensor | None = None,
     kwargs: dict[str, Any] = dict(
         prompt=g.prompt, negative_prompt=g.negative_prompt, height=g.height, width=g.width, num_frames=g.frames,
         num_inference_steps=g.steps, guidance_scale=g.guidance_scale, true_cfg_scale=g.true_cfg_scale,
-        max_sequence_length=g.max_sequence_length, output_type="np", callback_on_step_end=on_step_end,
-        image=image,
+        max_sequence_length=g.max_sequence_length, output_type="np" if decode else "latent",
+        callback_on_step_end=on_step_end, image=image,
     )
     if latents is not None:
         kwargs["latents"] = latents
@@ -133,7 +134,7 @@ def run_pipeline(pipe: Any, run: RunConfig, latents: torch.Tensor | None = None,
     finally:
         if handle is not None:
             handle.remove()
-    frames = np.asarray(output.frames[0], dtype=np.float32)
+    frames = np.asarray(output.frames[0], dtype=np.float32) if decode else np.zeros((0, 0, 0, 3), np.float32)
     per_step = [b - a for a, b in zip([start] + step_ends[:-1], step_ends)]
     return GenerationResult(frames=frames, seconds_total=total, seconds_per_step=per_step, xattn=summary)
 
@@ -164,7 +165,15 @@ def generate(run: RunConfig, out: str | Path | None = None, pipe: Any = None,
     if pipe is None:
         pipe = load_pipeline(run.model)
     result = run_pipeline(pipe, run, show_progress=show_progress, image=image)
-    result.meta = {
+    result.meta = run_record(result, run, pipe)
+    if out is not None:
+        write_outputs(result, run, out)
+    return result
+
+
+def run_record(result: GenerationResult, run: RunConfig, pipe: Any) -> dict:
+    """The JSON run record of a finished generation (config, environment, times, XAttention statistics)."""
+    return {
         "config": to_container(run),
         "device": str(pipeline_device(pipe)),
         "environment": environment(),
@@ -176,9 +185,11 @@ def generate(run: RunConfig, out: str | Path | None = None, pipe: Any = None,
         "xattn": result.xattn,
         "note": "tiny random-weight model: the video is noise" if is_tiny(run.model) else None,
     }
-    if out is not None:
-        out = Path(out)
-        result.video_path = write_mp4(result.frames, out, fps=run.generation.fps)
-        result.meta["video"] = str(result.video_path)
-        result.json_path = write_json(result.meta, out.with_suffix(".json"))
-    return result
+
+
+def write_outputs(result: GenerationResult, run: RunConfig, out: str | Path) -> None:
+    """Write the mp4 and, next to it, the run record (both atomically); sets the result's paths."""
+    out = Path(out)
+    result.video_path = write_mp4(result.frames, out, fps=run.generation.fps)
+    result.meta["video"] = str(result.video_path)
+    result.json_path = write_json(result.meta, out.with_suffix(".json"))

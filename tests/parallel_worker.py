@@ -1,0 +1,119 @@
+"""One rank of a multi-process test (launched by tests/test_parallel.py through ``xattn_video.launch.launch``).
+
+``python -m tests.parallel_worker generate OUT_DIR KEY=VALUE...``: one generation across the ranks with the
+given config overrides; rank 0 saves the float frames (frames.npy) and the merged XAttention summary and the
+parallel layout (summary.json) — the mp4 is lossy, the comparison needs the floats.
+``python -m tests.parallel_worker fail``: rank 1 raises while rank 0 waits in a collective.
+``python -m tests.parallel_worker hv15 OUT_DIR``: a tiny HunyuanVideo 1.5 transformer, one forward on one rank
+and then across both (our plan); rank 0 writes the largest difference to hv15.json.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+
+
+def main(argv: list[str]) -> int:
+    if argv[0] == "fail":
+        import torch
+        import torch.distributed as dist
+
+        from xattn_video.launch import init_process_group
+
+        rank, _ = init_process_group(torch.device("cpu"))
+        if rank == 1:
+            raise RuntimeError("injected failure on rank 1")
+        dist.barrier()  # rank 0 would wait here for the collective timeout without the launcher
+        return 0
+
+    if argv[0] == "hv15":
+        return _hunyuan_video15(Path(argv[1]))
+
+    from xattn_video.config import load_config
+
+    out_dir, overrides = Path(argv[1]), argv[2:]
+    xattn_first = "--xattn-first" in overrides
+    run = load_config(overrides=["model.device=cpu", *[o for o in overrides if o != "--xattn-first"]])
+    if xattn_first:
+        frames, xattn, parallel = _xattention_then_parallelism(run)
+    else:
+        from xattn_video.launch import generate_on_ranks
+
+        result = generate_on_ranks(run, None, 2)
+        frames, xattn, parallel = result.frames, result.xattn, result.meta.get("parallel")
+    if parallel is not None:  # rank 0
+        np.save(out_dir / "frames.npy", frames)
+        (out_dir / "summary.json").write_text(json.dumps({"xattn": xattn, "parallel": parallel}))
+    return 0
+
+
+def _xattention_then_parallelism(run):
+    """The other order a Python user may take: ``apply_xattention`` first, then ``enable_context_parallel``."""
+    import dataclasses
+
+    import torch
+    import torch.distributed as dist
+
+    from xattn_video import apply_xattention
+    from xattn_video.generate import run_pipeline
+    from xattn_video.launch import init_process_group, merge_rank_summaries
+    from xattn_video.pipelines.loading import load_pipeline
+    from xattn_video.pipelines.parallel import enable_context_parallel
+
+    rank, world = init_process_group(torch.device("cpu"))
+    try:
+        pipe = load_pipeline(run.model)
+        handle = apply_xattention(pipe, run.xattn)
+        layout = enable_context_parallel(pipe, world)
+        result = run_pipeline(pipe, dataclasses.replace(run, dense=True), show_progress=False, decode=rank == 0)
+        summaries = [None] * world
+        dist.all_gather_object(summaries, handle.summary())
+        handle.remove()
+        return result.frames, merge_rank_summaries(summaries), layout.record() if rank == 0 else None
+    finally:
+        dist.destroy_process_group()
+
+
+
+def _hunyuan_video15(out_dir: Path) -> int:
+    import torch
+    import torch.distributed as dist
+    from diffusers import HunyuanVideo15Transformer3DModel
+
+    from xattn_video.launch import init_process_group
+    from xattn_video.pipelines.parallel import enable_context_parallel
+
+    rank, world = init_process_group(torch.device("cpu"))
+    torch.manual_seed(0)
+    model = HunyuanVideo15Transformer3DModel(
+        in_channels=4, out_channels=4, num_attention_heads=2, attention_head_dim=64, num_layers=2,
+        num_refiner_layers=1, text_embed_dim=32, text_embed_2_dim=32, image_embed_dim=32, rope_axes_dim=(16, 24, 24),
+    ).eval()
+    g = torch.Generator().manual_seed(1)
+    mask, mask_2 = torch.zeros(1, 12, dtype=torch.int64), torch.zeros(1, 6, dtype=torch.int64)
+    mask[:, :7], mask_2[:, :3] = 1, 1  # padded text in both encoders; 128 image + 22 text tokens
+    inputs = dict(hidden_states=torch.randn(1, 4, 2, 8, 8, generator=g), timestep=torch.tensor([500.0]),
+                  encoder_hidden_states=torch.randn(1, 12, 32, generator=g), encoder_attention_mask=mask,
+                  encoder_hidden_states_2=torch.randn(1, 6, 32, generator=g), encoder_attention_mask_2=mask_2,
+                  image_embeds=torch.zeros(1, 4, 32), return_dict=False)
+    with torch.no_grad():
+        reference = model(**inputs)[0]
+
+    class Pipe:
+        transformer = model
+
+    enable_context_parallel(Pipe(), world)
+    with torch.no_grad():
+        out = model(**inputs)[0]
+    if rank == 0:
+        (out_dir / "hv15.json").write_text(json.dumps({"max_abs_diff": (out - reference).abs().max().item()}))
+    dist.destroy_process_group()
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main(sys.argv[1:]))
