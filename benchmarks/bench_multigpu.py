@@ -142,8 +142,7 @@ def run_phase(args) -> None:
     from xattn_video import apply_xattention
     from xattn_video.config import GenerationConfig
     from xattn_video.launch import init_process_group
-    from xattn_video.pipelines.parallel import (check_heads, check_sequence, enable_context_parallel,
-                                                xattention_supports_context_parallel)
+    from xattn_video.pipelines.parallel import check_heads, check_sequence, enable_context_parallel
 
     world = int(os.environ.get("WORLD_SIZE", "1"))
     on_gpu = args.device == "cuda"
@@ -166,12 +165,6 @@ def run_phase(args) -> None:
     results = []
     for variant in args.variants.split(","):
         row = {"variant": variant, "gpus": world}
-        if variant == "xattn" and world > 1 and not xattention_supports_context_parallel():
-            # TODO(integrator): once pipelines/dispatch.py (issue 9) is merged this branch is not taken and the
-            # sparse step runs inside diffusers' Ulysses all-to-all like the dense one.
-            row["skipped"] = "XAttention under context parallelism needs pipelines/dispatch.py (issue 9)"
-            results.append(row)
-            continue
         handle = None
         if variant == "xattn":
             handle = apply_xattention(holder, {"max_density": args.max_density, "warmup_steps": 0,

@@ -151,7 +151,7 @@ def generate_on_ranks(run: RunConfig, out: Any, degree: int,
 
     from .generate import run_pipeline, run_record, write_outputs
     from .pipelines.loading import load_pipeline
-    from .pipelines.parallel import enable_context_parallel, validate_parallel, xattention_supports_context_parallel
+    from .pipelines.parallel import enable_context_parallel, validate_parallel
 
     model = run.model
     device = torch.device(rank_device_spec(model.device))
@@ -166,9 +166,6 @@ def generate_on_ranks(run: RunConfig, out: Any, degree: int,
     warnings.filterwarnings("ignore", message=".*all_gather_tensor.* is deprecated", category=FutureWarning)
     try:
         layout_record = validate_parallel(model, run.generation, degree)  # torchrun users skip the parent check
-        if not run.dense and not xattention_supports_context_parallel():
-            raise ConfigError("XAttention with --gpus > 1 needs the context-parallel attention dispatch "
-                              "(xattn_video/pipelines/dispatch.py), which this build lacks; add --dense")
         rank_model = dataclasses.replace(model, device=str(device))
         pipe = load_pipeline(rank_model)
         layout = enable_context_parallel(pipe, degree)

@@ -9,8 +9,14 @@ Token layout under Ulysses with degree N. HunyuanVideo keeps image and text toke
 concatenates them inside attention as ``[image, text]``. The plan splits both streams into N equal contiguous
 chunks, so rank r holds ``[image_r, text_r]``; after diffusers' all-to-all every rank holds, for H/N heads, the
 full sequence in *rank-chunk order* ``[image_0, text_0, image_1, text_1, ...]``. Dense attention does not care
-(the key mask is all-gathered in the same order). A kernel that needs ``[image, text]`` order (XAttention:
-text region, key-padding prefix) reorders with ``ulysses_token_order`` and back.
+(the key mask is all-gathered in the same order). XAttention needs ``[image, text]`` order (text region,
+key-padding prefix): its dispatch reorders with ``ulysses_token_order`` and back (pipelines/dispatch.py). Wan
+(diffusers' plan) has no text in self-attention and splits the video tokens contiguously, so the gathered order is
+already the global one.
+
+Order of installs: XAttention's hooks leave the attention processors untouched, so ``apply_xattention`` and
+``enable_context_parallel`` work in either order (the processors keep the ``_parallel_config`` diffusers gives
+them).
 
 Ring attention (ring degree > 1) is refused: XAttention selects blocks from a whole row of block scores, which
 a ring rank never holds; Ulysses keeps the whole sequence per head, so the sparse step is exact per rank.
@@ -28,6 +34,7 @@ from typing import Any, Iterator
 import torch
 
 from ..config import ConfigError, GenerationConfig, ModelConfig
+from .dispatch import ulysses_token_order  # noqa: F401  (re-exported: the token order under our plans)
 
 # How latents relate to pixels, per transformer class: VAE compression (time, space) and whether the text stream
 # is split across ranks (Wan's own plan keeps text whole: it is cross-attention keys, not part of the sequence).
@@ -70,10 +77,11 @@ def hunyuan_video15_cp_plan() -> dict:
     split happens at the first block: image and merged text tokens along dim 1, the merged text mask [B, T] at
     every block (each block receives the same whole mask). ``rope`` outputs and ``proj_out`` as for HunyuanVideo.
 
-    Caveat: diffusers' HunyuanVideo 1.5 processor turns the text mask into a query×key mask [B, 1, S, S], which
-    Ulysses cannot all-gather (it gathers key masks: "size of tensor a (2S) must match ... (S)"); the attention
-    dispatch must reduce it to a key mask ``mask.any(dim=2, keepdim=True)`` — exact for every image token (checked:
-    2-rank output within 3e-7 of 1-rank with that reduction; tests/test_parallel.py runs it once the dispatch is in).
+    diffusers' HunyuanVideo 1.5 processor turns the text mask into a query×key mask [B, 1, S, S], which Ulysses
+    cannot all-gather (it gathers key masks: "size of tensor a (2S) must match ... (S)"). ``enable_context_parallel``
+    therefore routes that module's attention through our dispatch, which reduces it to the key mask
+    ``mask.any(dim=2, keepdim=True)`` under Ulysses (``dispatch.ulysses_key_mask``; exact for every valid token,
+    tests/test_parallel.py: 2 ranks = 1 rank), with or without XAttention.
     """
     from diffusers.models._modeling_parallel import ContextParallelInput, ContextParallelOutput
 
@@ -165,9 +173,9 @@ def read_transformer_config(model: ModelConfig) -> tuple[str, dict, dict | None]
     from .loading import _check_source, is_tiny
 
     if is_tiny(model):
-        from .tiny import TINY_TRANSFORMER_CONFIG
+        from .tiny import tiny_transformer_config
 
-        return "HunyuanVideoTransformer3DModel", dict(TINY_TRANSFORMER_CONFIG), None
+        return tiny_transformer_config(model.path)
     source = _check_source(model.path)
     local = Path(source).expanduser()
 
@@ -317,9 +325,20 @@ def enable_context_parallel(pipe: Any, degree: int | None = None) -> ParallelLay
                                            cp_plan=plan)
         if type(transformer).__name__ == "HunyuanVideoTransformer3DModel":
             _install_refiner_mask(transformer)
-        sync_parallel_config(transformer)
+        if type(transformer).__name__ == "HunyuanVideo15Transformer3DModel":
+            _reduce_query_key_mask()
         layout.transformers.append(name)
     return layout
+
+
+def _reduce_query_key_mask() -> None:
+    """HunyuanVideo 1.5's processor builds a query×key mask that Ulysses cannot all-gather; route its attention
+    through our dispatch, which reduces such masks to key masks under Ulysses (``dispatch.ulysses_key_mask``) and
+    otherwise delegates untouched. Reference-counted like an XAttention install; it stays for the process."""
+    from .dispatch import patch_dispatch
+    from .hunyuan_video15 import HUNYUAN_VIDEO15
+
+    patch_dispatch(HUNYUAN_VIDEO15.patch_modules)
 
 
 def _install_refiner_mask(transformer: Any) -> None:
@@ -331,38 +350,3 @@ def _install_refiner_mask(transformer: Any) -> None:
     HookRegistry.check_if_exists_or_initialize(transformer).register_hook(record, "xvid_cp_record_text_mask")
     HookRegistry.check_if_exists_or_initialize(transformer.context_embedder).register_hook(
         refiner, "xvid_cp_refiner_text_mask")
-
-
-def sync_parallel_config(transformer: Any) -> None:
-    """Give every attention processor that honours ``_parallel_config`` the transformer's parallel config.
-
-    diffusers sets it only on the processors present when ``enable_parallelism`` runs; a processor installed
-    later (or restored afterwards) must get it too, or it would attend over its local tokens only.
-    """
-    config = getattr(transformer, "_parallel_config", None)
-    if config is None:
-        return
-    for module in transformer.modules():
-        processor = getattr(module, "processor", None)
-        if processor is not None and hasattr(processor, "_parallel_config"):
-            processor._parallel_config = config
-
-
-def ulysses_token_order(image_local: int, text_local: int, degree: int, device: Any = None) -> torch.Tensor:
-    """Permutation from rank-chunk order ``[img_0, txt_0, img_1, txt_1, ...]`` to ``[img_0, img_1, ..., txt_0, ...]``.
-
-    ``x[:, perm]`` puts a gathered [B, S, H, D] tensor in single-GPU token order; ``out[:, inverse]`` with
-    ``inverse = torch.argsort(perm)`` puts a result back in the order diffusers' all-to-all expects.
-    """
-    chunk = image_local + text_local
-    starts = torch.arange(degree, device=device) * chunk
-    image = (starts[:, None] + torch.arange(image_local, device=device)).reshape(-1)
-    text = (starts[:, None] + image_local + torch.arange(text_local, device=device)).reshape(-1)
-    return torch.cat([image, text])
-
-
-def xattention_supports_context_parallel() -> bool:
-    """True once the attention dispatch that joins diffusers' all-to-all (pipelines/dispatch.py) is present."""
-    import importlib.util
-
-    return importlib.util.find_spec(f"{__package__}.dispatch") is not None

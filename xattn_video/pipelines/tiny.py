@@ -25,6 +25,17 @@ TINY_TRANSFORMER_CONFIG = dict(
 )
 
 
+def tiny_transformer_config(name: str) -> tuple[str, dict, dict | None]:
+    """(transformer class, the config keys the multi-GPU checks read, VAE compression) of a tiny model, without
+    building it."""
+    if name.startswith("tiny-wan"):
+        return "WanTransformer3DModel", {"num_attention_heads": 2, "patch_size": [1, 2, 2]}, None
+    if name.startswith("tiny-hunyuan15"):
+        return ("HunyuanVideo15Transformer3DModel", {"num_attention_heads": 2, "patch_size": 1, "patch_size_t": 1},
+                {"spatial_compression_ratio": 16, "temporal_compression_ratio": 4})
+    return "HunyuanVideoTransformer3DModel", dict(TINY_TRANSFORMER_CONFIG), None
+
+
 def byte_tokenizer(max_length: int) -> PreTrainedTokenizerFast:
     """Byte-level tokenizer made in code: every UTF-8 byte is a token, so any prompt tokenizes."""
     specials = ["<pad>", "<s>", "</s>"]
