@@ -1,8 +1,8 @@
 """One rank of a multi-process test (launched by tests/test_parallel.py through ``xattn_video.launch.launch``).
 
-``python -m tests.parallel_worker generate OUT_DIR KEY=VALUE...``: one generation across the ranks with the
-given config overrides; rank 0 saves the float frames (frames.npy) and the merged XAttention summary and the
-parallel layout (summary.json) — the mp4 is lossy, the comparison needs the floats.
+``python -m tests.parallel_worker generate OUT_DIR MODE[,MODE...] KEY=VALUE...``: one generation across the
+ranks per mode (see ``_generate``) with the given config overrides; rank 0 saves the float frames and the merged
+XAttention summary and the parallel layout per mode — the mp4 is lossy, the comparison needs the floats.
 ``python -m tests.parallel_worker fail``: rank 1 raises while rank 0 waits in a collective.
 ``python -m tests.parallel_worker hv15 OUT_DIR``: a tiny HunyuanVideo 1.5 transformer, one forward on one rank
 and then across both (our plan); rank 0 writes the largest difference to hv15.json.
@@ -33,32 +33,24 @@ def main(argv: list[str]) -> int:
     if argv[0] == "hv15":
         return _hunyuan_video15(Path(argv[1]))
 
-    from xattn_video.config import load_config
-
-    out_dir, overrides = Path(argv[1]), argv[2:]
-    xattn_first = "--xattn-first" in overrides
-    run = load_config(overrides=["model.device=cpu", *[o for o in overrides if o != "--xattn-first"]])
-    if xattn_first:
-        frames, xattn, parallel = _xattention_then_parallelism(run)
-    else:
-        from xattn_video.launch import generate_on_ranks
-
-        result = generate_on_ranks(run, None, 2)
-        frames, xattn, parallel = result.frames, result.xattn, result.meta.get("parallel")
-    if parallel is not None:  # rank 0
-        np.save(out_dir / "frames.npy", frames)
-        (out_dir / "summary.json").write_text(json.dumps({"xattn": xattn, "parallel": parallel}))
-    return 0
+    out_dir, modes, overrides = Path(argv[1]), argv[2].split(","), argv[3:]
+    return _generate(out_dir, modes, overrides)
 
 
-def _xattention_then_parallelism(run):
-    """The other order a Python user may take: ``apply_xattention`` first, then ``enable_context_parallel``."""
+def _generate(out_dir: Path, modes: list[str], overrides: list[str]) -> int:
+    """One 2-rank generation per mode in one process group (each costs a fresh tiny pipeline, not a launch).
+
+    Modes: ``dense`` (stock attention), ``xattn`` (enable_context_parallel, then apply_xattention: what
+    ``generate_on_ranks`` does) and ``xattn-first`` (apply_xattention first: the Python user's other order).
+    Rank 0 writes ``frames-<mode>.npy`` and ``summary-<mode>.json`` (merged stats and the layout).
+    """
     import dataclasses
 
     import torch
     import torch.distributed as dist
 
     from xattn_video import apply_xattention
+    from xattn_video.config import load_config
     from xattn_video.generate import run_pipeline
     from xattn_video.launch import init_process_group, merge_rank_summaries
     from xattn_video.pipelines.loading import load_pipeline
@@ -66,17 +58,28 @@ def _xattention_then_parallelism(run):
 
     rank, world = init_process_group(torch.device("cpu"))
     try:
-        pipe = load_pipeline(run.model)
-        handle = apply_xattention(pipe, run.xattn)
-        layout = enable_context_parallel(pipe, world)
-        result = run_pipeline(pipe, dataclasses.replace(run, dense=True), show_progress=False, decode=rank == 0)
-        summaries = [None] * world
-        dist.all_gather_object(summaries, handle.summary())
-        handle.remove()
-        return result.frames, merge_rank_summaries(summaries), layout.record() if rank == 0 else None
+        for mode in modes:
+            run = load_config(overrides=["model.device=cpu", *overrides])
+            pipe = load_pipeline(run.model)
+            handle = None
+            if mode == "xattn-first":
+                handle = apply_xattention(pipe, run.xattn)
+            layout = enable_context_parallel(pipe, world)
+            if mode == "xattn":
+                handle = apply_xattention(pipe, run.xattn)
+            result = run_pipeline(pipe, dataclasses.replace(run, dense=True), show_progress=False,
+                                  decode=rank == 0)
+            summaries: list = [None] * world
+            dist.all_gather_object(summaries, None if handle is None else handle.summary())
+            if handle is not None:
+                handle.remove()
+            if rank == 0:
+                np.save(out_dir / f"frames-{mode}.npy", result.frames)
+                (out_dir / f"summary-{mode}.json").write_text(json.dumps(
+                    {"xattn": merge_rank_summaries(summaries), "parallel": layout.record()}))
     finally:
         dist.destroy_process_group()
-
+    return 0
 
 
 def _hunyuan_video15(out_dir: Path) -> int:

@@ -27,11 +27,10 @@ SMALL = ["generation.height=128", "generation.width=128", "generation.frames=5",
 MODELS = {"tiny-hunyuan": ["model.path=tiny"], "tiny-wan": ["model.path=tiny-wan"]}
 # step 0 dense (warmup), steps 1-2 sparse: every XAttention case checks dense and sparse steps across ranks
 XATTN = ["xattn.warmup_steps=1", "xattn.threshold=0.6", "xattn.block_size=16"]  # 10 blocks of 16 tokens
-# xattn-first: apply_xattention before enable_context_parallel (the Python user's other order)
-MODES = {"dense": ["dense=true"], "xattn": XATTN, "xattn-first": [*XATTN, "--xattn-first"]}
-# Each case is one 2-process launch on 2 shared cores: the stock dense path and the other install order on
-# HunyuanVideo only (the dense path of Wan is diffusers' own plan; its dense steps are in the XAttention case).
-CASES = [("tiny-hunyuan", "dense"), ("tiny-hunyuan", "xattn"), ("tiny-hunyuan", "xattn-first"), ("tiny-wan", "xattn")]
+# Modes per model, all in one 2-process launch (start-ups dominate on 2 shared cores). xattn: parallelism, then
+# apply_xattention; xattn-first: the other order. The stock dense path and the other order on HunyuanVideo only
+# (Wan's dense path is diffusers' own plan; its warmup step is dense anyway).
+MODES = {"tiny-hunyuan": ["dense", "xattn", "xattn-first"], "tiny-wan": ["xattn"]}
 
 
 def test_token_order_puts_gathered_chunks_in_single_gpu_order():
@@ -104,29 +103,32 @@ def test_merge_rank_summaries_averages_equal_head_shares():
     assert merge_rank_summaries([None, None]) is None
 
 
-@pytest.mark.parametrize("model,mode", CASES)
-def test_two_ranks_equal_one_rank(tmp_path, model, mode):
+@pytest.mark.parametrize("model", sorted(MODELS))
+def test_two_ranks_equal_one_rank(tmp_path, model):
     from xattn_video.generate import run_pipeline
     from xattn_video.pipelines.loading import load_pipeline
 
-    overrides = ["model.device=cpu", *MODELS[model], *SMALL, *MODES[mode]]
-    assert launch(2, [WORKER, "generate", str(tmp_path), *overrides]) == 0
-    two = np.load(tmp_path / "frames.npy")
-    record = json.loads((tmp_path / "summary.json").read_text())
-
-    run = load_config(overrides=[o for o in overrides if o != "--xattn-first"])
-    one = run_pipeline(load_pipeline(run.model), run, show_progress=False)
-    assert two.shape == one.frames.shape == (5, 128, 128, 3)
-    np.testing.assert_allclose(two, one.frames, atol=2e-5, rtol=0)
-    assert record["parallel"]["world_size"] == 2 and record["parallel"]["backend"] == "gloo"
-    if mode == "dense":
-        assert record["xattn"] is None
-    else:  # stats of both ranks (one head each) merged
-        per_rank = record["xattn"]["per_rank"]
-        assert [r["rank"] for r in per_rank] == [0, 1] and all(r["sparse_calls"] > 0 for r in per_rank)
-        assert record["xattn"]["mean_density_sparse_calls"] == pytest.approx(
-            one.xattn["mean_density_sparse_calls"], abs=1e-6)
-        assert one.xattn["mean_density_sparse_calls"] < 0.9  # blocks were really skipped on both sides
+    overrides = [*MODELS[model], *SMALL, *XATTN]
+    modes = MODES[model]
+    assert launch(2, [WORKER, "generate", str(tmp_path), ",".join(modes), *overrides]) == 0
+    for dense in sorted({mode == "dense" for mode in modes}):
+        run = load_config(overrides=["model.device=cpu", *overrides, f"dense={dense}"])
+        one = run_pipeline(load_pipeline(run.model), run, show_progress=False)
+        assert one.frames.shape == (5, 128, 128, 3)
+        for mode in [m for m in modes if (m == "dense") == dense]:
+            two = np.load(tmp_path / f"frames-{mode}.npy")
+            record = json.loads((tmp_path / f"summary-{mode}.json").read_text())
+            np.testing.assert_allclose(two, one.frames, atol=2e-5, rtol=0, err_msg=f"{model} {mode}")
+            assert record["parallel"]["world_size"] == 2 and record["parallel"]["backend"] == "gloo"
+            if dense:
+                assert record["xattn"] is None
+                continue
+            # stats of both ranks (one head each) merged; the same density as on one rank
+            per_rank = record["xattn"]["per_rank"]
+            assert len(per_rank) == 2 and all(r["sparse_calls"] > 0 for r in per_rank), mode
+            assert record["xattn"]["mean_density_sparse_calls"] == pytest.approx(
+                one.xattn["mean_density_sparse_calls"], abs=1e-6), mode
+            assert one.xattn["mean_density_sparse_calls"] < 0.9  # blocks were really skipped on both sides
 
 
 def test_hunyuan_video15_plan_two_ranks_equal_one_rank(tmp_path):
@@ -138,14 +140,17 @@ def test_hunyuan_video15_plan_two_ranks_equal_one_rank(tmp_path):
 
 def test_cli_two_ranks_on_cpu_rank0_writes_and_reports(tmp_path, capfd):
     out = tmp_path / "v.mp4"
-    rc = main(["generate", "--gpus", "2", "--device", "cpu", "--dense", "--height", "128", "--width", "128",
-               "--frames", "5", "--steps", "2", "--out", str(out)])
+    rc = main(["generate", "--gpus", "2", "--device", "cpu", "--height", "128", "--width", "128", "--frames", "5",
+               "--steps", "2", "--out", str(out), "--set", "xattn.warmup_steps=1", "--set", "xattn.block_size=16"])
     captured = capfd.readouterr()
     assert rc == 0, captured.err
     assert sorted(p.name for p in tmp_path.iterdir()) == ["v.json", "v.mp4"]  # no temp files, one writer
     record = json.loads(out.with_suffix(".json").read_text())
     assert record["parallel"]["ulysses_degree"] == 2 and record["parallel"]["world_size"] == 2
     assert record["frames"] == 5
+    # XAttention on both ranks: step 1 sparse on each rank's head, per-rank density in the record
+    assert [r["sparse_calls"] > 0 for r in record["xattn"]["per_rank"]] == [True, True]
+    assert record["xattn"]["mean_density_sparse_calls"] < 1
     assert captured.out.count("wrote ") == 1 and "2 ranks (Ulysses degree 2, gloo)" in captured.out
 
 
