@@ -4,8 +4,9 @@
 ranks per mode (see ``_generate``) with the given config overrides; rank 0 saves the float frames and the merged
 XAttention summary and the parallel layout per mode — the mp4 is lossy, the comparison needs the floats.
 ``python -m tests.parallel_worker fail``: rank 1 raises while rank 0 waits in a collective.
-``python -m tests.parallel_worker hv15 OUT_DIR``: a tiny HunyuanVideo 1.5 transformer, one forward on one rank
-and then across both (our plan); rank 0 writes the largest difference to hv15.json.
+``python -m tests.parallel_worker hv15 OUT_DIR``: a tiny HunyuanVideo 1.5 transformer, a dense and an XAttention
+forward on one rank and then across both (our plan); rank 0 writes the largest differences and the densities to
+hv15.json.
 """
 
 from __future__ import annotations
@@ -87,6 +88,7 @@ def _hunyuan_video15(out_dir: Path) -> int:
     import torch.distributed as dist
     from diffusers import HunyuanVideo15Transformer3DModel
 
+    from xattn_video import apply_xattention
     from xattn_video.launch import init_process_group
     from xattn_video.pipelines.parallel import enable_context_parallel
 
@@ -103,17 +105,30 @@ def _hunyuan_video15(out_dir: Path) -> int:
                   encoder_hidden_states=torch.randn(1, 12, 32, generator=g), encoder_attention_mask=mask,
                   encoder_hidden_states_2=torch.randn(1, 6, 32, generator=g), encoder_attention_mask_2=mask_2,
                   image_embeds=torch.zeros(1, 4, 32), return_dict=False)
-    with torch.no_grad():
-        reference = model(**inputs)[0]
+    # apply_xattention finds the family by the pipeline's class name; no scheduler: every call is sparse
+    pipe = type("HunyuanVideo15Pipeline", (), {})()
+    pipe.transformer = model
+    sparse_cfg = {"warmup_steps": 0, "threshold": 0.6, "block_size": 16}
 
-    class Pipe:
-        transformer = model
+    def forwards() -> tuple:
+        with torch.no_grad():
+            dense = model(**inputs)[0]
+            with apply_xattention(pipe, sparse_cfg) as handle:
+                sparse = model(**inputs)[0]
+                summary = handle.summary()
+        return dense, sparse, summary
 
-    enable_context_parallel(Pipe(), world)
-    with torch.no_grad():
-        out = model(**inputs)[0]
+    reference, reference_sparse, one = forwards()
+    enable_context_parallel(pipe, world)
+    out, out_sparse, mine = forwards()
+    densities = [None] * world
+    dist.all_gather_object(densities, mine["mean_density_sparse_calls"])
     if rank == 0:
-        (out_dir / "hv15.json").write_text(json.dumps({"max_abs_diff": (out - reference).abs().max().item()}))
+        (out_dir / "hv15.json").write_text(json.dumps({
+            "max_abs_diff": (out - reference).abs().max().item(),
+            "max_abs_diff_sparse": (out_sparse - reference_sparse).abs().max().item(),
+            "sparse_vs_dense": (reference_sparse - reference).abs().max().item(),
+            "density_one_rank": one["mean_density_sparse_calls"], "density_per_rank": densities}))
     dist.destroy_process_group()
     return 0
 

@@ -135,7 +135,11 @@ def test_hunyuan_video15_plan_two_ranks_equal_one_rank(tmp_path):
     # diffusers' HunyuanVideo 1.5 processor passes a query x key mask [B, 1, S, S], which Ulysses cannot
     # all-gather; enable_context_parallel routes it through our dispatch, which reduces it to a key mask.
     assert launch(2, [WORKER, "hv15", str(tmp_path)]) == 0
-    assert json.loads((tmp_path / "hv15.json").read_text())["max_abs_diff"] < 1e-5
+    result = json.loads((tmp_path / "hv15.json").read_text())
+    assert result["max_abs_diff"] < 1e-5 and result["max_abs_diff_sparse"] < 1e-5, result
+    assert result["sparse_vs_dense"] > 1e-4, result  # the sparse forward really differs from the dense one
+    assert sum(result["density_per_rank"]) / 2 == pytest.approx(result["density_one_rank"], abs=1e-6)
+    assert result["density_one_rank"] < 0.9
 
 
 def test_cli_two_ranks_on_cpu_rank0_writes_and_reports(tmp_path, capfd):
