@@ -7,6 +7,8 @@ our HunyuanVideo plan). Variants: ``dense`` (the stock processor, diffusers' def
 
     python benchmarks/bench_multigpu.py --gpus 1 2 --out-dir /tmp/out      # spawns the ranks itself
     torchrun --nproc_per_node 2 benchmarks/bench_multigpu.py --out-dir /tmp/out   # one phase, this world size
+    python benchmarks/bench_multigpu.py --device cpu --gpus 1 2 --height 64 --width 64 --frames 5 \
+        --text-tokens 16 --valid-text 5 --layers 1 --iters 1 --warmup 0 --out-dir /tmp/check   # logic check, ~1 min
 
 Weights are random, initialised directly on each GPU in bf16 (no download, seconds); the output is noise, only
 the time is meaningful. Writes ``multigpu-<gpu>.md`` and ``.json`` to the out dir and prints the table. Every
@@ -107,11 +109,13 @@ def make_inputs(args, device):
     }
 
 
-class _Holder:
-    """What ``apply_xattention`` needs of a pipeline: its transformer (no scheduler: every call is sparse)."""
+def transformer_only_pipeline(transformer):
+    """A stock ``HunyuanVideoPipeline`` holding only ``transformer``: what ``apply_xattention`` (family by pipeline
+    class) and ``enable_context_parallel`` need. No scheduler: the step is unknown, so every call is sparse."""
+    from diffusers import HunyuanVideoPipeline
 
-    def __init__(self, transformer):
-        self.transformer = transformer
+    return HunyuanVideoPipeline(text_encoder=None, tokenizer=None, transformer=transformer, vae=None,
+                                scheduler=None, text_encoder_2=None, tokenizer_2=None)
 
 
 def time_forwards(model, inputs, warmup: int, iters: int, device) -> list[float]:
@@ -158,7 +162,7 @@ def run_phase(args) -> None:
         check_heads(24, world)
         check_sequence("HunyuanVideoTransformer3DModel", {"patch_size": 2, "patch_size_t": 1}, gen, world)
     model = build_transformer(device, args.layers)
-    holder = _Holder(model)
+    holder = transformer_only_pipeline(model)
     if world > 1:
         enable_context_parallel(holder, world)
     inputs = make_inputs(args, device)
@@ -218,7 +222,8 @@ def table(phases: list[dict], args) -> tuple[str, dict]:
     rows = [row for phase in phases for row in phase["rows"]]
     base = {row["variant"]: row["median_s"] for row in rows if row["gpus"] == 1 and "median_s" in row}
     lines = [
-        f"HunyuanVideo 13B transformer (random bf16 weights), {args.width}x{args.height}x{args.frames}: "
+        f"HunyuanVideo {'13B' if args.layers is None else f'{args.layers}+{2 * args.layers}-layer'} transformer "
+        f"(random bf16 weights), {args.width}x{args.height}x{args.frames}: "
         f"one forward = one denoising step; Ulysses degree = GPUs; median of {args.iters} after {args.warmup} warmup",
         "",
         "| variant | GPUs | s/step | scaling vs 1 GPU | vs 1-GPU dense | density | peak GiB per GPU |",
