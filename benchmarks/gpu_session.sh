@@ -1,6 +1,6 @@
 #!/bin/bash
 # One device-machine session: install carried wheels, run the GPU tests, then the given python steps.
-# Usage (from the repo root on the GPU machine): bash benchmarks/gpu_session.sh [tests] [bench] [bench-quick] [e2e] [e2e-544] [reuse]
+# Usage (from the repo root on the GPU machine): bash benchmarks/gpu_session.sh [tests] [bench] [bench-quick] [e2e] [e2e-544] [reuse] [multigpu]
 set -u
 OUT=${OUT:-/tmp/out}
 mkdir -p "$OUT"
@@ -17,6 +17,7 @@ for step in "$@"; do
     e2e) timeout 560 python3 benchmarks/bench_e2e.py --out-dir "$OUT" 2>&1 | tee "$OUT/e2e.txt" | tail -40 ;;
     e2e-544) timeout 300 python3 benchmarks/bench_e2e.py --models hunyuan-video --shapes 544p --out-dir "$OUT" 2>&1 | tee "$OUT/e2e-544.txt" | tail -30 ;;
     reuse) timeout 300 python3 benchmarks/bench_reuse.py --full --out-dir "$OUT" 2>&1 | tee "$OUT/reuse.txt" | tail -20 ;;
+    multigpu) timeout 590 python3 benchmarks/bench_multigpu.py --gpus 1 2 --out-dir "$OUT" 2>&1 | tee "$OUT/multigpu.txt" | tail -30 ;;
     *) echo "unknown step $step" ;;
   esac
 done

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from pathlib import Path
 from typing import Any, Sequence
@@ -62,14 +63,31 @@ def _cli_values(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def cmd_generate(args: argparse.Namespace) -> int:
-    from .generate import NonFiniteVideoError, generate
+    from .generate import NonFiniteVideoError, check_out, generate
+    from .launch import check_launch, generate_on_ranks, in_rank, launch
 
     run = load_config(args.config, args.overrides, extra=_cli_values(args))
+    world = int(os.environ.get("WORLD_SIZE", "1")) if in_rank() else 1
+    gpus = args.gpus if args.gpus is not None else world
+    if gpus < 1:
+        raise ConfigError(f"--gpus must be >= 1, got {gpus}")
     try:
-        result = generate(run, args.out)
+        if gpus > 1 or world > 1:
+            if not in_rank():  # the parent: check everything, then start the ranks (they re-run this command)
+                check_out(args.out)
+                check_launch(run, gpus)
+                return launch(gpus, ["-m", "xattn_video.cli", *args.argv])
+            generate_on_ranks(run, args.out, gpus, report=_report)
+            return 0
+        _report(run, generate(run, args.out))
     except NonFiniteVideoError as exc:  # not the user's input, but a failed run: one line, no video
         print(f"xvid generate: error: {exc}", file=sys.stderr)
         return 1
+    return 0
+
+
+def _report(run: Any, result: Any) -> None:
+    """The summary printed after a generation (rank 0 only in multi-GPU runs)."""
     g = run.generation
     steps = g.steps
     frames, height, width = result.frames.shape[:3]
@@ -82,11 +100,14 @@ def cmd_generate(args: argparse.Namespace) -> int:
                  f"{result.xattn['sparse_calls']} sparse layer calls")
     else:
         line += "; dense attention"
+    parallel = result.meta.get("parallel")
+    if parallel:
+        line += (f"; {parallel['world_size']} ranks (Ulysses degree {parallel['ulysses_degree']}, "
+                 f"{parallel['backend']})")
     print(line)
     print(f"run record: {result.json_path}")
     if run.model.path in TINY_MODELS:
         print("note: the built-in tiny models have random weights, so their videos are noise")
-    return 0
 
 
 def cmd_compare(args: argparse.Namespace) -> int:
@@ -114,6 +135,9 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("--seed", type=int)
     gen.add_argument("--dense", action="store_true", help="stock dense attention (no XAttention)")
     gen.add_argument("--out", type=Path, default=Path("video.mp4"), help="mp4 path; the run record goes next to it")
+    gen.add_argument("--gpus", type=int, metavar="N",
+                     help="spread one generation over N ranks (Ulysses context parallelism; N must divide the "
+                          "attention heads); with --device cpu the ranks run on the CPU over gloo")
     _add_run_options(gen)
     gen.set_defaults(func=cmd_generate)
 
@@ -144,10 +168,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         if argv and argv[0] == "bench":
             return cmd_bench(argv[1:])
         args = build_parser().parse_args(argv)
+        args.argv = argv
         try:
             return args.func(args)
         except _user_errors() as exc:
-            print(f"xvid {args.command}: error: {exc}", file=sys.stderr)
+            where = f" (rank {os.environ['RANK']})" if "RANK" in os.environ and "WORLD_SIZE" in os.environ else ""
+            print(f"xvid {args.command}: error{where}: {exc}", file=sys.stderr)
             return 2
     except KeyboardInterrupt:
         print(f"xvid{' ' + argv[0] if argv else ''}: interrupted", file=sys.stderr)

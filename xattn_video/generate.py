@@ -134,12 +134,13 @@ def compile_pipeline(pipe: Any, dense: bool = False) -> None:
 
 
 def run_pipeline(pipe: Any, run: RunConfig, latents: torch.Tensor | None = None,
-                 show_progress: bool = True, image: Any = None) -> GenerationResult:
+                 show_progress: bool = True, image: Any = None, decode: bool = True) -> GenerationResult:
     """Run one generation on ``pipe`` (XAttention installed for its duration unless ``run.dense``).
 
     Only the arguments the pipeline's ``__call__`` takes are passed (families differ: HunyuanVideo 1.5 has no
     guidance_scale, its I2V pipeline no height/width). ``image``: a PIL image for I2V (else read from
-    ``run.generation.image``).
+    ``run.generation.image``). ``decode=False`` skips the VAE (frames come back empty): ranks other than 0 of
+    a multi-GPU run.
     """
     import inspect
 
@@ -163,8 +164,8 @@ def run_pipeline(pipe: Any, run: RunConfig, latents: torch.Tensor | None = None,
     kwargs: dict[str, Any] = dict(
         prompt=g.prompt, negative_prompt=g.negative_prompt, height=g.height, width=g.width, num_frames=g.frames,
         num_inference_steps=g.steps, guidance_scale=g.guidance_scale, true_cfg_scale=g.true_cfg_scale,
-        max_sequence_length=g.max_sequence_length, output_type="np", callback_on_step_end=on_step_end,
-        image=image,
+        max_sequence_length=g.max_sequence_length, output_type="np" if decode else "latent",
+        callback_on_step_end=on_step_end, image=image,
     )
     if latents is not None:
         kwargs["latents"] = latents
@@ -185,8 +186,11 @@ def run_pipeline(pipe: Any, run: RunConfig, latents: torch.Tensor | None = None,
     finally:
         if handle is not None:
             handle.remove()
-    frames = np.asarray(output.frames[0], dtype=np.float32)
-    check_finite_frames(frames)
+    if decode:
+        frames = np.asarray(output.frames[0], dtype=np.float32)
+        check_finite_frames(frames)
+    else:
+        frames = np.zeros((0, 0, 0, 3), np.float32)
     per_step = [b - a for a, b in zip([start] + step_ends[:-1], step_ends)]
     return GenerationResult(frames=frames, seconds_total=total, seconds_per_step=per_step, xattn=summary)
 
@@ -210,6 +214,18 @@ def environment() -> dict:
     }
 
 
+def check_out(out: str | Path | None) -> Path | None:
+    """``--out`` and its JSON record can be written (checked before any model loads); ``ConfigError`` if not."""
+    if out is None:
+        return None
+    try:
+        out = check_output_path(out)
+        check_output_path(out.with_suffix(".json"), (".json",))
+    except OutputPathError as exc:
+        raise ConfigError(f"--out: {exc}") from None
+    return out
+
+
 def generate(run: RunConfig, out: str | Path | None = None, pipe: Any = None,
              show_progress: bool = True) -> GenerationResult:
     """Generate one video; with ``out`` write ``out`` (mp4) and ``out`` with suffix .json (the run record).
@@ -218,17 +234,21 @@ def generate(run: RunConfig, out: str | Path | None = None, pipe: Any = None,
     frames with NaN/inf raise ``NonFiniteVideoError`` and nothing is written.
     """
     if out is not None:
-        try:
-            out = check_output_path(out)
-            check_output_path(out.with_suffix(".json"), (".json",))
-        except OutputPathError as exc:
-            raise ConfigError(f"--out: {exc}") from None
+        out = check_out(out)
     image = check_inputs(run) if pipe is None else None
     if pipe is None:
         check_fits(run, resolve_device(run.model.device))
         pipe = load_pipeline(run.model)
     result = run_pipeline(pipe, run, show_progress=show_progress, image=image)
-    result.meta = {
+    result.meta = run_record(result, run, pipe)
+    if out is not None:
+        write_outputs(result, run, out)
+    return result
+
+
+def run_record(result: GenerationResult, run: RunConfig, pipe: Any) -> dict:
+    """The JSON run record of a finished generation (config, environment, times, XAttention statistics)."""
+    return {
         "config": to_container(run),
         "device": str(pipeline_device(pipe)),
         "environment": environment(),
@@ -240,9 +260,11 @@ def generate(run: RunConfig, out: str | Path | None = None, pipe: Any = None,
         "xattn": result.xattn,
         "note": "tiny random-weight model: the video is noise" if is_tiny(run.model) else None,
     }
-    if out is not None:
-        out = Path(out)
-        result.video_path = write_mp4(result.frames, out, fps=run.generation.fps)
-        result.meta["video"] = str(result.video_path)
-        result.json_path = write_json(result.meta, out.with_suffix(".json"))
-    return result
+
+
+def write_outputs(result: GenerationResult, run: RunConfig, out: str | Path) -> None:
+    """Write the mp4 and, next to it, the run record (both atomically); sets the result's paths."""
+    out = Path(out)
+    result.video_path = write_mp4(result.frames, out, fps=run.generation.fps)
+    result.meta["video"] = str(result.video_path)
+    result.json_path = write_json(result.meta, out.with_suffix(".json"))

@@ -31,10 +31,16 @@ torch.compile: the layer hooks and this function trace with ``fullgraph=True`` w
 Context parallelism: with a ``parallel_config`` whose Ulysses degree N > 1, the sparse call runs inside diffusers'
 own all-to-all (``_templated_context_parallel_attention``): our forward op sees the full sequence for H/N heads
 (rank r holds heads [r·H/N, (r+1)·H/N), the mask all-gathered by diffusers), per-head τ lists are sliced to those
-heads, and each rank records statistics for its heads (``summary()["parallel"]``). Ring degree > 1: dense only,
-with one warning (a ring pass sees one key shard at a time, and block selection needs all keys of a row). Under
-Ulysses the text region is not forced unless the parallel plan keeps the [video, text] order after the
-all-to-all (``state.cp_text_start`` may be set by the plan); the inference-only backward raises.
+heads, and each rank records statistics for its heads (``summary()["parallel"]``). Token order: when each rank
+holds ``[video_r, text_r]`` (our HunyuanVideo / 1.5 plans), the gathered sequence is ``[video_0, text_0, video_1,
+text_1, ...]``; the forward op gathers q/k/v and the key mask into ``[video, text]`` order (device index_select,
+no host synchronization), runs XAttention with the text region at N·|video_r| and kv_len from the reordered mask
+(prefix check once per transformer forward), and puts the output back in the gathered order. Without text in the
+self-attention (Wan) the contiguous split already gathers in global order. A query×key mask [B, 1, S, S]
+(HunyuanVideo 1.5's processor) cannot be all-gathered by Ulysses; under Ulysses it is reduced to its key mask
+``mask.any(dim=2)`` for dense and sparse calls alike (:func:`ulysses_key_mask`). Ring degree > 1: dense only,
+with one warning (a ring pass sees one key shard at a time, and block selection needs all keys of a row). The
+inference-only backward raises.
 """
 
 from __future__ import annotations
@@ -84,7 +90,7 @@ class XAttentionState:
     tracker: StepTracker
     stats: AttentionStats = field(default_factory=AttentionStats)
     step: int | None = None  # set by StepHook at each transformer forward
-    cp_text_start: int | None = None  # text start in the full sequence under Ulysses (set by a parallel plan)
+    forward: int = 0  # transformer forwards so far (StepHook): the key-padding cache key under Ulysses
     parallel: dict = field(default_factory=lambda: {"ulysses_degree": 1, "ring_degree": 1, "rank": 0})
     warned: set = field(default_factory=set)
     reuse: SelectionCache = field(default_factory=lambda: SelectionCache(0))
@@ -95,6 +101,8 @@ class XAttentionState:
     _mask_kv_len: Any = None
     _mask_is_prefix: bool = True
     _mask_host_lens: Any = None
+    _mask_key: Any = None
+    _orders: dict = field(default_factory=dict)
 
     @property
     def plan(self) -> AttentionPlan:
@@ -109,16 +117,19 @@ class XAttentionState:
             self.warned.add(key)
             warnings.warn(message, RuntimeWarning, stacklevel=3)
 
-    def key_padding(self, mask: torch.Tensor | None) -> tuple[bool, torch.Tensor | None]:
+    def key_padding(self, mask: torch.Tensor | None, cache_key: Any = None) -> tuple[bool, torch.Tensor | None]:
         """(usable, kv_len [B] int32 or None) for an attention mask; usable=False: not a key-padding prefix.
 
         Accepts a bool mask [B, 1, 1, S] (HunyuanVideo) or [B, 1, S_q, S] whose first query row is the key
         padding (HunyuanVideo 1.5, whose first query is a video token and always valid). The transformer passes one
         mask object to all its blocks, so the prefix check (one host synchronization) runs once per forward.
+        ``cache_key``: under Ulysses diffusers all-gathers a new mask object in every layer; the caller passes the
+        forward number instead (every layer of one forward has the same key padding in the supported families).
         """
         if mask is None:
             return True, None
-        if mask is self._mask:
+        hit = mask is self._mask if cache_key is None else (cache_key, mask.shape) == self._mask_key
+        if hit:
             return self._mask_is_prefix, self._mask_kv_len
         kv_len, prefix, lens = None, False, None
         if mask.dtype == torch.bool and mask.dim() == 4 and mask.shape[1] == 1:
@@ -127,12 +138,23 @@ class XAttentionState:
             kv_len = flat.sum(dim=-1, dtype=torch.int32)
         self._mask, self._mask_kv_len, self._mask_is_prefix = mask, (kv_len if prefix else None), prefix
         self._mask_host_lens = lens
+        self._mask_key = None if cache_key is None else (cache_key, mask.shape)
         return prefix, self._mask_kv_len
 
-    def host_kv_lens(self, mask: torch.Tensor | None) -> tuple[bool, list[int] | None]:
+    def host_kv_lens(self, mask: torch.Tensor | None, cache_key: Any = None) -> tuple[bool, list[int] | None]:
         """(usable, valid key count per batch entry as host ints) of the forward's mask (cached, see above)."""
-        usable, _ = self.key_padding(mask)
+        usable, _ = self.key_padding(mask, cache_key)
         return usable, (self._mask_host_lens if mask is not None else None)
+
+    def token_order(self, video_local: int, text_local: int, degree: int,
+                    device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+        """(perm, inverse) from the gathered ``[video_0, text_0, video_1, ...]`` order to ``[video, text]``; cached
+        per layout and device, so a forward builds no index tensors after its first layer."""
+        key = (video_local, text_local, degree, str(device))
+        if key not in self._orders:
+            perm = ulysses_token_order(video_local, text_local, degree, device)
+            self._orders[key] = (perm, torch.argsort(perm))
+        return self._orders[key]
 
 
 @dataclass
@@ -174,6 +196,7 @@ class StepHook(ModelHook):
 
     def new_forward(self, module: torch.nn.Module, *args: Any, **kwargs: Any) -> Any:
         self.state.step = self.state.tracker.current()
+        self.state.forward += 1
         return self.fn_ref.original_forward(*args, **kwargs)
 
 
@@ -229,12 +252,45 @@ def parallel_degree(parallel_config: Any) -> tuple[int, int]:
     return int(cp.ulysses_degree or 1), int(cp.ring_degree or 1)
 
 
+def ulysses_token_order(video_local: int, text_local: int, degree: int, device: Any = None) -> torch.Tensor:
+    """Permutation from the gathered order ``[video_0, text_0, video_1, text_1, ...]`` to ``[video..., text...]``.
+
+    ``x[:, perm]`` puts a gathered [B, S, H, D] tensor in single-GPU token order; ``out[:, torch.argsort(perm)]``
+    puts a result back in the order diffusers' all-to-all expects. Built on ``device``: no host synchronization.
+    """
+    chunk = video_local + text_local
+    starts = torch.arange(degree, device=device) * chunk
+    video = (starts[:, None] + torch.arange(video_local, device=device)).reshape(-1)
+    text = (starts[:, None] + video_local + torch.arange(text_local, device=device)).reshape(-1)
+    return torch.cat([video, text])
+
+
+def ulysses_key_mask(mask: torch.Tensor | None) -> torch.Tensor | None:
+    """A rank's query×key mask [B, 1, S_q, S_k] as the key mask [B, 1, 1, S_k] Ulysses can all-gather.
+
+    diffusers' all-to-all gathers masks along the key axis only, so a per-query mask (HunyuanVideo 1.5's
+    processor: ``valid[q] & valid[k]``) would keep S_q = S/N rows for S queries and fail. ``any`` over the queries
+    gives ``valid[k]`` whenever a rank holds one valid query (each rank holds video tokens, always valid): exact
+    for every valid query; padded queries then attend the valid keys instead of nothing, and padded tokens never
+    reach a valid token (they are masked as keys and dropped at the output). Other masks pass through.
+    """
+    if mask is None or mask.dim() != 4 or mask.shape[2] == 1 or mask.dtype != torch.bool:
+        return mask
+    return mask.any(dim=2, keepdim=True)
+
+
 def xattn_dispatch(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
                    attn_mask: torch.Tensor | None = None, dropout_p: float = 0.0, is_causal: bool = False,
                    scale: float | None = None, enable_gqa: bool = False,
                    attention_kwargs: dict[str, Any] | None = None, *, backend: Any = None,
                    parallel_config: Any = None, _original: Callable[..., torch.Tensor]) -> torch.Tensor:
-    """Drop-in for ``dispatch_attention_fn`` ([B, S, H, D] in and out): XAttention inside an active layer."""
+    """Drop-in for ``dispatch_attention_fn`` ([B, S, H, D] in and out): XAttention inside an active layer.
+
+    Under Ulysses a query×key mask is reduced to its key mask first, also outside XAttention layers (see
+    :func:`ulysses_key_mask`)."""
+    ulysses, ring = parallel_degree(parallel_config)
+    if ulysses > 1:
+        attn_mask = ulysses_key_mask(attn_mask)
 
     def stock() -> torch.Tensor:
         return _original(query, key, value, attn_mask=attn_mask, dropout_p=dropout_p, is_causal=is_causal,
@@ -264,7 +320,6 @@ def xattn_dispatch(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
     if not self_attention or not plan.is_sparse(step, layer.index):
         state.record(step, layer.label, 1.0, sparse=False)
         return dense()
-    ulysses, ring = parallel_degree(parallel_config)
     if ring > 1:
         state.warn_once("ring", "xattn-video: ring context parallelism is not supported by XAttention; those "
                                 "attention calls run dense")
@@ -315,7 +370,11 @@ def _inference_only_backward(*_: Any, **__: Any) -> Any:
 
 def _ulysses(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, attn_mask: torch.Tensor | None,
              parallel_config: Any, active: _Active, step: int | None, tau: Any) -> torch.Tensor:
-    """The sparse call inside diffusers' Ulysses all-to-all: the op sees the full sequence for this rank's heads."""
+    """The sparse call inside diffusers' Ulysses all-to-all: the op sees the full sequence for this rank's heads.
+
+    ``query`` etc. are this rank's tokens [B, S/N, H, D]; with text in the layer (``active.text_start`` = this
+    rank's video tokens) the op reorders the gathered sequence to ``[video, text]`` and back.
+    """
     from diffusers.models.attention_dispatch import _templated_context_parallel_attention
 
     state, layer = active.state, active.layer
@@ -323,6 +382,12 @@ def _ulysses(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, attn_m
     world = int(cp.ulysses_degree)
     rank = int(getattr(cp, "_ulysses_local_rank", 0) or 0)
     state.parallel = {"ulysses_degree": world, "ring_degree": 1, "rank": rank}
+    video_local, local = active.text_start, query.shape[1]
+    order = None
+    if video_local is not None and video_local < local:
+        order = state.token_order(video_local, local - video_local, world, query.device)
+    text_start = video_local * world if order is not None and state.config.text_forcing else None
+    forward_key = state.forward
 
     def forward_op(ctx: Any, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None,
                    dropout_p: float, is_causal: bool, scale: Any, enable_gqa: bool, return_lse: bool,
@@ -331,16 +396,21 @@ def _ulysses(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, attn_m
             raise ValueError("xattn-video: XAttention does not return the log-sum-exp")
         heads = q.shape[2]
         local_tau = tau[rank * heads:(rank + 1) * heads] if isinstance(tau, tuple) else tau
-        usable, kv_len = state.key_padding(mask)
+        ordered_mask = mask if order is None or mask is None else mask.index_select(-1, order[0])
+        usable, kv_len = state.key_padding(ordered_mask, cache_key=forward_key)
         if not usable:
             state.warn_once("mask", "xattn-video: the attention mask is not a key-padding prefix; those calls "
                                     "run dense masked attention")
             state.record(step, layer.label, 1.0, sparse=False)
             return torch.nn.functional.scaled_dot_product_attention(
                 q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), attn_mask=mask).transpose(1, 2)
-        text_start = state.cp_text_start if state.config.text_forcing else None
-        lens = state.host_kv_lens(mask)[1] if state.reuse.enabled else None
-        return _sparse(q, k, v, state, layer, step, local_tau, kv_len, text_start, lens)
+        lens = state.host_kv_lens(ordered_mask, cache_key=forward_key)[1] if state.reuse.enabled else None
+        if order is None:
+            return _sparse(q, k, v, state, layer, step, local_tau, kv_len, text_start, lens)
+        perm, inverse = order
+        q, k, v = (x.index_select(1, perm) for x in (q, k, v))
+        out = _sparse(q, k, v, state, layer, step, local_tau, kv_len, text_start, lens)
+        return out.index_select(1, inverse)
 
     return _templated_context_parallel_attention(query, key, value, attn_mask, 0.0, False, None, False, False,
                                                  forward_op=forward_op, backward_op=_inference_only_backward,

@@ -16,6 +16,24 @@ from transformers import CLIPTextConfig, CLIPTextModel, LlamaConfig, LlamaModel,
 # text budget, so the tiny model takes the prompt as it is.
 TINY_PROMPT_TEMPLATE = {"template": "{}", "crop_start": 0}
 TINY_TEXT_DIM = 32
+# The tiny transformer's config (2 heads of head_dim 64), readable without building the model.
+TINY_TRANSFORMER_CONFIG = dict(
+    in_channels=4, out_channels=4, num_attention_heads=2, attention_head_dim=64, num_layers=2,
+    num_single_layers=2, num_refiner_layers=1, mlp_ratio=2.0, patch_size=2, patch_size_t=1,
+    guidance_embeds=True, text_embed_dim=TINY_TEXT_DIM, pooled_projection_dim=TINY_TEXT_DIM,
+    rope_axes_dim=(16, 24, 24),
+)
+
+
+def tiny_transformer_config(name: str) -> tuple[str, dict, dict | None]:
+    """(transformer class, the config keys the multi-GPU checks read, VAE compression) of a tiny model, without
+    building it."""
+    if name.startswith("tiny-wan"):
+        return "WanTransformer3DModel", {"num_attention_heads": 2, "patch_size": [1, 2, 2]}, None
+    if name.startswith("tiny-hunyuan15"):
+        return ("HunyuanVideo15Transformer3DModel", {"num_attention_heads": 2, "patch_size": 1, "patch_size_t": 1},
+                {"spatial_compression_ratio": 16, "temporal_compression_ratio": 4})
+    return "HunyuanVideoTransformer3DModel", dict(TINY_TRANSFORMER_CONFIG), None
 
 
 def byte_tokenizer(max_length: int) -> PreTrainedTokenizerFast:
@@ -48,12 +66,7 @@ def build_tiny_components(seed: int = 0) -> dict:
         num_attention_heads=4, max_position_embeddings=77, projection_dim=TINY_TEXT_DIM,
         pad_token_id=0, bos_token_id=1, eos_token_id=2,
     ))
-    transformer = HunyuanVideoTransformer3DModel(
-        in_channels=4, out_channels=4, num_attention_heads=2, attention_head_dim=64, num_layers=2,
-        num_single_layers=2, num_refiner_layers=1, mlp_ratio=2.0, patch_size=2, patch_size_t=1,
-        guidance_embeds=True, text_embed_dim=TINY_TEXT_DIM, pooled_projection_dim=TINY_TEXT_DIM,
-        rope_axes_dim=(16, 24, 24),
-    )
+    transformer = HunyuanVideoTransformer3DModel(**TINY_TRANSFORMER_CONFIG)
     vae = AutoencoderKLHunyuanVideo(
         in_channels=3, out_channels=3, latent_channels=4,
         block_out_channels=(8, 8, 8, 8), layers_per_block=1, norm_num_groups=4,

@@ -1,0 +1,137 @@
+"""One rank of a multi-process test (launched by tests/test_parallel.py through ``xattn_video.launch.launch``).
+
+``python -m tests.parallel_worker generate OUT_DIR MODE[,MODE...] KEY=VALUE...``: one generation across the
+ranks per mode (see ``_generate``) with the given config overrides; rank 0 saves the float frames and the merged
+XAttention summary and the parallel layout per mode — the mp4 is lossy, the comparison needs the floats.
+``python -m tests.parallel_worker fail``: rank 1 raises while rank 0 waits in a collective.
+``python -m tests.parallel_worker hv15 OUT_DIR``: a tiny HunyuanVideo 1.5 transformer, a dense and an XAttention
+forward on one rank and then across both (our plan); rank 0 writes the largest differences and the densities to
+hv15.json.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+
+
+def main(argv: list[str]) -> int:
+    if argv[0] == "fail":
+        import torch
+        import torch.distributed as dist
+
+        from xattn_video.launch import init_process_group
+
+        rank, _ = init_process_group(torch.device("cpu"))
+        if rank == 1:
+            raise RuntimeError("injected failure on rank 1")
+        dist.barrier()  # rank 0 would wait here for the collective timeout without the launcher
+        return 0
+
+    if argv[0] == "hv15":
+        return _hunyuan_video15(Path(argv[1]))
+
+    out_dir, modes, overrides = Path(argv[1]), argv[2].split(","), argv[3:]
+    return _generate(out_dir, modes, overrides)
+
+
+def _generate(out_dir: Path, modes: list[str], overrides: list[str]) -> int:
+    """One 2-rank generation per mode in one process group (each costs a fresh tiny pipeline, not a launch).
+
+    Modes: ``dense`` (stock attention), ``xattn`` (enable_context_parallel, then apply_xattention: what
+    ``generate_on_ranks`` does) and ``xattn-first`` (apply_xattention first: the Python user's other order).
+    Rank 0 writes ``frames-<mode>.npy`` and ``summary-<mode>.json`` (merged stats and the layout).
+    """
+    import dataclasses
+
+    import torch
+    import torch.distributed as dist
+
+    from xattn_video import apply_xattention
+    from xattn_video.config import load_config
+    from xattn_video.generate import run_pipeline
+    from xattn_video.launch import init_process_group, merge_rank_summaries
+    from xattn_video.pipelines.loading import load_pipeline
+    from xattn_video.pipelines.parallel import enable_context_parallel
+
+    rank, world = init_process_group(torch.device("cpu"))
+    try:
+        for mode in modes:
+            run = load_config(overrides=["model.device=cpu", *overrides])
+            pipe = load_pipeline(run.model)
+            handle = None
+            if mode == "xattn-first":
+                handle = apply_xattention(pipe, run.xattn)
+            layout = enable_context_parallel(pipe, world)
+            if mode == "xattn":
+                handle = apply_xattention(pipe, run.xattn)
+            result = run_pipeline(pipe, dataclasses.replace(run, dense=True), show_progress=False,
+                                  decode=rank == 0)
+            summaries: list = [None] * world
+            dist.all_gather_object(summaries, None if handle is None else handle.summary())
+            if handle is not None:
+                handle.remove()
+            if rank == 0:
+                np.save(out_dir / f"frames-{mode}.npy", result.frames)
+                (out_dir / f"summary-{mode}.json").write_text(json.dumps(
+                    {"xattn": merge_rank_summaries(summaries), "parallel": layout.record()}))
+    finally:
+        dist.destroy_process_group()
+    return 0
+
+
+def _hunyuan_video15(out_dir: Path) -> int:
+    import torch
+    import torch.distributed as dist
+    from diffusers import HunyuanVideo15Transformer3DModel
+
+    from xattn_video import apply_xattention
+    from xattn_video.launch import init_process_group
+    from xattn_video.pipelines.parallel import enable_context_parallel
+
+    rank, world = init_process_group(torch.device("cpu"))
+    torch.manual_seed(0)
+    model = HunyuanVideo15Transformer3DModel(
+        in_channels=4, out_channels=4, num_attention_heads=2, attention_head_dim=64, num_layers=2,
+        num_refiner_layers=1, text_embed_dim=32, text_embed_2_dim=32, image_embed_dim=32, rope_axes_dim=(16, 24, 24),
+    ).eval()
+    g = torch.Generator().manual_seed(1)
+    mask, mask_2 = torch.zeros(1, 12, dtype=torch.int64), torch.zeros(1, 6, dtype=torch.int64)
+    mask[:, :7], mask_2[:, :3] = 1, 1  # padded text in both encoders; 128 image + 22 text tokens
+    inputs = dict(hidden_states=torch.randn(1, 4, 2, 8, 8, generator=g), timestep=torch.tensor([500.0]),
+                  encoder_hidden_states=torch.randn(1, 12, 32, generator=g), encoder_attention_mask=mask,
+                  encoder_hidden_states_2=torch.randn(1, 6, 32, generator=g), encoder_attention_mask_2=mask_2,
+                  image_embeds=torch.zeros(1, 4, 32), return_dict=False)
+    # apply_xattention finds the family by the pipeline's class name; no scheduler: every call is sparse
+    pipe = type("HunyuanVideo15Pipeline", (), {})()
+    pipe.transformer = model
+    sparse_cfg = {"warmup_steps": 0, "threshold": 0.6, "block_size": 16}
+
+    def forwards() -> tuple:
+        with torch.no_grad():
+            dense = model(**inputs)[0]
+            with apply_xattention(pipe, sparse_cfg) as handle:
+                sparse = model(**inputs)[0]
+                summary = handle.summary()
+        return dense, sparse, summary
+
+    reference, reference_sparse, one = forwards()
+    enable_context_parallel(pipe, world)
+    out, out_sparse, mine = forwards()
+    densities = [None] * world
+    dist.all_gather_object(densities, mine["mean_density_sparse_calls"])
+    if rank == 0:
+        (out_dir / "hv15.json").write_text(json.dumps({
+            "max_abs_diff": (out - reference).abs().max().item(),
+            "max_abs_diff_sparse": (out_sparse - reference_sparse).abs().max().item(),
+            "sparse_vs_dense": (reference_sparse - reference).abs().max().item(),
+            "density_one_rank": one["mean_density_sparse_calls"], "density_per_rank": densities}))
+    dist.destroy_process_group()
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main(sys.argv[1:]))
