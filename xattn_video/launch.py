@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 import datetime
+import inspect
 import logging
 import os
 import sys
@@ -83,9 +84,12 @@ def launch(nproc: int, python_args: Sequence[str]) -> int:
            "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // nproc)))}
     # The agent's own failure report is a multi-line table; ours below is the one line.
     logging.getLogger("torch.distributed.elastic").setLevel(logging.CRITICAL)
-    config = LaunchConfig(min_nodes=1, max_nodes=1, nproc_per_node=nproc, run_id=f"xvid-{uuid.uuid4().hex[:8]}",
-                          rdzv_backend="c10d", rdzv_endpoint="localhost:0", max_restarts=0, monitor_interval=0.2,
-                          start_method="spawn", shutdown_timeout=10)
+    options = dict(min_nodes=1, max_nodes=1, nproc_per_node=nproc, run_id=f"xvid-{uuid.uuid4().hex[:8]}",
+                   rdzv_backend="c10d", rdzv_endpoint="localhost:0", max_restarts=0, monitor_interval=0.2,
+                   start_method="spawn", shutdown_timeout=10)
+    if "shutdown_timeout" not in inspect.signature(LaunchConfig).parameters:  # torch < 2.12
+        options.pop("shutdown_timeout")
+    config = LaunchConfig(**options)
     saved = {key: os.environ.get(key) for key in env}
     os.environ.update(env)  # the ranks inherit this process's environment
     try:
