@@ -67,3 +67,25 @@ def test_benchmark_scripts_run_help_on_cpu(script):
                           text=True, timeout=120, cwd=REPO, env={**os.environ, "PYTHONPATH": str(REPO)})
     assert done.returncode == 0, done.stderr[-2000:]
     assert "usage:" in done.stdout
+
+
+def test_plot_only_honours_out_dir(tmp_path):
+    path = tmp_path / "r.json"
+    path.write_text(json.dumps(_results()))
+    out = tmp_path / "plots"
+    assert main(["bench", "--plot-only", str(path), "--out-dir", str(out)]) == 0
+    assert (out / "r.png").is_file() and not (tmp_path / "r.png").exists()
+
+
+@pytest.mark.parametrize("content,message", [
+    (b"\x89PNG\r\n\x1a\n\xff\xfe\x00binary", "cannot read"), (b"[1, 2]", "not an xvid bench results file"),
+    (b'{"rows": [{"tokens": 1}]}', "not an xvid bench results file"), (None, "does not exist"),
+])
+def test_plot_only_on_a_bad_file_is_one_line_exit_2(tmp_path, capsys, content, message):
+    path = tmp_path / "bad.json"
+    if content is not None:
+        path.write_bytes(content)
+    assert main(["bench", "--plot-only", str(path), "--out-dir", str(tmp_path / "o")]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and message in err, err
+    assert not (tmp_path / "o").exists()

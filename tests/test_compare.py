@@ -3,6 +3,7 @@
 import json
 import math
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -149,3 +150,43 @@ def test_prompt_file_errors(tmp_path, capsys):
     assert "has no prompts" in capsys.readouterr().err
     assert main(["compare", "--prompts", str(tmp_path / "missing.txt"), "--out-dir", str(tmp_path / "o")]) == 2
     assert "prompt file not found" in capsys.readouterr().err
+
+
+def _read_only_place(tmp_path):
+    """A folder where files cannot be created, even by root (then /sys, which refuses new files)."""
+    ro = tmp_path / "ro"
+    ro.mkdir()
+    ro.chmod(0o555)
+    try:
+        (ro / "probe").touch()
+    except OSError:
+        return ro
+    return Path("/sys")
+
+
+@pytest.fixture
+def no_model_load(monkeypatch):
+    from xattn_video.pipelines import loading
+
+    def refuse(*_args, **_kwargs):
+        raise AssertionError("the model was loaded before the bad input was refused")
+
+    monkeypatch.setattr(loading, "load_pipeline", refuse)
+
+
+@pytest.mark.parametrize("argv,message", [
+    (["--prompt", ""], "a prompt is empty"),
+    (["--prompt", "   "], "a prompt is empty"),
+    (["--prompt", "a cat", "--out-dir", "{ro}/cmp"], "cannot write in --out-dir"),
+    (["--prompt", "a cat", "--out-dir", "{file}"], "exists and is not a directory"),
+])
+def test_bad_compare_input_is_one_line_exit_2_before_the_model_loads(tmp_path, capsys, no_model_load, argv, message):
+    (tmp_path / "a_file").write_text("x")
+    ro = _read_only_place(tmp_path)
+    argv = [a.format(ro=ro, file=tmp_path / "a_file") for a in argv]
+    if "--out-dir" not in argv:
+        argv += ["--out-dir", str(tmp_path / "out")]
+    rc = main(["compare", "--model", "tiny", *argv])
+    err = capsys.readouterr().err
+    assert rc == 2, err
+    assert err.count("\n") == 1 and message in err, err

@@ -32,7 +32,7 @@ from ..kernels import (
     xattention,
 )
 from ..video_io import write_json, write_text
-from .report import markdown, plot
+from .report import load_results, markdown, plot
 from .synthetic import grid_for_tokens, video_like_qkv
 
 DENSITIES = (0.1, 0.2, 0.35, 0.45)
@@ -226,14 +226,22 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--head-dim", type=int, default=128)
     p.add_argument("--no-flex", action="store_true", help="skip FlexAttention")
     p.add_argument("--rep-ms", type=int, default=600, help="do_bench repetition time per measurement")
-    p.add_argument("--out-dir", type=Path, default=Path("benchmarks/results"))
+    p.add_argument("--out-dir", type=Path, help="where results go (default benchmarks/results; with --plot-only: "
+                   "next to the JSON)")
     p.add_argument("--plot-only", type=Path, help="draw the plot from an earlier JSON and exit")
     args = p.parse_args(argv)
 
     if args.plot_only:
-        results = json.loads(args.plot_only.read_text())
-        plot(results, args.plot_only.with_suffix(".png"))
+        try:
+            results = load_results(args.plot_only)
+        except ValueError as exc:
+            print(f"xvid bench: error: {exc}", file=sys.stderr)
+            return 2
+        out_dir = args.out_dir if args.out_dir is not None else args.plot_only.parent
+        out_dir.mkdir(parents=True, exist_ok=True)
+        plot(results, out_dir / f"{args.plot_only.stem}.png")
         return 0
+    args.out_dir = args.out_dir if args.out_dir is not None else Path("benchmarks/results")
     if not torch.cuda.is_available():
         print("xvid bench needs a CUDA GPU", file=sys.stderr)
         return 2

@@ -13,6 +13,7 @@ from __future__ import annotations
 import dataclasses
 import importlib.util
 import json
+import os
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -50,6 +51,29 @@ def parse_metrics(spec: str | Sequence[str]) -> tuple[list[str], list[str]]:
             raise ConfigError(f"unknown metric {item!r} in --metrics: use {', '.join(PAIRWISE)} or a hook "
                              f"({', '.join(sorted(hooks_known))})")
     return pairwise, hooks
+
+
+def check_out_dir(out_dir: str | Path) -> Path:
+    """Create ``out_dir`` if needed and check that files can be created in it (one-line ConfigError if not)."""
+    out_dir = Path(out_dir).expanduser()
+    if out_dir.exists() and not out_dir.is_dir():
+        raise ConfigError(f"--out-dir {out_dir} exists and is not a directory")
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        probe = out_dir / f".xvid-probe-{os.getpid()}"
+        probe.touch()
+        probe.unlink()
+    except OSError as exc:
+        raise ConfigError(f"cannot write in --out-dir {out_dir}: {exc.strerror or exc}") from None
+    return out_dir
+
+
+def check_prompts(prompts: Sequence[str]) -> None:
+    """At least one prompt, and none empty (an empty prompt gives NaN videos): one-line ConfigError."""
+    if not prompts:
+        raise ConfigError("no prompts to compare")
+    if any(not isinstance(p, str) or not p.strip() for p in prompts):
+        raise ConfigError("a prompt is empty: give the text to generate from (e.g. --prompt \"a cat walks\")")
 
 
 def _video(pipe: Any, run: RunConfig, variant: str, folder: Path, latents: Any, show_progress: bool) -> dict:
@@ -105,8 +129,8 @@ def compare(run: RunConfig, prompts: Sequence[str], seeds: Sequence[int], metric
     if pairwise and importlib.util.find_spec("torchmetrics") is None:
         raise ConfigError(f"metrics {', '.join(pairwise)} need torchmetrics: pip install 'xattn-video[eval]'")
     scorers = make_scorers(hook_specs) if hook_specs else []
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
+    check_prompts(prompts)
+    out_dir = check_out_dir(out_dir)  # before the model loads: a bad place fails in a second, not after an hour
     if pipe is None:
         pipe = load_pipeline(run.model)
     items = [(p, s) for p in prompts for s in seeds]
@@ -149,7 +173,7 @@ def compare(run: RunConfig, prompts: Sequence[str], seeds: Sequence[int], metric
 
 def compare_cli(args: Any, run: RunConfig) -> int:
     """``xvid compare``: run ``compare`` and print a summary (user errors propagate to the CLI's handler)."""
-    prompts = [args.prompt] if args.prompt else read_prompts(args.prompts)
+    prompts = [args.prompt] if args.prompt is not None else read_prompts(args.prompts)
     report = compare(run, prompts, args.seeds, args.metrics, args.out_dir)
     means = report["means"]
     print(f"compared {len(report['items'])} video pairs in {args.out_dir}: "
