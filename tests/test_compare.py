@@ -110,14 +110,70 @@ def test_resume_skips_finished_videos(tmp_path, pipe, monkeypatch):
     calls = []
     real = compare_module._video
 
-    def counting(pipe, run, variant, folder, latents, show_progress):
-        calls.append((folder.name, variant, (folder / f"{variant}.npy").is_file()))
-        return real(pipe, run, variant, folder, latents, show_progress)
+    def counting(pipe, run, variant, folder, latents, show_progress, **kwargs):
+        calls.append((folder.name, variant))
+        return real(pipe, run, variant, folder, latents, show_progress, **kwargs)
 
     monkeypatch.setattr(compare_module, "_video", counting)
     second = compare_module.compare(run, ["a cat", "a dog"], [0], "psnr", tmp_path, pipe=pipe, show_progress=False)
-    assert calls == [(folder.name, "dense", True), (folder.name, "xattn", False)]  # item 0 untouched
+    assert calls == [(folder.name, "xattn")]  # item 0 untouched, item 1's dense video reused
     assert second["items"][1]["pairwise"]["psnr"] == pytest.approx(first["items"][1]["pairwise"]["psnr"], rel=1e-6)
+
+
+@pytest.fixture
+def generations(monkeypatch):
+    """Records (folder, variant) of every video compare generates."""
+    calls = []
+    real = compare_module._video
+
+    def counting(pipe, run, variant, folder, latents, show_progress, **kwargs):
+        calls.append((folder.name, variant))
+        return real(pipe, run, variant, folder, latents, show_progress, **kwargs)
+
+    monkeypatch.setattr(compare_module, "_video", counting)
+    return calls
+
+
+def test_resume_with_another_threshold_regenerates_the_xattention_video(tmp_path, pipe, generations, capsys):
+    first = compare_module.compare(load_config(overrides=SMALL + ["xattn.threshold=0.9", "xattn.warmup_steps=0"]),
+                                   ["a cat"], [0], "psnr", tmp_path, pipe=pipe, show_progress=False)
+    run = load_config(overrides=SMALL + ["xattn.threshold=0.3", "xattn.warmup_steps=0"])
+    generations.clear()
+    capsys.readouterr()
+    again = compare_module.compare(run, ["a cat"], [0], "psnr", tmp_path, pipe=pipe, show_progress=False)
+    assert [v for _, v in generations] == ["xattn"]  # the dense video does not depend on τ: reused
+    assert "xattn.threshold: 0.9 -> 0.3" in capsys.readouterr().err
+    record = json.loads((tmp_path / again["items"][0]["folder"] / "xattn.json").read_text())
+    assert record["provenance"]["config"]["xattn"]["threshold"] == 0.3
+    assert again["items"][0]["mean_density"] == pytest.approx(record["mean_density"])
+    assert again["items"][0]["mean_density"] < first["items"][0]["mean_density"]  # not the τ=0.9 result
+
+
+def test_resume_with_other_metrics_rescores_without_regenerating(tmp_path, pipe, generations, capsys):
+    run = load_config(overrides=SMALL)
+    compare_module.compare(run, ["a cat"], [0], "psnr", tmp_path, pipe=pipe, show_progress=False)
+    generations.clear()
+    report = compare_module.compare(run, ["a cat"], [0], "psnr,ssim,flicker", tmp_path, pipe=pipe,
+                                    show_progress=False)
+    assert generations == []
+    item = report["items"][0]
+    assert item["pairwise"]["ssim"] is not None and item["hooks"]["xattn"]["flicker"] is not None
+    assert "recomputing 000-a-cat-seed0 scores" in capsys.readouterr().err
+    assert "| – |" not in (tmp_path / "report.md").read_text()
+
+
+def test_resume_with_a_prompt_changed_after_its_slug_regenerates(tmp_path, pipe, generations, capsys):
+    run = load_config(overrides=SMALL)
+    base = "a very long prompt that shares its first forty characters"
+    first = compare_module.compare(run, [base + ", cat"], [0], "psnr", tmp_path, pipe=pipe, show_progress=False)
+    generations.clear()
+    second = compare_module.compare(run, [base + ", dog"], [0], "psnr", tmp_path, pipe=pipe, show_progress=False)
+    assert first["items"][0]["folder"] == second["items"][0]["folder"]  # same folder name...
+    assert sorted(v for _, v in generations) == ["dense", "xattn"]  # ...but nothing of the old prompt is reused
+    assert second["items"][0]["prompt"] == base + ", dog"
+    record = json.loads((tmp_path / second["items"][0]["folder"] / "dense.json").read_text())
+    assert record["provenance"]["config"]["generation"]["prompt"] == base + ", dog"
+    assert "generation.prompt" in capsys.readouterr().err
 
 
 def test_metric_parsing():

@@ -290,6 +290,12 @@ class VBenchScorer:
         self.imaging_quality_preprocessing_mode = imaging_quality_preprocessing_mode
         self._checked = False
 
+    def provenance(self) -> dict:
+        """What the scores depend on besides the videos: interpreter, cache dir, device, dimensions, options."""
+        return {"python": _resolve_python(self.python) or self.python, "cache_dir": str(self.cache_dir),
+                "device": self.device, "dimensions": list(self.dimensions),
+                "imaging_quality_preprocessing_mode": self.imaging_quality_preprocessing_mode}
+
     def subprocess_env(self) -> dict[str, str]:
         """Environment of the VBench interpreter: ours, with VBench's cache dir pinned and the HF hub offline."""
         env = dict(os.environ)
