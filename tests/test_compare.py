@@ -246,3 +246,30 @@ def test_bad_compare_input_is_one_line_exit_2_before_the_model_loads(tmp_path, c
     err = capsys.readouterr().err
     assert rc == 2, err
     assert err.count("\n") == 1 and message in err, err
+
+
+def test_timed_generations_are_warmed_up_and_alternate_their_order(tmp_path, monkeypatch):
+    from xattn_video import generate
+    from xattn_video.generate import GenerationResult
+
+    calls = []
+    rng = np.random.default_rng(0)
+
+    def fake_run_pipeline(pipe, run, latents=None, show_progress=True):
+        variant = "dense" if run.dense else "xattn"
+        calls.append((variant, run.generation.steps, run.xattn.warmup_steps, latents is not None))
+        warm = run.generation.steps == 1  # only the warm-up runs one step here
+        return GenerationResult(frames=rng.random((5, 8, 8, 3), dtype=np.float32),
+                                seconds_total=100.0 if warm else 1.0, seconds_per_step=[1.0 / 3] * 3,
+                                xattn=None if run.dense else {"mean_density_sparse_calls": 0.5})
+
+    monkeypatch.setattr(generate, "run_pipeline", fake_run_pipeline)
+    monkeypatch.setattr(generate, "initial_latents", lambda pipe, run: "latents")
+    run = load_config(overrides=SMALL + ["xattn.warmup_steps=2"])
+    report = compare_module.compare(run, ["a", "b", "c"], [0], "psnr", tmp_path, pipe=object(), show_progress=False)
+    assert calls == [("dense", 1, 0, False), ("xattn", 1, 0, False),  # warm-up: untimed, sparse from step 0
+                     ("dense", 3, 2, True), ("xattn", 3, 2, True),
+                     ("xattn", 3, 2, True), ("dense", 3, 2, True),
+                     ("dense", 3, 2, True), ("xattn", 3, 2, True)]
+    assert [i["order"] for i in report["items"]] == [["dense", "xattn"], ["xattn", "dense"], ["dense", "xattn"]]
+    assert all(i["seconds"] == {"dense": 1.0, "xattn": 1.0} for i in report["items"])  # warm-up time not counted

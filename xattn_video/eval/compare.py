@@ -9,6 +9,8 @@ its own. An interrupted run resumes. Every video and every item's scores record 
 scores also the metric set and each scorer's environment, e.g. VBench's interpreter and cache dir). A saved video
 or score is reused only when its record equals what this run would produce; otherwise it is recomputed and a line
 on stderr says which setting changed (the dense video does not depend on ``xattn.*`` and is kept across τ changes).
+Timings: before the first timed generation, one untimed 1-step generation of each variant (warm-up: compilation,
+autotuning); the order of the dense and the XAttention run alternates from item to item.
 Outputs in ``--out-dir``: one folder per item, ``report.json``, ``report.md`` and PNG plots (see ``report.py``).
 """
 
@@ -149,6 +151,22 @@ def _reusable(path: Path, wanted: dict, what: str, say: Callable[[str], None]) -
     return None
 
 
+def warm_up(pipe: Any, run: RunConfig) -> None:
+    """One untimed 1-step generation of each variant (XAttention from step 0), at the item's sizes: compilation,
+    Triton autotuning, cuDNN algorithm search and first allocations happen here, not inside a timed video.
+
+    A NaN warm-up video is ignored here: the timed generation reports it."""
+    from ..generate import NonFiniteVideoError, run_pipeline
+
+    one_step = dataclasses.replace(run, generation=dataclasses.replace(run.generation, steps=1),
+                                   xattn=dataclasses.replace(run.xattn, warmup_steps=0))
+    for variant in VARIANTS:
+        try:
+            run_pipeline(pipe, dataclasses.replace(one_step, dense=variant == "dense"), show_progress=False)
+        except NonFiniteVideoError:
+            pass
+
+
 def _video(pipe: Any, run: RunConfig, variant: str, folder: Path, latents: Any, show_progress: bool,
            provenance: dict | None = None) -> dict:
     """Generate the video (the caller has checked that no reusable one exists); returns its record."""
@@ -214,6 +232,7 @@ def compare(run: RunConfig, prompts: Sequence[str], seeds: Sequence[int], metric
     def say(message: str) -> None:
         bar.write(message, file=sys.stderr)
 
+    warmed = False  # one untimed warm-up before the first timed generation of this run
     for index, (prompt, seed) in enumerate(bar):
         folder = out_dir / f"{index:03d}-{slug(prompt)}-seed{seed}"
         folder.mkdir(exist_ok=True)
@@ -230,8 +249,13 @@ def compare(run: RunConfig, prompts: Sequence[str], seeds: Sequence[int], metric
                 results.append(result)
                 continue
         latents = None
-        for variant in VARIANTS:
+        # Alternate which variant runs first, so that drift (clocks, caches, other load) does not favour one.
+        order = VARIANTS if index % 2 == 0 else VARIANTS[::-1]
+        for variant in order:
             if records[variant] is None:
+                if not warmed:
+                    warm_up(pipe, item_run)
+                    warmed = True
                 if latents is None:
                     latents = initial_latents(pipe, item_run)
                 records[variant] = _video(pipe, item_run, variant, folder, latents, show_progress=False,
@@ -240,7 +264,7 @@ def compare(run: RunConfig, prompts: Sequence[str], seeds: Sequence[int], metric
         dense_s, xattn_s = records["dense"]["seconds_total"], records["xattn"]["seconds_total"]
         result = {
             "prompt": prompt, "seed": seed, "folder": folder.name, **scores,
-            "seconds": {"dense": dense_s, "xattn": xattn_s},
+            "seconds": {"dense": dense_s, "xattn": xattn_s}, "order": list(order),
             "seconds_per_step": {v: records[v]["seconds_per_step"] for v in VARIANTS},
             "speedup": dense_s / xattn_s if xattn_s > 0 else None,
             "mean_density": records["xattn"]["mean_density"],
