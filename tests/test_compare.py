@@ -273,3 +273,27 @@ def test_timed_generations_are_warmed_up_and_alternate_their_order(tmp_path, mon
                      ("dense", 3, 2, True), ("xattn", 3, 2, True)]
     assert [i["order"] for i in report["items"]] == [["dense", "xattn"], ["xattn", "dense"], ["dense", "xattn"]]
     assert all(i["seconds"] == {"dense": 1.0, "xattn": 1.0} for i in report["items"])  # warm-up time not counted
+
+
+def test_partly_skipped_scorer_and_score_sources_reach_the_report(tmp_path, pipe, isolated_scorers):
+    class FromFiles:
+        name = "files"
+        reads = "mp4"
+
+        def __init__(self, args):
+            self.skipped = {}
+
+        def score(self, videos, prompts):
+            self.skipped = {"files:needs_weights": "weights missing at /w"}
+            return {"runs": [float(v.path.stat().st_size) for v in videos]}
+
+    register_scorer("files", FromFiles)
+    report = compare_module.compare(load_config(overrides=SMALL), ["a cat"], [0], "psnr,flicker,files", tmp_path,
+                                    pipe=pipe, show_progress=False)
+    assert report["skipped"] == {"files:needs_weights": "weights missing at /w"}
+    assert report["items"][0]["hooks"]["xattn"]["runs"] > 0  # the part that could run did
+    sources = report["score_sources"]
+    assert sources["psnr"].startswith("float frames") and sources["flicker"].startswith("float frames")
+    assert sources["runs"].startswith("mp4") and "lossy" in sources["runs"]
+    md = (tmp_path / "report.md").read_text()
+    assert "- runs: mp4 (8-bit, lossy" in md and "- psnr, flicker: float frames" in md

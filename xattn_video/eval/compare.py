@@ -1,12 +1,13 @@
 """``xvid compare``: dense vs XAttention videos from the same initial noise, scored and reported.
 
 For each prompt and seed: the dense video and the XAttention video are generated from the same latents; their
-float frames are kept (``*.npy``, float16 — 8× finer than the mp4's 8 bits) and every metric is computed on
-them, never on the mp4s; both mp4s are written for viewing. Pairwise metrics (PSNR, SSIM, LPIPS) compare the
-XAttention video with the dense one; scorers (temporal flickering, VBench, your own) score each video on
-its own. An interrupted run resumes. Every video and every item's scores record what produced them
-(``provenance``: the resolved config with the full prompt and seed, this package's version, torch/diffusers/GPU; for
-scores also the metric set and each scorer's environment, e.g. VBench's interpreter and cache dir). A saved video
+float frames are kept (``*.npy``, float16 — 8× finer than the mp4's 8 bits) and PSNR, SSIM, LPIPS and ``flicker``
+are computed on them; both mp4s are written too. VBench can only read files, so ``vbench:*`` scores come from the
+lossy mp4s; the report says, per metric, which input it was computed from (``score_sources``). Pairwise metrics
+(PSNR, SSIM, LPIPS) compare the XAttention video with the dense one; scorers (temporal flickering, VBench, your
+own) score each video on its own. An interrupted run resumes. Every video and every item's scores record what
+produced them (``provenance``: the resolved config with the full prompt and seed, this package's version,
+torch/diffusers/GPU; for scores also the metric set and each scorer's environment, e.g. VBench's interpreter and cache dir). A saved video
 or score is reused only when its record equals what this run would produce; otherwise it is recomputed and a line
 on stderr says which setting changed (the dense video does not depend on ``xattn.*`` and is kept across τ changes).
 Timings: before the first timed generation, one untimed 1-step generation of each variant (warm-up: compilation,
@@ -184,6 +185,16 @@ def _video(pipe: Any, run: RunConfig, variant: str, folder: Path, latents: Any, 
     return record
 
 
+def score_source(scorer: Any) -> str:
+    """What a score is computed from, for the report: the float frames, or the lossy mp4 (a scorer's ``reads``)."""
+    reads = "frames" if scorer is None else getattr(scorer, "reads", None)
+    if reads == "frames":
+        return "float frames (.npy)"
+    if reads == "mp4":
+        return "mp4 (8-bit, lossy encoding: includes the encoding error)"
+    return "not stated by the scorer"
+
+
 def _score_item(folder: Path, prompt: str, pairwise: list[str], scorers: list[Any]) -> dict:
     """Score one item's two videos from their saved float frames: pairwise metrics, then every scorer."""
     from .errors import Unavailable
@@ -193,6 +204,7 @@ def _score_item(folder: Path, prompt: str, pairwise: list[str], scorers: list[An
     frames = {v: np.load(folder / f"{v}.npy").astype(np.float32) for v in VARIANTS}
     values, skipped = compare_videos(frames["xattn"], frames["dense"], metrics=tuple(pairwise))
     hook_scores: dict[str, dict[str, float]] = {v: {} for v in VARIANTS}
+    sources = {metric: score_source(None) for metric in pairwise}
     items = [VideoItem(frames=frames[v], path=folder / f"{v}.mp4", prompt=prompt) for v in VARIANTS]
     for scorer in scorers:
         try:
@@ -200,10 +212,12 @@ def _score_item(folder: Path, prompt: str, pairwise: list[str], scorers: list[An
         except Unavailable as exc:
             skipped[scorer.name] = str(exc)
             continue
+        skipped.update(getattr(scorer, "skipped", None) or {})  # parts of it that could not run, with reasons
         for metric, per_video in scores.items():
+            sources[metric] = score_source(scorer)
             for variant, value in zip(VARIANTS, per_video):
                 hook_scores[variant][metric] = value
-    return {"pairwise": values, "hooks": hook_scores, "skipped": skipped}
+    return {"pairwise": values, "hooks": hook_scores, "skipped": skipped, "sources": sources}
 
 
 def compare(run: RunConfig, prompts: Sequence[str], seeds: Sequence[int], metrics: str | Sequence[str],
