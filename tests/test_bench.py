@@ -67,3 +67,69 @@ def test_benchmark_scripts_run_help_on_cpu(script):
                           text=True, timeout=120, cwd=REPO, env={**os.environ, "PYTHONPATH": str(REPO)})
     assert done.returncode == 0, done.stderr[-2000:]
     assert "usage:" in done.stdout
+
+
+def test_plot_only_honours_out_dir(tmp_path):
+    path = tmp_path / "r.json"
+    path.write_text(json.dumps(_results()))
+    out = tmp_path / "plots"
+    assert main(["bench", "--plot-only", str(path), "--out-dir", str(out)]) == 0
+    assert (out / "r.png").is_file() and not (tmp_path / "r.png").exists()
+
+
+@pytest.mark.parametrize("content,message", [
+    (b"\x89PNG\r\n\x1a\n\xff\xfe\x00binary", "cannot read"), (b"[1, 2]", "not an xvid bench results file"),
+    (b'{"rows": [{"tokens": 1}]}', "not an xvid bench results file"), (None, "does not exist"),
+])
+def test_plot_only_on_a_bad_file_is_one_line_exit_2(tmp_path, capsys, content, message):
+    path = tmp_path / "bad.json"
+    if content is not None:
+        path.write_bytes(content)
+    assert main(["bench", "--plot-only", str(path), "--out-dir", str(tmp_path / "o")]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and message in err, err
+    assert not (tmp_path / "o").exists()
+
+
+def test_every_timing_follows_an_untimed_warm_up_and_dense_order_alternates(monkeypatch):
+    """bench_tokens on CPU with stand-in kernels: which calls are timed, in which order, after which warm-up."""
+    calls: list[str] = []  # every call of a benchmarked function, timed or not
+    timed: list[str] = []
+
+    def kernel(name):
+        def run(q, *args, return_selection=False, **kwargs):
+            calls.append(name)
+            out = torch.zeros_like(q)
+            return (out, operator.random_selection(1, q.shape[2], q.shape[1], 0.5, torch.Generator())) \
+                if return_selection else out
+        return run
+
+    def fake_median_ms(fn, rep_ms=600):
+        before = len(calls)
+        fn()
+        name = calls[before]
+        assert before > 0 and calls[before - 1] == name, f"{name} was timed without an untimed warm-up call just before"
+        timed.append(name)
+        return 1.0
+
+    monkeypatch.setattr(operator, "DEVICE", "cpu")
+    monkeypatch.setattr(operator, "median_ms", fake_median_ms)
+    monkeypatch.setattr(operator, "_sdpa", lambda q, k, v, backend: kernel(f"sdpa {backend.name}")(q))
+    for name in ("block_sparse_attention", "estimate_block_scores", "xattention"):
+        monkeypatch.setattr(operator, name, kernel(name))
+    monkeypatch.setattr(operator, "select_blocks", lambda scores, *a, **k: calls.append("select_blocks"))
+    monkeypatch.setattr(operator, "grid_for_tokens", lambda tokens: None)
+    monkeypatch.setattr(operator, "video_like_qkv", lambda grid, heads, head_dim, device, seed: (
+        *(torch.randn(1, 300, heads, head_dim) for _ in range(3)), None))
+    order = {}
+    for dense_first in (True, False):
+        timed.clear()
+        rows = operator.bench_tokens(300, 2, 16, torch.Generator().manual_seed(0), log=lambda m: None, flex=False,
+                                     rep_ms=1, dense_first=dense_first)
+        dense = [i for i, n in enumerate(timed) if n.startswith("sdpa")]
+        sparse_before_dense = timed[:dense[0]]
+        order[dense_first] = (dense, len(timed), sparse_before_dense)
+        assert rows[0]["name"] == "dense cuDNN SDPA" and rows[0]["dense_first"] is dense_first
+    assert order[True][0] == [0, 1]  # dense measured first...
+    assert order[False][0][0] > 0 and "block_sparse_attention" in order[False][2]  # ...then after the sparse paths
+    assert "xattention" in timed

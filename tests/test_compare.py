@@ -3,6 +3,7 @@
 import json
 import math
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -109,14 +110,70 @@ def test_resume_skips_finished_videos(tmp_path, pipe, monkeypatch):
     calls = []
     real = compare_module._video
 
-    def counting(pipe, run, variant, folder, latents, show_progress):
-        calls.append((folder.name, variant, (folder / f"{variant}.npy").is_file()))
-        return real(pipe, run, variant, folder, latents, show_progress)
+    def counting(pipe, run, variant, folder, latents, show_progress, **kwargs):
+        calls.append((folder.name, variant))
+        return real(pipe, run, variant, folder, latents, show_progress, **kwargs)
 
     monkeypatch.setattr(compare_module, "_video", counting)
     second = compare_module.compare(run, ["a cat", "a dog"], [0], "psnr", tmp_path, pipe=pipe, show_progress=False)
-    assert calls == [(folder.name, "dense", True), (folder.name, "xattn", False)]  # item 0 untouched
+    assert calls == [(folder.name, "xattn")]  # item 0 untouched, item 1's dense video reused
     assert second["items"][1]["pairwise"]["psnr"] == pytest.approx(first["items"][1]["pairwise"]["psnr"], rel=1e-6)
+
+
+@pytest.fixture
+def generations(monkeypatch):
+    """Records (folder, variant) of every video compare generates."""
+    calls = []
+    real = compare_module._video
+
+    def counting(pipe, run, variant, folder, latents, show_progress, **kwargs):
+        calls.append((folder.name, variant))
+        return real(pipe, run, variant, folder, latents, show_progress, **kwargs)
+
+    monkeypatch.setattr(compare_module, "_video", counting)
+    return calls
+
+
+def test_resume_with_another_threshold_regenerates_the_xattention_video(tmp_path, pipe, generations, capsys):
+    first = compare_module.compare(load_config(overrides=SMALL + ["xattn.threshold=0.9", "xattn.warmup_steps=0"]),
+                                   ["a cat"], [0], "psnr", tmp_path, pipe=pipe, show_progress=False)
+    run = load_config(overrides=SMALL + ["xattn.threshold=0.3", "xattn.warmup_steps=0"])
+    generations.clear()
+    capsys.readouterr()
+    again = compare_module.compare(run, ["a cat"], [0], "psnr", tmp_path, pipe=pipe, show_progress=False)
+    assert [v for _, v in generations] == ["xattn"]  # the dense video does not depend on τ: reused
+    assert "xattn.threshold: 0.9 -> 0.3" in capsys.readouterr().err
+    record = json.loads((tmp_path / again["items"][0]["folder"] / "xattn.json").read_text())
+    assert record["provenance"]["config"]["xattn"]["threshold"] == 0.3
+    assert again["items"][0]["mean_density"] == pytest.approx(record["mean_density"])
+    assert again["items"][0]["mean_density"] < first["items"][0]["mean_density"]  # not the τ=0.9 result
+
+
+def test_resume_with_other_metrics_rescores_without_regenerating(tmp_path, pipe, generations, capsys):
+    run = load_config(overrides=SMALL)
+    compare_module.compare(run, ["a cat"], [0], "psnr", tmp_path, pipe=pipe, show_progress=False)
+    generations.clear()
+    report = compare_module.compare(run, ["a cat"], [0], "psnr,ssim,flicker", tmp_path, pipe=pipe,
+                                    show_progress=False)
+    assert generations == []
+    item = report["items"][0]
+    assert item["pairwise"]["ssim"] is not None and item["hooks"]["xattn"]["flicker"] is not None
+    assert "recomputing 000-a-cat-seed0 scores" in capsys.readouterr().err
+    assert "| – |" not in (tmp_path / "report.md").read_text()
+
+
+def test_resume_with_a_prompt_changed_after_its_slug_regenerates(tmp_path, pipe, generations, capsys):
+    run = load_config(overrides=SMALL)
+    base = "a very long prompt that shares its first forty characters"
+    first = compare_module.compare(run, [base + ", cat"], [0], "psnr", tmp_path, pipe=pipe, show_progress=False)
+    generations.clear()
+    second = compare_module.compare(run, [base + ", dog"], [0], "psnr", tmp_path, pipe=pipe, show_progress=False)
+    assert first["items"][0]["folder"] == second["items"][0]["folder"]  # same folder name...
+    assert sorted(v for _, v in generations) == ["dense", "xattn"]  # ...but nothing of the old prompt is reused
+    assert second["items"][0]["prompt"] == base + ", dog"
+    record = json.loads((tmp_path / second["items"][0]["folder"] / "dense.json").read_text())
+    assert record["provenance"]["config"]["generation"]["prompt"] == base + ", dog"
+    assert "generation.prompt" in capsys.readouterr().err
 
 
 def test_metric_parsing():
@@ -149,3 +206,94 @@ def test_prompt_file_errors(tmp_path, capsys):
     assert "has no prompts" in capsys.readouterr().err
     assert main(["compare", "--prompts", str(tmp_path / "missing.txt"), "--out-dir", str(tmp_path / "o")]) == 2
     assert "prompt file not found" in capsys.readouterr().err
+
+
+def _read_only_place(tmp_path):
+    """A folder where files cannot be created, even by root (then /sys, which refuses new files)."""
+    ro = tmp_path / "ro"
+    ro.mkdir()
+    ro.chmod(0o555)
+    try:
+        (ro / "probe").touch()
+    except OSError:
+        return ro
+    return Path("/sys")
+
+
+@pytest.fixture
+def no_model_load(monkeypatch):
+    from xattn_video.pipelines import loading
+
+    def refuse(*_args, **_kwargs):
+        raise AssertionError("the model was loaded before the bad input was refused")
+
+    monkeypatch.setattr(loading, "load_pipeline", refuse)
+
+
+@pytest.mark.parametrize("argv,message", [
+    (["--prompt", ""], "a prompt is empty"),
+    (["--prompt", "   "], "a prompt is empty"),
+    (["--prompt", "a cat", "--out-dir", "{ro}/cmp"], "cannot write in --out-dir"),
+    (["--prompt", "a cat", "--out-dir", "{file}"], "exists and is not a directory"),
+])
+def test_bad_compare_input_is_one_line_exit_2_before_the_model_loads(tmp_path, capsys, no_model_load, argv, message):
+    (tmp_path / "a_file").write_text("x")
+    ro = _read_only_place(tmp_path)
+    argv = [a.format(ro=ro, file=tmp_path / "a_file") for a in argv]
+    if "--out-dir" not in argv:
+        argv += ["--out-dir", str(tmp_path / "out")]
+    rc = main(["compare", "--model", "tiny", *argv])
+    err = capsys.readouterr().err
+    assert rc == 2, err
+    assert err.count("\n") == 1 and message in err, err
+
+
+def test_timed_generations_are_warmed_up_and_alternate_their_order(tmp_path, monkeypatch):
+    from xattn_video import generate
+    from xattn_video.generate import GenerationResult
+
+    calls = []
+    rng = np.random.default_rng(0)
+
+    def fake_run_pipeline(pipe, run, latents=None, show_progress=True):
+        variant = "dense" if run.dense else "xattn"
+        calls.append((variant, run.generation.steps, run.xattn.warmup_steps, latents is not None))
+        warm = run.generation.steps == 1  # only the warm-up runs one step here
+        return GenerationResult(frames=rng.random((5, 8, 8, 3), dtype=np.float32),
+                                seconds_total=100.0 if warm else 1.0, seconds_per_step=[1.0 / 3] * 3,
+                                xattn=None if run.dense else {"mean_density_sparse_calls": 0.5})
+
+    monkeypatch.setattr(generate, "run_pipeline", fake_run_pipeline)
+    monkeypatch.setattr(generate, "initial_latents", lambda pipe, run: "latents")
+    run = load_config(overrides=SMALL + ["xattn.warmup_steps=2"])
+    report = compare_module.compare(run, ["a", "b", "c"], [0], "psnr", tmp_path, pipe=object(), show_progress=False)
+    assert calls == [("dense", 1, 0, False), ("xattn", 1, 0, False),  # warm-up: untimed, sparse from step 0
+                     ("dense", 3, 2, True), ("xattn", 3, 2, True),
+                     ("xattn", 3, 2, True), ("dense", 3, 2, True),
+                     ("dense", 3, 2, True), ("xattn", 3, 2, True)]
+    assert [i["order"] for i in report["items"]] == [["dense", "xattn"], ["xattn", "dense"], ["dense", "xattn"]]
+    assert all(i["seconds"] == {"dense": 1.0, "xattn": 1.0} for i in report["items"])  # warm-up time not counted
+
+
+def test_partly_skipped_scorer_and_score_sources_reach_the_report(tmp_path, pipe, isolated_scorers):
+    class FromFiles:
+        name = "files"
+        reads = "mp4"
+
+        def __init__(self, args):
+            self.skipped = {}
+
+        def score(self, videos, prompts):
+            self.skipped = {"files:needs_weights": "weights missing at /w"}
+            return {"runs": [float(v.path.stat().st_size) for v in videos]}
+
+    register_scorer("files", FromFiles)
+    report = compare_module.compare(load_config(overrides=SMALL), ["a cat"], [0], "psnr,flicker,files", tmp_path,
+                                    pipe=pipe, show_progress=False)
+    assert report["skipped"] == {"files:needs_weights": "weights missing at /w"}
+    assert report["items"][0]["hooks"]["xattn"]["runs"] > 0  # the part that could run did
+    sources = report["score_sources"]
+    assert sources["psnr"].startswith("float frames") and sources["flicker"].startswith("float frames")
+    assert sources["runs"].startswith("mp4") and "lossy" in sources["runs"]
+    md = (tmp_path / "report.md").read_text()
+    assert "- runs: mp4 (8-bit, lossy" in md and "- psnr, flicker: float frames" in md

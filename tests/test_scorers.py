@@ -175,14 +175,16 @@ def test_vbench_missing_weights_name_dimension_and_file(tmp_path, monkeypatch):
     monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
     cache = tmp_path / "vbench_cache"
     hook = VBenchScorer(["temporal_flickering", "motion_smoothness", "subject_consistency"], cache_dir=cache)
-    with pytest.raises(Unavailable) as info:
-        hook.check_available()
-    message = str(info.value)
-    assert "'motion_smoothness'" in message and str(cache / "amt_model" / "amt-s.pth") in message
-    assert "'subject_consistency'" in message
-    assert str(tmp_path / "torch" / "hub" / "checkpoints" / "dino_vitbase16_pretrain.pth") in message
-    assert "temporal_flickering" not in message  # needs no weights
+    cannot = hook.check_available()  # temporal_flickering needs no weights: the scorer still runs
+    assert set(cannot) == {"motion_smoothness", "subject_consistency"}
+    assert str(cache / "amt_model" / "amt-s.pth") in cannot["motion_smoothness"]
+    dino = tmp_path / "torch" / "hub" / "checkpoints" / "dino_vitbase16_pretrain.pth"
+    assert str(dino) in cannot["subject_consistency"]
     assert not cache.exists()  # nothing created, nothing downloaded
+    # When no requested dimension can run, the whole scorer is unavailable, with every reason.
+    with pytest.raises(Unavailable) as info:
+        VBenchScorer(["motion_smoothness", "subject_consistency"], cache_dir=cache).check_available()
+    assert "'motion_smoothness'" in str(info.value) and "'subject_consistency'" in str(info.value)
 
     # Put every file in place: the preflight passes.
     missing = hook.missing_weights()
@@ -192,7 +194,7 @@ def test_vbench_missing_weights_name_dimension_and_file(tmp_path, monkeypatch):
             path.parent.mkdir(parents=True, exist_ok=True)
             path.write_bytes(b"")
     assert hook.missing_weights() == {}
-    hook.check_available()
+    assert hook.check_available() == {}
 
 
 def test_vbench_weight_table_covers_the_custom_input_dimensions():
@@ -299,13 +301,17 @@ def test_vbench_runs_custom_input_through_the_driver(tmp_path, rng, fake_vbench)
     prompts = ["a dog / running", "a dog / running", "ocean at dusk"]  # duplicate prompt, path separator
     hook = VBenchScorer(["temporal_flickering", "dynamic_degree"], python=sys.executable, cache_dir=tmp_path / "c",
                       device="cpu", timeout_s=120)  # fmt: skip
-    with pytest.raises(Unavailable, match="raft-things.pth"):
-        hook.score(items, prompts)
+    sizes = [float(item.path.stat().st_size) for item in items]
+    # dynamic_degree's RAFT weights are missing: it alone is skipped, with its reason; temporal_flickering runs.
+    assert hook.score(items, prompts) == {"temporal_flickering": sizes}
+    assert list(hook.skipped) == ["vbench:dynamic_degree"]
+    assert "raft-things.pth" in hook.skipped["vbench:dynamic_degree"]
+    assert json.loads(fake_vbench.read_text())["dimension_list"] == ["temporal_flickering"]
     raft = tmp_path / "c" / "raft_model" / "models" / "raft-things.pth"
     raft.parent.mkdir(parents=True)
     raft.write_bytes(b"")
     scores = hook.score(items, prompts)
-    sizes = [float(item.path.stat().st_size) for item in items]
+    assert hook.skipped == {}
     assert scores == {"temporal_flickering": sizes, "dynamic_degree": [s + 1000 for s in sizes]}
 
     record = json.loads(fake_vbench.read_text())

@@ -141,7 +141,11 @@ def build_parser() -> argparse.ArgumentParser:
     _add_run_options(gen)
     gen.set_defaults(func=cmd_generate)
 
-    cmp = sub.add_parser("compare", help="dense vs XAttention videos from the same noise, with quality metrics")
+    cmp = sub.add_parser("compare", help="dense vs XAttention videos from the same noise, with quality metrics",
+                         description="Dense vs XAttention videos from the same noise, scored. Resuming into an "
+                         "existing --out-dir reuses a saved video or score only if what produced it (config, full "
+                         "prompt, seed, metrics, scorer environment, versions) is unchanged; anything else is "
+                         "recomputed, with a line on stderr saying what changed.")
     group = cmp.add_mutually_exclusive_group(required=True)
     group.add_argument("--prompt")
     group.add_argument("--prompts", type=Path, help="text file, one prompt per line")

@@ -32,12 +32,13 @@ from ..kernels import (
     xattention,
 )
 from ..video_io import write_json, write_text
-from .report import markdown, plot
+from .report import load_results, markdown, plot
 from .synthetic import grid_for_tokens, video_like_qkv
 
 DENSITIES = (0.1, 0.2, 0.35, 0.45)
 TAUS = (0.8, 0.9, 0.95)
 BLOCK = 128
+DEVICE = "cuda"  # where the benchmark runs; the CPU tests swap in "cpu" with stand-in kernels
 
 
 def gpu_slug() -> str:
@@ -49,6 +50,19 @@ def median_ms(fn: Callable[[], object], rep_ms: int = 600) -> float:
     from triton.testing import do_bench
 
     return float(do_bench(fn, warmup=max(25, rep_ms // 6), rep=rep_ms, return_mode="median"))
+
+
+def _sync() -> None:
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
+
+
+def timed_ms(fn: Callable[[], object], rep_ms: int = 600) -> float:
+    """Median ms of ``fn`` after one untimed call and a sync: Triton compilation and autotuning, torch.compile and
+    first allocations never land in a measurement (explicit, not left to do_bench's internals)."""
+    fn()
+    _sync()
+    return median_ms(fn, rep_ms)
 
 
 def dense_flops(B: int, H: int, Sq: int, Sk: int, D: int) -> float:
@@ -68,8 +82,9 @@ def kept_flops(sel: BlockSelection, Sq: int, D: int) -> float:
 
 
 def random_selection(B: int, H: int, S: int, density: float, gen: torch.Generator,
-                     device: str = "cuda") -> BlockSelection:
+                     device: str | None = None) -> BlockSelection:
     """Per (b, h, query block): the diagonal block plus random others, round(density·nk) in all."""
+    device = device or DEVICE
     n = num_blocks(S, BLOCK)
     per_row = max(1, round(density * n))
     noise = torch.rand(B, H, n, n, generator=gen).to(device)
@@ -141,58 +156,68 @@ def check_correctness(tokens: int, heads: int, head_dim: int, gen: torch.Generat
 
 
 def bench_tokens(tokens: int, heads: int, head_dim: int, gen: torch.Generator, log, flex: bool = True,
-                 rep_ms: int = 600) -> list[dict]:
-    """Timing rows at one sequence length: dense SDPA, each operator step, FlexAttention, whole calls."""
+                 rep_ms: int = 600, dense_first: bool = True) -> list[dict]:
+    """Timing rows at one sequence length: dense SDPA, each operator step, FlexAttention, whole calls.
+
+    Every measurement follows an untimed warm-up call (:func:`timed_ms`); ``dense_first`` picks whether dense SDPA
+    is measured before or after the sparse paths (``main`` alternates it per token count)."""
     from torch.nn.attention import SDPBackend
 
     rows: list[dict] = []
     S, H, D = tokens, heads, head_dim
-    q, k, v = (torch.randn(1, S, H, D, generator=gen).cuda().to(torch.bfloat16) for _ in range(3))
-    kv = torch.tensor([S], dtype=torch.int32, device="cuda")
+    q, k, v = (torch.randn(1, S, H, D, generator=gen).to(DEVICE).to(torch.bfloat16) for _ in range(3))
+    kv = torch.tensor([S], dtype=torch.int32, device=DEVICE)
     full = dense_flops(1, H, S, S, D)
 
     def add(name, ms, flops=None, density=None, extra=None):
         row = {"tokens": S, "name": name, "ms": ms, "tflops": flops / ms / 1e9 if flops else None,
-               "density": density}
+               "density": density, "dense_first": dense_first}
         row.update(extra or {})
         rows.append(row)
         log(f"  {S:>7} {name:<44} {ms:9.3f} ms" + (f" {row['tflops']:6.1f} TFLOP/s" if flops else ""))
 
-    t_cudnn = median_ms(lambda: _sdpa(q, k, v, SDPBackend.CUDNN_ATTENTION), rep_ms)
-    add("dense cuDNN SDPA", t_cudnn, full, 1.0)
-    add("dense flash SDPA", median_ms(lambda: _sdpa(q, k, v, SDPBackend.FLASH_ATTENTION), rep_ms), full, 1.0)
+    def dense() -> None:
+        add("dense cuDNN SDPA", timed_ms(lambda: _sdpa(q, k, v, SDPBackend.CUDNN_ATTENTION), rep_ms), full, 1.0)
+        add("dense flash SDPA", timed_ms(lambda: _sdpa(q, k, v, SDPBackend.FLASH_ATTENTION), rep_ms), full, 1.0)
 
-    for d in DENSITIES:
-        sel = random_selection(1, H, S, d, gen)
-        dens = float(sel.density())
-        fl = kept_flops(sel, S, D)
-        ms = median_ms(lambda: block_sparse_attention(q, k, v, sel, backend="triton"), rep_ms)
-        add(f"ours block-sparse (random {d:.2f})", ms, fl, dens)
-        if flex:
-            try:
-                run, _ = _flex_runner(q, k, v, sel)
-                flex_err = rel_l2(run().transpose(1, 2), block_sparse_attention(q, k, v, sel, backend="triton"))
-                ms_f = median_ms(run, rep_ms)
-                add(f"FlexAttention (random {d:.2f})", ms_f, fl, dens, {"rel_l2_err": flex_err})
-            except Exception as exc:  # report, keep benchmarking
-                log(f"  FlexAttention failed: {type(exc).__name__}: {exc}")
+    def sparse() -> None:
+        for d in DENSITIES:
+            sel = random_selection(1, H, S, d, gen)
+            dens = float(sel.density())
+            fl = kept_flops(sel, S, D)
+            ms = timed_ms(lambda: block_sparse_attention(q, k, v, sel, backend="triton"), rep_ms)
+            add(f"ours block-sparse (random {d:.2f})", ms, fl, dens)
+            if flex:
+                try:
+                    run, _ = _flex_runner(q, k, v, sel)
+                    flex_err = rel_l2(run().transpose(1, 2), block_sparse_attention(q, k, v, sel, backend="triton"))
+                    ms_f = timed_ms(run, rep_ms)
+                    add(f"FlexAttention (random {d:.2f})", ms_f, fl, dens, {"rel_l2_err": flex_err})
+                except Exception as exc:  # report, keep benchmarking
+                    log(f"  FlexAttention failed: {type(exc).__name__}: {exc}")
 
-    for s in (8, 16):
-        ms = median_ms(lambda: estimate_block_scores(q, k, stride=s, block_size=BLOCK, kv_len=kv, backend="triton"),
-                       rep_ms)
-        add(f"ours estimate (stride {s})", ms, dense_flops(1, H, S, S, D) / (2 * s), None)
+        for s in (8, 16):
+            ms = timed_ms(lambda: estimate_block_scores(q, k, stride=s, block_size=BLOCK, kv_len=kv, backend="triton"),
+                          rep_ms)
+            add(f"ours estimate (stride {s})", ms, dense_flops(1, H, S, S, D) / (2 * s), None)
 
-    scores = estimate_block_scores(q, k, stride=8, block_size=BLOCK, kv_len=kv, backend="triton")
-    taus = (0.9,) * H
-    for backend, label in (("triton", "ours selection (one Triton kernel)"), ("torch", "selection as torch ops")):
-        ms = median_ms(lambda: select_blocks(scores, taus, block_size=BLOCK, q_len=S, kv_len=kv, keep_diagonal=True,
-                                             text_start=S - 256, backend=backend), rep_ms)
-        add(label, ms)
-    q = k = v = scores = None  # release GPU memory before the next inputs
+        scores = estimate_block_scores(q, k, stride=8, block_size=BLOCK, kv_len=kv, backend="triton")
+        taus = (0.9,) * H
+        for backend, label in (("triton", "ours selection (one Triton kernel)"), ("torch", "selection as torch ops")):
+            ms = timed_ms(lambda: select_blocks(scores, taus, block_size=BLOCK, q_len=S, kv_len=kv,
+                                                keep_diagonal=True, text_start=S - 256, backend=backend), rep_ms)
+            add(label, ms)
+
+    for part in ((dense, sparse) if dense_first else (sparse, dense)):
+        part()
+    rows.sort(key=lambda r: not r["name"].startswith("dense"))  # dense rows first in the table, whatever the order
+    t_cudnn = next(r["ms"] for r in rows if r["name"] == "dense cuDNN SDPA")
+    q = k = v = None  # release GPU memory before the next inputs
     torch.cuda.empty_cache()
 
     # Whole call on video-like inputs (see xattn_video/bench/synthetic.py).
-    q, k, v, _ = video_like_qkv(grid_for_tokens(S), heads=H, head_dim=D, seed=int(torch.randint(0, 2**31, (1,), generator=gen)))
+    q, k, v, _ = video_like_qkv(grid_for_tokens(S), heads=H, head_dim=D, device=DEVICE,
+                                seed=int(torch.randint(0, 2**31, (1,), generator=gen)))
     n_img = S - 256
     ref = _sdpa(q, k, v, SDPBackend.CUDNN_ATTENTION)
     for tau in TAUS:
@@ -200,13 +225,13 @@ def bench_tokens(tokens: int, heads: int, head_dim: int, gen: torch.Generator, l
             out, sel = xattention(q, k, v, threshold=tau, stride=s, text_start=n_img, return_selection=True)
             dens = float(sel.density())
             err = rel_l2(out, ref)
-            ms = median_ms(lambda: xattention(q, k, v, threshold=tau, stride=s, text_start=n_img), rep_ms)
+            ms = timed_ms(lambda: xattention(q, k, v, threshold=tau, stride=s, text_start=n_img), rep_ms)
             add(f"ours xattention video-like τ={tau} s={s}", ms, None, dens, {"rel_l2_err": err})
     for s in (8, 16):
         kw = dict(threshold=0.99, stride=s, text_start=n_img, max_density=0.33)
         out, sel = xattention(q, k, v, return_selection=True, **kw)
         dens, err = float(sel.density()), rel_l2(out, ref)
-        ms = median_ms(lambda: xattention(q, k, v, **kw), rep_ms)
+        ms = timed_ms(lambda: xattention(q, k, v, **kw), rep_ms)
         add(f"ours xattention capped ~0.35 s={s}", ms, None, dens, {"rel_l2_err": err})
     q = k = v = ref = None
     torch.cuda.empty_cache()
@@ -226,14 +251,22 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--head-dim", type=int, default=128)
     p.add_argument("--no-flex", action="store_true", help="skip FlexAttention")
     p.add_argument("--rep-ms", type=int, default=600, help="do_bench repetition time per measurement")
-    p.add_argument("--out-dir", type=Path, default=Path("benchmarks/results"))
+    p.add_argument("--out-dir", type=Path, help="where results go (default benchmarks/results; with --plot-only: "
+                   "next to the JSON)")
     p.add_argument("--plot-only", type=Path, help="draw the plot from an earlier JSON and exit")
     args = p.parse_args(argv)
 
     if args.plot_only:
-        results = json.loads(args.plot_only.read_text())
-        plot(results, args.plot_only.with_suffix(".png"))
+        try:
+            results = load_results(args.plot_only)
+        except ValueError as exc:
+            print(f"xvid bench: error: {exc}", file=sys.stderr)
+            return 2
+        out_dir = args.out_dir if args.out_dir is not None else args.plot_only.parent
+        out_dir.mkdir(parents=True, exist_ok=True)
+        plot(results, out_dir / f"{args.plot_only.stem}.png")
         return 0
+    args.out_dir = args.out_dir if args.out_dir is not None else Path("benchmarks/results")
     if not torch.cuda.is_available():
         print("xvid bench needs a CUDA GPU", file=sys.stderr)
         return 2
@@ -246,9 +279,9 @@ def main(argv: list[str] | None = None) -> int:
                "seed": gen.initial_seed(), "checks": [], "rows": []}
     for S in args.check_tokens:
         results["checks"].append(check_correctness(S, args.heads, args.head_dim, gen, log))
-    for S in args.tokens:
+    for i, S in enumerate(args.tokens):  # dense first at even positions, last at odd ones
         results["rows"] += bench_tokens(S, args.heads, args.head_dim, gen, log, flex=not args.no_flex,
-                                        rep_ms=args.rep_ms)
+                                        rep_ms=args.rep_ms, dense_first=i % 2 == 0)
     args.out_dir.mkdir(parents=True, exist_ok=True)
     stem = args.out_dir / gpu_slug()
     write_json(results, stem.with_suffix(".json"))

@@ -2,16 +2,36 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 from ..video_io import write_figure
+
+_ROW_KEYS = ("tokens", "name", "ms", "density")
+
+
+def load_results(path: Path) -> dict:
+    """An earlier ``<gpu>.json`` of ``xvid bench``; ValueError (one line) if it is not one."""
+    try:
+        results = json.loads(Path(path).read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise ValueError(f"{path} does not exist") from None
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise ValueError(f"cannot read {path} as xvid bench results (JSON): {exc}") from None
+    rows = results.get("rows") if isinstance(results, dict) else None
+    if not isinstance(rows, list) or not all(isinstance(r, dict) and all(k in r for k in _ROW_KEYS) for r in rows):
+        raise ValueError(f"{path} is not an xvid bench results file: it needs 'rows' with {', '.join(_ROW_KEYS)}")
+    results.setdefault("gpu", path.stem if isinstance(path, Path) else str(path))
+    return results
 
 
 def markdown(results: dict) -> str:
     """<gpu>.md: settings, the correctness checks, one timing row per measurement."""
     lines = [f"# XAttention benchmark: {results['gpu']}", "",
              f"torch {results['torch']}, triton {results['triton']}, bf16, B=1, H={results['heads']}, "
-             f"D={results['head_dim']}, block 128, median of triton.testing.do_bench. Date {results['date']}.", "",
+             f"D={results['head_dim']}, block 128, median of triton.testing.do_bench after one untimed warm-up call "
+             "(compilation and autotuning excluded); dense SDPA measured before the sparse paths at the 1st, 3rd, ... "
+             f"token count and after them at the others. Date {results['date']}.", "",
              "## Correctness (bf16 Triton vs float32 reference, same selection, poisoned output)", "",
              "| tokens | sparse attention rel. L2 err | all outputs written | scores max abs err | ok |",
              "|---:|---:|:-:|---:|:-:|"]

@@ -1,10 +1,17 @@
 """``xvid compare``: dense vs XAttention videos from the same initial noise, scored and reported.
 
 For each prompt and seed: the dense video and the XAttention video are generated from the same latents; their
-float frames are kept (``*.npy``, float16 — 8× finer than the mp4's 8 bits) and every metric is computed on
-them, never on the mp4s; both mp4s are written for viewing. Pairwise metrics (PSNR, SSIM, LPIPS) compare the
-XAttention video with the dense one; scorers (temporal flickering, VBench, your own) score each video on
-its own. An interrupted run resumes: finished videos and finished items are skipped.
+float frames are kept (``*.npy``, float16 — 8× finer than the mp4's 8 bits) and PSNR, SSIM, LPIPS and ``flicker``
+are computed on them; both mp4s are written too. VBench can only read files, so ``vbench:*`` scores come from the
+lossy mp4s; the report says, per metric, which input it was computed from (``score_sources``). Pairwise metrics
+(PSNR, SSIM, LPIPS) compare the XAttention video with the dense one; scorers (temporal flickering, VBench, your
+own) score each video on its own. An interrupted run resumes. Every video and every item's scores record what
+produced them (``provenance``: the resolved config with the full prompt and seed, this package's version,
+torch/diffusers/GPU; for scores also the metric set and each scorer's environment, e.g. VBench's interpreter and cache dir). A saved video
+or score is reused only when its record equals what this run would produce; otherwise it is recomputed and a line
+on stderr says which setting changed (the dense video does not depend on ``xattn.*`` and is kept across τ changes).
+Timings: before the first timed generation, one untimed 1-step generation of each variant (warm-up: compilation,
+autotuning); the order of the dense and the XAttention run alternates from item to item.
 Outputs in ``--out-dir``: one folder per item, ``report.json``, ``report.md`` and PNG plots (see ``report.py``).
 """
 
@@ -13,13 +20,16 @@ from __future__ import annotations
 import dataclasses
 import importlib.util
 import json
+import os
+import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Sequence
 
 import numpy as np
 
 from ..prompts import read_prompts
-from ..config import ConfigError, RunConfig
+from ..config import ConfigError, RunConfig, to_container
 from ..video_io import write_json, write_mp4, write_npy, write_text
 from .metrics import KNOWN_METRICS
 from .report import VARIANTS, build_report, fmt, jsonable, markdown, plots, slug
@@ -52,22 +62,137 @@ def parse_metrics(spec: str | Sequence[str]) -> tuple[list[str], list[str]]:
     return pairwise, hooks
 
 
-def _video(pipe: Any, run: RunConfig, variant: str, folder: Path, latents: Any, show_progress: bool) -> dict:
-    """Generate (or reuse a finished) video; returns its record with the frames' path."""
+def check_out_dir(out_dir: str | Path) -> Path:
+    """Create ``out_dir`` if needed and check that files can be created in it (one-line ConfigError if not)."""
+    out_dir = Path(out_dir).expanduser()
+    if out_dir.exists() and not out_dir.is_dir():
+        raise ConfigError(f"--out-dir {out_dir} exists and is not a directory")
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        probe = out_dir / f".xvid-probe-{os.getpid()}"
+        probe.touch()
+        probe.unlink()
+    except OSError as exc:
+        raise ConfigError(f"cannot write in --out-dir {out_dir}: {exc.strerror or exc}") from None
+    return out_dir
+
+
+def check_prompts(prompts: Sequence[str]) -> None:
+    """At least one prompt, and none empty (an empty prompt gives NaN videos): one-line ConfigError."""
+    if not prompts:
+        raise ConfigError("no prompts to compare")
+    if any(not isinstance(p, str) or not p.strip() for p in prompts):
+        raise ConfigError("a prompt is empty: give the text to generate from (e.g. --prompt \"a cat walks\")")
+
+
+def _normalized(data: Any) -> Any:
+    """``data`` as it reads back from JSON (tuples -> lists, int keys -> str, inf -> "inf"), for comparisons."""
+    return json.loads(json.dumps(jsonable(data)))
+
+
+def video_provenance(run: RunConfig, variant: str) -> dict:
+    """What produces a video: the resolved config (with its full prompt and seed; no ``xattn`` section for the
+    dense video, which does not depend on it), this package's version and the software/GPU it ran on."""
+    from .. import __version__
+    from ..generate import environment
+
+    config = to_container(run)
+    config.pop("dense", None)
+    if variant == "dense":
+        config.pop("xattn", None)
+    return _normalized({"variant": variant, "config": config, "xattn_video": __version__,
+                        "environment": environment()})
+
+
+def scorer_provenance(scorer: Any) -> dict:
+    """A scorer's identity and environment: its own ``provenance()`` if it has one (VBench: interpreter, cache
+    dir, device), else its class."""
+    own = getattr(scorer, "provenance", None)
+    kind = f"{type(scorer).__module__}.{type(scorer).__qualname__}"
+    return {"class": kind, **(own() if callable(own) else {})}
+
+
+def differences(old: Any, new: Any, prefix: str = "") -> list[str]:
+    """Dotted keys where ``old`` and ``new`` differ, each as ``key: old -> new`` (values cut to 60 characters)."""
+    if isinstance(old, dict) and isinstance(new, dict):
+        out: list[str] = []
+        for key in sorted(set(old) | set(new), key=str):
+            out += differences(old.get(key, "<absent>"), new.get(key, "<absent>"), f"{prefix}{key}.")
+        return out
+    if old == new:
+        return []
+    return [f"{prefix.rstrip('.')}: {str(old)[:60]!s} -> {str(new)[:60]!s}"]
+
+
+def _stale_reason(record: dict | None, wanted: dict) -> str | None:
+    """Why a saved record cannot be reused for ``wanted`` (its provenance differs), or None when it can."""
+    if record is None:
+        return None
+    if "provenance" not in record:
+        return "it has no provenance record (made by an older xvid)"
+    diff = differences(record["provenance"], wanted)
+    if not diff:
+        return None
+    more = f" (and {len(diff) - 3} more)" if len(diff) > 3 else ""
+    return "it was made with " + "; ".join(diff[:3]) + more
+
+
+def _reusable(path: Path, wanted: dict, what: str, say: Callable[[str], None]) -> dict | None:
+    """The saved record at ``path`` if it exists and its provenance equals ``wanted``; else None, saying why."""
+    if not path.is_file():
+        return None
+    try:
+        record = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+        record = {}
+    reason = _stale_reason(record, wanted)
+    if reason is None:
+        return record
+    say(f"xvid compare: recomputing {what}: {reason}")
+    return None
+
+
+def warm_up(pipe: Any, run: RunConfig) -> None:
+    """One untimed 1-step generation of each variant (XAttention from step 0), at the item's sizes: compilation,
+    Triton autotuning, cuDNN algorithm search and first allocations happen here, not inside a timed video.
+
+    A NaN warm-up video is ignored here: the timed generation reports it."""
+    from ..generate import NonFiniteVideoError, run_pipeline
+
+    one_step = dataclasses.replace(run, generation=dataclasses.replace(run.generation, steps=1),
+                                   xattn=dataclasses.replace(run.xattn, warmup_steps=0))
+    for variant in VARIANTS:
+        try:
+            run_pipeline(pipe, dataclasses.replace(one_step, dense=variant == "dense"), show_progress=False)
+        except NonFiniteVideoError:
+            pass
+
+
+def _video(pipe: Any, run: RunConfig, variant: str, folder: Path, latents: Any, show_progress: bool,
+           provenance: dict | None = None) -> dict:
+    """Generate the video (the caller has checked that no reusable one exists); returns its record."""
     from ..generate import run_pipeline
 
     frames_path, record_path = folder / f"{variant}.npy", folder / f"{variant}.json"
-    if frames_path.is_file() and record_path.is_file():
-        return json.loads(record_path.read_text())
     result = run_pipeline(pipe, dataclasses.replace(run, dense=variant == "dense"), latents=latents,
                           show_progress=show_progress)
     write_npy(result.frames.astype(np.float16), frames_path)
     write_mp4(result.frames, folder / f"{variant}.mp4", fps=run.generation.fps)
     record = {"seconds_total": result.seconds_total, "seconds_per_step": result.seconds_per_step,
               "mean_density": result.mean_density, "xattn": result.xattn, "mp4": f"{variant}.mp4",
-              "frames": f"{variant}.npy"}
-    write_json(record, record_path)
+              "frames": f"{variant}.npy", "provenance": provenance}
+    write_json(jsonable(record), record_path)
     return record
+
+
+def score_source(scorer: Any) -> str:
+    """What a score is computed from, for the report: the float frames, or the lossy mp4 (a scorer's ``reads``)."""
+    reads = "frames" if scorer is None else getattr(scorer, "reads", None)
+    if reads == "frames":
+        return "float frames (.npy)"
+    if reads == "mp4":
+        return "mp4 (8-bit, lossy encoding: includes the encoding error)"
+    return "not stated by the scorer"
 
 
 def _score_item(folder: Path, prompt: str, pairwise: list[str], scorers: list[Any]) -> dict:
@@ -79,6 +204,7 @@ def _score_item(folder: Path, prompt: str, pairwise: list[str], scorers: list[An
     frames = {v: np.load(folder / f"{v}.npy").astype(np.float32) for v in VARIANTS}
     values, skipped = compare_videos(frames["xattn"], frames["dense"], metrics=tuple(pairwise))
     hook_scores: dict[str, dict[str, float]] = {v: {} for v in VARIANTS}
+    sources = {metric: score_source(None) for metric in pairwise}
     items = [VideoItem(frames=frames[v], path=folder / f"{v}.mp4", prompt=prompt) for v in VARIANTS]
     for scorer in scorers:
         try:
@@ -86,10 +212,12 @@ def _score_item(folder: Path, prompt: str, pairwise: list[str], scorers: list[An
         except Unavailable as exc:
             skipped[scorer.name] = str(exc)
             continue
+        skipped.update(getattr(scorer, "skipped", None) or {})  # parts of it that could not run, with reasons
         for metric, per_video in scores.items():
+            sources[metric] = score_source(scorer)
             for variant, value in zip(VARIANTS, per_video):
                 hook_scores[variant][metric] = value
-    return {"pairwise": values, "hooks": hook_scores, "skipped": skipped}
+    return {"pairwise": values, "hooks": hook_scores, "skipped": skipped, "sources": sources}
 
 
 def compare(run: RunConfig, prompts: Sequence[str], seeds: Sequence[int], metrics: str | Sequence[str],
@@ -105,39 +233,59 @@ def compare(run: RunConfig, prompts: Sequence[str], seeds: Sequence[int], metric
     if pairwise and importlib.util.find_spec("torchmetrics") is None:
         raise ConfigError(f"metrics {', '.join(pairwise)} need torchmetrics: pip install 'xattn-video[eval]'")
     scorers = make_scorers(hook_specs) if hook_specs else []
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
+    check_prompts(prompts)
+    out_dir = check_out_dir(out_dir)  # before the model loads: a bad place fails in a second, not after an hour
     if pipe is None:
         check_inputs(run)  # I2V image present and readable, before any model loads
         pipe = load_pipeline(run.model)
     items = [(p, s) for p in prompts for s in seeds]
     results = []
+    metric_set = {"pairwise": list(pairwise), "scorers": list(hook_specs),
+                  "scorer_environment": {spec: scorer_provenance(sc) for spec, sc in zip(hook_specs, scorers)}}
     bar = tqdm(items, desc="xvid compare", unit="video pair", disable=not show_progress)
+
+    def say(message: str) -> None:
+        bar.write(message, file=sys.stderr)
+
+    warmed = False  # one untimed warm-up before the first timed generation of this run
     for index, (prompt, seed) in enumerate(bar):
         folder = out_dir / f"{index:03d}-{slug(prompt)}-seed{seed}"
         folder.mkdir(exist_ok=True)
-        result_path = folder / "result.json"
-        if result_path.is_file():
-            results.append(json.loads(result_path.read_text()))
-            continue
         item_run = dataclasses.replace(run, generation=dataclasses.replace(run.generation, prompt=prompt, seed=seed))
+        wanted = {v: video_provenance(item_run, v) for v in VARIANTS}
+        records = {v: _reusable(folder / f"{v}.json", wanted[v], f"{folder.name}/{v} video", say)
+                   for v in VARIANTS}
+        records = {v: r if r is not None and (folder / f"{v}.npy").is_file() else None for v, r in records.items()}
+        result_wanted = _normalized({"videos": wanted, "metrics": metric_set})
+        if all(r is not None for r in records.values()):
+            result = _reusable(folder / "result.json", result_wanted, f"{folder.name} scores", say)
+            if result is not None:
+                result.pop("provenance", None)
+                results.append(result)
+                continue
         latents = None
-        records = {}
-        for variant in VARIANTS:
-            if not (folder / f"{variant}.npy").is_file() and latents is None:
-                latents = initial_latents(pipe, item_run)
-            records[variant] = _video(pipe, item_run, variant, folder, latents, show_progress=False)
+        # Alternate which variant runs first, so that drift (clocks, caches, other load) does not favour one.
+        order = VARIANTS if index % 2 == 0 else VARIANTS[::-1]
+        for variant in order:
+            if records[variant] is None:
+                if not warmed:
+                    warm_up(pipe, item_run)
+                    warmed = True
+                if latents is None:
+                    latents = initial_latents(pipe, item_run)
+                records[variant] = _video(pipe, item_run, variant, folder, latents, show_progress=False,
+                                          provenance=wanted[variant])
         scores = _score_item(folder, prompt, pairwise, scorers)
         dense_s, xattn_s = records["dense"]["seconds_total"], records["xattn"]["seconds_total"]
         result = {
             "prompt": prompt, "seed": seed, "folder": folder.name, **scores,
-            "seconds": {"dense": dense_s, "xattn": xattn_s},
+            "seconds": {"dense": dense_s, "xattn": xattn_s}, "order": list(order),
             "seconds_per_step": {v: records[v]["seconds_per_step"] for v in VARIANTS},
             "speedup": dense_s / xattn_s if xattn_s > 0 else None,
             "mean_density": records["xattn"]["mean_density"],
             "density_per_step_layer": (records["xattn"]["xattn"] or {}).get("density_per_step_layer"),
         }
-        write_json(jsonable(result), result_path)
+        write_json(jsonable({**result, "provenance": result_wanted}), folder / "result.json")
         results.append(jsonable(result))
     report = build_report(run, results, pairwise, scorers)
     report["plots"] = plots(report, out_dir)
@@ -150,7 +298,7 @@ def compare(run: RunConfig, prompts: Sequence[str], seeds: Sequence[int], metric
 
 def compare_cli(args: Any, run: RunConfig) -> int:
     """``xvid compare``: run ``compare`` and print a summary (user errors propagate to the CLI's handler)."""
-    prompts = [args.prompt] if args.prompt else read_prompts(args.prompts)
+    prompts = [args.prompt] if args.prompt is not None else read_prompts(args.prompts)
     report = compare(run, prompts, args.seeds, args.metrics, args.out_dir)
     means = report["means"]
     print(f"compared {len(report['items'])} video pairs in {args.out_dir}: "

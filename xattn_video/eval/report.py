@@ -59,8 +59,10 @@ def build_report(run: RunConfig, results: list[dict], pairwise: list[str], score
     means["seconds_dense"] = mean([r["seconds"]["dense"] for r in results])
     means["seconds_xattn"] = mean([r["seconds"]["xattn"] for r in results])
     skipped = {k: v for r in results for k, v in r["skipped"].items()}
+    sources = {k: v for r in results for k, v in r.get("sources", {}).items()}
     return jsonable({"config": to_container(run), "pairwise_metrics": pairwise, "hooks": [h.name for h in scorers],
                       "hook_metrics": hook_metrics, "items": results, "means": means, "skipped": skipped,
+                      "score_sources": sources,
                       "note": "tiny random-weight model: videos are noise" if run.model.path in TINY_MODELS else None})
 
 
@@ -100,6 +102,12 @@ def markdown(report: dict) -> str:
         lines.append("")
     lines += ["## Means over all videos", "", "| metric | mean |", "|---|---|"]
     lines += [f"| {k} | {fmt(v)} |" for k, v in report["means"].items()]
+    if report.get("score_sources"):
+        by_source: dict[str, list[str]] = {}
+        for metric, source in report["score_sources"].items():
+            by_source.setdefault(source, []).append(metric)
+        lines += ["", "## What each score is computed from", ""]
+        lines += [f"- {', '.join(metrics)}: {source}" for source, metrics in by_source.items()]
     if report["skipped"]:
         lines += ["", "## Skipped", ""] + [f"- **{k}**: {v}" for k, v in report["skipped"].items()]
     return "\n".join(lines) + "\n"

@@ -50,6 +50,7 @@ class FlickerScorer:
     """``flicker``: VBench's temporal flickering on each video's raw frames; sub-metric ``"flicker"``."""
 
     name = "flicker"
+    reads = "frames"  # the float frames, quantized to 8 bits like an mp4 frame but without the encoding error
 
     def score(self, videos: list[VideoItem], prompts: list[str]) -> dict[str, list[float]]:
         check_batch(videos, prompts)

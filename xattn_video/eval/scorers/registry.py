@@ -34,7 +34,12 @@ class VideoItem:
 
 @runtime_checkable
 class Scorer(Protocol):
-    """Scores each video on its own: ``score`` returns ``{sub_metric: [one float per video, in order]}``."""
+    """Scores each video on its own: ``score`` returns ``{sub_metric: [one float per video, in order]}``.
+
+    Optional attributes read by ``compare``: ``reads`` (``"frames"`` or ``"mp4"``: what the scores are computed
+    from, shown in the report), ``skipped`` (``{name: reason}`` of parts skipped by the last ``score`` call) and
+    ``provenance()`` (a dict of what the scores depend on, for resuming).
+    """
 
     name: str
 

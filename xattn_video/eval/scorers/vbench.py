@@ -250,11 +250,13 @@ class VBenchScorer:
     ``cache_dir``: VBench's checkpoint dir (default $VBENCH_CACHE_DIR, else ~/.cache/vbench); ``timeout_s``: limit for
     the whole VBench run; ``device``: torch device for VBench (default cuda if available). Nothing is downloaded: the
     interpreter and every checkpoint the dimensions need (:data:`VBENCH_DIMENSION_WEIGHTS`) are checked first, and
-    :class:`Unavailable` says what is missing. Scores the videos' mp4 files (``VideoItem.path``), sub-metrics
-    named after the dimensions.
+    :class:`Unavailable` says what is missing. A dimension whose checkpoints are missing is skipped on its own
+    (``self.skipped`` after ``score``: ``{"vbench:<dim>": reason}``); the others run. Scores the videos' mp4 files
+    (``VideoItem.path``: 8-bit, lossy, ``reads = "mp4"``), sub-metrics named after the dimensions.
     """
 
     name = "vbench"
+    reads = "mp4"  # VBench decodes the written files, so its scores include the encoding error
 
     def __init__(
         self,
@@ -288,7 +290,14 @@ class VBenchScorer:
         self.timeout_s = float(timeout_s)
         self.device = device
         self.imaging_quality_preprocessing_mode = imaging_quality_preprocessing_mode
-        self._checked = False
+        self._import_checked = False
+        self.skipped: dict[str, str] = {}
+
+    def provenance(self) -> dict:
+        """What the scores depend on besides the videos: interpreter, cache dir, device, dimensions, options."""
+        return {"python": _resolve_python(self.python) or self.python, "cache_dir": str(self.cache_dir),
+                "device": self.device, "dimensions": list(self.dimensions),
+                "imaging_quality_preprocessing_mode": self.imaging_quality_preprocessing_mode}
 
     def subprocess_env(self) -> dict[str, str]:
         """Environment of the VBench interpreter: ours, with VBench's cache dir pinned and the HF hub offline."""
@@ -316,26 +325,32 @@ class VBenchScorer:
                     missing.setdefault(dim, []).append((path, source))
         return missing
 
-    def check_available(self) -> None:
-        """Raise Unavailable unless vbench imports in ``self.python`` and every needed checkpoint is on disk."""
-        if self._checked:
-            return
+    def check_available(self) -> dict[str, str]:
+        """Which requested dimensions cannot run here: ``{dimension: reason}`` (missing checkpoints).
+
+        Raises Unavailable when none can: vbench does not import in ``self.python``, or every dimension misses
+        checkpoints (the message lists every problem)."""
         problems: list[str] = []
-        import_problem = _vbench_import_problem(self.python, self.subprocess_env())
-        if import_problem is not None:
-            problems.append(import_problem)
+        if not self._import_checked:
+            import_problem = _vbench_import_problem(self.python, self.subprocess_env())
+            if import_problem is not None:
+                problems.append(import_problem)
+        cannot: dict[str, str] = {}
         for dim, files in self.missing_weights().items():
             listed = "; ".join(f"{path} (from {source})" for path, source in files)
-            problems.append(f"VBench dimension {dim!r} needs checkpoint(s) that are missing: {listed}")
-        if problems:
-            raise Unavailable("VBench is unavailable: " + " | ".join(problems))
-        self._checked = True
+            cannot[dim] = f"VBench dimension {dim!r} needs checkpoint(s) that are missing: {listed}"
+        if problems or len(cannot) == len(self.dimensions):
+            raise Unavailable("VBench is unavailable: " + " | ".join(problems + list(cannot.values())))
+        self._import_checked = True
+        return cannot
 
     def score(self, videos: list[VideoItem], prompts: list[str]) -> dict[str, list[float]]:
         check_batch(videos, prompts)
         if not videos:
             return {dim: [] for dim in self.dimensions}
-        self.check_available()
+        cannot = self.check_available()
+        self.skipped = {f"vbench:{dim}": reason for dim, reason in cannot.items()}
+        dimensions = [dim for dim in self.dimensions if dim not in cannot]
         no_file = [i for i, item in enumerate(videos) if item.path is None or not Path(item.path).is_file()]
         if no_file:
             raise Unavailable(f"VBench scores the written video files, but video(s) {no_file} have no file on disk")
@@ -363,7 +378,7 @@ class VBenchScorer:
                 "output_dir": str(output_dir),
                 "name": "xvid",
                 "prompts": dict(zip(file_names, prompts)),
-                "dimensions": self.dimensions,
+                "dimensions": dimensions,
                 "device": self.device,
                 "imaging_quality_preprocessing_mode": self.imaging_quality_preprocessing_mode,
             }
@@ -382,7 +397,7 @@ class VBenchScorer:
             if not results_path.is_file():
                 raise Unavailable(f"VBench wrote no {results_path.name}; output: {_tail(out)} {_tail(err)}")
             results = json.loads(results_path.read_text(encoding="utf-8"))
-        return _parse_vbench_results(results, file_names, self.dimensions)
+        return _parse_vbench_results(results, file_names, dimensions)
 
 
 def make_vbench(args: list[str]) -> VBenchScorer:
