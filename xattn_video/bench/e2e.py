@@ -269,8 +269,12 @@ class SdpaTimer:
 
 
 def _warm_kernels(q_len: int, kv_len: int, heads: int, head_dim: int, xattn: dict | None,
-                  device: torch.device) -> None:
-    """Compile/plan the attention kernels at this shape outside the timed forward (Triton JIT, cuDNN plans)."""
+                  device: torch.device, text: int = 256) -> None:
+    """Compile/plan the attention kernels at this shape outside the timed forward (Triton JIT, cuDNN plans).
+
+    The operator is called with the same optional arguments as the model's calls (``text`` text tokens: a text
+    region and a key-padding length; none, as in Wan's self-attention: neither), so the timed forward meets
+    no new kernel specialisation."""
     from ..kernels import xattention
     from ..kernels.dense import dense_attention
 
@@ -280,8 +284,8 @@ def _warm_kernels(q_len: int, kv_len: int, heads: int, head_dim: int, xattn: dic
                                                      attn_mask=mask)
     dense_attention(q, q, q, [kv_len])
     if xattn is not None and xattn["threshold"] < 1:
-        xattention(q, q, q, threshold=xattn["threshold"], stride=xattn["stride"], kv_len=kv_len,
-                   text_start=q_len - 256 if q_len > 256 else None, max_density=xattn.get("max_density"))
+        xattention(q, q, q, threshold=xattn["threshold"], stride=xattn["stride"], kv_len=kv_len if text else None,
+                   text_start=q_len - text if text else None, max_density=xattn.get("max_density"))
     torch.cuda.synchronize()
 
 
@@ -398,7 +402,7 @@ def run(args: argparse.Namespace, log: Callable[[str], None], device: torch.devi
                     row["skipped"] = "--compile: our settings need dispatch.py's per-forward host work outside blocks"
                     results["rows"].append(row)
                     continue
-                _warm_kernels(q_len, kv_len, heads, head_dim, cfg, device)
+                _warm_kernels(q_len, kv_len, heads, head_dim, cfg, device, text)
                 handle = spec.install(transformer, cfg) if cfg is not None else None
                 try:
                     if handle is not None:
