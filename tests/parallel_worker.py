@@ -78,6 +78,7 @@ def _generate(out_dir: Path, modes: list[str], overrides: list[str]) -> int:
                 np.save(out_dir / f"frames-{mode}.npy", result.frames)
                 (out_dir / f"summary-{mode}.json").write_text(json.dumps(
                     {"xattn": merge_rank_summaries(summaries), "parallel": layout.record()}))
+        dist.barrier()  # leave together: tearing gloo down under a peer can abort it
     finally:
         dist.destroy_process_group()
     return 0
@@ -129,6 +130,7 @@ def _hunyuan_video15(out_dir: Path) -> int:
             "max_abs_diff_sparse": (out_sparse - reference_sparse).abs().max().item(),
             "sparse_vs_dense": (reference_sparse - reference).abs().max().item(),
             "density_one_rank": one["mean_density_sparse_calls"], "density_per_rank": densities}))
+    dist.barrier()  # leave together: tearing gloo down under a peer can abort it
     dist.destroy_process_group()
     return 0
 
