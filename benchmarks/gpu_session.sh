@@ -1,6 +1,6 @@
 #!/bin/bash
 # One device-machine session: install carried wheels, run the GPU tests, then the given python steps.
-# Usage (from the repo root on the GPU machine): bash benchmarks/gpu_session.sh [tests] [bench] [bench-quick] [e2e] [e2e-544] [reuse] [multigpu]
+# Usage (from the repo root on the GPU machine): bash benchmarks/gpu_session.sh [tests] [bench] [bench-quick] [e2e] [e2e-544] [e2e-c720] [e2e-c544] [e2e-cwan] [wan-forward] [reuse] [multigpu]
 set -u
 OUT=${OUT:-/tmp/out}
 mkdir -p "$OUT"
@@ -8,6 +8,7 @@ python3 -m pip install -q --no-index --no-deps --target /tmp/site .whl/*.whl 2>&
 export PYTHONPATH=/tmp/site:$PWD:${PYTHONPATH:-}
 nvidia-smi --query-gpu=name,memory.total,clocks.sm,clocks.max.sm --format=csv,noheader
 python3 -c "import torch, triton; print('torch', torch.__version__, 'triton', triton.__version__)"
+gpu() { python3 -c "from xattn_video.bench.e2e import gpu_slug; print(gpu_slug())"; }
 for step in "$@"; do
   echo "=== $step $(date +%T)"
   case $step in
@@ -16,6 +17,10 @@ for step in "$@"; do
     bench-quick) timeout 400 python3 benchmarks/bench_xattention.py --tokens 119056 --check-tokens 18616 --out-dir "$OUT" 2>&1 | tee "$OUT/bench.txt" | grep -v "^|" | tail -60 ;;
     e2e) timeout 560 python3 benchmarks/bench_e2e.py --out-dir "$OUT" 2>&1 | tee "$OUT/e2e.txt" | tail -40 ;;
     e2e-544) timeout 300 python3 benchmarks/bench_e2e.py --models hunyuan-video --shapes 544p --out-dir "$OUT" 2>&1 | tee "$OUT/e2e-544.txt" | tail -30 ;;
+    e2e-c720) timeout 590 python3 benchmarks/bench_e2e.py --models hunyuan-video --shapes 720p --compile --settings stock dense cap0.35 cap0.35-reuse2 --name e2e-compile-hunyuan-720p-$(gpu) --out-dir "$OUT" 2>&1 | tee "$OUT/e2e-c720.txt" | tail -30 ;;
+    e2e-c544) timeout 300 python3 benchmarks/bench_e2e.py --models hunyuan-video --shapes 544p --compile --name e2e-compile-hunyuan-544p-$(gpu) --out-dir "$OUT" 2>&1 | tee "$OUT/e2e-c544.txt" | tail -30 ;;
+    e2e-cwan) timeout 400 python3 benchmarks/bench_e2e.py --models wan2.1-14b --compile --settings stock dense cap0.2 cap0.35 cap0.35-reuse2 --name e2e-compile-wan-720p-$(gpu) --out-dir "$OUT" 2>&1 | tee "$OUT/e2e-cwan.txt" | tail -30 ;;
+    wan-forward) timeout 300 python3 benchmarks/bench_wan_forward.py --out-dir "$OUT" 2>&1 | tee "$OUT/wan-forward.txt" | tail -20 ;;
     reuse) timeout 300 python3 benchmarks/bench_reuse.py --full --out-dir "$OUT" 2>&1 | tee "$OUT/reuse.txt" | tail -20 ;;
     multigpu) timeout 590 python3 benchmarks/bench_multigpu.py --gpus 1 2 --out-dir "$OUT" 2>&1 | tee "$OUT/multigpu.txt" | tail -30 ;;
     *) echo "unknown step $step" ;;

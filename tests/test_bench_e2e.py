@@ -110,3 +110,32 @@ def test_whole_run_on_tiny_models_on_the_cpu(monkeypatch, tmp_path):
     assert all("total_ms" in r and r["output_finite"] for r in wan)  # installed through pipelines/dispatch.py
     assert wan[2]["sparse_calls"] == 1 and wan[3]["reuse_hits"] == 1
     assert "cap0.35-reuse2" in e2e.markdown(res)
+
+
+def test_compiled_pass_on_a_tiny_model_on_the_cpu(monkeypatch):
+    """--compile: every setting again with compiled blocks, ratios against eager and compiled stock."""
+    import xattn_video.compile as compile_module
+
+    for name, fn in (("Event", _FakeEvent), ("synchronize", lambda *a: None), ("empty_cache", lambda: None),
+                     ("get_device_name", lambda *a: "fake gpu")):
+        monkeypatch.setattr(torch.cuda, name, fn)
+    real, compiled = compile_module.compile_transformer, []
+    monkeypatch.setattr(compile_module, "compile_transformer",
+                        lambda t, **kw: compiled.append(kw) or real(t, backend="eager", **kw))  # no C++ build
+    monkeypatch.setitem(e2e.HUNYUAN.shapes, "tiny", e2e.Shape("tiny", 128, 128, 9))
+    args = e2e.build_parser().parse_args(["--models", "hunyuan-video", "--shapes", "tiny", "--compile",
+                                          "--settings", "stock", "dense", "cap0.35"])
+    try:
+        res = e2e.run(args, lambda msg: None, device=torch.device("cpu"), config_overrides={"hunyuan-video": TINY_HV})
+    finally:
+        torch._dynamo.reset()
+    rows = {(r["setting"], r["compiled"]): r for r in res["rows"]}
+    assert set(rows) == {(s, c) for s in ("stock", "dense", "cap0.35") for c in (False, True)}
+    assert compiled == [{"fullgraph": False}]
+    sparse = rows[("cap0.35", True)]
+    assert sparse["sparse_calls"] == 2 and sparse["estimate_ms"] > 0 and sparse["output_finite"]
+    stock, stock_c = rows[("stock", False)], rows[("stock", True)]
+    assert sparse["speedup_step"] == pytest.approx(stock["total_ms"] / sparse["total_ms"])
+    assert sparse["speedup_step_same"] == pytest.approx(stock_c["total_ms"] / sparse["total_ms"])
+    assert "speedup_step_same" not in rows[("cap0.35", False)]
+    assert "| cap0.35 +compile |" in e2e.markdown(res) and "vs stock +compile" in e2e.markdown(res)

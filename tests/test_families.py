@@ -208,32 +208,60 @@ def test_compare_runs_on_a_two_expert_wan(tmp_path):
     assert item["pairwise"]["psnr"] is not None and (tmp_path / "cmp" / "density_heatmap.png").is_file()
 
 
-@pytest.mark.parametrize("cfg,sparse_calls", [({"threshold": 0.5}, 4), ({"threshold": 1.0}, 0),
-                                              ({"threshold": 0.5, "selection_reuse": 2}, 4)],
-                         ids=["sparse", "fast-dense", "reuse"])
-def test_blocks_compile_with_fullgraph(cfg, sparse_calls):
-    """Regional compilation (what diffusers recommends) traces the layer hook and the patched dispatch in one graph
-    (sparse, the fast dense path, a reused selection)."""
-    pipe = build_tiny_wan_pipeline()
-    model = pipe.transformer
-    g = torch.Generator().manual_seed(0)
-    inputs = dict(hidden_states=torch.randn(1, 16, 2, 8, 8, generator=g), timestep=torch.tensor([500.0]),
-                  encoder_hidden_states=torch.randn(1, 8, 32, generator=g), return_dict=False)
-    with apply_xattention(pipe, {**cfg, "block_size": 16, "warmup_steps": 0, "backend": "torch"}) as h:
-        h.tracker.manual_step = 1
-        with torch.no_grad():
-            eager = model(**inputs)[0]
+def _tiny_hunyuan():
+    from xattn_video.pipelines.tiny import TINY_PROMPT_TEMPLATE, build_tiny_pipeline
+
+    return build_tiny_pipeline(), dict(height=64, width=64, num_frames=5, prompt_template=TINY_PROMPT_TEMPLATE,
+                                       max_sequence_length=16)
+
+
+COMPILE_CASES = {  # name: () -> (pipeline, call kwargs)
+    "hunyuan": _tiny_hunyuan,
+    "hunyuan15": lambda: (build_tiny_hunyuan15_pipeline(), FAMILIES["hunyuan15"][1]),
+    "wan22": lambda: (build_tiny_wan_pipeline(two_experts=True), FAMILIES["wan22"][1]),
+}
+
+
+@pytest.mark.parametrize("name", sorted(COMPILE_CASES))
+def test_compiled_blocks_match_eager_and_never_recompile(name, monkeypatch):
+    """model.compile with XAttention on every family: the dispatch is the only graph break, the video equals the
+    eager one, and a second generation (warmup and sparse steps, per-layer τ, a dense layer, reused selections)
+    compiles nothing new."""
+    import xattn_video.compile as compile_module
+    from xattn_video.generate import compile_pipeline
+
+    pipe, call = COMPILE_CASES[name]()
+    pipe.set_progress_bar_config(disable=True)
+    cfg = {"threshold": {"default": 0.4, 0: 0.6}, "dense_layers": [1], "block_size": BLOCK, "warmup_steps": 1,
+           "selection_reuse": 2, "backend": "torch"}
+    if name == "wan22":
+        cfg["expert2"] = {"threshold": 0.5}
+    transformers = [t for t in (pipe.transformer, getattr(pipe, "transformer_2", None)) if t is not None]
+    real = compile_module.compile_transformer
+    monkeypatch.setattr(compile_module, "compile_transformer",
+                        lambda t, **kw: real(t, backend="eager", **kw))  # dynamo's tracing, no C++ build
+    counters = torch._dynamo.utils.counters
+    try:
+        with apply_xattention(pipe, cfg) as h:
+            eager = _run(pipe, call, num_inference_steps=3)
+            sparse_eager = h.summary()["sparse_calls"]
             torch._dynamo.reset()
-            for block in model.blocks:
-                block.compile(backend="eager", fullgraph=True)
-            h.tracker.manual_step = 2  # with reuse: the compiled forward reuses the eager forward's selections
-            compiled = model(**inputs)[0]
-        assert h.summary()["sparse_calls"] == sparse_calls
-        if cfg.get("selection_reuse"):
-            assert h.state.reuse.hits == 2
-    torch.testing.assert_close(compiled, eager)
-    for block in model.blocks:
-        block._compiled_call_impl = None  # leave the module eager for other tests
+            counters.clear()
+            compile_pipeline(pipe)
+            compiled = _run(pipe, call, num_inference_steps=3)
+            graphs = counters["stats"]["unique_graphs"]
+            compiled_again = _run(pipe, call, num_inference_steps=3)
+            summary = h.summary()
+        assert graphs > 0 and counters["stats"]["unique_graphs"] == graphs, "a second generation recompiled"
+        breaks = list(counters["graph_break"])
+        assert breaks and all("torch.compiler.disable" in b for b in breaks), breaks  # only our dispatch
+        assert summary["sparse_calls"] == 3 * sparse_eager > 0, (summary["sparse_calls"], sparse_eager)
+        np.testing.assert_allclose(compiled, eager, atol=1e-6, err_msg=name)
+        np.testing.assert_array_equal(compiled_again, compiled)
+    finally:
+        torch._dynamo.reset()
+        for t in transformers:  # leave the modules eager for other tests
+            compile_module.uncompile_transformer(t)
 
 
 def test_selection_reuse_and_time_stats_on_wan22_both_experts(monkeypatch):
@@ -286,24 +314,16 @@ def test_calibrate_tiny_wan22_writes_expert2_thresholds(tmp_path):
         assert h.state.plans[1].threshold(0) == result.solution.thresholds["t2.0"]
 
 
-def test_compile_with_xattention_wan_only():
-    """model.compile + XAttention: Wan compiles its blocks; HunyuanVideo families are refused before loading."""
+def test_model_compile_is_accepted_for_every_family_and_compiles_both_experts(monkeypatch):
+    """model.compile + XAttention: accepted before loading for every family; Wan 2.2 compiles both experts."""
     from xattn_video import generate as generate_module
-    from xattn_video.config import ConfigError, load_config
-
-    run = load_config(overrides=["model.compile=true", "model.device=cpu"])  # the tiny HunyuanVideo
-    with pytest.raises(ConfigError, match="model.compile.*Wan pipelines only"):
-        generate_module.check_inputs(run)
-    generate_module.check_inputs(load_config(overrides=["model.compile=true", "dense=true"]))  # dense: fine
-    generate_module.check_inputs(load_config(overrides=["model.compile=true", "model.path=tiny-wan22"]))
-    pipe = build_tiny_wan_pipeline(two_experts=True)
-    compiled = []
+    from xattn_video.config import load_config
     import xattn_video.compile as compile_module
 
-    original = compile_module.compile_transformer
-    try:
-        compile_module.compile_transformer = lambda t: compiled.append(t) or 1
-        generate_module.compile_pipeline(pipe)
-    finally:
-        compile_module.compile_transformer = original
-    assert compiled == [pipe.transformer, pipe.transformer_2]
+    for model in ("tiny", "tiny-hunyuan15", "tiny-wan22"):
+        generate_module.check_inputs(load_config(overrides=["model.compile=true", f"model.path={model}"]))
+    pipe = build_tiny_wan_pipeline(two_experts=True)
+    compiled = []
+    monkeypatch.setattr(compile_module, "compile_transformer", lambda t, **kw: compiled.append((t, kw)) or 1)
+    generate_module.compile_pipeline(pipe)
+    assert compiled == [(pipe.transformer, {"fullgraph": False}), (pipe.transformer_2, {"fullgraph": False})]

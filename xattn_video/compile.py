@@ -4,16 +4,15 @@ Diffusers' ``ModelMixin.compile_repeated_blocks`` compiles every sub-module whos
 model's ``_repeated_blocks`` (HunyuanVideo: dual/single blocks, patch embed, token refiner; Wan:
 ``WanTransformerBlock``; HunyuanVideo 1.5 too), so compile time is that of a few blocks, not of the model.
 
-Recompilation: the blocks of one class share one code object, and dynamo guards on the Python values a block
-reads (an attention layer's τ, dense or sparse this step, the valid key lengths, the text start). Each
-distinct combination is one more compiled graph of that code object: with per-layer τ, dense warmup steps and
-two text lengths (true CFG) that can reach a few dozen, far past dynamo's default ``recompile_limit`` of 8,
-after which dynamo silently runs the block eagerly. We raise the limit to cover every layer in every mode
-(``recompile_limit = 4 × blocks``) rather than turn τ into a tensor: τ as a Python float keeps the selection
-on its fast path (a uniform τ is a constant in the Triton kernel), and the graphs of layers that share their
-values are reused, so in practice (one τ for all layers) there are about 2 graphs per block class (dense
-warmup, sparse). Whatever runs inside a block must not synchronize the host: the per-forward work (step
-lookup, mask prefix check) happens before the blocks, which then read only plain host values.
+With XAttention installed, our attention dispatch is excluded from tracing (one deliberate graph break per
+hooked attention call, :mod:`xattn_video.pipelines.dispatch`): dynamo compiles the model's own math around it
+(projections, norms, rotary, modulation, MLP) and never sees the step, the layer, τ or our statistics, so the
+graphs of one block class serve every layer, step and mode without recompiling. The kernels are custom ops and
+compile with ``fullgraph=True`` when called from user code (``tests/test_kernels_compile.py``).
+
+Recompilation: dynamo still guards on the shapes and on host values a block reads itself. Distinct shapes
+(resolution, frame count, the two text lengths of true CFG) each add a graph, and dynamo's default
+``recompile_limit`` of 8 would then silently fall back to eager; the limit is raised to ``4 × blocks``.
 """
 
 from __future__ import annotations
@@ -62,4 +61,11 @@ def compile_transformer(transformer: Any, *, fullgraph: bool = True, backend: st
     return len(blocks)
 
 
-__all__ = ["compile_transformer", "raise_recompile_limit", "repeated_blocks"]
+def uncompile_transformer(transformer: Any) -> None:
+    """Undo :func:`compile_transformer`: the blocks run eagerly again (dynamo's cache of graphs is kept)."""
+    for block in repeated_blocks(transformer):
+        block._compiled_call_impl = None  # what nn.Module.compile sets
+    transformer.__dict__.pop("_xvid_compiled", None)
+
+
+__all__ = ["compile_transformer", "raise_recompile_limit", "repeated_blocks", "uncompile_transformer"]

@@ -77,10 +77,6 @@ def check_inputs(run: RunConfig) -> Any:
     Returns the loaded image or None.
     """
     cls = pipeline_class_for(run.model)
-    if run.model.compile and not run.dense:
-        from .pipelines.family import family_of_class
-
-        check_compile(cls.__name__, family_of_class(cls).name)
     image_path = run.generation.image
     if takes_image(cls) and image_path is None:
         raise ConfigError(f"{cls.__name__} is image-to-video: pass --image FILE (config key 'generation.image')")
@@ -104,33 +100,21 @@ def initial_latents(pipe: Any, run: RunConfig, batch: int = 1) -> torch.Tensor |
                                 torch.float32, device, generator)
 
 
-def check_compile(pipeline_name: str, family: str) -> None:
-    """``model.compile`` with XAttention: Wan only (see ``compile_pipeline``); one clear ConfigError otherwise."""
-    if family != "wan":
-        raise ConfigError(f"config key 'model.compile': with XAttention, compilation works for Wan pipelines only; "
-                          f"{pipeline_name} checks its attention mask inside the compiled blocks (add --dense, or "
-                          f"leave model.compile off)")
+def compile_pipeline(pipe: Any) -> None:
+    """Regional ``torch.compile`` of the repeated blocks of every transformer (Wan 2.2: both experts).
 
-
-def compile_pipeline(pipe: Any, dense: bool = False) -> None:
-    """Regional ``torch.compile`` (fullgraph) of the repeated blocks of every transformer (Wan 2.2: both experts).
-
-    With XAttention the blocks must trace without graph breaks: Wan's self-attention has no mask, so every
-    host value (step, τ, dense or sparse) is read outside the blocks or is a plain Python value. HunyuanVideo and
-    HunyuanVideo 1.5 build their key-padding mask inside the transformer, and its once-per-forward prefix check
-    (one host read) would run inside the first compiled block: refused with one line instead of a slow fallback.
+    With XAttention every hooked attention call is one deliberate graph break (our dispatch runs eagerly, see
+    :mod:`xattn_video.pipelines.dispatch`), so the blocks compile with ``fullgraph=False``; the graphs hold only
+    the model's own math and never recompile across steps or layers. Dense runs compile the same way, since one
+    pipeline may serve dense and XAttention runs (``xvid compare``); the stock blocks have no graph break of their
+    own (``tests/test_compile_regional.py`` checks that with fullgraph).
     """
     from .compile import compile_transformer
 
-    if not dense:
-        from .pipelines.family import detect_family
-
-        family = detect_family(pipe)
-        check_compile(type(pipe).__name__, family.name)
     for attr in ("transformer", "transformer_2"):
         transformer = getattr(pipe, attr, None)
         if transformer is not None:
-            compile_transformer(transformer)
+            compile_transformer(transformer, fullgraph=False)
 
 
 def run_pipeline(pipe: Any, run: RunConfig, latents: torch.Tensor | None = None,
@@ -152,7 +136,7 @@ def run_pipeline(pipe: Any, run: RunConfig, latents: torch.Tensor | None = None,
     if image is None and g.image is not None:
         image = load_image(g.image)
     if run.model.compile:
-        compile_pipeline(pipe, dense=run.dense)  # once per pipeline; the first step pays for the compilation
+        compile_pipeline(pipe)  # once per pipeline; the first step pays for the compilation
     handle = None if run.dense else apply_xattention(pipe, run.xattn)
     step_ends: list[float] = []
 

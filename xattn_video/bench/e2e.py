@@ -18,6 +18,9 @@ selection and sparse attention (per XAttention call), everything else = forward 
 ``warmup`` dense steps + (steps − warmup) steps of the setting, against ``steps`` stock steps; with
 ``--reuse N`` also the projection where the estimate and selection run on one sparse step in N.
 
+``--compile``: after the eager pass, every setting runs again with the repeated blocks compiled (regional
+``torch.compile``, as ``model.compile`` does), against stock compiled the same way as well as eager stock.
+
 Run: ``xvid bench --e2e`` or ``python benchmarks/bench_e2e.py`` (``--help`` for subsets). Writes
 ``benchmarks/results/e2e-<gpu>.json`` and ``.md``.
 """
@@ -289,18 +292,26 @@ def _warm_kernels(q_len: int, kv_len: int, heads: int, head_dim: int, xattn: dic
     torch.cuda.synchronize()
 
 
-def time_forward(transformer: Any, inputs: dict, handle: Any | None) -> dict:
-    """One forward with CUDA events: total, dense (SDPA) attention, estimate, selection, sparse attention."""
+def time_forward(transformer: Any, inputs: dict, handle: Any | None, time_sdpa: bool = True) -> dict:
+    """One forward with CUDA events: total, dense (SDPA) attention, estimate, selection, sparse attention.
+
+    ``time_sdpa=False`` (compiled blocks: SDPA calls inside compiled graphs, e.g. stock attention and the token
+    refiner, cannot be wrapped without changing what dynamo traces): no dense-attention time, so ``other`` holds
+    every dense SDPA call; estimate, selection and sparse attention are still timed (our dispatch runs eagerly)."""
     torch.cuda.synchronize()
     start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-    with SdpaTimer() as sdpa, torch.no_grad():
+    timer = SdpaTimer() if time_sdpa else contextlib.nullcontext()
+    with timer, torch.no_grad():
         start.record()
         out = transformer(**inputs)
         end.record()
     torch.cuda.synchronize()
     total = start.elapsed_time(end)
-    res = {"total_ms": total, "dense_attention_ms": sdpa.total_ms(), "estimate_ms": 0.0, "selection_ms": 0.0,
-           "sparse_attention_ms": 0.0, "density": None, "output_finite": bool(torch.isfinite(out[0]).all())}
+    res = {"total_ms": total, "dense_attention_ms": timer.total_ms() if time_sdpa else 0.0, "estimate_ms": 0.0,
+           "selection_ms": 0.0, "sparse_attention_ms": 0.0, "density": None,
+           "output_finite": bool(torch.isfinite(out[0]).all())}
+    if not time_sdpa:
+        res["dense_attention_untimed"] = True
     if handle is not None:
         for layers in handle.state.stats.timing_table().values():
             for t in layers.values():
@@ -315,25 +326,78 @@ def time_forward(transformer: Any, inputs: dict, handle: Any | None) -> dict:
     return res
 
 
+def time_setting(transformer: Any, spec: ModelSpec, inputs: dict, setting: str, cfg: dict | None, warmup_steps: int,
+                 compiled: bool, attn_shape: tuple[int, int, int, int, int], device: torch.device) -> dict:
+    """One timed forward of ``setting`` (our attention installed for it, removed after) as a result row.
+
+    ``attn_shape``: (q_len, kv_len, heads, head_dim, text tokens) of the self-attention calls, for the kernel
+    warm-up. An untimed forward runs first when compiled (it compiles) or with selection reuse (it estimates)."""
+    row: dict[str, Any] = {"model": spec.name, "setting": setting, "compiled": compiled}
+    if cfg is not None and spec.install is None:
+        row["skipped"] = "our attention is not installable on this model yet (needs dispatch.py)"
+        return row
+    q_len, kv_len, heads, head_dim, text = attn_shape
+    _warm_kernels(q_len, kv_len, heads, head_dim, cfg, device, text)
+    handle = spec.install(transformer, cfg) if cfg is not None else None
+    try:
+        if handle is not None:
+            handle.tracker.manual_step = warmup_steps  # the first sparse step
+        if compiled or (cfg or {}).get("selection_reuse", 0) > 1:
+            with torch.no_grad():
+                transformer(**inputs)
+            torch.cuda.synchronize()
+            if handle is not None:
+                handle.reset_stats()
+                handle.tracker.manual_step = warmup_steps + 1  # with reuse: reuses every layer's selection
+        row.update(time_forward(transformer, inputs, handle, time_sdpa=not compiled))
+        if handle is not None and cfg.get("selection_reuse", 0) > 1:
+            row["reuse_every"] = cfg["selection_reuse"]
+            row["reuse_hits"] = handle.state.reuse.hits
+    except torch.cuda.OutOfMemoryError as exc:
+        row["skipped"] = f"out of memory: {str(exc).splitlines()[0]}"
+    finally:
+        if handle is not None:
+            handle.remove()
+        torch.cuda.empty_cache()
+    return row
+
+
+def setting_label(row: dict) -> str:
+    return f"{row['setting']} +compile" if row.get("compiled") else row["setting"]
+
+
+def _row_line(row: dict) -> str:
+    head = f"  {row['model']} {row['shape']} {setting_label(row):<22}"
+    if "total_ms" not in row:
+        return f"{head} skipped: {row['skipped']}"
+    dens = "" if row["density"] is None else f" density {row['density']:.3f}"
+    return (f"{head} {row['total_ms'] / 1e3:7.2f} s  (dense attn {row['dense_attention_ms'] / 1e3:.2f}, estimate "
+            f"{row['estimate_ms'] / 1e3:.2f}, selection {row['selection_ms'] / 1e3:.2f}, sparse attn "
+            f"{row['sparse_attention_ms'] / 1e3:.2f}, other {row['other_ms'] / 1e3:.2f}){dens}")
+
+
 # ---------------------------------------------------------------- the run
 
 
 def project(rows: list[dict], steps: int, warmup: int, reuse: int) -> None:
-    """Projected video seconds per row: warmup dense steps (ours: our dense path) + sparse steps."""
-    by_key = {(r["model"], r["shape"], r["setting"]): r for r in rows if "total_ms" in r}
+    """Projected video seconds per row: warmup dense steps (ours: our dense path) + sparse steps.
+
+    ``speedup_*``: against eager stock diffusers. Compiled rows also get ``speedup_*_same``, against stock compiled
+    the same way, and their warmup steps use the compiled dense row."""
+    by_key = {(r["model"], r["shape"], r["setting"], bool(r.get("compiled"))): r for r in rows if "total_ms" in r}
     for r in rows:
         if "total_ms" not in r:
             continue
-        stock = by_key.get((r["model"], r["shape"], "stock"))
-        dense = by_key.get((r["model"], r["shape"], "dense"))
-        r["speedup_step"] = stock["total_ms"] / r["total_ms"] if stock else None
+        compiled = bool(r.get("compiled"))
+        stock = by_key.get((r["model"], r["shape"], "stock", compiled))
+        dense = by_key.get((r["model"], r["shape"], "dense", compiled))
         step_s = r["total_ms"] / 1e3
         if r["setting"] in ("stock", "dense"):
             video = steps * step_s
         elif r.get("reuse_every", 0) > 1:
             # measured reuse step; the estimating steps (one in N) run as the same setting without reuse
             warm_s = (dense or stock or r)["total_ms"] / 1e3
-            fresh = by_key.get((r["model"], r["shape"], r["setting"].split("-reuse")[0]))
+            fresh = by_key.get((r["model"], r["shape"], r["setting"].split("-reuse")[0], compiled))
             fresh_s = fresh["total_ms"] / 1e3 if fresh else step_s
             n_sparse = steps - warmup
             n_fresh = -(-n_sparse // r["reuse_every"])
@@ -345,16 +409,23 @@ def project(rows: list[dict], steps: int, warmup: int, reuse: int) -> None:
                 saved = (1 - 1 / reuse) * (r["estimate_ms"] + r["selection_ms"]) / 1e3
                 r["video_s_reuse"] = warmup * warm_s + (steps - warmup) * (step_s - saved)
         r["video_s"] = video
-        if stock:
-            r["speedup_video"] = steps * stock["total_ms"] / 1e3 / video
+        r["speedup_step"] = None
+        eager_stock = by_key.get((r["model"], r["shape"], "stock", False))
+        for suffix, ref in (("", eager_stock), ("_same", stock if compiled else None)):
+            if ref is None:
+                continue
+            r["speedup_step" + suffix] = ref["total_ms"] / r["total_ms"]
+            r["speedup_video" + suffix] = steps * ref["total_ms"] / 1e3 / video
             if "video_s_reuse" in r:
-                r["speedup_video_reuse"] = steps * stock["total_ms"] / 1e3 / r["video_s_reuse"]
+                r["speedup_video_reuse" + suffix] = steps * ref["total_ms"] / 1e3 / r["video_s_reuse"]
 
 
 def run(args: argparse.Namespace, log: Callable[[str], None], device: torch.device | None = None,
-        config_overrides: dict[str, dict] | None = None) -> dict:
+        config_overrides: dict[str, dict] | None = None, checkpoint: Callable[[dict], None] | None = None) -> dict:
     """Every (model, shape, setting) of ``args``; ``config_overrides`` {model name: constructor kwargs} and a
-    CPU ``device`` exist for the smoke test (tiny models), the benchmark uses the full-size defaults."""
+    CPU ``device`` exist for the smoke test (tiny models), the benchmark uses the full-size defaults.
+    ``checkpoint(results)`` runs after every row (the CLI rewrites its result files: a run cut short keeps its
+    rows)."""
     device = device or torch.device("cuda")
     results: dict[str, Any] = {"gpu": torch.cuda.get_device_name(), "torch": torch.__version__,
                                "date": time.strftime("%Y-%m-%d %H:%M"), "steps": args.steps,
@@ -366,6 +437,14 @@ def run(args: argparse.Namespace, log: Callable[[str], None], device: torch.devi
     except ImportError:
         results["triton"] = None
     settings = xattn_settings(args.warmup_steps)
+    if args.compile:
+        from ..compile import compile_transformer, uncompile_transformer
+
+        results["notes"].append("'+compile': regional torch.compile of the repeated blocks (inductor, as "
+                                "model.compile does); with our attention each hooked attention call is one graph "
+                                "break (dispatch.py runs eagerly). Ratios in 'vs stock' are against eager stock; "
+                                "'vs stock +compile' against stock compiled the same way. In '+compile' rows dense "
+                                "SDPA calls are not timed apart ('–'): 'other' includes them.")
     for model_name in args.models:
         spec = MODELS[model_name]
         results["notes"] += [f"{spec.name}: {n}" for n in spec.notes]
@@ -374,11 +453,6 @@ def run(args: argparse.Namespace, log: Callable[[str], None], device: torch.devi
         torch.cuda.synchronize()
         params = sum(p.numel() for p in transformer.parameters())
         log(f"{spec.name}: built {params / 1e9:.1f}B parameters (random bf16) in {time.perf_counter() - t0:.1f} s")
-        if args.compile:
-            from ..compile import compile_transformer
-
-            compile_transformer(transformer, fullgraph=True)
-            results["notes"].append("regional compile (fullgraph) on: stock setting only (see e2e.py)")
         heads = int(transformer.config.num_attention_heads)
         head_dim = int(transformer.config.attention_head_dim)
         shapes = args.shapes or list(spec.default_shapes)
@@ -391,49 +465,22 @@ def run(args: argparse.Namespace, log: Callable[[str], None], device: torch.devi
             text = spec.text_tokens if spec.name == "hunyuan-video" else 0  # Wan: text only in cross-attention
             q_len, kv_len = n_img + text, n_img + (spec.text_valid if text else 0)
             inputs = spec.make_inputs(transformer, shape, device)
-            for setting in args.settings:
-                cfg = settings[setting]
-                row = {"model": spec.name, "shape": shape.name, "tokens": q_len, "setting": setting}
-                if cfg is not None and spec.install is None:
-                    row["skipped"] = "our attention is not installable on this model yet (needs dispatch.py)"
+            for compiled in ((False, True) if args.compile else (False,)):
+                t0 = time.perf_counter()
+                if compiled:
+                    compile_transformer(transformer, fullgraph=False)  # as model.compile does (generate.py)
+                for setting in args.settings:
+                    row = {"model": spec.name, "shape": shape.name, "tokens": q_len,
+                           **time_setting(transformer, spec, inputs, setting, settings[setting], args.warmup_steps,
+                                          compiled, (q_len, kv_len, heads, head_dim, text), device)}
                     results["rows"].append(row)
-                    continue
-                if args.compile and cfg is not None:
-                    row["skipped"] = "--compile: our settings need dispatch.py's per-forward host work outside blocks"
-                    results["rows"].append(row)
-                    continue
-                _warm_kernels(q_len, kv_len, heads, head_dim, cfg, device, text)
-                handle = spec.install(transformer, cfg) if cfg is not None else None
-                try:
-                    if handle is not None:
-                        handle.tracker.manual_step = args.warmup_steps  # the first sparse step
-                    if args.compile or (cfg or {}).get("selection_reuse", 0) > 1:
-                        # untimed: the first compiled forward compiles; with reuse, this step estimates
-                        with torch.no_grad():
-                            transformer(**inputs)
-                        torch.cuda.synchronize()
-                        if handle is not None:
-                            handle.reset_stats()
-                            handle.tracker.manual_step = args.warmup_steps + 1  # reuses every layer's selection
-                    row.update(time_forward(transformer, inputs, handle))
-                    if handle is not None and cfg.get("selection_reuse", 0) > 1:
-                        row["reuse_every"] = cfg["selection_reuse"]
-                        row["reuse_hits"] = handle.state.reuse.hits
-                except torch.cuda.OutOfMemoryError as exc:
-                    row["skipped"] = f"out of memory: {str(exc).splitlines()[0]}"
-                finally:
-                    if handle is not None:
-                        handle.remove()
-                    torch.cuda.empty_cache()
-                results["rows"].append(row)
-                if "total_ms" in row:
-                    dens = "" if row["density"] is None else f" density {row['density']:.3f}"
-                    log(f"  {spec.name} {shape.name} {setting:<8} {row['total_ms'] / 1e3:7.2f} s  (dense attn "
-                        f"{row['dense_attention_ms'] / 1e3:.2f}, estimate {row['estimate_ms'] / 1e3:.2f}, selection "
-                        f"{row['selection_ms'] / 1e3:.2f}, sparse attn {row['sparse_attention_ms'] / 1e3:.2f}, other "
-                        f"{row['other_ms'] / 1e3:.2f}){dens}")
-                else:
-                    log(f"  {spec.name} {shape.name} {setting:<8} skipped: {row['skipped']}")
+                    if checkpoint is not None:
+                        checkpoint(results)
+                    log(_row_line(row))
+                if compiled:
+                    uncompile_transformer(transformer)  # the next shape's eager pass runs eager
+                    log(f"  {spec.name} {shape.name}: the compiled pass took {time.perf_counter() - t0:.0f} s "
+                        f"(compilation happens in its untimed forwards)")
             del inputs
         del transformer
         torch.cuda.empty_cache()
@@ -445,6 +492,8 @@ def markdown(res: dict) -> str:
     def f(x: Any, fmt: str) -> str:
         return "" if x is None else format(x, fmt)
 
+    compiled = any(r.get("compiled") for r in res["rows"])
+
     lines = [f"# End-to-end speed: {res['gpu']}", "",
              f"torch {res['torch']}, triton {res['triton']}, {res['date']}. One transformer forward per setting "
              f"(= one denoising step), B=1, random bf16 weights at diffusers' default config (outputs are noise). "
@@ -454,21 +503,26 @@ def markdown(res: dict) -> str:
                 if res["reuse"] > 1 else ""), "",
              "| model | shape | tokens | setting | density | step s | vs stock | dense attn s | estimate s | "
              "selection s | sparse attn s | other s | video s | video vs stock |"
-             + (f" video s (reuse {res['reuse']}) | vs stock |" if res["reuse"] > 1 else ""),
+             + (f" video s (reuse {res['reuse']}) | vs stock |" if res["reuse"] > 1 else "")
+             + (" step vs stock +compile | video vs stock +compile |" if compiled else ""),
              "|---|---|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
-             + ("---:|---:|" if res["reuse"] > 1 else "")]
+             + ("---:|---:|" if res["reuse"] > 1 else "") + ("---:|---:|" if compiled else "")]
     for r in res["rows"]:
         if "total_ms" not in r:
-            lines.append(f"| {r['model']} | {r['shape']} | {r['tokens']:,} | {r['setting']} | skipped: "
+            lines.append(f"| {r['model']} | {r['shape']} | {r['tokens']:,} | {setting_label(r)} | skipped: "
                          f"{r['skipped']} |")
             continue
-        secs = " | ".join(f"{r[k] / 1e3:.2f}" for k in ("dense_attention_ms", "estimate_ms", "selection_ms",
-                                                          "sparse_attention_ms", "other_ms"))
-        line = (f"| {r['model']} | {r['shape']} | {r['tokens']:,} | {r['setting']} | {f(r['density'], '.3f')} | "
+        secs = " | ".join("–" if r.get("dense_attention_untimed") and k == "dense_attention_ms" else f"{r[k] / 1e3:.2f}"
+                          for k in ("dense_attention_ms", "estimate_ms", "selection_ms", "sparse_attention_ms",
+                                    "other_ms"))
+        line = (f"| {r['model']} | {r['shape']} | {r['tokens']:,} | {setting_label(r)} | {f(r['density'], '.3f')} | "
                 f"{r['total_ms'] / 1e3:.2f} | {f(r.get('speedup_step'), '.2f')}× | {secs} | "
                 f"{r['video_s']:.0f} | {f(r.get('speedup_video'), '.2f')}× |")
         if res["reuse"] > 1:
             line += f" {f(r.get('video_s_reuse'), '.0f')} | {f(r.get('speedup_video_reuse'), '.2f')}× |"
+        if compiled:
+            line += (f" {f(r.get('speedup_step_same'), '.2f')}{'×' if r.get('compiled') else ''} |"
+                     f" {f(r.get('speedup_video_same'), '.2f')}{'×' if r.get('compiled') else ''} |")
         lines.append(line)
     if any(not r.get("output_finite", True) for r in res["rows"]):
         lines += ["", "Some outputs were not finite (random weights); the timings are unaffected."]
@@ -493,9 +547,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--warmup-steps", type=int, default=5, help="dense warmup steps of the projected video")
     p.add_argument("--reuse", type=int, default=2, help="also project selection reuse every N sparse steps (<=1: off)")
     p.add_argument("--compile", action="store_true",
-                   help="regional torch.compile (fullgraph) of the stock model; one untimed forward per shape compiles "
-                        "first (use with --shapes 544p: a 720p forward is ~32 s)")
+                   help="after the eager pass, run every setting again with the repeated blocks compiled (regional "
+                        "torch.compile, as model.compile does); each compiled setting runs one untimed forward first "
+                        "(it compiles; a 720p stock forward is ~32 s)")
     p.add_argument("--out-dir", type=Path, default=Path("benchmarks/results"))
+    p.add_argument("--name", help="file name stem of the results (default: e2e-<gpu>)")
     return p
 
 
@@ -514,11 +570,16 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     from ..video_io import write_json, write_text
 
-    res = run(args, lambda msg: print(msg, flush=True))
+    stem = args.out_dir / (args.name or f"e2e-{gpu_slug()}")
+
+    def save(results: dict) -> None:
+        project(results["rows"], args.steps, args.warmup_steps, args.reuse)
+        write_json(results, stem.with_suffix(".json"))
+        write_text(markdown(results), stem.with_suffix(".md"))
+
+    res = run(args, lambda msg: print(msg, flush=True), checkpoint=save)
+    save(res)
     print_table(res)
-    stem = args.out_dir / f"e2e-{gpu_slug()}"
-    write_json(res, stem.with_suffix(".json"))
-    write_text(markdown(res), stem.with_suffix(".md"))
     print(f"wrote {stem}.md and .json")
     return 0
 

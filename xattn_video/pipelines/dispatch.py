@@ -25,8 +25,15 @@ How it works (diffusers 0.42):
   observer (:class:`xattn_video.calibrate.collect.Collector`, ``state.observer``) sees every sparse-eligible call
   with a usable mask before its attention, and with ``observer.run_dense`` the call runs dense.
 
-torch.compile: the layer hooks and this function trace with ``fullgraph=True`` when the blocks are compiled
-(regional compilation); the StepHook's call-stack walk is a graph break, so compile blocks, not the whole model.
+torch.compile (regional compilation of the transformer blocks, :mod:`xattn_video.compile`): the layer hook's own
+frame and :func:`xattn_dispatch` are excluded from tracing (``torch.compiler.disable``), so each hooked attention
+module costs one deliberate graph break around its dispatch call. Dynamo still compiles the module's forward (q/k/v
+projections, norms, rotary) and the rest of the block, which is where compilation gains (fused elementwise work);
+what it never traces is our per-call bookkeeping (step, layer, τ, statistics, the once-per-forward mask check,
+selection reuse), which would otherwise be baked into the graphs as constants. Graphs therefore hold only the
+model's own math: blocks of one class share them across layers, steps, warmup/sparse modes and per-layer τ, and
+nothing recompiles during a generation. The kernels themselves are custom ops and compile with ``fullgraph=True``
+on their own (``tests/test_kernels_compile.py``). The StepHook runs outside the blocks.
 
 Context parallelism: with a ``parallel_config`` whose Ulysses degree N > 1, the sparse call runs inside diffusers'
 own all-to-all (``_templated_context_parallel_attention``): our forward op sees the full sequence for H/N heads
@@ -178,6 +185,8 @@ class XAttnLayerHook(ModelHook):
         super().__init__()
         self.state, self.layer, self.layout = state, layer, layout
 
+    # Not traced (its callees are): see the module docstring, torch.compile.
+    @torch.compiler.disable(recursive=False)
     def new_forward(self, module: torch.nn.Module, *args: Any, **kwargs: Any) -> Any:
         text_start, module_mask = self.layout(module, args, kwargs)
         _ACTIVE.append(_Active(self.state, self.layer, text_start, module_mask))
@@ -279,6 +288,7 @@ def ulysses_key_mask(mask: torch.Tensor | None) -> torch.Tensor | None:
     return mask.any(dim=2, keepdim=True)
 
 
+@torch.compiler.disable  # eager inside compiled blocks: see the module docstring, torch.compile
 def xattn_dispatch(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
                    attn_mask: torch.Tensor | None = None, dropout_p: float = 0.0, is_causal: bool = False,
                    scale: float | None = None, enable_gqa: bool = False,
