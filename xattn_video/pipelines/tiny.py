@@ -257,7 +257,8 @@ def tiny_hunyuan_i2v_prompt_template(tokenizer: PreTrainedTokenizerFast | None =
 
     ``crop_start``: tokens before the user prompt (system turn with its one ``<image>`` placeholder, user header);
     ``image_emb_start/end``: where Llava's image features sit after the placeholder expands to
-    ``image_emb_len`` = the vision tower's patch count.
+    ``image_emb_len`` = the vision tower's patch count. ``double_return_token_id`` (the ``<|end_header_id|>`` id)
+    for diffusers versions that read it; 0.42 looks the token up by name.
     """
     tokenizer = tokenizer or llava_byte_tokenizer(512)
     prefix = tokenizer(_HV_I2V_TEMPLATE.split("{}")[0])["input_ids"]
