@@ -149,6 +149,7 @@ def test_compare_metric_mistakes_are_one_line_and_exit_2(tmp_path, capsys, metri
     [
         ("tiny-wan", "cond.png", "text-to-video and takes no --image"),
         ("tiny-wan-i2v", None, "image-to-video: pass --image"),
+        ("tiny-hunyuan-i2v", None, "HunyuanVideoImageToVideoPipeline is image-to-video: pass --image"),
         ("tiny-wan-i2v", "missing.png", "image file not found"),
         ("tiny-hunyuan15-i2v", "garbage.png", "cannot read"),
     ],
@@ -168,6 +169,23 @@ def test_bad_image_is_a_clear_error_and_writes_nothing(tmp_path, capsys, model, 
     assert main(args) == 2
     assert message in capsys.readouterr().err
     assert list(out_dir.iterdir()) == []
+
+
+def test_generate_tiny_hunyuan_i2v_with_image(tmp_path):
+    from PIL import Image
+
+    image = tmp_path / "cond.png"
+    Image.new("RGB", (80, 48), (200, 100, 50)).save(image)
+    out = tmp_path / "out" / "h.mp4"
+    assert main(["generate", "--model", "tiny-hunyuan-i2v", "--image", str(image), "--steps", "2", "--height", "64",
+                 "--width", "64", "--set", "xattn.block_size=16", "--set", "xattn.threshold=0.3",
+                 "--out", str(out)]) == 0
+    # latent_concat: diffusers drops the first 4 decoded frames (9 -> 5)
+    assert read_video(out).shape == (5, 64, 64, 3)
+    record = json.loads(out.with_suffix(".json").read_text())
+    assert record["config"]["generation"]["image"] == str(image) and "noise" in record["note"]
+    table = record["xattn"]["density_per_step_layer"]
+    assert set(table) == {"0", "1"} and set(table["1"]) == {"0", "1"} and all(v < 1 for v in table["1"].values())
 
 
 def test_generate_tiny_wan22_records_both_experts(tmp_path):

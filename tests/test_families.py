@@ -12,10 +12,16 @@ from PIL import Image
 
 from xattn_video.pipelines import dispatch as dispatch_module
 from xattn_video.pipelines.family import apply_xattention, supported_pipelines
-from xattn_video.pipelines.tiny import build_tiny_hunyuan15_pipeline, build_tiny_wan_pipeline
+from xattn_video.pipelines.tiny import (build_tiny_hunyuan15_pipeline, build_tiny_hunyuan_i2v_pipeline,
+                                        build_tiny_wan_pipeline, tiny_hunyuan_i2v_prompt_template)
 
 STEPS = 2
 BLOCK = 16  # small blocks: several blocks per row at these tiny sizes
+IMAGE = Image.new("RGB", (128, 128), (120, 40, 200))  # I2V conditioning image
+# HunyuanVideo I2V: CFG only with a negative prompt and true_cfg_scale > 1; 24 text tokens fit the tiny Llava chat
+# template's assistant header after "a cat walks"
+HV_I2V_CALL = dict(image=IMAGE, height=64, width=64, num_frames=5, max_sequence_length=24, negative_prompt="",
+                   true_cfg_scale=2.0, prompt_template=tiny_hunyuan_i2v_prompt_template())
 FAMILIES = {
     # name: (builder, call kwargs, python module whose dispatch_attention_fn is patched, layers per expert)
     "wan": (lambda: build_tiny_wan_pipeline(),
@@ -27,6 +33,8 @@ FAMILIES = {
     "hunyuan15": (lambda: build_tiny_hunyuan15_pipeline(),
                   dict(height=64, width=64, num_frames=5),
                   "diffusers.models.transformers.transformer_hunyuan_video15"),
+    "hunyuan_i2v": (lambda: build_tiny_hunyuan_i2v_pipeline(), HV_I2V_CALL,
+                    "diffusers.models.transformers.transformer_hunyuan_video"),
 }
 
 
@@ -180,19 +188,37 @@ def test_dispatch_patch_is_reference_counted():
     assert module.dispatch_attention_fn is stock
 
 
-def test_hunyuan_video_i2v_pipeline_is_detected_and_hooked():
-    """HunyuanVideo I2V shares the T2V transformer layout (no tiny Llava text encoder here: only the install)."""
-    from diffusers import HunyuanVideoImageToVideoPipeline
-    from transformers import CLIPImageProcessor
+@pytest.mark.parametrize("condition", ["latent_concat", "token_replace"])
+def test_hunyuan_video_i2v_llava_image_tokens_are_in_the_forced_text_region(monkeypatch, condition):
+    """The Llava text encoder puts image tokens before the text: they must be condition tokens (after the video,
+    kept dense by text forcing), and padding must stay a key suffix that kv_len never counts."""
+    pipe = build_tiny_hunyuan_i2v_pipeline(image_condition=condition)
+    pipe.set_progress_bar_config(disable=True)
+    calls = []
+    real = dispatch_module.xattention
 
-    from xattn_video.pipelines.tiny import build_tiny_components
+    def spy(q, k, v, **kw):
+        calls.append((q.shape[1], kw["text_start"], tuple(kw["kv_len"].tolist())))
+        return real(q, k, v, **kw)
 
-    pipe = HunyuanVideoImageToVideoPipeline(**build_tiny_components(), image_processor=CLIPImageProcessor())
-    with apply_xattention(pipe, {"threshold": {"default": 0.9, 3: 0.5}}) as h:
-        assert h.family.name == "hunyuan_video" and len(h.layers) == 4
-        assert h.state.plan.threshold(3) == 0.5
-        assert all(dispatch_module.has_xattention(layer.module) for layer in h.layers)
+    monkeypatch.setattr(dispatch_module, "xattention", spy)
+    with apply_xattention(pipe, {"threshold": {"default": 0.3, 1: 0.5}, "block_size": BLOCK, "warmup_steps": 0}) as h:
+        assert h.family.name == "hunyuan_video" and h.state.plan.threshold(1) == 0.5
+        assert [layer.module for layer in h.layers] == [pipe.transformer.transformer_blocks[0].attn,
+                                                         pipe.transformer.single_transformer_blocks[0].attn]
+        frames = _run(pipe, HV_I2V_CALL)
+        summary = h.summary()
     assert not any(dispatch_module.has_xattention(m) for m in pipe.transformer.modules())
+    assert np.isfinite(frames).all() and 0 < summary["mean_density_sparse_calls"] < 1
+    video = 2 * 4 * 4  # 2 latent frames of 4x4 patches (64 px / VAE 8 / patch 2)
+    text = HV_I2V_CALL["max_sequence_length"] - 4  # the pipeline crops the assistant header out of the text
+    # 16 CLIP patches, every 2nd (latent_concat) or 4th (token_replace) kept; diffusers encodes the negative prompt
+    # with the default interleave 2 whatever the condition type
+    image, negative_image = 16 // (2 if condition == "latent_concat" else 4), 8
+    # valid text: the prompt, then the "\n\n" after the assistant header; the negative prompt "" keeps only those
+    expected = {(video + image + text, video, (video + image + len("a cat walks") + 2,)),
+                (video + negative_image + text, video, (video + negative_image + 2,))}
+    assert len(calls) == STEPS * 2 * 2 and set(calls) == expected, (condition, calls)  # 2 layers, CFG
 
 
 def test_compare_runs_on_a_two_expert_wan(tmp_path):

@@ -26,8 +26,8 @@ def _user_errors() -> tuple[type[BaseException], ...]:
 
 def _add_run_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", help="a built-in random-weight model (tiny, tiny-wan, tiny-wan22, tiny-wan-i2v, "
-                                   "tiny-wan22-i2v, tiny-hunyuan15, tiny-hunyuan15-i2v), a local diffusers folder or "
-                                   "a hub id; the pipeline class comes from its model_index.json")
+                                   "tiny-wan22-i2v, tiny-hunyuan15, tiny-hunyuan15-i2v, tiny-hunyuan-i2v), a local "
+                                   "diffusers folder or a hub id; the pipeline class comes from its model_index.json")
     p.add_argument("--image", help="conditioning image file (image-to-video pipelines only)")
     p.add_argument("--config", type=Path, help="YAML preset (see configs/)")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",

@@ -28,6 +28,8 @@ TINY_MODELS: dict[str, dict[str, Any]] = {
     "tiny-wan22-i2v": {"generation": {"height": 128, "width": 128, "guidance_scale": 5.0}},
     "tiny-hunyuan15": {"generation": {"height": 128, "width": 128}},
     "tiny-hunyuan15-i2v": {"generation": {"height": 128, "width": 128}},
+    # 64 text tokens: the Llava chat template's assistant header must fit after the default prompt
+    "tiny-hunyuan-i2v": {"generation": {"height": 128, "width": 128, "max_sequence_length": 64}},
 }
 
 

@@ -15,7 +15,7 @@ from .config import ConfigError, RunConfig, to_container
 from .memory import check_fits
 from .pipelines.family import apply_xattention
 from .pipelines.loading import is_tiny, load_pipeline, pipeline_class_for, resolve_device, takes_image
-from .pipelines.tiny import TINY_PROMPT_TEMPLATE
+from .pipelines.tiny import tiny_call_kwargs
 from .video_io import OutputPathError, check_output_path, write_json, write_mp4
 
 
@@ -155,8 +155,7 @@ def run_pipeline(pipe: Any, run: RunConfig, latents: torch.Tensor | None = None,
         kwargs["latents"] = latents
     else:
         kwargs["generator"] = torch.Generator(device="cpu").manual_seed(g.seed)
-    if run.model.path == "tiny":
-        kwargs["prompt_template"] = TINY_PROMPT_TEMPLATE
+    kwargs.update(tiny_call_kwargs(run.model.path))  # the tiny HunyuanVideo models' short prompt templates
     accepted = inspect.signature(pipe.__call__).parameters
     kwargs = {k: v for k, v in kwargs.items() if k in accepted and (v is not None or k == "negative_prompt")}
     pipe.set_progress_bar_config(disable=not show_progress)

@@ -3,9 +3,12 @@
 Token layout: joint self-attention over [video, text] in the 20 dual-stream blocks (layers 0..19) and the 40
 single-stream blocks (20..59); text starts after the module's ``hidden_states`` and the transformer passes a
 [B, 1, 1, S] key-padding mask (padded text last). Never sparse: the token refiner's attention (not hooked).
-Image-to-video: the conditioning image enters as latent frame 0 of the video tokens (``token_replace`` or
-``latent_concat``), so its tokens are ordinary video tokens and go sparse like the rest; the image tokens that the
-Llava text encoder puts into the text embedding sit in the text region, which text forcing keeps dense.
+Image-to-video: the conditioning image's latent enters the video tokens (``latent_concat``: as extra input
+channels of latent frame 0; ``token_replace``: as latent frame 0 itself), so those are ordinary video tokens and
+go sparse like the rest. The Llava text encoder's image tokens (every 2nd / 4th vision patch) come first in the
+text embedding, before the valid text and the padding: they sit in the text region (text_start = the video token
+count), which text forcing keeps dense, and the key-padding mask stays a prefix that counts them as valid keys
+(tests/test_families.py checks both condition types on the tiny ``tiny-hunyuan-i2v``).
 """
 
 from __future__ import annotations

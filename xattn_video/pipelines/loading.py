@@ -43,6 +43,7 @@ _TINY_BUILDERS: dict[str, tuple[str, dict]] = {
     "tiny-wan22-i2v": ("build_tiny_wan_pipeline", {"i2v": True, "two_experts": True}),
     "tiny-hunyuan15": ("build_tiny_hunyuan15_pipeline", {}),
     "tiny-hunyuan15-i2v": ("build_tiny_hunyuan15_pipeline", {"i2v": True}),
+    "tiny-hunyuan-i2v": ("build_tiny_hunyuan_i2v_pipeline", {}),
 }
 assert set(_TINY_BUILDERS) == set(TINY_MODELS)
 
@@ -51,6 +52,7 @@ _TINY_CLASSES = {
     "tiny": "HunyuanVideoPipeline", "tiny-wan": "WanPipeline", "tiny-wan22": "WanPipeline",
     "tiny-wan-i2v": "WanImageToVideoPipeline", "tiny-wan22-i2v": "WanImageToVideoPipeline",
     "tiny-hunyuan15": "HunyuanVideo15Pipeline", "tiny-hunyuan15-i2v": "HunyuanVideo15ImageToVideoPipeline",
+    "tiny-hunyuan-i2v": "HunyuanVideoImageToVideoPipeline",
 }
 
 

@@ -33,6 +33,8 @@ def tiny_transformer_config(name: str) -> tuple[str, dict, dict | None]:
     if name.startswith("tiny-hunyuan15"):
         return ("HunyuanVideo15Transformer3DModel", {"num_attention_heads": 2, "patch_size": 1, "patch_size_t": 1},
                 {"spatial_compression_ratio": 16, "temporal_compression_ratio": 4})
+    if name == "tiny-hunyuan-i2v":
+        return "HunyuanVideoTransformer3DModel", dict(TINY_HV_I2V_TRANSFORMER_CONFIG), None
     return "HunyuanVideoTransformer3DModel", dict(TINY_TRANSFORMER_CONFIG), None
 
 
@@ -225,3 +227,90 @@ def build_tiny_hunyuan15_pipeline(seed: int = 0, *, i2v: bool = False):
     for key, value in TINY_HV15_SETTINGS.items():
         setattr(pipe, key, value)
     return pipe
+
+
+# ---------------------------------------------------------------------------------------- HunyuanVideo I2V
+# Llava's special tokens, appended after the byte vocabulary: the pipeline finds the image placeholder by
+# ``image_token_index`` and the assistant header by ``<|end_header_id|>`` (3 per prompt: system, user, assistant).
+# "assistant" is one token, as in Llama 3: the pipeline crops the 4 tokens <|eot_id|><|start_header_id|>assistant
+# <|end_header_id|> off the text.
+_LLAVA_SPECIALS = ["<image>", "<|start_header_id|>", "<|end_header_id|>", "<|eot_id|>", "assistant"]
+_HV_I2V_TEMPLATE = ("<|start_header_id|>system<|end_header_id|><image>Describe the video.<|eot_id|>"
+                    "<|start_header_id|>user<|end_header_id|>{}<|eot_id|>"
+                    "<|start_header_id|>assistant<|end_header_id|>\n\n")
+TINY_HV_I2V_IMAGE_SIZE, TINY_HV_I2V_PATCH = 32, 8
+TINY_HV_I2V_IMAGE_TOKENS = (TINY_HV_I2V_IMAGE_SIZE // TINY_HV_I2V_PATCH) ** 2  # Llava drops CLIP's class token
+# 1 dual- + 1 single-stream block; latent_concat input: noisy latents, image latents, mask (4 + 4 + 1 channels)
+TINY_HV_I2V_TRANSFORMER_CONFIG = {**TINY_TRANSFORMER_CONFIG, "num_layers": 1, "num_single_layers": 1,
+                                  "image_condition_type": "latent_concat", "in_channels": 2 * 4 + 1}
+
+
+def llava_byte_tokenizer(max_length: int) -> PreTrainedTokenizerFast:
+    """``byte_tokenizer`` plus the Llava / Llama 3 chat special tokens (ids after the 259 byte-level ones)."""
+    tok = byte_tokenizer(max_length)
+    tok.add_special_tokens({"additional_special_tokens": _LLAVA_SPECIALS})
+    return tok
+
+
+def tiny_hunyuan_i2v_prompt_template(tokenizer: PreTrainedTokenizerFast | None = None) -> dict:
+    """The tiny I2V model's ``prompt_template``, with the positions the pipeline needs computed from the tokenizer.
+
+    ``crop_start``: tokens before the user prompt (system turn with its one ``<image>`` placeholder, user header);
+    ``image_emb_start/end``: where Llava's image features sit after the placeholder expands to
+    ``image_emb_len`` = the vision tower's patch count. ``double_return_token_id`` (the ``<|end_header_id|>`` id)
+    for diffusers versions that read it; 0.42 looks the token up by name.
+    """
+    tokenizer = tokenizer or llava_byte_tokenizer(512)
+    prefix = tokenizer(_HV_I2V_TEMPLATE.split("{}")[0])["input_ids"]
+    start = prefix.index(tokenizer.convert_tokens_to_ids("<image>"))
+    return {"template": _HV_I2V_TEMPLATE, "crop_start": len(prefix), "image_emb_start": start,
+            "image_emb_end": start + TINY_HV_I2V_IMAGE_TOKENS, "image_emb_len": TINY_HV_I2V_IMAGE_TOKENS,
+            "double_return_token_id": tokenizer.convert_tokens_to_ids("<|end_header_id|>")}
+
+
+def build_tiny_hunyuan_i2v_components(seed: int = 0, *, image_condition: str = "latent_concat") -> dict:
+    """Components of a tiny ``HunyuanVideoImageToVideoPipeline`` (float32, random weights): a Llava text encoder
+    (tiny Llama + tiny CLIP vision tower of 32x32 images, 16 patches), 1 dual- and 1 single-stream block.
+    ``image_condition``: ``latent_concat`` (2·4+1 input channels) or ``token_replace`` (4)."""
+    from transformers import CLIPImageProcessor, CLIPVisionConfig, LlavaConfig, LlavaForConditionalGeneration
+
+    components = build_tiny_components(seed)  # seeds the generator; CLIP text encoder, VAE, scheduler reused
+    tokenizer = llava_byte_tokenizer(512)
+    text = LlamaConfig(vocab_size=len(tokenizer), hidden_size=TINY_TEXT_DIM, intermediate_size=64,
+                       num_hidden_layers=3, num_attention_heads=4, num_key_value_heads=4, max_position_embeddings=512,
+                       pad_token_id=0, bos_token_id=1, eos_token_id=2)
+    vision = CLIPVisionConfig(hidden_size=TINY_TEXT_DIM, intermediate_size=37, num_hidden_layers=2,
+                              num_attention_heads=4, image_size=TINY_HV_I2V_IMAGE_SIZE, patch_size=TINY_HV_I2V_PATCH,
+                              projection_dim=TINY_TEXT_DIM)
+    # pad_token_id on the Llava config: the pipeline reads it there to mask the expanded input ids
+    llava = LlavaConfig(text_config=text, vision_config=vision, pad_token_id=0,
+                        image_token_index=tokenizer.convert_tokens_to_ids("<image>"))
+    config = dict(TINY_HV_I2V_TRANSFORMER_CONFIG)
+    if image_condition != "latent_concat":
+        config.update(image_condition_type=image_condition, in_channels=4)
+    size = TINY_HV_I2V_IMAGE_SIZE
+    components.update(
+        transformer=HunyuanVideoTransformer3DModel(**config),
+        text_encoder=LlavaForConditionalGeneration(llava).eval(),
+        tokenizer=tokenizer,
+        image_processor=CLIPImageProcessor(size={"shortest_edge": size}, crop_size={"height": size, "width": size}),
+    )
+    return components
+
+
+def build_tiny_hunyuan_i2v_pipeline(seed: int = 0, *, image_condition: str = "latent_concat"):
+    """A tiny ``HunyuanVideoImageToVideoPipeline`` with random weights; its videos are noise. Call it with
+    ``prompt_template=tiny_hunyuan_i2v_prompt_template()`` (the stock template is sized for Llava-Llama-3)."""
+    from diffusers import HunyuanVideoImageToVideoPipeline
+
+    return HunyuanVideoImageToVideoPipeline(**build_tiny_hunyuan_i2v_components(seed, image_condition=image_condition))
+
+
+def tiny_call_kwargs(name: str) -> dict:
+    """Extra pipeline call arguments a tiny model needs (HunyuanVideo's prompt templates sized for the byte
+    tokenizers); ``{}`` for other models."""
+    if name == "tiny":
+        return {"prompt_template": TINY_PROMPT_TEMPLATE}
+    if name == "tiny-hunyuan-i2v":
+        return {"prompt_template": tiny_hunyuan_i2v_prompt_template()}
+    return {}
