@@ -47,3 +47,22 @@ def test_prompts_file_missing_or_empty(tmp_path):
         read_prompts(tmp_path / "c.txt")
     (tmp_path / "ok.txt").write_bytes("\ufeffun chat\n".encode("utf-8"))  # a BOM is not part of the prompt
     assert read_prompts(tmp_path / "ok.txt") == ["un chat"]
+
+
+def test_compile_with_sequential_offload_is_one_line_error(tmp_path, capsys):
+    with pytest.raises(ConfigError, match="model.compile.*sequential"):
+        load_config(None, ["model.compile=true", "model.offload=sequential"])
+    load_config(None, ["model.compile=true", "model.offload=model"])
+    rc = main(["generate", "--model", "tiny", "--set", "model.compile=true", "--offload", "sequential",
+               "--out", str(tmp_path / "x.mp4")])
+    err = capsys.readouterr().err
+    assert rc == 2 and err.count("\n") == 1 and "model.compile" in err
+    assert not list(tmp_path.glob("x*"))
+
+
+@pytest.mark.parametrize("preset", ["hunyuan-720p-tau0.90", "hunyuan15-720p", "wan21-14b-720p-81f", "wan22-a14b-720p"])
+def test_full_size_presets_compile_the_blocks(preset):
+    from pathlib import Path
+
+    run = load_config(Path(__file__).resolve().parents[1] / "configs" / f"{preset}.yaml")
+    assert run.model.compile and run.generation.height == 720

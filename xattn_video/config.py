@@ -206,6 +206,10 @@ def validate(run: RunConfig) -> None:
         raise ConfigError(f"config key 'generation.fps' must be >= 1, got {g.fps}")
     if run.model.offload not in (None, "model", "sequential"):
         raise ConfigError(f"config key 'model.offload' must be model, sequential or null, got {run.model.offload!r}")
+    if run.model.compile and run.model.offload == "sequential":
+        # sequential offload moves every weight in per-module hooks inside the compiled blocks: not supported
+        raise ConfigError("config key 'model.compile' cannot be combined with model.offload: sequential (use "
+                          "--offload model, or --set model.compile=false)")
     if run.model.dtype not in ("bfloat16", "float16", "float32"):
         raise ConfigError(f"config key 'model.dtype' must be bfloat16, float16 or float32, got {run.model.dtype!r}")
 
