@@ -234,6 +234,22 @@ def test_compare_runs_on_a_two_expert_wan(tmp_path):
     assert item["pairwise"]["psnr"] is not None and (tmp_path / "cmp" / "density_heatmap.png").is_file()
 
 
+def test_compare_runs_on_hunyuan_video_image_to_video(tmp_path):
+    from xattn_video.eval.compare import compare
+    from xattn_video.config import load_config
+
+    image = tmp_path / "cond.png"
+    Image.new("RGB", (80, 48), (200, 100, 50)).save(image)
+    run = load_config(overrides=["model.path=tiny-hunyuan-i2v", f"generation.image={image}", "generation.steps=2",
+                                 "generation.height=64", "generation.width=64", "xattn.block_size=16",
+                                 "xattn.threshold=0.3", "xattn.warmup_steps=1"])
+    report = compare(run, ["a dog"], [0], "psnr", tmp_path / "cmp", show_progress=False)
+    item = report["items"][0]
+    assert set(item["density_per_step_layer"]["1"]) == {"0", "1"}, item["density_per_step_layer"]
+    assert all(v < 1 for v in item["density_per_step_layer"]["1"].values())
+    assert 0 < item["pairwise"]["psnr"] < float("inf")  # the sparse step changed the video (identical: inf)
+
+
 def _tiny_hunyuan():
     from xattn_video.pipelines.tiny import TINY_PROMPT_TEMPLATE, build_tiny_pipeline
 
