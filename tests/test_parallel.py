@@ -170,3 +170,24 @@ def test_failing_rank_ends_every_rank(monkeypatch, capfd):
 
 if __name__ == "__main__":
     sys.exit(pytest.main([__file__, "-q"]))
+
+
+def test_hunyuan_i2v_text_stream_counts_the_image_features():
+    """HunyuanVideo I2V puts every 2nd Llava image feature before the prompt and crops 4 header tokens: the split
+    check uses that length (540 with diffusers' template), and it is what the tiny pipeline really produces."""
+    from PIL import Image
+
+    from xattn_video.pipelines.tiny import build_tiny_hunyuan_i2v_pipeline, tiny_call_kwargs
+
+    g = GenerationConfig(height=720, width=1280, frames=129, max_sequence_length=256)
+    i2v = {"patch_size": 2, "patch_size_t": 1, "image_condition_type": "latent_concat"}
+    assert token_counts(HV, i2v, g) == (118_800, 540)
+    check_sequence(HV, i2v, g, 4)
+    with pytest.raises(ConfigError, match="max_sequence_length' \\(256\\) gives 540 text-stream tokens.*8"):
+        check_sequence(HV, i2v, g, 8)  # 256 divides by 8, 540 does not
+    tiny = GenerationConfig(height=64, width=64, frames=5, max_sequence_length=64)
+    pipe = build_tiny_hunyuan_i2v_pipeline()
+    embeds, _, mask = pipe.encode_prompt(image=Image.new("RGB", (48, 32), (9, 99, 199)), prompt="a cat",
+                                         max_sequence_length=64, device="cpu", **tiny_call_kwargs("tiny-hunyuan-i2v"))
+    expected = token_counts(HV, dict(pipe.transformer.config), tiny, model_path="tiny-hunyuan-i2v")[1]
+    assert embeds.shape[1] == mask.shape[1] == expected, (embeds.shape, expected)

@@ -134,11 +134,38 @@ def check_heads(heads: int, degree: int, what: str = "the model") -> None:
                           f"(Ulysses gives each GPU whole heads); use --gpus {'/'.join(map(str, divisors))}")
 
 
+def hunyuan_i2v_template(model_path: str | None) -> dict:
+    """The prompt template HunyuanVideo image-to-video runs with: the tiny model's, else diffusers' default."""
+    if model_path == "tiny-hunyuan-i2v":
+        from .tiny import tiny_hunyuan_i2v_prompt_template
+
+        return tiny_hunyuan_i2v_prompt_template()
+    from diffusers.pipelines.hunyuan_video.pipeline_hunyuan_video_image2video import DEFAULT_PROMPT_TEMPLATE
+
+    return DEFAULT_PROMPT_TEMPLATE
+
+
+def condition_tokens(family: str, transformer_config: dict, generation: GenerationConfig,
+                     model_path: str | None = None) -> int:
+    """Tokens of the text stream of one transformer call (padded text: ``max_sequence_length``).
+
+    HunyuanVideo image-to-video (``latent_concat``; ``token_replace`` has no multi-GPU plan): the Llava encoder
+    puts the image features in front of the prompt, the pipeline keeps every 2nd of them (``image_embed_interleave``
+    2, also for the negative prompt) and crops 4 assistant-header tokens from the text: 288 + 256 − 4 = 540 with
+    diffusers' default template."""
+    if family != "HunyuanVideoTransformer3DModel" or not transformer_config.get("image_condition_type"):
+        return generation.max_sequence_length
+    template = hunyuan_i2v_template(model_path)
+    image = template["image_emb_end"] - template["image_emb_start"]
+    return -(-image // 2) + generation.max_sequence_length - 4
+
+
 def token_counts(family: str, transformer_config: dict, generation: GenerationConfig,
-                 vae_config: dict | None = None) -> tuple[int, int]:
+                 vae_config: dict | None = None, model_path: str | None = None) -> tuple[int, int]:
     """(image tokens, text tokens) of one transformer call for this generation.
 
-    The VAE's compression comes from ``vae_config`` when given (Wan 2.2 5B compresses space by 16, not 8).
+    The VAE's compression comes from ``vae_config`` when given (Wan 2.2 5B compresses space by 16, not 8);
+    ``model_path`` picks HunyuanVideo I2V's prompt template (see :func:`condition_tokens`).
     """
     spec = _FAMILIES[family]
     vae = vae_config or {}
@@ -151,19 +178,23 @@ def token_counts(family: str, transformer_config: dict, generation: GenerationCo
     latent_frames = (generation.frames - 1) // vae_t + 1
     h = generation.height // vae_s // patch
     w = generation.width // vae_s // patch
-    return (latent_frames // patch_t) * h * w, generation.max_sequence_length
+    return (latent_frames // patch_t) * h * w, condition_tokens(family, transformer_config, generation, model_path)
 
 
 def check_sequence(family: str, transformer_config: dict, generation: GenerationConfig, degree: int,
-                   vae_config: dict | None = None) -> None:
+                   vae_config: dict | None = None, model_path: str | None = None) -> None:
     """diffusers' equipartition split asserts that every split length divides by the degree; say so up front."""
-    image, text = token_counts(family, transformer_config, generation, vae_config)
+    image, text = token_counts(family, transformer_config, generation, vae_config, model_path)
     g = generation
     if image % degree:
         raise ConfigError(f"{g.width}x{g.height}x{g.frames} gives {image:,} image tokens, which do not split "
                           f"evenly across {degree} GPUs (Ulysses splits the sequence); choose another --gpus "
                           f"or size")
     if _FAMILIES[family]["text_split"] and text % degree:
+        if text != g.max_sequence_length:
+            raise ConfigError(f"config key 'generation.max_sequence_length' ({g.max_sequence_length}) gives {text} "
+                              f"text-stream tokens with the image features, which must divide by the number of "
+                              f"GPUs ({degree}): Ulysses splits the text tokens too")
         raise ConfigError(f"config key 'generation.max_sequence_length' ({text} text tokens) must divide by the "
                           f"number of GPUs ({degree}): Ulysses splits the text tokens too")
 
@@ -209,8 +240,8 @@ def validate_parallel(model: ModelConfig, generation: GenerationConfig, degree: 
     heads = int(config.get("num_attention_heads", 24 if "Hunyuan" in family else 40))
     check_heads(heads, degree, f"{family} ({model.path})")
     if degree > 1:
-        check_sequence(family, config, generation, degree, vae_config)
-    image, text = token_counts(family, config, generation, vae_config)
+        check_sequence(family, config, generation, degree, vae_config, model.path)
+    image, text = token_counts(family, config, generation, vae_config, model.path)
     return {"family": family, "heads": heads, "heads_per_rank": heads // degree, "ulysses_degree": degree,
             "ring_degree": 1, "image_tokens": image, "text_tokens": text}
 
