@@ -220,3 +220,26 @@ def test_family_presets_state_their_token_counts():
         g = run.generation
         latent = ((g.frames - 1) // 4 + 1) * (g.height // 16) * (g.width // 16)  # Wan 8x + patch 2 = HV1.5 16x
         assert f"{latent:,}" in text
+
+
+def test_generate_with_model_compile_and_xattention(tmp_path, capsys, monkeypatch):
+    """model.compile with XAttention on HunyuanVideo (once refused): says that the first step compiles, and runs."""
+    import torch
+
+    import xattn_video.compile as compile_module
+
+    real = compile_module.compile_transformer
+    monkeypatch.setattr(compile_module, "compile_transformer",
+                        lambda t, **kw: real(t, backend="eager", **kw))  # dynamo's tracing, no C++ build
+    out = tmp_path / "c.mp4"
+    try:
+        rc = main(["generate", "--model", "tiny", "--steps", "2", "--height", "64", "--width", "64", "--set",
+                   "model.compile=true", "--set", "xattn.block_size=16", "--set", "xattn.threshold=0.3", "--set",
+                   "xattn.warmup_steps=1", "--out", str(out)])
+    finally:
+        torch._dynamo.reset()
+    assert rc == 0, capsys.readouterr().err
+    assert "model.compile: the first denoising step compiles" in capsys.readouterr().err
+    record = json.loads(out.with_suffix(".json").read_text())
+    sparse_step = record["xattn"]["density_per_step_layer"]["1"]
+    assert record["config"]["model"]["compile"] and all(v < 1 for v in sparse_step.values())

@@ -70,7 +70,7 @@ class ModelConfig:
     device: str = "auto"  # auto | cuda | cpu | cuda:N
     offload: Optional[str] = None  # None | model | sequential (diffusers CPU offload)
     vae_tiling: Optional[bool] = None  # default: on for real checkpoints, off for tiny
-    compile: bool = False  # regional torch.compile of the repeated transformer blocks (fullgraph)
+    compile: bool = False  # regional torch.compile of the repeated transformer blocks (generate.compile_pipeline)
 
 
 @dataclass

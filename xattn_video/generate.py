@@ -136,6 +136,11 @@ def run_pipeline(pipe: Any, run: RunConfig, latents: torch.Tensor | None = None,
     if image is None and g.image is not None:
         image = load_image(g.image)
     if run.model.compile:
+        if show_progress and not getattr(pipe.transformer, "_xvid_compiled", False):
+            import sys
+
+            print("model.compile: the first denoising step compiles the transformer blocks (1-3 min at full size)",
+                  file=sys.stderr, flush=True)
         compile_pipeline(pipe)  # once per pipeline; the first step pays for the compilation
     handle = None if run.dense else apply_xattention(pipe, run.xattn)
     step_ends: list[float] = []
