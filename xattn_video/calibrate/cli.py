@@ -6,6 +6,7 @@ import argparse
 from pathlib import Path
 from typing import Any
 
+from ..cli_options import add_model_options, model_option_values
 from ..config import TINY_MODELS, ConfigError, load_config
 from .defaults import DEFAULT_SAMPLES, DEFAULT_TAUS
 
@@ -36,26 +37,14 @@ def add_parser(sub: Any) -> None:
                    help=f"candidate τ, comma list (default {','.join(f'{t:g}' for t in DEFAULT_TAUS)})")
     p.add_argument("--samples", type=int, default=DEFAULT_SAMPLES, help="query blocks sampled per attention call")
     p.add_argument("--seed", type=int, help="generation seed (initial noise)")
-    p.add_argument("--model", help="'tiny' (built-in random-weight model), a local diffusers folder, or a hub id")
-    p.add_argument("--config", type=Path, help="YAML preset (see configs/)")
-    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                   help="override any config key, e.g. --set xattn.warmup_steps=2 (repeatable)")
-    p.add_argument("--height", type=int)
-    p.add_argument("--width", type=int)
-    p.add_argument("--frames", type=int, help="number of frames (4k+1)")
-    p.add_argument("--offload", choices=["model", "sequential"], help="diffusers CPU offload")
-    p.add_argument("--device", help="auto, cpu, cuda or cuda:N")
+    add_model_options(p)
     p.set_defaults(func=cmd_calibrate)
 
 
 def _extra(args: argparse.Namespace) -> dict[str, Any]:
-    extra: dict[str, Any] = {"model": {}, "generation": {}}
-    for key, dest in (("path", "model"), ("offload", "offload"), ("device", "device")):
-        if getattr(args, dest) is not None:
-            extra["model"][key] = getattr(args, dest)
-    for key in ("height", "width", "frames", "seed"):
-        if getattr(args, key) is not None:
-            extra["generation"][key] = getattr(args, key)
+    extra = model_option_values(args)
+    if args.seed is not None:
+        extra["generation"]["seed"] = args.seed
     return extra
 
 
