@@ -98,8 +98,11 @@ def test_whole_run_on_tiny_models_on_the_cpu(monkeypatch, tmp_path):
                                           "cap0.35-reuse2"])
     for spec in e2e.MODELS.values():
         monkeypatch.setitem(spec.shapes, "tiny", e2e.Shape("tiny", 128, 128, 9))
+    tiny_hv15 = dict(in_channels=17, out_channels=8, num_attention_heads=2, attention_head_dim=64, num_layers=1,
+                     num_refiner_layers=1, mlp_ratio=2.0, text_embed_dim=32, text_embed_2_dim=32, image_embed_dim=32,
+                     rope_axes_dim=(16, 24, 24), target_size=128, task_type="t2v")
     res = e2e.run(args, lambda msg: None, device=torch.device("cpu"),
-                  config_overrides={"hunyuan-video": TINY_HV, "wan2.1-14b": tiny_wan})
+                  config_overrides={"hunyuan-video": TINY_HV, "wan2.1-14b": tiny_wan, "hunyuan-video-1.5": tiny_hv15})
     rows = {(r["model"], r["setting"]): r for r in res["rows"]}
     hv = [rows[("hunyuan-video", s)] for s in ("stock", "dense", "cap0.35", "cap0.35-reuse2")]
     assert all("total_ms" in r and r["output_finite"] for r in hv)
@@ -110,6 +113,11 @@ def test_whole_run_on_tiny_models_on_the_cpu(monkeypatch, tmp_path):
     assert all("total_ms" in r and r["output_finite"] for r in wan)  # installed through pipelines/dispatch.py
     assert wan[2]["sparse_calls"] == 1 and wan[3]["reuse_hits"] == 1
     assert "cap0.35-reuse2" in e2e.markdown(res)
+    hv15 = [rows[("hunyuan-video-1.5", s)] for s in ("stock", "dense", "cap0.35", "cap0.35-reuse2")]
+    assert all("total_ms" in r and r["output_finite"] for r in hv15)
+    # the sparse path ran (tiny sizes: 2 valid key blocks, the condition region dominates, so density is 1)
+    assert hv15[2]["sparse_calls"] == 1 and hv15[3]["reuse_hits"] == 1 and hv15[2]["estimate_ms"] > 0
+    assert hv15[0]["tokens"] == 3 * 8 * 8 + e2e.HUNYUAN15.text_tokens  # 16x VAE: 128 px -> 8 latents, + 1,985
 
 
 def test_compiled_pass_on_a_tiny_model_on_the_cpu(monkeypatch):

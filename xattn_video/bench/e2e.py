@@ -1,6 +1,7 @@
 """End-to-end speed: one transformer forward (= one denoising step) of full-size video models, stock vs ours.
 
-The transformers are built from diffusers' default configs (HunyuanVideo 13B, Wan 2.1 14B) with random bf16
+The transformers are built from diffusers' default configs (HunyuanVideo 13B, Wan 2.1 14B — Wan 2.2 A14B's
+experts have its shape —, HunyuanVideo 1.5 8.3B) with random bf16
 weights directly on the GPU — no download; their outputs are noise, only the time means anything. Per model
 and shape it runs one forward per setting:
 
@@ -64,8 +65,9 @@ class ModelSpec:
     default_shapes: tuple[str, ...]
     make_inputs: Callable[[Any, Shape, torch.device], dict]
     image_tokens: Callable[[Any, Shape], int]
-    text_tokens: int
+    text_tokens: int  # condition tokens per call (HunyuanVideo 1.5: Qwen text + ByT5 + image slots)
     text_valid: int
+    joint_text: bool = True  # the condition tokens take part in self-attention (Wan: cross-attention only)
     # Install our attention (dense path or XAttention) on a transformer; returns a handle with .remove() and
     # .state.stats. None: our attention is not installable on this model.
     install: Callable[[Any, dict], Any] | None = None
@@ -155,10 +157,53 @@ WAN = ModelSpec(
     image_tokens=_tokens((1, 2, 2)),
     text_tokens=512,
     text_valid=512,
+    joint_text=False,
     install=_installer("WanPipeline"),  # self-attention has no text and no mask
 )
 
-MODELS: dict[str, ModelSpec] = {m.name: m for m in (HUNYUAN, WAN)}
+# HunyuanVideo 1.5 T2V condition tokens: 1,000 Qwen text (40 valid), 256 ByT5 (none valid: no quoted text),
+# 729 SigLIP image slots (all invalid in T2V); the transformer puts the valid ones first.
+HV15_TEXT, HV15_TEXT_VALID, HV15_BYT5, HV15_IMAGE = 1000, 40, 256, 729
+
+
+def _hunyuan15_inputs(transformer: Any, shape: Shape, device: torch.device) -> dict:
+    cfg = transformer.config
+    t, h, w = shape.latent(spatial=16)
+    gen = torch.Generator(device=device).manual_seed(0)
+    dtype = torch.bfloat16
+    mask = torch.zeros(1, HV15_TEXT, dtype=torch.bool, device=device)
+    mask[:, :HV15_TEXT_VALID] = True
+    return dict(
+        hidden_states=torch.randn(1, cfg.in_channels, t, h, w, generator=gen, device=device, dtype=dtype),
+        timestep=torch.tensor([500.0], device=device, dtype=dtype),  # as the pipeline passes it (latents' dtype)
+        encoder_hidden_states=torch.randn(1, HV15_TEXT, cfg.text_embed_dim, generator=gen, device=device, dtype=dtype),
+        encoder_attention_mask=mask,
+        encoder_hidden_states_2=torch.randn(1, HV15_BYT5, cfg.text_embed_2_dim, generator=gen, device=device,
+                                            dtype=dtype),
+        encoder_attention_mask_2=torch.zeros(1, HV15_BYT5, dtype=torch.bool, device=device),
+        image_embeds=torch.zeros(1, HV15_IMAGE, cfg.image_embed_dim, device=device, dtype=dtype),  # T2V
+        return_dict=False,
+    )
+
+
+def _hunyuan15_tokens(transformer: Any, shape: Shape) -> int:
+    t, h, w = shape.latent(spatial=16)  # VAE 16x space, 4x time; patch 1
+    return t * h * w
+
+
+HUNYUAN15 = ModelSpec(
+    name="hunyuan-video-1.5",
+    diffusers_class="HunyuanVideo15Transformer3DModel",
+    shapes={"720p": Shape("720p×121f", 720, 1280, 121), "480p": Shape("480p×121f", 480, 848, 121)},
+    default_shapes=("720p",),
+    make_inputs=_hunyuan15_inputs,
+    image_tokens=_hunyuan15_tokens,
+    text_tokens=HV15_TEXT + HV15_BYT5 + HV15_IMAGE,
+    text_valid=HV15_TEXT_VALID,
+    install=_installer("HunyuanVideo15Pipeline"),
+)
+
+MODELS: dict[str, ModelSpec] = {m.name: m for m in (HUNYUAN, WAN, HUNYUAN15)}
 
 
 def xattn_settings(warmup: int) -> dict[str, dict | None]:
@@ -462,7 +507,7 @@ def run(args: argparse.Namespace, log: Callable[[str], None], device: torch.devi
                 continue
             shape = spec.shapes[shape_key]
             n_img = spec.image_tokens(transformer, shape)
-            text = spec.text_tokens if spec.name == "hunyuan-video" else 0  # Wan: text only in cross-attention
+            text = spec.text_tokens if spec.joint_text else 0  # Wan: text only in cross-attention
             q_len, kv_len = n_img + text, n_img + (spec.text_valid if text else 0)
             inputs = spec.make_inputs(transformer, shape, device)
             with torch.no_grad():  # untimed: the first forward at a shape pays one-time costs (GEMM heuristics,
@@ -543,7 +588,7 @@ def build_parser() -> argparse.ArgumentParser:
                                 epilog="Budget on an H100: HunyuanVideo stock forward ~32 s at 720p, ~1.4 s at 544p; "
                                        "the default run (both models) takes ~5 min.")
     p.add_argument("--models", nargs="+", choices=list(MODELS), default=list(MODELS))
-    p.add_argument("--shapes", nargs="+", help="shape keys (hunyuan-video: 720p 544p; wan2.1-14b: 720p 480p); "
+    p.add_argument("--shapes", nargs="+", help="shape keys (hunyuan-video: 720p 544p; wan2.1-14b: 720p 480p; hunyuan-video-1.5: 720p 480p); "
                                                "default: each model's presets")
     p.add_argument("--settings", nargs="+", choices=SETTINGS, default=list(SETTINGS))
     p.add_argument("--steps", type=int, default=50, help="denoising steps of the projected video")
