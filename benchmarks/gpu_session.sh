@@ -1,6 +1,6 @@
 #!/bin/bash
 # One device-machine session: install carried wheels, run the GPU tests, then the given python steps.
-# Usage (from the repo root on the GPU machine): bash benchmarks/gpu_session.sh [tests] [bench] [bench-quick] [e2e] [e2e-544] [e2e-c720] [e2e-c544] [e2e-cwan] [wan-forward] [reuse] [multigpu]
+# Usage (from the repo root on the GPU machine): bash benchmarks/gpu_session.sh [tests] [bench] [bench-quick] [e2e] [e2e-544] [e2e-c720] [e2e-c544] [e2e-cwan] [e2e-c15] [wan-forward] [reuse] [multigpu]
 set -u
 OUT=${OUT:-/tmp/out}
 mkdir -p "$OUT"
@@ -20,6 +20,7 @@ for step in "$@"; do
     e2e-c720) timeout 590 python3 benchmarks/bench_e2e.py --models hunyuan-video --shapes 720p --compile --settings stock dense cap0.35 cap0.35-reuse2 --name e2e-compile-hunyuan-720p-$(gpu) --out-dir "$OUT" 2>&1 | tee "$OUT/e2e-c720.txt" | tail -30 ;;
     e2e-c544) timeout 300 python3 benchmarks/bench_e2e.py --models hunyuan-video --shapes 544p --compile --name e2e-compile-hunyuan-544p-$(gpu) --out-dir "$OUT" 2>&1 | tee "$OUT/e2e-c544.txt" | tail -30 ;;
     e2e-cwan) timeout 400 python3 benchmarks/bench_e2e.py --models wan2.1-14b --compile --settings stock dense cap0.2 cap0.35 cap0.35-reuse2 --name e2e-compile-wan-720p-$(gpu) --out-dir "$OUT" 2>&1 | tee "$OUT/e2e-cwan.txt" | tail -30 ;;
+    e2e-c15) timeout 560 python3 benchmarks/bench_e2e.py --models hunyuan-video-1.5 --compile --settings stock dense cap0.35 cap0.35-reuse2 --name e2e-compile-hunyuan15-720p-$(gpu) --out-dir "$OUT" 2>&1 | tee "$OUT/e2e-c15.txt" | tail -30 ;;
     wan-forward) timeout 300 python3 benchmarks/bench_wan_forward.py --out-dir "$OUT" 2>&1 | tee "$OUT/wan-forward.txt" | tail -20 ;;
     reuse) timeout 300 python3 benchmarks/bench_reuse.py --full --out-dir "$OUT" 2>&1 | tee "$OUT/reuse.txt" | tail -20 ;;
     multigpu) timeout 590 python3 benchmarks/bench_multigpu.py --gpus 1 2 --out-dir "$OUT" 2>&1 | tee "$OUT/multigpu.txt" | tail -30 ;;
