@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 from typing import Any, Sequence
 
+from .cli_options import add_model_options, model_values
 from .config import TINY_MODELS, ConfigError, load_config
 # Every user mistake is one of these: the CLI prints one line and exits 2. Anything else is a bug: traceback.
 # torch and diffusers load only once a command runs, so `xvid --help` and argument errors are instant.
@@ -25,38 +26,13 @@ def _user_errors() -> tuple[type[BaseException], ...]:
 
 
 def _add_run_options(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--model", help="a built-in random-weight model (tiny, tiny-wan, tiny-wan22, tiny-wan-i2v, "
-                                   "tiny-wan22-i2v, tiny-hunyuan15, tiny-hunyuan15-i2v), a local diffusers folder or "
-                                   "a hub id; the pipeline class comes from its model_index.json")
-    p.add_argument("--image", help="conditioning image file (image-to-video pipelines only)")
-    p.add_argument("--config", type=Path, help="YAML preset (see configs/)")
-    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                   help="override any config key, e.g. --set xattn.threshold=0.95 (repeatable)")
-    p.add_argument("--height", type=int)
-    p.add_argument("--width", type=int)
-    p.add_argument("--frames", type=int, help="number of frames (4k+1)")
+    add_model_options(p)
     p.add_argument("--steps", type=int, help="denoising steps")
-    p.add_argument("--offload", choices=["model", "sequential"], help="diffusers CPU offload")
-    p.add_argument("--device", help="auto, cpu, cuda or cuda:N")
 
 
 def _cli_values(args: argparse.Namespace) -> dict[str, Any]:
     """Options given on the command line, as a nested config dict (None = not given)."""
-    extra: dict[str, Any] = {"model": {}, "generation": {}}
-    if args.model is not None:
-        extra["model"]["path"] = args.model
-    if args.offload is not None:
-        extra["model"]["offload"] = args.offload
-    if args.device is not None:
-        extra["model"]["device"] = args.device
-    for key in ("height", "width", "frames", "steps"):
-        if getattr(args, key) is not None:
-            extra["generation"][key] = getattr(args, key)
-    if getattr(args, "image", None) is not None:
-        extra["generation"]["image"] = args.image
-    for key in ("prompt", "seed"):
-        if getattr(args, key, None) is not None:
-            extra["generation"][key] = getattr(args, key)
+    extra = model_values(args, also=("prompt", "seed"))
     if getattr(args, "dense", False):
         extra["dense"] = True
     return extra

@@ -6,6 +6,7 @@ import argparse
 from pathlib import Path
 from typing import Any
 
+from ..cli_options import add_model_options, model_values
 from ..config import TINY_MODELS, ConfigError, load_config
 from .defaults import DEFAULT_SAMPLES, DEFAULT_TAUS
 
@@ -36,27 +37,9 @@ def add_parser(sub: Any) -> None:
                    help=f"candidate τ, comma list (default {','.join(f'{t:g}' for t in DEFAULT_TAUS)})")
     p.add_argument("--samples", type=int, default=DEFAULT_SAMPLES, help="query blocks sampled per attention call")
     p.add_argument("--seed", type=int, help="generation seed (initial noise)")
-    p.add_argument("--model", help="'tiny' (built-in random-weight model), a local diffusers folder, or a hub id")
-    p.add_argument("--config", type=Path, help="YAML preset (see configs/)")
-    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                   help="override any config key, e.g. --set xattn.warmup_steps=2 (repeatable)")
-    p.add_argument("--height", type=int)
-    p.add_argument("--width", type=int)
-    p.add_argument("--frames", type=int, help="number of frames (4k+1)")
-    p.add_argument("--offload", choices=["model", "sequential"], help="diffusers CPU offload")
-    p.add_argument("--device", help="auto, cpu, cuda or cuda:N")
+    add_model_options(p, image=False, set_example="xattn.warmup_steps=2",
+                      model_help="'tiny' (built-in random-weight model), a local diffusers folder, or a hub id")
     p.set_defaults(func=cmd_calibrate)
-
-
-def _extra(args: argparse.Namespace) -> dict[str, Any]:
-    extra: dict[str, Any] = {"model": {}, "generation": {}}
-    for key, dest in (("path", "model"), ("offload", "offload"), ("device", "device")):
-        if getattr(args, dest) is not None:
-            extra["model"][key] = getattr(args, dest)
-    for key in ("height", "width", "frames", "seed"):
-        if getattr(args, key) is not None:
-            extra["generation"][key] = getattr(args, key)
-    return extra
 
 
 def cmd_calibrate(args: argparse.Namespace) -> int:
@@ -72,7 +55,7 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
     if not args.prompts.is_file():
         raise ConfigError(f"prompt file not found: {args.prompts}")
     prompts = read_prompts(args.prompts)
-    run = load_config(args.config, args.overrides, extra=_extra(args))
+    run = load_config(args.config, args.overrides, extra=model_values(args, also=("seed",)))
     result = run_calibration(run, prompts, args.profile_steps, target_recall=args.target_recall,
                              target_error=args.target_error, density=args.density, per_head=args.per_head,
                              out=args.out, taus=args.taus, samples=args.samples)
