@@ -17,7 +17,7 @@ prompts are averaged (density and recall weighted by blocks and rows, error as a
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from typing import Sequence
 
 import torch
@@ -46,8 +46,8 @@ def check_taus(taus: Sequence[float]) -> tuple[float, ...]:
 
 
 @dataclass
-class CallProfile:
-    """Sums for one attention call; H heads × T candidates, float64 on the CPU.
+class HeadSums:
+    """Per-head sums; H heads × T candidates, float64 on the CPU (shared by ``CallProfile`` and ``LayerProfile``).
 
     kept [H, T] and possible [H]: blocks kept / possible (density = kept / possible);
     recall_sum [H, T] over ``rows`` [H] sampled query rows; err_num [H, T] = Σ‖O_τ − O‖², err_den [H] = Σ‖O‖².
@@ -59,7 +59,6 @@ class CallProfile:
     rows: torch.Tensor
     err_num: torch.Tensor
     err_den: torch.Tensor
-    query_blocks: list[int] = field(default_factory=list)  # the sampled query blocks
 
     def density(self) -> torch.Tensor:
         return self.kept / self.possible.clamp_min(1.0)[:, None]
@@ -69,6 +68,17 @@ class CallProfile:
 
     def error(self) -> torch.Tensor:
         return (self.err_num / self.err_den.clamp_min(1e-30)[:, None]).sqrt()
+
+
+# The tensor fields of HeadSums, in order: what a layer sums and what the profile JSON holds per layer.
+SUM_FIELDS = tuple(f.name for f in fields(HeadSums))
+
+
+@dataclass
+class CallProfile(HeadSums):
+    """Sums for one attention call (see ``HeadSums``)."""
+
+    query_blocks: list[int] = field(default_factory=list)  # the sampled query blocks
 
 
 def sample_query_blocks(num_q_blocks: int, samples: int, generator: torch.Generator | None) -> list[int]:
@@ -193,28 +203,19 @@ def _head_stats(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, keep: torch.T
 
 
 @dataclass
-class LayerProfile:
-    """Sums over all profiled calls of one layer (see ``CallProfile``)."""
+class LayerProfile(HeadSums):
+    """Sums over all profiled calls of one layer (see ``HeadSums``)."""
 
-    kept: torch.Tensor
-    possible: torch.Tensor
-    recall_sum: torch.Tensor
-    rows: torch.Tensor
-    err_num: torch.Tensor
-    err_den: torch.Tensor
     calls: int = 0
 
     def add(self, call: CallProfile) -> None:
-        for name in ("kept", "possible", "recall_sum", "rows", "err_num", "err_den"):
+        for name in SUM_FIELDS:
             getattr(self, name).add_(getattr(call, name))
         self.calls += 1
 
     def head_stats(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """(density, recall, error), each float64 [H, T]."""
-        density = self.kept / self.possible.clamp_min(1.0)[:, None]
-        recall = self.recall_sum / self.rows.clamp_min(1.0)[:, None]
-        error = (self.err_num / self.err_den.clamp_min(1e-30)[:, None]).sqrt()
-        return density, recall, error
+        return self.density(), self.recall(), self.error()
 
     def layer_stats(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """(density, recall, error) of the whole layer with one τ on every head, each float64 [T]."""
@@ -227,7 +228,7 @@ class LayerProfile:
 class CalibrationProfile:
     """Profiles of many calls, summed per layer ([H, T] per layer: small at 60 layers × 24 heads)."""
 
-    FIELDS = ("kept", "possible", "recall_sum", "rows", "err_num", "err_den")
+    FIELDS = SUM_FIELDS
 
     def __init__(self, taus: Sequence[float] = DEFAULT_TAUS):
         self.taus = check_taus(taus)
