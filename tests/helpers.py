@@ -8,6 +8,7 @@ ids ``seed<N>``), so a failure names its seed and reruns identically: ``pytest -
 from __future__ import annotations
 
 import os
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -16,6 +17,8 @@ import torch
 SEEDS: tuple[int, ...] = tuple(int(s) for s in os.environ.get("XATTN_TEST_SEEDS", "0").split(",") if s.strip())
 HAS_CUDA = torch.cuda.is_available()
 requires_cuda = pytest.mark.skipif(not HAS_CUDA, reason="needs a CUDA GPU")
+# torch.testing.assert_close's float32 defaults, for ``assert_close`` where a test relied on them
+TORCH_F32_TOL: dict[str, float] = {"atol": 1e-5, "rtol": 1.3e-6}
 
 
 def seed_id(seed: int) -> str:
@@ -29,6 +32,13 @@ def generator(seed: int) -> torch.Generator:
 
 def numpy_rng(seed: int) -> np.random.Generator:
     return np.random.default_rng(seed)
+
+
+def write_prompts(folder: Path, text: str, name: str = "p.txt") -> Path:
+    """A prompt file ``folder/name`` holding ``text`` (the CLI's --prompts); returns its path."""
+    path = folder / name
+    path.write_text(text)
+    return path
 
 
 def make_qkv(gen: torch.Generator, B: int, Sq: int, H: int, D: int = 64, *, Sk: int | None = None,

@@ -8,7 +8,8 @@ import pytest
 import torch
 from omegaconf import OmegaConf
 
-from xattn_video.calibrate import CalibrationProfile, profile_attention, solve
+from helpers import assert_close, write_prompts
+from xattn_video.calibrate import CalibrationProfile, CallProfile, profile_attention, solve
 from xattn_video.calibrate import profile as profile_mod
 from xattn_video.calibrate.solver import Unit, _spend_budget, check_target
 from xattn_video.cli import main
@@ -69,10 +70,37 @@ def test_profile_matches_brute_force(gen, monkeypatch, B, S, kv_len, text_start,
     q, k, v = (x.nan_to_num(0.0) for x in (q, k, v))
     dens, rec, err = brute_force(q, k, v, taus, call.query_blocks, kv, text_start, block_size, 8)
     msg = f"seed {gen.initial_seed()}"
-    torch.testing.assert_close(call.density(), dens, atol=1e-6, rtol=0, msg=msg)
-    torch.testing.assert_close(call.recall(), rec, atol=1e-5, rtol=0, msg=msg)
-    torch.testing.assert_close(call.error(), err, atol=1e-4, rtol=1e-4, msg=msg)
+    assert_close(call.density(), dens, atol=1e-6, rtol=0, seed=gen, what="density")
+    assert_close(call.recall(), rec, atol=1e-5, rtol=0, seed=gen, what="recall")
+    assert_close(call.error(), err, atol=1e-4, rtol=1e-4, seed=gen, what="error")
     assert (rec[:, 0] < 0.999).any() and (rec[:, -1] > 0.9999).all(), msg  # the check is not vacuous
+
+
+def test_raw_profile_json_round_trip(gen):
+    """Sums add up per layer, and the JSON layout (what calibrate writes as the .json) is stable."""
+    H, T = 3, 4
+
+    def call():
+        sums = {n: torch.rand(H, T, generator=gen, dtype=torch.float64) for n in ("kept", "recall_sum", "err_num")}
+        sums.update({n: torch.rand(H, generator=gen, dtype=torch.float64) for n in ("possible", "rows", "err_den")})
+        return CallProfile(**sums, query_blocks=[0, 2])
+
+    prof = CalibrationProfile((0.5, 0.8, 0.9, 1.0))
+    calls = [call(), call(), call()]
+    for layer, c in zip((0, "t2.1", 0), calls):
+        prof.add(layer, c)
+    data = json.loads(json.dumps(prof.to_dict()))
+    assert list(data) == ["taus", "layers"] and list(data["layers"]) == ["0", "t2.1"]
+    assert list(data["layers"]["0"]) == ["calls", "kept", "possible", "recall_sum", "rows", "err_num", "err_den"]
+    assert data["layers"]["0"]["calls"] == 2 and data["layers"]["t2.1"]["calls"] == 1
+    err_den = torch.tensor(data["layers"]["0"]["err_den"], dtype=torch.float64)
+    assert_close(err_den, calls[0].err_den + calls[2].err_den, seed=gen, atol=1e-12, rtol=0)
+    back = CalibrationProfile.from_dict(data)
+    assert back.to_dict() == data and back.num_calls == 3
+    d, r, e = back.layers[0].head_stats()
+    assert d.shape == r.shape == e.shape == (H, T)
+    assert_close(e, ((calls[0].err_num + calls[2].err_num) / (calls[0].err_den + calls[2].err_den)[:, None]).sqrt(),
+                 seed=gen, atol=1e-12, rtol=1e-12)
 
 
 # ---------------------------------------------------------------- solver
@@ -84,17 +112,16 @@ def _unit(kept, recall, possible=10.0):
     return Unit(layer=0, head=None, kept=kept, possible=possible, recall=recall, error=1 - recall)
 
 
-def test_density_budget_spends_blocks_where_recall_gains_most():
-    # unit a: 2 more blocks buy 0.4 recall; unit b: 2 more blocks buy 0.05; budget allows one upgrade
+@pytest.mark.parametrize("budget,feasible,choices", [
+    ((4 + 2) / 20, True, (1, 0)),  # one upgrade: to a
+    ((4 + 4) / 20, True, (1, 1)),
+    (0.1, False, (0, 0)),  # below the cheapest choice: infeasible, cheapest kept
+])
+def test_density_budget_spends_blocks_where_recall_gains_most(budget, feasible, choices):
+    # unit a: 2 more blocks buy 0.4 recall; unit b: 2 more blocks buy 0.05
     a, b = _unit([2, 4, 10], [0.5, 0.9, 1.0]), _unit([2, 4, 10], [0.9, 0.95, 1.0])
-    assert _spend_budget([a, b], budget=(4 + 2) / 20)
-    assert (a.choice, b.choice) == (1, 0)
-    a, b = _unit([2, 4, 10], [0.5, 0.9, 1.0]), _unit([2, 4, 10], [0.9, 0.95, 1.0])
-    assert _spend_budget([a, b], budget=(4 + 4) / 20)
-    assert (a.choice, b.choice) == (1, 1)
-    a, b = _unit([2, 4, 10], [0.5, 0.9, 1.0]), _unit([2, 4, 10], [0.9, 0.95, 1.0])
-    assert not _spend_budget([a, b], budget=0.1)  # below the cheapest choice: infeasible, cheapest kept
-    assert (a.choice, b.choice) == (0, 0)
+    assert bool(_spend_budget([a, b], budget=budget)) is feasible
+    assert (a.choice, b.choice) == choices
 
 
 @pytest.mark.parametrize("kwargs,message", [
@@ -244,8 +271,7 @@ def test_density_budget_gives_more_recall_than_uniform_at_equal_density(profiles
 @pytest.mark.parametrize("target", [["--target-recall", "0"], ["--target-recall", "1.01"],
                                     ["--target-error", "-0.5"], ["--density", "0"], ["--density", "2"]])
 def test_cli_bad_target_is_one_line_exit_2_and_no_yaml(tmp_path, capsys, target):
-    prompts = tmp_path / "p.txt"
-    prompts.write_text("a cat\n")
+    prompts = write_prompts(tmp_path, "a cat\n")
     out = tmp_path / "out" / "calib.yaml"
     assert main(["calibrate", "--model", "tiny", "--prompts", str(prompts), *target, "--out", str(out)]) == 2
     err = capsys.readouterr().err.strip()
@@ -255,8 +281,7 @@ def test_cli_bad_target_is_one_line_exit_2_and_no_yaml(tmp_path, capsys, target)
 
 @pytest.mark.parametrize("content", ["", "# only a comment\n\n"])
 def test_cli_empty_prompts_file(tmp_path, capsys, content):
-    prompts = tmp_path / "p.txt"
-    prompts.write_text(content)
+    prompts = write_prompts(tmp_path, content)
     out = tmp_path / "calib.yaml"
     assert main(["calibrate", "--model", "tiny", "--prompts", str(prompts), "--target-recall", "0.9",
                  "--out", str(out)]) == 2
@@ -265,8 +290,7 @@ def test_cli_empty_prompts_file(tmp_path, capsys, content):
 
 
 def test_cli_calibrate_tiny_round_trips_through_generate(tmp_path, capsys):
-    prompts = tmp_path / "p.txt"
-    prompts.write_text("# calibration prompts\na red fox in the snow\n")
+    prompts = write_prompts(tmp_path, "# calibration prompts\na red fox in the snow\n")
     out = tmp_path / "calib.yaml"
     rc = main(["calibrate", "--model", "tiny", "--prompts", str(prompts), "--steps", "1", "--frames", "5",
                "--target-recall", "0.9", "--per-head", "--samples", "4", "--set", "xattn.dense_layers=[1]",

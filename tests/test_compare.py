@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from helpers import write_prompts
 from xattn_video.cli import main
 from xattn_video.config import ConfigError, load_config
 from xattn_video.eval import compare as compare_module
@@ -16,6 +17,16 @@ from xattn_video.eval.scorers import register_scorer, registry
 from xattn_video.pipelines.tiny import build_tiny_pipeline
 
 SMALL = ["generation.steps=3", "generation.frames=5"]
+
+
+def small_run(*overrides):
+    """The tiny model's config at 5 frames, 3 steps, with ``overrides`` on top."""
+    return load_config(overrides=SMALL + list(overrides))
+
+
+def run_compare(run, out, pipe, metrics="psnr", prompts=("a cat",)):
+    """``compare`` of ``prompts`` at seed 0 into ``out``, no progress bars; returns the report."""
+    return compare_module.compare(run, list(prompts), [0], metrics, out, pipe=pipe, show_progress=False)
 
 
 @pytest.fixture(scope="module")
@@ -42,8 +53,8 @@ def isolated_scorers(monkeypatch):
 
 def test_compare_two_prompts_writes_report_and_plots(tmp_path, capsys, isolated_scorers):
     register_scorer("fake", FakeHook)
-    prompts = tmp_path / "prompts.txt"
-    prompts.write_text("a cat walks on the grass\n# a comment line\n\na red fox in the snow\n")
+    prompts = write_prompts(tmp_path, "a cat walks on the grass\n# a comment line\n\na red fox in the snow\n",
+                            "prompts.txt")
     out = tmp_path / "cmp"
     rc = main(["compare", "--prompts", str(prompts), "--metrics", "psnr,ssim,lpips,flicker,fake",
                "--out-dir", str(out), *sum((["--set", s] for s in SMALL), [])])
@@ -67,8 +78,8 @@ def test_compare_two_prompts_writes_report_and_plots(tmp_path, capsys, isolated_
 
 
 def test_tau_one_videos_match(tmp_path, pipe):
-    run = load_config(overrides=SMALL + ["xattn.threshold=1.0", "xattn.dense_backend=stock"])
-    report = compare_module.compare(run, ["a cat"], [0], "psnr,ssim", tmp_path, pipe=pipe, show_progress=False)
+    run = small_run("xattn.threshold=1.0", "xattn.dense_backend=stock")
+    report = run_compare(run, tmp_path, pipe, "psnr,ssim")
     item = report["items"][0]
     assert item["pairwise"]["psnr"] == "inf"
     assert item["pairwise"]["ssim"] == pytest.approx(1.0)
@@ -77,8 +88,8 @@ def test_tau_one_videos_match(tmp_path, pipe):
 
 
 def test_sparse_videos_differ(tmp_path, pipe):
-    run = load_config(overrides=SMALL + ["xattn.threshold=0.3", "xattn.warmup_steps=0"])
-    report = compare_module.compare(run, ["a cat"], [0], "psnr", tmp_path, pipe=pipe, show_progress=False)
+    run = small_run("xattn.threshold=0.3", "xattn.warmup_steps=0")
+    report = run_compare(run, tmp_path, pipe)
     psnr = report["items"][0]["pairwise"]["psnr"]
     assert psnr != "inf" and math.isfinite(psnr)
 
@@ -87,9 +98,8 @@ def test_vbench_absent_is_a_clear_skip(tmp_path, pipe, monkeypatch):
     # This interpreter has no vbench, and the cache is empty: both reasons must reach the report.
     monkeypatch.setenv("XVID_VBENCH_PYTHON", sys.executable)
     monkeypatch.setenv("VBENCH_CACHE_DIR", str(tmp_path / "empty-cache"))
-    run = load_config(overrides=SMALL)
-    report = compare_module.compare(run, ["a cat"], [0], "psnr,vbench:subject_consistency", tmp_path / "out",
-                                    pipe=pipe, show_progress=False)
+    run = small_run()
+    report = run_compare(run, tmp_path / "out", pipe, "psnr,vbench:subject_consistency")
     reason = report["skipped"]["vbench"]
     assert reason.startswith("VBench is unavailable: ")
     assert "vbench does not import" in reason
@@ -97,27 +107,6 @@ def test_vbench_absent_is_a_clear_skip(tmp_path, pipe, monkeypatch):
     assert str(tmp_path / "empty-cache" / "dino_model") in reason
     assert report["items"][0]["pairwise"]["psnr"] is not None  # the other metrics still ran
     assert f"- **vbench**: {reason}" in (tmp_path / "out" / "report.md").read_text()
-
-
-def test_resume_skips_finished_videos(tmp_path, pipe, monkeypatch):
-    run = load_config(overrides=SMALL)
-    compare_module.compare(run, ["a cat", "a dog"], [0], "psnr", tmp_path, pipe=pipe, show_progress=False)
-    first = json.loads((tmp_path / "report.json").read_text())
-    # "interrupt": the second item lost its XAttention video and its result
-    folder = tmp_path / first["items"][1]["folder"]
-    for name in ("xattn.npy", "xattn.json", "result.json"):
-        (folder / name).unlink()
-    calls = []
-    real = compare_module._video
-
-    def counting(pipe, run, variant, folder, latents, show_progress, **kwargs):
-        calls.append((folder.name, variant))
-        return real(pipe, run, variant, folder, latents, show_progress, **kwargs)
-
-    monkeypatch.setattr(compare_module, "_video", counting)
-    second = compare_module.compare(run, ["a cat", "a dog"], [0], "psnr", tmp_path, pipe=pipe, show_progress=False)
-    assert calls == [(folder.name, "xattn")]  # item 0 untouched, item 1's dense video reused
-    assert second["items"][1]["pairwise"]["psnr"] == pytest.approx(first["items"][1]["pairwise"]["psnr"], rel=1e-6)
 
 
 @pytest.fixture
@@ -134,13 +123,26 @@ def generations(monkeypatch):
     return calls
 
 
+def test_resume_skips_finished_videos(tmp_path, pipe, generations):
+    run = small_run()
+    run_compare(run, tmp_path, pipe, prompts=("a cat", "a dog"))
+    first = json.loads((tmp_path / "report.json").read_text())
+    # "interrupt": the second item lost its XAttention video and its result
+    folder = tmp_path / first["items"][1]["folder"]
+    for name in ("xattn.npy", "xattn.json", "result.json"):
+        (folder / name).unlink()
+    generations.clear()
+    second = run_compare(run, tmp_path, pipe, prompts=("a cat", "a dog"))
+    assert generations == [(folder.name, "xattn")]  # item 0 untouched, item 1's dense video reused
+    assert second["items"][1]["pairwise"]["psnr"] == pytest.approx(first["items"][1]["pairwise"]["psnr"], rel=1e-6)
+
+
 def test_resume_with_another_threshold_regenerates_the_xattention_video(tmp_path, pipe, generations, capsys):
-    first = compare_module.compare(load_config(overrides=SMALL + ["xattn.threshold=0.9", "xattn.warmup_steps=0"]),
-                                   ["a cat"], [0], "psnr", tmp_path, pipe=pipe, show_progress=False)
-    run = load_config(overrides=SMALL + ["xattn.threshold=0.3", "xattn.warmup_steps=0"])
+    first = run_compare(small_run("xattn.threshold=0.9", "xattn.warmup_steps=0"), tmp_path, pipe)
+    run = small_run("xattn.threshold=0.3", "xattn.warmup_steps=0")
     generations.clear()
     capsys.readouterr()
-    again = compare_module.compare(run, ["a cat"], [0], "psnr", tmp_path, pipe=pipe, show_progress=False)
+    again = run_compare(run, tmp_path, pipe)
     assert [v for _, v in generations] == ["xattn"]  # the dense video does not depend on τ: reused
     assert "xattn.threshold: 0.9 -> 0.3" in capsys.readouterr().err
     record = json.loads((tmp_path / again["items"][0]["folder"] / "xattn.json").read_text())
@@ -150,11 +152,10 @@ def test_resume_with_another_threshold_regenerates_the_xattention_video(tmp_path
 
 
 def test_resume_with_other_metrics_rescores_without_regenerating(tmp_path, pipe, generations, capsys):
-    run = load_config(overrides=SMALL)
-    compare_module.compare(run, ["a cat"], [0], "psnr", tmp_path, pipe=pipe, show_progress=False)
+    run = small_run()
+    run_compare(run, tmp_path, pipe)
     generations.clear()
-    report = compare_module.compare(run, ["a cat"], [0], "psnr,ssim,flicker", tmp_path, pipe=pipe,
-                                    show_progress=False)
+    report = run_compare(run, tmp_path, pipe, "psnr,ssim,flicker")
     assert generations == []
     item = report["items"][0]
     assert item["pairwise"]["ssim"] is not None and item["hooks"]["xattn"]["flicker"] is not None
@@ -163,11 +164,11 @@ def test_resume_with_other_metrics_rescores_without_regenerating(tmp_path, pipe,
 
 
 def test_resume_with_a_prompt_changed_after_its_slug_regenerates(tmp_path, pipe, generations, capsys):
-    run = load_config(overrides=SMALL)
+    run = small_run()
     base = "a very long prompt that shares its first forty characters"
-    first = compare_module.compare(run, [base + ", cat"], [0], "psnr", tmp_path, pipe=pipe, show_progress=False)
+    first = run_compare(run, tmp_path, pipe, prompts=[base + ", cat"])
     generations.clear()
-    second = compare_module.compare(run, [base + ", dog"], [0], "psnr", tmp_path, pipe=pipe, show_progress=False)
+    second = run_compare(run, tmp_path, pipe, prompts=[base + ", dog"])
     assert first["items"][0]["folder"] == second["items"][0]["folder"]  # same folder name...
     assert sorted(v for _, v in generations) == ["dense", "xattn"]  # ...but nothing of the old prompt is reused
     assert second["items"][0]["prompt"] == base + ", dog"
@@ -194,14 +195,13 @@ def test_hook_unavailable_message_reaches_report(tmp_path, pipe, isolated_scorer
             raise Unavailable("needs weights at /x/y")
 
     register_scorer("broken", Broken)
-    run = load_config(overrides=SMALL)
-    report = compare_module.compare(run, ["a cat"], [0], "broken", tmp_path, pipe=pipe, show_progress=False)
+    run = small_run()
+    report = run_compare(run, tmp_path, pipe, "broken")
     assert report["skipped"]["broken"] == "needs weights at /x/y"
 
 
 def test_prompt_file_errors(tmp_path, capsys):
-    empty = tmp_path / "empty.txt"
-    empty.write_text("# nothing\n")
+    empty = write_prompts(tmp_path, "# nothing\n", "empty.txt")
     assert main(["compare", "--prompts", str(empty), "--out-dir", str(tmp_path / "o")]) == 2
     assert "has no prompts" in capsys.readouterr().err
     assert main(["compare", "--prompts", str(tmp_path / "missing.txt"), "--out-dir", str(tmp_path / "o")]) == 2
@@ -265,8 +265,8 @@ def test_timed_generations_are_warmed_up_and_alternate_their_order(tmp_path, mon
 
     monkeypatch.setattr(generate, "run_pipeline", fake_run_pipeline)
     monkeypatch.setattr(generate, "initial_latents", lambda pipe, run: "latents")
-    run = load_config(overrides=SMALL + ["xattn.warmup_steps=2"])
-    report = compare_module.compare(run, ["a", "b", "c"], [0], "psnr", tmp_path, pipe=object(), show_progress=False)
+    run = small_run("xattn.warmup_steps=2")
+    report = run_compare(run, tmp_path, object(), prompts=("a", "b", "c"))
     assert calls == [("dense", 1, 0, False), ("xattn", 1, 0, False),  # warm-up: untimed, sparse from step 0
                      ("dense", 3, 2, True), ("xattn", 3, 2, True),
                      ("xattn", 3, 2, True), ("dense", 3, 2, True),
@@ -288,8 +288,7 @@ def test_partly_skipped_scorer_and_score_sources_reach_the_report(tmp_path, pipe
             return {"runs": [float(v.path.stat().st_size) for v in videos]}
 
     register_scorer("files", FromFiles)
-    report = compare_module.compare(load_config(overrides=SMALL), ["a cat"], [0], "psnr,flicker,files", tmp_path,
-                                    pipe=pipe, show_progress=False)
+    report = run_compare(small_run(), tmp_path, pipe, "psnr,flicker,files")
     assert report["skipped"] == {"files:needs_weights": "weights missing at /w"}
     assert report["items"][0]["hooks"]["xattn"]["runs"] > 0  # the part that could run did
     sources = report["score_sources"]
