@@ -104,3 +104,19 @@ def assert_rel_err(actual: torch.Tensor, expected: torch.Tensor, tol: float, *,
             f"actual {float(actual.flatten()[int(diff.flatten().argmax())]):.6g}, "
             f"expected {float(expected.flatten()[int(diff.flatten().argmax())]):.6g}"
         )
+
+
+def spy_xattention(monkeypatch) -> list[tuple[torch.Size, torch.Size, dict]]:
+    """Record every ``xattention`` call the attention dispatch makes as (query shape, key shape, keyword
+    arguments); the calls still run."""
+    from xattn_video.pipelines import dispatch
+
+    calls: list[tuple[torch.Size, torch.Size, dict]] = []
+    real = dispatch.xattention
+
+    def spy(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, **kw):
+        calls.append((q.shape, k.shape, kw))
+        return real(q, k, v, **kw)
+
+    monkeypatch.setattr(dispatch, "xattention", spy)
+    return calls

@@ -10,6 +10,8 @@ import pytest
 import torch
 from PIL import Image
 
+from helpers import spy_xattention
+
 from xattn_video.pipelines import dispatch as dispatch_module
 from xattn_video.pipelines.family import apply_xattention, supported_pipelines
 from xattn_video.pipelines.tiny import (build_tiny_hunyuan15_pipeline, build_tiny_hunyuan_i2v_pipeline,
@@ -83,14 +85,7 @@ def test_tau_one_is_stock_warmup_switches_and_remove_restores(family):
 def test_wan22_second_expert_has_its_own_layers_and_thresholds(monkeypatch):
     pipe = build_tiny_wan_pipeline(two_experts=True)
     pipe.set_progress_bar_config(disable=True)
-    seen = []
-    real = dispatch_module.xattention
-
-    def spy(q, k, v, **kw):
-        seen.append(kw["threshold"])
-        return real(q, k, v, **kw)
-
-    monkeypatch.setattr(dispatch_module, "xattention", spy)
+    calls = spy_xattention(monkeypatch)
     cfg = {"threshold": {"default": 1.0, 1: 0.3}, "block_size": BLOCK, "warmup_steps": 0,
            "expert2": {"threshold": {"default": 0.45, 1: 1.0}, "dense_layers": [1]}}
     with apply_xattention(pipe, cfg) as h:
@@ -101,7 +96,7 @@ def test_wan22_second_expert_has_its_own_layers_and_thresholds(monkeypatch):
     by_step = {s: sorted((str(r.layer), r.sparse) for r in records if r.step == s) for s in range(3)}
     assert by_step[0] == by_step[1] == [("0", False), ("1", True)]
     assert by_step[2] == [("t2.0", True), ("t2.1", False)]
-    assert seen == [0.3, 0.3, 0.45]
+    assert [kw["threshold"] for _, _, kw in calls] == [0.3, 0.3, 0.45]
     assert set(table[2]) == {"t2.0", "t2.1"} and table[2]["t2.1"] == 1.0
 
 
@@ -121,14 +116,7 @@ def test_wan22_expert2_config_errors_name_the_key():
 def test_wan_i2v_image_tokens_stay_in_dense_cross_attention(monkeypatch):
     pipe = build_tiny_wan_pipeline(i2v=True)
     pipe.set_progress_bar_config(disable=True)
-    calls = []
-    real = dispatch_module.xattention
-
-    def spy(q, k, v, **kw):
-        calls.append((q.shape[1], k.shape[1], kw["text_start"]))
-        return real(q, k, v, **kw)
-
-    monkeypatch.setattr(dispatch_module, "xattention", spy)
+    calls = spy_xattention(monkeypatch)
     image = Image.new("RGB", (128, 128), (120, 40, 200))
     with apply_xattention(pipe, {"threshold": 0.3, "block_size": BLOCK, "warmup_steps": 0}) as h:
         frames = pipe(prompt="a cat", image=image, height=96, width=96, num_frames=5, num_inference_steps=2,
@@ -137,27 +125,22 @@ def test_wan_i2v_image_tokens_stay_in_dense_cross_attention(monkeypatch):
     assert np.isfinite(frames).all()
     video_tokens = 2 * 6 * 6  # 2 latent frames of 6x6 patches
     # only self-attention over video tokens went sparse: no text region, never the image/text cross-attention
-    assert calls and all(c == (video_tokens, video_tokens, None) for c in calls)
+    seen = [(q[1], k[1], kw["text_start"]) for q, k, kw in calls]
+    assert seen and all(c == (video_tokens, video_tokens, None) for c in seen)
     assert hooked == [b.attn1 for b in pipe.transformer.blocks]
 
 
 def test_hunyuan15_i2v_image_tokens_are_in_the_forced_condition_region(monkeypatch):
     pipe = build_tiny_hunyuan15_pipeline(i2v=True)
     pipe.set_progress_bar_config(disable=True)
-    calls = []
-    real = dispatch_module.xattention
-
-    def spy(q, k, v, **kw):
-        calls.append((q.shape[1], kw["text_start"], kw["kv_len"].tolist()))
-        return real(q, k, v, **kw)
-
-    monkeypatch.setattr(dispatch_module, "xattention", spy)
+    calls = spy_xattention(monkeypatch)
     image = Image.new("RGB", (128, 128), (120, 40, 200))
     with apply_xattention(pipe, {"threshold": 0.3, "block_size": BLOCK, "warmup_steps": 0}):
         frames = pipe(prompt="a cat", image=image, num_frames=5, num_inference_steps=2, output_type="np").frames[0]
     assert np.isfinite(frames).all() and calls
     video = 2 * 8 * 8  # target size 128, compression 16: 8x8 per latent frame, 2 latent frames
-    for seq, text_start, kv_len in calls:
+    for q, _, kw in calls:
+        seq, text_start, kv_len = q[1], kw["text_start"], kw["kv_len"].tolist()
         assert text_start == video  # image + text condition tokens start right after the video tokens
         # valid keys: video + 8 SigLIP image tokens + valid text; padding never attended
         assert all(video + 8 < n < seq for n in kv_len), (seq, kv_len)
@@ -194,14 +177,7 @@ def test_hunyuan_video_i2v_llava_image_tokens_are_in_the_forced_text_region(monk
     kept dense by text forcing), and padding must stay a key suffix that kv_len never counts."""
     pipe = build_tiny_hunyuan_i2v_pipeline(image_condition=condition)
     pipe.set_progress_bar_config(disable=True)
-    calls = []
-    real = dispatch_module.xattention
-
-    def spy(q, k, v, **kw):
-        calls.append((q.shape[1], kw["text_start"], tuple(kw["kv_len"].tolist())))
-        return real(q, k, v, **kw)
-
-    monkeypatch.setattr(dispatch_module, "xattention", spy)
+    calls = spy_xattention(monkeypatch)
     with apply_xattention(pipe, {"threshold": {"default": 0.3, 1: 0.5}, "block_size": BLOCK, "warmup_steps": 0}) as h:
         assert h.family.name == "hunyuan_video" and h.state.plan.threshold(1) == 0.5
         assert [layer.module for layer in h.layers] == [pipe.transformer.transformer_blocks[0].attn,
@@ -218,7 +194,8 @@ def test_hunyuan_video_i2v_llava_image_tokens_are_in_the_forced_text_region(monk
     # valid text: the prompt, then the "\n\n" after the assistant header; the negative prompt "" keeps only those
     expected = {(video + image + text, video, (video + image + len("a cat walks") + 2,)),
                 (video + negative_image + text, video, (video + negative_image + 2,))}
-    assert len(calls) == STEPS * 2 * 2 and set(calls) == expected, (condition, calls)  # 2 layers, CFG
+    seen = [(q[1], kw["text_start"], tuple(kw["kv_len"].tolist())) for q, _, kw in calls]
+    assert len(seen) == STEPS * 2 * 2 and set(seen) == expected, (condition, seen)  # 2 layers, CFG
 
 
 def test_compare_runs_on_a_two_expert_wan(tmp_path):
