@@ -129,9 +129,10 @@ def _wan_inputs(transformer: Any, shape: Shape, device: torch.device) -> dict:
     )
 
 
-def _tokens(patch: tuple[int, int, int]) -> Callable[[Any, Shape], int]:
+def _tokens(patch: tuple[int, int, int], spatial: int = 8) -> Callable[[Any, Shape], int]:
+    """Video tokens per call: the latent grid (VAE 4x time, ``spatial``x space) over the patch size."""
     def count(transformer: Any, shape: Shape) -> int:
-        t, h, w = shape.latent()
+        t, h, w = shape.latent(spatial=spatial)
         return (t // patch[0]) * (h // patch[1]) * (w // patch[2])
     return count
 
@@ -186,18 +187,13 @@ def _hunyuan15_inputs(transformer: Any, shape: Shape, device: torch.device) -> d
     )
 
 
-def _hunyuan15_tokens(transformer: Any, shape: Shape) -> int:
-    t, h, w = shape.latent(spatial=16)  # VAE 16x space, 4x time; patch 1
-    return t * h * w
-
-
 HUNYUAN15 = ModelSpec(
     name="hunyuan-video-1.5",
     diffusers_class="HunyuanVideo15Transformer3DModel",
     shapes={"720p": Shape("720p×121f", 720, 1280, 121), "480p": Shape("480p×121f", 480, 848, 121)},
     default_shapes=("720p",),
     make_inputs=_hunyuan15_inputs,
-    image_tokens=_hunyuan15_tokens,
+    image_tokens=_tokens((1, 1, 1), spatial=16),  # VAE 16x space, patch 1
     text_tokens=HV15_TEXT + HV15_BYT5 + HV15_IMAGE,
     text_valid=HV15_TEXT_VALID,
     install=_installer("HunyuanVideo15Pipeline"),

@@ -135,11 +135,13 @@ def check_heads(heads: int, degree: int, what: str = "the model") -> None:
 
 
 def hunyuan_i2v_template(model_path: str | None) -> dict:
-    """The prompt template HunyuanVideo image-to-video runs with: the tiny model's, else diffusers' default."""
-    if model_path == "tiny-hunyuan-i2v":
-        from .tiny import tiny_hunyuan_i2v_prompt_template
+    """The prompt template HunyuanVideo image-to-video runs with: the one a tiny model passes to its pipeline
+    (``tiny_call_kwargs``, as generation does), else diffusers' default."""
+    from .tiny import tiny_call_kwargs
 
-        return tiny_hunyuan_i2v_prompt_template()
+    template = tiny_call_kwargs(model_path or "").get("prompt_template")
+    if template is not None:
+        return template
     from diffusers.pipelines.hunyuan_video.pipeline_hunyuan_video_image2video import DEFAULT_PROMPT_TEMPLATE
 
     return DEFAULT_PROMPT_TEMPLATE
