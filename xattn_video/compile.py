@@ -48,7 +48,7 @@ def compile_transformer(transformer: Any, *, fullgraph: bool = True, backend: st
     ``_repeated_blocks``.
     """
     blocks = repeated_blocks(transformer)
-    if getattr(transformer, "_xvid_compiled", False):  # idempotent: a second call would wrap twice
+    if is_compiled(transformer):  # idempotent: a second call would wrap twice
         return len(blocks)
     if not blocks or not hasattr(transformer, "compile_repeated_blocks"):
         raise ValueError(f"{type(transformer).__name__} lists no repeated blocks to compile (_repeated_blocks)")
@@ -61,6 +61,11 @@ def compile_transformer(transformer: Any, *, fullgraph: bool = True, backend: st
     return len(blocks)
 
 
+def is_compiled(transformer: Any) -> bool:
+    """Whether :func:`compile_transformer` has compiled this transformer's blocks (and not undone it)."""
+    return bool(getattr(transformer, "_xvid_compiled", False))
+
+
 def uncompile_transformer(transformer: Any) -> None:
     """Undo :func:`compile_transformer`: the blocks run eagerly again (dynamo's cache of graphs is kept)."""
     for block in repeated_blocks(transformer):
@@ -68,4 +73,4 @@ def uncompile_transformer(transformer: Any) -> None:
     transformer.__dict__.pop("_xvid_compiled", None)
 
 
-__all__ = ["compile_transformer", "raise_recompile_limit", "repeated_blocks", "uncompile_transformer"]
+__all__ = ["compile_transformer", "is_compiled", "raise_recompile_limit", "repeated_blocks", "uncompile_transformer"]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import platform
+import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -136,9 +137,9 @@ def run_pipeline(pipe: Any, run: RunConfig, latents: torch.Tensor | None = None,
     if image is None and g.image is not None:
         image = load_image(g.image)
     if run.model.compile:
-        if show_progress and not getattr(pipe.transformer, "_xvid_compiled", False):
-            import sys
+        from .compile import is_compiled
 
+        if show_progress and not is_compiled(pipe.transformer):
             print("model.compile: the first denoising step compiles the transformer blocks (1-3 min at full size)",
                   file=sys.stderr, flush=True)
         compile_pipeline(pipe)  # once per pipeline; the first step pays for the compilation
