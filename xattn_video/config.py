@@ -17,6 +17,7 @@ from omegaconf import DictConfig, ListConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 TINY_MODEL = "tiny"
+DEFAULT_MODEL = "mini"
 DENSE_BACKENDS = ("fast", "stock")
 # Built-in tiny random-weight models (their videos are noise) -> what they change in the defaults besides
 # TINY_DEFAULTS: sizes that run on a CPU in seconds (Wan 2.1 I2V needs 512 text tokens: its processor hard-codes them).
@@ -31,6 +32,39 @@ TINY_MODELS: dict[str, dict[str, Any]] = {
     # 64 text tokens: the Llava chat template's assistant header must fit after the default prompt
     "tiny-hunyuan-i2v": {"generation": {"height": 128, "width": 128, "max_sequence_length": 64}},
 }
+
+
+# The trained mini model (xattn_video/mini): two size presets of the same shipped weights, on top of MINI_DEFAULTS.
+# Tokens per self-attention call: latents (frames-1)/4+1 x height/4 x width/4, patches 1x2x2.
+MINI_MODELS: dict[str, dict[str, Any]] = {
+    "mini": {"generation": {"height": 128, "width": 128}},  # 9 x 16 x 16 = 2,304 tokens: a CPU video in < 60 s
+    "mini-large": {"generation": {"height": 352, "width": 352}},  # 9 x 44 x 44 = 17,424 tokens: for a GPU
+}
+MINI_DEFAULTS: dict[str, Any] = {
+    "xattn": {"block_size": 128, "stride": 8, "threshold": 0.9, "warmup_steps": 2},
+    "generation": {"prompt": "a red ball moving right", "frames": 33, "steps": 20, "fps": 12, "guidance_scale": 1.0,
+                   "max_sequence_length": 512},
+}
+BUILTIN_MODELS = (*MINI_MODELS, *TINY_MODELS)
+
+
+def builtin_defaults(name: str) -> list[dict[str, Any]]:
+    """What a built-in model name changes in the defaults (merged in order); ``[]`` for other paths."""
+    if name in MINI_MODELS:
+        return [MINI_DEFAULTS, MINI_MODELS[name]]
+    if name in TINY_MODELS:
+        return [TINY_DEFAULTS, TINY_MODELS[name]]
+    return []
+
+
+def model_folder(path: str) -> str:
+    """The pipeline folder of a trained built-in model (``mini``, ``mini-large``: the shipped weights), else
+    ``path`` unchanged."""
+    if path in MINI_MODELS:
+        from .mini import WEIGHTS_DIR
+
+        return str(WEIGHTS_DIR)
+    return path
 
 
 class ConfigError(ValueError):
@@ -65,11 +99,11 @@ class XAttnConfig:
 
 @dataclass
 class ModelConfig:
-    path: str = TINY_MODEL  # a tiny model name (TINY_MODELS), a local diffusers folder, or a hub id
+    path: str = DEFAULT_MODEL  # a built-in name (BUILTIN_MODELS), a local diffusers folder, or a hub id
     dtype: str = "bfloat16"  # transformer dtype on CUDA (CPU runs use float32)
     device: str = "auto"  # auto | cuda | cpu | cuda:N
     offload: Optional[str] = None  # None | model | sequential (diffusers CPU offload)
-    vae_tiling: Optional[bool] = None  # default: on for real checkpoints, off for tiny
+    vae_tiling: Optional[bool] = None  # default: on for real checkpoints, off for the built-in models
     compile: bool = False  # regional torch.compile of the repeated transformer blocks (generate.compile_pipeline)
 
 
@@ -134,7 +168,7 @@ def _spaced_flow_mapping(item: str) -> str:
 
 def load_config(path: str | Path | None = None, overrides: Sequence[str] = (),
                 extra: dict[str, Any] | None = None) -> RunConfig:
-    """Defaults ← tiny defaults (if the model is "tiny") ← YAML file ← ``extra`` ← ``key=value`` overrides."""
+    """Defaults ← a built-in model's defaults (mini, tiny, ...) ← YAML file ← ``extra`` ← ``key=value`` overrides."""
     file_cfg = None
     if path is not None:
         path = Path(path)
@@ -155,11 +189,10 @@ def load_config(path: str | Path | None = None, overrides: Sequence[str] = (),
     except OmegaConfBaseException as exc:
         raise ConfigError(f"--set: {_describe(exc)}") from None
 
-    def build(tiny: str | None) -> DictConfig:
+    def build(builtin: str | None) -> DictConfig:
         cfg = OmegaConf.structured(RunConfig)
-        if tiny:
-            cfg = _merge(cfg, TINY_DEFAULTS, "tiny defaults")
-            cfg = _merge(cfg, TINY_MODELS[tiny], "tiny defaults")
+        for defaults in builtin_defaults(builtin or ""):
+            cfg = _merge(cfg, defaults, f"{builtin} defaults")
         if file_cfg is not None:
             cfg = _merge(cfg, file_cfg, str(path))
         if extra:
@@ -167,7 +200,7 @@ def load_config(path: str | Path | None = None, overrides: Sequence[str] = (),
         return _merge(cfg, cli_cfg, "--set")
 
     cfg = build(None)
-    if cfg.model.path in TINY_MODELS:
+    if cfg.model.path in BUILTIN_MODELS:
         cfg = build(cfg.model.path)
     run: RunConfig = OmegaConf.to_object(cfg)  # type: ignore[assignment]
     validate(run)

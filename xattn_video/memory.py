@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .config import ConfigError, RunConfig, TINY_MODELS
+from .config import ConfigError, RunConfig, TINY_MODELS, model_folder
 
 GIB = 1024**3
 
@@ -42,6 +42,7 @@ def model_dims(path: str) -> ModelDims:
     if path in TINY_MODELS:  # every built-in tiny model is about this small
         return TINY_DIMS
     dims = ModelDims()
+    path = model_folder(path)
     try:
         t = json.loads((Path(path).expanduser() / "transformer" / "config.json").read_text())
         vae = json.loads((Path(path).expanduser() / "vae" / "config.json").read_text())

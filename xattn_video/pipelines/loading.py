@@ -8,7 +8,7 @@ from typing import Any
 
 import torch
 
-from ..config import TINY_MODELS, ModelConfig
+from ..config import MINI_MODELS, TINY_MODELS, ModelConfig
 
 HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 DTYPES = {"bfloat16": torch.bfloat16, "float16": torch.float16, "float32": torch.float32}
@@ -152,6 +152,8 @@ def load_pipeline(model: ModelConfig, pipeline_cls: type | None = None) -> Any:
             dtypes = {"transformer": dtype, "transformer_2": dtype, "default": rest}
             if cls.__name__.startswith("Wan"):
                 dtypes["vae"] = torch.float32  # as Wan's model cards load it
+            if model.path in MINI_MODELS:
+                dtypes["default"] = torch.float32  # its text encoder and VAE are small: no reason to round them
             pipe = cls.from_pretrained(source, dtype=dtypes)
         except (OSError, ValueError, ConnectionError) as exc:
             if Path(source).exists():  # a download hint would be wrong for a local folder
@@ -163,7 +165,7 @@ def load_pipeline(model: ModelConfig, pipeline_cls: type | None = None) -> Any:
                 f"Without network access, download the diffusers-format checkpoint elsewhere (for example "
                 f"hunyuanvideo-community/HunyuanVideo) and pass --model /path/to/that/folder."
             ) from exc
-        tiling = model.vae_tiling is not False
+        tiling = model.vae_tiling is not False if model.path not in MINI_MODELS else bool(model.vae_tiling)
     if tiling and hasattr(pipe.vae, "enable_tiling"):
         pipe.vae.enable_tiling()
     if model.offload == "model":
@@ -185,6 +187,13 @@ def _check_extras(cls: type) -> None:
 
 def _check_source(path: str, files: bool = True) -> str:
     """The local folder or hub id to load; ``files``: also check a local folder's component files."""
+    if path in MINI_MODELS:
+        from ..mini import weights_dir
+
+        try:
+            return str(weights_dir())
+        except FileNotFoundError as exc:
+            raise ModelLoadError(str(exc)) from None
     local = Path(path).expanduser()
     if local.exists():
         if not (local / "model_index.json").is_file():

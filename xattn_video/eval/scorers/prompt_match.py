@@ -1,0 +1,136 @@
+"""``prompt_match``: does a mini-model video show what its prompt asks for? Colour, shape and direction of each
+object of the grammar in :mod:`xattn_video.mini.grammar`, read off the frames with no model.
+
+Per object named in the prompt: its pixels are those nearest to its colour (and clearly brighter than the dark
+background); the object is *found* when that colour covers at least ``MIN_AREA`` of the frame in at least half
+the frames. Its *shape* is a ball when the pixels fill about π/4 of their bounding box (a square fills all of
+it; the median over the frames where its area is near its largest, so a crossing object does not decide it). Its *direction* is the larger component
+of the centroid's travel from the first to the last quarter of the clip, which must be at least ``MIN_TRAVEL``
+of the frame side. Colour is correct when the object is found; shape and direction count only for found objects
+(a missing object fails all three).
+
+Sub-metrics, each one float per video in [0, 1] (the fraction of the prompt's objects that pass):
+``prompt_match`` (all three attributes right), ``prompt_match_colour``, ``prompt_match_shape``,
+``prompt_match_direction``. A prompt with no phrase of the grammar scores NaN and is listed in ``skipped``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from ...mini.grammar import COLOURS, DIRECTION_VECTORS, ObjectSpec, parse_prompt
+from .registry import VideoItem, check_batch
+
+__all__ = ["ObjectReading", "PromptMatchScorer", "make_prompt_match", "read_object", "score_video"]
+
+MIN_AREA = 0.004  # of the frame: the smallest object the data draws covers ~2% (16% of the side, a disc)
+MIN_TRAVEL = 0.08  # of the frame side: the data moves objects 25-50%
+BALL_FILL_MAX = 0.89  # fill of the bounding box: disc π/4 ≈ 0.785, square 1.0
+WHOLE_AREA = 0.85  # frames whose area is at least this share of the largest are read for the shape
+MIN_BRIGHTNESS = 0.35  # max RGB channel: the background is at most 0.1, every palette colour ≥ 0.95
+_PALETTE = np.array(list(COLOURS.values()), dtype=np.float32)  # [C, 3]
+_NAMES = list(COLOURS)
+
+
+@dataclass
+class ObjectReading:
+    """What the frames show for one object of the prompt."""
+
+    found: bool
+    shape: str | None  # "ball" | "square" | None (not found)
+    direction: str | None  # "left" | "right" | "up" | "down" | None (not found or not moving)
+    fill: float = float("nan")  # median bounding-box fill
+    travel: tuple[float, float] = (0.0, 0.0)  # centroid travel (dx, dy) in frame sides, y downwards
+
+
+def colour_labels(frames: np.ndarray) -> np.ndarray:
+    """[T, H, W] int: index of the nearest palette colour, or -1 for background (dark pixels)."""
+    pixels = frames.astype(np.float32)
+    brightness = pixels.max(-1, keepdims=True)
+    # compare hues, not intensities: an anti-aliased edge (half colour, half dark background) keeps its hue
+    hue = pixels / np.maximum(brightness, 1e-6)
+    dist = ((hue[..., None, :] - _PALETTE / _PALETTE.max(-1, keepdims=True)) ** 2).sum(-1)  # [T, H, W, C]
+    labels = dist.argmin(-1)
+    labels[brightness[..., 0] < MIN_BRIGHTNESS] = -1
+    return labels
+
+
+def read_object(labels: np.ndarray, colour: str) -> ObjectReading:
+    """Find the pixels of ``colour`` in ``labels`` [T, H, W] and read its shape and motion."""
+    t_count, height, width = labels.shape
+    mask = labels == _NAMES.index(colour)
+    area = mask.reshape(t_count, -1).mean(1)
+    present = area >= MIN_AREA
+    if present.sum() < max(1, t_count / 2):
+        return ObjectReading(found=False, shape=None, direction=None)
+    # the shape is read on frames where the object is (nearly) whole: another object crossing it hides a part
+    whole = area >= WHOLE_AREA * area.max()
+    fills, centroids = [], []
+    for t in np.flatnonzero(present):
+        ys, xs = np.nonzero(mask[t])
+        if whole[t]:
+            box = (ys.max() - ys.min() + 1) * (xs.max() - xs.min() + 1)
+            fills.append(len(ys) / box)
+        centroids.append((t, xs.mean() / width, ys.mean() / height))
+    fill = float(np.median(fills))
+    track = np.array(centroids)
+    quarter = max(1, t_count // 4)
+    first = track[track[:, 0] < quarter]
+    last = track[track[:, 0] >= t_count - quarter]
+    direction = None
+    travel = (0.0, 0.0)
+    if len(first) and len(last):
+        dx, dy = last[:, 1:].mean(0) - first[:, 1:].mean(0)
+        travel = (float(dx), float(dy))
+        if max(abs(dx), abs(dy)) >= MIN_TRAVEL:
+            vector = (int(np.sign(dx)), 0) if abs(dx) >= abs(dy) else (0, int(np.sign(dy)))
+            direction = next(name for name, v in DIRECTION_VECTORS.items() if v == vector)
+    return ObjectReading(found=True, shape="ball" if fill <= BALL_FILL_MAX else "square", direction=direction,
+                         fill=fill, travel=travel)
+
+
+def score_video(frames: np.ndarray, objects: list[ObjectSpec]) -> dict[str, float]:
+    """The four sub-metrics for one video ``frames`` [T, H, W, 3] in [0, 1] against the prompt's ``objects``."""
+    if not objects:
+        return {k: float("nan") for k in ("prompt_match", "prompt_match_colour", "prompt_match_shape",
+                                          "prompt_match_direction")}
+    labels = colour_labels(frames)
+    colour = shape = direction = full = 0
+    for obj in objects:
+        reading = read_object(labels, obj.colour)
+        ok = (reading.found, reading.shape == obj.shape, reading.direction == obj.direction)
+        colour, shape, direction, full = colour + ok[0], shape + ok[1], direction + ok[2], full + all(ok)
+    n = len(objects)
+    return {"prompt_match": full / n, "prompt_match_colour": colour / n, "prompt_match_shape": shape / n,
+            "prompt_match_direction": direction / n}
+
+
+class PromptMatchScorer:
+    """``prompt_match``: colour, shape and direction of the mini model's objects against the prompt."""
+
+    name = "prompt_match"
+    reads = "frames"
+
+    def __init__(self) -> None:
+        self.skipped: dict[str, str] = {}
+
+    def score(self, videos: list[VideoItem], prompts: list[str]) -> dict[str, list[float]]:
+        check_batch(videos, prompts)
+        out: dict[str, list[float]] = {}
+        self.skipped = {}
+        for item, prompt in zip(videos, prompts):
+            objects = parse_prompt(prompt)
+            if not objects:
+                self.skipped[prompt] = "no phrase of the mini model's grammar in the prompt"
+            for key, value in score_video(item.frames, objects).items():
+                out.setdefault(key, []).append(value)
+        return out
+
+
+def make_prompt_match(args: list[str]) -> PromptMatchScorer:
+    """Factory for ``prompt_match`` (it takes no arguments)."""
+    if args:
+        raise ValueError(f"the prompt_match scorer takes no arguments, got {args}")
+    return PromptMatchScorer()

@@ -1,0 +1,122 @@
+"""Procedural training videos for the mini model: one or two coloured balls or squares moving on a plain dark
+background, drawn in torch on any device (no dataset, no download).
+
+Sizes, speeds and start positions are drawn at random and are relative to the frame, so one model learns every
+resolution it is trained at: an object is 16–28% of the frame side across, moves 25–50% of the frame over the
+clip in a straight line at constant speed, and never leaves the frame; two objects never overlap.
+"""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass
+
+import torch
+
+from .grammar import COLOURS, DIRECTION_VECTORS, ObjectSpec, format_prompt, sample_objects
+
+SIZE_RANGE = (0.16, 0.28)  # object diameter / side, as a fraction of the frame side
+TRAVEL_RANGE = (0.25, 0.50)  # distance moved over the clip, as a fraction of the frame side
+BACKGROUND_MAX = 0.10  # background RGB channels are drawn in [0, BACKGROUND_MAX]: plain and dark
+
+# Words around the grammar's phrases in some training prompts, so that other words are ignored by the model too.
+_PREFIXES = ("", "", "", "a video of ", "animation: ", "simple animation of ", "on a dark background, ")
+_SUFFIXES = ("", "", "", ".", " on a dark background", ", smooth motion", " slowly")
+
+
+@dataclass
+class Clip:
+    """A batch of rendered clips: ``video`` float32 [B, 3, T, H, W] in [-1, 1] and the objects of each clip."""
+
+    video: torch.Tensor
+    objects: list[list[ObjectSpec]]
+
+    @property
+    def prompts(self) -> list[str]:
+        return [format_prompt(o) for o in self.objects]
+
+
+def training_prompt(objects: list[ObjectSpec], rng: random.Random) -> str:
+    """The canonical prompt, sometimes with filler words around it or a capital first letter."""
+    text = rng.choice(_PREFIXES) + format_prompt(objects) + rng.choice(_SUFFIXES)
+    return text[0].upper() + text[1:] if rng.random() < 0.2 else text
+
+
+def _object_track(rng: random.Random, obj: ObjectSpec) -> tuple[float, float, float, float, float]:
+    """(size, x0, y0, x1, y1) in frame fractions for one object: it stays inside the frame from start to end."""
+    size = rng.uniform(*SIZE_RANGE)
+    travel = rng.uniform(*TRAVEL_RANGE)
+    half = size / 2
+    dx, dy = DIRECTION_VECTORS[obj.direction]
+    along = rng.uniform(half, 1 - half - travel)  # start coordinate along the motion, before orienting it
+    across = rng.uniform(half, 1 - half)
+    if dx:
+        x0 = along if dx > 0 else 1 - along
+        return size, x0, across, x0 + dx * travel, across
+    y0 = along if dy > 0 else 1 - along
+    return size, across, y0, across, y0 + dy * travel
+
+
+def _apart(a: tuple[float, ...], b: tuple[float, ...], frames: int) -> bool:
+    """Whether two tracks keep the objects apart (no overlap) in every frame."""
+    for i in range(frames):
+        f = i / max(1, frames - 1)
+        ax, ay = a[1] + (a[3] - a[1]) * f, a[2] + (a[4] - a[2]) * f
+        bx, by = b[1] + (b[3] - b[1]) * f, b[2] + (b[4] - b[2]) * f
+        if max(abs(ax - bx), abs(ay - by)) < (a[0] + b[0]) / 2:
+            return False
+    return True
+
+
+def _clip_tracks(rng: random.Random, objects: list[ObjectSpec], frames: int) -> list[tuple[float, ...]]:
+    """Tracks for the objects of one clip; a second object is redrawn (up to 100 times) until the two never
+    overlap, so that every object is whole in every frame."""
+    tracks = [_object_track(rng, objects[0])]
+    for obj in objects[1:]:
+        for _ in range(100):
+            track = _object_track(rng, obj)
+            if all(_apart(track, other, frames) for other in tracks):
+                break
+        tracks.append(track)
+    return tracks
+
+
+def render(objects: list[list[ObjectSpec]], frames: int, height: int, width: int, rng: random.Random,
+           device: torch.device | str = "cpu") -> Clip:
+    """Draw one clip per entry of ``objects`` (each a list of 1–2 objects); parameters come from ``rng``.
+
+    Returns float32 [B, 3, frames, height, width] in [-1, 1]. Edges are anti-aliased over one pixel.
+    """
+    batch = len(objects)
+    side = min(height, width)
+    t = torch.linspace(0, 1, frames, device=device).view(1, frames, 1, 1)
+    ys = ((torch.arange(height, device=device) + 0.5) / height).view(1, 1, height, 1)
+    xs = ((torch.arange(width, device=device) + 0.5) / width).view(1, 1, 1, width)
+    background = torch.tensor([[rng.uniform(0, BACKGROUND_MAX) for _ in range(3)] for _ in range(batch)],
+                              device=device)
+    video = background.view(batch, 3, 1, 1, 1).expand(batch, 3, frames, height, width).clone()
+    clip_tracks = [_clip_tracks(rng, o, frames) for o in objects]
+    for slot in range(max(len(o) for o in objects)):
+        rows = [i for i, o in enumerate(objects) if len(o) > slot]
+        tracks = torch.tensor([clip_tracks[i][slot] for i in rows], device=device)
+        size, x0, y0, x1, y1 = (tracks[:, k].view(-1, 1, 1, 1) for k in range(5))
+        cx = (x0 + (x1 - x0) * t) * width  # [n, T, 1, 1] in pixels
+        cy = (y0 + (y1 - y0) * t) * height
+        radius = size * side / 2
+        dist_x, dist_y = (xs * width - cx).abs(), (ys * height - cy).abs()
+        is_ball = torch.tensor([objects[i][slot].shape == "ball" for i in rows], device=device).view(-1, 1, 1, 1)
+        dist = torch.where(is_ball, torch.sqrt(dist_x ** 2 + dist_y ** 2), torch.maximum(dist_x, dist_y))
+        alpha = (radius - dist + 0.5).clamp(0, 1).unsqueeze(1)  # [n, 1, T, H, W]
+        colour = torch.tensor([COLOURS[objects[i][slot].colour] for i in rows], device=device).view(-1, 3, 1, 1, 1)
+        index = torch.tensor(rows, device=device)
+        video[index] = video[index] * (1 - alpha) + colour * alpha
+    return Clip(video=video * 2 - 1, objects=objects)
+
+
+def random_clips(batch: int, frames: int, height: int, width: int, rng: random.Random,
+                 device: torch.device | str = "cpu") -> Clip:
+    """``batch`` clips with random objects from the grammar (see :func:`render`)."""
+    return render([sample_objects(rng) for _ in range(batch)], frames, height, width, rng, device)
+
+
+__all__ = ["Clip", "random_clips", "render", "training_prompt"]

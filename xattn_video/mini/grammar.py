@@ -1,0 +1,77 @@
+"""The mini model's prompt grammar: what it was trained to draw, and how a prompt is read back.
+
+    a {red|green|blue|yellow|white} {ball|square} moving {left|right|up|down}
+      [and a <colour> <shape> moving <direction>]
+
+Other words anywhere in a prompt are allowed and ignored (matching is case-insensitive). The training data
+gives the two objects of a prompt different colours; the ``prompt_match`` scorer assumes that too.
+"""
+
+from __future__ import annotations
+
+import random
+import re
+from dataclasses import dataclass
+
+COLOURS: dict[str, tuple[float, float, float]] = {  # RGB in [0, 1], as drawn by data.py
+    "red": (0.95, 0.15, 0.12),
+    "green": (0.15, 0.85, 0.20),
+    "blue": (0.20, 0.40, 1.00),
+    "yellow": (0.98, 0.88, 0.12),
+    "white": (0.95, 0.95, 0.95),
+}
+SHAPES = ("ball", "square")
+DIRECTIONS = ("left", "right", "up", "down")
+# (dx, dy) in image coordinates: y grows downwards, so "up" is -y
+DIRECTION_VECTORS: dict[str, tuple[int, int]] = {"left": (-1, 0), "right": (1, 0), "up": (0, -1), "down": (0, 1)}
+MAX_OBJECTS = 2
+
+_PHRASE = re.compile(rf"\ba\s+({'|'.join(COLOURS)})\s+({'|'.join(SHAPES)})\s+moving\s+({'|'.join(DIRECTIONS)})\b",
+                     re.IGNORECASE)
+
+
+@dataclass(frozen=True)
+class ObjectSpec:
+    """One object of a prompt: its colour, shape and direction of motion (names from the grammar)."""
+
+    colour: str
+    shape: str
+    direction: str
+
+    def phrase(self) -> str:
+        return f"a {self.colour} {self.shape} moving {self.direction}"
+
+
+def parse_prompt(prompt: str) -> list[ObjectSpec]:
+    """The objects a prompt asks for, in order (at most two); ``[]`` when no phrase of the grammar is in it."""
+    found = [ObjectSpec(c.lower(), s.lower(), d.lower()) for c, s, d in _PHRASE.findall(prompt)]
+    return found[:MAX_OBJECTS]
+
+
+def format_prompt(objects: list[ObjectSpec]) -> str:
+    """The canonical prompt for ``objects`` (one or two)."""
+    if not 1 <= len(objects) <= MAX_OBJECTS:
+        raise ValueError(f"a prompt describes 1 or {MAX_OBJECTS} objects, got {len(objects)}")
+    return " and ".join(o.phrase() for o in objects)
+
+
+def sample_objects(rng: random.Random, two_prob: float = 0.5) -> list[ObjectSpec]:
+    """One or two random objects; two objects always have different colours."""
+    count = 2 if rng.random() < two_prob else 1
+    colours = rng.sample(list(COLOURS), count)
+    return [ObjectSpec(c, rng.choice(SHAPES), rng.choice(DIRECTIONS)) for c in colours]
+
+
+def held_out_pairs(count: int = 32, seed: int = 1234) -> list[tuple[str, int]]:
+    """``count`` (prompt, seed) pairs for evaluation: canonical prompts, half with two objects, and generation
+    seeds far from anything the training run draws (training samples noise from its own generator)."""
+    rng = random.Random(seed)
+    pairs = []
+    for i in range(count):
+        objects = sample_objects(rng, two_prob=0.0 if i % 2 == 0 else 1.0)
+        pairs.append((format_prompt(objects), 10_000 + i))
+    return pairs
+
+
+__all__ = ["COLOURS", "DIRECTIONS", "DIRECTION_VECTORS", "MAX_OBJECTS", "SHAPES", "ObjectSpec", "format_prompt",
+           "held_out_pairs", "parse_prompt", "sample_objects"]

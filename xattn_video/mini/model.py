@@ -1,0 +1,72 @@
+"""The mini model's components: a small Wan 2.1-style text-to-video pipeline (``WanPipeline``) made of a
+byte-level tokenizer, a small UMT5 text encoder, a small ``AutoencoderKLWan`` and a ``WanTransformer3DModel``.
+
+All are stock diffusers/transformers classes, so the pipeline folder written by ``save_pretrained`` loads with
+``WanPipeline.from_pretrained`` and XAttention installs through the ordinary Wan adapter. The configs live here
+so that training, the tests and the shipped folder agree on them.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+
+LATENT_CHANNELS = 8
+TEXT_DIM = 128
+TEXT_LEN = 512  # WanPipeline's default max_sequence_length: training encodes prompts exactly as generation does
+
+VAE_CONFIG: dict[str, Any] = dict(
+    base_dim=16, z_dim=LATENT_CHANNELS, dim_mult=[1, 2, 2], num_res_blocks=1, temperal_downsample=[True, True],
+    scale_factor_spatial=4, scale_factor_temporal=4,  # frames 4k+1 -> k+1 latent frames; 4x4 pixels per latent
+    latents_mean=[0.0] * LATENT_CHANNELS, latents_std=[1.0] * LATENT_CHANNELS,  # measured by training
+)
+TRANSFORMER_CONFIG: dict[str, Any] = dict(
+    patch_size=(1, 2, 2), num_attention_heads=4, attention_head_dim=64, in_channels=LATENT_CHANNELS,
+    out_channels=LATENT_CHANNELS, text_dim=TEXT_DIM, freq_dim=256, ffn_dim=1024, num_layers=8, cross_attn_norm=True,
+    qk_norm="rms_norm_across_heads", eps=1e-6, rope_max_seq_len=1024,
+)
+TEXT_ENCODER_CONFIG: dict[str, Any] = dict(
+    vocab_size=384, d_model=TEXT_DIM, d_kv=32, d_ff=512, num_layers=2, num_heads=4, relative_attention_num_buckets=32,
+    relative_attention_max_distance=128, dropout_rate=0.0, pad_token_id=0, eos_token_id=1, decoder_start_token_id=0,
+)
+# Wan's own sampler (UniPC on flow-matching sigmas); flow_shift 3 as Wan uses below 720p
+SCHEDULER_CONFIG: dict[str, Any] = dict(prediction_type="flow_prediction", use_flow_sigmas=True, flow_shift=3.0,
+                                        num_train_timesteps=1000)
+
+
+def tokens_per_call(frames: int, height: int, width: int) -> int:
+    """Video tokens per self-attention call: latent frames x (height/4/2) x (width/4/2)."""
+    return ((frames - 1) // 4 + 1) * (height // 8) * (width // 8)
+
+
+def build_vae(**overrides: Any) -> Any:
+    from diffusers import AutoencoderKLWan
+
+    return AutoencoderKLWan(**{**VAE_CONFIG, **overrides})
+
+
+def build_components(seed: int = 0) -> dict[str, Any]:
+    """Untrained components of the mini pipeline (float32), seeded."""
+    from diffusers import UniPCMultistepScheduler, WanTransformer3DModel
+    from transformers import ByT5Tokenizer, UMT5Config, UMT5EncoderModel
+
+    torch.manual_seed(seed)
+    return {
+        "tokenizer": ByT5Tokenizer(),
+        "text_encoder": UMT5EncoderModel(UMT5Config(**TEXT_ENCODER_CONFIG)),
+        "vae": build_vae(),
+        "transformer": WanTransformer3DModel(**TRANSFORMER_CONFIG),
+        "scheduler": UniPCMultistepScheduler(**SCHEDULER_CONFIG),
+    }
+
+
+def build_pipeline(components: dict[str, Any]) -> Any:
+    from diffusers import WanPipeline
+
+    return WanPipeline(**components)
+
+
+__all__ = ["LATENT_CHANNELS", "SCHEDULER_CONFIG", "TEXT_ENCODER_CONFIG", "TEXT_LEN", "TRANSFORMER_CONFIG",
+           "VAE_CONFIG", "build_components", "build_pipeline", "build_vae", "tokens_per_call"]

@@ -1,0 +1,328 @@
+"""Train the mini model and write its diffusers pipeline folder: ``python -m xattn_video.mini.train --out DIR``.
+
+Two stages, both on procedural videos drawn on the fly (:mod:`xattn_video.mini.data`):
+
+1. the VAE (``AutoencoderKLWan``, 4x4 pixels and 4 frames per latent): L1 + MSE reconstruction and a small KL
+   term; then the per-channel latent mean and std are measured and stored in its config, as Wan's VAE has them;
+2. the transformer and the text encoder together, with rectified flow matching (x_t = (1-σ)·z + σ·ε, target ε - z,
+   timestep σ·1000 as ``WanPipeline`` passes it), prompts encoded by ``WanPipeline.encode_prompt`` itself (so
+   training sees exactly what generation sees), 10% empty prompts for classifier-free guidance, at the ``mini``
+   shape and every ``--large-every``-th step at the ``mini-large`` shape. The saved weights are an EMA.
+
+Seeded and step-based (the learning-rate schedule depends on the step count, not on time), so the same command
+gives the same model up to GPU nondeterminism. ``--time-limit`` stops early and saves a resumable checkpoint
+(``--checkpoint``); ``--resume`` continues from it. Logs the loss every ``--log-every`` steps. Weights are saved in
+float16, the rest in float32 (the folder stays under 30 MB); ``training.json`` in the folder records the command, the GPU, the time and
+the final loss.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import math
+import random
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+
+from .data import random_clips, render, training_prompt
+from .grammar import sample_objects
+from .model import TEXT_LEN, build_components, build_pipeline, tokens_per_call
+
+MINI_SHAPE = (33, 128, 128)  # frames, height, width: 9 x 16 x 16 = 2,304 tokens per attention call
+LARGE_SHAPE = (33, 352, 352)  # 9 x 44 x 44 = 17,424 tokens
+FLOW_SHIFT = 3.0  # training sigmas follow the sampler's shift (model.SCHEDULER_CONFIG)
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="python -m xattn_video.mini.train", description=__doc__.split("\n\n")[0],
+                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("--out", type=Path, required=True, help="pipeline folder to write (save_pretrained)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--vae-steps", type=int, default=1500)
+    p.add_argument("--vae-batch", type=int, default=16)
+    p.add_argument("--vae-lr", type=float, default=1e-3)
+    p.add_argument("--steps", type=int, default=6000, help="transformer steps")
+    p.add_argument("--batch", type=int, default=32, help="clips per step at the mini shape")
+    p.add_argument("--large-batch", type=int, default=4, help="clips per step at the mini-large shape")
+    p.add_argument("--large-every", type=int, default=4, help="every N-th step at the mini-large shape (0: never)")
+    p.add_argument("--lr", type=float, default=5e-4)
+    p.add_argument("--warmup", type=int, default=300, help="learning-rate warm-up steps")
+    p.add_argument("--ema", type=float, default=0.999)
+    p.add_argument("--uncond", type=float, default=0.1, help="share of empty prompts (for guidance)")
+    p.add_argument("--log-every", type=int, default=100)
+    p.add_argument("--mini-shape", type=int, nargs=3, default=list(MINI_SHAPE), metavar=("F", "H", "W"),
+                   help="frames, height, width of the mini shape")
+    p.add_argument("--large-shape", type=int, nargs=3, default=list(LARGE_SHAPE), metavar=("F", "H", "W"),
+                   help="frames, height, width of the mini-large shape")
+    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    p.add_argument("--time-limit", type=float, default=None, help="seconds; stop and write --checkpoint")
+    p.add_argument("--checkpoint", type=Path, default=None, help="where a stopped run saves its state")
+    p.add_argument("--resume", type=Path, default=None, help="a --checkpoint file to continue from")
+    p.add_argument("--init", type=Path, default=None,
+                   help="start from the weights of a pipeline folder (a second training segment): its VAE is kept "
+                        "and the VAE stage skipped, the transformer and text encoder continue with a fresh optimizer")
+    return p.parse_args(argv)
+
+
+def lr_at(step: int, total: int, warmup: int) -> float:
+    """Linear warm-up, then cosine decay to 10% (a factor of the base learning rate)."""
+    if step < warmup:
+        return (step + 1) / warmup
+    progress = (step - warmup) / max(1, total - warmup)
+    return 0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
+
+
+def log(msg: str) -> None:
+    print(msg, flush=True)
+
+
+# ---------------------------------------------------------------------------------------------------- VAE
+def vae_loss(vae: Any, video: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    posterior = vae.encode(video).latent_dist
+    recon = vae.decode(posterior.sample()).sample
+    rec = F.l1_loss(recon, video) + F.mse_loss(recon, video)
+    kl = 0.5 * (posterior.mean ** 2 + posterior.var - 1 - posterior.logvar).mean()  # per latent element
+    return rec + 1e-5 * kl, rec
+
+
+def vae_batch(step: int, args: argparse.Namespace, rng: random.Random) -> torch.Tensor:
+    # 17 frames (5 latent frames); every 4th batch a centre crop of the large resolution, so both scales are seen
+    _, height, width = args.mini_shape
+    if step % 4 == 3:
+        _, large_h, large_w = args.large_shape
+        video = random_clips(max(1, args.vae_batch // 8), 17, large_h, large_w, rng, args.device).video
+        top, left = (large_h - height) // 2, (large_w - width) // 2
+        return video[..., top:top + height, left:left + width]
+    return random_clips(args.vae_batch, 17, height, width, rng, args.device).video
+
+
+@torch.no_grad()
+def latent_stats(vae: Any, args: argparse.Namespace, rng: random.Random) -> tuple[list[float], list[float]]:
+    """Per-channel mean and std of the posterior means of fresh clips (both shapes)."""
+    zs = []
+    device = args.device
+    for shape, n in ((args.mini_shape, args.batch), (args.large_shape, args.large_batch)):
+        for _ in range(2):
+            z = vae.encode(random_clips(n, *shape, rng, device).video).latent_dist.mode()
+            zs.append(z.transpose(0, 1).reshape(z.shape[1], -1))
+    z = torch.cat(zs, dim=1)
+    return z.mean(1).tolist(), z.std(1).tolist()
+
+
+# ----------------------------------------------------------------------------------------- transformer
+def flow_sigmas(n: int, generator: torch.Generator, device: str) -> torch.Tensor:
+    """σ in (0, 1): logit-normal, shifted as the sampler shifts its schedule."""
+    u = torch.sigmoid(torch.randn(n, generator=generator, device=device))
+    return FLOW_SHIFT * u / (1 + (FLOW_SHIFT - 1) * u)
+
+
+def encode_video(vae: Any, video: torch.Tensor, mean: torch.Tensor, std: torch.Tensor) -> torch.Tensor:
+    with torch.no_grad():
+        z = vae.encode(video).latent_dist.mode()
+    return (z - mean) / std  # the normalised latents the pipeline denoises
+
+
+def ema_update(ema: torch.nn.Module, model: torch.nn.Module, decay: float) -> None:
+    with torch.no_grad():
+        for e, p in zip(ema.parameters(), model.parameters()):
+            e.lerp_(p, 1 - decay)
+
+
+def init_from(folder: Path, components: dict) -> None:
+    """Copy the VAE (with its latent statistics), transformer and text encoder weights of a pipeline folder."""
+    from diffusers import AutoencoderKLWan, WanTransformer3DModel
+    from transformers import UMT5EncoderModel
+
+    for name, cls in (("vae", AutoencoderKLWan), ("transformer", WanTransformer3DModel),
+                      ("text_encoder", UMT5EncoderModel)):
+        loaded = cls.from_pretrained(folder / name, torch_dtype=torch.float32)
+        components[name].load_state_dict(loaded.state_dict())
+        if name == "vae":
+            components[name].register_to_config(latents_mean=list(loaded.config.latents_mean),
+                                                latents_std=list(loaded.config.latents_std))
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    started = time.time()
+    device = args.device
+    torch.backends.cuda.matmul.allow_tf32 = True
+    torch.backends.cudnn.allow_tf32 = True
+    rng = random.Random(args.seed)
+    gen = torch.Generator(device=device).manual_seed(args.seed)
+    components = build_components(args.seed)
+    pipe = build_pipeline(components)
+    vae, transformer, text_encoder = components["vae"], components["transformer"], components["text_encoder"]
+    for module in (vae, transformer, text_encoder):
+        module.to(device)
+    state: dict[str, Any] = {"stage": "vae", "step": 0, "losses": []}
+    opt_state = None
+    saved: dict[str, Any] = {}
+    if args.resume is not None:
+        saved = torch.load(args.resume, map_location=device, weights_only=False)
+        state = saved["state"]
+        vae.load_state_dict(saved["vae"])
+        transformer.load_state_dict(saved["transformer"])
+        text_encoder.load_state_dict(saved["text_encoder"])
+        opt_state = saved.get("optimizer")
+        rng.setstate(saved["rng"])
+        gen.set_state(saved["gen"].cpu())
+        if "latents_mean" in saved:
+            vae.register_to_config(latents_mean=saved["latents_mean"], latents_std=saved["latents_std"])
+        log(f"resumed at stage {state['stage']}, step {state['step']}")
+    elif args.init is not None:
+        init_from(args.init, components)
+        state["stage"] = "transformer"
+        log(f"initialised from {args.init}")
+    deadline = None if args.time_limit is None else started + args.time_limit
+
+    def stop_now() -> bool:
+        return deadline is not None and time.time() > deadline
+
+    def checkpoint(optimizer: Any, extra: dict) -> int:
+        if args.checkpoint is None:
+            log("time limit reached and no --checkpoint given: nothing saved")
+            return 1
+        payload = {"state": state, "vae": vae.state_dict(), "transformer": transformer.state_dict(),
+                   "text_encoder": text_encoder.state_dict(), "optimizer": optimizer.state_dict(),
+                   "rng": rng.getstate(), "gen": gen.get_state(), "args": vars(args) | {"out": str(args.out)},
+                   **extra}
+        args.checkpoint.parent.mkdir(parents=True, exist_ok=True)
+        tmp = args.checkpoint.with_name(args.checkpoint.name + ".tmp")
+        torch.save(payload, tmp)
+        tmp.replace(args.checkpoint)
+        log(f"time limit: stopped at stage {state['stage']} step {state['step']}; resume with --resume {args.checkpoint}")
+        return 3
+
+    # ---- stage 1: VAE
+    if state["stage"] == "vae":
+        vae.train()
+        opt = torch.optim.AdamW(vae.parameters(), lr=args.vae_lr, weight_decay=0.0)
+        if opt_state is not None:
+            opt.load_state_dict(opt_state)
+        window: list[float] = []
+        while state["step"] < args.vae_steps:
+            step = state["step"]
+            for group in opt.param_groups:
+                group["lr"] = args.vae_lr * lr_at(step, args.vae_steps, 100)
+            with torch.autocast("cuda", dtype=torch.bfloat16, enabled=device.startswith("cuda")):
+                loss, rec = vae_loss(vae, vae_batch(step, args, rng))
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(vae.parameters(), 1.0)
+            opt.step()
+            window.append(rec.item())
+            state["step"] += 1
+            if state["step"] % args.log_every == 0 or state["step"] == args.vae_steps:
+                log(f"vae step {state['step']}/{args.vae_steps} recon {sum(window) / len(window):.4f} "
+                    f"({time.time() - started:.0f} s)")
+                state["vae_recon"] = sum(window) / len(window)
+                window = []
+            if stop_now() and state["step"] < args.vae_steps:
+                return checkpoint(opt, {})
+        vae.eval()
+        mean, std = latent_stats(vae, args, rng)
+        vae.register_to_config(latents_mean=mean, latents_std=std)
+        log(f"latent mean {[round(m, 3) for m in mean]} std {[round(s, 3) for s in std]}")
+        state.update(stage="transformer", step=0)
+        opt_state = None
+    vae.eval().requires_grad_(False)
+    mean = torch.tensor(vae.config.latents_mean, device=device).view(1, -1, 1, 1, 1)
+    std = torch.tensor(vae.config.latents_std, device=device).view(1, -1, 1, 1, 1)
+
+    # ---- stage 2: transformer + text encoder
+    transformer.train()
+    text_encoder.train()
+    params = list(transformer.parameters()) + list(text_encoder.parameters())
+    opt = torch.optim.AdamW(params, lr=args.lr, weight_decay=0.01, betas=(0.9, 0.99))
+    if opt_state is not None:
+        opt.load_state_dict(opt_state)
+    ema_t, ema_e = copy.deepcopy(transformer).eval(), copy.deepcopy(text_encoder).eval()
+    if "ema_transformer" in saved:
+        ema_t.load_state_dict(saved["ema_transformer"])
+        ema_e.load_state_dict(saved["ema_text_encoder"])
+    window = []
+    while state["step"] < args.steps:
+        step = state["step"]
+        for group in opt.param_groups:
+            group["lr"] = args.lr * lr_at(step, args.steps, args.warmup)
+        large = args.large_every > 0 and step % args.large_every == args.large_every - 1
+        shape, batch = (args.large_shape, args.large_batch) if large else (args.mini_shape, args.batch)
+        objects = [sample_objects(rng) for _ in range(batch)]
+        prompts = ["" if rng.random() < args.uncond else training_prompt(o, rng) for o in objects]
+        video = render(objects, *shape, rng, device).video
+        z0 = encode_video(vae, video, mean, std)
+        noise = torch.randn(z0.shape, generator=gen, device=device)
+        sigma = flow_sigmas(batch, gen, device).view(-1, 1, 1, 1, 1)
+        zt = (1 - sigma) * z0 + sigma * noise
+        with torch.autocast("cuda", dtype=torch.bfloat16, enabled=device.startswith("cuda")):
+            text = pipe.encode_prompt(prompts, do_classifier_free_guidance=False, max_sequence_length=TEXT_LEN,
+                                      device=torch.device(device), dtype=torch.float32)[0]
+            pred = transformer(zt, timestep=sigma.view(-1) * 1000, encoder_hidden_states=text,
+                               return_dict=False)[0]
+        loss = F.mse_loss(pred.float(), noise - z0)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
+        opt.step()
+        ema_update(ema_t, transformer, args.ema)
+        ema_update(ema_e, text_encoder, args.ema)
+        window.append(loss.item())
+        state["step"] += 1
+        if state["step"] % args.log_every == 0 or state["step"] == args.steps:
+            state["losses"].append((state["step"], sum(window) / len(window)))
+            log(f"step {state['step']}/{args.steps} loss {sum(window) / len(window):.4f} lr "
+                f"{opt.param_groups[0]['lr']:.2e} ({time.time() - started:.0f} s)")
+            window = []
+        if stop_now() and state["step"] < args.steps:
+            return checkpoint(opt, {"latents_mean": vae.config.latents_mean, "latents_std": vae.config.latents_std,
+                                    "ema_transformer": ema_t.state_dict(), "ema_text_encoder": ema_e.state_dict()})
+
+    save(args, components, ema_t, ema_e, state, time.time() - started)
+    return 0
+
+
+def save(args: argparse.Namespace, components: dict, ema_t: Any, ema_e: Any, state: dict, seconds: float) -> None:
+    """Write the pipeline folder (EMA weights, float16) and its ``training.json``, atomically (temp, rename)."""
+    import shutil
+
+    import diffusers
+    import transformers
+
+    final = {**components, "transformer": ema_t, "text_encoder": ema_e}
+    final["transformer"] = final["transformer"].to("cpu", torch.float16)  # 18 MB; the text encoder and VAE
+    for name in ("text_encoder", "vae"):  # stay float32 (5 MB), so a plain from_pretrained runs them anywhere
+        final[name] = final[name].to("cpu", torch.float32)
+    tmp = args.out.with_name(args.out.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    build_pipeline(final).save_pretrained(tmp, safe_serialization=True)
+    losses = state["losses"]
+    record = {
+        "command": "python -m xattn_video.mini.train " + " ".join(sys.argv[1:]),
+        "args": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()},
+        "gpu": torch.cuda.get_device_name() if torch.cuda.is_available() else None,
+        "seconds": round(seconds, 1),
+        "final_loss": losses[-1][1] if losses else None,
+        "vae_recon": state.get("vae_recon"),
+        "loss_curve": losses,
+        "tokens_per_call": {"mini": tokens_per_call(*args.mini_shape),
+                            "mini-large": tokens_per_call(*args.large_shape)},
+        "versions": {"torch": torch.__version__, "diffusers": diffusers.__version__,
+                     "transformers": transformers.__version__},
+    }
+    (tmp / "training.json").write_text(json.dumps(record, indent=1))
+    if args.out.exists():
+        shutil.rmtree(args.out)
+    tmp.replace(args.out)
+    log(f"wrote {args.out} ({seconds:.0f} s, final loss {record['final_loss']})")
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
