@@ -62,6 +62,31 @@ def build_components(seed: int = 0) -> dict[str, Any]:
     }
 
 
+def byte_ids(prompts: list[str], max_len: int = TEXT_LEN) -> tuple[torch.Tensor, torch.Tensor]:
+    """ByT5 token ids and attention mask of ``prompts``, cleaned as ``WanPipeline`` cleans them, padded to the
+    longest (at most ``max_len``): [B, L] int64 each. The same ids as the pipeline's ``ByT5Tokenizer`` (a byte is
+    its value + 3, then end-of-sequence 1), without its per-character Python loop, so training is not held up."""
+    from diffusers.pipelines.wan.pipeline_wan import prompt_clean
+
+    rows = [[b + 3 for b in prompt_clean(p).encode("utf-8")][: max_len - 1] + [1] for p in prompts]
+    length = max(len(r) for r in rows)
+    ids = torch.zeros(len(rows), length, dtype=torch.long)
+    for i, r in enumerate(rows):
+        ids[i, : len(r)] = torch.tensor(r)
+    return ids, (ids > 0).long()
+
+
+def encode_prompts(text_encoder: Any, prompts: list[str], device: torch.device | str,
+                   max_len: int = TEXT_LEN) -> torch.Tensor:
+    """What ``WanPipeline.encode_prompt`` gives for ``prompts`` ([B, max_len, TEXT_DIM]: the encoder's states of
+    the prompt's tokens, zeros after them), computed over the longest prompt instead of all ``max_len`` positions
+    (padding is masked, so the states are the same; padding positions are zeros either way)."""
+    ids, mask = byte_ids(prompts, max_len)
+    states = text_encoder(ids.to(device), mask.to(device)).last_hidden_state
+    states = states * mask.to(device).unsqueeze(-1).to(states.dtype)
+    return torch.nn.functional.pad(states, (0, 0, 0, max_len - states.shape[1]))
+
+
 def build_pipeline(components: dict[str, Any]) -> Any:
     from diffusers import WanPipeline
 
@@ -69,4 +94,5 @@ def build_pipeline(components: dict[str, Any]) -> Any:
 
 
 __all__ = ["LATENT_CHANNELS", "SCHEDULER_CONFIG", "TEXT_ENCODER_CONFIG", "TEXT_LEN", "TRANSFORMER_CONFIG",
-           "VAE_CONFIG", "build_components", "build_pipeline", "build_vae", "tokens_per_call"]
+           "VAE_CONFIG", "build_components", "build_pipeline", "build_vae", "byte_ids", "encode_prompts",
+           "tokens_per_call"]

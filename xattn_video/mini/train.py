@@ -2,11 +2,11 @@
 
 Two stages, both on procedural videos drawn on the fly (:mod:`xattn_video.mini.data`):
 
-1. the VAE (``AutoencoderKLWan``, 4x4 pixels and 4 frames per latent): L1 + MSE reconstruction and a small KL
-   term; then the per-channel latent mean and std are measured and stored in its config, as Wan's VAE has them;
+1. the VAE (``AutoencoderKLWan``, 4x4 pixels and 4 frames per latent) on 64x64 crops: L1 + MSE reconstruction
+   (object pixels weighted up) and a small KL term; then the per-channel latent mean and std are measured and stored in its config, as Wan's VAE has them;
 2. the transformer and the text encoder together, with rectified flow matching (x_t = (1-σ)·z + σ·ε, target ε - z,
-   timestep σ·1000 as ``WanPipeline`` passes it), prompts encoded by ``WanPipeline.encode_prompt`` itself (so
-   training sees exactly what generation sees), 10% empty prompts for classifier-free guidance, at the ``mini``
+   timestep σ·1000 as ``WanPipeline`` passes it), prompts encoded as ``WanPipeline.encode_prompt`` encodes them
+   (``model.encode_prompts``, tested equal; so training sees exactly what generation sees), 10% empty prompts for classifier-free guidance, at the ``mini``
    shape and every ``--large-every``-th step at the ``mini-large`` shape. The saved weights are an EMA.
 
 Seeded and step-based (the learning-rate schedule depends on the step count, not on time), so the same command
@@ -33,7 +33,7 @@ import torch.nn.functional as F
 
 from .data import random_clips, render, training_prompt
 from .grammar import sample_objects
-from .model import TEXT_LEN, build_components, build_pipeline, tokens_per_call
+from .model import build_components, build_pipeline, encode_prompts, tokens_per_call
 
 MINI_SHAPE = (33, 128, 128)  # frames, height, width: 9 x 16 x 16 = 2,304 tokens per attention call
 LARGE_SHAPE = (33, 352, 352)  # 9 x 44 x 44 = 17,424 tokens
@@ -46,13 +46,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--out", type=Path, required=True, help="pipeline folder to write (save_pretrained)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--vae-steps", type=int, default=1500)
-    p.add_argument("--vae-batch", type=int, default=16)
+    p.add_argument("--vae-batch", type=int, default=24)
     p.add_argument("--vae-lr", type=float, default=1e-3)
     p.add_argument("--steps", type=int, default=6000, help="transformer steps")
     p.add_argument("--batch", type=int, default=32, help="clips per step at the mini shape")
     p.add_argument("--large-batch", type=int, default=4, help="clips per step at the mini-large shape")
     p.add_argument("--large-every", type=int, default=4, help="every N-th step at the mini-large shape (0: never)")
-    p.add_argument("--lr", type=float, default=5e-4)
+    p.add_argument("--lr", type=float, default=8e-4)
     p.add_argument("--warmup", type=int, default=300, help="learning-rate warm-up steps")
     p.add_argument("--ema", type=float, default=0.999)
     p.add_argument("--uncond", type=float, default=0.1, help="share of empty prompts (for guidance)")
@@ -62,6 +62,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--large-shape", type=int, nargs=3, default=list(LARGE_SHAPE), metavar=("F", "H", "W"),
                    help="frames, height, width of the mini-large shape")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    p.add_argument("--vae-seconds", type=float, default=None,
+                   help="instead of --vae-steps: time the first steps and set --vae-steps to fill this many seconds "
+                        "(printed, so --vae-steps reproduces the run: the schedule before then does not depend on it)")
+    p.add_argument("--seconds", type=float, default=None, help="the same for --steps (the transformer stage)")
     p.add_argument("--time-limit", type=float, default=None, help="seconds; stop and write --checkpoint")
     p.add_argument("--checkpoint", type=Path, default=None, help="where a stopped run saves its state")
     p.add_argument("--resume", type=Path, default=None, help="a --checkpoint file to continue from")
@@ -79,28 +83,51 @@ def lr_at(step: int, total: int, warmup: int) -> float:
     return 0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
 
 
+TIMED_STEPS = (10, 40)  # steps between which --seconds / --vae-seconds time a step (after start-up costs)
+
+
+def fit_steps(step: int, stage_started: list[float], seconds: float | None, warmup: int, name: str) -> int | None:
+    """With a time budget, the step count that fills it, decided once at ``TIMED_STEPS[1]`` (before the
+    learning-rate warm-up ends, so the schedule so far does not depend on it); ``None`` otherwise."""
+    if seconds is None:
+        return None
+    if step == TIMED_STEPS[0]:
+        stage_started.append(time.time())
+    if step != TIMED_STEPS[1]:
+        return None
+    per_step = (time.time() - stage_started[-1]) / (TIMED_STEPS[1] - TIMED_STEPS[0])
+    total = max(warmup + 50, int((seconds - (time.time() - stage_started[0])) / per_step) + step) // 50 * 50
+    log(f"{name}: {per_step * 1000:.0f} ms per step -> {total} steps for {seconds:.0f} s")
+    return total
+
+
 def log(msg: str) -> None:
     print(msg, flush=True)
 
 
 # ---------------------------------------------------------------------------------------------------- VAE
 def vae_loss(vae: Any, video: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Reconstruction (L1 + MSE, object pixels weighted 5x: they are a few percent of the frame but are what the
+    prompt asks for) plus a small KL term; returns (loss, unweighted L1 + MSE)."""
     posterior = vae.encode(video).latent_dist
-    recon = vae.decode(posterior.sample()).sample
-    rec = F.l1_loss(recon, video) + F.mse_loss(recon, video)
+    recon = vae.decode(posterior.sample()).sample.float()
+    err = (recon - video).abs() + (recon - video) ** 2
+    weight = 1 + 4 * (video.amax(1, keepdim=True) > -0.5).float()  # objects: a channel near 1; background ≤ 0.1
     kl = 0.5 * (posterior.mean ** 2 + posterior.var - 1 - posterior.logvar).mean()  # per latent element
-    return rec + 1e-5 * kl, rec
+    return (err * weight).mean() / weight.mean() + 1e-5 * kl, err.mean()
+
+
+VAE_CROP = 64  # the VAE is convolutional: it trains on 64x64 crops (4x cheaper than whole mini frames)
 
 
 def vae_batch(step: int, args: argparse.Namespace, rng: random.Random) -> torch.Tensor:
-    # 17 frames (5 latent frames); every 4th batch a centre crop of the large resolution, so both scales are seen
-    _, height, width = args.mini_shape
-    if step % 4 == 3:
-        _, large_h, large_w = args.large_shape
-        video = random_clips(max(1, args.vae_batch // 8), 17, large_h, large_w, rng, args.device).video
-        top, left = (large_h - height) // 2, (large_w - width) // 2
-        return video[..., top:top + height, left:left + width]
-    return random_clips(args.vae_batch, 17, height, width, rng, args.device).video
+    """17 frames (5 latent frames), a random 64x64 crop of clips at the mini and, every other batch, the
+    mini-large resolution, so that both scales of objects and edges are seen."""
+    _, height, width = args.large_shape if step % 2 else args.mini_shape
+    video = random_clips(args.vae_batch, 17, height, width, rng, args.device).video
+    crop_h, crop_w = min(VAE_CROP, height), min(VAE_CROP, width)
+    top, left = rng.randrange(height - crop_h + 1), rng.randrange(width - crop_w + 1)
+    return video[..., top:top + crop_h, left:left + crop_w]
 
 
 @torch.no_grad()
@@ -124,8 +151,8 @@ def flow_sigmas(n: int, generator: torch.Generator, device: str) -> torch.Tensor
 
 
 def encode_video(vae: Any, video: torch.Tensor, mean: torch.Tensor, std: torch.Tensor) -> torch.Tensor:
-    with torch.no_grad():
-        z = vae.encode(video).latent_dist.mode()
+    with torch.no_grad(), torch.autocast("cuda", dtype=torch.bfloat16, enabled=video.is_cuda):
+        z = vae.encode(video).latent_dist.mode().float()
     return (z - mean) / std  # the normalised latents the pipeline denoises
 
 
@@ -158,7 +185,6 @@ def main(argv: list[str] | None = None) -> int:
     rng = random.Random(args.seed)
     gen = torch.Generator(device=device).manual_seed(args.seed)
     components = build_components(args.seed)
-    pipe = build_pipeline(components)
     vae, transformer, text_encoder = components["vae"], components["transformer"], components["text_encoder"]
     for module in (vae, transformer, text_encoder):
         module.to(device)
@@ -207,9 +233,13 @@ def main(argv: list[str] | None = None) -> int:
         opt = torch.optim.AdamW(vae.parameters(), lr=args.vae_lr, weight_decay=0.0)
         if opt_state is not None:
             opt.load_state_dict(opt_state)
-        window: list[float] = []
+        window = torch.zeros(2, device=device)  # summed recon and count since the last log (no per-step sync)
+        if args.vae_seconds is not None:
+            args.vae_steps = max(args.vae_steps, TIMED_STEPS[1] + 1)  # the budget decides at TIMED_STEPS[1]
+        vae_started = [time.time()]
         while state["step"] < args.vae_steps:
             step = state["step"]
+            args.vae_steps = fit_steps(step, vae_started, args.vae_seconds, 100, "vae") or args.vae_steps
             for group in opt.param_groups:
                 group["lr"] = args.vae_lr * lr_at(step, args.vae_steps, 100)
             with torch.autocast("cuda", dtype=torch.bfloat16, enabled=device.startswith("cuda")):
@@ -218,13 +248,13 @@ def main(argv: list[str] | None = None) -> int:
             loss.backward()
             torch.nn.utils.clip_grad_norm_(vae.parameters(), 1.0)
             opt.step()
-            window.append(rec.item())
+            window += torch.stack([rec.detach().float(), torch.ones((), device=device)])
             state["step"] += 1
             if state["step"] % args.log_every == 0 or state["step"] == args.vae_steps:
-                log(f"vae step {state['step']}/{args.vae_steps} recon {sum(window) / len(window):.4f} "
+                state["vae_recon"] = (window[0] / window[1]).item()
+                log(f"vae step {state['step']}/{args.vae_steps} recon {state['vae_recon']:.4f} "
                     f"({time.time() - started:.0f} s)")
-                state["vae_recon"] = sum(window) / len(window)
-                window = []
+                window.zero_()
             if stop_now() and state["step"] < args.vae_steps:
                 return checkpoint(opt, {})
         vae.eval()
@@ -248,9 +278,13 @@ def main(argv: list[str] | None = None) -> int:
     if "ema_transformer" in saved:
         ema_t.load_state_dict(saved["ema_transformer"])
         ema_e.load_state_dict(saved["ema_text_encoder"])
-    window = []
+    window = torch.zeros(2, device=device)
+    if args.seconds is not None:
+        args.steps = max(args.steps, args.warmup + 1, TIMED_STEPS[1] + 1)
+    stage_started = [time.time()]
     while state["step"] < args.steps:
         step = state["step"]
+        args.steps = fit_steps(step, stage_started, args.seconds, args.warmup, "transformer") or args.steps
         for group in opt.param_groups:
             group["lr"] = args.lr * lr_at(step, args.steps, args.warmup)
         large = args.large_every > 0 and step % args.large_every == args.large_every - 1
@@ -263,8 +297,7 @@ def main(argv: list[str] | None = None) -> int:
         sigma = flow_sigmas(batch, gen, device).view(-1, 1, 1, 1, 1)
         zt = (1 - sigma) * z0 + sigma * noise
         with torch.autocast("cuda", dtype=torch.bfloat16, enabled=device.startswith("cuda")):
-            text = pipe.encode_prompt(prompts, do_classifier_free_guidance=False, max_sequence_length=TEXT_LEN,
-                                      device=torch.device(device), dtype=torch.float32)[0]
+            text = encode_prompts(text_encoder, prompts, device)  # = pipe.encode_prompt(prompts), faster
             pred = transformer(zt, timestep=sigma.view(-1) * 1000, encoder_hidden_states=text,
                                return_dict=False)[0]
         loss = F.mse_loss(pred.float(), noise - z0)
@@ -274,13 +307,13 @@ def main(argv: list[str] | None = None) -> int:
         opt.step()
         ema_update(ema_t, transformer, args.ema)
         ema_update(ema_e, text_encoder, args.ema)
-        window.append(loss.item())
+        window += torch.stack([loss.detach(), torch.ones((), device=device)])
         state["step"] += 1
         if state["step"] % args.log_every == 0 or state["step"] == args.steps:
-            state["losses"].append((state["step"], sum(window) / len(window)))
-            log(f"step {state['step']}/{args.steps} loss {sum(window) / len(window):.4f} lr "
+            state["losses"].append((state["step"], round((window[0] / window[1]).item(), 5)))
+            log(f"step {state['step']}/{args.steps} loss {state['losses'][-1][1]:.4f} lr "
                 f"{opt.param_groups[0]['lr']:.2e} ({time.time() - started:.0f} s)")
-            window = []
+            window.zero_()
         if stop_now() and state["step"] < args.steps:
             return checkpoint(opt, {"latents_mean": vae.config.latents_mean, "latents_std": vae.config.latents_std,
                                     "ema_transformer": ema_t.state_dict(), "ema_text_encoder": ema_e.state_dict()})
@@ -306,6 +339,7 @@ def save(args: argparse.Namespace, components: dict, ema_t: Any, ema_e: Any, sta
     losses = state["losses"]
     record = {
         "command": "python -m xattn_video.mini.train " + " ".join(sys.argv[1:]),
+        "steps": {"vae": args.vae_steps, "transformer": args.steps},
         "args": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()},
         "gpu": torch.cuda.get_device_name() if torch.cuda.is_available() else None,
         "seconds": round(seconds, 1),

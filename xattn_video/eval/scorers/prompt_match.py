@@ -2,8 +2,9 @@
 object of the grammar in :mod:`xattn_video.mini.grammar`, read off the frames with no model.
 
 Per object named in the prompt: its pixels are those nearest to its colour (and clearly brighter than the dark
-background); the object is *found* when that colour covers at least ``MIN_AREA`` of the frame in at least half
-the frames. Its *shape* is a ball when the pixels fill about π/4 of their bounding box (a square fills all of
+background); the object is *found* when, in at least half the frames, those pixels form one compact object:
+between ``MIN_AREA`` and ``MAX_AREA`` of the frame, filling at least ``MIN_FILL`` of their bounding box (scattered
+specks of a colour, as noise has, are not an object). Its *shape* is a ball when the pixels fill about π/4 of their bounding box (a square fills all of
 it; the median over the frames where its area is near its largest, so a crossing object does not decide it). Its *direction* is the larger component
 of the centroid's travel from the first to the last quarter of the clip, which must be at least ``MIN_TRAVEL``
 of the frame side. Colour is correct when the object is found; shape and direction count only for found objects
@@ -26,6 +27,8 @@ from .registry import VideoItem, check_batch
 __all__ = ["ObjectReading", "PromptMatchScorer", "make_prompt_match", "read_object", "score_video"]
 
 MIN_AREA = 0.004  # of the frame: the smallest object the data draws covers ~2% (16% of the side, a disc)
+MAX_AREA = 0.15  # of the frame: the largest covers ~7.8% (a square 28% of the side)
+MIN_FILL = 0.55  # of the bounding box: a disc fills π/4 ≈ 0.785; noise specks spread over the frame fill little
 MIN_TRAVEL = 0.08  # of the frame side: the data moves objects 25-50%
 BALL_FILL_MAX = 0.89  # fill of the bounding box: disc π/4 ≈ 0.785, square 1.0
 WHOLE_AREA = 0.85  # frames whose area is at least this share of the largest are read for the shape
@@ -62,19 +65,20 @@ def read_object(labels: np.ndarray, colour: str) -> ObjectReading:
     t_count, height, width = labels.shape
     mask = labels == _NAMES.index(colour)
     area = mask.reshape(t_count, -1).mean(1)
-    present = area >= MIN_AREA
+    box_fill = np.zeros(t_count)
+    for t in np.flatnonzero(area > 0):
+        ys, xs = np.nonzero(mask[t])
+        box_fill[t] = len(ys) / ((ys.max() - ys.min() + 1) * (xs.max() - xs.min() + 1))
+    present = (area >= MIN_AREA) & (area <= MAX_AREA) & (box_fill >= MIN_FILL)
     if present.sum() < max(1, t_count / 2):
         return ObjectReading(found=False, shape=None, direction=None)
     # the shape is read on frames where the object is (nearly) whole: another object crossing it hides a part
-    whole = area >= WHOLE_AREA * area.max()
-    fills, centroids = [], []
+    whole = present & (area >= WHOLE_AREA * area[present].max())
+    centroids = []
     for t in np.flatnonzero(present):
         ys, xs = np.nonzero(mask[t])
-        if whole[t]:
-            box = (ys.max() - ys.min() + 1) * (xs.max() - xs.min() + 1)
-            fills.append(len(ys) / box)
         centroids.append((t, xs.mean() / width, ys.mean() / height))
-    fill = float(np.median(fills))
+    fill = float(np.median(box_fill[whole]))
     track = np.array(centroids)
     quarter = max(1, t_count // 4)
     first = track[track[:, 0] < quarter]
