@@ -17,10 +17,10 @@ python3 -m xattn_video.mini.train --out /tmp/mini --vae-seconds "${VAE_SECONDS:-
 cp /tmp/mini/training.json "$OUT/training.json"
 tar -C /tmp -cf - mini | split -b 15M - "$OUT/mini.tar.part-"
 echo "=== look + prompt_match ($(date +%T))"
-XVID_MINI_WEIGHTS=/tmp/mini timeout 60 python3 benchmarks/mini_look.py --out "$OUT/look.png" 2>&1 | grep -v Warn | tail -3
-XVID_MINI_WEIGHTS=/tmp/mini timeout 70 python3 benchmarks/mini_prompt_match.py --model mini --pairs 32 --guidance 1 4 \
+XVID_MINI_WEIGHTS=/tmp/mini timeout 40 python3 benchmarks/mini_look.py --out "$OUT/look.png" 2>&1 | grep -v Warn | tail -3
+XVID_MINI_WEIGHTS=/tmp/mini timeout 60 python3 benchmarks/mini_prompt_match.py --model mini --pairs 32 --guidance 1 4 \
   --out-dir "$OUT" --name pm-mini 2>&1 | grep -v Warn | tail -5
-XVID_MINI_WEIGHTS=/tmp/mini timeout 70 python3 benchmarks/mini_prompt_match.py --model mini-large --pairs 16 --guidance 1 \
+XVID_MINI_WEIGHTS=/tmp/mini timeout 55 python3 benchmarks/mini_prompt_match.py --model mini-large --pairs 16 --guidance 1 \
   --out-dir "$OUT" --name pm-large 2>&1 | grep -v Warn | tail -4
 ls -la "$OUT"
 echo "=== done $(date +%T)"

@@ -45,7 +45,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("--out", type=Path, required=True, help="pipeline folder to write (save_pretrained)")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--vae-steps", type=int, default=1500)
+    p.add_argument("--vae-steps", type=int, default=None, help="VAE steps (default 1500; with --init: 0)")
     p.add_argument("--vae-batch", type=int, default=24)
     p.add_argument("--vae-lr", type=float, default=1e-3)
     p.add_argument("--steps", type=int, default=6000, help="transformer steps")
@@ -70,9 +70,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--checkpoint", type=Path, default=None, help="where a stopped run saves its state")
     p.add_argument("--resume", type=Path, default=None, help="a --checkpoint file to continue from")
     p.add_argument("--init", type=Path, default=None,
-                   help="start from the weights of a pipeline folder (a second training segment): its VAE is kept "
-                        "and the VAE stage skipped, the transformer and text encoder continue with a fresh optimizer")
-    return p.parse_args(argv)
+                   help="start from the weights of a pipeline folder (a second training segment) with fresh "
+                        "optimizers: the VAE stage runs only when --vae-steps or --vae-seconds asks for it (then the "
+                        "latent statistics are measured again), the transformer and text encoder continue")
+    args = p.parse_args(argv)
+    if args.vae_steps is None:
+        args.vae_steps = 0 if args.init is not None and args.vae_seconds is None else 1500
+    return args
 
 
 def lr_at(step: int, total: int, warmup: int) -> float:
@@ -156,6 +160,13 @@ def encode_video(vae: Any, video: torch.Tensor, mean: torch.Tensor, std: torch.T
     return (z - mean) / std  # the normalised latents the pipeline denoises
 
 
+def ema_decay(step: int, decay: float) -> float:
+    """The EMA's decay at ``step``: warmed up as (1 + step) / (10 + step), so that the average covers the last
+    ~10% of a short run instead of keeping ``decay ** steps`` of the random initial weights (a quarter of them
+    after 1,400 steps at 0.999)."""
+    return min(decay, (1 + step) / (10 + step))
+
+
 def ema_update(ema: torch.nn.Module, model: torch.nn.Module, decay: float) -> None:
     with torch.no_grad():
         for e, p in zip(ema.parameters(), model.parameters()):
@@ -205,7 +216,8 @@ def main(argv: list[str] | None = None) -> int:
         log(f"resumed at stage {state['stage']}, step {state['step']}")
     elif args.init is not None:
         init_from(args.init, components)
-        state["stage"] = "transformer"
+        if args.vae_steps == 0 and args.vae_seconds is None:
+            state["stage"] = "transformer"
         log(f"initialised from {args.init}")
     deadline = None if args.time_limit is None else started + args.time_limit
 
@@ -305,8 +317,8 @@ def main(argv: list[str] | None = None) -> int:
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)
         opt.step()
-        ema_update(ema_t, transformer, args.ema)
-        ema_update(ema_e, text_encoder, args.ema)
+        ema_update(ema_t, transformer, ema_decay(step, args.ema))
+        ema_update(ema_e, text_encoder, ema_decay(step, args.ema))
         window += torch.stack([loss.detach(), torch.ones((), device=device)])
         state["step"] += 1
         if state["step"] % args.log_every == 0 or state["step"] == args.steps:
@@ -348,6 +360,9 @@ def save(args: argparse.Namespace, components: dict, ema_t: Any, ema_e: Any, sta
         "loss_curve": losses,
         "tokens_per_call": {"mini": tokens_per_call(*args.mini_shape),
                             "mini-large": tokens_per_call(*args.large_shape)},
+        # a second segment (--init) records the segment it started from, so the chain of commands is kept
+        "init": json.loads((args.init / "training.json").read_text()) if args.init is not None
+        and (args.init / "training.json").exists() else None,
         "versions": {"torch": torch.__version__, "diffusers": diffusers.__version__,
                      "transformers": transformers.__version__},
     }
