@@ -180,7 +180,7 @@ def init_from(folder: Path, components: dict) -> None:
 
     for name, cls in (("vae", AutoencoderKLWan), ("transformer", WanTransformer3DModel),
                       ("text_encoder", UMT5EncoderModel)):
-        loaded = cls.from_pretrained(folder / name, torch_dtype=torch.float32)
+        loaded = cls.from_pretrained(folder / name, dtype=torch.float32)
         components[name].load_state_dict(loaded.state_dict())
         if name == "vae":
             components[name].register_to_config(latents_mean=list(loaded.config.latents_mean),
