@@ -12,12 +12,13 @@ from typing import Any
 import numpy as np
 import torch
 
-from .config import ConfigError, RunConfig, to_container
+from .config import ConfigError, RunConfig, to_container, warn_all_dense
 from .memory import check_fits
 from .pipelines.family import apply_xattention
 from .pipelines.loading import is_tiny, load_pipeline, pipeline_class_for, resolve_device, takes_image
 from .pipelines.tiny import tiny_call_kwargs
-from .video_io import OutputPathError, check_output_path, write_json, write_mp4
+from .video_io import OutputPathError, write_json, write_mp4
+from .video_io import check_out as check_video_out
 
 
 class NonFiniteVideoError(RuntimeError):
@@ -208,11 +209,9 @@ def check_out(out: str | Path | None) -> Path | None:
     if out is None:
         return None
     try:
-        out = check_output_path(out)
-        check_output_path(out.with_suffix(".json"), (".json",))
+        return check_video_out(out)
     except OutputPathError as exc:
-        raise ConfigError(f"--out: {exc}") from None
-    return out
+        raise ConfigError(str(exc)) from None
 
 
 def generate(run: RunConfig, out: str | Path | None = None, pipe: Any = None,
@@ -224,6 +223,7 @@ def generate(run: RunConfig, out: str | Path | None = None, pipe: Any = None,
     """
     if out is not None:
         out = check_out(out)
+    warn_all_dense(run)
     image = check_inputs(run) if pipe is None else None
     if pipe is None:
         check_fits(run, resolve_device(run.model.device))

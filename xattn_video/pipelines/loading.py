@@ -8,7 +8,7 @@ from typing import Any
 
 import torch
 
-from ..config import MINI_MODELS, TINY_MODELS, ModelConfig
+from ..config import MINI_MODELS, TINY_MODELS, ModelConfig, unknown_model_message
 
 HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 DTYPES = {"bfloat16": torch.bfloat16, "float16": torch.float16, "float32": torch.float32}
@@ -202,7 +202,7 @@ def _check_source(path: str, files: bool = True) -> str:
             _check_local_files(local)
         return str(local)
     if path.startswith((".", "/", "~")) or not HUB_ID.match(path):
-        raise ModelLoadError(f"model path {path!r} does not exist (and is not a hub id of the form owner/name)")
+        raise ModelLoadError(unknown_model_message(path))
     _check_hub(path)
     return path
 
