@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime
 import platform
 import sys
 import time
@@ -16,7 +17,6 @@ from .config import ConfigError, RunConfig, to_container, warn_all_dense
 from .memory import check_fits
 from .pipelines.family import apply_xattention
 from .pipelines.loading import is_tiny, load_pipeline, pipeline_class_for, resolve_device, takes_image
-from .pipelines.tiny import tiny_call_kwargs
 from .video_io import OutputPathError, write_json, write_mp4
 from .video_io import check_out as check_video_out
 
@@ -162,7 +162,6 @@ def run_pipeline(pipe: Any, run: RunConfig, latents: torch.Tensor | None = None,
         kwargs["latents"] = latents
     else:
         kwargs["generator"] = torch.Generator(device="cpu").manual_seed(g.seed)
-    kwargs.update(tiny_call_kwargs(run.model.path))  # the tiny HunyuanVideo models' short prompt templates
     accepted = inspect.signature(pipe.__call__).parameters
     kwargs = {k: v for k, v in kwargs.items() if k in accepted and (v is not None or k == "negative_prompt")}
     pipe.set_progress_bar_config(disable=not show_progress)
@@ -237,7 +236,11 @@ def generate(run: RunConfig, out: str | Path | None = None, pipe: Any = None,
 
 def run_record(result: GenerationResult, run: RunConfig, pipe: Any) -> dict:
     """The JSON run record of a finished generation (config, environment, times, XAttention statistics)."""
+    from . import __version__
+
     return {
+        "xattn_video_version": __version__,
+        "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         "config": to_container(run),
         "device": str(pipeline_device(pipe)),
         "environment": environment(),

@@ -41,7 +41,6 @@ def profile_pipeline(pipe: Any, run: RunConfig, prompts: Sequence[str], steps: i
 
     from ..generate import initial_latents, load_image
     from ..pipelines.family import _expert_config, apply_xattention
-    from ..pipelines.tiny import tiny_call_kwargs
     from .collect import eligibility_plan
 
     n_steps = profiled_steps(run, steps)
@@ -84,8 +83,6 @@ def profile_pipeline(pipe: Any, run: RunConfig, prompts: Sequence[str], steps: i
                 kwargs["latents"] = latents
             else:
                 kwargs["generator"] = torch.Generator(device="cpu").manual_seed(g.seed)
-            # the tiny HunyuanVideo models' byte tokenizers need short prompt templates
-            kwargs.update(tiny_call_kwargs(run.model.path))
             # only what this pipeline's __call__ takes (families differ), as generate.run_pipeline does
             kwargs = {k: v for k, v in kwargs.items() if k in accepted and (v is not None or k == "negative_prompt")}
             with torch.no_grad():
