@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from xattn_video import cli
-from xattn_video.bench import e2e
+from xattn_video.bench import e2e, e2e_models, e2e_report
 
 TINY_HV = dict(in_channels=4, out_channels=4, num_attention_heads=2, attention_head_dim=64, num_layers=1,
                num_single_layers=1, num_refiner_layers=1, mlp_ratio=2.0, text_embed_dim=32, pooled_projection_dim=16,
@@ -22,7 +22,7 @@ def test_help_and_no_gpu_is_one_clear_line(capsys, monkeypatch):
 
 
 def test_token_counts_of_the_presets():
-    hv, wan = e2e.MODELS["hunyuan-video"], e2e.MODELS["wan2.1-14b"]
+    hv, wan = e2e_models.MODELS["hunyuan-video"], e2e_models.MODELS["wan2.1-14b"]
     assert hv.image_tokens(None, hv.shapes["720p"]) + hv.text_tokens == 119056
     assert hv.image_tokens(None, hv.shapes["544p"]) + hv.text_tokens == 18616
     assert wan.image_tokens(None, wan.shapes["720p"]) == 75600
@@ -30,13 +30,13 @@ def test_token_counts_of_the_presets():
 
 def test_fast_init_builds_finite_bf16_weights_and_restores_torch_state():
     linear_init = torch.nn.Linear.reset_parameters
-    model = e2e.build_transformer(e2e.HUNYUAN, torch.device("cpu"), **TINY_HV)
+    model = e2e_models.build_transformer(e2e_models.HUNYUAN, torch.device("cpu"), **TINY_HV)
     assert torch.get_default_dtype() == torch.float32 and torch.nn.Linear.reset_parameters is linear_init
     params = dict(model.named_parameters())
     assert all(p.dtype == torch.bfloat16 and torch.isfinite(p).all() for p in params.values())
     w = params["transformer_blocks.0.attn.to_q.weight"].float()
     assert 0.015 < w.std() < 0.025  # re-initialised, not left as uninitialised memory
-    inputs = e2e.HUNYUAN.make_inputs(model, e2e.Shape("tiny", 64, 64, 5), torch.device("cpu"))
+    inputs = e2e_models.HUNYUAN.make_inputs(model, e2e_models.Shape("tiny", 64, 64, 5), torch.device("cpu"))
     with e2e.SdpaTimer(cuda=False) as timer:
         out = model(**inputs)[0]
     assert out.shape == inputs["hidden_states"].shape and timer.pairs
@@ -48,12 +48,12 @@ def test_projection_uses_dense_warmup_steps_and_reuse():
                     estimate_ms=est, selection_ms=0.0, sparse_attention_ms=0.0, other_ms=0.0, density=None)
 
     rows = [row("stock", 1000.0), row("dense", 800.0), row("cap0.35", 400.0, est=40.0)]
-    e2e.project(rows, steps=50, warmup=5, reuse=2)
+    e2e_report.project(rows, steps=50, warmup=5, reuse=2)
     stock, dense, sparse = rows
     assert stock["video_s"] == pytest.approx(50.0) and dense["speedup_video"] == pytest.approx(1.25)
     assert sparse["video_s"] == pytest.approx(5 * 0.8 + 45 * 0.4)
     assert sparse["video_s_reuse"] == pytest.approx(5 * 0.8 + 45 * (0.4 - 0.02))
-    assert "| cap0.35 |" in e2e.markdown(dict(gpu="g", torch="t", triton=None, date="d", steps=50, warmup_steps=5,
+    assert "| cap0.35 |" in e2e_report.markdown(dict(gpu="g", torch="t", triton=None, date="d", steps=50, warmup_steps=5,
                                               reuse=2, rows=rows, notes=[]))
 
 
@@ -64,7 +64,7 @@ def test_projection_of_a_measured_reuse_step():
 
     rows = [row("stock", 1000.0), row("dense", 800.0), row("cap0.35", 400.0),
             row("cap0.35-reuse2", 360.0, reuse_every=2)]
-    e2e.project(rows, steps=50, warmup=5, reuse=2)
+    e2e_report.project(rows, steps=50, warmup=5, reuse=2)
     # 45 sparse steps: 23 estimate (cap0.35), 22 reuse
     assert rows[3]["video_s"] == pytest.approx(5 * 0.8 + 23 * 0.4 + 22 * 0.36)
     assert "video_s_reuse" not in rows[3]
@@ -96,8 +96,8 @@ def test_whole_run_on_tiny_models_on_the_cpu(monkeypatch, tmp_path):
                     freq_dim=32, ffn_dim=64, num_layers=1)
     args = e2e.build_parser().parse_args(["--shapes", "tiny", "--settings", "stock", "dense", "cap0.35",
                                           "cap0.35-reuse2"])
-    for spec in e2e.MODELS.values():
-        monkeypatch.setitem(spec.shapes, "tiny", e2e.Shape("tiny", 128, 128, 9))
+    for spec in e2e_models.MODELS.values():
+        monkeypatch.setitem(spec.shapes, "tiny", e2e_models.Shape("tiny", 128, 128, 9))
     tiny_hv15 = dict(in_channels=17, out_channels=8, num_attention_heads=2, attention_head_dim=64, num_layers=1,
                      num_refiner_layers=1, mlp_ratio=2.0, text_embed_dim=32, text_embed_2_dim=32, image_embed_dim=32,
                      rope_axes_dim=(16, 24, 24), target_size=128, task_type="t2v")
@@ -112,12 +112,12 @@ def test_whole_run_on_tiny_models_on_the_cpu(monkeypatch, tmp_path):
     wan = [rows[("wan2.1-14b", s)] for s in ("stock", "dense", "cap0.35", "cap0.35-reuse2")]
     assert all("total_ms" in r and r["output_finite"] for r in wan)  # installed through pipelines/dispatch.py
     assert wan[2]["sparse_calls"] == 1 and wan[3]["reuse_hits"] == 1
-    assert "cap0.35-reuse2" in e2e.markdown(res)
+    assert "cap0.35-reuse2" in e2e_report.markdown(res)
     hv15 = [rows[("hunyuan-video-1.5", s)] for s in ("stock", "dense", "cap0.35", "cap0.35-reuse2")]
     assert all("total_ms" in r and r["output_finite"] for r in hv15)
     # the sparse path ran (tiny sizes: 2 valid key blocks, the condition region dominates, so density is 1)
     assert hv15[2]["sparse_calls"] == 1 and hv15[3]["reuse_hits"] == 1 and hv15[2]["estimate_ms"] > 0
-    assert hv15[0]["tokens"] == 3 * 8 * 8 + e2e.HUNYUAN15.text_tokens  # 16x VAE: 128 px -> 8 latents, + 1,985
+    assert hv15[0]["tokens"] == 3 * 8 * 8 + e2e_models.HUNYUAN15.text_tokens  # 16x VAE: 128 px -> 8 latents, + 1,985
 
 
 def test_compiled_pass_on_a_tiny_model_on_the_cpu(monkeypatch):
@@ -130,7 +130,7 @@ def test_compiled_pass_on_a_tiny_model_on_the_cpu(monkeypatch):
     real, compiled = compile_module.compile_transformer, []
     monkeypatch.setattr(compile_module, "compile_transformer",
                         lambda t, **kw: compiled.append(kw) or real(t, backend="eager", **kw))  # no C++ build
-    monkeypatch.setitem(e2e.HUNYUAN.shapes, "tiny", e2e.Shape("tiny", 128, 128, 9))
+    monkeypatch.setitem(e2e_models.HUNYUAN.shapes, "tiny", e2e_models.Shape("tiny", 128, 128, 9))
     args = e2e.build_parser().parse_args(["--models", "hunyuan-video", "--shapes", "tiny", "--compile",
                                           "--settings", "stock", "dense", "cap0.35"])
     try:
@@ -146,4 +146,4 @@ def test_compiled_pass_on_a_tiny_model_on_the_cpu(monkeypatch):
     assert sparse["speedup_step"] == pytest.approx(stock["total_ms"] / sparse["total_ms"])
     assert sparse["speedup_step_same"] == pytest.approx(stock_c["total_ms"] / sparse["total_ms"])
     assert "speedup_step_same" not in rows[("cap0.35", False)]
-    assert "| cap0.35 +compile |" in e2e.markdown(res) and "vs stock +compile" in e2e.markdown(res)
+    assert "| cap0.35 +compile |" in e2e_report.markdown(res) and "vs stock +compile" in e2e_report.markdown(res)

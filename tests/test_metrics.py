@@ -1,4 +1,4 @@
-"""Full-reference video metrics (xattn_video.metrics) against closed forms and torchmetrics itself."""
+"""Full-reference video metrics (xattn_video.eval.metrics) against closed forms and torchmetrics itself."""
 
 from __future__ import annotations
 

@@ -19,6 +19,10 @@ _LAZY = {
     "apply_xattention": "pipelines",
     "XAttnHunyuanVideoPipeline": "pipelines",
     "supported_pipelines": "pipelines",
+    # the built-in models (mini, tiny, ...), folders and hub ids as a ready pipeline
+    "load_pipeline": "pipelines.loading",
+    "builtin_models": "config",
+    "XvidWarning": "config",
 }
 
 __all__ = ["__version__", *_LAZY]

@@ -8,16 +8,18 @@ import sys
 from pathlib import Path
 from typing import Any, Sequence
 
-from .cli_options import add_model_options, model_option_values
-from .config import TINY_MODELS, ConfigError, load_config
+from .cli_options import add_model_options, load_run, model_option_values
+from .config import TINY_MODELS, ConfigError
 # Every user mistake is one of these: the CLI prints one line and exits 2. Anything else is a bug: traceback.
-# torch and diffusers load only once a command runs, so `xvid --help` and argument errors are instant.
+# torch and diffusers load only after every check that needs no model, so `xvid --help`, argument errors and
+# refusals of the config, the environment, --out and --model are instant (tests/test_cli_refusals.py).
 
 
 def _user_errors() -> tuple[type[BaseException], ...]:
     """Errors that are the user's input: one line, exit code 2. A module not imported yet raised none."""
     errors: list[type[BaseException]] = [ConfigError, FileNotFoundError]
-    for module, name in (("xattn_video.kernels.inputs", "XAttentionInputError"),
+    for module, name in (("xattn_video.video_io", "OutputPathError"),
+                         ("xattn_video.kernels.inputs", "XAttentionInputError"),
                          ("xattn_video.pipelines.loading", "ModelLoadError"),
                          ("xattn_video.eval.scorers.registry", "ScorerSpecError")):
         if module in sys.modules:
@@ -42,18 +44,20 @@ def _cli_values(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def cmd_generate(args: argparse.Namespace) -> int:
-    from .generate import NonFiniteVideoError, check_out, generate
+    from .video_io import check_out
+
+    run = load_run(args, _cli_values(args))
+    check_out(args.out)
+    if args.gpus is not None and args.gpus < 1:
+        raise ConfigError(f"--gpus must be >= 1, got {args.gpus}")
+    from .generate import NonFiniteVideoError, generate  # torch, diffusers: only now
     from .launch import check_launch, generate_on_ranks, in_rank, launch
 
-    run = load_config(args.config, args.overrides, extra=_cli_values(args))
     world = int(os.environ.get("WORLD_SIZE", "1")) if in_rank() else 1
     gpus = args.gpus if args.gpus is not None else world
-    if gpus < 1:
-        raise ConfigError(f"--gpus must be >= 1, got {gpus}")
     try:
         if gpus > 1 or world > 1:
             if not in_rank():  # the parent: check everything, then start the ranks (they re-run this command)
-                check_out(args.out)
                 check_launch(run, gpus)
                 return launch(gpus, ["-m", "xattn_video.cli", *args.argv])
             generate_on_ranks(run, args.out, gpus, report=_report)
@@ -90,9 +94,15 @@ def _report(run: Any, result: Any) -> None:
 
 
 def cmd_compare(args: argparse.Namespace) -> int:
-    from .eval.compare import compare_cli
+    from .eval.compare_inputs import check_compare_inputs
+    from .prompts import read_prompts
 
-    return compare_cli(args, load_config(args.config, args.overrides, extra=_cli_values(args)))
+    run = load_run(args, _cli_values(args))
+    prompts = [args.prompt] if args.prompt is not None else read_prompts(args.prompts)
+    inputs = check_compare_inputs(prompts, args.seeds, args.metrics, args.out_dir)
+    from .eval.compare import compare_cli  # torch, diffusers: only now
+
+    return compare_cli(inputs, run)
 
 
 def cmd_bench(argv: Sequence[str]) -> int:
@@ -109,11 +119,13 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="xvid", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
 
-    gen = sub.add_parser("generate", help="generate one video (XAttention unless --dense)")
-    gen.add_argument("--prompt")
-    gen.add_argument("--seed", type=int)
+    gen = sub.add_parser("generate", help="generate one video (XAttention unless --dense)",
+                         formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    gen.add_argument("--prompt", help="text to generate from (default: the model's default prompt, "
+                                      "config key generation.prompt)")
+    gen.add_argument("--seed", type=int, help="seed of the initial noise (default: config key generation.seed, 0)")
     gen.add_argument("--dense", action="store_true", help="stock dense attention (no XAttention)")
-    gen.add_argument("--out", type=Path, default=Path("video.mp4"), help="mp4 path; the run record goes next to it")
+    gen.add_argument("--out", default="video.mp4", help="mp4 path; the run record goes next to it")
     gen.add_argument("--gpus", type=int, metavar="N",
                      help="spread one generation over N ranks (Ulysses context parallelism; N must divide the "
                           "attention heads); with --device cpu the ranks run on the CPU over gloo")
@@ -121,17 +133,18 @@ def build_parser() -> argparse.ArgumentParser:
     gen.set_defaults(func=cmd_generate)
 
     cmp = sub.add_parser("compare", help="dense vs XAttention videos from the same noise, with quality metrics",
+                         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
                          description="Dense vs XAttention videos from the same noise, scored. Resuming into an "
                          "existing --out-dir reuses a saved video or score only if what produced it (config, full "
                          "prompt, seed, metrics, scorer environment, versions) is unchanged; anything else is "
                          "recomputed, with a line on stderr saying what changed.")
     group = cmp.add_mutually_exclusive_group(required=True)
-    group.add_argument("--prompt")
+    group.add_argument("--prompt", help="one prompt to compare on")
     group.add_argument("--prompts", type=Path, help="text file, one prompt per line")
-    cmp.add_argument("--seeds", type=int, nargs="+", default=[0])
+    cmp.add_argument("--seeds", type=int, nargs="+", default=[0], help="seeds of the initial noise, one pair each")
     cmp.add_argument("--metrics", default="psnr,ssim,lpips,flicker",
                      help="comma list: psnr, ssim, lpips, flicker, vbench:<dim>[,<dim>...] or a registered scorer")
-    cmp.add_argument("--out-dir", type=Path, required=True)
+    cmp.add_argument("--out-dir", required=True, help="folder of the videos and the report (a re-run resumes)")
     _add_run_options(cmp)
     cmp.set_defaults(func=cmd_compare)
 
@@ -139,14 +152,18 @@ def build_parser() -> argparse.ArgumentParser:
 
     add_calibrate_parser(sub)
 
-    bench = sub.add_parser("bench", help="GPU benchmark of the kernels; --e2e: of whole models (see benchmarks/)",
+    bench = sub.add_parser("bench", help="GPU benchmark of the kernels; --e2e: of whole models (see benchmarks/); "
+                                         "xvid bench --help and xvid bench --e2e --help list their options",
                            add_help=False)
     bench.set_defaults(func=None)
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    from .cli_warnings import install as install_warnings
+
     argv = list(sys.argv[1:] if argv is None else argv)
+    install_warnings(argv[0] if argv and not argv[0].startswith("-") else "")
     try:
         if argv and argv[0] == "bench":
             return cmd_bench(argv[1:])

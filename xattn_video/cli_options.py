@@ -1,7 +1,7 @@
 """Command-line options shared by every command that loads a model (generate, compare, calibrate).
 
 Kept apart from ``cli.py`` so that ``calibrate/cli.py`` can use them without importing the command table. Only
-argparse here: ``xvid --help`` stays instant.
+argparse and the light checks here (no torch): ``xvid --help`` and refusals stay instant.
 """
 
 from __future__ import annotations
@@ -10,22 +10,34 @@ import argparse
 from pathlib import Path
 from typing import Any
 
-from .config import TINY_MODELS
+from .config import BUILTIN_MODELS, RunConfig, check_model_name, load_config
+from .env import check_environment
 
 
 def add_model_options(p: argparse.ArgumentParser) -> None:
     """--model, --image, --config, --set, --height/--width/--frames, --offload, --device."""
-    p.add_argument("--model", help=f"a built-in random-weight model ({', '.join(TINY_MODELS)}), a local diffusers "
-                                   f"folder or a hub id; the pipeline class comes from its model_index.json")
+    p.add_argument("--model", help=f"a built-in model ({', '.join(BUILTIN_MODELS)}; default mini, trained; the "
+                                   f"tiny ones have random weights), a local diffusers folder or a hub id "
+                                   f"(owner/name); the pipeline class comes from its model_index.json")
     p.add_argument("--image", help="conditioning image file (image-to-video pipelines only)")
     p.add_argument("--config", type=Path, help="YAML preset (see configs/)")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="override any config key, e.g. --set xattn.threshold=0.95 (repeatable)")
-    p.add_argument("--height", type=int)
-    p.add_argument("--width", type=int)
+    p.add_argument("--height", type=int, help="video height in pixels, a multiple of 16 (default: the model's "
+                                               "preset, config key generation.height)")
+    p.add_argument("--width", type=int, help="video width in pixels, a multiple of 16 (default: the model's preset)")
     p.add_argument("--frames", type=int, help="number of frames (4k+1)")
     p.add_argument("--offload", choices=["model", "sequential"], help="diffusers CPU offload")
     p.add_argument("--device", help="auto, cpu, cuda or cuda:N")
+
+
+def load_run(args: argparse.Namespace, extra: dict[str, Any]) -> RunConfig:
+    """The run config of a command after every check that needs no model and no heavy import: environment
+    variables, config file, options (``extra``), the --model name."""
+    check_environment()
+    run = load_config(args.config, args.overrides, extra=extra)
+    check_model_name(run.model.path)
+    return run
 
 
 def model_option_values(args: argparse.Namespace) -> dict[str, Any]:
@@ -40,4 +52,4 @@ def model_option_values(args: argparse.Namespace) -> dict[str, Any]:
     return extra
 
 
-__all__ = ["add_model_options", "model_option_values"]
+__all__ = ["add_model_options", "load_run", "model_option_values"]

@@ -7,8 +7,10 @@ name the key. ``xattn.threshold`` is a float, a list with one entry per layer, o
 
 from __future__ import annotations
 
+import difflib
 import math
 import re
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional, Sequence
@@ -46,6 +48,31 @@ MINI_DEFAULTS: dict[str, Any] = {
                    "max_sequence_length": 512},
 }
 BUILTIN_MODELS = (*MINI_MODELS, *TINY_MODELS)
+_HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")  # owner/name (pipelines/loading.py checks the same form)
+
+
+def builtin_models() -> dict[str, str]:
+    """Every built-in model name (``--model NAME``) → one line saying what it is."""
+    names = {name: "trained mini model (shipped weights)" for name in MINI_MODELS}
+    names.update({name: "random weights (noise), for tests" for name in TINY_MODELS})
+    return names
+
+
+def unknown_model_message(path: str) -> str:
+    """Why ``path`` names no model: not built in, not a folder, not ``owner/name``; with a "did you mean"."""
+    close = difflib.get_close_matches(path, BUILTIN_MODELS, n=2, cutoff=0.5)
+    hint = f"did you mean {' or '.join(repr(c) for c in close)}? " if close else ""
+    return (f"model {path!r} is not a built-in model, an existing folder or a hub id of the form owner/name; "
+            f"{hint}built-in models: {', '.join(BUILTIN_MODELS)}")
+
+
+def check_model_name(path: str) -> None:
+    """Refuse a ``--model`` that cannot name anything (a mistyped built-in name), before any import or download.
+
+    Folders and hub ids are checked when the model loads (``pipelines/loading.py``)."""
+    if path in BUILTIN_MODELS or _HUB_ID.match(path) or Path(path).expanduser().exists():
+        return
+    raise ConfigError(unknown_model_message(path))
 
 
 def builtin_defaults(name: str) -> list[dict[str, Any]]:
@@ -69,6 +96,11 @@ def model_folder(path: str) -> str:
 
 class ConfigError(ValueError):
     """A configuration key or value that cannot be used; the message names the key."""
+
+
+class XvidWarning(UserWarning):
+    """Input that runs but does not do what it seems to ask (every step dense, a pair listed twice, nothing to
+    score); the CLI prints it as one ``warning:`` line."""
 
 
 @dataclass
@@ -166,18 +198,32 @@ def _spaced_flow_mapping(item: str) -> str:
     return key + "=" + re.sub(r":(?=[^\s/])", ": ", value)
 
 
+def _load_yaml(path: Path) -> Any:
+    """The YAML file as omegaconf, or a ``ConfigError`` naming the line and column of a syntax error."""
+    import yaml
+
+    try:
+        return OmegaConf.load(path)
+    except yaml.MarkedYAMLError as exc:
+        mark = exc.problem_mark or exc.context_mark
+        where = f" line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+        what = exc.problem or exc.context or "invalid YAML"
+        raise ConfigError(f"config file {path}{where}: {what}") from None
+    except Exception as exc:  # not UTF-8, unreadable, a YAML error without a position
+        raise ConfigError(f"cannot read config file {path}: {str(exc).splitlines()[0]}") from None
+
+
 def load_config(path: str | Path | None = None, overrides: Sequence[str] = (),
                 extra: dict[str, Any] | None = None) -> RunConfig:
     """Defaults ← a built-in model's defaults (mini, tiny, ...) ← YAML file ← ``extra`` ← ``key=value`` overrides."""
     file_cfg = None
     if path is not None:
         path = Path(path)
+        if path.is_dir():
+            raise ConfigError(f"config file {path} is a directory; give a YAML file (see configs/)")
         if not path.is_file():
             raise ConfigError(f"config file not found: {path}")
-        try:
-            file_cfg = OmegaConf.load(path)
-        except Exception as exc:  # YAML syntax errors come in several types
-            raise ConfigError(f"cannot read config file {path}: {str(exc).splitlines()[0]}") from None
+        file_cfg = _load_yaml(path)
         if not isinstance(file_cfg, DictConfig):
             raise ConfigError(f"config file {path}: the top level must be a mapping of sections (model:, xattn:, "
                               f"generation:), got a {type(file_cfg).__name__.replace('Config', '').lower()}")
@@ -205,6 +251,14 @@ def load_config(path: str | Path | None = None, overrides: Sequence[str] = (),
     run: RunConfig = OmegaConf.to_object(cfg)  # type: ignore[assignment]
     validate(run)
     return run
+
+
+def warn_all_dense(run: RunConfig) -> None:
+    """``XvidWarning`` when XAttention is asked for but the warmup covers every step: the video is dense."""
+    if not run.dense and run.xattn.warmup_steps >= run.generation.steps:
+        warnings.warn(f"xattn.warmup_steps ({run.xattn.warmup_steps}) >= generation.steps ({run.generation.steps}): "
+                      f"every step runs dense and XAttention never runs; lower the warmup steps or add --dense",
+                      XvidWarning, stacklevel=2)
 
 
 def to_container(cfg: RunConfig | XAttnConfig) -> dict:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime
 import platform
 import sys
 import time
@@ -12,12 +13,12 @@ from typing import Any
 import numpy as np
 import torch
 
-from .config import ConfigError, RunConfig, to_container
+from .config import ConfigError, RunConfig, to_container, warn_all_dense
 from .memory import check_fits
 from .pipelines.family import apply_xattention
 from .pipelines.loading import is_tiny, load_pipeline, pipeline_class_for, resolve_device, takes_image
-from .pipelines.tiny import tiny_call_kwargs
-from .video_io import OutputPathError, check_output_path, write_json, write_mp4
+from .video_io import OutputPathError, write_json, write_mp4
+from .video_io import check_out as check_video_out
 
 
 class NonFiniteVideoError(RuntimeError):
@@ -161,7 +162,6 @@ def run_pipeline(pipe: Any, run: RunConfig, latents: torch.Tensor | None = None,
         kwargs["latents"] = latents
     else:
         kwargs["generator"] = torch.Generator(device="cpu").manual_seed(g.seed)
-    kwargs.update(tiny_call_kwargs(run.model.path))  # the tiny HunyuanVideo models' short prompt templates
     accepted = inspect.signature(pipe.__call__).parameters
     kwargs = {k: v for k, v in kwargs.items() if k in accepted and (v is not None or k == "negative_prompt")}
     pipe.set_progress_bar_config(disable=not show_progress)
@@ -208,11 +208,9 @@ def check_out(out: str | Path | None) -> Path | None:
     if out is None:
         return None
     try:
-        out = check_output_path(out)
-        check_output_path(out.with_suffix(".json"), (".json",))
+        return check_video_out(out)
     except OutputPathError as exc:
-        raise ConfigError(f"--out: {exc}") from None
-    return out
+        raise ConfigError(str(exc)) from None
 
 
 def generate(run: RunConfig, out: str | Path | None = None, pipe: Any = None,
@@ -224,6 +222,7 @@ def generate(run: RunConfig, out: str | Path | None = None, pipe: Any = None,
     """
     if out is not None:
         out = check_out(out)
+    warn_all_dense(run)
     image = check_inputs(run) if pipe is None else None
     if pipe is None:
         check_fits(run, resolve_device(run.model.device))
@@ -237,7 +236,11 @@ def generate(run: RunConfig, out: str | Path | None = None, pipe: Any = None,
 
 def run_record(result: GenerationResult, run: RunConfig, pipe: Any) -> dict:
     """The JSON run record of a finished generation (config, environment, times, XAttention statistics)."""
+    from . import __version__
+
     return {
+        "xattn_video_version": __version__,
+        "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         "config": to_container(run),
         "device": str(pipeline_device(pipe)),
         "environment": environment(),

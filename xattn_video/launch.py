@@ -164,10 +164,6 @@ def generate_on_ranks(run: RunConfig, out: Any, degree: int,
         raise ConfigError(f"--gpus {degree} but this run has {world} ranks (torchrun --nproc_per_node must match)")
     if rank != 0:
         _quiet_rank()
-    import warnings
-
-    # diffusers 0.42.1's context-parallel gather uses a deprecated functional collective; nothing to act on.
-    warnings.filterwarnings("ignore", message=".*all_gather_tensor.* is deprecated", category=FutureWarning)
     try:
         layout_record = validate_parallel(model, run.generation, degree)  # torchrun users skip the parent check
         rank_model = dataclasses.replace(model, device=str(device))

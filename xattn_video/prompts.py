@@ -17,6 +17,8 @@ def parse_prompts(text: str) -> list[str]:
 def read_prompts(path: str | Path) -> list[str]:
     """Prompts of a prompts file; a missing, unreadable, binary or empty file is a ``ConfigError`` (one line)."""
     path = Path(path)
+    if path.is_dir():
+        raise ConfigError(f"prompt file {path} is a directory; give a text file, one prompt per line")
     if not path.is_file():
         raise ConfigError(f"prompt file not found: {path}")
     try:

@@ -76,6 +76,19 @@ def check_output_path(path: str | Path, suffixes: tuple[str, ...] = VIDEO_SUFFIX
     return path
 
 
+def check_out(out: str | Path, option: str = "--out") -> Path:
+    """``out`` (an mp4) and its JSON run record beside it can be written; ``OutputPathError`` naming ``option``
+    if not. An empty name is refused as such (``Path("")`` would be the current folder)."""
+    if not str(out).strip():
+        raise OutputPathError(f"{option} is empty; give a file name ending in {' or '.join(VIDEO_SUFFIXES)}")
+    try:
+        path = check_output_path(out)
+        check_output_path(path.with_suffix(".json"), (".json",))
+    except OutputPathError as exc:
+        raise OutputPathError(f"{option}: {exc}") from None
+    return path
+
+
 def to_uint8(frames: np.ndarray) -> np.ndarray:
     """float [T, H, W, 3] in [0, 1] → uint8, rounded as a video encoder would see it (uint8 passes through)."""
     if frames.dtype == np.uint8:

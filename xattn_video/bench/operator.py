@@ -244,11 +244,15 @@ def bench_tokens(tokens: int, heads: int, head_dim: int, gen: torch.Generator, l
 
 def main(argv: list[str] | None = None) -> int:
     """``xvid bench``: exit 0 when every correctness check passes, 1 when one fails, 2 without a GPU."""
-    p = argparse.ArgumentParser(prog="xvid bench", description=__doc__.splitlines()[0])
-    p.add_argument("--tokens", type=int, nargs="+", default=[18616, 67576, 119056])
-    p.add_argument("--check-tokens", type=int, nargs="*", default=[18616, 119056])
-    p.add_argument("--heads", type=int, default=24)
-    p.add_argument("--head-dim", type=int, default=128)
+    p = argparse.ArgumentParser(prog="xvid bench", description=__doc__.splitlines()[0],
+                                formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+                                epilog="xvid bench --e2e: end-to-end speed of whole video transformers (stock vs "
+                                       "ours); xvid bench --e2e --help lists its options.")
+    p.add_argument("--tokens", type=int, nargs="+", default=[18616, 67576, 119056], help="sequence lengths timed")
+    p.add_argument("--check-tokens", type=int, nargs="*", default=[18616, 119056],
+                   help="sequence lengths of the bf16 correctness checks")
+    p.add_argument("--heads", type=int, default=24, help="attention heads")
+    p.add_argument("--head-dim", type=int, default=128, help="head dimension (64 or 128)")
     p.add_argument("--no-flex", action="store_true", help="skip FlexAttention")
     p.add_argument("--rep-ms", type=int, default=600, help="do_bench repetition time per measurement")
     p.add_argument("--out-dir", type=Path, help="where results go (default benchmarks/results; with --plot-only: "
@@ -264,7 +268,13 @@ def main(argv: list[str] | None = None) -> int:
             return 2
         out_dir = args.out_dir if args.out_dir is not None else args.plot_only.parent
         out_dir.mkdir(parents=True, exist_ok=True)
-        plot(results, out_dir / f"{args.plot_only.stem}.png")
+        png = out_dir / f"{args.plot_only.stem}.png"
+        try:
+            plot(results, png)
+        except ImportError:
+            print("xvid bench: error: --plot-only needs matplotlib (pip install matplotlib)", file=sys.stderr)
+            return 2
+        print(f"wrote {png}")
         return 0
     args.out_dir = args.out_dir if args.out_dir is not None else Path("benchmarks/results")
     if not torch.cuda.is_available():

@@ -20,7 +20,7 @@ _LAZY = {
     "calibrate": "run",
     "run_calibration": "run",
     "Solution": "solver",
-    "check_target": "solver",
+    "check_target": "checks",
     "solve": "solver",
 }
 

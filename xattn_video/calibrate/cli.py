@@ -6,8 +6,8 @@ import argparse
 from pathlib import Path
 from typing import Any
 
-from ..cli_options import add_model_options, model_option_values
-from ..config import TINY_MODELS, ConfigError, load_config
+from ..cli_options import add_model_options, load_run, model_option_values
+from ..config import TINY_MODELS, ConfigError
 from .defaults import DEFAULT_SAMPLES, DEFAULT_TAUS
 
 
@@ -32,7 +32,7 @@ def add_parser(sub: Any) -> None:
     target.add_argument("--target-error", type=float, help="output relative error vs dense at most this, >= 0")
     target.add_argument("--density", type=float, help="mean density budget in (0, 1], spent where recall gains most")
     p.add_argument("--per-head", action="store_true", help="one τ per head (default: one per layer)")
-    p.add_argument("--out", type=Path, required=True, help="YAML to write (report, plot, profile go next to it)")
+    p.add_argument("--out", required=True, help="YAML to write (report, plot, profile go next to it)")
     p.add_argument("--taus", type=_taus, default=list(DEFAULT_TAUS),
                    help=f"candidate τ, comma list (default {','.join(f'{t:g}' for t in DEFAULT_TAUS)})")
     p.add_argument("--samples", type=int, default=DEFAULT_SAMPLES, help="query blocks sampled per attention call")
@@ -50,21 +50,25 @@ def _extra(args: argparse.Namespace) -> dict[str, Any]:
 
 def cmd_calibrate(args: argparse.Namespace) -> int:
     from ..prompts import read_prompts
-    from .run import run_calibration
-    from .report import summary_line
-    from .solver import check_target
+    from .checks import check_samples, check_target, profiled_steps
 
-    # cheap checks first: a bad target or prompt file fails before any model is loaded
+    # every check that needs no model first, before torch loads: a bad input is refused in a second
     check_target(args.target_recall, args.target_error, args.density)
-    if args.out.is_dir():
-        raise ConfigError(f"--out {args.out} is a folder; give the YAML file to write, e.g. {args.out / 'calib.yaml'}")
-    if not args.prompts.is_file():
-        raise ConfigError(f"prompt file not found: {args.prompts}")
+    if not str(args.out).strip():
+        raise ConfigError("--out is empty; give the YAML file to write, e.g. calib.yaml")
+    out = Path(args.out)
+    if out.is_dir():
+        raise ConfigError(f"--out {out} is a folder; give the YAML file to write, e.g. {out / 'calib.yaml'}")
     prompts = read_prompts(args.prompts)
-    run = load_config(args.config, args.overrides, extra=_extra(args))
+    run = load_run(args, _extra(args))
+    profiled_steps(run, args.profile_steps)
+    check_samples(args.samples)
+    from .report import summary_line  # torch, diffusers: only now
+    from .run import run_calibration
+
     result = run_calibration(run, prompts, args.profile_steps, target_recall=args.target_recall,
                              target_error=args.target_error, density=args.density, per_head=args.per_head,
-                             out=args.out, taus=args.taus, samples=args.samples)
+                             out=out, taus=args.taus, samples=args.samples)
     print(f"{summary_line(result.solution)}; {result.profile.num_calls} attention calls profiled in "
           f"{result.seconds:.1f} s")
     for note in result.solution.notes:

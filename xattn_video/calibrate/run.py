@@ -12,7 +12,8 @@ import torch
 from ..config import ConfigError, RunConfig, to_container, xattn_config
 from .collect import Collector
 from .profile import DEFAULT_SAMPLES, DEFAULT_TAUS, CalibrationProfile, check_taus
-from .solver import Solution, check_target, solve
+from .checks import check_samples, check_target, profiled_steps
+from .solver import Solution, solve
 
 
 @dataclasses.dataclass
@@ -22,17 +23,6 @@ class CalibrationResult:
     profile: CalibrationProfile
     seconds: float
     files: dict[str, Path] = dataclasses.field(default_factory=dict)
-
-
-def profiled_steps(run: RunConfig, steps: int) -> int:
-    """Sparse-eligible steps a run can profile: ``steps``, capped by the schedule after the warmup."""
-    if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
-        raise ConfigError(f"--steps (profiled denoising steps) must be a positive int, got {steps!r}")
-    available = run.generation.steps - run.xattn.warmup_steps
-    if available < 1:
-        raise ConfigError(f"nothing to profile: xattn.warmup_steps ({run.xattn.warmup_steps}) leaves no sparse "
-                          f"step of generation.steps ({run.generation.steps})")
-    return min(steps, available)
 
 
 def profile_pipeline(pipe: Any, run: RunConfig, prompts: Sequence[str], steps: int, *,
@@ -51,7 +41,6 @@ def profile_pipeline(pipe: Any, run: RunConfig, prompts: Sequence[str], steps: i
 
     from ..generate import initial_latents, load_image
     from ..pipelines.family import _expert_config, apply_xattention
-    from ..pipelines.tiny import tiny_call_kwargs
     from .collect import eligibility_plan
 
     n_steps = profiled_steps(run, steps)
@@ -94,8 +83,6 @@ def profile_pipeline(pipe: Any, run: RunConfig, prompts: Sequence[str], steps: i
                 kwargs["latents"] = latents
             else:
                 kwargs["generator"] = torch.Generator(device="cpu").manual_seed(g.seed)
-            # the tiny HunyuanVideo models' byte tokenizers need short prompt templates
-            kwargs.update(tiny_call_kwargs(run.model.path))
             # only what this pipeline's __call__ takes (families differ), as generate.run_pipeline does
             kwargs = {k: v for k, v in kwargs.items() if k in accepted and (v is not None or k == "negative_prompt")}
             with torch.no_grad():
@@ -131,8 +118,7 @@ def run_calibration(run: RunConfig, prompts: Sequence[str], steps: int = 2, *, t
     prompts = [p for p in prompts if p and p.strip()]
     if not prompts:
         raise ConfigError("no prompts to calibrate on")
-    if isinstance(samples, bool) or not isinstance(samples, int) or samples < 1:
-        raise ConfigError(f"samples (query blocks per call) must be a positive int, got {samples!r}")
+    check_samples(samples)
     n_steps = profiled_steps(run, steps)
     start = time.perf_counter()
     image = None

@@ -20,29 +20,9 @@ from typing import Any
 import torch
 
 from ..config import ConfigError
+from .checks import check_target
 from ..stats import Label, layer_order
 from .profile import CalibrationProfile
-
-
-def check_target(target_recall: float | None = None, target_error: float | None = None,
-                 density: float | None = None) -> tuple[str, float]:
-    """(objective, value) after checking that exactly one target is given and in range."""
-    given = {k: v for k, v in (("recall", target_recall), ("error", target_error), ("density", density))
-             if v is not None}
-    if len(given) != 1:
-        raise ConfigError("give exactly one of target_recall (--target-recall), target_error (--target-error) "
-                          "or density (--density)")
-    (name, value), = given.items()
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or math.isnan(value):
-        raise ConfigError(f"{name} target must be a number, got {value!r}")
-    value = float(value)
-    if name == "recall" and not 0.0 < value <= 1.0:
-        raise ConfigError(f"target recall must be in (0, 1], got {value}")
-    if name == "error" and value < 0.0:
-        raise ConfigError(f"target error must be >= 0 (a relative error), got {value}")
-    if name == "density" and not 0.0 < value <= 1.0:
-        raise ConfigError(f"density budget must be in (0, 1], got {value}")
-    return name, value
 
 
 @dataclass

@@ -11,7 +11,9 @@ torch/diffusers/GPU; for scores also the metric set and each scorer's environmen
 or score is reused only when its record equals what this run would produce; otherwise it is recomputed and a line
 on stderr says which setting changed (the dense video does not depend on ``xattn.*`` and is kept across τ changes).
 Timings: before the first timed generation, one untimed 1-step generation of each variant (warm-up: compilation,
-autotuning); the order of the dense and the XAttention run alternates from item to item.
+autotuning); the order of the dense and the XAttention run alternates from item to item. Each video record carries
+the ``run_id`` of the run that timed it; a speedup is only given for two videos timed in the same run (a re-run that
+reuses the dense video and regenerates the XAttention one shows both times and no ratio: two machine states).
 Outputs in ``--out-dir``: one folder per item, ``report.json``, ``report.md`` and PNG plots (see ``report.py``).
 """
 
@@ -20,69 +22,18 @@ from __future__ import annotations
 import dataclasses
 import importlib.util
 import json
-import os
 import sys
+import uuid
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Sequence
 
 import numpy as np
 
-from ..prompts import read_prompts
 from ..config import ConfigError, RunConfig, to_container
 from ..video_io import write_json, write_mp4, write_npy, write_text
-from .metrics import KNOWN_METRICS
+from .compare_inputs import CompareInputs, check_compare_inputs, parse_metrics  # noqa: F401 (public here too)
 from .report import VARIANTS, build_report, fmt, jsonable, markdown, plots, slug
-
-PAIRWISE = tuple(KNOWN_METRICS)  # psnr, ssim, lpips: the XAttention video against the dense one
-
-
-def parse_metrics(spec: str | Sequence[str]) -> tuple[list[str], list[str]]:
-    """Split ``"psnr,ssim,flicker,vbench:a,b"`` into pairwise metrics and scorer specs (``["flicker", "vbench:a,b"]``).
-
-    Items after ``name:`` that are neither a pairwise metric nor a registered scorer are arguments of that scorer.
-    """
-    from .scorers import available_scorers
-
-    items = [s.strip() for s in (spec.split(",") if isinstance(spec, str) else spec) if s.strip()]
-    hooks_known = set(available_scorers())
-    pairwise: list[str] = []
-    hooks: list[str] = []
-    for item in items:
-        name = item.split(":", 1)[0]
-        if item in PAIRWISE:
-            pairwise.append(item)
-        elif name in hooks_known:
-            hooks.append(item)
-        elif hooks and ":" in hooks[-1]:
-            hooks[-1] += "," + item  # another argument of the previous hook, e.g. a VBench dimension
-        else:
-            raise ConfigError(f"unknown metric {item!r} in --metrics: use {', '.join(PAIRWISE)} or a hook "
-                             f"({', '.join(sorted(hooks_known))})")
-    return pairwise, hooks
-
-
-def check_out_dir(out_dir: str | Path) -> Path:
-    """Create ``out_dir`` if needed and check that files can be created in it (one-line ConfigError if not)."""
-    out_dir = Path(out_dir).expanduser()
-    if out_dir.exists() and not out_dir.is_dir():
-        raise ConfigError(f"--out-dir {out_dir} exists and is not a directory")
-    try:
-        out_dir.mkdir(parents=True, exist_ok=True)
-        probe = out_dir / f".xvid-probe-{os.getpid()}"
-        probe.touch()
-        probe.unlink()
-    except OSError as exc:
-        raise ConfigError(f"cannot write in --out-dir {out_dir}: {exc.strerror or exc}") from None
-    return out_dir
-
-
-def check_prompts(prompts: Sequence[str]) -> None:
-    """At least one prompt, and none empty (an empty prompt gives NaN videos): one-line ConfigError."""
-    if not prompts:
-        raise ConfigError("no prompts to compare")
-    if any(not isinstance(p, str) or not p.strip() for p in prompts):
-        raise ConfigError("a prompt is empty: give the text to generate from (e.g. --prompt \"a cat walks\")")
 
 
 def _normalized(data: Any) -> Any:
@@ -169,7 +120,7 @@ def warm_up(pipe: Any, run: RunConfig) -> None:
 
 
 def _video(pipe: Any, run: RunConfig, variant: str, folder: Path, latents: Any, show_progress: bool,
-           provenance: dict | None = None) -> dict:
+           provenance: dict | None = None, run_id: str | None = None) -> dict:
     """Generate the video (the caller has checked that no reusable one exists); returns its record."""
     from ..generate import run_pipeline
 
@@ -180,9 +131,18 @@ def _video(pipe: Any, run: RunConfig, variant: str, folder: Path, latents: Any, 
     write_mp4(result.frames, folder / f"{variant}.mp4", fps=run.generation.fps)
     record = {"seconds_total": result.seconds_total, "seconds_per_step": result.seconds_per_step,
               "mean_density": result.mean_density, "xattn": result.xattn, "mp4": f"{variant}.mp4",
-              "frames": f"{variant}.npy", "provenance": provenance}
+              "frames": f"{variant}.npy", "run_id": run_id, "provenance": provenance}
     write_json(jsonable(record), record_path)
     return record
+
+
+def speedup(dense: dict, xattn: dict) -> float | None:
+    """Dense time / XAttention time, only for two videos timed in the same run (same ``run_id``): a kept video
+    from an earlier run was timed on another machine state, so a ratio across runs would mean nothing."""
+    same_run = dense.get("run_id") is not None and dense.get("run_id") == xattn.get("run_id")
+    if not same_run or not xattn["seconds_total"] > 0:
+        return None
+    return dense["seconds_total"] / xattn["seconds_total"]
 
 
 def score_source(scorer: Any) -> str:
@@ -229,12 +189,14 @@ def compare(run: RunConfig, prompts: Sequence[str], seeds: Sequence[int], metric
     from .scorers import make_scorers
     from ..pipelines.loading import load_pipeline
 
-    pairwise, hook_specs = parse_metrics(metrics)
+    # before the model loads: a bad place or metric fails in a second, not after an hour
+    inputs = check_compare_inputs(prompts, seeds, metrics, out_dir)
+    prompts, seeds, pairwise, hook_specs, out_dir = (inputs.prompts, inputs.seeds, inputs.pairwise,
+                                                     inputs.scorer_specs, inputs.out_dir)
     if pairwise and importlib.util.find_spec("torchmetrics") is None:
         raise ConfigError(f"metrics {', '.join(pairwise)} need torchmetrics: pip install 'xattn-video[eval]'")
     scorers = make_scorers(hook_specs) if hook_specs else []
-    check_prompts(prompts)
-    out_dir = check_out_dir(out_dir)  # before the model loads: a bad place fails in a second, not after an hour
+    run_id = uuid.uuid4().hex[:12]  # which videos this run timed: only those give a speedup
     if pipe is None:
         check_inputs(run)  # I2V image present and readable, before any model loads
         pipe = load_pipeline(run.model)
@@ -274,14 +236,14 @@ def compare(run: RunConfig, prompts: Sequence[str], seeds: Sequence[int], metric
                 if latents is None:
                     latents = initial_latents(pipe, item_run)
                 records[variant] = _video(pipe, item_run, variant, folder, latents, show_progress=False,
-                                          provenance=wanted[variant])
+                                          provenance=wanted[variant], run_id=run_id)
         scores = _score_item(folder, prompt, pairwise, scorers)
         dense_s, xattn_s = records["dense"]["seconds_total"], records["xattn"]["seconds_total"]
         result = {
             "prompt": prompt, "seed": seed, "folder": folder.name, **scores,
             "seconds": {"dense": dense_s, "xattn": xattn_s}, "order": list(order),
             "seconds_per_step": {v: records[v]["seconds_per_step"] for v in VARIANTS},
-            "speedup": dense_s / xattn_s if xattn_s > 0 else None,
+            "speedup": speedup(records["dense"], records["xattn"]),
             "mean_density": records["xattn"]["mean_density"],
             "density_per_step_layer": (records["xattn"]["xattn"] or {}).get("density_per_step_layer"),
         }
@@ -296,14 +258,17 @@ def compare(run: RunConfig, prompts: Sequence[str], seeds: Sequence[int], metric
     return report
 
 
-def compare_cli(args: Any, run: RunConfig) -> int:
-    """``xvid compare``: run ``compare`` and print a summary (user errors propagate to the CLI's handler)."""
-    prompts = [args.prompt] if args.prompt is not None else read_prompts(args.prompts)
-    report = compare(run, prompts, args.seeds, args.metrics, args.out_dir)
+def compare_cli(inputs: CompareInputs, run: RunConfig) -> int:
+    """``xvid compare`` on checked inputs: run ``compare`` and print a summary (user errors propagate to the CLI's
+    handler)."""
+    report = compare(run, inputs.prompts, inputs.seeds, inputs.pairwise + inputs.scorer_specs, inputs.out_dir)
     means = report["means"]
-    print(f"compared {len(report['items'])} video pairs in {args.out_dir}: "
+    print(f"compared {len(report['items'])} video pairs in {inputs.out_dir}: "
           + ", ".join(f"{k} {fmt(v)}" for k, v in means.items() if v is not None))
     for name, reason in report["skipped"].items():
         print(f"skipped {name}: {reason}")
-    print(f"report: {Path(args.out_dir) / 'report.md'}")
+    if any(item.get("speedup") is None for item in report["items"]):
+        print("note: no speedup for pairs timed in different runs (a video was kept from an earlier run); use a "
+              "fresh --out-dir to time both")
+    print(f"report: {Path(inputs.out_dir) / 'report.md'}")
     return 0

@@ -75,6 +75,15 @@ def fmt(x: Any) -> str:
     return f"{x:.4g}" if isinstance(x, float) else str(x)
 
 
+def wrap_cell(text: str, width: int = 40) -> str:
+    """A table cell holding all of ``text``, broken at spaces into lines of about ``width`` (``<br>``), never
+    inside a word; ``|`` escaped so the row keeps its columns."""
+    import textwrap
+
+    lines = textwrap.wrap(text, width, break_long_words=False, break_on_hyphens=False) or [""]
+    return "<br>".join(line.replace("|", "\\|") for line in lines)
+
+
 def markdown(report: dict) -> str:
     """report.md: settings, one table per prompt, means over all videos, skipped metrics."""
     cfg = report["config"]
@@ -94,12 +103,16 @@ def markdown(report: dict) -> str:
     for prompt, rows in by_prompt.items():
         lines += [f"## {prompt}", "", "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
         for r in rows:
-            cells = ([r["prompt"][:40], str(r["seed"])] + [fmt(r["pairwise"].get(m)) for m in pair]
+            cells = ([wrap_cell(r["prompt"]), str(r["seed"])] + [fmt(r["pairwise"].get(m)) for m in pair]
                      + [fmt(r["hooks"][v].get(m)) for m in hooks for v in VARIANTS]
                      + [fmt(r["mean_density"]), fmt(r["seconds"]["dense"]), fmt(r["seconds"]["xattn"]),
                         fmt(r["speedup"])])
             lines.append("| " + " | ".join(cells) + " |")
         lines.append("")
+    if any(r.get("speedup") is None for r in report["items"]):
+        lines += ["No speedup (–) where the dense and the XAttention video were timed in different runs (one was "
+                  "kept from an earlier run in this folder): their times come from two machine states. A fresh "
+                  "--out-dir times both.", ""]
     lines += ["## Means over all videos", "", "| metric | mean |", "|---|---|"]
     lines += [f"| {k} | {fmt(v)} |" for k, v in report["means"].items()]
     if report.get("score_sources"):

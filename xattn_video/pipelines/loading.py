@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import dataclasses
 import re
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from ..config import MINI_MODELS, TINY_MODELS, ModelConfig
+from ..config import DEFAULT_MODEL, MINI_MODELS, TINY_MODELS, ModelConfig, RunConfig, unknown_model_message
 
 HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 DTYPES = {"bfloat16": torch.bfloat16, "float16": torch.float16, "float32": torch.float32}
@@ -120,14 +121,26 @@ def resolve_pipeline_class(name: str) -> type:
     return getattr(diffusers, stock)
 
 
-def load_pipeline(model: ModelConfig, pipeline_cls: type | None = None) -> Any:
-    """Build or load the pipeline described by ``model`` and place it on its device (or offload it).
+def load_pipeline(model: str | ModelConfig | RunConfig = DEFAULT_MODEL, pipeline_cls: type | None = None,
+                  **model_options: Any) -> Any:
+    """The ready pipeline of ``model`` (stock diffusers class, XAttention not installed), on its device.
+
+    ``model``: a built-in name (``builtin_models()``: ``mini``, ``tiny``, ...), a local diffusers folder or a hub
+    id, with ``model_options`` the other ``ModelConfig`` keys (``device="cpu"``, ``dtype``, ``offload``); or a
+    ``ModelConfig`` / ``RunConfig``. The pipeline carries what its model needs at call time (the tiny
+    HunyuanVideo models' prompt templates), so ``pipe(prompt=...)`` works as for any diffusers pipeline.
 
     The pipeline class comes from the checkpoint's ``model_index.json`` (any supported family, see
     ``supported_pipelines()``) unless ``pipeline_cls`` is given. Real checkpoints: transformer(s) in
     ``model.dtype`` (bfloat16 by default), the rest in float16, VAE tiling on unless ``model.vae_tiling`` is
-    false. On the CPU everything runs in float32.
+    false. On the CPU everything runs in float32. ``ModelLoadError`` (one line) when it cannot load.
     """
+    if isinstance(model, RunConfig):
+        model = model.model
+    if isinstance(model, str):
+        model = ModelConfig(path=model, **model_options)
+    elif model_options:
+        model = dataclasses.replace(model, **model_options)
     device = resolve_device(model.device)
     on_gpu = device.type == "cuda"
     if model.offload is not None and not on_gpu:
@@ -202,7 +215,7 @@ def _check_source(path: str, files: bool = True) -> str:
             _check_local_files(local)
         return str(local)
     if path.startswith((".", "/", "~")) or not HUB_ID.match(path):
-        raise ModelLoadError(f"model path {path!r} does not exist (and is not a hub id of the form owner/name)")
+        raise ModelLoadError(unknown_model_message(path))
     _check_hub(path)
     return path
 

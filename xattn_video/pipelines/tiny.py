@@ -7,6 +7,9 @@ can be run and tested on a laptop CPU in seconds.
 
 from __future__ import annotations
 
+import functools
+from typing import Any
+
 import torch
 from diffusers import AutoencoderKLHunyuanVideo, FlowMatchEulerDiscreteScheduler, HunyuanVideoTransformer3DModel
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors
@@ -90,7 +93,35 @@ def build_tiny_pipeline(seed: int = 0, pipeline_cls: type | None = None):
     from diffusers import HunyuanVideoPipeline
 
     cls = pipeline_cls or HunyuanVideoPipeline
-    return cls(**build_tiny_components(seed))
+    return carry_prompt_template(cls(**build_tiny_components(seed)), TINY_PROMPT_TEMPLATE)
+
+
+def carry_prompt_template(pipe: Any, template: dict) -> Any:
+    """Make ``pipe`` use ``template`` wherever its caller leaves diffusers' default prompt template, so that
+    ``pipe(prompt=...)`` works with no extra argument.
+
+    The stock HunyuanVideo templates are sized for Llama's tokenizer (crop_start 95): with a tiny byte tokenizer
+    and a short ``max_sequence_length`` they crop the prompt away and every prompt gives the same video. The
+    class is left as it is (family detection, ``save_pretrained``); only this instance's prompt encoding changes,
+    and a template the caller passes still wins.
+    """
+    import inspect
+    import sys
+
+    encode = pipe._get_llama_prompt_embeds  # where the template is read (T2V and I2V pipelines alike)
+    default = getattr(sys.modules[type(pipe).__module__], "DEFAULT_PROMPT_TEMPLATE", None)
+    signature = inspect.signature(encode)
+
+    @functools.wraps(encode)
+    def with_template(*args: Any, **kwargs: Any) -> Any:
+        bound = signature.bind(*args, **kwargs)
+        if bound.arguments.get("prompt_template") in (None, default):
+            bound.arguments["prompt_template"] = template
+        return encode(*bound.args, **bound.kwargs)
+
+    object.__setattr__(pipe, "_get_llama_prompt_embeds", with_template)
+    pipe._xvid_prompt_template = template  # what the pipeline carries, for run records and checks
+    return pipe
 
 
 # ------------------------------------------------------------------------------------------------------ Wan
@@ -299,16 +330,17 @@ def build_tiny_hunyuan_i2v_components(seed: int = 0, *, image_condition: str = "
 
 
 def build_tiny_hunyuan_i2v_pipeline(seed: int = 0, *, image_condition: str = "latent_concat"):
-    """A tiny ``HunyuanVideoImageToVideoPipeline`` with random weights; its videos are noise. Call it with
-    ``prompt_template=tiny_hunyuan_i2v_prompt_template()`` (the stock template is sized for Llava-Llama-3)."""
+    """A tiny ``HunyuanVideoImageToVideoPipeline`` with random weights; its videos are noise. It carries
+    ``tiny_hunyuan_i2v_prompt_template()`` (the stock template is sized for Llava-Llama-3)."""
     from diffusers import HunyuanVideoImageToVideoPipeline
 
-    return HunyuanVideoImageToVideoPipeline(**build_tiny_hunyuan_i2v_components(seed, image_condition=image_condition))
+    pipe = HunyuanVideoImageToVideoPipeline(**build_tiny_hunyuan_i2v_components(seed, image_condition=image_condition))
+    return carry_prompt_template(pipe, tiny_hunyuan_i2v_prompt_template(pipe.tokenizer))
 
 
 def tiny_call_kwargs(name: str) -> dict:
-    """Extra pipeline call arguments a tiny model needs (HunyuanVideo's prompt templates sized for the byte
-    tokenizers); ``{}`` for other models."""
+    """The prompt template a tiny model's pipeline carries (``carry_prompt_template``; HunyuanVideo's templates
+    sized for the byte tokenizers), for code that builds the call itself; ``{}`` for other models."""
     if name == "tiny":
         return {"prompt_template": TINY_PROMPT_TEMPLATE}
     if name == "tiny-hunyuan-i2v":

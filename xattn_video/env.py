@@ -1,0 +1,46 @@
+"""Environment variables the package reads, checked before anything heavy is imported.
+
+A mistyped value (``XATTN_BACKEND=trition``) is refused in a second with one line, instead of after the model has
+loaded (or never, when every step of a short run is dense). Only the standard library and ``config`` here.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from pathlib import Path
+
+from .config import ConfigError
+
+BACKEND_ENV_VAR = "XATTN_BACKEND"  # forces the backend that "auto" picks: "torch" or "triton"
+FORCED_BACKENDS = ("torch", "triton")
+DIST_TIMEOUT_ENV_VAR = "XVID_DIST_TIMEOUT"  # seconds a multi-rank run waits on a silent rank
+MINI_WEIGHTS_ENV_VAR = "XVID_MINI_WEIGHTS"  # another pipeline folder for --model mini
+
+
+def check_environment(environ: Mapping[str, str] | None = None) -> None:
+    """Refuse a set but unusable ``XATTN_BACKEND``, ``XVID_DIST_TIMEOUT`` or ``XVID_MINI_WEIGHTS`` (``ConfigError``).
+
+    Unset or empty variables are fine: they mean the default.
+    """
+    env = os.environ if environ is None else environ
+    backend = env.get(BACKEND_ENV_VAR, "").strip().lower()
+    if backend and backend not in FORCED_BACKENDS:
+        raise ConfigError(f"environment variable {BACKEND_ENV_VAR} must be {' or '.join(FORCED_BACKENDS)} (or "
+                          f"unset: auto), got {env[BACKEND_ENV_VAR]!r}")
+    timeout = env.get(DIST_TIMEOUT_ENV_VAR, "").strip()
+    if timeout:
+        try:
+            ok = float(timeout) > 0
+        except ValueError:
+            ok = False
+        if not ok:
+            raise ConfigError(f"environment variable {DIST_TIMEOUT_ENV_VAR} must be a number of seconds > 0, got "
+                              f"{env[DIST_TIMEOUT_ENV_VAR]!r}")
+    weights = env.get(MINI_WEIGHTS_ENV_VAR, "")
+    if weights and not (Path(weights).expanduser() / "model_index.json").is_file():
+        raise ConfigError(f"environment variable {MINI_WEIGHTS_ENV_VAR}={weights!r} is not a diffusers pipeline "
+                          f"folder (no model_index.json); unset it to use the shipped mini weights")
+
+
+__all__ = ["BACKEND_ENV_VAR", "DIST_TIMEOUT_ENV_VAR", "MINI_WEIGHTS_ENV_VAR", "check_environment"]
