@@ -71,6 +71,18 @@ class ConfigError(ValueError):
     """A configuration key or value that cannot be used; the message names the key."""
 
 
+# torch.Generator.manual_seed takes -2**63..2**64-1 but negatives alias the top half (-1 is 2**64-1); one
+# signed-64-bit range keeps every seed a distinct, portable number in run records.
+SEED_MAX = 2**63 - 1
+
+
+def check_seed(seed: Any, what: str = "config key 'generation.seed'") -> int:
+    """``seed`` if torch can take it (an int in 0..2**63-1), else ``ConfigError`` naming ``what``."""
+    if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed <= SEED_MAX:
+        raise ConfigError(f"{what} must be an integer from 0 to {SEED_MAX} (2**63-1), got {seed!r}")
+    return seed
+
+
 @dataclass
 class XAttnConfig:
     """How attention is replaced. Layer numbering per family: HunyuanVideo 0..19 dual-stream, 20..59 single-stream;
@@ -235,6 +247,7 @@ def validate(run: RunConfig) -> None:
             raise ConfigError(f"config key 'generation.{key}' must be a positive multiple of 16, got {v}")
     if g.steps < 1:
         raise ConfigError(f"config key 'generation.steps' must be >= 1, got {g.steps}")
+    check_seed(g.seed)
     if g.fps < 1:
         raise ConfigError(f"config key 'generation.fps' must be >= 1, got {g.fps}")
     if run.model.offload not in (None, "model", "sequential"):

@@ -29,7 +29,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from ..prompts import read_prompts
-from ..config import ConfigError, RunConfig, to_container
+from ..config import ConfigError, RunConfig, check_seed, to_container
 from ..video_io import write_json, write_mp4, write_npy, write_text
 from .metrics import KNOWN_METRICS
 from .report import VARIANTS, build_report, fmt, jsonable, markdown, plots, slug
@@ -298,6 +298,8 @@ def compare(run: RunConfig, prompts: Sequence[str], seeds: Sequence[int], metric
 
 def compare_cli(args: Any, run: RunConfig) -> int:
     """``xvid compare``: run ``compare`` and print a summary (user errors propagate to the CLI's handler)."""
+    for seed in args.seeds:  # before any model loads
+        check_seed(seed, "--seeds")
     prompts = [args.prompt] if args.prompt is not None else read_prompts(args.prompts)
     report = compare(run, prompts, args.seeds, args.metrics, args.out_dir)
     means = report["means"]
