@@ -48,6 +48,26 @@ def _extra(args: argparse.Namespace) -> dict[str, Any]:
     return extra
 
 
+YAML_SUFFIXES = (".yaml", ".yml")
+
+
+def check_yaml_out(out: Path) -> None:
+    """``--out`` names a YAML file that can be written: ``xvid generate --config`` reads it back, and the report,
+    plot and profile take its name with their own suffixes (``c.mp4`` would give a YAML called ``c.mp4``)."""
+    from ..video_io import OutputPathError, check_output_path
+
+    if out.is_dir():
+        raise ConfigError(f"--out {out} is a folder; give the YAML file to write, e.g. {out / 'calib.yaml'}")
+    if out.suffix.lower() not in YAML_SUFFIXES:
+        got = f"'{out.suffix}'" if out.suffix else "no extension"
+        raise ConfigError(f"--out {out}: calibrate writes a config YAML, so the name must end in .yaml or .yml, "
+                          f"got {got} (e.g. {out.with_suffix('.yaml')})")
+    try:
+        check_output_path(out, YAML_SUFFIXES)
+    except OutputPathError as exc:
+        raise ConfigError(f"--out: {exc}") from None
+
+
 def cmd_calibrate(args: argparse.Namespace) -> int:
     from ..prompts import read_prompts
     from .run import run_calibration
@@ -56,8 +76,7 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
 
     # cheap checks first: a bad target or prompt file fails before any model is loaded
     check_target(args.target_recall, args.target_error, args.density)
-    if args.out.is_dir():
-        raise ConfigError(f"--out {args.out} is a folder; give the YAML file to write, e.g. {args.out / 'calib.yaml'}")
+    check_yaml_out(args.out)
     if not args.prompts.is_file():
         raise ConfigError(f"prompt file not found: {args.prompts}")
     prompts = read_prompts(args.prompts)
