@@ -327,3 +327,13 @@ def test_gpu_benchmark_script_imports_on_cpu():
     assert callable(module.main)
     if not torch.cuda.is_available():
         assert module.main(["--out-dir", "unused"]) == 2  # refuses cleanly without a GPU
+
+
+@pytest.mark.parametrize("name", ["c.mp4", "calib", "c.json"])
+def test_cli_out_must_be_yaml(tmp_path, capsys, name):
+    prompts = write_prompts(tmp_path, "a cat\n")
+    rc = main(["calibrate", "--model", "tiny", "--prompts", str(prompts), "--target-recall", "0.9",
+               "--out", str(tmp_path / name)])
+    err = capsys.readouterr().err
+    assert rc == 2 and err.count("\n") == 1 and ".yaml or .yml" in err, err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["p.txt"]

@@ -243,3 +243,20 @@ def test_generate_with_model_compile_and_xattention(tmp_path, capsys, monkeypatc
     record = json.loads(out.with_suffix(".json").read_text())
     sparse_step = record["xattn"]["density_per_step_layer"]["1"]
     assert record["config"]["model"]["compile"] and all(v < 1 for v in sparse_step.values())
+
+
+def test_hunyuan15_i2v_writes_the_asked_size(tmp_path):
+    """HunyuanVideo 1.5 I2V picked its own size from the image's aspect ratio (144x112 for an asked 256x256) while
+    the run record said the asked one; the video, the frames and the record now all have the asked size."""
+    from PIL import Image
+
+    from xattn_video.video_io import read_video
+
+    Image.new("RGB", (400, 300), (200, 40, 40)).save(tmp_path / "cond.png")  # 4:3, unlike the asked 2:3
+    out = tmp_path / "v.mp4"
+    assert main(["generate", "--model", "tiny-hunyuan15-i2v", "--image", str(tmp_path / "cond.png"), "--steps", "1",
+                 "--frames", "5", "--height", "96", "--width", "64", "--out", str(out)]) == 0
+    record = json.loads(out.with_suffix(".json").read_text())
+    assert (record["height"], record["width"]) == (96, 64) == (record["config"]["generation"]["height"],
+                                                               record["config"]["generation"]["width"])
+    assert read_video(out).shape[1:3] == (96, 64)

@@ -66,3 +66,37 @@ def test_full_size_presets_compile_the_blocks(preset):
 
     run = load_config(Path(__file__).resolve().parents[1] / "configs" / f"{preset}.yaml")
     assert run.model.compile and run.generation.height == 720
+
+
+@pytest.mark.parametrize("argv", [
+    ["generate", "--seed", "99999999999999999999999"],
+    ["generate", "--seed", "-1"],
+    ["compare", "--prompt", "a cat", "--seeds", "1", "99999999999999999999999", "--out-dir", "{tmp}/cmp"],
+    ["calibrate", "--prompts", "{tmp}/p.txt", "--target-recall", "0.9", "--seed", str(2**63), "--out", "{tmp}/c.yaml"],
+])
+def test_seed_out_of_torch_range_is_refused_before_loading(tmp_path, capsys, monkeypatch, argv):
+    import xattn_video.pipelines.loading as loading
+
+    def no_load(*a, **k):
+        raise AssertionError("the model loaded before the seed was checked")
+
+    monkeypatch.setattr(loading, "load_pipeline", no_load)
+    monkeypatch.setattr("xattn_video.generate.load_pipeline", no_load)
+    (tmp_path / "p.txt").write_text("a cat\n")
+    argv = [a.replace("{tmp}", str(tmp_path)) for a in argv]
+    rc = main([*argv, "--model", "tiny", "--steps", "2"] if argv[0] != "calibrate" else [*argv, "--model", "tiny"])
+    err = capsys.readouterr().err
+    assert rc == 2 and err.count("\n") == 1 and "2**63-1" in err, err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["p.txt"]
+
+
+def test_seed_range_edges():
+    from xattn_video.config import SEED_MAX, check_seed
+
+    import torch
+
+    torch.Generator().manual_seed(SEED_MAX)  # the largest seed we accept is one torch takes
+    assert load_config(None, [f"generation.seed={SEED_MAX}"]).generation.seed == SEED_MAX
+    for bad in (SEED_MAX + 1, -1, True, 1.5):
+        with pytest.raises(ConfigError, match="generation.seed"):
+            check_seed(bad)

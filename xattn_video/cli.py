@@ -10,6 +10,7 @@ from typing import Any, Sequence
 
 from .cli_options import add_model_options, load_run, model_option_values
 from .config import TINY_MODELS, ConfigError
+from .signals import LAUNCHED_ENV, Terminated, sigterm_raises
 # Every user mistake is one of these: the CLI prints one line and exits 2. Anything else is a bug: traceback.
 # torch and diffusers load only after every check that needs no model, so `xvid --help`, argument errors and
 # refusals of the config, the environment, --out and --model are instant (tests/test_cli_refusals.py).
@@ -165,19 +166,22 @@ def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     install_warnings(argv[0] if argv and not argv[0].startswith("-") else "")
     try:
-        if argv and argv[0] == "bench":
-            return cmd_bench(argv[1:])
-        args = build_parser().parse_args(argv)
-        args.argv = argv
-        try:
-            return args.func(args)
-        except _user_errors() as exc:
-            where = f" (rank {os.environ['RANK']})" if "RANK" in os.environ and "WORLD_SIZE" in os.environ else ""
-            print(f"xvid {args.command}: error{where}: {exc}", file=sys.stderr)
-            return 2
-    except KeyboardInterrupt:
-        print(f"xvid{' ' + argv[0] if argv else ''}: interrupted", file=sys.stderr)
-        return 130  # 128 + SIGINT, as shells report it
+        with sigterm_raises():  # a `kill` unwinds too, so temporary files are removed (signals.py)
+            if argv and argv[0] == "bench":
+                return cmd_bench(argv[1:])
+            args = build_parser().parse_args(argv)
+            args.argv = argv
+            try:
+                return args.func(args)
+            except _user_errors() as exc:
+                where = f" (rank {os.environ['RANK']})" if "RANK" in os.environ and "WORLD_SIZE" in os.environ else ""
+                print(f"xvid {args.command}: error{where}: {exc}", file=sys.stderr)
+                return 2
+    except (KeyboardInterrupt, Terminated) as exc:
+        stopped = isinstance(exc, KeyboardInterrupt)
+        if not os.environ.get(LAUNCHED_ENV):  # a rank of `--gpus N`: the parent prints the one line
+            print(f"xvid{' ' + argv[0] if argv else ''}: {'interrupted' if stopped else 'terminated'}", file=sys.stderr)
+        return 130 if stopped else exc.exit_code  # 128 + the signal, as shells report it
 
 
 if __name__ == "__main__":

@@ -101,6 +101,16 @@ class ConfigError(ValueError):
 class XvidWarning(UserWarning):
     """Input that runs but does not do what it seems to ask (every step dense, a pair listed twice, nothing to
     score); the CLI prints it as one ``warning:`` line."""
+# torch.Generator.manual_seed takes -2**63..2**64-1 but negatives alias the top half (-1 is 2**64-1); one
+# signed-64-bit range keeps every seed a distinct, portable number in run records.
+SEED_MAX = 2**63 - 1
+
+
+def check_seed(seed: Any, what: str = "config key 'generation.seed'") -> int:
+    """``seed`` if torch can take it (an int in 0..2**63-1), else ``ConfigError`` naming ``what``."""
+    if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed <= SEED_MAX:
+        raise ConfigError(f"{what} must be an integer from 0 to {SEED_MAX} (2**63-1), got {seed!r}")
+    return seed
 
 
 @dataclass
@@ -289,6 +299,7 @@ def validate(run: RunConfig) -> None:
             raise ConfigError(f"config key 'generation.{key}' must be a positive multiple of 16, got {v}")
     if g.steps < 1:
         raise ConfigError(f"config key 'generation.steps' must be >= 1, got {g.steps}")
+    check_seed(g.seed)
     if g.fps < 1:
         raise ConfigError(f"config key 'generation.fps' must be >= 1, got {g.fps}")
     if run.model.offload not in (None, "model", "sequential"):

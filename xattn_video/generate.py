@@ -16,6 +16,7 @@ import torch
 from .config import ConfigError, RunConfig, to_container, warn_all_dense
 from .memory import check_fits
 from .pipelines.family import apply_xattention
+from .pipelines.hunyuan_video15 import asked_size
 from .pipelines.loading import is_tiny, load_pipeline, pipeline_class_for, resolve_device, takes_image
 from .video_io import OutputPathError, write_json, write_mp4
 from .video_io import check_out as check_video_out
@@ -168,7 +169,8 @@ def run_pipeline(pipe: Any, run: RunConfig, latents: torch.Tensor | None = None,
     try:
         _sync(device)
         start = time.perf_counter()
-        output = pipe(**kwargs)
+        with asked_size(pipe, g.height, g.width):
+            output = pipe(**kwargs)
         _sync(device)
         total = time.perf_counter() - start
         summary = handle.summary() if handle is not None else None

@@ -14,7 +14,9 @@ import dataclasses
 import datetime
 import inspect
 import logging
+import math
 import os
+import signal
 import sys
 import uuid
 from pathlib import Path
@@ -23,6 +25,7 @@ from typing import Any, Callable, Sequence
 import torch
 
 from .config import ConfigError, RunConfig
+from .signals import LAUNCHED_ENV, Terminated
 
 # NVLink SHARP/multicast off in every process we start (the GPU machines' notes: it can hang or fail there).
 NO_MULTICAST_ENV = {"NCCL_NVLS_ENABLE": "0", "TORCH_SYMM_MEM_DISABLE_MULTICAST": "1", "NVSHMEM_DISABLE_NVLS": "1"}
@@ -48,9 +51,27 @@ def rank_device_spec(device: str) -> str:
     return f"cuda:{int(os.environ.get('LOCAL_RANK', 0))}"
 
 
+def dist_timeout() -> float:
+    """Seconds of ``XVID_DIST_TIMEOUT`` (default 1800); ``ConfigError`` naming the variable if it is no positive
+    finite number."""
+    text = os.environ.get(TIMEOUT_ENV)
+    if text is None:
+        return float(DEFAULT_TIMEOUT_S)
+    try:
+        seconds = float(text)
+    except ValueError:
+        seconds = math.nan
+    if not math.isfinite(seconds) or seconds <= 0:
+        raise ConfigError(f"environment variable {TIMEOUT_ENV}={text!r}: expected a positive number of seconds "
+                          f"(default {DEFAULT_TIMEOUT_S})")
+    return seconds
+
+
 def check_launch(run: RunConfig, gpus: int) -> dict:
     """Everything that can be checked before any rank starts or any weight loads; returns the layout record."""
     from .pipelines.parallel import validate_parallel
+
+    dist_timeout()
 
     if run.model.offload is not None:
         raise ConfigError("config key 'model.offload' cannot be combined with --gpus (each rank holds the "
@@ -75,15 +96,20 @@ def launch(nproc: int, python_args: Sequence[str]) -> int:
     The first rank to fail stops the others (no hang); its own message is on stderr, and this prints one line
     naming the rank. Exit code: the failed rank's if it was 2 (bad input), else 1.
     """
+    from torch.distributed.elastic.multiprocessing.api import SignalException
     from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
     from torch.distributed.launcher.api import LaunchConfig, elastic_launch
 
     package_root = str(Path(__file__).resolve().parents[1])
-    env = {**NO_MULTICAST_ENV, "PYTHONUNBUFFERED": "1",
+    env = {**NO_MULTICAST_ENV, "PYTHONUNBUFFERED": "1", LAUNCHED_ENV: "1",
            "PYTHONPATH": os.pathsep.join(filter(None, [package_root, os.environ.get("PYTHONPATH")])),
            "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // nproc)))}
     # The agent's own failure report is a multi-line table; ours below is the one line.
-    logging.getLogger("torch.distributed.elastic").setLevel(logging.CRITICAL)
+    # Its modules set their own levels (torch's elastic get_logger), so the parent logger's level is not enough:
+    # "Received 15 death signal, shutting down workers" would precede our line.
+    for name in ["torch.distributed.elastic", *logging.root.manager.loggerDict]:
+        if name.startswith("torch.distributed.elastic"):
+            logging.getLogger(name).setLevel(logging.CRITICAL)
     options = dict(min_nodes=1, max_nodes=1, nproc_per_node=nproc, run_id=f"xvid-{uuid.uuid4().hex[:8]}",
                    rdzv_backend="c10d", rdzv_endpoint="localhost:0", max_restarts=0, monitor_interval=0.2,
                    start_method="spawn", shutdown_timeout=10)
@@ -100,6 +126,12 @@ def launch(nproc: int, python_args: Sequence[str]) -> int:
         what = f"exit code {code}" if code >= 0 else f"signal {-code}"
         print(f"xvid: rank {rank} of {nproc} failed ({what}); all ranks were stopped", file=sys.stderr)
         return 2 if code == 2 else 1
+    except SignalException as exc:
+        # The agent turns SIGINT/SIGTERM/SIGHUP/SIGQUIT into this after stopping the ranks (they clean up their
+        # temporary files: signals.py); the CLI prints one line and exits 128 + the signal.
+        if exc.sigval == signal.SIGINT:
+            raise KeyboardInterrupt from None
+        raise Terminated(exc.sigval) from None
     finally:
         for key, value in saved.items():
             if value is None:
@@ -114,7 +146,7 @@ def init_process_group(device: torch.device) -> tuple[int, int]:
     import torch.distributed as dist
 
     if not dist.is_initialized():
-        timeout = datetime.timedelta(seconds=float(os.environ.get(TIMEOUT_ENV, DEFAULT_TIMEOUT_S)))
+        timeout = datetime.timedelta(seconds=dist_timeout())
         if device.type == "cuda":
             torch.cuda.set_device(device)
             dist.init_process_group("nccl", timeout=timeout, device_id=device)

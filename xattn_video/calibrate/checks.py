@@ -1,10 +1,11 @@
 """``xvid calibrate``'s input checks, run before torch or diffusers load (a refusal costs a second): the target,
-the profiled steps against the schedule, the sample count."""
+the profiled steps against the schedule, the sample count, ``--out``."""
 
 from __future__ import annotations
 
 import math
 import warnings
+from pathlib import Path
 
 from ..config import ConfigError, RunConfig, XvidWarning
 
@@ -53,4 +54,24 @@ def check_samples(samples: int) -> int:
     return samples
 
 
-__all__ = ["check_samples", "check_target", "profiled_steps"]
+YAML_SUFFIXES = (".yaml", ".yml")
+
+
+def check_yaml_out(out: Path) -> None:
+    """``--out`` names a YAML file that can be written: ``xvid generate --config`` reads it back, and the report,
+    plot and profile take its name with their own suffixes (``c.mp4`` would give a YAML called ``c.mp4``)."""
+    from ..video_io import OutputPathError, check_output_path
+
+    if out.is_dir():
+        raise ConfigError(f"--out {out} is a folder; give the YAML file to write, e.g. {out / 'calib.yaml'}")
+    if out.suffix.lower() not in YAML_SUFFIXES:
+        got = f"'{out.suffix}'" if out.suffix else "no extension"
+        raise ConfigError(f"--out {out}: calibrate writes a config YAML, so the name must end in .yaml or .yml, "
+                          f"got {got} (e.g. {out.with_suffix('.yaml')})")
+    try:
+        check_output_path(out, YAML_SUFFIXES)
+    except OutputPathError as exc:
+        raise ConfigError(f"--out: {exc}") from None
+
+
+__all__ = ["YAML_SUFFIXES", "check_samples", "check_target", "check_yaml_out", "profiled_steps"]

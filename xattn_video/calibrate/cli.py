@@ -50,15 +50,14 @@ def _extra(args: argparse.Namespace) -> dict[str, Any]:
 
 def cmd_calibrate(args: argparse.Namespace) -> int:
     from ..prompts import read_prompts
-    from .checks import check_samples, check_target, profiled_steps
+    from .checks import check_samples, check_target, check_yaml_out, profiled_steps
 
     # every check that needs no model first, before torch loads: a bad input is refused in a second
     check_target(args.target_recall, args.target_error, args.density)
     if not str(args.out).strip():
         raise ConfigError("--out is empty; give the YAML file to write, e.g. calib.yaml")
     out = Path(args.out)
-    if out.is_dir():
-        raise ConfigError(f"--out {out} is a folder; give the YAML file to write, e.g. {out / 'calib.yaml'}")
+    check_yaml_out(out)
     prompts = read_prompts(args.prompts)
     run = load_run(args, _extra(args))
     profiled_steps(run, args.profile_steps)

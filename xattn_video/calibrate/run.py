@@ -10,6 +10,7 @@ from typing import Any, Sequence
 import torch
 
 from ..config import ConfigError, RunConfig, to_container, xattn_config
+from ..pipelines.hunyuan_video15 import asked_size
 from .collect import Collector
 from .profile import DEFAULT_SAMPLES, DEFAULT_TAUS, CalibrationProfile, check_taus
 from .checks import check_samples, check_target, profiled_steps
@@ -85,7 +86,7 @@ def profile_pipeline(pipe: Any, run: RunConfig, prompts: Sequence[str], steps: i
                 kwargs["generator"] = torch.Generator(device="cpu").manual_seed(g.seed)
             # only what this pipeline's __call__ takes (families differ), as generate.run_pipeline does
             kwargs = {k: v for k, v in kwargs.items() if k in accepted and (v is not None or k == "negative_prompt")}
-            with torch.no_grad():
+            with torch.no_grad(), asked_size(pipe, g.height, g.width):  # HunyuanVideo 1.5 I2V: the asked size
                 pipe(**kwargs)
     finally:
         handle.remove()

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
 
-from ..config import ConfigError, XvidWarning
+from ..config import ConfigError, XvidWarning, check_seed
 
 # The full-reference metrics of eval/metrics.py (the XAttention video against the dense one), named here so that
 # checking --metrics needs no torch; tests/test_compare.py checks that both lists agree.
@@ -99,6 +99,8 @@ def check_compare_inputs(prompts: Sequence[str], seeds: Sequence[int], metrics: 
     check_prompts(prompts)
     if not seeds:
         raise ConfigError("no seeds to compare")
+    for seed in seeds:  # torch takes 0..2**63-1: a larger one would crash after the model loads
+        check_seed(seed, "--seeds")
     pairwise, scorer_specs = parse_metrics(metrics)
     if not pairwise and not scorer_specs:
         warnings.warn("--metrics is empty: the videos are generated and timed, nothing is scored", XvidWarning)

@@ -12,6 +12,8 @@ every video query keeps them).
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
 from typing import Any
 
 import torch
@@ -42,3 +44,26 @@ HUNYUAN_VIDEO15 = register_family(FamilyAdapter(
     module_mask=module_mask,
     never_sparse="token refiner; I2V image tokens and text (condition region, kept dense by text forcing)",
 ))
+
+
+@contextlib.contextmanager
+def asked_size(pipe: Any, height: int, width: int) -> Iterator[None]:
+    """HunyuanVideo 1.5 I2V generates ``height`` x ``width`` (other pipelines: no change).
+
+    Its ``__call__`` takes no height/width: it picks the bucket nearest the image's aspect ratio at the
+    transformer's ``target_size`` (a 4:3 image on the tiny model gave 144x112 for an asked 256x256, while the
+    run record said 256). Pinning the bucket to the asked size makes the pipeline crop-resize the image to it, as
+    Wan's I2V does; any multiple of 16 (the VAE's compression, patch 1) is a size the model can take.
+    """
+    processor = getattr(pipe, "video_processor", None)
+    if type(pipe).__name__ != "HunyuanVideo15ImageToVideoPipeline" or processor is None:
+        yield
+        return
+    def pinned(*_args: Any, **_kwargs: Any) -> tuple[int, int]:  # called with the image's size and target_size
+        return height, width
+
+    processor.calculate_default_height_width = pinned
+    try:
+        yield
+    finally:
+        del processor.calculate_default_height_width  # the class's method again
