@@ -18,7 +18,6 @@ Outputs in ``--out-dir``: one folder per item, ``report.json``, ``report.md`` an
 from __future__ import annotations
 
 import dataclasses
-import importlib.util
 import json
 import os
 import sys
@@ -31,6 +30,7 @@ import numpy as np
 from ..prompts import read_prompts
 from ..config import ConfigError, RunConfig, to_container
 from ..video_io import write_json, write_mp4, write_npy, write_text
+from . import extras
 from .metrics import KNOWN_METRICS
 from .report import VARIANTS, build_report, fmt, jsonable, markdown, plots, slug
 
@@ -230,8 +230,8 @@ def compare(run: RunConfig, prompts: Sequence[str], seeds: Sequence[int], metric
     from ..pipelines.loading import load_pipeline
 
     pairwise, hook_specs = parse_metrics(metrics)
-    if pairwise and importlib.util.find_spec("torchmetrics") is None:
-        raise ConfigError(f"metrics {', '.join(pairwise)} need torchmetrics: pip install 'xattn-video[eval]'")
+    if pairwise and not extras.importable("torchmetrics"):  # LPIPS without torchvision is only skipped, later
+        raise ConfigError(extras.missing_message(pairwise))
     scorers = make_scorers(hook_specs) if hook_specs else []
     check_prompts(prompts)
     out_dir = check_out_dir(out_dir)  # before the model loads: a bad place fails in a second, not after an hour
@@ -290,7 +290,7 @@ def compare(run: RunConfig, prompts: Sequence[str], seeds: Sequence[int], metric
     report = build_report(run, results, pairwise, scorers)
     report["plots"] = plots(report, out_dir)
     if not report["plots"]:
-        report["skipped"]["plots"] = "matplotlib is not installed: pip install 'xattn-video[eval]'"
+        report["skipped"]["plots"] = f"matplotlib is not installed: {extras.install_hint(['plots'])}"
     write_json(report, out_dir / "report.json")
     write_text(markdown(report), out_dir / "report.md")
     return report
