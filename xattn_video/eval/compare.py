@@ -10,8 +10,12 @@ produced them (``provenance``: the resolved config with the full prompt and seed
 torch/diffusers/GPU; for scores also the metric set and each scorer's environment, e.g. VBench's interpreter and cache dir). A saved video
 or score is reused only when its record equals what this run would produce; otherwise it is recomputed and a line
 on stderr says which setting changed (the dense video does not depend on ``xattn.*`` and is kept across τ changes).
-Timings: before the first timed generation, one untimed 1-step generation of each variant (warm-up: compilation,
-autotuning); the order of the dense and the XAttention run alternates from item to item.
+Timings: before the first timed generation, one untimed short generation of each variant (warm-up: compilation,
+autotuning; for XAttention each path the timed run takes: its dense warmup step, a sparse step, selection reuse); the
+order of the dense and the XAttention run alternates from item to item. Only the pipeline call is timed (not the mp4
+encode, the metrics or the scorers, which run after both videos of an item). Each video records the run that timed it
+and the load average before it; the report gives the spread of per-item times and speedups (``timing.py``) and
+warns when they vary by more than 1.25× (a busy machine: other processes on the same cores).
 Outputs in ``--out-dir``: one folder per item, ``report.json``, ``report.md`` and PNG plots (see ``report.py``).
 """
 
@@ -21,6 +25,7 @@ import dataclasses
 import json
 import os
 import sys
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Sequence
@@ -33,6 +38,7 @@ from ..video_io import write_json, write_mp4, write_npy, write_text
 from . import extras
 from .metrics import KNOWN_METRICS
 from .report import VARIANTS, build_report, fmt, jsonable, markdown, plots, slug
+from .timing import load_average, warm_up_plan
 
 PAIRWISE = tuple(KNOWN_METRICS)  # psnr, ssim, lpips: the XAttention video against the dense one
 
@@ -153,34 +159,41 @@ def _reusable(path: Path, wanted: dict, what: str, say: Callable[[str], None]) -
 
 
 def warm_up(pipe: Any, run: RunConfig) -> None:
-    """One untimed 1-step generation of each variant (XAttention from step 0), at the item's sizes: compilation,
-    Triton autotuning, cuDNN algorithm search and first allocations happen here, not inside a timed video.
+    """One untimed short generation of each variant at the item's sizes: dense 1 step; XAttention one step of each
+    path the timed run takes (``timing.warm_up_plan``: its dense warmup path, a sparse step, selection reuse).
+    Compilation, Triton autotuning, cuDNN plan search and first allocations happen here, not inside a timed video.
 
     A NaN warm-up video is ignored here: the timed generation reports it."""
     from ..generate import NonFiniteVideoError, run_pipeline
 
-    one_step = dataclasses.replace(run, generation=dataclasses.replace(run.generation, steps=1),
-                                   xattn=dataclasses.replace(run.xattn, warmup_steps=0))
+    x = run.xattn
+    xattn_steps, xattn_warmup = warm_up_plan(run.generation.steps, x.warmup_steps, x.selection_reuse)
+    plans = {"dense": dataclasses.replace(run, dense=True, generation=dataclasses.replace(run.generation, steps=1)),
+             "xattn": dataclasses.replace(run, dense=False,
+                                          generation=dataclasses.replace(run.generation, steps=xattn_steps),
+                                          xattn=dataclasses.replace(x, warmup_steps=xattn_warmup))}
     for variant in VARIANTS:
         try:
-            run_pipeline(pipe, dataclasses.replace(one_step, dense=variant == "dense"), show_progress=False)
+            run_pipeline(pipe, plans[variant], show_progress=False)
         except NonFiniteVideoError:
             pass
 
 
 def _video(pipe: Any, run: RunConfig, variant: str, folder: Path, latents: Any, show_progress: bool,
-           provenance: dict | None = None) -> dict:
-    """Generate the video (the caller has checked that no reusable one exists); returns its record."""
+           provenance: dict | None = None, timed_in: str | None = None) -> dict:
+    """Generate the video (the caller has checked that no reusable one exists); returns its record (with
+    ``timed_in``, the compare run that timed it, and the load average just before)."""
     from ..generate import run_pipeline
 
     frames_path, record_path = folder / f"{variant}.npy", folder / f"{variant}.json"
+    load = load_average()
     result = run_pipeline(pipe, dataclasses.replace(run, dense=variant == "dense"), latents=latents,
                           show_progress=show_progress)
     write_npy(result.frames.astype(np.float16), frames_path)
     write_mp4(result.frames, folder / f"{variant}.mp4", fps=run.generation.fps)
     record = {"seconds_total": result.seconds_total, "seconds_per_step": result.seconds_per_step,
               "mean_density": result.mean_density, "xattn": result.xattn, "mp4": f"{variant}.mp4",
-              "frames": f"{variant}.npy", "provenance": provenance}
+              "frames": f"{variant}.npy", "timed_in": timed_in, "load_1min": load, "provenance": provenance}
     write_json(jsonable(record), record_path)
     return record
 
@@ -248,6 +261,7 @@ def compare(run: RunConfig, prompts: Sequence[str], seeds: Sequence[int], metric
         bar.write(message, file=sys.stderr)
 
     warmed = False  # one untimed warm-up before the first timed generation of this run
+    timed_in = f"{os.getpid()}-{time.time_ns()}"  # this run: an item's two times are comparable only within one
     for index, (prompt, seed) in enumerate(bar):
         folder = out_dir / f"{index:03d}-{slug(prompt)}-seed{seed}"
         folder.mkdir(exist_ok=True)
@@ -274,7 +288,7 @@ def compare(run: RunConfig, prompts: Sequence[str], seeds: Sequence[int], metric
                 if latents is None:
                     latents = initial_latents(pipe, item_run)
                 records[variant] = _video(pipe, item_run, variant, folder, latents, show_progress=False,
-                                          provenance=wanted[variant])
+                                          provenance=wanted[variant], timed_in=timed_in)
         scores = _score_item(folder, prompt, pairwise, scorers)
         dense_s, xattn_s = records["dense"]["seconds_total"], records["xattn"]["seconds_total"]
         result = {
@@ -282,6 +296,10 @@ def compare(run: RunConfig, prompts: Sequence[str], seeds: Sequence[int], metric
             "seconds": {"dense": dense_s, "xattn": xattn_s}, "order": list(order),
             "seconds_per_step": {v: records[v]["seconds_per_step"] for v in VARIANTS},
             "speedup": dense_s / xattn_s if xattn_s > 0 else None,
+            # False when one video was reused from an earlier run (e.g. the dense one across a τ change)
+            "timed_together": records["dense"].get("timed_in") is not None
+            and records["dense"].get("timed_in") == records["xattn"].get("timed_in"),
+            "load_1min": {v: records[v].get("load_1min") for v in VARIANTS},
             "mean_density": records["xattn"]["mean_density"],
             "density_per_step_layer": (records["xattn"]["xattn"] or {}).get("density_per_step_layer"),
         }
@@ -305,5 +323,8 @@ def compare_cli(args: Any, run: RunConfig) -> int:
           + ", ".join(f"{k} {fmt(v)}" for k, v in means.items() if v is not None))
     for name, reason in report["skipped"].items():
         print(f"skipped {name}: {reason}")
+    warning = report["timing"].get("warning")
+    if warning:
+        print(f"xvid compare: warning: {warning}", file=sys.stderr)
     print(f"report: {Path(args.out_dir) / 'report.md'}")
     return 0
