@@ -55,11 +55,13 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--calibrate", action=argparse.BooleanOptionalAction, default=True,
                    help="per-layer and per-head τ at uniform τ 0.9's density")
     p.add_argument("--metrics", default="psnr,ssim,lpips")
+    p.add_argument("--steps", type=int, default=None, help="denoising steps (default: the preset's)")
     p.add_argument("--device", default="auto")
     p.add_argument("--out-dir", type=Path, required=True)
     args = p.parse_args(argv)
 
-    base = load_config(None, [f"model.path={args.model}", f"model.device={args.device}"])
+    overrides = [f"model.path={args.model}", f"model.device={args.device}"]
+    base = load_config(None, overrides + ([f"generation.steps={args.steps}"] if args.steps else []))
     pipe = load_pipeline(base.model)
     pairs = held_out_pairs(args.pairs)
     warmups = [base.xattn.warmup_steps] + ([0] if args.no_warmup_too and base.xattn.warmup_steps else [])

@@ -267,12 +267,55 @@ def test_timed_generations_are_warmed_up_and_alternate_their_order(tmp_path, mon
     monkeypatch.setattr(generate, "initial_latents", lambda pipe, run: "latents")
     run = small_run("xattn.warmup_steps=2")
     report = run_compare(run, tmp_path, object(), prompts=("a", "b", "c"))
-    assert calls == [("dense", 1, 0, False), ("xattn", 1, 0, False),  # warm-up: untimed, sparse from step 0
+    # warm-up, untimed: dense 1 step; XAttention 2 steps, its dense warmup path then a sparse step
+    assert calls == [("dense", 1, 2, False), ("xattn", 2, 1, False),
                      ("dense", 3, 2, True), ("xattn", 3, 2, True),
                      ("xattn", 3, 2, True), ("dense", 3, 2, True),
                      ("dense", 3, 2, True), ("xattn", 3, 2, True)]
     assert [i["order"] for i in report["items"]] == [["dense", "xattn"], ["xattn", "dense"], ["dense", "xattn"]]
     assert all(i["seconds"] == {"dense": 1.0, "xattn": 1.0} for i in report["items"])  # warm-up time not counted
+    assert all(i["timed_together"] for i in report["items"])
+    assert report["timing"]["speedup"] == {"n": 3, "min": 1.0, "median": 1.0, "max": 1.0, "ratio": 1.0}
+    assert report["timing"]["warning"] is None
+
+
+def test_busy_machine_warning_and_items_timed_in_different_runs(tmp_path, monkeypatch, capsys):
+    from xattn_video import generate
+    from xattn_video.generate import GenerationResult
+
+    seconds = {"dense": iter([9.1, 1.5]), "xattn": iter([15.4, 0.4])}  # the swing: dense 9.1 s, then 1.5 s
+
+    def fake_run_pipeline(pipe, run, latents=None, show_progress=True):
+        timed = latents is not None  # the warm-up passes no latents
+        return GenerationResult(frames=np.zeros((5, 8, 8, 3), np.float32),
+                                seconds_total=next(seconds["dense" if run.dense else "xattn"]) if timed else 0.0,
+                                seconds_per_step=[0.1] * 3,
+                                xattn=None if run.dense else {"mean_density_sparse_calls": 0.5})
+
+    monkeypatch.setattr(generate, "run_pipeline", fake_run_pipeline)
+    monkeypatch.setattr(generate, "initial_latents", lambda pipe, run: "latents")
+    from xattn_video.pipelines import loading
+
+    monkeypatch.setattr(loading, "load_pipeline", lambda *a, **k: object())
+    out = tmp_path / "cmp"
+    argv = ["compare", "--model", "tiny", "--prompt", "a cat", "--seeds", "0", "1", "--metrics", "flicker",
+            "--out-dir", str(out), *sum((["--set", s] for s in SMALL), [])]
+    assert main(argv) == 0
+    err = capsys.readouterr().err
+    assert err.count("xvid compare: warning: timings vary") == 1 and "machine was busy" in err
+    report = json.loads((out / "report.json").read_text())
+    assert report["timing"]["dense_s"]["ratio"] == pytest.approx(9.1 / 1.5)
+    assert "## Timing spread over items" in (out / "report.md").read_text()
+    # resume after the XAttention video of item 1 was lost: its dense time is from the first run
+    folder = out / report["items"][1]["folder"]
+    for name in ("xattn.npy", "xattn.json", "result.json"):
+        (folder / name).unlink()
+    seconds["xattn"] = iter([0.5])
+    assert main(argv) == 0
+    report = json.loads((out / "report.json").read_text())
+    assert [i["timed_together"] for i in report["items"]] == [True, False]
+    assert report["timing"]["not_timed_together"] == [folder.name]
+    assert "† one of the two videos was reused" in (out / "report.md").read_text()
 
 
 def test_partly_skipped_scorer_and_score_sources_reach_the_report(tmp_path, pipe, isolated_scorers):

@@ -153,7 +153,8 @@ def test_lpips_names_a_torchvision_problem(rng, tmp_path, monkeypatch):
     video = _video(rng, t=2, h=32, w=32)
     with pytest.raises(MetricUnavailable) as info:
         lpips(video, video)
-    assert "torchvision does not import: boom: pip install torchvision" in str(info.value)
+    assert "torchvision does not import: boom: pip install " in str(info.value)
+    assert "pip install 'xattn-video[lpips]' (torchmetrics, torchvision)" in str(info.value)  # extras.install_hint
 
 
 def test_lpips_with_torchvision_but_no_checkpoint_names_only_the_checkpoint(rng, tmp_path, monkeypatch):

@@ -10,17 +10,20 @@ produced them (``provenance``: the resolved config with the full prompt and seed
 torch/diffusers/GPU; for scores also the metric set and each scorer's environment, e.g. VBench's interpreter and cache dir). A saved video
 or score is reused only when its record equals what this run would produce; otherwise it is recomputed and a line
 on stderr says which setting changed (the dense video does not depend on ``xattn.*`` and is kept across τ changes).
-Timings: before the first timed generation, one untimed 1-step generation of each variant (warm-up: compilation,
-autotuning); the order of the dense and the XAttention run alternates from item to item. Each video record carries
-the ``run_id`` of the run that timed it; a speedup is only given for two videos timed in the same run (a re-run that
-reuses the dense video and regenerates the XAttention one shows both times and no ratio: two machine states).
+Timings: before the first timed generation, one untimed short generation of each variant (warm-up: compilation,
+autotuning; for XAttention each path the timed run takes: its dense warmup step, a sparse step, selection reuse); the
+order of the dense and the XAttention run alternates from item to item. Only the pipeline call is timed (not the mp4
+encode, the metrics or the scorers, which run after both videos of an item). Each video records the ``run_id`` of the
+run that timed it and the load average before it; a speedup is only given for two videos timed in the same run (a
+re-run that reuses the dense video and regenerates the XAttention one shows both times and no ratio: two machine
+states). The report gives the spread of per-item times and speedups (``timing.py``) and warns when they vary by more
+than 1.25× (a busy machine: other processes on the same cores).
 Outputs in ``--out-dir``: one folder per item, ``report.json``, ``report.md`` and PNG plots (see ``report.py``).
 """
 
 from __future__ import annotations
 
 import dataclasses
-import importlib.util
 import json
 import sys
 import uuid
@@ -32,8 +35,10 @@ import numpy as np
 
 from ..config import ConfigError, RunConfig, to_container
 from ..video_io import write_json, write_mp4, write_npy, write_text
+from . import extras
 from .compare_inputs import CompareInputs, check_compare_inputs, parse_metrics  # noqa: F401 (public here too)
 from .report import VARIANTS, build_report, fmt, jsonable, markdown, plots, slug
+from .timing import load_average, warm_up_plan
 
 
 def _normalized(data: Any) -> Any:
@@ -104,34 +109,41 @@ def _reusable(path: Path, wanted: dict, what: str, say: Callable[[str], None]) -
 
 
 def warm_up(pipe: Any, run: RunConfig) -> None:
-    """One untimed 1-step generation of each variant (XAttention from step 0), at the item's sizes: compilation,
-    Triton autotuning, cuDNN algorithm search and first allocations happen here, not inside a timed video.
+    """One untimed short generation of each variant at the item's sizes: dense 1 step; XAttention one step of each
+    path the timed run takes (``timing.warm_up_plan``: its dense warmup path, a sparse step, selection reuse).
+    Compilation, Triton autotuning, cuDNN plan search and first allocations happen here, not inside a timed video.
 
     A NaN warm-up video is ignored here: the timed generation reports it."""
     from ..generate import NonFiniteVideoError, run_pipeline
 
-    one_step = dataclasses.replace(run, generation=dataclasses.replace(run.generation, steps=1),
-                                   xattn=dataclasses.replace(run.xattn, warmup_steps=0))
+    x = run.xattn
+    xattn_steps, xattn_warmup = warm_up_plan(run.generation.steps, x.warmup_steps, x.selection_reuse)
+    plans = {"dense": dataclasses.replace(run, dense=True, generation=dataclasses.replace(run.generation, steps=1)),
+             "xattn": dataclasses.replace(run, dense=False,
+                                          generation=dataclasses.replace(run.generation, steps=xattn_steps),
+                                          xattn=dataclasses.replace(x, warmup_steps=xattn_warmup))}
     for variant in VARIANTS:
         try:
-            run_pipeline(pipe, dataclasses.replace(one_step, dense=variant == "dense"), show_progress=False)
+            run_pipeline(pipe, plans[variant], show_progress=False)
         except NonFiniteVideoError:
             pass
 
 
 def _video(pipe: Any, run: RunConfig, variant: str, folder: Path, latents: Any, show_progress: bool,
            provenance: dict | None = None, run_id: str | None = None) -> dict:
-    """Generate the video (the caller has checked that no reusable one exists); returns its record."""
+    """Generate the video (the caller has checked that no reusable one exists); returns its record (with
+    ``run_id``, the compare run that timed it, and the load average just before)."""
     from ..generate import run_pipeline
 
     frames_path, record_path = folder / f"{variant}.npy", folder / f"{variant}.json"
+    load = load_average()
     result = run_pipeline(pipe, dataclasses.replace(run, dense=variant == "dense"), latents=latents,
                           show_progress=show_progress)
     write_npy(result.frames.astype(np.float16), frames_path)
     write_mp4(result.frames, folder / f"{variant}.mp4", fps=run.generation.fps)
     record = {"seconds_total": result.seconds_total, "seconds_per_step": result.seconds_per_step,
               "mean_density": result.mean_density, "xattn": result.xattn, "mp4": f"{variant}.mp4",
-              "frames": f"{variant}.npy", "run_id": run_id, "provenance": provenance}
+              "frames": f"{variant}.npy", "run_id": run_id, "load_1min": load, "provenance": provenance}
     write_json(jsonable(record), record_path)
     return record
 
@@ -193,8 +205,8 @@ def compare(run: RunConfig, prompts: Sequence[str], seeds: Sequence[int], metric
     inputs = check_compare_inputs(prompts, seeds, metrics, out_dir)
     prompts, seeds, pairwise, hook_specs, out_dir = (inputs.prompts, inputs.seeds, inputs.pairwise,
                                                      inputs.scorer_specs, inputs.out_dir)
-    if pairwise and importlib.util.find_spec("torchmetrics") is None:
-        raise ConfigError(f"metrics {', '.join(pairwise)} need torchmetrics: pip install 'xattn-video[eval]'")
+    if pairwise and not extras.importable("torchmetrics"):  # LPIPS without torchvision is only skipped, later
+        raise ConfigError(extras.missing_message(pairwise))
     scorers = make_scorers(hook_specs) if hook_specs else []
     run_id = uuid.uuid4().hex[:12]  # which videos this run timed: only those give a speedup
     if pipe is None:
@@ -244,6 +256,9 @@ def compare(run: RunConfig, prompts: Sequence[str], seeds: Sequence[int], metric
             "seconds": {"dense": dense_s, "xattn": xattn_s}, "order": list(order),
             "seconds_per_step": {v: records[v]["seconds_per_step"] for v in VARIANTS},
             "speedup": speedup(records["dense"], records["xattn"]),
+            # False when one video was reused from an earlier run (e.g. the dense one across a τ change)
+            "timed_together": speedup(records["dense"], records["xattn"]) is not None,
+            "load_1min": {v: records[v].get("load_1min") for v in VARIANTS},
             "mean_density": records["xattn"]["mean_density"],
             "density_per_step_layer": (records["xattn"]["xattn"] or {}).get("density_per_step_layer"),
         }
@@ -252,7 +267,7 @@ def compare(run: RunConfig, prompts: Sequence[str], seeds: Sequence[int], metric
     report = build_report(run, results, pairwise, scorers)
     report["plots"] = plots(report, out_dir)
     if not report["plots"]:
-        report["skipped"]["plots"] = "matplotlib is not installed: pip install 'xattn-video[eval]'"
+        report["skipped"]["plots"] = f"matplotlib is not installed: {extras.install_hint(['plots'])}"
     write_json(report, out_dir / "report.json")
     write_text(markdown(report), out_dir / "report.md")
     return report
@@ -270,5 +285,8 @@ def compare_cli(inputs: CompareInputs, run: RunConfig) -> int:
     if any(item.get("speedup") is None for item in report["items"]):
         print("note: no speedup for pairs timed in different runs (a video was kept from an earlier run); use a "
               "fresh --out-dir to time both")
+    warning = report["timing"].get("warning")
+    if warning:
+        print(f"xvid compare: warning: {warning}", file=sys.stderr)
     print(f"report: {Path(inputs.out_dir) / 'report.md'}")
     return 0

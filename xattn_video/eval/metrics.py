@@ -22,6 +22,7 @@ import numpy as np
 import torch
 
 from .errors import Unavailable
+from .extras import install_hint
 
 __all__ = [
     "KNOWN_METRICS",
@@ -156,7 +157,7 @@ def _lpips_problems() -> list[str]:
     problems: list[str] = []
     reason = _torchvision_problem()
     if reason is not None:
-        problems.append(f"{reason}: pip install torchvision (a build matching torch {torch.__version__})")
+        problems.append(f"{reason}: {install_hint(['lpips'])}")
     ckpt = alexnet_checkpoint_path()
     if not ckpt.is_file():
         problems.append(

@@ -14,6 +14,7 @@ import numpy as np
 
 from ..config import TINY_MODELS, RunConfig, to_container
 from ..video_io import write_figure
+from .timing import busy_warning, timing_summary
 
 VARIANTS = ("dense", "xattn")
 
@@ -60,9 +61,11 @@ def build_report(run: RunConfig, results: list[dict], pairwise: list[str], score
     means["seconds_xattn"] = mean([r["seconds"]["xattn"] for r in results])
     skipped = {k: v for r in results for k, v in r["skipped"].items()}
     sources = {k: v for r in results for k, v in r.get("sources", {}).items()}
+    timing = timing_summary(results)
+    timing["warning"] = busy_warning(timing)
     return jsonable({"config": to_container(run), "pairwise_metrics": pairwise, "hooks": [h.name for h in scorers],
                       "hook_metrics": hook_metrics, "items": results, "means": means, "skipped": skipped,
-                      "score_sources": sources,
+                      "score_sources": sources, "timing": timing,
                       "note": "tiny random-weight model: videos are noise" if run.model.path in TINY_MODELS else None})
 
 
@@ -106,7 +109,7 @@ def markdown(report: dict) -> str:
             cells = ([wrap_cell(r["prompt"]), str(r["seed"])] + [fmt(r["pairwise"].get(m)) for m in pair]
                      + [fmt(r["hooks"][v].get(m)) for m in hooks for v in VARIANTS]
                      + [fmt(r["mean_density"]), fmt(r["seconds"]["dense"]), fmt(r["seconds"]["xattn"]),
-                        fmt(r["speedup"])])
+                        fmt(r["speedup"]) + ("†" if r.get("timed_together") is False else "")])
             lines.append("| " + " | ".join(cells) + " |")
         lines.append("")
     if any(r.get("speedup") is None for r in report["items"]):
@@ -115,6 +118,7 @@ def markdown(report: dict) -> str:
                   "--out-dir times both.", ""]
     lines += ["## Means over all videos", "", "| metric | mean |", "|---|---|"]
     lines += [f"| {k} | {fmt(v)} |" for k, v in report["means"].items()]
+    lines += _timing_lines(report.get("timing") or {})
     if report.get("score_sources"):
         by_source: dict[str, list[str]] = {}
         for metric, source in report["score_sources"].items():
@@ -124,6 +128,24 @@ def markdown(report: dict) -> str:
     if report["skipped"]:
         lines += ["", "## Skipped", ""] + [f"- **{k}**: {v}" for k, v in report["skipped"].items()]
     return "\n".join(lines) + "\n"
+
+
+def _timing_lines(timing: dict) -> list[str]:
+    """The "Timing spread" section: min/median/max over items of each variant's seconds and of the speedup."""
+    rows = [(label, timing.get(key)) for key, label in (("dense_s", "dense s"), ("xattn_s", "xattn s"),
+                                                         ("speedup", "speedup"))]
+    lines: list[str] = []
+    if any(s for _, s in rows):
+        lines += ["", "## Timing spread over items", "", "| | items | min | median | max | max/min |",
+                  "|---|---|---|---|---|---|"]
+        lines += [f"| {label} | {s['n']} | {fmt(s['min'])} | {fmt(s['median'])} | {fmt(s['max'])} | "
+                  f"{s['ratio']:.2f}× |" for label, s in rows if s]
+    if timing.get("warning"):
+        lines += ["", f"**Warning: {timing['warning']}.**"]
+    if timing.get("not_timed_together"):
+        lines += ["", "† one of the two videos was reused from an earlier run (its time was measured then): "
+                  + ", ".join(timing["not_timed_together"])]
+    return lines
 
 
 def plots(report: dict, out_dir: Path) -> list[str]:
