@@ -62,7 +62,7 @@ def test_blocks_with_xattention_compile_without_graph_breaks(gen, backend, trito
     x = torch.randn(1, S, H * D, generator=gen).to(device)
     with torch.no_grad():
         ref = model(x, [kv], text_start)
-        assert compile_transformer(model, backend="aot_eager") == len(taus)
+        assert compile_transformer(model, backend="aot_eager", fullgraph=True) == len(taus)
         out = model(x, [kv], text_start)  # fullgraph=True: any graph break raises
     assert rel_err(out, ref) < 1e-5, f"seed {gen.initial_seed()}"
     # blocks that share their host values share a graph: one per distinct τ (and dense), not one per block
@@ -111,3 +111,64 @@ def test_stock_hunyuan_blocks_compile_fullgraph(gen):
         assert compile_transformer(model, backend="eager") >= 2  # idempotent
         out = model(**kw)[0]
     assert rel_err(out, ref) < 1e-5, f"seed {gen.initial_seed()}"
+
+
+# ------------------------------------------------- XAttention installed on a real (tiny Wan) transformer, and fullgraph
+
+
+def _tiny_wan_forward(pipe):
+    x = torch.randn(1, 16, 2, 8, 8, generator=torch.Generator().manual_seed(0))
+    text = torch.randn(1, 8, 32, generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        return pipe.transformer(x, timestep=torch.tensor([500]), encoder_hidden_states=text, return_dict=False)[0]
+
+
+@pytest.mark.parametrize("order", ["compile-first", "install-first"])
+def test_default_compile_runs_with_xattention(order):
+    from xattn_video.pipelines.family import apply_xattention
+    from xattn_video.pipelines.loading import build_tiny
+
+    torch._dynamo.reset()
+    pipe = build_tiny("tiny-wan")
+    config = {"warmup_steps": 0, "block_size": 32}
+    with apply_xattention(pipe, config):
+        ref = _tiny_wan_forward(pipe)
+    if order == "compile-first":
+        compile_transformer(pipe.transformer, backend="eager")
+    with apply_xattention(pipe, config):
+        if order == "install-first":
+            compile_transformer(pipe.transformer, backend="eager")  # default fullgraph=False
+        out = _tiny_wan_forward(pipe)
+    assert rel_err(out, ref) < 1e-5
+
+
+@pytest.mark.parametrize("how", ["compile_transformer", "compile_repeated_blocks"])
+@pytest.mark.parametrize("order", ["compile-first", "install-first"])
+def test_fullgraph_with_xattention_is_one_line_naming_the_fix(how, order):
+    """Both fail in dynamo at the first forward without the check ("Skip inlining torch.compiler.disable()d
+    function"); now the compile, the install or the first forward raises FullgraphError naming the fix."""
+    from xattn_video.compile import FullgraphError
+    from xattn_video.pipelines.family import apply_xattention
+    from xattn_video.pipelines.loading import build_tiny
+
+    torch._dynamo.reset()
+    pipe = build_tiny("tiny-wan")
+
+    def compile_fullgraph():
+        if how == "compile_transformer":
+            compile_transformer(pipe.transformer, backend="eager", fullgraph=True)
+        else:
+            pipe.transformer.compile_repeated_blocks(fullgraph=True, backend="eager")
+
+    with pytest.raises(FullgraphError) as info:
+        if order == "compile-first":
+            compile_fullgraph()
+        with apply_xattention(pipe, {"warmup_steps": 0, "block_size": 32}):
+            if order == "install-first":
+                compile_fullgraph()
+            _tiny_wan_forward(pipe)
+    message = str(info.value)
+    assert "\n" not in message and "fullgraph=False" in message
+    if order == "compile-first":  # nothing was installed: the pipeline still runs (compiled, without XAttention)
+        assert not any(getattr(m, "_diffusers_hook", None) and m._diffusers_hook.hooks
+                       for m in pipe.transformer.modules())

@@ -76,12 +76,12 @@ def test_write_mp4_in_a_read_only_place_reports_the_first_error(tmp_path):
 
 
 def test_impossible_size_is_refused_at_once_naming_the_memory(tmp_path, capsys, no_model_load):
-    run = load_config(None, ["generation.frames=100001"])
+    run = load_config(None, ["model.path=tiny", "generation.frames=100001"])  # HunyuanVideo: no rotary-table limit
     start = time.perf_counter()
     with pytest.raises(GenerationTooLarge, match=r"100001 frames at 256x256 needs about [\d.]+ GiB .* has [\d.]+ GiB"):
         generate_module.generate(run, tmp_path / "v.mp4")
     assert time.perf_counter() - start < 1.0
-    _assert_one_line_exit_2(capsys, ["generate", "--frames", "100001", "--out", str(tmp_path / "v.mp4")], "GiB")
+    _assert_one_line_exit_2(capsys, ["generate", "--model", "tiny", "--frames", "100001", "--out", str(tmp_path / "v.mp4")], "GiB")
     assert not list(tmp_path.iterdir())
 
 
@@ -129,3 +129,55 @@ def test_empty_prompt_gives_a_finite_video(tmp_path, capsys):
                "--out", str(out)])
     assert rc == 0, capsys.readouterr().err
     assert out.is_file()
+
+
+# ------------------------------------------------------------------ size limits from the configs (pipelines/limits.py)
+
+
+def test_wan_limits_are_the_rotary_tables_limits():
+    """The limits computed from the config are exactly where the tiny Wan transformer's rotary table stops."""
+    from xattn_video.pipelines.limits import size_limits
+    from xattn_video.pipelines.tiny import _tiny_wan_transformer, tiny_transformer_config
+
+    limits = size_limits(*tiny_transformer_config("tiny-wan"))
+    assert (limits.frames, limits.height, limits.width) == (253, 1024, 1024)
+    rope = _tiny_wan_transformer().rope
+
+    def latent(frames, height, width):  # VAE 4x8x8
+        return torch.empty(1, 1, (frames - 1) // 4 + 1, height // 8, width // 8)
+
+    rope(latent(limits.frames, limits.height, limits.width))
+    for too_big in ((limits.frames + 4, 16, 16), (5, limits.height + 16, 16), (5, 16, limits.width + 16)):
+        with pytest.raises(RuntimeError):
+            rope(latent(*too_big))
+
+
+def test_limits_of_real_and_mini_configs():
+    from xattn_video.config import ModelConfig
+    from xattn_video.pipelines.limits import size_limits
+    from xattn_video.pipelines.parallel import read_transformer_config
+
+    wan14b = size_limits("WanTransformer3DModel", {"patch_size": [1, 2, 2], "rope_max_seq_len": 1024})
+    assert (wan14b.frames, wan14b.height, wan14b.width) == (4093, 16384, 16384)
+    mini = size_limits(*read_transformer_config(ModelConfig(path="mini")))  # VAE 4x4x4 from its shipped config
+    assert (mini.frames, mini.height, mini.width) == (4093, 8192, 8192)
+    for family in ("HunyuanVideoTransformer3DModel", "HunyuanVideo15Transformer3DModel"):
+        assert size_limits(family, {}).width is None  # rotary grids built for the asked size
+
+
+@pytest.mark.parametrize("args, option", [
+    (["--model", "tiny-wan", "--width", "1280"], "--width 1280"),
+    (["--model", "tiny-wan", "--height", "1040"], "--height 1040"),
+    (["--model", "tiny-wan", "--frames", "257"], "--frames 257"),
+    (["--config", "configs/wan21-14b-720p-81f.yaml", "--model", "tiny-wan"], "--width 1280"),
+    (["--model", "tiny-wan22-i2v", "--width", "1280", "--image", "x.png"], "--width 1280"),
+    (["--model", "tiny-wan", "--width", "1280", "--gpus", "2", "--device", "cpu"], "--width 1280"),
+])
+def test_too_large_for_the_rotary_table_is_refused_before_loading(tmp_path, capsys, no_model_load, monkeypatch,
+                                                                  args, option):
+    monkeypatch.chdir(Path(__file__).resolve().parents[1])
+    monkeypatch.setattr("xattn_video.launch.launch", lambda *a, **k: pytest.fail("ranks started"))
+    rc = main(["generate", *args, "--out", str(tmp_path / "w.mp4")])
+    err = capsys.readouterr().err
+    assert rc == 2 and err.count("\n") == 1 and option in err and "rope_max_seq_len=64" in err, err
+    assert list(tmp_path.iterdir()) == []

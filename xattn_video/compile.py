@@ -7,7 +7,9 @@ model's ``_repeated_blocks`` (HunyuanVideo: dual/single blocks, patch embed, tok
 With XAttention installed, our attention dispatch is excluded from tracing (one deliberate graph break per
 hooked attention call, :mod:`xattn_video.pipelines.dispatch`): dynamo compiles the model's own math around it
 (projections, norms, rotary, modulation, MLP) and never sees the step, the layer, τ or our statistics, so the
-graphs of one block class serve every layer, step and mode without recompiling. The kernels are custom ops and
+graphs of one block class serve every layer, step and mode without recompiling. That break is why XAttention and
+``fullgraph=True`` exclude each other: :class:`FullgraphError` says so at the compile, at the install or at the
+first forward (whichever comes first to know), instead of dynamo's "Skip inlining" error deep in the forward. The kernels are custom ops and
 compile with ``fullgraph=True`` when called from user code (``tests/test_kernels_compile.py``).
 
 Recompilation: dynamo still guards on the shapes and on host values a block reads itself. Distinct shapes
@@ -20,6 +22,41 @@ from __future__ import annotations
 from typing import Any
 
 import torch
+
+
+class FullgraphError(RuntimeError):
+    """XAttention and blocks compiled with ``fullgraph=True`` do not go together; the message names the fix."""
+
+
+FULLGRAPH_FIX = ("compile with fullgraph=False instead (compile_transformer(transformer), or "
+                 "transformer.compile_repeated_blocks(fullgraph=False)): XAttention's attention dispatch runs "
+                 "eagerly, one deliberate graph break per attention call, and the blocks' own math still compiles")
+
+
+def compiled_fullgraph(module: torch.nn.Module) -> bool:
+    """Whether ``module.compile(fullgraph=True)`` (what ``compile_repeated_blocks`` calls per block) was applied.
+
+    Read from dynamo's wrapper (its ``OptimizeContext`` carries ``fullgraph``); False when it cannot be told.
+    """
+    wrapper = getattr(module, "_compiled_call_impl", None)
+    for cell in getattr(wrapper, "__closure__", None) or ():
+        try:
+            value = cell.cell_contents
+        except ValueError:  # an empty cell
+            continue
+        if isinstance(getattr(value, "fullgraph", None), bool):
+            return value.fullgraph
+    return False
+
+
+def check_not_fullgraph(transformer: torch.nn.Module, when: str) -> None:
+    """``FullgraphError`` (one line) if any sub-module of ``transformer`` was compiled with ``fullgraph=True``.
+
+    ``when`` says what was being done (installing XAttention, a forward with XAttention installed)."""
+    for name, module in transformer.named_modules():
+        if getattr(module, "_compiled_call_impl", None) is not None and compiled_fullgraph(module):
+            raise FullgraphError(f"{when}: {type(transformer).__name__}.{name or '(root)'} was compiled with "
+                                 f"fullgraph=True, which XAttention cannot run inside; {FULLGRAPH_FIX}")
 
 
 def repeated_blocks(transformer: Any) -> list[torch.nn.Module]:
@@ -39,14 +76,22 @@ def raise_recompile_limit(blocks: int) -> int:
     return limit
 
 
-def compile_transformer(transformer: Any, *, fullgraph: bool = True, backend: str | None = None,
+def compile_transformer(transformer: Any, *, fullgraph: bool = False, backend: str | None = None,
                         dynamic: bool = False, **kwargs: Any) -> int:
     """Compile the repeated blocks of a diffusers transformer in place; returns how many were compiled.
 
-    ``fullgraph=True``: a graph break inside a block is an error, not a silent slowdown. ``backend``: torch's
-    default (inductor) unless given ("eager"/"aot_eager" for tests). Raises ValueError when the model has no
-    ``_repeated_blocks``.
+    ``fullgraph=False`` (default): XAttention's dispatch is one deliberate graph break per attention call.
+    ``fullgraph=True`` makes any graph break an error: for blocks without XAttention (e.g. checking that a
+    block calling our kernels directly compiles whole); with XAttention installed it raises ``FullgraphError``
+    at once, and installing XAttention later refuses too. ``backend``: torch's default (inductor) unless given
+    ("eager"/"aot_eager" for tests). Raises ValueError when the model has no ``_repeated_blocks``.
     """
+    if fullgraph:
+        from .pipelines.dispatch import uses_xattention
+
+        if uses_xattention(transformer):
+            raise FullgraphError(f"compile_transformer(fullgraph=True): XAttention is installed on this "
+                                 f"{type(transformer).__name__}; {FULLGRAPH_FIX}")
     blocks = repeated_blocks(transformer)
     if is_compiled(transformer):  # idempotent: a second call would wrap twice
         return len(blocks)
@@ -73,4 +118,4 @@ def uncompile_transformer(transformer: Any) -> None:
     transformer.__dict__.pop("_xvid_compiled", None)
 
 
-__all__ = ["compile_transformer", "is_compiled", "raise_recompile_limit", "repeated_blocks", "uncompile_transformer"]
+__all__ = ["FullgraphError", "check_not_fullgraph", "compile_transformer", "compiled_fullgraph", "is_compiled", "raise_recompile_limit", "repeated_blocks", "uncompile_transformer"]

@@ -17,6 +17,7 @@ from .config import ConfigError, RunConfig, to_container, warn_all_dense
 from .memory import check_fits
 from .pipelines.family import apply_xattention
 from .pipelines.hunyuan_video15 import asked_size
+from .pipelines.limits import check_model_size, check_pipeline_size
 from .pipelines.loading import is_tiny, load_pipeline, pipeline_class_for, resolve_device, takes_image
 from .video_io import OutputPathError, write_json, write_mp4
 from .video_io import check_out as check_video_out
@@ -75,10 +76,12 @@ def load_image(path: str | Path) -> Any:
 
 
 def check_inputs(run: RunConfig) -> Any:
-    """Before any model loads: the image fits the pipeline (I2V needs one, T2V takes none) and is readable.
+    """Before any model loads: the size is one the model takes (its configs), the image fits the pipeline (I2V
+    needs one, T2V takes none) and is readable.
 
     Returns the loaded image or None.
     """
+    check_model_size(run.model, run.generation)
     cls = pipeline_class_for(run.model)
     image_path = run.generation.image
     if takes_image(cls) and image_path is None:
@@ -133,6 +136,7 @@ def run_pipeline(pipe: Any, run: RunConfig, latents: torch.Tensor | None = None,
 
     g = run.generation
     device = pipeline_device(pipe)
+    check_pipeline_size(pipe, g, run.model.path)  # a pipeline given by the caller was not checked before it loaded
     check_fits(run, device)  # before the latents: refuse sizes that cannot fit, with the numbers
     if latents is None:
         latents = initial_latents(pipe, run)

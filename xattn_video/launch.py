@@ -69,9 +69,11 @@ def dist_timeout() -> float:
 
 def check_launch(run: RunConfig, gpus: int) -> dict:
     """Everything that can be checked before any rank starts or any weight loads; returns the layout record."""
+    from .pipelines.limits import check_model_size
     from .pipelines.parallel import validate_parallel
 
     dist_timeout()
+    check_model_size(run.model, run.generation)
 
     if run.model.offload is not None:
         raise ConfigError("config key 'model.offload' cannot be combined with --gpus (each rank holds the "
@@ -198,11 +200,12 @@ def generate_on_ranks(run: RunConfig, out: Any, degree: int,
         _quiet_rank()
     try:
         layout_record = validate_parallel(model, run.generation, degree)  # torchrun users skip the parent check
+        image = check_inputs(run)  # size limits and the I2V image, before the weights load
         rank_model = dataclasses.replace(model, device=str(device))
         pipe = load_pipeline(rank_model)
         layout = enable_context_parallel(pipe, degree)
         # Only rank 0 decodes: the others' latents are identical (the transformer output is gathered).
-        result = run_pipeline(pipe, run, show_progress=rank == 0, image=check_inputs(run), decode=rank == 0)
+        result = run_pipeline(pipe, run, show_progress=rank == 0, image=image, decode=rank == 0)
         summaries: list = [None] * world
         dist.all_gather_object(summaries, result.xattn)
         if rank == 0:

@@ -61,6 +61,7 @@ from typing import Any, Callable
 import torch
 from diffusers.hooks import HookRegistry, ModelHook
 
+from ..compile import check_not_fullgraph
 from ..config import XAttnConfig
 from ..kernels import xattention
 from ..kernels.dense import dense_attention, prefix_kv_lens
@@ -204,9 +205,17 @@ class StepHook(ModelHook):
         self.state = state
 
     def new_forward(self, module: torch.nn.Module, *args: Any, **kwargs: Any) -> Any:
+        # Blocks compiled with fullgraph=True after the install (diffusers' compile_repeated_blocks, the form its
+        # docs show) would fail in dynamo with "Skip inlining torch.compiler.disable()d function": say why.
+        check_not_fullgraph(module, "XAttention is installed")
         self.state.step = self.state.tracker.current()
         self.state.forward += 1
         return self.fn_ref.original_forward(*args, **kwargs)
+
+
+def uses_xattention(transformer: torch.nn.Module) -> bool:
+    """Whether XAttention is installed on ``transformer`` or on any of its attention modules."""
+    return any(has_xattention(m) for m in transformer.modules())
 
 
 def has_xattention(module: torch.nn.Module) -> bool:

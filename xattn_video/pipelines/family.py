@@ -18,6 +18,7 @@ from typing import Any, Callable
 
 import torch
 
+from ..compile import check_not_fullgraph
 from ..config import ConfigError, XAttnConfig, xattn_config
 from ..kernels import SUPPORTED_HEAD_DIMS
 from ..kernels.api import check_backend_support
@@ -187,6 +188,8 @@ def apply_xattention(pipe: Any, config: XAttnConfig | dict | None = None) -> XAt
     if any(dispatch.has_xattention(t) for _, t in experts):
         raise RuntimeError("XAttention is already installed on this pipeline's transformer; call .remove() on its "
                            "handle first")
+    for _, transformer in experts:  # dynamo would fail at the first forward, far from the cause
+        check_not_fullgraph(transformer, "apply_xattention")
     if cfg.expert2 and len(experts) < 2:
         raise ConfigError("config key 'xattn.expert2' is for pipelines with a second expert (transformer_2)")
     layers: list[AttentionLayer] = []

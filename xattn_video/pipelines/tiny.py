@@ -32,7 +32,8 @@ def tiny_transformer_config(name: str) -> tuple[str, dict, dict | None]:
     """(transformer class, the config keys the multi-GPU checks read, VAE compression) of a tiny model, without
     building it."""
     if name.startswith("tiny-wan"):
-        return "WanTransformer3DModel", {"num_attention_heads": 2, "patch_size": [1, 2, 2]}, None
+        return ("WanTransformer3DModel",
+                {"num_attention_heads": 2, "patch_size": [1, 2, 2], "rope_max_seq_len": TINY_WAN_ROPE_POSITIONS}, None)
     if name.startswith("tiny-hunyuan15"):
         return ("HunyuanVideo15Transformer3DModel", {"num_attention_heads": 2, "patch_size": 1, "patch_size_t": 1},
                 {"spatial_compression_ratio": 16, "temporal_compression_ratio": 4})
@@ -125,6 +126,7 @@ def carry_prompt_template(pipe: Any, template: dict) -> Any:
 
 
 # ------------------------------------------------------------------------------------------------------ Wan
+TINY_WAN_ROPE_POSITIONS = 64  # rotary positions per axis: at most 1024 px a side, 253 frames (pipelines/limits.py)
 TINY_WAN_TEXT_LEN = 512  # Wan 2.1 I2V's processor hard-codes 512 text tokens (image tokens come first)
 
 
@@ -142,7 +144,8 @@ def _tiny_wan_transformer(in_channels: int = 16, image_dim: int | None = None):
     return WanTransformer3DModel(
         patch_size=(1, 2, 2), num_attention_heads=2, attention_head_dim=64, in_channels=in_channels,
         out_channels=16, text_dim=TINY_TEXT_DIM, freq_dim=32, ffn_dim=64, num_layers=2, cross_attn_norm=True,
-        qk_norm="rms_norm_across_heads", eps=1e-6, image_dim=image_dim, rope_max_seq_len=64,
+        qk_norm="rms_norm_across_heads", eps=1e-6, image_dim=image_dim,
+        rope_max_seq_len=TINY_WAN_ROPE_POSITIONS,
     )
 
 
