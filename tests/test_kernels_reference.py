@@ -6,6 +6,8 @@ import torch
 from helpers import TORCH_F32_TOL, assert_close, assert_rel_err, grid_scores, make_qkv
 from spec_reference import spec_attention, spec_scores, spec_select
 from xattn_video.kernels import BlockSelection, block_sparse_attention, estimate_block_scores, select_blocks
+from xattn_video.kernels.naive import naive_block_sparse_attention
+from xattn_video.kernels.torch_attention import sdpa_block_sparse_attention
 
 
 
@@ -98,3 +100,28 @@ def test_sparse_attention_matches_spec(gen, Sq, Sk, block_size, kv_len):
     assert torch.all(out[0, :block_size, 0] == 0)
     assert_close(out.double(), ref, atol=1e-5, rtol=1e-5, seed=gen)
     assert_rel_err(out, ref, 1e-6, seed=gen)
+
+
+@pytest.mark.parametrize("dtype,tol", [(torch.float32, 1e-5), (torch.bfloat16, 3e-2)])
+def test_torch_backend_attention_matches_the_naive_reference(gen, dtype, tol):
+    """The torch backend runs SDPA with the block mask (torch_attention.py); naive.py is the readable reference.
+    Random blocks, padding, odd lengths, B = 2, and non-finite keys/values in a dropped block (must not leak)."""
+    Sq, Sk, bs, kv_len = 300, 257, 64, [257, 100]
+    q, k, v = (x.to(dtype) for x in make_qkv(gen, 2, Sq, 3, 64, Sk=Sk))
+    mask = torch.rand(2, 3, 5, 5, generator=gen) < 0.5
+    mask[0, 1, 2] = False  # a query block keeping no key: zeros
+    mask[0, 0, :, 3] = False  # key block 3 of (b 0, h 0) dropped everywhere: its inf/NaN must not matter
+    k[0, 3 * bs + 5, 0, 7], v[0, 3 * bs + 9, 0, 1] = float("inf"), float("nan")
+    k[1, 100:], v[1, 100:] = float("nan"), float("inf")  # padding of batch 1
+    kv = torch.tensor(kv_len, dtype=torch.int32)
+    sel = BlockSelection.from_mask(mask, block_size=bs, q_len=Sq, kv_len=kv)
+    out = sdpa_block_sparse_attention(q, k, v, sel, kv)
+    ref = naive_block_sparse_attention(q, k, v, sel, kv)
+    assert out.shape == ref.shape and out.dtype == dtype
+    assert torch.isfinite(out).all(), f"a dropped block or padding leaked a non-finite value (seed {gen.initial_seed()})"
+    assert torch.all(out[0, 2 * bs:3 * bs, 1] == 0)
+    assert_close(out.float(), ref.float(), atol=tol, rtol=tol, seed=gen)
+    # and a kept non-finite value reaches exactly the rows that keep its block, as in the reference
+    v[0, 0, 2, 0] = float("nan")
+    out, ref = sdpa_block_sparse_attention(q, k, v, sel, kv), naive_block_sparse_attention(q, k, v, sel, kv)
+    assert torch.equal(torch.isnan(out).any(-1), torch.isnan(ref).any(-1)), f"seed {gen.initial_seed()}"

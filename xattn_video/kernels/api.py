@@ -28,7 +28,8 @@ from .inputs import (
     threshold_tensor,
     to_bshd,
 )
-from .naive import naive_block_sparse_attention, naive_estimate_block_scores, naive_select_blocks
+from .naive import naive_estimate_block_scores, naive_select_blocks
+from .torch_attention import sdpa_block_sparse_attention
 
 
 class Marker(Protocol):
@@ -104,7 +105,7 @@ def _sparse_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, selecti
         from .triton_attention import block_sparse_attention_triton
 
         return block_sparse_attention_triton(q, k, v, selection, kv)
-    return naive_block_sparse_attention(q, k, v, selection, kv)
+    return sdpa_block_sparse_attention(q, k, v, selection, kv)
 
 
 def estimate_block_scores(

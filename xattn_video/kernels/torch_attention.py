@@ -1,0 +1,79 @@
+"""The ``torch`` backend's block-sparse attention (spec §3): PyTorch SDPA with the block mask expanded to keys.
+
+``naive.py`` is the readable reference and computes every row in float32 with explicit masking; this is what the
+``torch`` backend runs (CPUs, GPUs without Triton): one fused SDPA call per chunk of query blocks, in the inputs'
+dtype, with the same results up to that dtype's rounding (tests/test_kernels_reference.py). It does not skip the
+dropped blocks' arithmetic (SDPA has no block-sparse mode), so on a CPU a sparse call costs about a dense one:
+that is the point, the reference costs ~5x more. No host synchronization (kv_len stays on the device).
+
+Spec §3/§4 semantics, as in the reference: padding keys (≥ kv_len) never matter; a row with no kept valid key is
+zeros; a row whose query or any kept valid key/value is non-finite is NaN, and a non-finite key or value in a
+dropped block changes nothing (its vectors are zeroed before SDPA, which would otherwise spread 0·inf = NaN).
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from .blocks import BlockSelection
+
+# Bytes of one chunk's [B, H, rows, Sk] intermediates (mask, logits): bounds memory at 17k+ tokens on a CPU.
+CHUNK_BYTES = 256 * 1024 * 1024
+
+
+def _finite_rows(x: torch.Tensor) -> torch.Tensor:
+    """bool [B, H, S]: vectors of x [B, H, S, D] with every element finite."""
+    return torch.isfinite(x).all(dim=-1)
+
+
+def sdpa_block_sparse_attention(
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, selection: BlockSelection, kv_len: torch.Tensor
+) -> torch.Tensor:
+    """Attention of q [B, Sq, H, D] over the kept blocks of k/v [B, Sk, H, D]; returns [B, Sq, H, D] in q's dtype.
+
+    ``selection.mask`` [B, H, nq, nk] says which 128×128 (``block_size``) blocks are kept; kv_len int [B].
+    """
+    B, Sq, H, D = q.shape
+    Sk = k.shape[1]
+    bs = selection.block_size
+    qh, kh, vh = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)  # [B, H, S, D]
+    key_valid = torch.arange(Sk, device=q.device)[None, :] < kv_len.to(q.device)[:, None]  # [B, Sk]
+    key_bad = ~(_finite_rows(kh) & _finite_rows(vh)) & key_valid[:, None, :]  # [B, H, Sk]
+    # zero non-finite vectors so that dropped (masked) keys cannot turn a row into NaN through 0·inf
+    kh = torch.where(_finite_rows(kh)[..., None], kh, torch.zeros((), dtype=kh.dtype, device=kh.device))
+    vh = torch.where(_finite_rows(vh)[..., None], vh, torch.zeros((), dtype=vh.dtype, device=vh.device))
+    key_block = torch.arange(Sk, device=q.device) // bs  # [Sk]
+    nk = selection.num_kv_blocks
+    # a kept block holding a bad valid key makes its rows NaN (block granularity is exact: a kept block keeps
+    # every valid key in it)
+    bad_block = _any_per_block(key_bad, key_block, nk)
+    mask = selection.mask
+    row_kept = mask.any(dim=-1)  # [B, H, nq]: the row keeps some valid key block (from_mask dropped padding blocks)
+    row_bad = (mask & bad_block[:, :, None, :]).any(dim=-1)  # [B, H, nq]
+
+    rows_per_chunk = max(bs, CHUNK_BYTES // max(1, B * H * Sk * 6) // bs * bs)
+    out = torch.empty_like(qh)
+    for r0 in range(0, Sq, rows_per_chunk):
+        r1 = min(Sq, r0 + rows_per_chunk)
+        row_block = torch.arange(r0, r1, device=q.device) // bs  # [rows]
+        kept = mask[:, :, row_block][..., key_block] & key_valid[:, None, None, :]  # [B, H, rows, Sk]
+        chunk = F.scaled_dot_product_attention(qh[:, :, r0:r1], kh, vh, attn_mask=kept)
+        kept_row = row_kept[:, :, row_block]
+        nan_row = (row_bad[:, :, row_block] | ~_finite_rows(qh[:, :, r0:r1])) & kept_row
+        chunk = torch.where(kept_row[..., None], chunk, torch.zeros((), dtype=chunk.dtype, device=chunk.device))
+        chunk = torch.where(nan_row[..., None], torch.full((), float("nan"), dtype=chunk.dtype, device=chunk.device),
+                            chunk)
+        out[:, :, r0:r1] = chunk
+    return out.transpose(1, 2)
+
+
+def _any_per_block(flags: torch.Tensor, key_block: torch.Tensor, num_blocks: int) -> torch.Tensor:
+    """bool [B, H, nk]: whether any of flags [B, H, Sk] is set in each key block."""
+    B, H, _ = flags.shape
+    out = torch.zeros(B, H, num_blocks, dtype=torch.int32, device=flags.device)
+    out.index_add_(2, key_block, flags.to(torch.int32))
+    return out > 0
+
+
+__all__ = ["sdpa_block_sparse_attention"]
