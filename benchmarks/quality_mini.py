@@ -96,6 +96,44 @@ def main(argv: list[str] | None = None) -> int:
                 if value is not None:
                     row.setdefault(key, []).append(value)
 
+    def write_results() -> None:
+        """Tables, JSON and plot of what is measured so far (rewritten after every pair: a cut-off run keeps them)."""
+        table_rows = []
+        for name, row in rows.items():
+            mean = {k: float(np.nanmean(v)) for k, v in row.items()}
+            mean["setting"] = name
+            table_rows.append(mean)
+        dense_seconds = table_rows[0]["seconds"]
+        header = ("| setting | pairs | density | PSNR dB | SSIM | LPIPS | flicker | prompt_match (colour/shape/dir) | s/video | "
+                  "× dense |")
+        lines = [header, "|---|---:|---:|---:|---:|---:|---:|---|---:|---:|"]
+        for r in table_rows:
+            def fmt(key: str, spec: str) -> str:
+                return format(r[key], spec) if key in r else "–"
+            lines.append(f"| {r['setting']} | {len(rows[r['setting']]['seconds'])} | {r['density']:.3f} | {fmt('psnr', '.2f')} | {fmt('ssim', '.4f')} | "
+                         f"{fmt('lpips', '.4f')} | {r['flicker']:.4f} | {r['prompt_match']:.2f} "
+                         f"({r['prompt_match_colour']:.2f}/{r['prompt_match_shape']:.2f}/"
+                         f"{r['prompt_match_direction']:.2f}) | {r['seconds']:.2f} | {dense_seconds / r['seconds']:.2f} |")
+        table = "\n".join(lines)
+        print(table)
+
+        device = torch.cuda.get_device_name() if torch.cuda.is_available() and args.device != "cpu" else "cpu"
+        g = base.generation
+        from xattn_video.mini.model import tokens_per_call
+
+        title = (f"# XAttention on the mini model: `{args.model}` ({g.frames}x{g.height}x{g.width}, "
+                 f"{tokens_per_call(g.frames, g.height, g.width):,} tokens per attention call, {g.steps} steps), {device}")
+        note = (f"{len(pairs)} held-out (prompt, seed) pairs; dense and every setting from the same noise; block 128, "
+                f"stride {base.xattn.stride}; default warmup {base.xattn.warmup_steps} dense steps. Means over the pairs. "
+                f"`python benchmarks/quality_mini.py --model {args.model} --pairs {args.pairs}`.")
+        stem = f"quality-{args.model}-{device.lower().replace(' ', '-')}"
+        args.out_dir.mkdir(parents=True, exist_ok=True)
+        write_text(f"{title}\n\n{note}\n\n{table}\n", args.out_dir / f"{stem}.md")
+        write_json({"model": args.model, "device": device, "pairs": pairs, "generation": dataclasses.asdict(g),
+                    "rows": table_rows, "per_pair": rows}, args.out_dir / f"{stem}.json")
+        plot(table_rows, args.out_dir / f"{stem}.png", title.lstrip("# "))
+        print(f"wrote {args.out_dir / stem}.md|json|png", file=sys.stderr)
+
     def sparse_rows(named_runs) -> None:
         for i, (prompt, seed) in enumerate(pairs):
             for name, run in named_runs:
@@ -105,6 +143,7 @@ def main(argv: list[str] | None = None) -> int:
                 record(name, result.frames, result.seconds_total, result.xattn["mean_density_sparse_calls"], prompt,
                        dense_frames[i])
             print(f"  pair {i + 1}/{len(pairs)} done ({time.time() - started:.0f} s)", file=sys.stderr, flush=True)
+            write_results()
 
     print(f"{args.model}: {len(pairs)} pairs, {len(settings)} uniform settings", file=sys.stderr, flush=True)
     for prompt, seed in pairs:
@@ -128,41 +167,7 @@ def main(argv: list[str] | None = None) -> int:
                 calibrated.append((f"{label} calibrated at τ 0.9's density", result.config))
             sparse_rows(calibrated)
 
-    table_rows = []
-    for name, row in rows.items():
-        mean = {k: float(np.nanmean(v)) for k, v in row.items()}
-        mean["setting"] = name
-        table_rows.append(mean)
-    dense_seconds = table_rows[0]["seconds"]
-    header = ("| setting | density | PSNR dB | SSIM | LPIPS | flicker | prompt_match (colour/shape/dir) | s/video | "
-              "× dense |")
-    lines = [header, "|---|---:|---:|---:|---:|---:|---|---:|---:|"]
-    for r in table_rows:
-        def fmt(key: str, spec: str) -> str:
-            return format(r[key], spec) if key in r else "–"
-        lines.append(f"| {r['setting']} | {r['density']:.3f} | {fmt('psnr', '.2f')} | {fmt('ssim', '.4f')} | "
-                     f"{fmt('lpips', '.4f')} | {r['flicker']:.4f} | {r['prompt_match']:.2f} "
-                     f"({r['prompt_match_colour']:.2f}/{r['prompt_match_shape']:.2f}/"
-                     f"{r['prompt_match_direction']:.2f}) | {r['seconds']:.2f} | {dense_seconds / r['seconds']:.2f} |")
-    table = "\n".join(lines)
-    print(table)
-
-    device = torch.cuda.get_device_name() if torch.cuda.is_available() and args.device != "cpu" else "cpu"
-    g = base.generation
-    from xattn_video.mini.model import tokens_per_call
-
-    title = (f"# XAttention on the mini model: `{args.model}` ({g.frames}x{g.height}x{g.width}, "
-             f"{tokens_per_call(g.frames, g.height, g.width):,} tokens per attention call, {g.steps} steps), {device}")
-    note = (f"{len(pairs)} held-out (prompt, seed) pairs; dense and every setting from the same noise; block 128, "
-            f"stride {base.xattn.stride}; default warmup {base.xattn.warmup_steps} dense steps. Means over the pairs. "
-            f"`python benchmarks/quality_mini.py --model {args.model} --pairs {args.pairs}`.")
-    stem = f"quality-{args.model}-{device.lower().replace(' ', '-')}"
-    args.out_dir.mkdir(parents=True, exist_ok=True)
-    write_text(f"{title}\n\n{note}\n\n{table}\n", args.out_dir / f"{stem}.md")
-    write_json({"model": args.model, "device": device, "pairs": pairs, "generation": dataclasses.asdict(g),
-                "rows": table_rows, "per_pair": rows}, args.out_dir / f"{stem}.json")
-    plot(table_rows, args.out_dir / f"{stem}.png", title.lstrip("# "))
-    print(f"wrote {args.out_dir / stem}.md|json|png", file=sys.stderr)
+    write_results()
     return 0
 
 
