@@ -1,8 +1,12 @@
 """Input that would run but not do what it says gets an XvidWarning (the CLI prints it as one ``warning:`` line)."""
 
+import datetime
+import json
 import warnings
 
 import pytest
+
+import xattn_video
 
 from xattn_video.calibrate.checks import profiled_steps
 from xattn_video.cli import main
@@ -30,6 +34,11 @@ def test_generate_cli_prints_the_warning_as_one_line(tmp_path, capsys):
     err = [line for line in capsys.readouterr().err.splitlines() if "warning" in line]
     assert err == [line for line in err if line.startswith("xvid generate: warning: xattn.warmup_steps (2)")]
     assert len(err) == 1
+    record = json.loads((tmp_path / "v.json").read_text())  # the run record says which xvid made it, and when
+    assert record["xattn_video_version"] == xattn_video.__version__
+    created = datetime.datetime.fromisoformat(record["created"])
+    age = datetime.datetime.now(datetime.timezone.utc) - created
+    assert created.tzinfo is not None and abs(age.total_seconds()) < 600
 
 
 @pytest.mark.parametrize("metrics", ["", " , "])

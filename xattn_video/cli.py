@@ -8,7 +8,7 @@ import sys
 from pathlib import Path
 from typing import Any, Sequence
 
-from .cli_options import add_model_options, load_run, model_option_values
+from .cli_options import DefaultsHelpFormatter, add_model_options, load_run, model_option_values
 from .config import TINY_MODELS, ConfigError
 from .signals import LAUNCHED_ENV, Terminated, sigterm_raises
 # Every user mistake is one of these: the CLI prints one line and exits 2. Anything else is a bug: traceback.
@@ -30,7 +30,7 @@ def _user_errors() -> tuple[type[BaseException], ...]:
 
 def _add_run_options(p: argparse.ArgumentParser) -> None:
     add_model_options(p)
-    p.add_argument("--steps", type=int, help="denoising steps")
+    p.add_argument("--steps", type=int, help="denoising steps (default: the model's preset)")
 
 
 def _cli_values(args: argparse.Namespace) -> dict[str, Any]:
@@ -121,7 +121,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
 
     gen = sub.add_parser("generate", help="generate one video (XAttention unless --dense)",
-                         formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+                         formatter_class=DefaultsHelpFormatter)
     gen.add_argument("--prompt", help="text to generate from (default: the model's default prompt, "
                                       "config key generation.prompt)")
     gen.add_argument("--seed", type=int, help="seed of the initial noise (default: config key generation.seed, 0)")
@@ -134,7 +134,7 @@ def build_parser() -> argparse.ArgumentParser:
     gen.set_defaults(func=cmd_generate)
 
     cmp = sub.add_parser("compare", help="dense vs XAttention videos from the same noise, with quality metrics",
-                         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+                         formatter_class=DefaultsHelpFormatter,
                          description="Dense vs XAttention videos from the same noise, scored. Resuming into an "
                          "existing --out-dir reuses a saved video or score only if what produced it (config, full "
                          "prompt, seed, metrics, scorer environment, versions) is unchanged; anything else is "

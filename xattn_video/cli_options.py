@@ -14,6 +14,18 @@ from .config import BUILTIN_MODELS, RunConfig, check_model_name, load_config
 from .env import check_environment
 
 
+class DefaultsHelpFormatter(argparse.HelpFormatter):
+    """Help that shows an option's default when it has one of its own (not None, False or empty: those defaults
+    come from the config and the model, and the help text says so)."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        if ("%(default)" not in text and action.option_strings and action.default is not argparse.SUPPRESS
+                and action.default not in (None, False, [], "")):
+            text += " (default: %(default)s)"
+        return text
+
+
 def add_model_options(p: argparse.ArgumentParser) -> None:
     """--model, --image, --config, --set, --height/--width/--frames, --offload, --device."""
     p.add_argument("--model", help=f"a built-in model ({', '.join(BUILTIN_MODELS)}; default mini, trained; the "
@@ -26,9 +38,9 @@ def add_model_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--height", type=int, help="video height in pixels, a multiple of 16 (default: the model's "
                                                "preset, config key generation.height)")
     p.add_argument("--width", type=int, help="video width in pixels, a multiple of 16 (default: the model's preset)")
-    p.add_argument("--frames", type=int, help="number of frames (4k+1)")
+    p.add_argument("--frames", type=int, help="number of frames, 4k+1 (default: the model's preset)")
     p.add_argument("--offload", choices=["model", "sequential"], help="diffusers CPU offload")
-    p.add_argument("--device", help="auto, cpu, cuda or cuda:N")
+    p.add_argument("--device", help="auto (the default: a CUDA GPU if there is one), cpu, cuda or cuda:N")
 
 
 def load_run(args: argparse.Namespace, extra: dict[str, Any]) -> RunConfig:
@@ -52,4 +64,4 @@ def model_option_values(args: argparse.Namespace) -> dict[str, Any]:
     return extra
 
 
-__all__ = ["add_model_options", "load_run", "model_option_values"]
+__all__ = ["DefaultsHelpFormatter", "add_model_options", "load_run", "model_option_values"]

@@ -60,6 +60,8 @@ def builtin_models() -> dict[str, str]:
 
 def unknown_model_message(path: str) -> str:
     """Why ``path`` names no model: not built in, not a folder, not ``owner/name``; with a "did you mean"."""
+    if path.startswith((".", "/", "~")) or "/" in path or "\\" in path:
+        return f"model path {path!r} does not exist (and is not a hub id of the form owner/name)"
     close = difflib.get_close_matches(path, BUILTIN_MODELS, n=2, cutoff=0.5)
     hint = f"did you mean {' or '.join(repr(c) for c in close)}? " if close else ""
     return (f"model {path!r} is not a built-in model, an existing folder or a hub id of the form owner/name; "

@@ -21,6 +21,7 @@ from typing import Callable
 import torch
 import torch.nn.functional as F
 
+from ..cli_options import DefaultsHelpFormatter
 from ..kernels import (
     BlockSelection,
     block_sparse_attention,
@@ -245,7 +246,7 @@ def bench_tokens(tokens: int, heads: int, head_dim: int, gen: torch.Generator, l
 def main(argv: list[str] | None = None) -> int:
     """``xvid bench``: exit 0 when every correctness check passes, 1 when one fails, 2 without a GPU."""
     p = argparse.ArgumentParser(prog="xvid bench", description=__doc__.splitlines()[0],
-                                formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+                                formatter_class=DefaultsHelpFormatter,
                                 epilog="xvid bench --e2e: end-to-end speed of whole video transformers (stock vs "
                                        "ours); xvid bench --e2e --help lists its options.")
     p.add_argument("--tokens", type=int, nargs="+", default=[18616, 67576, 119056], help="sequence lengths timed")

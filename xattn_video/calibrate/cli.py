@@ -6,7 +6,7 @@ import argparse
 from pathlib import Path
 from typing import Any
 
-from ..cli_options import add_model_options, load_run, model_option_values
+from ..cli_options import DefaultsHelpFormatter, add_model_options, load_run, model_option_values
 from ..config import TINY_MODELS, ConfigError
 from .defaults import DEFAULT_SAMPLES, DEFAULT_TAUS
 
@@ -19,14 +19,14 @@ def _taus(text: str) -> list[float]:
 
 
 def add_parser(sub: Any) -> None:
-    p = sub.add_parser("calibrate", help="per-layer / per-head τ from a short profiling run; writes a config YAML",
+    p = sub.add_parser("calibrate", formatter_class=DefaultsHelpFormatter, help="per-layer / per-head τ from a short profiling run; writes a config YAML",
                        description="Profile a few prompts (dense trajectory) and choose τ per layer (or head) for "
                                    "one target; writes a YAML that `xvid generate --config` takes as is, plus "
                                    "a report (.md), a plot (.png) and the profile (.json) next to it.")
     p.add_argument("--prompts", type=Path, required=True, help="text file, one prompt per line (# comments)")
     p.add_argument("--steps", type=int, default=2, dest="profile_steps",
-                   help="sparse-eligible denoising steps profiled per prompt, after the warmup steps (default 2); "
-                        "the schedule length is generation.steps")
+                   help="sparse-eligible denoising steps profiled per prompt, after the warmup steps; the "
+                        "schedule length is generation.steps")
     target = p.add_mutually_exclusive_group(required=True)
     target.add_argument("--target-recall", type=float, help="keep at least this attention mass, in (0, 1]")
     target.add_argument("--target-error", type=float, help="output relative error vs dense at most this, >= 0")
@@ -34,7 +34,7 @@ def add_parser(sub: Any) -> None:
     p.add_argument("--per-head", action="store_true", help="one τ per head (default: one per layer)")
     p.add_argument("--out", required=True, help="YAML to write (report, plot, profile go next to it)")
     p.add_argument("--taus", type=_taus, default=list(DEFAULT_TAUS),
-                   help=f"candidate τ, comma list (default {','.join(f'{t:g}' for t in DEFAULT_TAUS)})")
+                   help="candidate τ, comma list")
     p.add_argument("--samples", type=int, default=DEFAULT_SAMPLES, help="query blocks sampled per attention call")
     p.add_argument("--seed", type=int, help="generation seed (initial noise)")
     add_model_options(p)
