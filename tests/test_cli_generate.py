@@ -17,7 +17,7 @@ CONFIGS = sorted((Path(__file__).parents[1] / "configs").glob("*.yaml"))
 
 def test_generate_tiny_writes_playable_mp4_and_run_record(tmp_path, capsys):
     out = tmp_path / "fox.mp4"
-    rc = main(["generate", "--prompt", "a red fox in the snow", "--frames", "5", "--steps", "3",
+    rc = main(["generate", "--model", "tiny", "--prompt", "a red fox in the snow", "--frames", "5", "--steps", "3",
                "--set", "xattn.threshold=0.8", "--out", str(out)])
     assert rc == 0
     frames = read_video(out)
@@ -78,7 +78,8 @@ def test_overrides_win_over_preset_and_tiny_defaults():
     preset = Path(__file__).parents[1] / "configs" / "tiny-cpu.yaml"
     run = load_config(preset, ["xattn.threshold=0.7", "generation.steps=2"], extra={"generation": {"seed": 5}})
     assert (run.xattn.threshold, run.generation.steps, run.generation.seed) == (0.7, 2, 5)
-    assert load_config().generation.height == 256  # tiny is the default model, with its sizes
+    assert load_config().generation.height == 128  # mini is the default model, with its sizes
+    assert load_config(overrides=["model.path=tiny"]).generation.height == 256
     assert load_config(overrides=["model.path=/some/checkpoint"]).generation.height == 720
 
 

@@ -16,7 +16,8 @@ from xattn_video.eval.errors import Unavailable
 from xattn_video.eval.scorers import register_scorer, registry
 from xattn_video.pipelines.tiny import build_tiny_pipeline
 
-SMALL = ["generation.steps=3", "generation.frames=5"]
+# the random-weight tiny model: these tests check mechanics (test_quality_mini.py checks quality on the mini model)
+SMALL = ["model.path=tiny", "generation.steps=3", "generation.frames=5"]
 
 
 def small_run(*overrides):

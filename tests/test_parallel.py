@@ -85,7 +85,8 @@ def test_layout_read_from_a_local_checkpoint_without_weights(tmp_path):
 
 def test_degree_not_dividing_heads_fails_fast_with_exit_2(tmp_path, capsys):
     start = time.perf_counter()
-    rc = main(["generate", "--gpus", "3", "--device", "cpu", "--steps", "2", "--out", str(tmp_path / "v.mp4")])
+    rc = main(["generate", "--model", "tiny", "--gpus", "3", "--device", "cpu", "--steps", "2",
+               "--out", str(tmp_path / "v.mp4")])
     assert rc == 2
     assert "2 attention heads" in capsys.readouterr().err
     assert time.perf_counter() - start < 20  # checked before any rank starts or any weight loads

@@ -226,9 +226,8 @@ _WEIGHTS = ("diffusion_pytorch_model.safetensors", "diffusion_pytorch_model.safe
             "pytorch_model.bin.index.json")
 
 
-def _check_local_files(local: Path) -> None:
-    """Name the first missing file of a local folder (diffusers would say "no file named config.json" in the
-    folder's root, not which component lacks it)."""
+def read_model_index(local: Path) -> dict:
+    """A local folder's ``model_index.json``; one-line ``ModelLoadError`` when it is not a readable JSON object."""
     import json
 
     try:
@@ -237,6 +236,13 @@ def _check_local_files(local: Path) -> None:
         raise ModelLoadError(f"cannot read {local / 'model_index.json'}: {exc}") from None
     if not isinstance(index, dict):
         raise ModelLoadError(f"{local / 'model_index.json'} is not a diffusers model index (not a JSON object)")
+    return index
+
+
+def _check_local_files(local: Path) -> None:
+    """Name the first missing file of a local folder (diffusers would say "no file named config.json" in the
+    folder's root, not which component lacks it)."""
+    index = read_model_index(local)
     for name in ("transformer", "transformer_2", "vae", "text_encoder", "text_encoder_2", "image_encoder"):
         entry = index.get(name)
         # [null, null]: a component the family has but this checkpoint does not use (Wan 2.2 TI2V-5B)

@@ -203,7 +203,7 @@ def check_sequence(family: str, transformer_config: dict, generation: Generation
 
 def read_transformer_config(model: ModelConfig) -> tuple[str, dict, dict | None]:
     """(transformer class name, its config, the VAE's config or None) without loading any weights."""
-    from .loading import _check_source, is_tiny
+    from .loading import _check_source, is_tiny, read_model_index
 
     if is_tiny(model):
         from .tiny import tiny_transformer_config
@@ -211,6 +211,8 @@ def read_transformer_config(model: ModelConfig) -> tuple[str, dict, dict | None]
         return tiny_transformer_config(model.path)
     source = _check_source(model.path, files=False)  # configs only: no weights needed to check the layout
     local = Path(source).expanduser()
+    if local.exists():
+        read_model_index(local)  # a broken index is named as such, not as a missing component config
 
     def read(name: str, required: bool) -> dict | None:
         try:
