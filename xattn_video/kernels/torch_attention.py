@@ -39,10 +39,10 @@ def sdpa_block_sparse_attention(
     bs = selection.block_size
     qh, kh, vh = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)  # [B, H, S, D]
     key_valid = torch.arange(Sk, device=q.device)[None, :] < kv_len.to(q.device)[:, None]  # [B, Sk]
-    key_bad = ~(_finite_rows(kh) & _finite_rows(vh)) & key_valid[:, None, :]  # [B, H, Sk]
+    k_ok, v_ok = _finite_rows(kh), _finite_rows(vh)  # [B, H, Sk]
+    key_bad = ~(k_ok & v_ok) & key_valid[:, None, :]
     # zero non-finite vectors so that dropped (masked) keys cannot turn a row into NaN through 0·inf
-    kh = torch.where(_finite_rows(kh)[..., None], kh, torch.zeros((), dtype=kh.dtype, device=kh.device))
-    vh = torch.where(_finite_rows(vh)[..., None], vh, torch.zeros((), dtype=vh.dtype, device=vh.device))
+    kh, vh = kh.masked_fill(~k_ok[..., None], 0.0), vh.masked_fill(~v_ok[..., None], 0.0)
     key_block = torch.arange(Sk, device=q.device) // bs  # [Sk]
     nk = selection.num_kv_blocks
     # a kept block holding a bad valid key makes its rows NaN (block granularity is exact: a kept block keeps
@@ -61,10 +61,7 @@ def sdpa_block_sparse_attention(
         chunk = F.scaled_dot_product_attention(qh[:, :, r0:r1], kh, vh, attn_mask=kept)
         kept_row = row_kept[:, :, row_block]
         nan_row = (row_bad[:, :, row_block] | ~_finite_rows(qh[:, :, r0:r1])) & kept_row
-        chunk = torch.where(kept_row[..., None], chunk, torch.zeros((), dtype=chunk.dtype, device=chunk.device))
-        chunk = torch.where(nan_row[..., None], torch.full((), float("nan"), dtype=chunk.dtype, device=chunk.device),
-                            chunk)
-        out[:, :, r0:r1] = chunk
+        out[:, :, r0:r1] = chunk.masked_fill(~kept_row[..., None], 0.0).masked_fill(nan_row[..., None], float("nan"))
     return out.transpose(1, 2)
 
 
