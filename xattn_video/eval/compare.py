@@ -148,11 +148,15 @@ def _video(pipe: Any, run: RunConfig, variant: str, folder: Path, latents: Any, 
     return record
 
 
+def timed_together(dense: dict, xattn: dict) -> bool:
+    """Whether two video records were timed in the same compare run (same ``run_id``)."""
+    return dense.get("run_id") is not None and dense.get("run_id") == xattn.get("run_id")
+
+
 def speedup(dense: dict, xattn: dict) -> float | None:
-    """Dense time / XAttention time, only for two videos timed in the same run (same ``run_id``): a kept video
-    from an earlier run was timed on another machine state, so a ratio across runs would mean nothing."""
-    same_run = dense.get("run_id") is not None and dense.get("run_id") == xattn.get("run_id")
-    if not same_run or not xattn["seconds_total"] > 0:
+    """Dense time / XAttention time, only for two videos timed in the same run: a kept video from an earlier run
+    was timed on another machine state, so a ratio across runs would mean nothing."""
+    if not timed_together(dense, xattn) or not xattn["seconds_total"] > 0:
         return None
     return dense["seconds_total"] / xattn["seconds_total"]
 
@@ -257,7 +261,7 @@ def compare(run: RunConfig, prompts: Sequence[str], seeds: Sequence[int], metric
             "seconds_per_step": {v: records[v]["seconds_per_step"] for v in VARIANTS},
             "speedup": speedup(records["dense"], records["xattn"]),
             # False when one video was reused from an earlier run (e.g. the dense one across a τ change)
-            "timed_together": speedup(records["dense"], records["xattn"]) is not None,
+            "timed_together": timed_together(records["dense"], records["xattn"]),
             "load_1min": {v: records[v].get("load_1min") for v in VARIANTS},
             "mean_density": records["xattn"]["mean_density"],
             "density_per_step_layer": (records["xattn"]["xattn"] or {}).get("density_per_step_layer"),
