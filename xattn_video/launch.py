@@ -14,7 +14,6 @@ import dataclasses
 import datetime
 import inspect
 import logging
-import math
 import os
 import signal
 import sys
@@ -25,13 +24,13 @@ from typing import Any, Callable, Sequence
 import torch
 
 from .config import ConfigError, RunConfig
+from .env import DIST_TIMEOUT_ENV_VAR, dist_timeout_seconds
 from .signals import LAUNCHED_ENV, Terminated
 
 # NVLink SHARP/multicast off in every process we start (the GPU machines' notes: it can hang or fail there).
 NO_MULTICAST_ENV = {"NCCL_NVLS_ENABLE": "0", "TORCH_SYMM_MEM_DISABLE_MULTICAST": "1", "NVSHMEM_DISABLE_NVLS": "1"}
-# Collective timeout: a rank that neither fails nor progresses ends the run after this many seconds.
-TIMEOUT_ENV = "XVID_DIST_TIMEOUT"
-DEFAULT_TIMEOUT_S = 1800
+# Collective timeout: a rank that neither fails nor progresses ends the run after XVID_DIST_TIMEOUT seconds.
+TIMEOUT_ENV = DIST_TIMEOUT_ENV_VAR
 
 
 def in_rank() -> bool:
@@ -53,18 +52,8 @@ def rank_device_spec(device: str) -> str:
 
 def dist_timeout() -> float:
     """Seconds of ``XVID_DIST_TIMEOUT`` (default 1800); ``ConfigError`` naming the variable if it is no positive
-    finite number."""
-    text = os.environ.get(TIMEOUT_ENV)
-    if text is None:
-        return float(DEFAULT_TIMEOUT_S)
-    try:
-        seconds = float(text)
-    except ValueError:
-        seconds = math.nan
-    if not math.isfinite(seconds) or seconds <= 0:
-        raise ConfigError(f"environment variable {TIMEOUT_ENV}={text!r}: expected a positive number of seconds "
-                          f"(default {DEFAULT_TIMEOUT_S})")
-    return seconds
+    finite number (``env.dist_timeout_seconds``, which the CLI's early environment check runs too)."""
+    return dist_timeout_seconds()
 
 
 def check_launch(run: RunConfig, gpus: int) -> dict:
