@@ -11,12 +11,31 @@ from xattn_video.config import ConfigError, XvidWarning
 from xattn_video.env import BACKEND_ENV_VAR, check_environment
 
 
-def test_known_log_messages_are_dropped_and_others_kept(caplog):
+class _Records(logging.Handler):
+    def __init__(self) -> None:
+        super().__init__()
+        self.messages: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.messages.append(record.getMessage())
+
+
+def test_known_log_messages_are_dropped_and_others_kept():
+    # a handler on each emitting logger, not caplog's on the root: once diffusers is imported (by another test
+    # module) its loggers stop propagating, and the records would never reach the root
     cli_warnings.install("generate")
-    for name, prefix in cli_warnings.KNOWN_LOG_MESSAGES:
-        logging.getLogger(name).warning(prefix + " and the rest of the message")
-    logging.getLogger("diffusers.guiders.guider_utils").warning("something new")
-    assert [r.getMessage() for r in caplog.records] == ["something new"]
+    records = _Records()
+    names = [name for name, _ in cli_warnings.KNOWN_LOG_MESSAGES] + ["diffusers.guiders.guider_utils"]
+    for name in set(names):
+        logging.getLogger(name).addHandler(records)
+    try:
+        for name, prefix in cli_warnings.KNOWN_LOG_MESSAGES:
+            logging.getLogger(name).warning(prefix + " and the rest of the message")
+        logging.getLogger("diffusers.guiders.guider_utils").warning("something new")
+    finally:
+        for name in set(names):
+            logging.getLogger(name).removeHandler(records)
+    assert records.messages == ["something new"]
 
 
 def test_xvid_warning_is_one_line_naming_the_command(capsys):
