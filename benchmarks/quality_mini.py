@@ -38,6 +38,7 @@ def main(argv: list[str] | None = None) -> int:
 
     from xattn_video.calibrate.run import run_calibration
     from xattn_video.config import load_config
+    from xattn_video.eval.compare import warm_up
     from xattn_video.eval.metrics import compare_videos
     from xattn_video.eval.scorers.flicker import temporal_flickering_score
     from xattn_video.eval.scorers.prompt_match import score_video
@@ -72,12 +73,7 @@ def main(argv: list[str] | None = None) -> int:
         g = dataclasses.replace(run.generation, prompt=prompt, seed=seed)
         return dataclasses.replace(run, generation=g)
 
-    # one untimed warm-up of each variant (first-call costs: kernels, lazy imports)
-    for dense in (True, False):
-        warm = for_pair(base, *pairs[0])
-        warm = dataclasses.replace(warm, generation=dataclasses.replace(warm.generation, steps=base.xattn.warmup_steps + 1))
-        warm.dense = dense
-        run_pipeline(pipe, warm, show_progress=False)
+    warm_up(pipe, for_pair(base, *pairs[0]))  # xvid compare's untimed warm-up: each path the timed runs take
 
     rows: dict[str, dict[str, list[float]]] = {}
     dense_frames = []
