@@ -5,6 +5,7 @@
 #   2. the folder packed to $OUT in parts of at most 15 MB, a strip of frames of a few held-out prompts,
 #   3. a dense prompt_match check at both presets.
 # Usage (repo root, on the GPU machine): VAE_SECONDS=100 SECONDS_T=360 bash benchmarks/train_mini_gpu.sh [train args]
+# (VAE_SECONDS=0 with --init FOLDER: no VAE stage, the transformer and text encoder continue from FOLDER)
 set -u
 OUT=${OUT:-/tmp/out}
 mkdir -p "$OUT"
@@ -12,15 +13,17 @@ python3 -m pip install -q --no-index --no-deps --target /tmp/site .whl/*.whl 2>&
 export PYTHONPATH=/tmp/site:$PWD:${PYTHONPATH:-}
 nvidia-smi --query-gpu=name,memory.total --format=csv,noheader
 echo "=== training ($(date +%T))"
-python3 -m xattn_video.mini.train --out /tmp/mini --vae-seconds "${VAE_SECONDS:-100}" --seconds "${SECONDS_T:-360}" \
+VAE_ARGS=(--vae-seconds "${VAE_SECONDS:-100}")
+[ "${VAE_SECONDS:-100}" = 0 ] && VAE_ARGS=()
+python3 -m xattn_video.mini.train --out /tmp/mini "${VAE_ARGS[@]}" --seconds "${SECONDS_T:-360}" \
   --log-every 100 "$@" 2>&1 | grep -v "should be kept\|Writing model" | tee "$OUT/train.log"
 cp /tmp/mini/training.json "$OUT/training.json"
 tar -C /tmp -cf - mini | split -b 15M - "$OUT/mini.tar.part-"
 echo "=== look + prompt_match ($(date +%T))"
-XVID_MINI_WEIGHTS=/tmp/mini timeout 40 python3 benchmarks/mini_look.py --out "$OUT/look.png" 2>&1 | grep -v Warn | tail -3
-XVID_MINI_WEIGHTS=/tmp/mini timeout 60 python3 benchmarks/mini_prompt_match.py --model mini --pairs 32 --guidance 1 4 \
+XVID_MINI_WEIGHTS=/tmp/mini timeout 35 python3 benchmarks/mini_look.py --out "$OUT/look.png" 2>&1 | grep -v Warn | tail -3
+XVID_MINI_WEIGHTS=/tmp/mini timeout 45 python3 benchmarks/mini_prompt_match.py --model mini --pairs 32 --guidance 1 4 \
   --out-dir "$OUT" --name pm-mini 2>&1 | grep -v Warn | tail -5
-XVID_MINI_WEIGHTS=/tmp/mini timeout 55 python3 benchmarks/mini_prompt_match.py --model mini-large --pairs 16 --guidance 1 \
+XVID_MINI_WEIGHTS=/tmp/mini timeout 35 python3 benchmarks/mini_prompt_match.py --model mini-large --pairs 16 --guidance 1 \
   --out-dir "$OUT" --name pm-large 2>&1 | grep -v Warn | tail -4
 ls -la "$OUT"
 echo "=== done $(date +%T)"

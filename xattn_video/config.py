@@ -45,7 +45,7 @@ MINI_MODELS: dict[str, dict[str, Any]] = {
 MINI_DEFAULTS: dict[str, Any] = {
     "xattn": {"block_size": 128, "stride": 8, "threshold": 0.9, "warmup_steps": 2},
     "generation": {"prompt": "a red ball moving right", "frames": 33, "steps": 20, "fps": 12, "guidance_scale": 1.0,
-                   "max_sequence_length": 512},
+                   "max_sequence_length": 128},  # = mini.model.TEXT_LEN, what the model was trained with
 }
 BUILTIN_MODELS = (*MINI_MODELS, *TINY_MODELS)
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")  # owner/name (pipelines/loading.py checks the same form)

@@ -15,7 +15,12 @@ import torch
 
 LATENT_CHANNELS = 8
 TEXT_DIM = 128
-TEXT_LEN = 512  # WanPipeline's default max_sequence_length: training encodes prompts exactly as generation does
+# Text positions per prompt (bytes + end-of-sequence; the longest training prompt has 104). Generation must pass
+# max_sequence_length=TEXT_LEN (the mini presets do), as training encodes prompts exactly as generation does.
+# Not WanPipeline's default 512: Wan's cross-attention has no mask, so the zero-padded positions are keys like any
+# other; with 512 of them the ~25 prompt positions got 1-5% of the cross-attention mass in every layer of the
+# first model trained, whose output barely depended on the prompt.
+TEXT_LEN = 128
 
 VAE_CONFIG: dict[str, Any] = dict(
     base_dim=16, z_dim=LATENT_CHANNELS, dim_mult=[1, 2, 2], num_res_blocks=1, temperal_downsample=[True, True],

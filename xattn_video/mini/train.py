@@ -32,8 +32,8 @@ import torch
 import torch.nn.functional as F
 
 from .data import random_clips, render, training_prompt
-from .grammar import sample_objects
-from .model import build_components, build_pipeline, encode_prompts, tokens_per_call
+from .grammar import format_prompt, sample_objects
+from .model import TEXT_LEN, build_components, build_pipeline, encode_prompts, tokens_per_call
 
 MINI_SHAPE = (33, 128, 128)  # frames, height, width: 9 x 16 x 16 = 2,304 tokens per attention call
 LARGE_SHAPE = (33, 352, 352)  # 9 x 44 x 44 = 17,424 tokens
@@ -56,6 +56,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--warmup", type=int, default=300, help="learning-rate warm-up steps")
     p.add_argument("--ema", type=float, default=0.999)
     p.add_argument("--uncond", type=float, default=0.1, help="share of empty prompts (for guidance)")
+    p.add_argument("--text-len", type=int, default=TEXT_LEN,
+                   help="text positions per prompt (zero-padded); generation must pass the same max_sequence_length")
     p.add_argument("--log-every", type=int, default=100)
     p.add_argument("--mini-shape", type=int, nargs=3, default=list(MINI_SHAPE), metavar=("F", "H", "W"),
                    help="frames, height, width of the mini shape")
@@ -158,6 +160,36 @@ def encode_video(vae: Any, video: torch.Tensor, mean: torch.Tensor, std: torch.T
     with torch.no_grad(), torch.autocast("cuda", dtype=torch.bfloat16, enabled=video.is_cuda):
         z = vae.encode(video).latent_dist.mode().float()
     return (z - mean) / std  # the normalised latents the pipeline denoises
+
+
+TEXT_PROBE = 16  # clips in the fixed batch on which the log measures how much the prediction uses the prompt
+
+
+def text_probe_batch(vae: Any, args: argparse.Namespace, mean: torch.Tensor, std: torch.Tensor) -> dict[str, Any]:
+    """A fixed batch (its own seed: training draws nothing from it) at the mini shape and σ 0.75, where the prompt
+    decides colour, shape and motion that the noisy latents no longer show."""
+    rng = random.Random(args.seed + 7919)
+    objects = [sample_objects(rng) for _ in range(TEXT_PROBE)]
+    z0 = encode_video(vae, render(objects, *args.mini_shape, rng, args.device).video, mean, std)
+    noise = torch.randn(z0.shape, generator=torch.Generator(device=args.device).manual_seed(args.seed + 7919),
+                        device=args.device)
+    sigma = torch.full((TEXT_PROBE,), 0.75, device=args.device)
+    return {"zt": 0.25 * z0 + 0.75 * noise, "target": noise - z0, "sigma": sigma,
+            "prompts": [format_prompt(o) for o in objects]}
+
+
+@torch.no_grad()
+def text_gap(transformer: Any, text_encoder: Any, probe: dict[str, Any], args: argparse.Namespace) -> float:
+    """How much worse the prediction gets when each clip gets another clip's prompt: (loss with the prompts
+    rotated by one - loss with the right prompts) / loss with the right prompts. Near 0: the prompt is ignored."""
+    losses = []
+    for prompts in (probe["prompts"], probe["prompts"][1:] + probe["prompts"][:1]):
+        with torch.autocast("cuda", dtype=torch.bfloat16, enabled=args.device.startswith("cuda")):
+            text = encode_prompts(text_encoder, prompts, args.device, args.text_len)
+            pred = transformer(probe["zt"], timestep=probe["sigma"] * 1000, encoder_hidden_states=text,
+                               return_dict=False)[0]
+        losses.append(F.mse_loss(pred.float(), probe["target"]))
+    return ((losses[1] - losses[0]) / losses[0]).item()
 
 
 def ema_decay(step: int, decay: float) -> float:
@@ -291,6 +323,7 @@ def main(argv: list[str] | None = None) -> int:
         ema_t.load_state_dict(saved["ema_transformer"])
         ema_e.load_state_dict(saved["ema_text_encoder"])
     window = torch.zeros(2, device=device)
+    probe = text_probe_batch(vae, args, mean, std)
     if args.seconds is not None:
         args.steps = max(args.steps, args.warmup + 1, TIMED_STEPS[1] + 1)
     stage_started = [time.time()]
@@ -309,7 +342,7 @@ def main(argv: list[str] | None = None) -> int:
         sigma = flow_sigmas(batch, gen, device).view(-1, 1, 1, 1, 1)
         zt = (1 - sigma) * z0 + sigma * noise
         with torch.autocast("cuda", dtype=torch.bfloat16, enabled=device.startswith("cuda")):
-            text = encode_prompts(text_encoder, prompts, device)  # = pipe.encode_prompt(prompts), faster
+            text = encode_prompts(text_encoder, prompts, device, args.text_len)  # = pipe.encode_prompt, faster
             pred = transformer(zt, timestep=sigma.view(-1) * 1000, encoder_hidden_states=text,
                                return_dict=False)[0]
         loss = F.mse_loss(pred.float(), noise - z0)
@@ -323,8 +356,10 @@ def main(argv: list[str] | None = None) -> int:
         state["step"] += 1
         if state["step"] % args.log_every == 0 or state["step"] == args.steps:
             state["losses"].append((state["step"], round((window[0] / window[1]).item(), 5)))
-            log(f"step {state['step']}/{args.steps} loss {state['losses'][-1][1]:.4f} lr "
-                f"{opt.param_groups[0]['lr']:.2e} ({time.time() - started:.0f} s)")
+            state.setdefault("text_gaps", []).append((state["step"], round(text_gap(transformer, text_encoder,
+                                                                                    probe, args), 4)))
+            log(f"step {state['step']}/{args.steps} loss {state['losses'][-1][1]:.4f} text gap "
+                f"{state['text_gaps'][-1][1]:+.3f} lr {opt.param_groups[0]['lr']:.2e} ({time.time() - started:.0f} s)")
             window.zero_()
         if stop_now() and state["step"] < args.steps:
             return checkpoint(opt, {"latents_mean": vae.config.latents_mean, "latents_std": vae.config.latents_std,
@@ -358,6 +393,8 @@ def save(args: argparse.Namespace, components: dict, ema_t: Any, ema_e: Any, sta
         "final_loss": losses[-1][1] if losses else None,
         "vae_recon": state.get("vae_recon"),
         "loss_curve": losses,
+        "text_len": args.text_len,
+        "text_gap_curve": state.get("text_gaps", []),  # (step, relative loss increase with mismatched prompts)
         "tokens_per_call": {"mini": tokens_per_call(*args.mini_shape),
                             "mini-large": tokens_per_call(*args.large_shape)},
         # a second segment (--init) records the segment it started from, so the chain of commands is kept
