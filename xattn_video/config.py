@@ -44,9 +44,8 @@ MINI_MODELS: dict[str, dict[str, Any]] = {
 }
 MINI_DEFAULTS: dict[str, Any] = {
     "xattn": {"block_size": 128, "stride": 8, "threshold": 0.9, "warmup_steps": 2},
-    "generation": {"prompt": "a red ball moving right", "frames": 33, "steps": 20, "fps": 12, "guidance_scale": 1.0,
-                   "max_sequence_length": 128},  # = mini.model.TEXT_LEN, what the model was trained with
-}
+    "generation": {"prompt": "a red ball moving right", "frames": 33, "steps": 20, "fps": 12, "guidance_scale": 1.0},
+}  # + generation.max_sequence_length: what the weights were trained with (builtin_defaults reads it)
 BUILTIN_MODELS = (*MINI_MODELS, *TINY_MODELS)
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")  # owner/name (pipelines/loading.py checks the same form)
 
@@ -80,7 +79,9 @@ def check_model_name(path: str) -> None:
 def builtin_defaults(name: str) -> list[dict[str, Any]]:
     """What a built-in model name changes in the defaults (merged in order); ``[]`` for other paths."""
     if name in MINI_MODELS:
-        return [MINI_DEFAULTS, MINI_MODELS[name]]
+        from .mini import trained_text_len
+
+        return [MINI_DEFAULTS, {"generation": {"max_sequence_length": trained_text_len()}}, MINI_MODELS[name]]
     if name in TINY_MODELS:
         return [TINY_DEFAULTS, TINY_MODELS[name]]
     return []

@@ -5,6 +5,7 @@ as a diffusers pipeline folder inside the package (``weights/``), the default mo
 ``train`` (``python -m xattn_video.mini.train``). Importing this package imports no torch.
 """
 
+import json
 import os
 from pathlib import Path
 
@@ -22,4 +23,19 @@ def weights_dir() -> Path:
     return WEIGHTS_DIR
 
 
-__all__ = ["WEIGHTS_DIR", "weights_dir"]
+# What WanPipeline pads prompts to by default, and what weights trained before training.json recorded "text_len" used.
+DEFAULT_TEXT_LEN = 512
+
+
+def trained_text_len(folder: Path | None = None) -> int:
+    """The prompt length (text positions, zero-padded) the weights in ``folder`` (default: the mini weights) were
+    trained with, from their ``training.json``; generation must pad prompts to the same length, because Wan's
+    cross-attention has no mask and the padding positions are keys like any other."""
+    record = (folder or WEIGHTS_DIR) / "training.json"
+    try:
+        return int(json.loads(record.read_text()).get("text_len", DEFAULT_TEXT_LEN))
+    except (OSError, ValueError):
+        return DEFAULT_TEXT_LEN
+
+
+__all__ = ["DEFAULT_TEXT_LEN", "WEIGHTS_DIR", "trained_text_len", "weights_dir"]
