@@ -66,6 +66,42 @@ def resolve_backend(backend: str, device: torch.device) -> str:
     return backend
 
 
+PRECISIONS = ("bf16", "fp8")  # bf16: q/k/v in their own dtype; fp8: q/k (and P·V where chosen) in e4m3
+FP8_MIN_CAPABILITY = (8, 9)  # Ada and Hopper: the first GPUs with FP8 tensor cores
+VARIANT_ENV_VAR = "XATTN_ATTN_VARIANT"  # benchmarking: a bf16 kernel variant (triton_attention_v2.BF16_VARIANTS)
+
+
+@torch.compiler.assume_constant_result
+def forced_variant() -> str:
+    return os.environ.get(VARIANT_ENV_VAR, "").strip().lower()
+
+
+def fp8_refusal(device: torch.device) -> str | None:
+    """Why FP8 attention cannot run on ``device`` (one line), or None when it can."""
+    need = f"compute capability >= {FP8_MIN_CAPABILITY[0]}.{FP8_MIN_CAPABILITY[1]}"
+    if device.type != "cuda":
+        return f"precision 'fp8' needs a CUDA GPU with FP8 tensor cores ({need}); the tensors are on {device.type}"
+    major, minor = torch.cuda.get_device_capability(device)
+    if (major, minor) < FP8_MIN_CAPABILITY:
+        return (f"precision 'fp8' needs a GPU with FP8 tensor cores ({need}); {torch.cuda.get_device_name(device)} "
+                f"has {major}.{minor}")
+    if not triton_available():
+        return "precision 'fp8' runs on the triton backend, and triton is not installed"
+    return None
+
+
+def check_precision(precision: str, device: torch.device, backend: str | None = None) -> None:
+    """Refuse an unknown precision, and FP8 where it cannot run (CPU, GPUs before Ada/Hopper, the torch backend)."""
+    if precision not in PRECISIONS:
+        raise XAttentionInputError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
+    if precision == "fp8":
+        why = fp8_refusal(device)
+        if why is None and backend == "torch":
+            why = "precision 'fp8' runs on the triton backend only (backend 'torch' was asked for)"
+        if why is not None:
+            raise XAttentionInputError(why)
+
+
 # What the Triton kernels can run; the one declaration of it. api.py checks it once per public call, so the
 # launchers in triton_*.py assume it holds.
 TRITON_ATTENTION_BLOCK_SIZES = (16, 32, 64, 128)  # tiles of the block-sparse attention kernel

@@ -32,10 +32,9 @@ import torch
 import triton
 import triton.language as tl
 
+from .backend import VARIANT_ENV_VAR
 from .blocks import BlockSelection
 from .triton_fp8 import P_SCALE, QuantizedQKV, quantize_triton, to_fp8
-
-VARIANT_ENV_VAR = "XATTN_ATTN_VARIANT"  # forces a bf16 variant of block_sparse_attention (see variant_config)
 
 
 @dataclass(frozen=True)

@@ -75,7 +75,8 @@ def _quant_tiles_ref(x: torch.Tensor, valid: torch.Tensor, block: int) -> tuple[
     tiles = xp.reshape(B, nblk, block, H, D)
     ax = tiles.abs()
     amax = torch.where(torch.isnan(ax), torch.inf, ax).amax(dim=(2, 4))  # [B, nblk, H]; a NaN -> inf
-    inv = torch.where(amax > 0, FP8_MAX / amax, torch.zeros_like(amax))
+    # tensor / tensor (a float / tensor is computed as float · reciprocal(tensor): another rounding)
+    inv = torch.where(amax > 0, torch.full_like(amax, FP8_MAX) / amax, torch.zeros_like(amax))
     scale = amax / FP8_MAX
     y = (tiles * inv[:, :, None, :, None]).to(FP8_DTYPE).reshape(B, nblk * block, H, D)[:, :S]
     return y, scale.permute(0, 2, 1).reshape(B * H, nblk).contiguous()
@@ -101,7 +102,7 @@ def quantize_reference(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor | None,
         av = vf.abs()
         amax = torch.where(torch.isnan(av), torch.inf, av).amax(dim=1)  # [B, H, D]
         scale = amax / FP8_MAX
-        inv = torch.where(scale > 0, 1.0 / scale, torch.zeros_like(scale))
+        inv = torch.where(scale > 0, torch.ones_like(scale) / scale, torch.zeros_like(scale))
         v8 = (vf * inv[:, None]).to(FP8_DTYPE)  # [B, Sk, H, D]
         out.v = v8.permute(0, 2, 3, 1).contiguous()  # [B, H, D, Sk]
         out.v_scale = scale.reshape(B * H, D).contiguous()
