@@ -201,3 +201,19 @@ def test_fp8_config_is_refused_when_installing_on_a_cpu_model():
         apply_xattention(pipe, {"precision": "fp8"})
     assert str(exc.value).startswith("config key 'xattn.precision': precision 'fp8' needs a CUDA GPU")
     assert "\n" not in str(exc.value)
+
+
+def test_fp8_sparse_with_a_tile_of_padding_only(gen):
+    """Kernel tiles smaller than the selection block: the last kept block can hold a tile of padding only, whose
+    FP8 scale is 0 (it must not turn the masked scores into NaN)."""
+    q, k, v, kv = _inputs(gen, S=150, kv=(150, 70))  # block 64: keys 64..127 of batch 1 hold tile 96..127 of padding
+    sel = _selection(gen, 2, 2, 150, 64, kv, density=1.0)
+    cfg = V2Config(block_m=32, block_n=32, num_warps=4, num_stages=1)
+    z = quantize_reference(q, k, None, kv, block_m=32, block_n=32)
+    dq, dk = dequantize_qk(z)
+    out = attention_v2(q, k, v, sel, kv, precision="fp8", config=cfg)
+    assert torch.isfinite(out).all()
+    assert_close(out, naive_block_sparse_attention(dq, dk, v.float(), sel, kv), atol=2e-5, rtol=1e-4, seed=gen)
+    out = attention_v2(q, k, v, sel, kv, precision="fp8", pv_fp8=True, config=cfg)
+    assert torch.isfinite(out).all()
+    assert_rel_err(out, naive_block_sparse_attention(q, k, v, sel, kv), 0.08, seed=gen)

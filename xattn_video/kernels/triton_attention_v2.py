@@ -98,13 +98,15 @@ def _step(acc, l_i, m_i, q, k_src, v_src, ks_row, b, h, key_start, offs_d, kv_le
         qk = tl.dot(q, tl.trans(k), input_precision=DOT_PRECISION)
         scale = scale_q
     if MASK:
-        qk = tl.where(offs_n[None, :] < kv_len, qk, float("-inf"))
-        m_new = tl.maximum(m_i, tl.max(qk, axis=1) * scale)
+        # scaled before the mask: a tile of padding only has an FP8 scale of 0, and -inf · 0 would be NaN
+        qk = tl.where(offs_n[None, :] < kv_len, qk * scale, float("-inf"))
+        m_new = tl.maximum(m_i, tl.max(qk, axis=1))
         m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)
+        p = tl.math.exp2(qk - m_safe[:, None])
     else:
         m_new = tl.maximum(m_i, tl.max(qk, axis=1) * scale)
         m_safe = m_new
-    p = tl.math.exp2(qk * scale - m_safe[:, None])
+        p = tl.math.exp2(qk * scale - m_safe[:, None])
     alpha = tl.math.exp2(m_i - m_safe)
     l_i = l_i * alpha + tl.sum(p, axis=1)
     # v tile: [BLOCK_N, HEAD_DIM] through (possibly transposed) strides
@@ -190,7 +192,8 @@ def _tile(Q, K, V, O, QS, KS, VS, COUNTS, INDICES, KV_LEN, pid_m, pid_bh,
     tl.store(o_ptrs, out.to(O.dtype.element_ty), mask=offs_m[:, None] < SQ)
 
 
-@triton.jit
+# Sizes are not specialised on (Triton would compile again for every divisibility class of the sequence length).
+@triton.jit(do_not_specialize=["SQ", "NQB", "NKB", "NQS", "NKS", "N_MTILES", "N_WORK"])
 def _attn_v2(Q, K, V, O, QS, KS, VS, COUNTS, INDICES, KV_LEN, ORDER,
              stride_qb, stride_qs, stride_qh, stride_qd,
              stride_kb, stride_ks, stride_kh, stride_kd,

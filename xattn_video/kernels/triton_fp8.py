@@ -123,7 +123,7 @@ def dequantize_qk(qz: QuantizedQKV) -> tuple[torch.Tensor, torch.Tensor]:
 # Triton kernels
 # ---------------------------------------------------------------------------------------------------------------
 
-@triton.jit
+@triton.jit(do_not_specialize=["NBLK"])
 def _stats_kernel(K, V, KSUM, VMAX, KV_LEN,
                   stride_kb, stride_ks, stride_kh, stride_kd,
                   stride_vb, stride_vs, stride_vh, stride_vd,
@@ -174,7 +174,7 @@ def to_fp8(x, ROUND_FIRST: tl.constexpr):
     return x.to(tl.float8e4nv)
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["NBLK", "SEQ"])
 def _quant_kernel(X, Y, SCALE, MEAN, LEN,
                   stride_xb, stride_xs, stride_xh, stride_xd,
                   stride_yb, stride_ys, stride_yh, stride_yd,
