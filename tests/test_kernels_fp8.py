@@ -65,11 +65,13 @@ def test_smoothing_k_by_its_mean_leaves_attention_unchanged(gen):
     assert_close(a, b, atol=2e-6, rtol=1e-5, seed=gen)
 
 
+@pytest.mark.parametrize("fmt", ["e4m3", "int8"])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
-def test_quantize_triton_matches_reference_bitwise(gen, dtype):
+def test_quantize_triton_matches_reference_bitwise(gen, dtype, fmt):
     q, k, v, kv = _inputs(gen, dtype=dtype)
-    got = quantize_triton(q, k, v, kv, block_m=64, block_n=32)
-    ref = quantize_reference(q, k, v, kv, block_m=64, block_n=32)
+    got = quantize_triton(q, k, v, kv, block_m=64, block_n=32, qk_format=fmt)
+    ref = quantize_reference(q, k, v, kv, block_m=64, block_n=32, qk_format=fmt)
+    assert got.q.dtype == ref.q.dtype == (torch.int8 if fmt == "int8" else torch.float8_e4m3fn)
     for name in ("q", "k", "v"):
         a, b = getattr(got, name).float(), getattr(ref, name).float()
         assert a.shape == b.shape
@@ -105,23 +107,30 @@ def test_v2_fp16_rows_without_keys_are_zero(gen):
     assert (out == 0).all()
 
 
+@pytest.mark.parametrize("fmt", ["e4m3", "int8"])
 @pytest.mark.parametrize("dense", [False, True])
-def test_fp8_kernel_equals_attention_on_dequantized_operands(gen, dense):
-    """The FP8 kernel computes exactly attention(deq(q8), deq(k8), v): all its error is the quantization's."""
+def test_fp8_kernel_equals_attention_on_dequantized_operands(gen, dense, fmt):
+    """The 8-bit kernels compute attention(deq(q8), deq(k8), v): all their error is the quantization's (int8: up to
+    ~1e-4 more, from folding the int-to-float offset into the exponent's FMA)."""
     q, k, v, kv = _inputs(gen)
     sel = _selection(gen, 2, 2, 150, 32, kv)
     if dense:
         sel_ref = BlockSelection.from_mask(torch.ones_like(sel.mask), block_size=32, q_len=150, kv_len=kv)
     else:
         sel_ref = sel
-    z = quantize_reference(q, k, None, kv, block_m=32, block_n=32)
+    z = quantize_reference(q, k, None, kv, block_m=32, block_n=32, qk_format=fmt)
     dq, dk = dequantize_qk(z)
     ref_q = naive_block_sparse_attention(dq, dk, v.float(), sel_ref, kv)
-    out = attention_v2(q, k, v, None if dense else sel, kv, precision="fp8", config=SMALL)
+    precision = "int8" if fmt == "int8" else "fp8"
+    out = attention_v2(q, k, v, None if dense else sel, kv, precision=precision, config=SMALL)
     assert torch.isfinite(out).all()
-    assert_close(out, ref_q, atol=2e-5, rtol=1e-4, seed=gen)
+    if fmt == "int8":
+        assert_rel_err(out, ref_q, 1e-3, seed=gen)
+    else:
+        assert_close(out, ref_q, atol=2e-5, rtol=1e-4, seed=gen)
     exact = naive_block_sparse_attention(q, k, v, sel_ref, kv)
-    assert_rel_err(out, exact, 0.06, seed=gen)  # random unit-normal q/k: the hard case for relative error
+    # random unit-normal q/k: the hard case for relative error; int8 is ~4x closer than e4m3
+    assert_rel_err(out, exact, 0.06 if fmt == "e4m3" else 0.02, seed=gen)
 
 
 def test_fp8_pv_variant_error_is_bounded(gen):
@@ -146,6 +155,8 @@ def test_fp8_is_refused_on_the_cpu_with_one_line(gen):
     from xattn_video.kernels.dense import dense_attention
 
     q, k, v = make_qkv(gen, 1, 64, 2, 64)
+    with pytest.raises(XAttentionInputError, match="^precision 'int8' needs a CUDA GPU with INT8 tensor cores"):
+        xattention(q, k, v, threshold=0.9, block_size=32, stride=4, precision="int8")
     calls = [
         lambda: xattention(q, k, v, threshold=0.9, block_size=32, stride=4, precision="fp8"),
         lambda: xattention(q, k, v, threshold=1.0, precision="fp8"),
@@ -161,7 +172,7 @@ def test_fp8_is_refused_on_the_cpu_with_one_line(gen):
 
 def test_unknown_precision_is_refused(gen):
     q, k, v = make_qkv(gen, 1, 64, 2, 64)
-    with pytest.raises(XAttentionInputError, match="precision must be one of bf16, fp8, got 'fp16'"):
+    with pytest.raises(XAttentionInputError, match="precision must be one of bf16, fp8, int8, got 'fp16'"):
         xattention(q, k, v, precision="fp16")
 
 
@@ -174,6 +185,8 @@ def test_old_gpu_is_refused(monkeypatch):
     assert why == "precision 'fp8' needs a GPU with FP8 tensor cores (compute capability >= 8.9); NVIDIA A100 has 8.0"
     monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: (9, 0))
     assert backend.fp8_refusal(torch.device("cuda", 0)) is None
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: (7, 5))
+    assert backend.precision_refusal("int8", torch.device("cuda", 0)).endswith("NVIDIA A100 has 7.5")
 
 
 def test_precision_config_key():
@@ -184,8 +197,8 @@ def test_precision_config_key():
     assert load_config(overrides=["model.path=tiny"]).xattn.precision == "bf16"
     assert load_config(overrides=["model.path=tiny", "xattn.precision=fp8"]).xattn.precision == "fp8"
     with pytest.raises(ConfigError) as exc:
-        load_config(overrides=["model.path=tiny", "xattn.precision=int8"])
-    assert str(exc.value) == "config key 'xattn.precision' must be one of bf16, fp8, got 'int8'"
+        load_config(overrides=["model.path=tiny", "xattn.precision=fp16"])
+    assert str(exc.value) == "config key 'xattn.precision' must be one of bf16, fp8, int8, got 'fp16'"
     with pytest.raises(ConfigError, match="'xattn.precision' fp8 runs on the triton backend"):
         load_config(overrides=["model.path=tiny", "xattn.precision=fp8", "xattn.backend=torch"])
 

@@ -102,10 +102,10 @@ def _select(scores: torch.Tensor, taus: tuple[float, ...], kv_len: torch.Tensor,
 def _sparse_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, selection: BlockSelection,
                       kv: torch.Tensor, backend: str, precision: str = "bf16") -> torch.Tensor:
     if backend == "triton":
-        if precision == "fp8":
+        if precision != "bf16":
             from .triton_attention_v2 import attention_v2
 
-            return attention_v2(q, k, v, selection, kv, precision="fp8")
+            return attention_v2(q, k, v, selection, kv, precision=precision)
         if forced_variant():  # benchmarking only (XATTN_ATTN_VARIANT): not a custom op, eager
             from .triton_attention_v2 import attention_v2, variant_config
 
@@ -220,8 +220,8 @@ def block_sparse_attention(
     """Exact softmax attention restricted to the selected blocks (spec §3); same shape and dtype as q.
 
     ``kv_len`` defaults to the selection's (clipped to Sk). Keys at positions ≥ kv_len are never attended.
-    ``precision="fp8"``: q and k in e4m3 with per-tile scales, k smoothed by its mean (not exact: see
-    ``triton_fp8``); CUDA GPUs with compute capability >= 8.9 and the triton backend only.
+    ``precision`` "fp8" / "int8": q and k in e4m3 / int8 with per-tile scales, k smoothed by its mean (not exact:
+    see ``triton_fp8``); CUDA GPUs (fp8: compute capability >= 8.9, int8: >= 8.0) and the triton backend only.
     """
     shape = check_qkv(q, k, v, layout)
     _check_selection(selection, shape.batch, shape.heads, shape.q_len, shape.kv_len)
@@ -244,14 +244,14 @@ def dense_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, kv: torch
                     layout: str, precision: str = "bf16") -> torch.Tensor:
     """Dense SDPA with key padding (kv: int32 [B] or None for no padding); returns q's layout.
 
-    ``precision="fp8"``: the FP8 Triton kernel in dense mode instead (inputs already checked)."""
-    if precision == "fp8":
+    ``precision`` "fp8"/"int8": the quantized Triton kernel in dense mode instead (inputs already checked)."""
+    if precision != "bf16":
         from .triton_attention_v2 import attention_v2
 
         qb, kb, vb = to_bshd(q, layout), to_bshd(k, layout), to_bshd(v, layout)
         if kv is None:
             kv = torch.full((qb.shape[0],), kb.shape[1], dtype=torch.int32, device=q.device)
-        out = attention_v2(qb, kb, vb, None, kv.to(torch.int32), precision="fp8")
+        out = attention_v2(qb, kb, vb, None, kv.to(torch.int32), precision=precision)
         return out if layout == "bshd" else out.transpose(1, 2)
     qh, kh, vh = (x if layout == "bhsd" else x.transpose(1, 2) for x in (q, k, v))
     mask = None
@@ -302,10 +302,10 @@ def xattention(
     and after the attention (dense calls: before and after the attention only); see ``xattn_video.stats.Stopwatch``.
     ``selection``: a BlockSelection from an earlier call with the same shapes (reuse across denoising steps):
     the estimate and the selection are skipped (their intervals are then zero) and ``threshold`` is unused.
-    ``precision``: "bf16" (default; q/k/v in their own dtype, exact) or "fp8" (the attention — sparse, or dense for
-    τ ≥ 1 — takes q and k in e4m3 with per-tile scales, k smoothed by its token mean; the estimate stays in the
-    input dtype). FP8 needs a CUDA GPU with compute capability >= 8.9 and the triton backend; elsewhere it is
-    refused with one line.
+    ``precision``: "bf16" (default; q/k/v in their own dtype, exact), "fp8" or "int8" (the attention — sparse, or
+    dense for τ ≥ 1 — takes q and k in e4m3 / int8 with per-tile scales, k smoothed by its token mean; P·V stays
+    in the input dtype; the estimate too). fp8 needs a CUDA GPU with compute capability >= 8.9, int8 >= 8.0, and
+    the triton backend; elsewhere they are refused with one line.
 
     Non-finite inputs (spec §4), the same on every backend: padding (positions ≥ kv_len) never matters; a
     NaN/+inf score row keeps all its valid blocks; an output row whose query or any kept valid key/value is

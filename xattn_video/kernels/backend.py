@@ -66,8 +66,10 @@ def resolve_backend(backend: str, device: torch.device) -> str:
     return backend
 
 
-PRECISIONS = ("bf16", "fp8")  # bf16: q/k/v in their own dtype; fp8: q/k (and P·V where chosen) in e4m3
-FP8_MIN_CAPABILITY = (8, 9)  # Ada and Hopper: the first GPUs with FP8 tensor cores
+# bf16: q/k/v in their own dtype (exact); fp8: q/k in e4m3; int8: q/k rounded to int8 (SageAttention's choice, the
+# same tensor-core rate on Hopper, ~4x smaller error on video-like inputs). Both with per-tile scales, k smoothed.
+PRECISIONS = ("bf16", "fp8", "int8")
+MIN_CAPABILITY = {"fp8": (8, 9), "int8": (8, 0)}  # fp8: Ada and Hopper; int8 tensor cores: Ampere on
 VARIANT_ENV_VAR = "XATTN_ATTN_VARIANT"  # benchmarking: a bf16 kernel variant (triton_attention_v2.BF16_VARIANTS)
 
 
@@ -76,28 +78,37 @@ def forced_variant() -> str:
     return os.environ.get(VARIANT_ENV_VAR, "").strip().lower()
 
 
-def fp8_refusal(device: torch.device) -> str | None:
-    """Why FP8 attention cannot run on ``device`` (one line), or None when it can."""
-    need = f"compute capability >= {FP8_MIN_CAPABILITY[0]}.{FP8_MIN_CAPABILITY[1]}"
+def precision_refusal(precision: str, device: torch.device) -> str | None:
+    """Why the quantized ``precision`` ("fp8"/"int8") cannot run on ``device`` (one line), or None when it can."""
+    if precision not in MIN_CAPABILITY:
+        return None
+    low = MIN_CAPABILITY[precision]
+    cores = "FP8" if precision == "fp8" else "INT8"
+    need = f"compute capability >= {low[0]}.{low[1]}"
     if device.type != "cuda":
-        return f"precision 'fp8' needs a CUDA GPU with FP8 tensor cores ({need}); the tensors are on {device.type}"
+        return (f"precision '{precision}' needs a CUDA GPU with {cores} tensor cores ({need}); the tensors are on "
+                f"{device.type}")
     major, minor = torch.cuda.get_device_capability(device)
-    if (major, minor) < FP8_MIN_CAPABILITY:
-        return (f"precision 'fp8' needs a GPU with FP8 tensor cores ({need}); {torch.cuda.get_device_name(device)} "
-                f"has {major}.{minor}")
+    if (major, minor) < low:
+        return (f"precision '{precision}' needs a GPU with {cores} tensor cores ({need}); "
+                f"{torch.cuda.get_device_name(device)} has {major}.{minor}")
     if not triton_available():
-        return "precision 'fp8' runs on the triton backend, and triton is not installed"
+        return f"precision '{precision}' runs on the triton backend, and triton is not installed"
     return None
 
 
+def fp8_refusal(device: torch.device) -> str | None:
+    return precision_refusal("fp8", device)
+
+
 def check_precision(precision: str, device: torch.device, backend: str | None = None) -> None:
-    """Refuse an unknown precision, and FP8 where it cannot run (CPU, GPUs before Ada/Hopper, the torch backend)."""
+    """Refuse an unknown precision, and a quantized one where it cannot run (CPU, older GPUs, the torch backend)."""
     if precision not in PRECISIONS:
         raise XAttentionInputError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
-    if precision == "fp8":
-        why = fp8_refusal(device)
+    if precision != "bf16":
+        why = precision_refusal(precision, device)
         if why is None and backend == "torch":
-            why = "precision 'fp8' runs on the triton backend only (backend 'torch' was asked for)"
+            why = f"precision '{precision}' runs on the triton backend only (backend 'torch' was asked for)"
         if why is not None:
             raise XAttentionInputError(why)
 

@@ -61,8 +61,9 @@ def dense_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, kv_len: K
     kv_len: None (all keys valid), one int, or one int per batch entry (host values, 1..Sk). Keys at
     positions ≥ kv_len[b] are never read, so their contents (inf, NaN) cannot matter. Batch entries with the
     same length next to each other share one SDPA call (B is 1 or 2 in practice).
-    ``precision="fp8"``: the FP8 Triton kernel in dense mode (q/k in e4m3, see ``triton_fp8``) instead of SDPA;
-    CUDA GPUs with compute capability >= 8.9 only (refused with one line elsewhere); ``scale`` must be None.
+    ``precision`` "fp8" / "int8": the quantized Triton kernel in dense mode (q/k in e4m3 / int8, see ``triton_fp8``)
+    instead of SDPA; CUDA GPUs only (fp8: compute capability >= 8.9; refused with one line elsewhere); ``scale``
+    must be None.
     """
     if q.dim() != 4 or k.dim() != 4 or v.dim() != 4:
         raise XAttentionInputError(f"q, k, v must be 4-D [B, S, H, D], got {tuple(q.shape)}, {tuple(k.shape)}, "
@@ -91,9 +92,10 @@ def _dense_fp8(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, lens: list[int
 
     check_precision(precision, q.device)
     if scale is not None:
-        raise XAttentionInputError("dense_attention with precision 'fp8' uses 1/sqrt(head_dim); scale must be None")
+        raise XAttentionInputError(f"dense_attention with precision {precision!r} uses 1/sqrt(head_dim); scale must "
+                                   f"be None")
     kv = torch.tensor(lens, dtype=torch.int32).to(q.device, non_blocking=True)
-    return attention_v2(q, k, v, None, kv, precision="fp8")
+    return attention_v2(q, k, v, None, kv, precision=precision)
 
 
 def prefix_kv_lens(mask: torch.Tensor | None) -> tuple[bool, list[int] | None]:

@@ -3,7 +3,7 @@
 One kernel, specialised by compile-time flags, so that the benchmark can time each variant against the default
 kernel (``triton_attention.py``, unchanged and still what ``xattention`` runs in bf16) in the same process:
 
-- ``QK_FP8``: q and k arrive as e4m3 with one scale per tile (``triton_fp8.quantize_triton``); the tile's scores are
+- ``QK_QUANT``: q and k arrive as e4m3 with one scale per tile (``triton_fp8.quantize_triton``); the tile's scores are
   ``dot(q8, k8ᵀ) · scale_q · scale_k / √D``, the scales folded into the FMA that applies 1/√D (no extra work per
   element). P·V stays in v's dtype (bf16), accumulated in float32.
 - ``PV_FP8``: P·V in FP8 too: p ∈ [0, 1] is scaled by 448 and cast to e4m3, v is e4m3 with one scale per channel,
@@ -65,6 +65,8 @@ BF16_VARIANTS: dict[str, V2Config] = {
 
 
 P_SCALE_T = tl.constexpr(P_SCALE)
+MAGIC_I = tl.constexpr(0x4B400000)  # bits of 12582912.0 = 1.5 · 2^23
+MAGIC_F = tl.constexpr(12582912.0)
 
 
 @triton.jit
@@ -87,22 +89,33 @@ def _load_tile(src, b, h, row0, offs_r, offs_d, stride_s, stride_d, limit,
 def _step(acc, l_i, m_i, q, k_src, v_src, ks_row, b, h, key_start, offs_d, kv_len, scale_q,
           stride_ks, stride_kd, stride_vs, stride_vd,
           HEAD_DIM: tl.constexpr, BLOCK_N: tl.constexpr, MASK: tl.constexpr, USE_TMA: tl.constexpr,
-          QK_FP8: tl.constexpr, PV_FP8: tl.constexpr, ROUND_FIRST: tl.constexpr, DOT_PRECISION: tl.constexpr):
+          QK_QUANT: tl.constexpr, QK_INT8: tl.constexpr, PV_FP8: tl.constexpr, ROUND_FIRST: tl.constexpr, DOT_PRECISION: tl.constexpr):
     offs_n = key_start + tl.arange(0, BLOCK_N)
     k = _load_tile(k_src, b, h, key_start, offs_n, offs_d, stride_ks, stride_kd, kv_len, BLOCK_N, HEAD_DIM, MASK,
                    USE_TMA)
-    if QK_FP8:
-        qk = tl.dot(q, tl.trans(k))
+    if QK_QUANT:
+        if QK_INT8:
+            # int32 scores as float32 without a conversion instruction: |score| < 2^22 (127² · 128), so the bits of
+            # score + 0x4B400000 are those of the float 1.5·2^23 + score (exact); the offset is folded in below
+            qk = (tl.dot(q, tl.trans(k)) + MAGIC_I).to(tl.float32, bitcast=True)
+        else:
+            qk = tl.dot(q, tl.trans(k))
         scale = scale_q * tl.load(ks_row + key_start // BLOCK_N)
     else:
         qk = tl.dot(q, tl.trans(k), input_precision=DOT_PRECISION)
         scale = scale_q
     if MASK:
-        # scaled before the mask: a tile of padding only has an FP8 scale of 0, and -inf · 0 would be NaN
+        if QK_INT8:
+            qk = qk - MAGIC_F
+        # scaled before the mask: a tile of padding only has a quantization scale of 0, and -inf · 0 would be NaN
         qk = tl.where(offs_n[None, :] < kv_len, qk * scale, float("-inf"))
         m_new = tl.maximum(m_i, tl.max(qk, axis=1))
         m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)
         p = tl.math.exp2(qk - m_safe[:, None])
+    elif QK_INT8:
+        m_new = tl.maximum(m_i, (tl.max(qk, axis=1) - MAGIC_F) * scale)
+        m_safe = m_new
+        p = tl.math.exp2(qk * scale - (m_safe + MAGIC_F * scale)[:, None])  # one FMA per score, as below
     else:
         m_new = tl.maximum(m_i, tl.max(qk, axis=1) * scale)
         m_safe = m_new
@@ -129,7 +142,7 @@ def _tile(Q, K, V, O, QS, KS, VS, COUNTS, INDICES, KV_LEN, pid_m, pid_bh,
           stride_ob, stride_os, stride_oh, stride_od,
           H, SQ, NQB, NKB, NQS, NKS, qk_scale,
           HEAD_DIM: tl.constexpr, SEL_BLOCK: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
-          DENSE: tl.constexpr, QK_FP8: tl.constexpr, PV_FP8: tl.constexpr, USE_TMA: tl.constexpr,
+          DENSE: tl.constexpr, QK_QUANT: tl.constexpr, QK_INT8: tl.constexpr, PV_FP8: tl.constexpr, USE_TMA: tl.constexpr,
           WARP_SPECIALIZE: tl.constexpr, ROUND_FIRST: tl.constexpr, DOT_PRECISION: tl.constexpr):
     SUB_N: tl.constexpr = SEL_BLOCK // BLOCK_N
     b = pid_bh // H
@@ -140,7 +153,7 @@ def _tile(Q, K, V, O, QS, KS, VS, COUNTS, INDICES, KV_LEN, pid_m, pid_bh,
     q_ptrs = Q + b.to(tl.int64) * stride_qb + h.to(tl.int64) * stride_qh \
         + offs_m[:, None].to(tl.int64) * stride_qs + offs_d[None, :] * stride_qd
     q = tl.load(q_ptrs, mask=offs_m[:, None] < SQ, other=0.0)
-    if QK_FP8:
+    if QK_QUANT:
         scale_q = qk_scale * tl.load(QS + pid_bh.to(tl.int64) * NQS + pid_m)
         ks_row = KS + pid_bh.to(tl.int64) * NKS
     else:
@@ -161,11 +174,11 @@ def _tile(Q, K, V, O, QS, KS, VS, COUNTS, INDICES, KV_LEN, pid_m, pid_bh,
         for r in tl.range(0, n_full, warp_specialize=WARP_SPECIALIZE):
             acc, l_i, m_i = _step(acc, l_i, m_i, q, k_src, v_src, ks_row, b, h, r * BLOCK_N, offs_d, kv_len,
                                   scale_q, stride_ks, stride_kd, stride_vs, stride_vd, HEAD_DIM, BLOCK_N, False,
-                                  USE_TMA, QK_FP8, PV_FP8, ROUND_FIRST, DOT_PRECISION)
+                                  USE_TMA, QK_QUANT, QK_INT8, PV_FP8, ROUND_FIRST, DOT_PRECISION)
         if n_full * BLOCK_N < kv_len:
             acc, l_i, m_i = _step(acc, l_i, m_i, q, k_src, v_src, ks_row, b, h, n_full * BLOCK_N, offs_d, kv_len,
                                   scale_q, stride_ks, stride_kd, stride_vs, stride_vd, HEAD_DIM, BLOCK_N, True,
-                                  USE_TMA, QK_FP8, PV_FP8, ROUND_FIRST, DOT_PRECISION)
+                                  USE_TMA, QK_QUANT, QK_INT8, PV_FP8, ROUND_FIRST, DOT_PRECISION)
     else:
         row = pid_bh.to(tl.int64) * NQB + (pid_m * BLOCK_M) // SEL_BLOCK
         count = tl.load(COUNTS + row)
@@ -177,12 +190,12 @@ def _tile(Q, K, V, O, QS, KS, VS, COUNTS, INDICES, KV_LEN, pid_m, pid_bh,
             key_start = tl.load(idx_ptr + r // SUB_N) * SEL_BLOCK + (r % SUB_N) * BLOCK_N
             acc, l_i, m_i = _step(acc, l_i, m_i, q, k_src, v_src, ks_row, b, h, key_start, offs_d, kv_len,
                                   scale_q, stride_ks, stride_kd, stride_vs, stride_vd, HEAD_DIM, BLOCK_N, False,
-                                  USE_TMA, QK_FP8, PV_FP8, ROUND_FIRST, DOT_PRECISION)
+                                  USE_TMA, QK_QUANT, QK_INT8, PV_FP8, ROUND_FIRST, DOT_PRECISION)
         if partial:
             for sub in range(SUB_N):
                 acc, l_i, m_i = _step(acc, l_i, m_i, q, k_src, v_src, ks_row, b, h, last * SEL_BLOCK + sub * BLOCK_N,
                                       offs_d, kv_len, scale_q, stride_ks, stride_kd, stride_vs, stride_vd, HEAD_DIM,
-                                      BLOCK_N, True, USE_TMA, QK_FP8, PV_FP8, ROUND_FIRST, DOT_PRECISION)
+                                      BLOCK_N, True, USE_TMA, QK_QUANT, QK_INT8, PV_FP8, ROUND_FIRST, DOT_PRECISION)
 
     out = acc / tl.where(l_i > 0, l_i, 1.0)[:, None]  # rows without kept keys stay zero
     if PV_FP8:
@@ -201,7 +214,7 @@ def _attn_v2(Q, K, V, O, QS, KS, VS, COUNTS, INDICES, KV_LEN, ORDER,
              stride_ob, stride_os, stride_oh, stride_od,
              H, SQ, NQB, NKB, NQS, NKS, N_MTILES, N_WORK, qk_scale,
              HEAD_DIM: tl.constexpr, SEL_BLOCK: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
-             DENSE: tl.constexpr, QK_FP8: tl.constexpr, PV_FP8: tl.constexpr, USE_TMA: tl.constexpr,
+             DENSE: tl.constexpr, QK_QUANT: tl.constexpr, QK_INT8: tl.constexpr, PV_FP8: tl.constexpr, USE_TMA: tl.constexpr,
              WARP_SPECIALIZE: tl.constexpr, PERSISTENT: tl.constexpr, ORDERED: tl.constexpr,
              ROUND_FIRST: tl.constexpr, DOT_PRECISION: tl.constexpr):
     if PERSISTENT:
@@ -213,14 +226,14 @@ def _attn_v2(Q, K, V, O, QS, KS, VS, COUNTS, INDICES, KV_LEN, ORDER,
             _tile(Q, K, V, O, QS, KS, VS, COUNTS, INDICES, KV_LEN, item % N_MTILES, item // N_MTILES,
                   stride_qb, stride_qs, stride_qh, stride_qd, stride_kb, stride_ks, stride_kh, stride_kd,
                   stride_vb, stride_vs, stride_vh, stride_vd, stride_ob, stride_os, stride_oh, stride_od,
-                  H, SQ, NQB, NKB, NQS, NKS, qk_scale, HEAD_DIM, SEL_BLOCK, BLOCK_M, BLOCK_N, DENSE, QK_FP8,
-                  PV_FP8, USE_TMA, WARP_SPECIALIZE, ROUND_FIRST, DOT_PRECISION)
+                  H, SQ, NQB, NKB, NQS, NKS, qk_scale, HEAD_DIM, SEL_BLOCK, BLOCK_M, BLOCK_N, DENSE, QK_QUANT,
+                  QK_INT8, PV_FP8, USE_TMA, WARP_SPECIALIZE, ROUND_FIRST, DOT_PRECISION)
     else:
         _tile(Q, K, V, O, QS, KS, VS, COUNTS, INDICES, KV_LEN, tl.program_id(0), tl.program_id(1),
               stride_qb, stride_qs, stride_qh, stride_qd, stride_kb, stride_ks, stride_kh, stride_kd,
               stride_vb, stride_vs, stride_vh, stride_vd, stride_ob, stride_os, stride_oh, stride_od,
-              H, SQ, NQB, NKB, NQS, NKS, qk_scale, HEAD_DIM, SEL_BLOCK, BLOCK_M, BLOCK_N, DENSE, QK_FP8,
-              PV_FP8, USE_TMA, WARP_SPECIALIZE, ROUND_FIRST, DOT_PRECISION)
+              H, SQ, NQB, NKB, NQS, NKS, qk_scale, HEAD_DIM, SEL_BLOCK, BLOCK_M, BLOCK_N, DENSE, QK_QUANT,
+              QK_INT8, PV_FP8, USE_TMA, WARP_SPECIALIZE, ROUND_FIRST, DOT_PRECISION)
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -262,26 +275,32 @@ def attention_v2(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, selection: B
     """Block-sparse (``selection``) or dense (``selection=None``: every key below kv_len) attention; q's shape/dtype.
 
     q/k/v: [B, S, H, D] views (bf16/fp16; fp32 in the interpreter), kv_len: int32 [B] on q's device.
-    ``precision="fp8"``: q/k quantized here (or taken from ``quantized``), P·V in v's dtype unless ``pv_fp8``.
+    ``precision="fp8"`` (q/k in e4m3) or ``"int8"`` (q/k rounded to int8, SageAttention's choice; same tensor-core
+    rate on Hopper): q/k quantized here (or taken from ``quantized``), P·V in v's dtype unless ``pv_fp8``.
     No validation beyond what the kernel needs: the public API (``api.py``) checks inputs and refuses FP8 where
     the GPU has no FP8 tensor cores.
     """
     B, Sq, H, D = q.shape
     dev = q.device
     block_size = selection.block_size if selection is not None else 128
-    cfg = config or (default_fp8_config(dev, block_size) if precision == "fp8" else V2Config(
+    if precision not in ("bf16", "fp8", "int8"):
+        raise ValueError(f"precision must be bf16, fp8 or int8, got {precision!r}")
+    quant = precision != "bf16"
+    cfg = config or (default_fp8_config(dev, block_size) if quant else V2Config(
         block_m=min(block_size, 128), block_n=min(block_size, 128),
         num_warps=8 if block_size >= 128 and q.is_cuda else 4, num_stages=3 if q.is_cuda else 1))
     if selection is not None and (block_size % cfg.block_m or block_size % cfg.block_n):
         raise ValueError(f"config {cfg} does not tile block_size {block_size}")
     if out is None:
         out = torch.empty_like(q)
-    fp8 = precision == "fp8"
+    fp8 = quant  # q/k quantized (either format)
+    qk_format = "int8" if precision == "int8" else "e4m3"
     if fp8:
         qz = quantized or quantize_triton(q, k, v if pv_fp8 else None, kv_len, block_m=cfg.block_m,
-                                          block_n=cfg.block_n)
-        if qz.block_m != cfg.block_m or qz.block_n != cfg.block_n or (pv_fp8 and qz.v is None):
-            raise ValueError("quantized operands do not match the launch config")
+                                          block_n=cfg.block_n, qk_format=qk_format)
+        if (qz.block_m != cfg.block_m or qz.block_n != cfg.block_n or (pv_fp8 and qz.v is None)
+                or qz.qk_format != qk_format):
+            raise ValueError("quantized operands do not match the launch config or precision")
         q_arg, k_arg, qs, ks = qz.q, qz.k, qz.q_scale, qz.k_scale
         nqs, nks = qs.shape[1], ks.shape[1]
         if pv_fp8:
@@ -326,7 +345,8 @@ def attention_v2(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, selection: B
         H, Sq, nqb, nkb, nqs, nks, n_mtiles, n_work,
         1.0 / math.sqrt(D) * 1.4426950408889634,
         HEAD_DIM=D, SEL_BLOCK=block_size, BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n,
-        DENSE=selection is None, QK_FP8=fp8, PV_FP8=fp8 and pv_fp8, USE_TMA=use_tma,
+        DENSE=selection is None, QK_QUANT=fp8, QK_INT8=fp8 and qk_format == "int8", PV_FP8=fp8 and pv_fp8,
+        USE_TMA=use_tma,
         WARP_SPECIALIZE=cfg.warp_specialize and q.is_cuda, PERSISTENT=cfg.persistent, ORDERED=ordered,
         ROUND_FIRST=not q.is_cuda, DOT_PRECISION=dot_precision,
         num_warps=cfg.num_warps, num_stages=cfg.num_stages,

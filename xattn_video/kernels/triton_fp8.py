@@ -32,6 +32,8 @@ import triton
 import triton.language as tl
 
 FP8_MAX = 448.0  # largest finite e4m3 (float8_e4m3fn) value
+INT8_MAX = 127.0
+QK_FORMATS = ("e4m3", "int8")
 FP8_DTYPE = torch.float8_e4m3fn
 P_SCALE = 448.0  # the FP8 P·V variant multiplies probabilities in [0, 1] by this before the cast
 
@@ -47,6 +49,7 @@ class QuantizedQKV:
     k_mean: torch.Tensor  # float32 [B, H, D] (what was subtracted; kept for tests)
     block_m: int
     block_n: int
+    qk_format: str = "e4m3"  # "e4m3" (float8_e4m3fn, scale amax/448) or "int8" (rounded, scale amax/127)
     v: torch.Tensor | None = None  # fp8 [B, H, D, Sk] (tokens contiguous), or None: v stays in its dtype
     v_scale: torch.Tensor | None = None  # float32 [B*H, D]
 
@@ -66,8 +69,10 @@ def _valid_rows(length: int, kv: torch.Tensor | int, batch: int, device: torch.d
     return (pos[None, :] < lens.to(device=device, dtype=torch.int64)[:, None])[:, :, None, None]
 
 
-def _quant_tiles_ref(x: torch.Tensor, valid: torch.Tensor, block: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """x float32 [B, S, H, D] (invalid rows already zero) -> (fp8 [B, S, H, D], scale [B*H, nblk])."""
+def _quant_tiles_ref(x: torch.Tensor, valid: torch.Tensor, block: int,
+                     fmt: str = "e4m3") -> tuple[torch.Tensor, torch.Tensor]:
+    """x float32 [B, S, H, D] (invalid rows already zero) -> (fp8/int8 [B, S, H, D], scale [B*H, nblk])."""
+    top = FP8_MAX if fmt == "e4m3" else INT8_MAX
     B, S, H, D = x.shape
     nblk = _cdiv(S, block)
     pad = nblk * block - S
@@ -76,14 +81,16 @@ def _quant_tiles_ref(x: torch.Tensor, valid: torch.Tensor, block: int) -> tuple[
     ax = tiles.abs()
     amax = torch.where(torch.isnan(ax), torch.inf, ax).amax(dim=(2, 4))  # [B, nblk, H]; a NaN -> inf
     # tensor / tensor (a float / tensor is computed as float · reciprocal(tensor): another rounding)
-    inv = torch.where(amax > 0, torch.full_like(amax, FP8_MAX) / amax, torch.zeros_like(amax))
-    scale = amax / FP8_MAX
-    y = (tiles * inv[:, :, None, :, None]).to(FP8_DTYPE).reshape(B, nblk * block, H, D)[:, :S]
+    inv = torch.where(amax > 0, torch.full_like(amax, top) / amax, torch.zeros_like(amax))
+    scale = amax / top
+    y = tiles * inv[:, :, None, :, None]
+    y = y.to(FP8_DTYPE) if fmt == "e4m3" else torch.round(y).clamp(-INT8_MAX, INT8_MAX).to(torch.int8)
+    y = y.reshape(B, nblk * block, H, D)[:, :S]
     return y, scale.permute(0, 2, 1).reshape(B * H, nblk).contiguous()
 
 
 def quantize_reference(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor | None, kv_len: torch.Tensor | int,
-                       *, block_m: int, block_n: int) -> QuantizedQKV:
+                       *, block_m: int, block_n: int, qk_format: str = "e4m3") -> QuantizedQKV:
     """Torch version of :func:`quantize_triton` (same arithmetic, float32 throughout)."""
     B, Sq, H, D = q.shape
     Sk = k.shape[1]
@@ -94,9 +101,10 @@ def quantize_reference(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor | None,
     count = kvv.sum(dim=1, dtype=torch.float32)  # [B, 1, 1]
     mean = kf.sum(dim=1) / count.clamp_min(1.0)  # [B, H, D]
     ks = torch.where(kvv, kf - mean[:, None], 0.0)
-    q8, qs = _quant_tiles_ref(qf, qv, block_m)
-    k8, kscale = _quant_tiles_ref(ks, kvv, block_n)
-    out = QuantizedQKV(q=q8, q_scale=qs, k=k8, k_scale=kscale, k_mean=mean, block_m=block_m, block_n=block_n)
+    q8, qs = _quant_tiles_ref(qf, qv, block_m, qk_format)
+    k8, kscale = _quant_tiles_ref(ks, kvv, block_n, qk_format)
+    out = QuantizedQKV(q=q8, q_scale=qs, k=k8, k_scale=kscale, k_mean=mean, block_m=block_m, block_n=block_n,
+                       qk_format=qk_format)
     if v is not None:
         vf = torch.where(kvv, v.float(), 0.0)
         av = vf.abs()
@@ -151,6 +159,7 @@ def _stats_kernel(K, V, KSUM, VMAX, KV_LEN,
 
 
 FP8_MAX_T = tl.constexpr(FP8_MAX)
+INT8_MAX_T = tl.constexpr(INT8_MAX)
 
 
 @triton.jit
@@ -180,7 +189,7 @@ def _quant_kernel(X, Y, SCALE, MEAN, LEN,
                   stride_yb, stride_ys, stride_yh, stride_yd,
                   H, NBLK, SEQ,
                   HEAD_DIM: tl.constexpr, BLOCK: tl.constexpr, LEN_IS_PTR: tl.constexpr, SMOOTH: tl.constexpr,
-                  PER_CHANNEL: tl.constexpr, ROUND_FIRST: tl.constexpr):
+                  PER_CHANNEL: tl.constexpr, ROUND_FIRST: tl.constexpr, INT8: tl.constexpr):
     """One row tile of one (batch, head): y = fp8((x − mean) · 448 / amax), scale = amax / 448.
 
     Rows at or past the valid length (LEN[b] when LEN_IS_PTR, else SEQ) are zeros; rows < SEQ are written.
@@ -210,16 +219,25 @@ def _quant_kernel(X, Y, SCALE, MEAN, LEN,
         ax = tl.abs(x)
         ax = tl.where(ax == ax, ax, float("inf"))  # a NaN makes the tile's scale infinite (and its values NaN)
         amax = tl.max(tl.max(ax, axis=1), axis=0)
-        inv = tl.where(amax > 0, tl.div_rn(FP8_MAX_T + 0.0 * amax, amax), 0.0)
-        tl.store(SCALE + bh.to(tl.int64) * NBLK + pid, tl.div_rn(amax, FP8_MAX_T + 0.0 * amax))
+        if INT8:
+            top = INT8_MAX_T + 0.0 * amax
+        else:
+            top = FP8_MAX_T + 0.0 * amax
+        inv = tl.where(amax > 0, tl.div_rn(top, amax), 0.0)
+        tl.store(SCALE + bh.to(tl.int64) * NBLK + pid, tl.div_rn(amax, top))
         y = x * inv
     yp = Y + b.to(tl.int64) * stride_yb + h.to(tl.int64) * stride_yh + rows[:, None].to(tl.int64) * stride_ys \
         + offs_d[None, :] * stride_yd
-    tl.store(yp, to_fp8(y, ROUND_FIRST), mask=(rows[:, None] < SEQ) & (offs_d[None, :] < HEAD_DIM))
+    if INT8:
+        y = (y + 12582912.0) - 12582912.0  # round to the nearest integer, ties to even (|y| <= 127)
+        yq = y.to(tl.int8)
+    else:
+        yq = to_fp8(y, ROUND_FIRST)
+    tl.store(yp, yq, mask=(rows[:, None] < SEQ) & (offs_d[None, :] < HEAD_DIM))
 
 
 def quantize_triton(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor | None, kv_len: torch.Tensor,
-                    *, block_m: int, block_n: int) -> QuantizedQKV:
+                    *, block_m: int, block_n: int, qk_format: str = "e4m3") -> QuantizedQKV:
     """The FP8 operands in four small launches (k statistics, q, k, v); q/k/v are [B, S, H, D] views.
 
     ``kv_len``: int32 [B] on q's device. Output buffers hold whole tiles (padded to the tile size) so the attention
@@ -240,19 +258,23 @@ def quantize_triton(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor | None, kv
     count = kv_len.to(torch.float32).clamp_min(1.0).repeat_interleave(H)[:, None]  # [B*H, 1]
     mean = ksum.sum(dim=1) / count  # [B*H, D]
 
-    q8 = torch.empty(B, Sq, H, D, device=dev, dtype=FP8_DTYPE)
-    k8 = torch.empty(B, Sk, H, D, device=dev, dtype=FP8_DTYPE)
+    if qk_format not in QK_FORMATS:
+        raise ValueError(f"qk_format must be one of {QK_FORMATS}, got {qk_format!r}")
+    int8 = qk_format == "int8"
+    qk_dtype = torch.int8 if int8 else FP8_DTYPE
+    q8 = torch.empty(B, Sq, H, D, device=dev, dtype=qk_dtype)
+    k8 = torch.empty(B, Sk, H, D, device=dev, dtype=qk_dtype)
     qs = torch.empty(B * H, nq, device=dev, dtype=torch.float32)
     ks = torch.empty(B * H, nk, device=dev, dtype=torch.float32)
     _quant_kernel[(nq, B * H)](q, q8, qs, qs, qs, *q.stride(), *q8.stride(), H, nq, Sq,
                                HEAD_DIM=D, BLOCK=block_m, LEN_IS_PTR=False, SMOOTH=False, PER_CHANNEL=False,
-                               ROUND_FIRST=interp, num_warps=4)
+                               ROUND_FIRST=interp, INT8=int8, num_warps=4)
     # k rows past kv_len are written as zeros
     _quant_kernel[(nk, B * H)](k, k8, ks, mean, kv_len, *k.stride(), *k8.stride(), H, nk, Sk,
                                HEAD_DIM=D, BLOCK=block_n, LEN_IS_PTR=True, SMOOTH=True, PER_CHANNEL=False,
-                               ROUND_FIRST=interp, num_warps=4)
+                               ROUND_FIRST=interp, INT8=int8, num_warps=4)
     out = QuantizedQKV(q=q8, q_scale=qs, k=k8, k_scale=ks, k_mean=mean.reshape(B, H, D), block_m=block_m,
-                       block_n=block_n)
+                       block_n=block_n, qk_format=qk_format)
     if v is not None:
         amax = vmax.amax(dim=1)  # [B*H, D]
         vs = (amax / FP8_MAX).contiguous()
@@ -261,10 +283,10 @@ def quantize_triton(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor | None, kv
         vt_strides = (vt.stride(0), vt.stride(3), vt.stride(1), vt.stride(2))
         _quant_kernel[(nk, B * H)](v, vt, vs, vs, kv_len, *v.stride(), *vt_strides, H, nk, Sk,
                                    HEAD_DIM=D, BLOCK=block_n, LEN_IS_PTR=True, SMOOTH=False, PER_CHANNEL=True,
-                                   ROUND_FIRST=interp, num_warps=4)
+                                   ROUND_FIRST=interp, INT8=False, num_warps=4)
         out.v, out.v_scale = vt, vs
     return out
 
 
-__all__ = ["FP8_DTYPE", "FP8_MAX", "P_SCALE", "QuantizedQKV", "dequantize_qk", "quantize_reference",
+__all__ = ["FP8_DTYPE", "FP8_MAX", "INT8_MAX", "P_SCALE", "QK_FORMATS", "QuantizedQKV", "dequantize_qk", "quantize_reference",
            "quantize_triton"]
