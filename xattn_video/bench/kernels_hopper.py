@@ -11,7 +11,7 @@ Imports torch, triton and ``xattn_video.kernels`` only (no diffusers, no omegaco
    selection in which every query-block row keeps exactly round(density · n_key_blocks) blocks (the diagonal plus
    random others), so the density is the requested one up to rounding, the same for every row (no load imbalance
    by construction; ``--density``). Rates are FLOP-equivalents: 4·D·(query, key) pairs in kept blocks (all pairs for
-   dense rows) per second, divided by cuDNN's dense rate measured in the same run. FP8 rows include the
+   dense rows) per second, divided by cuDNN's dense rate measured in the same run. FP8 and int8 rows include the
    quantization (their own launches); "kernel only" rows take pre-quantized operands.
 
 Each variant fails soft: an error prints one line and the run goes on. Results go to ``<out>/hopper-<gpu>.json``
@@ -81,6 +81,17 @@ def _variants() -> dict[str, tuple[bool, Callable]]:
         "fp8-sparse-pvfp8-persistent": (True, lambda q, k, vv, sel, kv: (
             lambda: attention_v2(q, k, vv, sel, kv, precision="fp8", pv_fp8=True, config=_fp8_cfg(persistent=True)))),
     }
+    for fmt in ("int8",):
+        v[f"{fmt}-sparse"] = (True, lambda q, k, vv, sel, kv, fmt=fmt: (
+            lambda: attention_v2(q, k, vv, sel, kv, precision=fmt)))
+        v[f"{fmt}-dense"] = (False, lambda q, k, vv, sel, kv, fmt=fmt: (
+            lambda: attention_v2(q, k, vv, None, kv, precision=fmt)))
+        v[f"{fmt}-sparse-pvfp8"] = (True, lambda q, k, vv, sel, kv, fmt=fmt: (
+            lambda: attention_v2(q, k, vv, sel, kv, precision=fmt, pv_fp8=True)))
+        v[f"{fmt}-dense-pvfp8"] = (False, lambda q, k, vv, sel, kv, fmt=fmt: (
+            lambda: attention_v2(q, k, vv, None, kv, precision=fmt, pv_fp8=True)))
+        v[f"{fmt}-sparse-persistent"] = (True, lambda q, k, vv, sel, kv, fmt=fmt: (
+            lambda: attention_v2(q, k, vv, sel, kv, precision=fmt, config=_fp8_cfg(persistent=True))))
     for name, cfg in BF16_VARIANTS.items():
         v[f"{name}-sparse-bf16"] = (True, lambda q, k, vv, sel, kv, cfg=cfg: (
             lambda: attention_v2(q, k, vv, sel, kv, config=cfg)))
@@ -95,7 +106,9 @@ def _extra_rows(q, k, v, sel, kv) -> dict[str, tuple[bool, Callable]]:
     cfg = default_fp8_config(q.device)
     qz = quantize_triton(q, k, None, kv, block_m=cfg.block_m, block_n=cfg.block_n)
     qzv = quantize_triton(q, k, v, kv, block_m=cfg.block_m, block_n=cfg.block_n)
+    qzi = quantize_triton(q, k, None, kv, block_m=cfg.block_m, block_n=cfg.block_n, qk_format="int8")
     return {
+        "int8-sparse kernel only": (True, lambda: attention_v2(q, k, v, sel, kv, precision="int8", quantized=qzi)),
         "fp8-quantize-qk": (False, lambda: quantize_triton(q, k, None, kv, block_m=cfg.block_m, block_n=cfg.block_n)),
         "fp8-quantize-qkv": (False, lambda: quantize_triton(q, k, v, kv, block_m=cfg.block_m, block_n=cfg.block_n)),
         "fp8-sparse kernel only": (True, lambda: attention_v2(q, k, v, sel, kv, precision="fp8", quantized=qz)),
@@ -106,12 +119,14 @@ def _extra_rows(q, k, v, sel, kv) -> dict[str, tuple[bool, Callable]]:
 
 
 # Timing order within a shape: what the targets need first, so that a time limit cuts the least useful.
-DEFAULT_ORDER = [CUDNN, "v1-sparse-bf16", "fp8-sparse", "fp8-dense", "fp8-sparse-pvfp8", "fp8-dense-pvfp8",
+DEFAULT_ORDER = [CUDNN, "v1-sparse-bf16", "fp8-sparse", "fp8-dense", "int8-sparse", "int8-dense", "fp8-sparse-pvfp8",
+                 "fp8-dense-pvfp8", "int8-sparse-pvfp8", "int8-dense-pvfp8",
                  "v2-sparse-bf16", "v2-persistent-sparse-bf16", "v2-tma-sparse-bf16", "v2-persistent-tma-sparse-bf16",
                  "v2-ws-sparse-bf16", "v2-n64-s4-sparse-bf16", "v2-persistent-natural-sparse-bf16",
-                 "fp8-sparse-persistent", "fp8-sparse-pvfp8-persistent", "v2-dense-bf16", "v2-tma-dense-bf16"]
+                 "fp8-sparse-persistent", "fp8-sparse-pvfp8-persistent", "int8-sparse-persistent", "v2-dense-bf16",
+                 "v2-tma-dense-bf16"]
 EXTRA_ORDER = ["fp8-quantize-qk", "fp8-quantize-qkv", "fp8-sparse kernel only", "fp8-sparse-pvfp8 kernel only",
-               "fp8-dense kernel only"]
+               "fp8-dense kernel only", "int8-sparse kernel only"]
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -197,10 +212,10 @@ def markdown(res: dict) -> str:
              f"torch {res['torch']}, triton {res['triton']}, B=1, block 128, density {res['density']} (every query-"
              "block row keeps exactly round(density·n) key blocks: diagonal + random), bf16 inputs. ms: median of 3 "
              "batch means after two untimed calls. rate vs cuDNN: FLOP-equivalent of the kept (query, key) pairs per "
-             "second ÷ dense cuDNN's rate in the same run (dense rows: all pairs). FP8 rows include quantization "
+             "second ÷ dense cuDNN's rate in the same run (dense rows: all pairs). 8-bit rows include quantization "
              f"unless marked 'kernel only'. Date {res['date']}.", "",
              "## Correctness (relative L2 error)", "",
-             "| head_dim | tokens | variant | vs float32 reference (random) | FP8: vs bf16 on video-like | ok | note |",
+             "| head_dim | tokens | variant | vs float32 reference (random) | 8-bit: vs bf16 on video-like | ok | note |",
              "|---:|---:|---|---:|---:|:-:|---|"]
     for c in res["checks"]:
         ref = "" if c.get("rel_err") is None else f"{c['rel_err']:.2e}"
@@ -284,7 +299,7 @@ def main(argv: list[str] | None = None) -> int:
     fp8_ok = cap >= (8, 9)
     if not fp8_ok:
         res["notes"].append("no FP8 tensor cores here (compute capability < 8.9): FP8 variants skipped")
-        chosen = [n for n in chosen if not n.startswith("fp8")]
+        chosen = [n for n in chosen if not n.startswith("fp8") and "pvfp8" not in n]
     log = lambda msg: print(msg, flush=True)  # noqa: E731
 
     def save() -> None:
@@ -325,7 +340,7 @@ def main(argv: list[str] | None = None) -> int:
                 log(res["notes"][-1])
                 continue
             for name in chosen:
-                if name == CUDNN:
+                if name == CUDNN or name not in variants:
                     continue
                 if time.monotonic() - t_start > check_deadline:
                     res["notes"].append(f"checks stopped at {H}x{D} {name}: check share of the time limit used")
@@ -339,7 +354,7 @@ def main(argv: list[str] | None = None) -> int:
                     _sync()
                     entry["all_written"] = bool(torch.isfinite(out).all())
                     entry["rel_err"] = rel_l2(out, ref_sparse if sparse else ref_dense)
-                    if name.startswith("fp8"):
+                    if name.startswith(("fp8", "int8")):
                         vout = factory(vq, vk, vv, vsel, vkv)()
                         entry["video_rel_err"] = rel_l2(vout, vid_sparse if sparse else vid_dense)
                         entry["ok"] = entry["all_written"] and entry["video_rel_err"] <= 0.03
