@@ -230,3 +230,22 @@ def test_fp8_sparse_with_a_tile_of_padding_only(gen):
     out = attention_v2(q, k, v, sel, kv, precision="fp8", pv_fp8=True, config=cfg)
     assert torch.isfinite(out).all()
     assert_rel_err(out, naive_block_sparse_attention(q, k, v, sel, kv), 0.08, seed=gen)
+
+
+@pytest.mark.parametrize("precision,pv_fp8", [("bf16", False), ("int8", False), ("int8", True)])
+def test_fast_exp_structure_in_the_interpreter(gen, precision, pv_fp8):
+    """fast_exp (16-bit exp2 pairs, inline PTX on the GPU) is emulated in the interpreter with the same input
+    rounding: the kernel's bookkeeping (row sums, the 448 scale of FP8 P) must hold; the error stays small."""
+    q, k, v, kv = _inputs(gen)
+    sel = _selection(gen, 2, 2, 150, 32, kv)
+    exact = naive_block_sparse_attention(q, k, v, sel, kv)
+    ref = attention_v2(q, k, v, sel, kv, precision=precision, pv_fp8=pv_fp8, config=SMALL)
+    fast = attention_v2(q, k, v, sel, kv, precision=precision, pv_fp8=pv_fp8,
+                        config=V2Config(block_m=32, block_n=32, num_warps=4, num_stages=1, fast_exp=True))
+    assert torch.isfinite(fast).all()
+    assert_rel_err(fast, ref, 0.02 if pv_fp8 else 0.01, seed=gen)
+    assert rel_err_of(fast, exact) < rel_err_of(ref, exact) + 0.01
+
+
+def rel_err_of(x, ref):
+    return float((x.double() - ref.double()).norm() / ref.double().norm())

@@ -92,12 +92,24 @@ def _variants() -> dict[str, tuple[bool, Callable]]:
             lambda: attention_v2(q, k, vv, None, kv, precision=fmt, pv_fp8=True)))
         v[f"{fmt}-sparse-persistent"] = (True, lambda q, k, vv, sel, kv, fmt=fmt: (
             lambda: attention_v2(q, k, vv, sel, kv, precision=fmt, config=_fp8_cfg(persistent=True))))
+    fast = dict(fast_exp=True)
+    for prec in ("int8", "fp8"):
+        v[f"{prec}-sparse-fastexp"] = (True, lambda q, k, vv, sel, kv, prec=prec: (
+            lambda: attention_v2(q, k, vv, sel, kv, precision=prec, config=_fp8_cfg(**fast))))
+        v[f"{prec}-dense-fastexp"] = (False, lambda q, k, vv, sel, kv, prec=prec: (
+            lambda: attention_v2(q, k, vv, None, kv, precision=prec, config=_fp8_cfg(**fast))))
+        v[f"{prec}-sparse-pvfp8-fastexp"] = (True, lambda q, k, vv, sel, kv, prec=prec: (
+            lambda: attention_v2(q, k, vv, sel, kv, precision=prec, pv_fp8=True, config=_fp8_cfg(**fast))))
+        v[f"{prec}-dense-pvfp8-fastexp"] = (False, lambda q, k, vv, sel, kv, prec=prec: (
+            lambda: attention_v2(q, k, vv, None, kv, precision=prec, pv_fp8=True, config=_fp8_cfg(**fast))))
     for name, cfg in BF16_VARIANTS.items():
         v[f"{name}-sparse-bf16"] = (True, lambda q, k, vv, sel, kv, cfg=cfg: (
             lambda: attention_v2(q, k, vv, sel, kv, config=cfg)))
     v["v2-dense-bf16"] = (False, lambda q, k, vv, sel, kv: (lambda: attention_v2(q, k, vv, None, kv)))
     v["v2-tma-dense-bf16"] = (False, lambda q, k, vv, sel, kv: (
         lambda: attention_v2(q, k, vv, None, kv, config=BF16_VARIANTS["v2-tma"])))
+    v["v2-fastexp-dense-bf16"] = (False, lambda q, k, vv, sel, kv: (
+        lambda: attention_v2(q, k, vv, None, kv, config=BF16_VARIANTS["v2-fastexp"])))
     return v
 
 
@@ -119,12 +131,18 @@ def _extra_rows(q, k, v, sel, kv) -> dict[str, tuple[bool, Callable]]:
 
 
 # Timing order within a shape: what the targets need first, so that a time limit cuts the least useful.
-DEFAULT_ORDER = [CUDNN, "v1-sparse-bf16", "fp8-sparse", "fp8-dense", "int8-sparse", "int8-dense", "fp8-sparse-pvfp8",
-                 "fp8-dense-pvfp8", "int8-sparse-pvfp8", "int8-dense-pvfp8",
-                 "v2-sparse-bf16", "v2-persistent-sparse-bf16", "v2-tma-sparse-bf16", "v2-persistent-tma-sparse-bf16",
-                 "v2-ws-sparse-bf16", "v2-n64-s4-sparse-bf16", "v2-persistent-natural-sparse-bf16",
-                 "fp8-sparse-persistent", "fp8-sparse-pvfp8-persistent", "int8-sparse-persistent", "v2-dense-bf16",
-                 "v2-tma-dense-bf16"]
+DEFAULT_ORDER = [
+    CUDNN, "v1-sparse-bf16",
+    "fp8-sparse", "fp8-dense", "int8-sparse", "int8-dense",
+    "v2-fastexp-sparse-bf16", "int8-sparse-fastexp", "int8-dense-fastexp", "int8-sparse-pvfp8-fastexp",
+    "int8-dense-pvfp8-fastexp", "fp8-sparse-fastexp", "fp8-dense-fastexp",
+    "fp8-sparse-pvfp8", "fp8-dense-pvfp8", "int8-sparse-pvfp8", "int8-dense-pvfp8",
+    "v2-sparse-bf16", "v2-persistent-sparse-bf16", "v2-persistent-fastexp-sparse-bf16", "v2-tma-sparse-bf16",
+    "v2-persistent-tma-sparse-bf16", "v2-ws-sparse-bf16", "v2-n64-s4-sparse-bf16", "v2-persistent-natural-sparse-bf16",
+    "fp8-sparse-persistent", "fp8-sparse-pvfp8-persistent", "int8-sparse-persistent",
+    "v2-dense-bf16", "v2-fastexp-dense-bf16", "v2-tma-dense-bf16",
+    "fp8-sparse-pvfp8-fastexp", "fp8-dense-pvfp8-fastexp",
+]
 EXTRA_ORDER = ["fp8-quantize-qk", "fp8-quantize-qkv", "fp8-sparse kernel only", "fp8-sparse-pvfp8 kernel only",
                "fp8-dense kernel only", "int8-sparse kernel only"]
 

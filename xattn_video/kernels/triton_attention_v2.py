@@ -50,6 +50,9 @@ class V2Config:
     use_tma: bool = False
     warp_specialize: bool = False
     programs_per_sm: int = 1  # persistent grid size = SMs × this
+    # exp2 on 16-bit pairs (inline PTX ex2.approx bf16x2/f16x2): half the special-function work, NOT exact (the
+    # exponent is rounded to bf16/fp16 first: ~0.1-1% relative per weight); the masked last tile stays exact
+    fast_exp: bool = False
 
 
 # Named bf16 variants the benchmark compares (and XATTN_ATTN_VARIANT can force); "v1" is the default kernel.
@@ -61,10 +64,42 @@ BF16_VARIANTS: dict[str, V2Config] = {
     "v2-persistent-tma": V2Config(persistent=True, use_tma=True, num_stages=2),
     "v2-ws": V2Config(warp_specialize=True),
     "v2-n64-s4": V2Config(block_n=64, num_stages=4),
+    "v2-fastexp": V2Config(fast_exp=True),  # approximate: see V2Config.fast_exp
+    "v2-persistent-fastexp": V2Config(persistent=True, fast_exp=True),
 }
 
 
 P_SCALE_T = tl.constexpr(P_SCALE)
+LOG2_P_SCALE = tl.constexpr(math.log2(P_SCALE))
+
+
+@triton.jit
+def _exp2_16(x, BF16: tl.constexpr, EMULATE: tl.constexpr):
+    """2^x (x float32 ≤ 0) rounded to bf16 (BF16) or fp16 first and computed two at a time (``ex2.approx`` on
+    16-bit pairs: bf16x2 needs sm_90, f16x2 sm_75). EMULATE (the CPU interpreter, no inline PTX): the same input
+    rounding, float32 exp2."""
+    if BF16:
+        xh = x.to(tl.bfloat16)
+        if EMULATE:
+            y = tl.math.exp2(xh.to(tl.float32)).to(tl.bfloat16)
+        else:
+            y = tl.inline_asm_elementwise("ex2.approx.ftz.bf16x2 $0, $1;", "=r,r", [xh], dtype=tl.bfloat16,
+                                          is_pure=True, pack=2)
+    else:
+        xh = x.to(tl.float16)
+        if EMULATE:
+            y = tl.math.exp2(xh.to(tl.float32)).to(tl.float16)
+        else:
+            y = tl.inline_asm_elementwise("ex2.approx.f16x2 $0, $1;", "=r,r", [xh], dtype=tl.float16,
+                                          is_pure=True, pack=2)
+    return y
+
+
+@triton.jit
+def _f16_to_fp8(p16, ROUND_FIRST: tl.constexpr):
+    if ROUND_FIRST:
+        return to_fp8(p16.to(tl.float32), ROUND_FIRST)
+    return p16.to(tl.float8e4nv)
 MAGIC_I = tl.constexpr(0x4B400000)  # bits of 12582912.0 = 1.5 · 2^23
 MAGIC_F = tl.constexpr(12582912.0)
 
@@ -89,7 +124,8 @@ def _load_tile(src, b, h, row0, offs_r, offs_d, stride_s, stride_d, limit,
 def _step(acc, l_i, m_i, q, k_src, v_src, ks_row, b, h, key_start, offs_d, kv_len, scale_q,
           stride_ks, stride_kd, stride_vs, stride_vd,
           HEAD_DIM: tl.constexpr, BLOCK_N: tl.constexpr, MASK: tl.constexpr, USE_TMA: tl.constexpr,
-          QK_QUANT: tl.constexpr, QK_INT8: tl.constexpr, PV_FP8: tl.constexpr, ROUND_FIRST: tl.constexpr, DOT_PRECISION: tl.constexpr):
+          QK_QUANT: tl.constexpr, QK_INT8: tl.constexpr, PV_FP8: tl.constexpr, ROUND_FIRST: tl.constexpr,
+          DOT_PRECISION: tl.constexpr, FAST_EXP: tl.constexpr, P16_BF16: tl.constexpr):
     offs_n = key_start + tl.arange(0, BLOCK_N)
     k = _load_tile(k_src, b, h, key_start, offs_n, offs_d, stride_ks, stride_kd, kv_len, BLOCK_N, HEAD_DIM, MASK,
                    USE_TMA)
@@ -111,26 +147,39 @@ def _step(acc, l_i, m_i, q, k_src, v_src, ks_row, b, h, key_start, offs_d, kv_le
         qk = tl.where(offs_n[None, :] < kv_len, qk * scale, float("-inf"))
         m_new = tl.maximum(m_i, tl.max(qk, axis=1))
         m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)
-        p = tl.math.exp2(qk - m_safe[:, None])
+        x = qk - m_safe[:, None]
     elif QK_INT8:
         m_new = tl.maximum(m_i, (tl.max(qk, axis=1) - MAGIC_F) * scale)
         m_safe = m_new
-        p = tl.math.exp2(qk * scale - (m_safe + MAGIC_F * scale)[:, None])  # one FMA per score, as below
+        x = qk * scale - (m_safe + MAGIC_F * scale)[:, None]  # one FMA per score, as below
     else:
         m_new = tl.maximum(m_i, tl.max(qk, axis=1) * scale)
         m_safe = m_new
-        p = tl.math.exp2(qk * scale - m_safe[:, None])
+        x = qk * scale - m_safe[:, None]
     alpha = tl.math.exp2(m_i - m_safe)
-    l_i = l_i * alpha + tl.sum(p, axis=1)
     # v tile: [BLOCK_N, HEAD_DIM] through (possibly transposed) strides
     v = _load_tile(v_src, b, h, key_start, offs_n, offs_d, stride_vs, stride_vd, kv_len, BLOCK_N, HEAD_DIM, MASK,
                    USE_TMA)
-    if PV_FP8:
-        p8 = to_fp8(p * P_SCALE_T, ROUND_FIRST)
-        acc = acc * alpha[:, None] + tl.dot(p8, v)
+    if FAST_EXP and not MASK:
+        # exp2 of 16-bit pairs: one special-function instruction per two scores (the masked last tile stays exact)
+        if PV_FP8:
+            p16 = _exp2_16(x + LOG2_P_SCALE, False, ROUND_FIRST)  # fp16 p·448 ∈ [0, 448]
+            l_i = l_i * alpha + tl.sum(p16.to(tl.float32), axis=1) * (1.0 / P_SCALE_T)
+            acc = acc * alpha[:, None] + tl.dot(_f16_to_fp8(p16, ROUND_FIRST), v)
+        else:
+            p16 = _exp2_16(x, P16_BF16, ROUND_FIRST)
+            l_i = l_i * alpha + tl.sum(p16.to(tl.float32), axis=1)
+            acc = acc * alpha[:, None]
+            acc = tl.dot(p16.to(v.dtype), v, acc, input_precision=DOT_PRECISION)
     else:
-        acc = acc * alpha[:, None]
-        acc = tl.dot(p.to(v.dtype), v, acc, input_precision=DOT_PRECISION)
+        p = tl.math.exp2(x)
+        l_i = l_i * alpha + tl.sum(p, axis=1)
+        if PV_FP8:
+            p8 = to_fp8(p * P_SCALE_T, ROUND_FIRST)
+            acc = acc * alpha[:, None] + tl.dot(p8, v)
+        else:
+            acc = acc * alpha[:, None]
+            acc = tl.dot(p.to(v.dtype), v, acc, input_precision=DOT_PRECISION)
     return acc, l_i, m_new
 
 
@@ -142,8 +191,10 @@ def _tile(Q, K, V, O, QS, KS, VS, COUNTS, INDICES, KV_LEN, pid_m, pid_bh,
           stride_ob, stride_os, stride_oh, stride_od,
           H, SQ, NQB, NKB, NQS, NKS, qk_scale,
           HEAD_DIM: tl.constexpr, SEL_BLOCK: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
-          DENSE: tl.constexpr, QK_QUANT: tl.constexpr, QK_INT8: tl.constexpr, PV_FP8: tl.constexpr, USE_TMA: tl.constexpr,
-          WARP_SPECIALIZE: tl.constexpr, ROUND_FIRST: tl.constexpr, DOT_PRECISION: tl.constexpr):
+          DENSE: tl.constexpr, QK_QUANT: tl.constexpr, QK_INT8: tl.constexpr, PV_FP8: tl.constexpr,
+          USE_TMA: tl.constexpr,
+          WARP_SPECIALIZE: tl.constexpr, ROUND_FIRST: tl.constexpr, DOT_PRECISION: tl.constexpr,
+          FAST_EXP: tl.constexpr, P16_BF16: tl.constexpr):
     SUB_N: tl.constexpr = SEL_BLOCK // BLOCK_N
     b = pid_bh // H
     h = pid_bh % H
@@ -174,11 +225,11 @@ def _tile(Q, K, V, O, QS, KS, VS, COUNTS, INDICES, KV_LEN, pid_m, pid_bh,
         for r in tl.range(0, n_full, warp_specialize=WARP_SPECIALIZE):
             acc, l_i, m_i = _step(acc, l_i, m_i, q, k_src, v_src, ks_row, b, h, r * BLOCK_N, offs_d, kv_len,
                                   scale_q, stride_ks, stride_kd, stride_vs, stride_vd, HEAD_DIM, BLOCK_N, False,
-                                  USE_TMA, QK_QUANT, QK_INT8, PV_FP8, ROUND_FIRST, DOT_PRECISION)
+                                  USE_TMA, QK_QUANT, QK_INT8, PV_FP8, ROUND_FIRST, DOT_PRECISION, FAST_EXP, P16_BF16)
         if n_full * BLOCK_N < kv_len:
             acc, l_i, m_i = _step(acc, l_i, m_i, q, k_src, v_src, ks_row, b, h, n_full * BLOCK_N, offs_d, kv_len,
                                   scale_q, stride_ks, stride_kd, stride_vs, stride_vd, HEAD_DIM, BLOCK_N, True,
-                                  USE_TMA, QK_QUANT, QK_INT8, PV_FP8, ROUND_FIRST, DOT_PRECISION)
+                                  USE_TMA, QK_QUANT, QK_INT8, PV_FP8, ROUND_FIRST, DOT_PRECISION, FAST_EXP, P16_BF16)
     else:
         row = pid_bh.to(tl.int64) * NQB + (pid_m * BLOCK_M) // SEL_BLOCK
         count = tl.load(COUNTS + row)
@@ -190,12 +241,13 @@ def _tile(Q, K, V, O, QS, KS, VS, COUNTS, INDICES, KV_LEN, pid_m, pid_bh,
             key_start = tl.load(idx_ptr + r // SUB_N) * SEL_BLOCK + (r % SUB_N) * BLOCK_N
             acc, l_i, m_i = _step(acc, l_i, m_i, q, k_src, v_src, ks_row, b, h, key_start, offs_d, kv_len,
                                   scale_q, stride_ks, stride_kd, stride_vs, stride_vd, HEAD_DIM, BLOCK_N, False,
-                                  USE_TMA, QK_QUANT, QK_INT8, PV_FP8, ROUND_FIRST, DOT_PRECISION)
+                                  USE_TMA, QK_QUANT, QK_INT8, PV_FP8, ROUND_FIRST, DOT_PRECISION, FAST_EXP, P16_BF16)
         if partial:
             for sub in range(SUB_N):
                 acc, l_i, m_i = _step(acc, l_i, m_i, q, k_src, v_src, ks_row, b, h, last * SEL_BLOCK + sub * BLOCK_N,
                                       offs_d, kv_len, scale_q, stride_ks, stride_kd, stride_vs, stride_vd, HEAD_DIM,
-                                      BLOCK_N, True, USE_TMA, QK_QUANT, QK_INT8, PV_FP8, ROUND_FIRST, DOT_PRECISION)
+                                      BLOCK_N, True, USE_TMA, QK_QUANT, QK_INT8, PV_FP8, ROUND_FIRST, DOT_PRECISION,
+                                      FAST_EXP, P16_BF16)
 
     out = acc / tl.where(l_i > 0, l_i, 1.0)[:, None]  # rows without kept keys stay zero
     if PV_FP8:
@@ -214,9 +266,11 @@ def _attn_v2(Q, K, V, O, QS, KS, VS, COUNTS, INDICES, KV_LEN, ORDER,
              stride_ob, stride_os, stride_oh, stride_od,
              H, SQ, NQB, NKB, NQS, NKS, N_MTILES, N_WORK, qk_scale,
              HEAD_DIM: tl.constexpr, SEL_BLOCK: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
-             DENSE: tl.constexpr, QK_QUANT: tl.constexpr, QK_INT8: tl.constexpr, PV_FP8: tl.constexpr, USE_TMA: tl.constexpr,
+             DENSE: tl.constexpr, QK_QUANT: tl.constexpr, QK_INT8: tl.constexpr, PV_FP8: tl.constexpr,
+          USE_TMA: tl.constexpr,
              WARP_SPECIALIZE: tl.constexpr, PERSISTENT: tl.constexpr, ORDERED: tl.constexpr,
-             ROUND_FIRST: tl.constexpr, DOT_PRECISION: tl.constexpr):
+             ROUND_FIRST: tl.constexpr, DOT_PRECISION: tl.constexpr, FAST_EXP: tl.constexpr,
+             P16_BF16: tl.constexpr):
     if PERSISTENT:
         for w in range(tl.program_id(0), N_WORK, tl.num_programs(0)):
             if ORDERED:
@@ -227,13 +281,13 @@ def _attn_v2(Q, K, V, O, QS, KS, VS, COUNTS, INDICES, KV_LEN, ORDER,
                   stride_qb, stride_qs, stride_qh, stride_qd, stride_kb, stride_ks, stride_kh, stride_kd,
                   stride_vb, stride_vs, stride_vh, stride_vd, stride_ob, stride_os, stride_oh, stride_od,
                   H, SQ, NQB, NKB, NQS, NKS, qk_scale, HEAD_DIM, SEL_BLOCK, BLOCK_M, BLOCK_N, DENSE, QK_QUANT,
-                  QK_INT8, PV_FP8, USE_TMA, WARP_SPECIALIZE, ROUND_FIRST, DOT_PRECISION)
+                  QK_INT8, PV_FP8, USE_TMA, WARP_SPECIALIZE, ROUND_FIRST, DOT_PRECISION, FAST_EXP, P16_BF16)
     else:
         _tile(Q, K, V, O, QS, KS, VS, COUNTS, INDICES, KV_LEN, tl.program_id(0), tl.program_id(1),
               stride_qb, stride_qs, stride_qh, stride_qd, stride_kb, stride_ks, stride_kh, stride_kd,
               stride_vb, stride_vs, stride_vh, stride_vd, stride_ob, stride_os, stride_oh, stride_od,
               H, SQ, NQB, NKB, NQS, NKS, qk_scale, HEAD_DIM, SEL_BLOCK, BLOCK_M, BLOCK_N, DENSE, QK_QUANT,
-              QK_INT8, PV_FP8, USE_TMA, WARP_SPECIALIZE, ROUND_FIRST, DOT_PRECISION)
+              QK_INT8, PV_FP8, USE_TMA, WARP_SPECIALIZE, ROUND_FIRST, DOT_PRECISION, FAST_EXP, P16_BF16)
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -348,7 +402,8 @@ def attention_v2(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, selection: B
         DENSE=selection is None, QK_QUANT=fp8, QK_INT8=fp8 and qk_format == "int8", PV_FP8=fp8 and pv_fp8,
         USE_TMA=use_tma,
         WARP_SPECIALIZE=cfg.warp_specialize and q.is_cuda, PERSISTENT=cfg.persistent, ORDERED=ordered,
-        ROUND_FIRST=not q.is_cuda, DOT_PRECISION=dot_precision,
+        ROUND_FIRST=not q.is_cuda, DOT_PRECISION=dot_precision, FAST_EXP=cfg.fast_exp,
+        P16_BF16=q.dtype != torch.float16,
         num_warps=cfg.num_warps, num_stages=cfg.num_stages,
     )
     return out

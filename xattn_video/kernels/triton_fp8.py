@@ -288,5 +288,5 @@ def quantize_triton(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor | None, kv
     return out
 
 
-__all__ = ["FP8_DTYPE", "FP8_MAX", "INT8_MAX", "P_SCALE", "QK_FORMATS", "QuantizedQKV", "dequantize_qk", "quantize_reference",
-           "quantize_triton"]
+__all__ = ["FP8_DTYPE", "FP8_MAX", "INT8_MAX", "P_SCALE", "QK_FORMATS", "QuantizedQKV", "dequantize_qk",
+           "quantize_reference", "quantize_triton"]
