@@ -143,6 +143,10 @@ DEFAULT_ORDER = [
     "v2-dense-bf16", "v2-fastexp-dense-bf16", "v2-tma-dense-bf16",
     "fp8-sparse-pvfp8-fastexp", "fp8-dense-pvfp8-fastexp",
 ]
+# At the second and later heads×head_dim only these are timed (unless --all-variants-every-shape).
+CORE = [CUDNN, "v1-sparse-bf16", "fp8-sparse", "fp8-dense", "int8-sparse", "int8-dense", "v2-fastexp-sparse-bf16",
+        "int8-sparse-fastexp", "int8-dense-fastexp", "int8-sparse-pvfp8-fastexp", "int8-dense-pvfp8-fastexp",
+        "v2-persistent-sparse-bf16", "v2-dense-bf16"]
 EXTRA_ORDER = ["fp8-quantize-qk", "fp8-quantize-qkv", "fp8-sparse kernel only", "fp8-sparse-pvfp8 kernel only",
                "fp8-dense kernel only", "int8-sparse kernel only"]
 
@@ -222,6 +226,63 @@ def time_ms(fn: Callable[[], object], target_ms: float) -> tuple[float, float]:
 
 
 # ---------------------------------------------------------------------------------------------------------------
+# Parallel compilation: worker processes run every (variant, shape) once, which fills Triton's on-disk cache; the
+# main process then loads the binaries instead of compiling ~60 kernels one after another.
+# ---------------------------------------------------------------------------------------------------------------
+
+_WORKER_INPUTS: dict = {}
+
+
+def _precompile_task(task: tuple) -> str:
+    name, H, D, S, density, dry_run = task
+    global DEV, DTYPE
+    DEV, DTYPE = ("cpu", torch.float16) if dry_run else ("cuda", torch.bfloat16)
+    t0 = time.perf_counter()
+    try:
+        key = (H, D, S)
+        if key not in _WORKER_INPUTS:
+            gen = torch.Generator().manual_seed(H * 1000 + D)
+            q, k, v = (torch.randn(1, S, H, D, generator=gen).to(DEV, DTYPE) for _ in range(3))
+            kv = torch.tensor([S - 37], dtype=torch.int32, device=DEV)
+            sel = fixed_density_selection(H, S, density, kv, gen)
+            _WORKER_INPUTS.clear()
+            _WORKER_INPUTS[key] = (q, k, v, sel, kv)
+        q, k, v, sel, kv = _WORKER_INPUTS[key]
+        if name in EXTRA_ORDER:
+            _extra_rows(q, k, v, sel, kv)[name][1]()
+        else:
+            _variants()[name][1](q, k, v, sel, kv)()
+        _sync()
+        return f"precompiled {name} {H}x{D} in {time.perf_counter() - t0:.1f} s"
+    except Exception as exc:
+        return f"precompile {name} {H}x{D} failed: {one_line(exc)}"
+
+
+def precompile(names: list[str], shapes: list[tuple[int, int]], S: int, density: float, workers: int,
+               dry_run: bool, log: Callable[[str], None], timeout_s: float) -> None:
+    import multiprocessing as mp
+
+    tasks = [(n, H, D, S, density, dry_run) for H, D in shapes for n in names if n != CUDNN]
+    t0 = time.monotonic()
+    ctx = mp.get_context("spawn")
+    with ctx.Pool(workers) as pool:
+        pending = pool.imap_unordered(_precompile_task, tasks)
+        for _ in tasks:
+            left = timeout_s - (time.monotonic() - t0)
+            if left <= 0:
+                log(f"precompile: time share used up after {time.monotonic() - t0:.0f} s; the rest compiles inline")
+                pool.terminate()
+                break
+            try:
+                log("  " + pending.next(timeout=left))
+            except mp.TimeoutError:
+                log(f"precompile: time share used up after {time.monotonic() - t0:.0f} s; the rest compiles inline")
+                pool.terminate()
+                break
+    log(f"precompile: {len(tasks)} kernels in {time.monotonic() - t0:.0f} s with {workers} processes")
+
+
+# ---------------------------------------------------------------------------------------------------------------
 # Report
 # ---------------------------------------------------------------------------------------------------------------
 
@@ -288,6 +349,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--check-share", type=float, default=0.35, help="at most this share of --time-limit for checks")
     p.add_argument("--out-dir", type=Path, default=None, help="where results go (default: $OUT, else "
                    "benchmarks/results)")
+    p.add_argument("--compile-workers", type=int, default=min(12, max(1, (os.cpu_count() or 2) - 2)),
+                   help="processes that compile the kernels first (0: compile inline, one after another)")
+    p.add_argument("--compile-share", type=float, default=0.4, help="at most this share of --time-limit for the "
+                   "parallel compilation")
+    p.add_argument("--all-variants-every-shape", action="store_true",
+                   help="time every variant at every heads×head_dim (default: all at the first, CORE at the others)")
     p.add_argument("--dry-run-cpu", action="store_true", help="run the script's code paths on the CPU through "
                    "Triton's interpreter (set TRITON_INTERPRET=1; tiny --tokens, e.g. 600; float16)")
     args = p.parse_args(argv)
@@ -331,8 +398,20 @@ def main(argv: list[str] | None = None) -> int:
     res["seed"] = gen.initial_seed()
     broken: set[tuple[str, int]] = set()  # (variant, head_dim) that failed to compile/run: not timed again
 
+    # 0. parallel compilation (fills Triton's disk cache) ------------------------------------------------------
+    timed_names = {(H, D): (chosen if i == 0 or args.all_variants_every_shape else [n for n in chosen if n in CORE])
+                   for i, (H, D) in enumerate(args.shapes)}
+    extra_names = [] if args.no_extra or not fp8_ok else [n for n in EXTRA_ORDER
+                                                           if args.variants is None or n in args.variants]
+    if args.compile_workers > 0:
+        for i, (H, D) in enumerate(args.shapes):
+            names = [n for n in chosen] if i == 0 or args.all_variants_every_shape else timed_names[(H, D)]
+            precompile(names + [n for n in extra_names if n not in names], [(H, D)], args.check_tokens or 18616, args.density,
+                       args.compile_workers, args.dry_run_cpu, log,
+                       args.time_limit * args.compile_share / len(args.shapes))
+
     # 1. correctness -----------------------------------------------------------------------------------------
-    check_deadline = args.time_limit * args.check_share
+    check_deadline = time.monotonic() - t_start + args.time_limit * args.check_share
     if args.check_tokens:
         for H, D in args.shapes:
             S = args.check_tokens
@@ -357,7 +436,7 @@ def main(argv: list[str] | None = None) -> int:
                 res["notes"].append(f"check inputs for {H}x{D} failed: {one_line(exc)}")
                 log(res["notes"][-1])
                 continue
-            for name in chosen:
+            for name in timed_names[(H, D)]:
                 if name == CUDNN or name not in variants:
                     continue
                 if time.monotonic() - t_start > check_deadline:
@@ -408,7 +487,7 @@ def main(argv: list[str] | None = None) -> int:
             fl_sparse, fl_dense = kept_flops(sel, S, D), dense_flops(H, S, S, D)
             t_cudnn = None
             rows_here: list[tuple[str, bool, Callable]] = [(n, variants[n][0], variants[n][1](q, k, v, sel, kv))
-                                                            for n in chosen if n in variants]
+                                                            for n in timed_names[(H, D)] if n in variants]
             if not args.no_extra and fp8_ok:
                 try:
                     extra = _extra_rows(q, k, v, sel, kv)
