@@ -183,3 +183,11 @@ def test_bench_rows_for_quantized_precisions(monkeypatch):
         assert f"ours block-sparse {prec} (random 0.35)" in names
         assert f"ours xattention {prec} capped ~0.35 s=8" in names
     assert ("block_sparse_attention", "int8") in seen and ("xattention", "fp8") in seen
+
+
+def test_kernels_hopper_variant_lists_are_consistent():
+    from xattn_video.bench import kernels_hopper as kh
+
+    variants = kh._variants()
+    assert sorted(kh.DEFAULT_ORDER) == sorted(variants)  # every variant runs by default, each once
+    assert set(kh.CORE) <= set(variants) and kh.DEFAULT_ORDER[0] == kh.CUDNN == kh.CORE[0]

@@ -141,7 +141,7 @@ DEFAULT_ORDER = [
     "v2-persistent-tma-sparse-bf16", "v2-ws-sparse-bf16", "v2-n64-s4-sparse-bf16", "v2-persistent-natural-sparse-bf16",
     "fp8-sparse-persistent", "fp8-sparse-pvfp8-persistent", "int8-sparse-persistent",
     "v2-dense-bf16", "v2-fastexp-dense-bf16", "v2-tma-dense-bf16",
-    "fp8-sparse-pvfp8-fastexp", "fp8-dense-pvfp8-fastexp",
+    "fp8-sparse-pvfp8-fastexp", "fp8-dense-pvfp8-fastexp", "v2-s4-sparse-bf16", "v2-w4-m64-sparse-bf16",
 ]
 # At the second and later heads×head_dim only these are timed (unless --all-variants-every-shape).
 CORE = [CUDNN, "v1-sparse-bf16", "fp8-sparse", "fp8-dense", "int8-sparse", "int8-dense", "v2-fastexp-sparse-bf16",

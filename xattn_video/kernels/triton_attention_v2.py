@@ -64,6 +64,8 @@ BF16_VARIANTS: dict[str, V2Config] = {
     "v2-persistent-tma": V2Config(persistent=True, use_tma=True, num_stages=2),
     "v2-ws": V2Config(warp_specialize=True),
     "v2-n64-s4": V2Config(block_n=64, num_stages=4),
+    "v2-s4": V2Config(num_stages=4),
+    "v2-w4-m64": V2Config(block_m=64, num_warps=4, num_stages=3),
     "v2-fastexp": V2Config(fast_exp=True),  # approximate: see V2Config.fast_exp
     "v2-persistent-fastexp": V2Config(persistent=True, fast_exp=True),
 }
