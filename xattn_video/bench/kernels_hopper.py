@@ -102,6 +102,12 @@ def _variants() -> dict[str, tuple[bool, Callable]]:
             lambda: attention_v2(q, k, vv, sel, kv, precision=prec, pv_fp8=True, config=_fp8_cfg(**fast))))
         v[f"{prec}-dense-pvfp8-fastexp"] = (False, lambda q, k, vv, sel, kv, prec=prec: (
             lambda: attention_v2(q, k, vv, None, kv, precision=prec, pv_fp8=True, config=_fp8_cfg(**fast))))
+    for label, shape in (("n64-s4", dict(block_n=64, num_stages=4)), ("s4", dict(num_stages=4)),
+                         ("s2", dict(num_stages=2))):
+        v[f"int8-sparse-fastexp-{label}"] = (True, lambda q, k, vv, sel, kv, shape=shape: (
+            lambda: attention_v2(q, k, vv, sel, kv, precision="int8", config=_fp8_cfg(fast_exp=True, **shape))))
+    v["int8-sparse-fastexp-persistent"] = (True, lambda q, k, vv, sel, kv: (
+        lambda: attention_v2(q, k, vv, sel, kv, precision="int8", config=_fp8_cfg(fast_exp=True, persistent=True))))
     for name, cfg in BF16_VARIANTS.items():
         v[f"{name}-sparse-bf16"] = (True, lambda q, k, vv, sel, kv, cfg=cfg: (
             lambda: attention_v2(q, k, vv, sel, kv, config=cfg)))
@@ -142,6 +148,7 @@ DEFAULT_ORDER = [
     "fp8-sparse-persistent", "fp8-sparse-pvfp8-persistent", "int8-sparse-persistent",
     "v2-dense-bf16", "v2-fastexp-dense-bf16", "v2-tma-dense-bf16",
     "fp8-sparse-pvfp8-fastexp", "fp8-dense-pvfp8-fastexp", "v2-s4-sparse-bf16", "v2-w4-m64-sparse-bf16",
+    "int8-sparse-fastexp-n64-s4", "int8-sparse-fastexp-s4", "int8-sparse-fastexp-s2", "int8-sparse-fastexp-persistent",
 ]
 # At the second and later heads×head_dim only these are timed (unless --all-variants-every-shape).
 CORE = [CUDNN, "v1-sparse-bf16", "fp8-sparse", "fp8-dense", "int8-sparse", "int8-dense", "v2-fastexp-sparse-bf16",
