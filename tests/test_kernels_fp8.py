@@ -249,3 +249,16 @@ def test_fast_exp_structure_in_the_interpreter(gen, precision, pv_fp8):
 
 def rel_err_of(x, ref):
     return float((x.double() - ref.double()).norm() / ref.double().norm())
+
+
+def test_8bit_custom_op_matches_and_compiles_without_graph_breaks(gen):
+    from xattn_video.kernels.triton_attention_v2 import attention_8bit, default_fp8_config
+
+    q, k, v, kv = _inputs(gen, S=128, kv=(128, 97))
+    sel = _selection(gen, 2, 2, 128, 64, kv)
+    cfg = default_fp8_config(q.device, 64)
+    for selection in (sel, None):
+        direct = attention_v2(q, k, v, selection, kv, precision="int8", config=cfg)
+        compiled = torch.compile(lambda q, k, v: attention_8bit(q, k, v, selection, kv, "int8"), fullgraph=True,
+                                 backend="eager")
+        assert_close(compiled(q, k, v), direct, atol=0, rtol=0, seed=gen)

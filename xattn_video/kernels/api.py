@@ -103,9 +103,9 @@ def _sparse_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, selecti
                       kv: torch.Tensor, backend: str, precision: str = "bf16") -> torch.Tensor:
     if backend == "triton":
         if precision != "bf16":
-            from .triton_attention_v2 import attention_v2
+            from .triton_attention_v2 import attention_8bit
 
-            return attention_v2(q, k, v, selection, kv, precision=precision)
+            return attention_8bit(q, k, v, selection, kv, precision)
         if forced_variant():  # benchmarking only (XATTN_ATTN_VARIANT): not a custom op, eager
             from .triton_attention_v2 import attention_v2, variant_config
 
@@ -246,12 +246,12 @@ def dense_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, kv: torch
 
     ``precision`` "fp8"/"int8": the quantized Triton kernel in dense mode instead (inputs already checked)."""
     if precision != "bf16":
-        from .triton_attention_v2 import attention_v2
+        from .triton_attention_v2 import attention_8bit
 
         qb, kb, vb = to_bshd(q, layout), to_bshd(k, layout), to_bshd(v, layout)
         if kv is None:
             kv = torch.full((qb.shape[0],), kb.shape[1], dtype=torch.int32, device=q.device)
-        out = attention_v2(qb, kb, vb, None, kv.to(torch.int32), precision=precision)
+        out = attention_8bit(qb, kb, vb, None, kv.to(torch.int32), precision)
         return out if layout == "bshd" else out.transpose(1, 2)
     qh, kh, vh = (x if layout == "bhsd" else x.transpose(1, 2) for x in (q, k, v))
     mask = None

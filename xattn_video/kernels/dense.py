@@ -88,14 +88,14 @@ def dense_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, kv_len: K
 def _dense_fp8(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, lens: list[int], scale: float | None,
                precision: str) -> torch.Tensor:
     from .backend import check_precision
-    from .triton_attention_v2 import attention_v2
+    from .triton_attention_v2 import attention_8bit
 
     check_precision(precision, q.device)
     if scale is not None:
         raise XAttentionInputError(f"dense_attention with precision {precision!r} uses 1/sqrt(head_dim); scale must "
                                    f"be None")
     kv = torch.tensor(lens, dtype=torch.int32).to(q.device, non_blocking=True)
-    return attention_v2(q, k, v, None, kv, precision=precision)
+    return attention_8bit(q, k, v, None, kv, precision)
 
 
 def prefix_kv_lens(mask: torch.Tensor | None) -> tuple[bool, list[int] | None]:

@@ -1,11 +1,12 @@
-"""Attention kernel variants for Hopper (issue 21): FP8 q/k (and optionally P·V), dense mode, persistent schedule.
+"""Attention kernel variants for Hopper (issue 21): 8-bit q/k (and optionally P·V), dense mode, persistent schedule.
 
 One kernel, specialised by compile-time flags, so that the benchmark can time each variant against the default
 kernel (``triton_attention.py``, unchanged and still what ``xattention`` runs in bf16) in the same process:
 
-- ``QK_QUANT``: q and k arrive as e4m3 with one scale per tile (``triton_fp8.quantize_triton``); the tile's scores are
-  ``dot(q8, k8ᵀ) · scale_q · scale_k / √D``, the scales folded into the FMA that applies 1/√D (no extra work per
-  element). P·V stays in v's dtype (bf16), accumulated in float32.
+- ``QK_QUANT``: q and k arrive as e4m3 (``QK_INT8``: int8) with one scale per tile (``triton_fp8.quantize_triton``);
+  the tile's scores are ``dot(q8, k8ᵀ) · scale_q · scale_k / √D``, the scales folded into the FMA that applies 1/√D
+  (no extra work per element). int8 scores leave the tensor cores as int32 and reach float32 by a bit trick (no
+  conversion instruction, see ``_step``). P·V stays in v's dtype (bf16), accumulated in float32.
 - ``PV_FP8``: P·V in FP8 too: p ∈ [0, 1] is scaled by 448 and cast to e4m3, v is e4m3 with one scale per channel,
   stored [B, H, D, S] (tokens contiguous: Hopper's FP8 MMA needs both operands K-major). Each tile's P·V product
   comes out of the tensor cores fresh and is added to the float32 accumulator outside them (the two-level
@@ -17,6 +18,8 @@ kernel (``triton_attention.py``, unchanged and still what ``xattention`` runs in
   tail of the schedule holds the light items).
 - ``USE_TMA``: k/v tiles through tensor descriptors (bf16 only), ``WARP_SPECIALIZE``: Triton's automatic warp
   specialization of the key loop (Hopper, triton >= 3.4).
+- ``FAST_EXP``: exp2 of the unmasked tiles on 16-bit pairs (``ex2.approx.ftz.bf16x2`` / ``ex2.approx.f16x2``, one
+  special-function instruction per two scores; not exact, see ``V2Config.fast_exp``).
 
 Everything else is the default kernel's contract (spec §3): exact online softmax in float32 (exp2 domain), rows
 without kept keys are zeros, only the last kept block may reach past kv_len and only it runs a masked body.
@@ -336,16 +339,50 @@ def attention_v2(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, selection: B
     No validation beyond what the kernel needs: the public API (``api.py``) checks inputs and refuses FP8 where
     the GPU has no FP8 tensor cores.
     """
+    if selection is None:
+        return _launch(q, k, v, None, None, 128, kv_len, precision, pv_fp8, config, quantized, out)
+    return _launch(q, k, v, selection.counts, selection.indices, selection.block_size, kv_len, precision, pv_fp8,
+                   config, quantized, out)
+
+
+# A custom op for the 8-bit paths the operator runs (default launch shape): one opaque node for torch.compile,
+# capturable by CUDA graphs, as the default bf16 kernel is.
+@torch.library.custom_op("xattn_video::attention_8bit", mutates_args=())
+def _attention_8bit_op(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, counts: torch.Tensor, indices: torch.Tensor,
+                       kv_len: torch.Tensor, block_size: int, precision: str, dense: bool) -> torch.Tensor:
+    if dense:
+        return _launch(q, k, v, None, None, block_size, kv_len, precision, False, None, None, None)
+    return _launch(q, k, v, counts, indices, block_size, kv_len, precision, False, None, None, None)
+
+
+@_attention_8bit_op.register_fake
+def _(q, k, v, counts, indices, kv_len, block_size, precision, dense):
+    return torch.empty_like(q)
+
+
+def attention_8bit(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, selection: BlockSelection | None,
+                   kv_len: torch.Tensor, precision: str) -> torch.Tensor:
+    """What the operator runs for precision "fp8"/"int8": :func:`attention_v2` with the default launch shape and
+    bf16 P·V, through a custom op."""
+    if selection is None:
+        return _attention_8bit_op(q, k, v, kv_len, kv_len, kv_len, 128, precision, True)
+    return _attention_8bit_op(q, k, v, selection.counts.contiguous(), selection.indices.contiguous(), kv_len,
+                              selection.block_size, precision, False)
+
+
+def _launch(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, counts: torch.Tensor | None,
+            indices: torch.Tensor | None, block_size: int, kv_len: torch.Tensor, precision: str, pv_fp8: bool,
+            config: V2Config | None, quantized: QuantizedQKV | None, out: torch.Tensor | None) -> torch.Tensor:
+    sparse = counts is not None
     B, Sq, H, D = q.shape
     dev = q.device
-    block_size = selection.block_size if selection is not None else 128
     if precision not in ("bf16", "fp8", "int8"):
         raise ValueError(f"precision must be bf16, fp8 or int8, got {precision!r}")
     quant = precision != "bf16"
     cfg = config or (default_fp8_config(dev, block_size) if quant else V2Config(
         block_m=min(block_size, 128), block_n=min(block_size, 128),
         num_warps=8 if block_size >= 128 and q.is_cuda else 4, num_stages=3 if q.is_cuda else 1))
-    if selection is not None and (block_size % cfg.block_m or block_size % cfg.block_n):
+    if sparse and (block_size % cfg.block_m or block_size % cfg.block_n):
         raise ValueError(f"config {cfg} does not tile block_size {block_size}")
     if out is None:
         out = torch.empty_like(q)
@@ -378,14 +415,14 @@ def attention_v2(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, selection: B
         v_arg = TensorDescriptor(v, list(v.shape), list(v.stride()), block)
     n_mtiles = triton.cdiv(Sq, cfg.block_m)
     n_work = n_mtiles * B * H
-    if selection is not None:
-        counts, indices = selection.counts.contiguous(), selection.indices.contiguous()
+    if sparse:
+        counts, indices = counts.contiguous(), indices.contiguous()
         nqb, nkb = counts.shape[2], indices.shape[3]
     else:
         counts = indices = kv_len
         nqb, nkb = 0, 0
     order, ordered = kv_len, False
-    if cfg.persistent and cfg.order_by_count and selection is not None:
+    if cfg.persistent and cfg.order_by_count and sparse:
         # work item = bh * n_mtiles + m; its cost = kept blocks of its selection row
         per_tile = counts.reshape(B * H, nqb).repeat_interleave(block_size // cfg.block_m, dim=1)[:, :n_mtiles]
         order = torch.argsort(per_tile.reshape(-1), descending=True, stable=True).to(torch.int32)
@@ -401,7 +438,7 @@ def attention_v2(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, selection: B
         H, Sq, nqb, nkb, nqs, nks, n_mtiles, n_work,
         1.0 / math.sqrt(D) * 1.4426950408889634,
         HEAD_DIM=D, SEL_BLOCK=block_size, BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n,
-        DENSE=selection is None, QK_QUANT=fp8, QK_INT8=fp8 and qk_format == "int8", PV_FP8=fp8 and pv_fp8,
+        DENSE=not sparse, QK_QUANT=fp8, QK_INT8=fp8 and qk_format == "int8", PV_FP8=fp8 and pv_fp8,
         USE_TMA=use_tma,
         WARP_SPECIALIZE=cfg.warp_specialize and q.is_cuda, PERSISTENT=cfg.persistent, ORDERED=ordered,
         ROUND_FIRST=not q.is_cuda, DOT_PRECISION=dot_precision, FAST_EXP=cfg.fast_exp,
@@ -415,4 +452,5 @@ def with_config(cfg: V2Config, **changes) -> V2Config:
     return replace(cfg, **changes)
 
 
-__all__ = ["BF16_VARIANTS", "V2Config", "VARIANT_ENV_VAR", "attention_v2", "default_fp8_config", "variant_config"]
+__all__ = ["BF16_VARIANTS", "V2Config", "VARIANT_ENV_VAR", "attention_8bit", "attention_v2", "default_fp8_config",
+           "variant_config"]
