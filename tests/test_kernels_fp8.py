@@ -262,3 +262,12 @@ def test_8bit_custom_op_matches_and_compiles_without_graph_breaks(gen):
         compiled = torch.compile(lambda q, k, v: attention_8bit(q, k, v, selection, kv, "int8"), fullgraph=True,
                                  backend="eager")
         assert_close(compiled(q, k, v), direct, atol=0, rtol=0, seed=gen)
+
+
+def test_gpu_test_covers_every_bf16_variant():
+    import re
+    from pathlib import Path
+
+    source = (Path(__file__).parent / "test_kernels_gpu.py").read_text()
+    listed = re.search(r'parametrize\("variant", \[(.*?)\]\)', source, re.S).group(1)
+    assert sorted(re.findall(r'"([^"]+)"', listed)) == sorted(BF16_VARIANTS)
