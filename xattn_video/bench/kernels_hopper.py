@@ -281,7 +281,9 @@ def precompile(names: list[str], shapes: list[tuple[int, int]], S: int, density:
                 pool.terminate()
                 break
             try:
-                log("  " + pending.next(timeout=left))
+                msg = pending.next(timeout=left)
+                if "failed" in msg:
+                    log("  " + msg)
             except mp.TimeoutError:
                 log(f"precompile: time share used up after {time.monotonic() - t0:.0f} s; the rest compiles inline")
                 pool.terminate()
