@@ -92,7 +92,7 @@ def _sparse_case(gen, S=2999, B=2, H=3, D=128, density=0.35):
 @pytest.mark.parametrize("fmt", ["e4m3", "int8"])
 @pytest.mark.parametrize("D", [64, 128])
 def test_fp8_quantize_matches_reference_on_gpu(gen, D, fmt):
-    from xattn_video.kernels.triton_fp8 import quantize_reference, quantize_triton
+    from xattn_video.kernels.triton_quant import quantize_reference, quantize_triton
 
     q, k, v, kv, _ = _sparse_case(gen, D=D)
     got = quantize_triton(q, k, v, kv, block_m=128, block_n=128, qk_format=fmt)
@@ -111,7 +111,7 @@ def test_fp8_quantize_matches_reference_on_gpu(gen, D, fmt):
 def test_fp8_kernel_on_gpu(gen, D, dense, pv_fp8, fmt):
     """8-bit q/k: attention on the dequantized operands up to bf16 output rounding; FP8 P·V adds its own error."""
     from xattn_video.kernels.triton_attention_v2 import attention_v2
-    from xattn_video.kernels.triton_fp8 import dequantize_qk, quantize_reference
+    from xattn_video.kernels.triton_quant import dequantize_qk, quantize_reference
 
     q, k, v, kv, sel = _sparse_case(gen, D=D)
     ref_sel = sel if not dense else BlockSelection.from_mask(torch.ones_like(sel.mask), block_size=128, q_len=2999,

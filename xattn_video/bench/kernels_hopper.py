@@ -38,7 +38,7 @@ import torch.nn.functional as F
 from ..kernels import BlockSelection, naive_block_sparse_attention, num_blocks
 from ..kernels.triton_attention import block_sparse_attention_triton
 from ..kernels.triton_attention_v2 import BF16_VARIANTS, V2Config, attention_v2, default_fp8_config
-from ..kernels.triton_fp8 import quantize_triton
+from ..kernels.triton_quant import quantize_triton
 from ..video_io import write_json, write_text
 
 BLOCK = 128

@@ -221,7 +221,7 @@ def block_sparse_attention(
 
     ``kv_len`` defaults to the selection's (clipped to Sk). Keys at positions ≥ kv_len are never attended.
     ``precision`` "fp8" / "int8": q and k in e4m3 / int8 with per-tile scales, k smoothed by its mean (not exact:
-    see ``triton_fp8``); CUDA GPUs (fp8: compute capability >= 8.9, int8: >= 8.0) and the triton backend only.
+    see ``triton_quant``); CUDA GPUs (fp8: compute capability >= 8.9, int8: >= 8.0) and the triton backend only.
     """
     shape = check_qkv(q, k, v, layout)
     _check_selection(selection, shape.batch, shape.heads, shape.q_len, shape.kv_len)

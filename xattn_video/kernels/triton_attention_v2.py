@@ -3,7 +3,7 @@
 One kernel, specialised by compile-time flags, so that the benchmark can time each variant against the default
 kernel (``triton_attention.py``, unchanged and still what ``xattention`` runs in bf16) in the same process:
 
-- ``QK_QUANT``: q and k arrive as e4m3 (``QK_INT8``: int8) with one scale per tile (``triton_fp8.quantize_triton``);
+- ``QK_QUANT``: q and k arrive as e4m3 (``QK_INT8``: int8) with one scale per tile (``triton_quant.quantize_triton``);
   the tile's scores are ``dot(q8, k8ᵀ) · scale_q · scale_k / √D``, the scales folded into the FMA that applies 1/√D
   (no extra work per element). int8 scores leave the tensor cores as int32 and reach float32 by a bit trick (no
   conversion instruction, see ``_step``). P·V stays in v's dtype (bf16), accumulated in float32.
@@ -37,7 +37,7 @@ import triton.language as tl
 
 from .backend import VARIANT_ENV_VAR
 from .blocks import BlockSelection
-from .triton_fp8 import P_SCALE, QuantizedQKV, quantize_triton, to_fp8
+from .triton_quant import P_SCALE, QuantizedQKV, quantize_triton, to_fp8
 
 
 @dataclass(frozen=True)

@@ -1,8 +1,9 @@
-"""FP8 (e4m3) quantization of q, k (and v) for the attention kernels of ``triton_attention_v2`` (issue 21).
+"""8-bit quantization of q and k (e4m3 or int8) and of v (e4m3) for ``triton_attention_v2`` (issue 21).
 
 Per (batch, head) and per tile of rows, q and k are scaled into e4m3's range by one float32 scale per tile
-(``amax / 448``): the attention kernel multiplies the tile's QKᵀ by ``scale_q · scale_k`` in the same FMA that
-applies 1/√D, so a scale per kernel tile costs nothing. The quantization tile of q is the kernel's BLOCK_M, that
+(``amax / 448``; int8: ``amax / 127`` and rounding to the nearest integer, ties to even): the attention kernel
+multiplies the tile's QKᵀ by ``scale_q · scale_k`` in the same FMA that applies 1/√D, so a scale per kernel tile
+costs nothing. The quantization tile of q is the kernel's BLOCK_M, that
 of k its BLOCK_N.
 
 K is smoothed first (SageAttention): k ← k − mean over the valid tokens of k (one vector per batch and head).

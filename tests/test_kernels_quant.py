@@ -10,7 +10,7 @@ from helpers import HAS_CUDA, assert_close, assert_rel_err, make_qkv
 from xattn_video.kernels import (BlockSelection, XAttentionInputError, block_sparse_attention,
                                  naive_block_sparse_attention, xattention)
 from xattn_video.kernels.triton_attention_v2 import BF16_VARIANTS, V2Config, attention_v2, variant_config
-from xattn_video.kernels.triton_fp8 import FP8_MAX, dequantize_qk, quantize_reference, quantize_triton
+from xattn_video.kernels.triton_quant import FP8_MAX, dequantize_qk, quantize_reference, quantize_triton
 
 DEV = "cuda" if HAS_CUDA else "cpu"
 SMALL = V2Config(block_m=32, block_n=32, num_warps=4, num_stages=1)
