@@ -1,4 +1,4 @@
-"""Hopper kernel benchmark (issue 21): bf16 kernel variants and the FP8 path against dense cuDNN, in one run.
+"""Hopper kernel benchmark (issue 21): bf16 kernel variants and 8-bit attention against dense cuDNN, in one run.
 
 Imports torch, triton and ``xattn_video.kernels`` only (no diffusers, no omegaconf), so it runs on a bare GPU image:
 ``python benchmarks/bench_kernels_hopper.py`` or ``xvid bench --kernels``.
@@ -354,7 +354,7 @@ def main(argv: list[str] | None = None) -> int:
                    "(0: none)")
     p.add_argument("--density", type=float, default=0.35, help="kept fraction of blocks in every row")
     p.add_argument("--variants", nargs="+", help="variants to run (default: all); names as in the table")
-    p.add_argument("--no-extra", action="store_true", help="skip quantization-only and kernel-only FP8 rows")
+    p.add_argument("--no-extra", action="store_true", help="skip quantization-only and kernel-only 8-bit rows")
     p.add_argument("--target-ms", type=float, default=300.0, help="timed milliseconds per measurement (about)")
     p.add_argument("--time-limit", type=float, default=330.0, help="seconds for the whole run; rows past it are "
                    "skipped with a note")
