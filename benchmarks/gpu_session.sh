@@ -1,6 +1,6 @@
 #!/bin/bash
 # One device-machine session: install carried wheels, run the GPU tests, then the given python steps.
-# Usage (from the repo root on the GPU machine): bash benchmarks/gpu_session.sh [tests] [bench] [bench-quick] [e2e] [e2e-544] [e2e-c720] [e2e-c544] [e2e-cwan] [e2e-c15] [wan-forward] [reuse] [multigpu]
+# Usage (from the repo root on the GPU machine): bash benchmarks/gpu_session.sh [tests] [hopper] [hopper-tests] [bench] [bench-quick] [e2e] [e2e-544] [e2e-c720] [e2e-c544] [e2e-cwan] [e2e-c15] [wan-forward] [reuse] [multigpu]
 set -u
 OUT=${OUT:-/tmp/out}
 mkdir -p "$OUT"
@@ -13,6 +13,8 @@ for step in "$@"; do
   echo "=== $step $(date +%T)"
   case $step in
     tests) timeout 240 python3 -m pytest -q -x -p no:cacheprovider tests/test_kernels_*.py tests/test_pipeline_hunyuan.py tests/test_pipeline_gpu.py 2>&1 | tail -25 ;;
+    hopper) timeout 420 python3 benchmarks/bench_kernels_hopper.py --time-limit ${HOPPER_LIMIT:-330} --out-dir "$OUT" 2>&1 | tee "$OUT/hopper.txt" | grep -v "^|" | tail -150 ;;
+    hopper-tests) timeout 200 python3 -m pytest -q -x -p no:cacheprovider tests/test_kernels_gpu.py -k "fp8 or 8bit or v2_variants" 2>&1 | tail -25 ;;
     bench) timeout 450 python3 benchmarks/bench_xattention.py --out-dir "$OUT" 2>&1 | tee "$OUT/bench.txt" | grep -v "^|" | tail -80 ;;
     bench-quick) timeout 400 python3 benchmarks/bench_xattention.py --tokens 119056 --check-tokens 18616 --out-dir "$OUT" 2>&1 | tee "$OUT/bench.txt" | grep -v "^|" | tail -60 ;;
     e2e) timeout 560 python3 benchmarks/bench_e2e.py --out-dir "$OUT" 2>&1 | tee "$OUT/e2e.txt" | tail -40 ;;

@@ -133,3 +133,61 @@ def test_every_timing_follows_an_untimed_warm_up_and_dense_order_alternates(monk
     assert order[True][0] == [0, 1]  # dense measured first...
     assert order[False][0][0] > 0 and "block_sparse_attention" in order[False][2]  # ...then after the sparse paths
     assert "xattention" in timed
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="the CPU dry run (the GPU runs the real benchmark)")
+def test_kernels_hopper_dry_run_on_cpu_writes_checks_and_rows(tmp_path):
+    """``bench_kernels_hopper --dry-run-cpu``: every code path of the GPU script (checks, timing, report, fail-soft)
+    through Triton's interpreter at a tiny size, so that one GPU call is not spent on a script bug."""
+    env = {**os.environ, "PYTHONPATH": str(REPO), "TRITON_INTERPRET": "1"}
+    done = subprocess.run([sys.executable, str(REPO / "benchmarks" / "bench_kernels_hopper.py"), "--dry-run-cpu",
+                           "--tokens", "300", "--shapes", "1x64", "--check-tokens", "300", "--compile-workers", "0",
+                           "--variants", "int8-sparse", "v2-sparse-bf16", "fp8-dense", "fp8-quantize-qk",
+                           "--out-dir", str(tmp_path)], capture_output=True, text=True, timeout=600, cwd=REPO, env=env)
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
+    res = json.loads((tmp_path / "hopper-cpu-dry-run.json").read_text())
+    assert [c["variant"] for c in res["checks"]] == ["int8-sparse", "v2-sparse-bf16", "fp8-dense"]
+    assert all(c["ok"] for c in res["checks"]), res["checks"]
+    names = [r["variant"] for r in res["rows"]]
+    assert names == ["cudnn-dense-bf16", "int8-sparse", "v2-sparse-bf16", "fp8-dense", "fp8-quantize-qk"]
+    assert all("error" not in r for r in res["rows"])
+    assert "| 1×64 | 300 | int8-sparse |" in (tmp_path / "hopper-cpu-dry-run.md").read_text()
+
+
+def test_bench_rows_for_quantized_precisions(monkeypatch):
+    """``xvid bench --precision fp8 int8``: extra rows for the sparse kernel, the dense path and the capped call."""
+    seen = []
+
+    def kernel(name):
+        def run(q, *args, return_selection=False, precision="bf16", **kwargs):
+            seen.append((name, precision))
+            out = torch.ones_like(q)
+            return (out, operator.random_selection(1, q.shape[2], q.shape[1], 0.5, torch.Generator())) \
+                if return_selection else out
+        return run
+
+    monkeypatch.setattr(operator, "DEVICE", "cpu")
+    monkeypatch.setattr(operator, "median_ms", lambda fn, rep_ms=600: (fn(), 1.0)[1])
+    monkeypatch.setattr(operator, "_sdpa", lambda q, k, v, backend: torch.ones_like(q))
+    for name in ("block_sparse_attention", "estimate_block_scores", "xattention"):
+        monkeypatch.setattr(operator, name, kernel(name))
+    monkeypatch.setattr(operator, "select_blocks", lambda scores, *a, **k: None)
+    monkeypatch.setattr(operator, "grid_for_tokens", lambda tokens: None)
+    monkeypatch.setattr(operator, "video_like_qkv", lambda grid, heads, head_dim, device, seed: (
+        *(torch.randn(1, 300, heads, head_dim) for _ in range(3)), None))
+    rows = operator.bench_tokens(300, 2, 16, torch.Generator().manual_seed(0), log=lambda m: None, flex=False,
+                                 rep_ms=1, precisions=("fp8", "int8"))
+    names = [r["name"] for r in rows]
+    for prec in ("fp8", "int8"):
+        assert f"dense {prec} (ours, τ=1)" in names
+        assert f"ours block-sparse {prec} (random 0.35)" in names
+        assert f"ours xattention {prec} capped ~0.35 s=8" in names
+    assert ("block_sparse_attention", "int8") in seen and ("xattention", "fp8") in seen
+
+
+def test_kernels_hopper_variant_lists_are_consistent():
+    from xattn_video.bench import kernels_hopper as kh
+
+    variants = kh._variants()
+    assert sorted(kh.DEFAULT_ORDER) == sorted(variants)  # every variant runs by default, each once
+    assert set(kh.CORE) <= set(variants) and kh.DEFAULT_ORDER[0] == kh.CUDNN == kh.CORE[0]

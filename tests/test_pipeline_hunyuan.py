@@ -50,7 +50,7 @@ def test_tau_one_and_full_warmup_equal_stock(pipe, stock):
 def test_fast_dense_backend_matches_stock_up_to_rounding(pipe, stock, monkeypatch):
     calls = []
     real = dispatch_module.dense_attention
-    monkeypatch.setattr(dispatch_module, "dense_attention", lambda *a: calls.append(a[3]) or real(*a))
+    monkeypatch.setattr(dispatch_module, "dense_attention", lambda *a, **kw: calls.append(a[3]) or real(*a, **kw))
     with apply_xattention(pipe, {"threshold": 1.0, "block_size": 32, "warmup_steps": 0}) as h:
         assert h.config.dense_backend == "fast"  # the default
         frames = _run(pipe)

@@ -111,6 +111,10 @@ def cmd_bench(argv: Sequence[str]) -> int:
         from .bench.e2e import main as e2e_main
 
         return e2e_main([a for a in argv if a != "--e2e"])
+    if "--kernels" in argv:  # Hopper kernel variants and 8-bit attention vs cuDNN (xattn_video/bench/kernels_hopper.py)
+        from .bench.kernels_hopper import main as kernels_main
+
+        return kernels_main([a for a in argv if a != "--kernels"])
     from .bench.operator import main as bench_main
 
     return bench_main(list(argv))
@@ -153,8 +157,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     add_calibrate_parser(sub)
 
-    bench = sub.add_parser("bench", help="GPU benchmark of the kernels; --e2e: of whole models (see benchmarks/); "
-                                         "xvid bench --help and xvid bench --e2e --help list their options",
+    bench = sub.add_parser("bench", help="GPU benchmark of the kernels; --e2e: of whole models; --kernels: Hopper "
+                                         "kernel variants and 8-bit attention (see benchmarks/); xvid bench --help, "
+                                         "--e2e --help and --kernels --help list their options",
                            add_help=False)
     bench.set_defaults(func=None)
     return parser

@@ -21,6 +21,7 @@ from omegaconf.errors import OmegaConfBaseException
 TINY_MODEL = "tiny"
 DEFAULT_MODEL = "mini"
 DENSE_BACKENDS = ("fast", "stock")
+PRECISIONS = ("bf16", "fp8", "int8")  # the same tuple as kernels.backend.PRECISIONS (config imports no torch)
 # Built-in tiny random-weight models (their videos are noise) -> what they change in the defaults besides
 # TINY_DEFAULTS: sizes that run on a CPU in seconds (Wan 2.1 I2V needs 512 text tokens: its processor hard-codes them).
 TINY_MODELS: dict[str, dict[str, Any]] = {
@@ -137,6 +138,10 @@ class XAttnConfig:
     dense_backend: str = "fast"
     # Estimate on one sparse step, reuse each layer's block selection on the next N-1 sparse steps (0/1: off).
     selection_reuse: int = 0
+    # Attention arithmetic: "bf16" (the model's dtype, exact), "fp8" (q/k in e4m3) or "int8" (q/k in int8), both with
+    # per-tile scales, for the sparse kernel and the fast dense path (CUDA only: fp8 from compute capability 8.9,
+    # int8 from 8.0). P·V and the estimate stay in bf16.
+    precision: str = "bf16"
     # Wan 2.2 A14B: overrides for the second expert (transformer_2), layers numbered from 0 within it:
     # {threshold: ..., dense_layers: [...]}; keys not given are inherited from the keys above.
     expert2: Optional[dict[str, Any]] = None
@@ -333,6 +338,10 @@ def validate_xattn(x: XAttnConfig) -> None:
         fail("dense_backend", f"must be one of {', '.join(DENSE_BACKENDS)}, got {x.dense_backend!r}")
     if isinstance(x.selection_reuse, bool) or not isinstance(x.selection_reuse, int) or x.selection_reuse < 0:
         fail("selection_reuse", f"must be an int >= 0 (0 or 1: estimate on every sparse step), got {x.selection_reuse!r}")
+    if x.precision not in PRECISIONS:
+        fail("precision", f"must be one of {', '.join(PRECISIONS)}, got {x.precision!r}")
+    if x.precision != "bf16" and x.backend == "torch":
+        fail("precision", f"{x.precision} runs on the triton backend; xattn.backend is torch")
     if any(not isinstance(layer, int) or layer < 0 for layer in x.dense_layers):
         fail("dense_layers", f"must list layer numbers >= 0, got {x.dense_layers}")
     _check_threshold_values(x.threshold)

@@ -108,10 +108,12 @@ def _warm_kernels(q_len: int, kv_len: int, heads: int, head_dim: int, xattn: dic
     mask = (torch.arange(q_len, device=device) < kv_len)[None, None, None, :]
     torch.nn.functional.scaled_dot_product_attention(q.transpose(1, 2), q.transpose(1, 2), q.transpose(1, 2),
                                                      attn_mask=mask)
-    dense_attention(q, q, q, [kv_len])
+    precision = (xattn or {}).get("precision", "bf16")
+    dense_attention(q, q, q, [kv_len], precision=precision)
     if xattn is not None and xattn["threshold"] < 1:
         xattention(q, q, q, threshold=xattn["threshold"], stride=xattn["stride"], kv_len=kv_len if text else None,
-                   text_start=q_len - text if text else None, max_density=xattn.get("max_density"))
+                   text_start=q_len - text if text else None, max_density=xattn.get("max_density"),
+                   precision=precision)
     torch.cuda.synchronize()
 
 
@@ -204,7 +206,11 @@ def run(args: argparse.Namespace, log: Callable[[str], None], device: torch.devi
         results["triton"] = triton.__version__
     except ImportError:
         results["triton"] = None
-    settings = xattn_settings(args.warmup_steps)
+    settings = xattn_settings(args.warmup_steps, args.precision)
+    results["precision"] = args.precision
+    if args.precision != "bf16":
+        results["notes"].append(f"xattn.precision: {args.precision} in every setting but stock (8-bit q/k in the "
+                                f"sparse kernel and the dense path)")
     if args.compile:
         from ..compile import compile_transformer, uncompile_transformer
 
@@ -275,6 +281,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="after the eager pass, run every setting again with the repeated blocks compiled (regional "
                         "torch.compile, as model.compile does); each compiled setting runs one untimed forward first "
                         "(it compiles; a 720p stock forward is ~32 s)")
+    p.add_argument("--precision", choices=("bf16", "fp8", "int8"), default="bf16",
+                   help="xattn.precision of every setting but stock")
     p.add_argument("--out-dir", type=Path, default=Path("benchmarks/results"))
     p.add_argument("--name", help="file name stem of the results (default: e2e-<gpu>)")
     return p

@@ -169,10 +169,13 @@ HUNYUAN15 = ModelSpec(
 MODELS: dict[str, ModelSpec] = {m.name: m for m in (HUNYUAN, WAN, HUNYUAN15)}
 
 
-def xattn_settings(warmup: int) -> dict[str, dict | None]:
+def xattn_settings(warmup: int, precision: str = "bf16") -> dict[str, dict | None]:
     """Setting name → config for our attention (None: stock diffusers). Every setting times one sparse step
-    (the forward runs with the step set past the warmup), except ``dense`` whose every layer is dense."""
+    (the forward runs with the step set past the warmup), except ``dense`` whose every layer is dense.
+    ``precision`` ("bf16", "fp8", "int8": ``xattn.precision``) applies to every setting but stock."""
     common = {"stride": 8, "block_size": 128, "collect_stats": True, "time_stats": True, "dense_backend": "fast"}
+    if precision != "bf16":
+        common["precision"] = precision
     return {
         "stock": None,
         "dense": {**common, "threshold": 1.0, "warmup_steps": 0},

@@ -157,8 +157,11 @@ def check_correctness(tokens: int, heads: int, head_dim: int, gen: torch.Generat
 
 
 def bench_tokens(tokens: int, heads: int, head_dim: int, gen: torch.Generator, log, flex: bool = True,
-                 rep_ms: int = 600, dense_first: bool = True) -> list[dict]:
+                 rep_ms: int = 600, dense_first: bool = True, precisions: tuple[str, ...] = ()) -> list[dict]:
     """Timing rows at one sequence length: dense SDPA, each operator step, FlexAttention, whole calls.
+
+    ``precisions``: quantized precisions ("fp8", "int8") also timed: the sparse kernel at each density, the dense
+    path (τ = 1) and the capped whole call, each with its relative error against the bf16 result.
 
     Every measurement follows an untimed warm-up call (:func:`timed_ms`); ``dense_first`` picks whether dense SDPA
     is measured before or after the sparse paths (``main`` alternates it per token count)."""
@@ -180,6 +183,10 @@ def bench_tokens(tokens: int, heads: int, head_dim: int, gen: torch.Generator, l
     def dense() -> None:
         add("dense cuDNN SDPA", timed_ms(lambda: _sdpa(q, k, v, SDPBackend.CUDNN_ATTENTION), rep_ms), full, 1.0)
         add("dense flash SDPA", timed_ms(lambda: _sdpa(q, k, v, SDPBackend.FLASH_ATTENTION), rep_ms), full, 1.0)
+        for prec in precisions:
+            err = rel_l2(xattention(q, k, v, threshold=1.0, precision=prec), _sdpa(q, k, v, SDPBackend.CUDNN_ATTENTION))
+            add(f"dense {prec} (ours, τ=1)", timed_ms(lambda: xattention(q, k, v, threshold=1.0, precision=prec),
+                                                      rep_ms), full, 1.0, {"rel_l2_err": err})
 
     def sparse() -> None:
         for d in DENSITIES:
@@ -188,6 +195,11 @@ def bench_tokens(tokens: int, heads: int, head_dim: int, gen: torch.Generator, l
             fl = kept_flops(sel, S, D)
             ms = timed_ms(lambda: block_sparse_attention(q, k, v, sel, backend="triton"), rep_ms)
             add(f"ours block-sparse (random {d:.2f})", ms, fl, dens)
+            for prec in precisions:
+                err = rel_l2(block_sparse_attention(q, k, v, sel, backend="triton", precision=prec),
+                             block_sparse_attention(q, k, v, sel, backend="triton"))
+                ms = timed_ms(lambda: block_sparse_attention(q, k, v, sel, backend="triton", precision=prec), rep_ms)
+                add(f"ours block-sparse {prec} (random {d:.2f})", ms, fl, dens, {"rel_l2_err": err})
             if flex:
                 try:
                     run, _ = _flex_runner(q, k, v, sel)
@@ -234,6 +246,11 @@ def bench_tokens(tokens: int, heads: int, head_dim: int, gen: torch.Generator, l
         dens, err = float(sel.density()), rel_l2(out, ref)
         ms = timed_ms(lambda: xattention(q, k, v, **kw), rep_ms)
         add(f"ours xattention capped ~0.35 s={s}", ms, None, dens, {"rel_l2_err": err})
+        for prec in precisions:
+            err_p = rel_l2(xattention(q, k, v, precision=prec, **kw), out)
+            ms = timed_ms(lambda: xattention(q, k, v, precision=prec, **kw), rep_ms)
+            add(f"ours xattention {prec} capped ~0.35 s={s}", ms, None, dens,
+                {"rel_l2_err": rel_l2(xattention(q, k, v, precision=prec, **kw), ref), "rel_l2_err_vs_bf16": err_p})
     q = k = v = ref = None
     torch.cuda.empty_cache()
     for row in rows:
@@ -248,7 +265,8 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="xvid bench", description=__doc__.splitlines()[0],
                                 formatter_class=DefaultsHelpFormatter,
                                 epilog="xvid bench --e2e: end-to-end speed of whole video transformers (stock vs "
-                                       "ours); xvid bench --e2e --help lists its options.")
+                                       "ours); xvid bench --e2e --help lists its options. xvid bench --kernels: Hopper "
+                                       "kernel variants and 8-bit attention against cuDNN (--kernels --help).")
     p.add_argument("--tokens", type=int, nargs="+", default=[18616, 67576, 119056], help="sequence lengths timed")
     p.add_argument("--check-tokens", type=int, nargs="*", default=[18616, 119056],
                    help="sequence lengths of the bf16 correctness checks")
@@ -256,6 +274,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--head-dim", type=int, default=128, help="head dimension (64 or 128)")
     p.add_argument("--no-flex", action="store_true", help="skip FlexAttention")
     p.add_argument("--rep-ms", type=int, default=600, help="do_bench repetition time per measurement")
+    p.add_argument("--precision", nargs="+", choices=("bf16", "fp8", "int8"), default=["bf16"],
+                   help="attention precisions timed (bf16 always; fp8/int8 add rows with their error vs bf16)")
     p.add_argument("--out-dir", type=Path, help="where results go (default benchmarks/results; with --plot-only: "
                    "next to the JSON)")
     p.add_argument("--plot-only", type=Path, help="draw the plot from an earlier JSON and exit")
@@ -292,7 +312,8 @@ def main(argv: list[str] | None = None) -> int:
         results["checks"].append(check_correctness(S, args.heads, args.head_dim, gen, log))
     for i, S in enumerate(args.tokens):  # dense first at even positions, last at odd ones
         results["rows"] += bench_tokens(S, args.heads, args.head_dim, gen, log, flex=not args.no_flex,
-                                        rep_ms=args.rep_ms, dense_first=i % 2 == 0)
+                                        rep_ms=args.rep_ms, dense_first=i % 2 == 0,
+                                        precisions=tuple(p for p in args.precision if p != "bf16"))
     args.out_dir.mkdir(parents=True, exist_ok=True)
     stem = args.out_dir / gpu_slug()
     write_json(results, stem.with_suffix(".json"))

@@ -12,7 +12,7 @@ from typing import Any, Callable, Protocol
 import torch
 import torch.nn.functional as F
 
-from .backend import check_backend_params, resolve_backend
+from .backend import check_backend_params, check_precision, forced_variant, resolve_backend
 from .blocks import BlockSelection, num_blocks
 from .inputs import (
     KvLen,
@@ -100,8 +100,18 @@ def _select(scores: torch.Tensor, taus: tuple[float, ...], kv_len: torch.Tensor,
 
 
 def _sparse_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, selection: BlockSelection,
-                      kv: torch.Tensor, backend: str) -> torch.Tensor:
+                      kv: torch.Tensor, backend: str, precision: str = "bf16") -> torch.Tensor:
     if backend == "triton":
+        if precision != "bf16":
+            from .triton_attention_v2 import attention_8bit
+
+            return attention_8bit(q, k, v, selection, kv, precision)
+        if forced_variant():  # benchmarking only (XATTN_ATTN_VARIANT): not a custom op, eager
+            from .triton_attention_v2 import attention_v2, variant_config
+
+            cfg = variant_config(forced_variant())
+            if cfg is not None:
+                return attention_v2(q, k, v, selection, kv, config=cfg)
         from .triton_attention import block_sparse_attention_triton
 
         return block_sparse_attention_triton(q, k, v, selection, kv)
@@ -205,10 +215,13 @@ def block_sparse_attention(
     kv_len: KvLen = None,
     layout: str = "bshd",
     backend: str = "auto",
+    precision: str = "bf16",
 ) -> torch.Tensor:
     """Exact softmax attention restricted to the selected blocks (spec §3); same shape and dtype as q.
 
     ``kv_len`` defaults to the selection's (clipped to Sk). Keys at positions ≥ kv_len are never attended.
+    ``precision`` "fp8" / "int8": q and k in e4m3 / int8 with per-tile scales, k smoothed by its mean (not exact:
+    see ``triton_quant``); CUDA GPUs (fp8: compute capability >= 8.9, int8: >= 8.0) and the triton backend only.
     """
     shape = check_qkv(q, k, v, layout)
     _check_selection(selection, shape.batch, shape.heads, shape.q_len, shape.kv_len)
@@ -220,14 +233,26 @@ def block_sparse_attention(
         selection = BlockSelection.from_mask(selection.mask, block_size=selection.block_size,
                                              q_len=selection.q_len, kv_len=kv)
     backend = resolve_backend(backend, q.device)
+    check_precision(precision, q.device, backend)
     check_backend_params(backend, block_size=selection.block_size)
-    out = _sparse_attention(to_bshd(q, layout), to_bshd(k, layout), to_bshd(v, layout), selection, kv, backend)
+    out = _sparse_attention(to_bshd(q, layout), to_bshd(k, layout), to_bshd(v, layout), selection, kv, backend,
+                            precision)
     return out if layout == "bshd" else out.transpose(1, 2)
 
 
 def dense_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, kv: torch.Tensor | None,
-                    layout: str) -> torch.Tensor:
-    """Dense SDPA with key padding (kv: int32 [B] or None for no padding); returns q's layout."""
+                    layout: str, precision: str = "bf16") -> torch.Tensor:
+    """Dense SDPA with key padding (kv: int32 [B] or None for no padding); returns q's layout.
+
+    ``precision`` "fp8"/"int8": the quantized Triton kernel in dense mode instead (inputs already checked)."""
+    if precision != "bf16":
+        from .triton_attention_v2 import attention_8bit
+
+        qb, kb, vb = to_bshd(q, layout), to_bshd(k, layout), to_bshd(v, layout)
+        if kv is None:
+            kv = torch.full((qb.shape[0],), kb.shape[1], dtype=torch.int32, device=q.device)
+        out = attention_8bit(qb, kb, vb, None, kv.to(torch.int32), precision)
+        return out if layout == "bshd" else out.transpose(1, 2)
     qh, kh, vh = (x if layout == "bhsd" else x.transpose(1, 2) for x in (q, k, v))
     mask = None
     if kv is not None:
@@ -266,6 +291,7 @@ def xattention(
     return_selection: bool = False,
     stopwatch: Marker | None = None,
     selection: BlockSelection | None = None,
+    precision: str = "bf16",
 ) -> torch.Tensor | tuple[torch.Tensor, BlockSelection]:
     """XAttention: estimate block scores, keep the blocks reaching ``threshold``, attend over them.
 
@@ -276,6 +302,10 @@ def xattention(
     and after the attention (dense calls: before and after the attention only); see ``xattn_video.stats.Stopwatch``.
     ``selection``: a BlockSelection from an earlier call with the same shapes (reuse across denoising steps):
     the estimate and the selection are skipped (their intervals are then zero) and ``threshold`` is unused.
+    ``precision``: "bf16" (default; q/k/v in their own dtype, exact), "fp8" or "int8" (the attention — sparse, or
+    dense for τ ≥ 1 — takes q and k in e4m3 / int8 with per-tile scales, k smoothed by its token mean; P·V stays
+    in the input dtype; the estimate too). fp8 needs a CUDA GPU with compute capability >= 8.9, int8 >= 8.0, and
+    the triton backend; elsewhere they are refused with one line.
 
     Non-finite inputs (spec §4), the same on every backend: padding (positions ≥ kv_len) never matters; a
     NaN/+inf score row keeps all its valid blocks; an output row whose query or any kept valid key/value is
@@ -288,13 +318,14 @@ def xattention(
     check_max_density(max_density)
     tau = normalize_threshold(threshold, shape.heads)
     backend = resolve_backend(backend, q.device)
+    check_precision(precision, q.device, backend)
     check_backend_support(backend, stride, block_size)
     kv = normalize_kv_len(kv_len, shape.batch, shape.kv_len, q.device)
 
     if stopwatch is not None:
         stopwatch.mark()
     if all(t >= 1.0 for t in tau):  # plain floats: no device sync
-        out = dense_attention(q, k, v, None if kv_len is None else kv, layout)
+        out = dense_attention(q, k, v, None if kv_len is None else kv, layout, precision)
         if stopwatch is not None:
             stopwatch.mark()
         if not return_selection:
@@ -318,7 +349,7 @@ def xattention(
             stopwatch.mark()
     if stopwatch is not None:
         stopwatch.mark()
-    out = _sparse_attention(qb, kb, vb, selection, kv, backend)
+    out = _sparse_attention(qb, kb, vb, selection, kv, backend, precision)
     if stopwatch is not None:
         stopwatch.mark()
     out = out if layout == "bshd" else out.transpose(1, 2)

@@ -66,6 +66,53 @@ def resolve_backend(backend: str, device: torch.device) -> str:
     return backend
 
 
+# bf16: q/k/v in their own dtype (exact); fp8: q/k in e4m3; int8: q/k rounded to int8 (SageAttention's choice, the
+# same tensor-core rate on Hopper, ~4x smaller error on video-like inputs). Both with per-tile scales, k smoothed.
+PRECISIONS = ("bf16", "fp8", "int8")
+MIN_CAPABILITY = {"fp8": (8, 9), "int8": (8, 0)}  # fp8: Ada and Hopper; int8 tensor cores: Ampere on
+VARIANT_ENV_VAR = "XATTN_ATTN_VARIANT"  # benchmarking: a bf16 kernel variant (triton_attention_v2.BF16_VARIANTS)
+
+
+@torch.compiler.assume_constant_result
+def forced_variant() -> str:
+    return os.environ.get(VARIANT_ENV_VAR, "").strip().lower()
+
+
+def precision_refusal(precision: str, device: torch.device) -> str | None:
+    """Why the quantized ``precision`` ("fp8"/"int8") cannot run on ``device`` (one line), or None when it can."""
+    if precision not in MIN_CAPABILITY:
+        return None
+    low = MIN_CAPABILITY[precision]
+    cores = "FP8" if precision == "fp8" else "INT8"
+    need = f"compute capability >= {low[0]}.{low[1]}"
+    if device.type != "cuda":
+        return (f"precision '{precision}' needs a CUDA GPU with {cores} tensor cores ({need}); the tensors are on "
+                f"{device.type}")
+    major, minor = torch.cuda.get_device_capability(device)
+    if (major, minor) < low:
+        return (f"precision '{precision}' needs a GPU with {cores} tensor cores ({need}); "
+                f"{torch.cuda.get_device_name(device)} has {major}.{minor}")
+    if not triton_available():
+        return f"precision '{precision}' runs on the triton backend, and triton is not installed"
+    return None
+
+
+def fp8_refusal(device: torch.device) -> str | None:
+    return precision_refusal("fp8", device)
+
+
+def check_precision(precision: str, device: torch.device, backend: str | None = None) -> None:
+    """Refuse an unknown precision, and a quantized one where it cannot run (CPU, older GPUs, the torch backend)."""
+    if precision not in PRECISIONS:
+        raise XAttentionInputError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
+    if precision != "bf16":
+        why = precision_refusal(precision, device)
+        if why is None and backend == "torch":
+            why = f"precision '{precision}' runs on the triton backend only (backend 'torch' was asked for)"
+        if why is not None:
+            raise XAttentionInputError(why)
+
+
 # What the Triton kernels can run; the one declaration of it. api.py checks it once per public call, so the
 # launchers in triton_*.py assume it holds.
 TRITON_ATTENTION_BLOCK_SIZES = (16, 32, 64, 128)  # tiles of the block-sparse attention kernel

@@ -54,19 +54,24 @@ def host_kv_lens(kv_len: KvLens, batch: int, keys: int) -> list[int]:
 
 
 def dense_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, kv_len: KvLens = None, *,
-                    scale: float | None = None) -> torch.Tensor:
+                    scale: float | None = None, precision: str = "bf16") -> torch.Tensor:
     """Softmax attention over the first ``kv_len[b]`` keys of each batch entry b; q's shape and dtype.
 
     q: [B, Sq, H, D], k/v: [B, Sk, H, D] ("bshd", as diffusers' attention dispatch passes them).
     kv_len: None (all keys valid), one int, or one int per batch entry (host values, 1..Sk). Keys at
     positions ≥ kv_len[b] are never read, so their contents (inf, NaN) cannot matter. Batch entries with the
     same length next to each other share one SDPA call (B is 1 or 2 in practice).
+    ``precision`` "fp8" / "int8": the quantized Triton kernel in dense mode (q/k in e4m3 / int8, see ``triton_quant``)
+    instead of SDPA; CUDA GPUs only (fp8: compute capability >= 8.9; refused with one line elsewhere); ``scale``
+    must be None.
     """
     if q.dim() != 4 or k.dim() != 4 or v.dim() != 4:
         raise XAttentionInputError(f"q, k, v must be 4-D [B, S, H, D], got {tuple(q.shape)}, {tuple(k.shape)}, "
                                    f"{tuple(v.shape)}")
     batch, keys = k.shape[0], k.shape[1]
     lens = host_kv_lens(kv_len, batch, keys)
+    if precision != "bf16":
+        return _dense_fp8(q, k, v, lens, scale, precision)
     # Runs of consecutive entries with one length share a call (slices are views: no index tensor, which
     # would need a host-to-device copy).
     runs: list[tuple[int, int, int]] = []
@@ -78,6 +83,19 @@ def dense_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, kv_len: K
     if len(runs) == 1:
         return _sdpa_bshd(q, k[:, :lens[0]], v[:, :lens[0]], scale)
     return torch.cat([_sdpa_bshd(q[b0:b1], k[b0:b1, :n], v[b0:b1, :n], scale) for b0, b1, n in runs], dim=0)
+
+
+def _dense_fp8(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, lens: list[int], scale: float | None,
+               precision: str) -> torch.Tensor:
+    from .backend import check_precision
+    from .triton_attention_v2 import attention_8bit
+
+    check_precision(precision, q.device)
+    if scale is not None:
+        raise XAttentionInputError(f"dense_attention with precision {precision!r} uses 1/sqrt(head_dim); scale must "
+                                   f"be None")
+    kv = torch.tensor(lens, dtype=torch.int32).to(q.device, non_blocking=True)
+    return attention_8bit(q, k, v, None, kv, precision)
 
 
 def prefix_kv_lens(mask: torch.Tensor | None) -> tuple[bool, list[int] | None]:

@@ -333,7 +333,7 @@ def xattn_dispatch(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
                 and not attention_kwargs):
             usable, lens = state.host_kv_lens(mask)
             if usable:
-                return dense_attention(query, key, value, lens)
+                return dense_attention(query, key, value, lens, precision=cfg.precision)
         return stock()
 
     if not self_attention or not plan.is_sparse(step, layer.index):
@@ -376,7 +376,8 @@ def _sparse(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, state: XAttention
     watch = Stopwatch(q.device) if cfg.time_stats else None  # marks: estimate, selection, attention
     out, selection = xattention(q, k, v, threshold=tau, stride=cfg.stride, block_size=cfg.block_size, kv_len=kv_len,
                                 text_start=text_start, keep_diagonal=cfg.keep_diagonal, max_density=cfg.max_density,
-                                backend=cfg.backend, return_selection=True, stopwatch=watch, selection=selection)
+                                backend=cfg.backend, return_selection=True, stopwatch=watch, selection=selection,
+                                precision=cfg.precision)
     if signature is not None and not reused:
         state.reuse.put(layer.label, step, signature, selection)
     state.record(step, layer.label, selection.density(), sparse=True, watch=watch)

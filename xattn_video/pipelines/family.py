@@ -22,7 +22,7 @@ from ..compile import check_not_fullgraph
 from ..config import ConfigError, XAttnConfig, xattn_config
 from ..kernels import SUPPORTED_HEAD_DIMS
 from ..kernels.api import check_backend_support
-from ..kernels.backend import resolve_backend
+from ..kernels.backend import precision_refusal, resolve_backend
 from ..stats import AttentionStats
 from ..warmup import AttentionPlan, StepTracker
 from ..warmup.reuse import SelectionCache
@@ -209,6 +209,10 @@ def apply_xattention(pipe: Any, config: XAttnConfig | dict | None = None) -> XAt
         if cfg.backend != "auto":
             device = next(transformer.parameters()).device
             check_backend_support(resolve_backend(cfg.backend, device), cfg.stride, cfg.block_size)
+        if cfg.precision != "bf16":
+            why = precision_refusal(cfg.precision, next(transformer.parameters()).device)
+            if why is not None:
+                raise ConfigError(f"config key 'xattn.precision': {why}")
     state = XAttentionState(config=cfg, plans=plans, tracker=StepTracker(pipe),
                             reuse=SelectionCache(cfg.selection_reuse))
     installed = _Installed()
