@@ -22,7 +22,6 @@ and ``.md`` after every row. ``--time-limit`` bounds the whole run (remaining ro
 from __future__ import annotations
 
 import argparse
-import math
 import os
 import re
 import statistics

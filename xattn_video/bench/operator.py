@@ -10,7 +10,6 @@ is installed; ``--plot-only`` draws it later from the JSON). Run: ``xvid bench``
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import re
 import sys
