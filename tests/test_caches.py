@@ -1,0 +1,266 @@
+"""diffusers' step caches with XAttention (xattn_video/caches): composition, accounting, refusals.
+
+Tiny random-weight models on the CPU. Wan runs true CFG (guidance 5: a ``cond`` and an ``uncond`` transformer call
+per step), so every test here also covers the two-call case. Cache settings are chosen so that the pattern of
+computed / skipped / predicted / reused steps is known in advance.
+"""
+
+import dataclasses
+
+import numpy as np
+import pytest
+import torch
+
+from xattn_video.caches.apply import CacheNotApplicable, enable_step_cache
+from xattn_video.caches.params import CACHES, TRANSLATED, CacheConfig, cache_problem
+from xattn_video.config import ConfigError
+from xattn_video.pipelines.family import apply_xattention
+from xattn_video.pipelines.tiny import build_tiny_hunyuan15_pipeline, build_tiny_pipeline, build_tiny_wan_pipeline
+
+STEPS = 6
+WAN_CALL = dict(height=64, width=64, num_frames=5, max_sequence_length=16, guidance_scale=5.0)
+XATTN = {"threshold": 0.5, "block_size": 16, "warmup_steps": 2, "backend": "torch"}
+# every setting below has a fixed, known pattern on these models
+PARAMS = {
+    "firstblock": {"threshold": 100.0},  # everything after the first step is "similar enough": skipped
+    "taylorseer": {"disable_cache_before_step": 1, "cache_interval": 2},  # 0 c, 1 p, 2 c, 3 p, 4 c, 5 p
+    "fastercache": {"spatial_attention_timestep_skip_range": [-1, 1001]},  # every second step reused
+    "pab": {"spatial_attention_timestep_skip_range": [-1, 1001]},
+    "magcache": {"mag_ratios": [1.0] * STEPS, "retention_ratio": 0.2, "threshold": 1.0, "max_skip_steps": 2},
+}
+EXPECTED = {
+    "firstblock": ["computed"] + ["skipped"] * 5,
+    "taylorseer": ["computed", "predicted"] * 3,
+    "fastercache": ["computed", "reused"] * 3,
+    "pab": ["computed", "reused"] * 3,
+    # retention int(0.2 * 6 + 0.5) = 1 step, then at most 2 skipped in a row
+    "magcache": ["computed", "skipped", "skipped", "computed", "skipped", "skipped"],
+}
+
+
+@pytest.fixture(scope="module")
+def wan():
+    pipe = build_tiny_wan_pipeline()
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+def _run(pipe, steps=STEPS, **kw):
+    call = {**WAN_CALL, **kw}
+    return pipe(prompt="a cat walks", num_inference_steps=steps, output_type="np",
+                generator=torch.Generator().manual_seed(0), **call).frames[0]
+
+
+def _statuses(cache):
+    return [s["status"] for s in cache.ledger.per_step()]
+
+
+def _records(handle):
+    """{step: {layer: sparse?}} from the per-call records."""
+    out = {}
+    for r in handle.stats.records:
+        out.setdefault(r.step, {})[r.layer] = r.sparse
+    return out
+
+
+# ------------------------------------------------------------------------------------------ config
+def test_params_are_diffusers_fields_with_diffusers_defaults():
+    """Every key we expose is a field of the diffusers dataclass, and its default is diffusers' (a drift in
+    diffusers fails here)."""
+    from diffusers.hooks import (FasterCacheConfig, FirstBlockCacheConfig, MagCacheConfig,
+                                 PyramidAttentionBroadcastConfig, TaylorSeerCacheConfig)
+
+    classes = {"firstblock": FirstBlockCacheConfig, "taylorseer": TaylorSeerCacheConfig, "magcache": MagCacheConfig,
+               "fastercache": FasterCacheConfig, "pab": PyramidAttentionBroadcastConfig}
+    ours_differ = {("pab", "spatial_attention_block_skip_range")}  # diffusers: None, then 2 with a warning
+    for name, params in CACHES.items():
+        fields = {f.name: f for f in dataclasses.fields(classes[name])}
+        for key, default in params.items():
+            if (name, key) in TRANSLATED:
+                continue
+            assert key in fields, (name, key)
+            theirs = fields[key].default
+            if (name, key) in ours_differ or fields[key].default is dataclasses.MISSING:
+                continue
+            if isinstance(theirs, torch.dtype):
+                theirs = str(theirs).removeprefix("torch.")
+            if isinstance(theirs, tuple):
+                theirs = list(theirs)
+            assert default == theirs, (name, key, default, theirs)
+
+
+@pytest.mark.parametrize("cfg,message", [
+    (CacheConfig(name="teacache"), "unknown cache 'teacache'"),
+    (CacheConfig(name="pab", pab={"skip": 2}), "'cache.pab.skip' is not a pab parameter"),
+    (CacheConfig(name="taylorseer", taylorseer={"cache_interval": 0}), "integer >= 1"),
+    (CacheConfig(name="magcache", magcache={"mag_ratios": [1.0, -1.0]}), "positive numbers"),
+])
+def test_bad_cache_config_is_one_line_naming_the_key(cfg, message):
+    problem = cache_problem(cfg)
+    assert problem is not None and message in problem and "\n" not in problem
+
+
+# ------------------------------------------------------------------------------------------ composition
+@pytest.mark.parametrize("name", sorted(PARAMS))
+def test_each_cache_with_xattention_in_both_orders(wan, name):
+    """Same video whichever is installed first; the ledger shows the known pattern with both CFG calls; XAttention
+    records no attention at steps whose attention the cache did not run (FirstBlockCache / MagCache: only the
+    head block's layer 0 at skipped steps), and warmup (2 steps) is dense whatever the cache did."""
+    videos, ledgers = [], []
+    for cache_first in (False, True):
+        cache = enable_step_cache(wan, name, PARAMS[name], steps=STEPS) if cache_first else None
+        handle = apply_xattention(wan, XATTN)
+        cache = cache or enable_step_cache(wan, name, PARAMS[name], steps=STEPS)
+        try:
+            videos.append(_run(wan))
+            ledgers.append(_statuses(cache))
+            records = _records(handle)
+            calls = {(c.step, c.context) for c in cache.ledger.calls}
+        finally:
+            handle.remove()
+            cache.remove()
+        assert calls == {(s, ctx) for s in range(STEPS) for ctx in ("cond", "uncond")}
+        for step, status in enumerate(EXPECTED[name]):
+            layers = records.get(step, {})
+            if status == "computed":
+                assert set(layers) == {0, 1}, (step, layers)
+            elif status == "skipped" and name == "firstblock":
+                assert set(layers) == {0}, (step, layers)  # the head block runs, the rest is skipped
+            else:
+                assert layers == {}, (step, layers)
+            assert all(sparse == (step >= XATTN["warmup_steps"]) for sparse in layers.values()), (step, layers)
+    assert ledgers[0] == ledgers[1] == EXPECTED[name], ledgers
+    np.testing.assert_allclose(videos[0], videos[1], atol=1e-6)
+
+
+def test_warmup_counts_denoising_steps_not_computed_ones(wan):
+    """TaylorSeer predicts steps 1 and 3 (their attention never runs). Warmup 2 means steps 0 and 1 are dense: step
+    2 is the first sparse step, although it is only the second step whose attention runs (counting attention
+    calls or computed steps would keep it dense), and step 4 too."""
+    with apply_xattention(wan, {**XATTN, "warmup_steps": 2}) as handle, \
+            enable_step_cache(wan, "taylorseer", PARAMS["taylorseer"]):
+        _run(wan)
+        records = _records(handle)
+    assert sorted(records) == [0, 2, 4]
+    assert not any(records[0].values())
+    assert all(records[2].values()) and all(records[4].values())
+
+
+def test_selection_reuse_window_is_in_denoising_steps(wan):
+    """selection_reuse 2 estimates at step 2; step 3 is predicted by TaylorSeer, so step 4 (two steps later) is
+    outside the window and estimates again: no reuse, although it is the next step that runs attention."""
+    with apply_xattention(wan, {**XATTN, "selection_reuse": 2}) as handle, \
+            enable_step_cache(wan, "taylorseer", PARAMS["taylorseer"]):
+        _run(wan)
+        hits = handle.state.reuse.hits
+    assert hits == 0
+    with apply_xattention(wan, {**XATTN, "selection_reuse": 2}) as handle:  # without the cache, step 3 reuses
+        _run(wan)
+        assert handle.state.reuse.hits > 0
+
+
+@pytest.mark.parametrize("name", ["taylorseer", "pab", "firstblock"])
+@pytest.mark.parametrize("xattn_first", [True, False])
+def test_removing_one_leaves_the_other_working(wan, name, xattn_first):
+    """handle.remove() keeps the cache (same video as the cache alone, same pattern); disable_cache() keeps
+    XAttention (same video as XAttention alone, statistics recorded). Regression: diffusers' remove_hook drops a
+    new_forward hook that sits above the removed one."""
+    def install(order):
+        out = {}
+        for what in order:
+            out[what] = (apply_xattention(wan, XATTN) if what == "x"
+                         else enable_step_cache(wan, name, PARAMS[name], steps=STEPS))
+        return out["x"], out["c"]
+
+    with enable_step_cache(wan, name, PARAMS[name], steps=STEPS) as cache:
+        cache_alone = _run(wan, steps=4)
+    with apply_xattention(wan, XATTN):
+        xattn_alone = _run(wan, steps=4)
+
+    order = ("x", "c") if xattn_first else ("c", "x")
+    handle, cache = install(order)
+    handle.remove()
+    np.testing.assert_allclose(_run(wan, steps=4), cache_alone, atol=1e-6)
+    assert "computed" in _statuses(cache) and len(set(_statuses(cache))) == 2
+    cache.remove()
+
+    handle, cache = install(order)
+    wan.transformer.disable_cache()  # the user's way; our ledger then records plain computed calls
+    np.testing.assert_allclose(_run(wan, steps=4), xattn_alone, atol=1e-6)
+    assert handle.summary()["sparse_calls"] > 0
+    handle.remove()
+    cache.remove()
+    assert not wan.transformer.is_cache_enabled
+    assert not any(getattr(m, "_diffusers_hook", None) and m._diffusers_hook.hooks for m in wan.transformer.modules())
+
+
+# ------------------------------------------------------------------------------------------ families
+@pytest.mark.parametrize("family", ["hunyuan", "hunyuan15", "wan22"])
+@pytest.mark.parametrize("name", ["firstblock", "taylorseer", "pab"])
+def test_every_family_with_xattention(family, name):
+    """Each family (HunyuanVideo with true CFG, HunyuanVideo 1.5, Wan 2.2's two experts) runs each kind of cache
+    (whole call skipped, attention predicted, attention reused) next to XAttention."""
+    if family == "hunyuan":
+        pipe, call = build_tiny_pipeline(), dict(height=64, width=64, num_frames=5, max_sequence_length=16,
+                                                  negative_prompt="", true_cfg_scale=2.0)
+    elif family == "hunyuan15":
+        pipe, call = build_tiny_hunyuan15_pipeline(), dict(height=64, width=64, num_frames=5)
+    else:
+        pipe, call = build_tiny_wan_pipeline(two_experts=True), dict(WAN_CALL)
+    pipe.set_progress_bar_config(disable=True)
+    accepted = __import__("inspect").signature(pipe.__call__).parameters
+    call = {k: v for k, v in call.items() if k in accepted}
+    with apply_xattention(pipe, XATTN) as handle, enable_step_cache(pipe, name, PARAMS[name], steps=4) as cache:
+        frames = pipe(prompt="a cat walks", num_inference_steps=4, output_type="np",
+                      generator=torch.Generator().manual_seed(0), **call).frames[0]
+        statuses = _statuses(cache)
+        sparse = handle.summary()["sparse_calls"]
+    assert np.isfinite(frames).all()
+    assert statuses[0] == "computed" and any(s != "computed" for s in statuses), statuses
+    assert sparse > 0
+    if family == "wan22":
+        assert {c.expert for c in cache.ledger.calls} == {0, 1}
+
+
+def test_refusals_are_one_line_and_install_nothing(wan):
+    two = build_tiny_wan_pipeline(two_experts=True)
+    with pytest.raises(CacheNotApplicable, match="two-expert"):
+        enable_step_cache(two, "magcache", {"mag_ratios": [1.0] * 4}, steps=4)
+    with pytest.raises(CacheNotApplicable, match="calibration"):
+        enable_step_cache(wan, "magcache", steps=4)
+    with pytest.raises(CacheNotApplicable, match="hooks no module"):
+        enable_step_cache(wan, "taylorseer", {"cache_identifiers": ["^nothing$"]})
+    with pytest.raises(ConfigError, match="did you mean pab"):
+        enable_step_cache(wan, "pap")
+    with enable_step_cache(wan, "pab"):
+        with pytest.raises(CacheNotApplicable, match="already has a cache"):
+            enable_step_cache(wan, "firstblock")
+    for pipe in (wan, two):
+        for t in (pipe.transformer, getattr(pipe, "transformer_2", None)):
+            if t is not None:
+                assert not t.is_cache_enabled
+                assert not any(getattr(m, "_diffusers_hook", None) and m._diffusers_hook.hooks for m in t.modules())
+
+
+def test_compiled_blocks_with_a_cache_match_eager(wan, monkeypatch):
+    """model.compile with XAttention and a cache (FirstBlockCache: its decision is a host value in the blocks'
+    hooks; TaylorSeer: hooks on the attention modules): same video as eager."""
+    import xattn_video.compile as compile_module
+    from xattn_video.generate import compile_pipeline
+
+    real = compile_module.compile_transformer
+    monkeypatch.setattr(compile_module, "compile_transformer", lambda t, **kw: real(t, backend="eager", **kw))
+    for name in ("firstblock", "taylorseer"):
+        with apply_xattention(wan, XATTN), enable_step_cache(wan, name, PARAMS[name], steps=4) as cache:
+            eager = _run(wan, steps=4)
+            cache.ledger.clear()
+            try:
+                torch._dynamo.reset()
+                compile_pipeline(wan)
+                compiled = _run(wan, steps=4)
+                statuses = _statuses(cache)
+            finally:
+                torch._dynamo.reset()
+                compile_module.uncompile_transformer(wan.transformer)
+        np.testing.assert_allclose(compiled, eager, atol=1e-5, err_msg=name)
+        assert statuses == EXPECTED[name][:4], statuses
