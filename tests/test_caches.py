@@ -264,3 +264,50 @@ def test_compiled_blocks_with_a_cache_match_eager(wan, monkeypatch):
                 compile_module.uncompile_transformer(wan.transformer)
         np.testing.assert_allclose(compiled, eager, atol=1e-5, err_msg=name)
         assert statuses == EXPECTED[name][:4], statuses
+
+
+# ------------------------------------------------------------------------------------------ command line
+def test_generate_cache_record_and_magcache_calibration_in_one_command(tmp_path, capsys):
+    """`xvid generate --cache magcache --set cache.magcache.calibrate=true` writes the ratios as a config next to
+    the video; that config then skips steps; the run record says per step what happened and the summary prints
+    the computed-step fraction."""
+    import json
+
+    from xattn_video.cli import main
+
+    size = ["--model", "tiny-wan", "--device", "cpu", "--height", "64", "--width", "64", "--frames", "5",
+            "--steps", "5"]
+    calib = tmp_path / "calib" / "mag.mp4"
+    assert main(["generate", *size, "--cache", "magcache", "--set", "cache.magcache.calibrate=true",
+                 "--out", str(calib)]) == 0
+    yaml_path = calib.with_suffix(".yaml")
+    printed = capsys.readouterr().out
+    assert str(yaml_path) in printed and "computed-step fraction 1.00" in printed
+    from xattn_video.config import load_config
+
+    run = load_config(yaml_path)
+    assert run.cache.name == "magcache" and len(run.cache.magcache["mag_ratios"]) == 5
+    assert not run.cache.magcache["calibrate"]
+
+    out = tmp_path / "cached.mp4"
+    assert main(["generate", "--config", str(yaml_path), *size, "--set", "cache.magcache.threshold=10",
+                 "--set", "cache.magcache.retention_ratio=0.2", "--out", str(out)]) == 0
+    record = json.loads(out.with_suffix(".json").read_text())
+    steps = record["cache"]["steps"]
+    assert [s["step"] for s in steps] == list(range(5))
+    assert steps[0]["status"] == "computed" and steps[1]["status"] == "skipped"
+    assert steps[1]["calls"] == {"cond": "skipped", "uncond": "skipped"}
+    assert 0 < record["cache"]["computed_step_fraction"] < 1
+    assert 1 in record["xattn"]["steps_not_computed"]
+    assert f"computed-step fraction {record['cache']['computed_step_fraction']:.2f}" in capsys.readouterr().out
+
+
+def test_cli_refuses_a_cache_that_does_not_apply(tmp_path, capsys):
+    from xattn_video.cli import main
+
+    rc = main(["generate", "--model", "tiny-wan22", "--device", "cpu", "--height", "64", "--width", "64",
+               "--frames", "5", "--steps", "2", "--cache", "magcache", "--set", "cache.magcache.mag_ratios=[1.0,1.0]",
+               "--out", str(tmp_path / "x.mp4")])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert rc == 2 and len(err) == 1 and "two-expert" in err[0], err
+    assert not list(tmp_path.iterdir())
