@@ -311,3 +311,24 @@ def test_cli_refuses_a_cache_that_does_not_apply(tmp_path, capsys):
     err = capsys.readouterr().err.strip().splitlines()
     assert rc == 2 and len(err) == 1 and "two-expert" in err[0], err
     assert not list(tmp_path.iterdir())
+
+
+def test_compare_cache_applies_to_the_xattention_video_only(tmp_path, capsys):
+    """`xvid compare --cache NAME`: the dense reference is stock (no cache, its provenance has no cache section);
+    the XAttention video has the cache, and the report gives its computed-step fraction."""
+    import json
+
+    from xattn_video.cli import main
+
+    out = tmp_path / "cmp"
+    assert main(["compare", "--model", "tiny-wan", "--device", "cpu", "--height", "64", "--width", "64",
+                 "--frames", "5", "--steps", "4", "--prompt", "a cat", "--metrics", "flicker", "--cache", "taylorseer",
+                 "--set", "cache.taylorseer.disable_cache_before_step=1", "--set", "cache.taylorseer.cache_interval=2",
+                 "--out-dir", str(out)]) == 0
+    item = next(out.glob("000-*"))
+    dense, xattn = (json.loads((item / f"{v}.json").read_text()) for v in ("dense", "xattn"))
+    assert dense["cache"] is None and "cache" not in dense["provenance"]["config"]
+    assert [s["status"] for s in xattn["cache"]["steps"]] == ["computed", "predicted"] * 2
+    report = json.loads((out / "report.json").read_text())
+    assert report["means"]["computed_step_fraction"] == 0.5
+    assert "Step cache `taylorseer`" in (out / "report.md").read_text()
