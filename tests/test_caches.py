@@ -332,3 +332,44 @@ def test_compare_cache_applies_to_the_xattention_video_only(tmp_path, capsys):
     report = json.loads((out / "report.json").read_text())
     assert report["means"]["computed_step_fraction"] == 0.5
     assert "Step cache `taylorseer`" in (out / "report.md").read_text()
+
+
+def test_two_ranks_with_a_cache_on_cpu(tmp_path, capfd):
+    """--gpus 2 (Ulysses over gloo) with FirstBlockCache, whose skip decision each rank takes on its own tokens:
+    the ranks agree (compose.consensus_decision), the run finishes and the record shows the skipped steps."""
+    import json
+
+    from xattn_video.cli import main
+
+    out = tmp_path / "v.mp4"
+    rc = main(["generate", "--gpus", "2", "--device", "cpu", "--model", "tiny-wan", "--height", "64", "--width", "64",
+               "--frames", "5", "--steps", "4", "--cache", "firstblock", "--set", "cache.firstblock.threshold=100",
+               "--set", "xattn.warmup_steps=1", "--set", "xattn.block_size=16", "--out", str(out)])
+    captured = capfd.readouterr()
+    assert rc == 0, captured.err
+    record = json.loads(out.with_suffix(".json").read_text())
+    assert [s["status"] for s in record["cache"]["steps"]] == ["computed"] + ["skipped"] * 3
+    assert record["parallel"]["world_size"] == 2
+
+
+def test_consensus_makes_every_rank_compute_when_one_wants_to(monkeypatch):
+    """The all-reduce (MAX) of the decision: a rank that would skip computes when another rank computes."""
+    import torch.distributed as dist
+
+    from xattn_video.caches import compose
+
+    class Hook:
+        def _should_compute_remaining_blocks(self, residual):
+            return False  # this rank alone would skip
+
+    def all_reduce(flag, op):  # the other rank wants to compute
+        assert op == dist.ReduceOp.MAX
+        flag.fill_(1.0)
+
+    monkeypatch.setattr(dist, "all_reduce", all_reduce)
+    hook = Hook()
+    compose.consensus_decision(hook, lambda: True)
+    assert hook._should_compute_remaining_blocks(torch.zeros(1)) is True
+    hook = Hook()
+    compose.consensus_decision(hook, lambda: False)  # one rank: no collective, its own decision
+    assert hook._should_compute_remaining_blocks(torch.zeros(1)) is False

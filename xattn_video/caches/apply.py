@@ -261,6 +261,7 @@ def enable_step_cache(pipe: Any, cache: CacheConfig | str | dict, params: dict |
             config, served = _diffusers_config(name, params, pipe, family, steps)
             transformer.enable_cache(config)
             installed.append((transformer, config))
+            compose.lift_parallel_hooks(transformer)
             probe = _probe(name, transformer, served)
             hook = ledger.LedgerHook(book, expert, probe)
             from ..pipelines import dispatch

@@ -10,6 +10,8 @@
 * FasterCache inside its timestep range "reuses" from a module's first call on, with nothing cached yet (it fails
   when a run, or Wan 2.2's second expert, starts inside the range); a new context's iteration starts at the skip
   range instead of 0, so the first call computes and the pattern after it is unchanged.
+* Context parallelism, Wan: diffusers splits the tokens at ``blocks.0``'s input with a hook; a cache enabled after
+  that would wrap the split (:func:`lift_parallel_hooks` moves the split back on top).
 * HunyuanVideo 1.5: its block class is missing from diffusers' ``TransformerBlockRegistry`` (which FirstBlockCache
   and MagCache read); :func:`register_blocks` adds it (it returns ``(hidden_states, encoder_hidden_states)``).
 """
@@ -106,6 +108,29 @@ def consensus_decision(hook: Any, parallel: Callable[[], bool]) -> None:
     hook._should_compute_remaining_blocks = agreed
 
 
+def lift_parallel_hooks(transformer: torch.nn.Module) -> None:
+    """Put diffusers' context-parallel split/gather hooks back on top of the chains a cache hooked after them.
+
+    Wan's plan splits the tokens at the input of ``blocks.0``, where FirstBlockCache and MagCache put their head
+    hook: registered later, the cache hook would wrap the split and compare the whole sequence with this rank's
+    share. The context-parallel hooks are pre/post hooks, so moving them up (remove, register again) is exact.
+    """
+    from ..pipelines.dispatch import remove_hook
+
+    for module in transformer.modules():
+        registry = getattr(module, "_diffusers_hook", None)
+        if registry is None:
+            continue
+        names = list(registry._hook_order)
+        cp = [n for n in names if n.startswith(("cp_input---", "cp_output---"))]
+        if not cp or all(names.index(n) >= len(names) - len(cp) for n in cp):
+            continue  # none, or already on top
+        for name in cp:
+            hook = registry.hooks[name]
+            remove_hook(module, name)
+            registry.register_hook(hook, name)
+
+
 def register_blocks(transformer: torch.nn.Module) -> None:
     """Teach diffusers' ``TransformerBlockRegistry`` the block classes of our families it lacks."""
     from diffusers.hooks._helpers import TransformerBlockMetadata, TransformerBlockRegistry
@@ -121,4 +146,4 @@ def register_blocks(transformer: torch.nn.Module) -> None:
                 return_hidden_states_index=0, return_encoder_hidden_states_index=1))
 
 
-__all__ = ["PerContextState", "consensus_decision", "per_context_states", "register_blocks"]
+__all__ = ["PerContextState", "consensus_decision", "lift_parallel_hooks", "per_context_states", "register_blocks"]
