@@ -242,28 +242,35 @@ def test_refusals_are_one_line_and_install_nothing(wan):
                 assert not any(getattr(m, "_diffusers_hook", None) and m._diffusers_hook.hooks for m in t.modules())
 
 
-def test_compiled_blocks_with_a_cache_match_eager(wan, monkeypatch):
-    """model.compile with XAttention and a cache (FirstBlockCache: its decision is a host value in the blocks'
-    hooks; TaylorSeer: hooks on the attention modules): same video as eager."""
+@pytest.mark.parametrize("name", sorted(PARAMS))
+def test_compiled_blocks_with_a_cache_match_eager_and_do_not_recompile(wan, name, monkeypatch):
+    """model.compile with XAttention and each cache: same video as eager, the same schedule, and a second generation
+    compiles nothing new (PAB's / FasterCache's hooks branch on a count and MagCache disables compilation of whole
+    blocks: compose.untraced keeps only the hooks' own frames out of dynamo)."""
     import xattn_video.compile as compile_module
     from xattn_video.generate import compile_pipeline
 
     real = compile_module.compile_transformer
     monkeypatch.setattr(compile_module, "compile_transformer", lambda t, **kw: real(t, backend="eager", **kw))
-    for name in ("firstblock", "taylorseer"):
-        with apply_xattention(wan, XATTN), enable_step_cache(wan, name, PARAMS[name], steps=4) as cache:
-            eager = _run(wan, steps=4)
-            cache.ledger.clear()
-            try:
-                torch._dynamo.reset()
-                compile_pipeline(wan)
-                compiled = _run(wan, steps=4)
-                statuses = _statuses(cache)
-            finally:
-                torch._dynamo.reset()
-                compile_module.uncompile_transformer(wan.transformer)
-        np.testing.assert_allclose(compiled, eager, atol=1e-5, err_msg=name)
-        assert statuses == EXPECTED[name][:4], statuses
+    counters = torch._dynamo.utils.counters
+    with apply_xattention(wan, XATTN), enable_step_cache(wan, name, PARAMS[name], steps=4) as cache:
+        eager = _run(wan, steps=4)
+        cache.ledger.clear()
+        try:
+            torch._dynamo.reset()
+            counters.clear()
+            compile_pipeline(wan)
+            compiled = _run(wan, steps=4)
+            graphs = counters["stats"]["unique_graphs"]
+            statuses = _statuses(cache)
+            _run(wan, steps=4)
+            again = counters["stats"]["unique_graphs"]
+        finally:
+            torch._dynamo.reset()
+            compile_module.uncompile_transformer(wan.transformer)
+    np.testing.assert_allclose(compiled, eager, atol=1e-5, err_msg=name)
+    assert statuses == EXPECTED[name][:4], statuses
+    assert graphs > 0 and again == graphs, (graphs, again)
 
 
 # ------------------------------------------------------------------------------------------ command line

@@ -203,6 +203,11 @@ def _probe(name: str, transformer: torch.nn.Module, served: _Served | None) -> A
         if name == "firstblock":
             for hook in ledger._hooks(transformer, leader):
                 compose.consensus_decision(hook, lambda t=transformer: _parallel(t))
+        else:  # MagCache's hooks disable compilation of the whole block: only their own frame, here
+            from diffusers.hooks.mag_cache import _MAG_CACHE_BLOCK_HOOK
+
+            compose.untraced_hooks(transformer, leader)
+            compose.untraced_hooks(transformer, _MAG_CACHE_BLOCK_HOOK)
         return ledger.whole_call_probe(transformer, leader)
     if name == "taylorseer":
         hooks = ledger._hooks(transformer, _TAYLORSEER_CACHE_HOOK)

@@ -4,7 +4,8 @@
   ``cache_context("cond")`` / ``("uncond")``. FirstBlockCache, MagCache and TaylorSeer keep their state per
   context; Pyramid Attention Broadcast and FasterCache's attention hooks keep one state per module, so the
   unconditional call would reuse the conditional call's attention output (and the iteration count would advance
-  twice per step). :func:`per_context_states` gives those hooks one state per context (:class:`PerContextState`).
+  twice per step). :func:`per_context_states` gives those hooks one state per context (:class:`PerContextState`)
+  and keeps their frames out of torch.compile (:func:`untraced`: they branch on a count).
 * Context parallelism: FirstBlockCache decides from the rank's own tokens, so ranks could disagree and the next
   all-to-all would hang. :func:`consensus_decision` makes every rank compute when any rank wants to.
 * FasterCache inside its timestep range "reuses" from a module's first call on, with nothing cached yet (it fails
@@ -83,8 +84,33 @@ def per_context_states(transformer: torch.nn.Module, hook_name: str,
         if hook is None or isinstance(getattr(hook, "state", None), PerContextState):
             continue
         hook.state = PerContextState(type(hook.state), initial(hook) if initial is not None else None)
+        untraced(hook, module)
         hooks.append(hook)
     return hooks
+
+
+def untraced(hook: Any, module: torch.nn.Module) -> None:
+    """Keep dynamo out of the hook's own frame (the module it wraps is still traced).
+
+    PAB's and FasterCache's hooks sit on attention modules inside the compiled blocks and branch on an iteration
+    count; traced, every new count is a guard failure, and after ``recompile_limit`` the block runs eagerly."""
+    import functools
+    import types
+
+    plain = getattr(type(hook).new_forward, "__wrapped__", type(hook).new_forward)  # without diffusers' own disable
+    fn = torch.compiler.disable(types.MethodType(plain, hook), recursive=False)
+    hook.fn_ref.forward = functools.update_wrapper(functools.partial(fn, module), plain)
+
+
+def untraced_hooks(transformer: torch.nn.Module, hook_name: str) -> None:
+    """:func:`untraced` for every ``hook_name`` hook under ``transformer``. MagCache decorates its block hooks
+    with ``torch.compiler.disable`` (recursive): that keeps the whole block out of the compiled graphs; here only
+    the hook's frame is."""
+    for module in transformer.modules():
+        registry = getattr(module, "_diffusers_hook", None)
+        hook = registry.get_hook(hook_name) if registry is not None else None
+        if hook is not None:
+            untraced(hook, module)
 
 
 def consensus_decision(hook: Any, parallel: Callable[[], bool]) -> None:
@@ -146,4 +172,5 @@ def register_blocks(transformer: torch.nn.Module) -> None:
                 return_hidden_states_index=0, return_encoder_hidden_states_index=1))
 
 
-__all__ = ["PerContextState", "consensus_decision", "lift_parallel_hooks", "per_context_states", "register_blocks"]
+__all__ = ["PerContextState", "consensus_decision", "lift_parallel_hooks", "per_context_states", "register_blocks",
+           "untraced", "untraced_hooks"]
