@@ -65,10 +65,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--metrics", default="psnr,ssim,lpips")
     p.add_argument("--steps", type=int, default=None, help="denoising steps (default: the preset's, 20)")
     p.add_argument("--device", default="auto")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="any other config key (e.g. xattn.threshold=0.8)")
     p.add_argument("--out-dir", type=Path, required=True)
     args = p.parse_args(argv)
 
-    overrides = [f"model.path={args.model}", f"model.device={args.device}"]
+    overrides = [f"model.path={args.model}", f"model.device={args.device}", *args.overrides]
     base = load_config(None, overrides + ([f"generation.steps={args.steps}"] if args.steps else []))
     pipe = load_pipeline(base.model)
     pairs = held_out_pairs(args.pairs)

@@ -380,3 +380,30 @@ def test_consensus_makes_every_rank_compute_when_one_wants_to(monkeypatch):
     hook = Hook()
     compose.consensus_decision(hook, lambda: False)  # one rank: no collective, its own decision
     assert hook._should_compute_remaining_blocks(torch.zeros(1)) is False
+
+
+def test_quality_script_writes_its_results_after_each_pair(tmp_path):
+    """benchmarks/quality_caches.py end to end on a tiny model (noise: only the mechanics): MagCache calibrated first,
+    each cache alone and with XAttention against the same dense video, md/json/png written."""
+    import importlib.util
+    import json
+    from pathlib import Path
+
+    path = Path(__file__).parents[1] / "benchmarks" / "quality_caches.py"
+    spec = importlib.util.spec_from_file_location("quality_caches", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    assert module.main(["--model", "tiny-wan", "--pairs", "1", "--steps", "3", "--caches", "magcache", "--variants",
+                        "taylorseer:cache_interval=2,disable_cache_before_step=1", "--metrics", "psnr",
+                        "--device", "cpu", "--set", "generation.height=64", "--set", "generation.width=64",
+                        "--set", "generation.frames=5", "--out-dir", str(tmp_path)]) == 0
+    data = json.loads((tmp_path / "quality-caches-tiny-wan-cpu.json").read_text())
+    names = [r["setting"] for r in data["rows"]]
+    assert names == ["dense (stock)", "XAttention", "magcache", "XAttention + magcache",
+                     "taylorseer (cache_interval=2, disable_cache_before_step=1)",
+                     "XAttention + taylorseer (cache_interval=2, disable_cache_before_step=1)"]
+    rows = {r["setting"]: r for r in data["rows"]}
+    assert rows["taylorseer (cache_interval=2, disable_cache_before_step=1)"]["computed_step_fraction"] == \
+        pytest.approx(2 / 3)
+    assert rows["XAttention"]["computed_step_fraction"] == 1.0 and "psnr" in rows["XAttention"]
+    assert (tmp_path / "quality-caches-tiny-wan-cpu.md").exists()
