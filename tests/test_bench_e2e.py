@@ -132,7 +132,7 @@ def test_compiled_pass_on_a_tiny_model_on_the_cpu(monkeypatch):
                         lambda t, **kw: compiled.append(kw) or real(t, backend="eager", **kw))  # no C++ build
     monkeypatch.setitem(e2e_models.HUNYUAN.shapes, "tiny", e2e_models.Shape("tiny", 128, 128, 9))
     args = e2e.build_parser().parse_args(["--models", "hunyuan-video", "--shapes", "tiny", "--compile",
-                                          "--settings", "stock", "dense", "cap0.35"])
+                                          "--settings", "stock", "dense", "cap0.35", "--cache", "taylorseer"])
     try:
         res = e2e.run(args, lambda msg: None, device=torch.device("cpu"), config_overrides={"hunyuan-video": TINY_HV})
     finally:
@@ -147,6 +147,11 @@ def test_compiled_pass_on_a_tiny_model_on_the_cpu(monkeypatch):
     assert sparse["speedup_step_same"] == pytest.approx(stock_c["total_ms"] / sparse["total_ms"])
     assert "speedup_step_same" not in rows[("cap0.35", False)]
     assert "| cap0.35 +compile |" in e2e_report.markdown(res) and "vs stock +compile" in e2e_report.markdown(res)
+    # --cache: a served (predicted) step timed in the eager and in the compiled pass, against stock + cache of each
+    served = {(c["setting"], c["compiled"]): c for c in res["cache_rows"]}
+    assert set(served) == set(rows) and all(c["cache_status"] == "predicted" for c in served.values())
+    assert served[("cap0.35", True)]["speedup_vs_stock_cache"] == pytest.approx(
+        served[("stock", True)]["video_s"] / served[("cap0.35", True)]["video_s"])
 
 
 @pytest.mark.parametrize("cache,extra", [("taylorseer", []), ("pab", []), ("firstblock", ["--computed-fraction", "0.5"])])

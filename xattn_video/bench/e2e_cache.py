@@ -59,8 +59,10 @@ def time_served(transformer: Any, spec: ModelSpec, inputs: dict, setting: str, c
         cache = enable_step_cache(make_holder(spec.pipeline_class, transformer), name,
                                   {**params, **SERVED_PARAMS[name]}, steps=steps)
         with transformer.cache_context("cond"):
-            with torch.no_grad():  # computes (the cache's reference), served (compiles its path when compiled),
-                for _ in range(3):     # then TaylorSeer computes once more (its 2nd step after the warmup)
+            # call 0 computes (the cache's reference), call 1 is served: timed when eager; compiled, calls 1-2
+            # compile the served and computed paths (TaylorSeer computes call 2) and served call 3 is timed
+            with torch.no_grad():
+                for _ in range(3 if compiled else 1):
                     transformer(**inputs)
             if handle is not None:
                 handle.reset_stats()

@@ -20,7 +20,7 @@ from typing import Any, Callable
 
 from .params import ADAPTIVE, CACHES
 
-# parameters that make the 4th call (and the 2nd) served, to time a served forward: TaylorSeer computes calls 0 and 2
+# parameters that make calls 1 and 3 served, to time a served forward (TaylorSeer computes calls 0 and 2)
 SERVED_PARAMS: dict[str, dict[str, Any]] = {
     "firstblock": {"threshold": 1e9},
     "taylorseer": {"disable_cache_before_step": 1, "cache_interval": 1000},  # (step - 2) % 1000 == 0 computes
