@@ -60,13 +60,14 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--model", default="mini", help="mini or mini-large")
     p.add_argument("--pairs", type=int, default=3)
-    p.add_argument("--caches", nargs="+", default=DEFAULT_CACHES, help="caches at diffusers' defaults")
+    p.add_argument("--caches", nargs="*", default=DEFAULT_CACHES, help="caches at diffusers' defaults")
     p.add_argument("--variants", nargs="*", default=DEFAULT_VARIANTS, help="more settings, name:key=value,...")
     p.add_argument("--metrics", default="psnr,ssim,lpips")
     p.add_argument("--steps", type=int, default=None, help="denoising steps (default: the preset's, 20)")
     p.add_argument("--device", default="auto")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="any other config key (e.g. xattn.threshold=0.8)")
+    p.add_argument("--tag", default="", help="suffix of the result files' names (e.g. variants)")
     p.add_argument("--out-dir", type=Path, required=True)
     args = p.parse_args(argv)
 
@@ -127,7 +128,7 @@ def main(argv: list[str] | None = None) -> int:
                     row.setdefault(key, []).append(value)
 
     device = torch.cuda.get_device_name() if torch.cuda.is_available() and args.device != "cpu" else "cpu"
-    stem = f"quality-caches-{args.model}-{device.lower().replace(' ', '-')}"
+    stem = f"quality-caches-{args.model}-{device.lower().replace(' ', '-')}" + (f"-{args.tag}" if args.tag else "")
 
     def write_results(done: int) -> None:
         table_rows = []
@@ -163,7 +164,7 @@ def main(argv: list[str] | None = None) -> int:
                 f"so read it as 'keeps what dense does'. Times: "
                 + ("a shared 2-core CPU, other jobs running: noisy, a rough guide only; the speed that matters is "
                    "`xvid bench --e2e --cache` on a GPU." if device == "cpu" else "this GPU.")
-                + f" `python benchmarks/quality_caches.py --model {args.model} --pairs {args.pairs}`.")
+                + f" `python benchmarks/quality_caches.py {' '.join(argv if argv is not None else sys.argv[1:])}`.")
         args.out_dir.mkdir(parents=True, exist_ok=True)
         write_text(f"{title}\n\n{note}\n\n{table}\n", args.out_dir / f"{stem}.md")
         write_json({"model": args.model, "device": device, "pairs": pairs[:done], "generation": dataclasses.asdict(g),
