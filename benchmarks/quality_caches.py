@@ -171,8 +171,8 @@ def main(argv: list[str] | None = None) -> int:
                 f"cache computed (FirstBlockCache/MagCache: skipped steps; TaylorSeer: predicted; PAB/FasterCache: "
                 f"attention reused). prompt_match: the mini model's dense videos score near chance (see README), "
                 f"so read it as 'keeps what dense does'. Times: "
-                + ("a shared 2-core CPU with other jobs running (load average about 6): the same video took from "
-                   "12 s to 167 s, so these times are noise, not speed; the plot uses the computed-step fraction "
+                + ("a shared 2-core CPU with other jobs running (load average about 6): one setting's videos "
+                   "took 59 s and 167 s (dense), 12 s and 96 s (FasterCache), so these times are noise, not speed; the plot uses the computed-step fraction "
                    "instead (XAttention's own saving, cheaper computed steps, is not on that axis), and the speed "
                    "that matters is `xvid bench --e2e --cache` on a GPU." if device == "cpu" else "this GPU.")
                 + f" `python benchmarks/quality_caches.py {' '.join(argv if argv is not None else sys.argv[1:])}`.")
