@@ -16,6 +16,7 @@ from typing import Any
 import torch
 
 from ..config import ConfigError
+from ..pipelines import dispatch
 from ..pipelines.family import EXPERT_ATTRS, detect_family
 from ..warmup import StepTracker, calling_pipeline
 from . import compose, ledger
@@ -176,8 +177,6 @@ class CacheHandle:
         """Disable the cache we enabled (if it still is) and remove the ledger; XAttention stays (idempotent)."""
         if not self.active:
             return
-        from ..pipelines import dispatch
-
         for transformer, config in self._installed:
             if getattr(transformer, "_cache_config", None) is config:
                 transformer.disable_cache()
@@ -268,13 +267,9 @@ def enable_step_cache(pipe: Any, cache: CacheConfig | str | dict, params: dict |
             installed.append((transformer, config))
             compose.lift_parallel_hooks(transformer)
             probe = _probe(name, transformer, served)
-            hook = ledger.LedgerHook(book, expert, probe)
-            from ..pipelines import dispatch
-
-            dispatch.add_hook(transformer, hook, ledger.LEDGER_HOOK)
-            from diffusers.hooks import HookRegistry
-
-            HookRegistry.check_if_exists_or_initialize(transformer).invalidate_child_registries_cache()
+            dispatch.add_hook(transformer, ledger.LedgerHook(book, expert, probe), ledger.LEDGER_HOOK)
+            # the ledger hook takes the cache context too: the cached list of hooked registries must include it
+            transformer._diffusers_hook.invalidate_child_registries_cache()
         if name == "magcache" and params["calibrate"]:
             from .magcache import Calibration
 
