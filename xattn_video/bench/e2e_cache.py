@@ -17,7 +17,7 @@ import torch
 
 from ..caches.params import ADAPTIVE, CACHES
 from ..caches.schedule import SERVED_PARAMS, adaptive, describe, simulate, video_seconds
-from .e2e_models import ModelSpec, build_transformer, make_holder
+from .e2e_models import ModelSpec, Shape, build_transformer, make_holder
 
 
 def cache_schedule(spec: ModelSpec, name: str, params: dict, steps: int, warmup: int, fraction: float | None,
@@ -31,18 +31,11 @@ def cache_schedule(spec: ModelSpec, name: str, params: dict, steps: int, warmup:
                 "source": f"computed-step fraction {fraction:.2f} measured on the mini model (adaptive cache)"}
     small = build_transformer(spec, device, **spec.small_config)
     holder = make_holder(spec.pipeline_class, small)
-    inputs = spec.make_inputs(small, _small_shape(spec), device)
+    inputs = spec.make_inputs(small, Shape("small", 128, 128, 9), device)
     with torch.no_grad():
         computed = simulate(name, params, holder, lambda: small(**inputs), spec.timesteps(steps))
-    del small
-    return {"computed": computed, "source": f"exact: diffusers' hooks over {spec.scheduler_note}'s {steps} "
-                                            f"timesteps"}
-
-
-def _small_shape(spec: ModelSpec) -> Any:
-    from .e2e_models import Shape
-
-    return Shape("small", 128, 128, 9)
+    return {"computed": computed, "source": f"exact: diffusers' hooks over the {steps} timesteps of "
+                                            f"{spec.scheduler_note}"}
 
 
 def time_served(transformer: Any, spec: ModelSpec, inputs: dict, setting: str, cfg: dict | None, name: str,
