@@ -162,6 +162,7 @@ def main(argv: list[str] | None = None) -> int:
         table = "\n".join(lines)
         print(table)
         g = base.generation
+        spread = max(max(r["seconds"]) / min(r["seconds"]) for r in rows.values())
         title = (f"# Step caches and XAttention on the mini model: `{args.model}` ({g.frames}x{g.height}x{g.width}, "
                  f"{g.steps} steps), {device}")
         note = (f"{done} of {len(pairs)} held-out (prompt, seed) pairs; every setting from the dense video's noise; "
@@ -171,8 +172,8 @@ def main(argv: list[str] | None = None) -> int:
                 f"cache computed (FirstBlockCache/MagCache: skipped steps; TaylorSeer: predicted; PAB/FasterCache: "
                 f"attention reused). prompt_match: the mini model's dense videos score near chance (see README), "
                 f"so read it as 'keeps what dense does'. Times: "
-                + ("a shared 2-core CPU with other jobs running (load average about 6): one setting's videos "
-                   "took 59 s and 167 s (dense), 12 s and 96 s (FasterCache), so these times are noise, not speed; the plot uses the computed-step fraction "
+                + (f"a shared 2-core CPU with other jobs running: one setting's videos took up to {spread:.1f}x "
+                   f"longer on one pair than on another, so these times are noise, not speed; the plot uses the computed-step fraction "
                    "instead (XAttention's own saving, cheaper computed steps, is not on that axis), and the speed "
                    "that matters is `xvid bench --e2e --cache` on a GPU." if device == "cpu" else "this GPU.")
                 + f" `python benchmarks/quality_caches.py {' '.join(argv if argv is not None else sys.argv[1:])}`.")
