@@ -132,7 +132,7 @@ def test_compiled_pass_on_a_tiny_model_on_the_cpu(monkeypatch):
                         lambda t, **kw: compiled.append(kw) or real(t, backend="eager", **kw))  # no C++ build
     monkeypatch.setitem(e2e_models.HUNYUAN.shapes, "tiny", e2e_models.Shape("tiny", 128, 128, 9))
     args = e2e.build_parser().parse_args(["--models", "hunyuan-video", "--shapes", "tiny", "--compile",
-                                          "--settings", "stock", "dense", "cap0.35"])
+                                          "--settings", "stock", "dense", "cap0.35", "--cache", "taylorseer"])
     try:
         res = e2e.run(args, lambda msg: None, device=torch.device("cpu"), config_overrides={"hunyuan-video": TINY_HV})
     finally:
@@ -147,3 +147,59 @@ def test_compiled_pass_on_a_tiny_model_on_the_cpu(monkeypatch):
     assert sparse["speedup_step_same"] == pytest.approx(stock_c["total_ms"] / sparse["total_ms"])
     assert "speedup_step_same" not in rows[("cap0.35", False)]
     assert "| cap0.35 +compile |" in e2e_report.markdown(res) and "vs stock +compile" in e2e_report.markdown(res)
+    # --cache: a served (predicted) step timed in the eager and in the compiled pass, against stock + cache of each
+    served = {(c["setting"], c["compiled"]): c for c in res["cache_rows"]}
+    assert set(served) == set(rows) and all(c["cache_status"] == "predicted" for c in served.values())
+    assert served[("cap0.35", True)]["speedup_vs_stock_cache"] == pytest.approx(
+        served[("stock", True)]["video_s"] / served[("cap0.35", True)]["video_s"])
+
+
+@pytest.mark.parametrize("cache,extra", [("taylorseer", []), ("pab", []), ("firstblock", ["--computed-fraction", "0.5"])])
+def test_cache_per_video_time_from_step_times_and_schedule(monkeypatch, cache, extra):
+    """--cache NAME: each setting also times a served step (the ledger says what the cache did in it); the video
+    time is the measured step times × the schedule: diffusers' own hooks over the checkpoint's timesteps for the
+    fixed-schedule caches, the given fraction for the adaptive ones."""
+    from xattn_video.bench import e2e_cache
+    from xattn_video.caches.schedule import video_seconds
+
+    for name, fn in (("Event", _FakeEvent), ("synchronize", lambda *a: None), ("empty_cache", lambda: None),
+                     ("get_device_name", lambda *a: "fake gpu")):
+        monkeypatch.setattr(torch.cuda, name, fn)
+    monkeypatch.setitem(e2e_models.HUNYUAN.shapes, "tiny", e2e_models.Shape("tiny", 128, 128, 9))
+    args = e2e.build_parser().parse_args(["--models", "hunyuan-video", "--shapes", "tiny", "--settings", "stock",
+                                          "dense", "cap0.35", "--steps", "10", "--warmup-steps", "2",
+                                          "--cache", cache, *extra])
+    res = e2e.run(args, lambda msg: None, device=torch.device("cpu"), config_overrides={"hunyuan-video": TINY_HV})
+    schedule = res["cache_schedules"]["hunyuan-video"]["computed"]
+    # taylorseer (diffusers' defaults): steps 0-2 compute, then (step - 4) % 5 == 0
+    expected = {"taylorseer": [True] * 3 + [False, True] + [False] * 4 + [True],
+                # timesteps in (100, 800) at shift 7: steps 6-8; PAB's iteration counts every call: 7 reuses
+                "pab": [True] * 7 + [False, True, True],
+                "firstblock": [True] * 5 + [False] * 5}[cache]
+    if cache == "pab":
+        ts = e2e_models.HUNYUAN.timesteps(10)
+        inside = [100 < t < 800 for t in ts]
+        assert expected == [not inside[i] or i % 2 == 0 for i in range(10)], ts
+    assert schedule == expected, schedule
+    rows = {r["setting"]: r for r in res["rows"]}
+    cache_rows = {r["setting"]: r for r in res["cache_rows"]}
+    assert set(cache_rows) == {"stock", "dense", "cap0.35"}
+    want = {"taylorseer": "predicted", "pab": "reused", "firstblock": "skipped"}[cache]
+    assert all(c["cache_status"] == want and c["served_ms"] > 0 for c in cache_rows.values())
+    c = cache_rows["cap0.35"]
+    assert c["video_s"] == pytest.approx(video_seconds(schedule, 2, rows["cap0.35"]["total_ms"] / 1e3,
+                                                       c["served_ms"] / 1e3, rows["dense"]["total_ms"] / 1e3))
+    assert c["speedup_video"] == pytest.approx(10 * rows["stock"]["total_ms"] / 1e3 / c["video_s"])
+    assert c["speedup_vs_stock_cache"] == pytest.approx(cache_rows["stock"]["video_s"] / c["video_s"])
+    text = e2e_cache.markdown(res)
+    assert f"cap0.35 + {cache}" in text and f"{sum(schedule)}/10 steps computed" in text
+    assert ("mini model" in text) == (cache == "firstblock")
+
+
+def test_cache_options_are_checked_before_any_model(capsys, monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    assert cli.main(["bench", "--e2e", "--cache", "magcache"]) == 2
+    assert "--computed-fraction" in capsys.readouterr().err
+    assert cli.main(["bench", "--e2e", "--cache", "pab", "--cache-set", "skip=2"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "'cache.pab.skip' is not a pab parameter" in err[0]

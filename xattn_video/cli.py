@@ -31,6 +31,9 @@ def _user_errors() -> tuple[type[BaseException], ...]:
 def _add_run_options(p: argparse.ArgumentParser) -> None:
     add_model_options(p)
     p.add_argument("--steps", type=int, help="denoising steps (default: the model's preset)")
+    p.add_argument("--cache", metavar="NAME",
+                   help="a diffusers step cache: firstblock, taylorseer, magcache, fastercache or pab (config key "
+                        "cache.name; its parameters: cache.<name>.<key>, see README 'Step caches')")
 
 
 def _cli_values(args: argparse.Namespace) -> dict[str, Any]:
@@ -41,6 +44,8 @@ def _cli_values(args: argparse.Namespace) -> dict[str, Any]:
             extra["generation"][key] = getattr(args, key)
     if getattr(args, "dense", False):
         extra["dense"] = True
+    if getattr(args, "cache", None) is not None:
+        extra["cache"] = {"name": args.cache}
     return extra
 
 
@@ -84,12 +89,18 @@ def _report(run: Any, result: Any) -> None:
                  f"{result.xattn['sparse_calls']} sparse layer calls")
     else:
         line += "; dense attention"
+    if result.cache is not None:
+        c = result.cache
+        line += (f"; cache {c['name']}: computed-step fraction {c['computed_step_fraction']:.2f} ("
+                 + ", ".join(f"{n} {k}" for k, n in c["calls"].items() if n) + " transformer calls)")
     parallel = result.meta.get("parallel")
     if parallel:
         line += (f"; {parallel['world_size']} ranks (Ulysses degree {parallel['ulysses_degree']}, "
                  f"{parallel['backend']})")
     print(line)
     print(f"run record: {result.json_path}")
+    if result.meta.get("magcache_config"):
+        print(f"MagCache ratios: {result.meta['magcache_config']} (use it with --config)")
     if run.model.path in TINY_MODELS:
         print("note: the built-in tiny models have random weights, so their videos are noise")
 

@@ -1,6 +1,6 @@
 """Structured configuration (omegaconf): defaults in code, YAML presets in configs/, ``--set`` overrides.
 
-A run is ``RunConfig`` = model + xattn + generation (+ output). Unknown keys and wrong types are errors that
+A run is ``RunConfig`` = model + xattn + generation + cache (+ output). Unknown keys and wrong types are errors that
 name the key. ``xattn.threshold`` is a float, a list with one entry per layer, or a mapping
 ``{default: τ, <layer>: τ}``; any entry may be a per-head list.
 """
@@ -17,6 +17,8 @@ from typing import Any, Optional, Sequence
 
 from omegaconf import DictConfig, ListConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
+
+from .caches.params import CacheConfig, cache_problem
 
 TINY_MODEL = "tiny"
 DEFAULT_MODEL = "mini"
@@ -178,6 +180,7 @@ class RunConfig:
     model: ModelConfig = field(default_factory=ModelConfig)
     xattn: XAttnConfig = field(default_factory=XAttnConfig)
     generation: GenerationConfig = field(default_factory=GenerationConfig)
+    cache: CacheConfig = field(default_factory=CacheConfig)  # diffusers step cache (xattn_video.caches)
     dense: bool = False  # run the stock pipeline (no XAttention), e.g. as the quality reference
 
 
@@ -298,6 +301,9 @@ def xattn_config(value: XAttnConfig | dict | DictConfig | None) -> XAttnConfig:
 
 def validate(run: RunConfig) -> None:
     validate_xattn(run.xattn)
+    problem = cache_problem(run.cache)
+    if problem:
+        raise ConfigError(problem)
     g = run.generation
     if g.frames < 1 or (g.frames - 1) % 4:
         raise ConfigError(f"config key 'generation.frames' must be 4k+1 (the VAE compresses time by 4), got {g.frames}")

@@ -44,6 +44,7 @@ class GenerationResult:
     seconds_total: float
     seconds_per_step: list[float]
     xattn: dict | None  # handle summary (density per step and layer), None for dense runs
+    cache: dict | None = None  # step cache ledger (computed/skipped/predicted/reused per step), None without one
     video_path: Path | None = None
     json_path: Path | None = None
     meta: dict = field(default_factory=dict)
@@ -150,6 +151,17 @@ def run_pipeline(pipe: Any, run: RunConfig, latents: torch.Tensor | None = None,
                   file=sys.stderr, flush=True)
         compile_pipeline(pipe)  # once per pipeline; the first step pays for the compilation
     handle = None if run.dense else apply_xattention(pipe, run.xattn)
+    cache = None
+    if run.cache.name is not None:
+        from .caches.apply import enable_step_cache
+
+        try:
+            cache = enable_step_cache(pipe, run.cache, steps=g.steps)
+        except BaseException:
+            if handle is not None:
+                handle.remove()
+            raise
+        cache.reset()  # a generation cut short earlier may have left cache state behind
     step_ends: list[float] = []
 
     def on_step_end(_pipe: Any, _i: int, _t: Any, kwargs: dict) -> dict:
@@ -178,16 +190,26 @@ def run_pipeline(pipe: Any, run: RunConfig, latents: torch.Tensor | None = None,
         _sync(device)
         total = time.perf_counter() - start
         summary = handle.summary() if handle is not None else None
+        cache_summary = cache.summary() if cache is not None else None
+        if summary is not None and cache_summary is not None:
+            # steps the cache did not compute (their head-block calls, if any, stay in the per-layer statistics)
+            summary["steps_not_computed"] = [s["step"] for s in cache_summary["steps"]
+                                             if "computed" not in s["status"].split("+")]
+        if cache is not None and cache.mag_ratios() is not None:
+            cache_summary["calibrated_mag_ratios"] = cache.mag_ratios()
     finally:
         if handle is not None:
             handle.remove()
+        if cache is not None:
+            cache.remove()
     if decode:
         frames = np.asarray(output.frames[0], dtype=np.float32)
         check_finite_frames(frames)
     else:
         frames = np.zeros((0, 0, 0, 3), np.float32)
     per_step = [b - a for a, b in zip([start] + step_ends[:-1], step_ends)]
-    return GenerationResult(frames=frames, seconds_total=total, seconds_per_step=per_step, xattn=summary)
+    return GenerationResult(frames=frames, seconds_total=total, seconds_per_step=per_step, xattn=summary,
+                            cache=cache_summary)
 
 
 def environment() -> dict:
@@ -256,6 +278,7 @@ def run_record(result: GenerationResult, run: RunConfig, pipe: Any) -> dict:
         "height": int(result.frames.shape[1]),
         "width": int(result.frames.shape[2]),
         "xattn": result.xattn,
+        "cache": result.cache,
         "note": "tiny random-weight model: the video is noise" if is_tiny(run.model) else None,
     }
 
@@ -266,3 +289,12 @@ def write_outputs(result: GenerationResult, run: RunConfig, out: str | Path) -> 
     result.video_path = write_mp4(result.frames, out, fps=run.generation.fps)
     result.meta["video"] = str(result.video_path)
     result.json_path = write_json(result.meta, out.with_suffix(".json"))
+    ratios = (result.cache or {}).get("calibrated_mag_ratios")
+    if ratios:  # a MagCache calibration run: the config that uses its ratios, next to the video
+        from omegaconf import OmegaConf
+
+        from .caches.magcache import calibrated_config
+        from .video_io import write_text
+
+        path = write_text(OmegaConf.to_yaml(to_container(calibrated_config(run, ratios))), out.with_suffix(".yaml"))
+        result.meta["magcache_config"] = str(path)

@@ -211,6 +211,12 @@ def run(args: argparse.Namespace, log: Callable[[str], None], device: torch.devi
     if args.precision != "bf16":
         results["notes"].append(f"xattn.precision: {args.precision} in every setting but stock (8-bit q/k in the "
                                 f"sparse kernel and the dense path)")
+    cache_params = None
+    if getattr(args, "cache", None):
+        from . import e2e_cache
+
+        cache_params = e2e_cache.cache_params_from(args.cache_set, args.cache)
+        results.update(cache=args.cache, cache_params=cache_params, cache_rows=[], cache_schedules={})
     if args.compile:
         from ..compile import compile_transformer, uncompile_transformer
 
@@ -227,6 +233,9 @@ def run(args: argparse.Namespace, log: Callable[[str], None], device: torch.devi
         torch.cuda.synchronize()
         params = sum(p.numel() for p in transformer.parameters())
         log(f"{spec.name}: built {params / 1e9:.1f}B parameters (random bf16) in {time.perf_counter() - t0:.1f} s")
+        if cache_params is not None:
+            results["cache_schedules"][spec.name] = e2e_cache.cache_schedule(
+                spec, args.cache, cache_params, args.steps, args.warmup_steps, args.computed_fraction, device)
         heads = int(transformer.config.num_attention_heads)
         head_dim = int(transformer.config.attention_head_dim)
         shapes = args.shapes or list(spec.default_shapes)
@@ -254,6 +263,17 @@ def run(args: argparse.Namespace, log: Callable[[str], None], device: torch.devi
                     if checkpoint is not None:
                         checkpoint(results)
                     log(row_line(row))
+                for setting in args.settings if cache_params is not None else ():
+                    row = {"shape": shape.name, "tokens": q_len,
+                           **e2e_cache.time_served(transformer, spec, inputs, setting, settings[setting], args.cache,
+                                                   cache_params, args.steps, args.warmup_steps, compiled,
+                                                   time_forward)}
+                    results["cache_rows"].append(row)
+                    if checkpoint is not None:
+                        checkpoint(results)
+                    log(f"  {spec.name} {shape.name} {setting} + {args.cache}: served step "
+                        + (f"{row['served_ms'] / 1e3:.2f} s ({row['cache_status']})" if "served_ms" in row
+                           else f"skipped: {row['skipped']}"))
                 if compiled:
                     uncompile_transformer(transformer)  # the next shape's eager pass runs eager
                     log(f"  {spec.name} {shape.name}: the compiled pass took {time.perf_counter() - t0:.0f} s "
@@ -262,6 +282,8 @@ def run(args: argparse.Namespace, log: Callable[[str], None], device: torch.devi
         del transformer
         torch.cuda.empty_cache()
     project(results["rows"], args.steps, args.warmup_steps, args.reuse)
+    if cache_params is not None:
+        e2e_cache.project_cache(results, args.steps, args.warmup_steps)
     return results
 
 
@@ -283,6 +305,15 @@ def build_parser() -> argparse.ArgumentParser:
                         "(it compiles; a 720p stock forward is ~32 s)")
     p.add_argument("--precision", choices=("bf16", "fp8", "int8"), default="bf16",
                    help="xattn.precision of every setting but stock")
+    p.add_argument("--cache", choices=["firstblock", "taylorseer", "magcache", "fastercache", "pab"],
+                   help="also time each setting with this diffusers step cache serving the step, and give per-video "
+                        "times = measured step times x the cache's schedule (exact for taylorseer, fastercache, pab; "
+                        "from --computed-fraction for firstblock, magcache)")
+    p.add_argument("--cache-set", action="append", default=[], metavar="KEY=VALUE",
+                   help="a parameter of the cache (as cache.<name>.<key> in configs), repeatable")
+    p.add_argument("--computed-fraction", type=float,
+                   help="firstblock / magcache: the computed-step fraction measured on the trained mini model "
+                        "(benchmarks/quality_caches.py)")
     p.add_argument("--out-dir", type=Path, default=Path("benchmarks/results"))
     p.add_argument("--name", help="file name stem of the results (default: e2e-<gpu>)")
     return p
@@ -301,18 +332,36 @@ def main(argv: list[str] | None = None) -> int:
     if not 0 <= args.warmup_steps <= args.steps:
         print(f"xvid bench --e2e: --warmup-steps must be in 0..--steps ({args.steps})", file=sys.stderr)
         return 2
+    if args.cache:
+        from .e2e_cache import cache_params_from
+
+        try:
+            cache_params_from(args.cache_set, args.cache)
+        except ValueError as exc:
+            print(f"xvid bench --e2e: {exc}", file=sys.stderr)
+            return 2
+        if args.cache in ("firstblock", "magcache") and not (args.computed_fraction or 0) > 0:
+            print(f"xvid bench --e2e: --cache {args.cache} is adaptive: give --computed-fraction (measured on the mini "
+                  f"model, benchmarks/results/quality-caches-*.md)", file=sys.stderr)
+            return 2
     from ..video_io import write_json, write_text
 
-    stem = args.out_dir / (args.name or f"e2e-{gpu_slug()}")
+    stem = args.out_dir / (args.name or f"e2e-{gpu_slug()}" + (f"-cache-{args.cache}" if args.cache else ""))
+
+    from .e2e_cache import markdown as cache_markdown
+    from .e2e_cache import project_cache
 
     def save(results: dict) -> None:
         project(results["rows"], args.steps, args.warmup_steps, args.reuse)
+        if results.get("cache_rows") is not None:
+            project_cache(results, args.steps, args.warmup_steps)
         write_json(results, stem.with_suffix(".json"))
-        write_text(markdown(results), stem.with_suffix(".md"))
+        write_text(markdown(results) + cache_markdown(results), stem.with_suffix(".md"))
 
     res = run(args, lambda msg: print(msg, flush=True), checkpoint=save)
     save(res)
     print_table(res)
+    print(cache_markdown(res))
     print(f"wrote {stem}.md and .json")
     return 0
 

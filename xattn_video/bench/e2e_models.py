@@ -42,6 +42,39 @@ class ModelSpec:
     # .state.stats. None: our attention is not installable on this model.
     install: Callable[[Any, dict], Any] | None = None
     notes: list[str] = field(default_factory=list)
+    pipeline_class: str = ""  # the diffusers pipeline of the family (a holder of it carries a step cache)
+    # the scheduler's timesteps for N steps (step caches whose schedule depends on the timestep: PAB, FasterCache)
+    timesteps: Callable[[int], list[float]] | None = None
+    scheduler_note: str = ""
+    # a small transformer of the same class, on which diffusers' cache hooks are run to get a cache's schedule
+    small_config: dict = field(default_factory=dict)
+
+
+def make_holder(pipeline_class: str, transformer: Any) -> Any:
+    """A pipeline object of ``pipeline_class`` holding only ``transformer`` (nothing else is built or loaded): what
+    ``apply_xattention`` and ``enable_step_cache`` detect the family from."""
+    import diffusers
+
+    cls = getattr(diffusers, pipeline_class)
+    holder = cls.__new__(cls)
+    object.__setattr__(holder, "transformer", transformer)
+    object.__setattr__(holder, "transformer_2", None)
+    return holder
+
+
+def flow_timesteps(shift: float, unipc: bool = False) -> Callable[[int], list[float]]:
+    """Timesteps of the flow-matching schedulers these checkpoints ship (Euler, or UniPC for Wan)."""
+    def timesteps(steps: int) -> list[float]:
+        from diffusers import FlowMatchEulerDiscreteScheduler, UniPCMultistepScheduler
+
+        if unipc:
+            sched = UniPCMultistepScheduler(prediction_type="flow_prediction", use_flow_sigmas=True,
+                                            num_train_timesteps=1000, flow_shift=shift)
+        else:
+            sched = FlowMatchEulerDiscreteScheduler(shift=shift)
+        sched.set_timesteps(steps)
+        return [float(t) for t in sched.timesteps]
+    return timesteps
 
 
 def _hunyuan_inputs(transformer: Any, shape: Shape, device: torch.device) -> dict:
@@ -68,14 +101,9 @@ def _installer(pipeline_class: str) -> Callable[[Any, dict], Any]:
     family's class holding only the transformer (the family is detected by class; the step is set by hand)."""
 
     def install(transformer: Any, xattn: dict) -> Any:
-        import diffusers
-
         from ..pipelines.family import apply_xattention
 
-        cls = getattr(diffusers, pipeline_class)
-        holder = cls.__new__(cls)  # no components but the transformer: nothing else is built or loaded
-        object.__setattr__(holder, "transformer", transformer)
-        object.__setattr__(holder, "transformer_2", None)
+        holder = make_holder(pipeline_class, transformer)
         handle = apply_xattention(holder, xattn)
         handle._holder = holder  # the tracker keeps a weak reference only
         return handle
@@ -114,6 +142,12 @@ HUNYUAN = ModelSpec(
     text_tokens=256,
     text_valid=40,
     install=_installer("HunyuanVideoPipeline"),
+    pipeline_class="HunyuanVideoPipeline",
+    timesteps=flow_timesteps(7.0),
+    scheduler_note="FlowMatchEulerDiscreteScheduler, shift 7 (the checkpoint's)",
+    small_config=dict(in_channels=4, out_channels=4, num_attention_heads=2, attention_head_dim=64, num_layers=1,
+                      num_single_layers=1, num_refiner_layers=1, mlp_ratio=2.0, text_embed_dim=32,
+                      pooled_projection_dim=16, rope_axes_dim=(8, 28, 28)),
 )
 
 WAN = ModelSpec(
@@ -127,6 +161,11 @@ WAN = ModelSpec(
     text_valid=512,
     joint_text=False,
     install=_installer("WanPipeline"),  # self-attention has no text and no mask
+    pipeline_class="WanPipeline",
+    timesteps=flow_timesteps(5.0, unipc=True),
+    scheduler_note="UniPCMultistepScheduler, flow shift 5 (diffusers' recommendation for 720p)",
+    small_config=dict(num_attention_heads=2, attention_head_dim=64, in_channels=4, out_channels=4, text_dim=32,
+                      freq_dim=32, ffn_dim=64, num_layers=2),
 )
 
 # HunyuanVideo 1.5 T2V condition tokens: 1,000 Qwen text (40 valid), 256 ByT5 (none valid: no quoted text),
@@ -164,6 +203,12 @@ HUNYUAN15 = ModelSpec(
     text_tokens=HV15_TEXT + HV15_BYT5 + HV15_IMAGE,
     text_valid=HV15_TEXT_VALID,
     install=_installer("HunyuanVideo15Pipeline"),
+    pipeline_class="HunyuanVideo15Pipeline",
+    timesteps=flow_timesteps(7.0),
+    scheduler_note="FlowMatchEulerDiscreteScheduler, shift 7 (assumed)",
+    small_config=dict(in_channels=17, out_channels=8, num_attention_heads=2, attention_head_dim=64, num_layers=2,
+                      num_refiner_layers=1, mlp_ratio=2.0, text_embed_dim=32, text_embed_2_dim=32, image_embed_dim=32,
+                      rope_axes_dim=(16, 24, 24), target_size=128, task_type="t2v"),
 )
 
 MODELS: dict[str, ModelSpec] = {m.name: m for m in (HUNYUAN, WAN, HUNYUAN15)}

@@ -56,6 +56,7 @@ def video_provenance(run: RunConfig, variant: str) -> dict:
     config.pop("dense", None)
     if variant == "dense":
         config.pop("xattn", None)
+        config.pop("cache", None)  # the reference is stock diffusers: no step cache either
     return _normalized({"variant": variant, "config": config, "xattn_video": __version__,
                         "environment": environment()})
 
@@ -108,6 +109,14 @@ def _reusable(path: Path, wanted: dict, what: str, say: Callable[[str], None]) -
     return None
 
 
+def variant_run(run: RunConfig, variant: str) -> RunConfig:
+    """The run of one variant: ``dense`` is stock diffusers (no XAttention, no step cache: ``cache.name`` applies to
+    the XAttention variant only), ``xattn`` is ``run`` with XAttention."""
+    if variant == "dense":
+        return dataclasses.replace(run, dense=True, cache=dataclasses.replace(run.cache, name=None))
+    return dataclasses.replace(run, dense=False)
+
+
 def warm_up(pipe: Any, run: RunConfig) -> None:
     """One untimed short generation of each variant at the item's sizes: dense 1 step; XAttention one step of each
     path the timed run takes (``timing.warm_up_plan``: its dense warmup path, a sparse step, selection reuse).
@@ -118,7 +127,8 @@ def warm_up(pipe: Any, run: RunConfig) -> None:
 
     x = run.xattn
     xattn_steps, xattn_warmup = warm_up_plan(run.generation.steps, x.warmup_steps, x.selection_reuse)
-    plans = {"dense": dataclasses.replace(run, dense=True, generation=dataclasses.replace(run.generation, steps=1)),
+    plans = {"dense": dataclasses.replace(variant_run(run, "dense"),
+                                          generation=dataclasses.replace(run.generation, steps=1)),
              "xattn": dataclasses.replace(run, dense=False,
                                           generation=dataclasses.replace(run.generation, steps=xattn_steps),
                                           xattn=dataclasses.replace(x, warmup_steps=xattn_warmup))}
@@ -137,12 +147,12 @@ def _video(pipe: Any, run: RunConfig, variant: str, folder: Path, latents: Any, 
 
     frames_path, record_path = folder / f"{variant}.npy", folder / f"{variant}.json"
     load = load_average()
-    result = run_pipeline(pipe, dataclasses.replace(run, dense=variant == "dense"), latents=latents,
-                          show_progress=show_progress)
+    result = run_pipeline(pipe, variant_run(run, variant), latents=latents, show_progress=show_progress)
     write_npy(result.frames.astype(np.float16), frames_path)
     write_mp4(result.frames, folder / f"{variant}.mp4", fps=run.generation.fps)
     record = {"seconds_total": result.seconds_total, "seconds_per_step": result.seconds_per_step,
-              "mean_density": result.mean_density, "xattn": result.xattn, "mp4": f"{variant}.mp4",
+              "mean_density": result.mean_density, "xattn": result.xattn, "cache": result.cache,
+              "mp4": f"{variant}.mp4",
               "frames": f"{variant}.npy", "run_id": run_id, "load_1min": load, "provenance": provenance}
     write_json(jsonable(record), record_path)
     return record
@@ -265,6 +275,7 @@ def compare(run: RunConfig, prompts: Sequence[str], seeds: Sequence[int], metric
             "load_1min": {v: records[v].get("load_1min") for v in VARIANTS},
             "mean_density": records["xattn"]["mean_density"],
             "density_per_step_layer": (records["xattn"]["xattn"] or {}).get("density_per_step_layer"),
+            "computed_step_fraction": (records["xattn"].get("cache") or {}).get("computed_step_fraction"),
         }
         write_json(jsonable({**result, "provenance": result_wanted}), folder / "result.json")
         results.append(jsonable(result))

@@ -57,6 +57,8 @@ def build_report(run: RunConfig, results: list[dict], pairwise: list[str], score
             means[f"{m} ({v})"] = mean([r["hooks"][v].get(m) for r in results])
     means["speedup"] = mean([r["speedup"] for r in results])
     means["mean_density"] = mean([r["mean_density"] for r in results])
+    if any(r.get("computed_step_fraction") is not None for r in results):  # --cache: the XAttention variant's
+        means["computed_step_fraction"] = mean([r.get("computed_step_fraction") for r in results])
     means["seconds_dense"] = mean([r["seconds"]["dense"] for r in results])
     means["seconds_xattn"] = mean([r["seconds"]["xattn"] for r in results])
     skipped = {k: v for r in results for k, v in r["skipped"].items()}
@@ -94,7 +96,9 @@ def markdown(report: dict) -> str:
     lines = ["# xvid compare: XAttention vs dense", "",
              f"Model `{cfg['model']['path']}`, {cfg['generation']['width']}×{cfg['generation']['height']}, "
              f"{cfg['generation']['frames']} frames, {cfg['generation']['steps']} steps; XAttention τ={x['threshold']}, "
-             f"stride {x['stride']}, block {x['block_size']}, {x['warmup_steps']} dense warmup steps.", ""]
+             f"stride {x['stride']}, block {x['block_size']}, {x['warmup_steps']} dense warmup steps."
+             + (f" Step cache `{cfg['cache']['name']}` on the XAttention video (the dense one is stock, no cache)."
+                if (cfg.get("cache") or {}).get("name") else ""), ""]
     if report.get("note"):
         lines += [f"**Note: {report['note']}.**", ""]
     pair, hooks = report["pairwise_metrics"], report["hook_metrics"]

@@ -179,22 +179,31 @@ _ACTIVE: list[_Active] = []  # innermost active XAttention layer last
 # ----------------------------------------------------------------------------------------------- hooks
 class XAttnLayerHook(ModelHook):
     """Marks a self-attention module as active while it runs; ``layout(module, args, kwargs)`` gives
-    ``(text_start, module_mask)`` from the module's own inputs (the family adapter's token layout)."""
+    ``(text_start, module_mask)`` from the module's own inputs (the family adapter's token layout).
+
+    ``pre_forward``/``post_forward``, not ``new_forward``: diffusers' ``HookRegistry.remove_hook`` rewires the next
+    hook's ``forward`` when a hook below it is removed, which drops a ``new_forward`` hook from the chain. So that
+    ``transformer.disable_cache()`` (whose hooks may sit below ours) leaves XAttention installed, our hooks only
+    ever use ``forward`` (and :func:`remove_hook` fixes the reverse case).
+    """
 
     def __init__(self, state: XAttentionState, layer: AttentionLayer,
                  layout: Callable[[torch.nn.Module, tuple, dict], tuple[int | None, Any]]):
         super().__init__()
         self.state, self.layer, self.layout = state, layer, layout
 
-    # Not traced (its callees are): see the module docstring, torch.compile.
-    @torch.compiler.disable(recursive=False)
-    def new_forward(self, module: torch.nn.Module, *args: Any, **kwargs: Any) -> Any:
+    # Not traced (the module's forward between them is): see the module docstring, torch.compile.
+    @torch.compiler.disable
+    def pre_forward(self, module: torch.nn.Module, *args: Any, **kwargs: Any) -> tuple[tuple, dict]:
         text_start, module_mask = self.layout(module, args, kwargs)
         _ACTIVE.append(_Active(self.state, self.layer, text_start, module_mask))
-        try:
-            return self.fn_ref.original_forward(*args, **kwargs)
-        finally:
+        return args, kwargs
+
+    @torch.compiler.disable
+    def post_forward(self, module: torch.nn.Module, output: Any) -> Any:
+        if _ACTIVE and _ACTIVE[-1].layer is self.layer:
             _ACTIVE.pop()
+        return output
 
 
 class StepHook(ModelHook):
@@ -204,13 +213,15 @@ class StepHook(ModelHook):
         super().__init__()
         self.state = state
 
-    def new_forward(self, module: torch.nn.Module, *args: Any, **kwargs: Any) -> Any:
+    def pre_forward(self, module: torch.nn.Module, *args: Any, **kwargs: Any) -> tuple[tuple, dict]:
         # Blocks compiled with fullgraph=True after the install (diffusers' compile_repeated_blocks, the form its
         # docs show) would fail in dynamo with "Skip inlining torch.compiler.disable()d function": say why.
         check_not_fullgraph(module, "XAttention is installed")
+        # a forward that raised inside an attention module left its entry (post_forward never ran): drop it
+        _ACTIVE[:] = [a for a in _ACTIVE if a.state is not self.state]
         self.state.step = self.state.tracker.current()
         self.state.forward += 1
-        return self.fn_ref.original_forward(*args, **kwargs)
+        return args, kwargs
 
 
 def uses_xattention(transformer: torch.nn.Module) -> bool:
@@ -229,9 +240,30 @@ def add_hook(module: torch.nn.Module, hook: ModelHook, name: str) -> None:
 
 
 def remove_hook(module: torch.nn.Module, name: str) -> None:
+    """Remove hook ``name`` from ``module``, keeping every other hook of the chain working.
+
+    diffusers' ``HookRegistry.remove_hook`` points the next hook's ``forward`` at what the removed hook wrapped;
+    for a next hook with ``new_forward`` (every step-cache hook) that drops it from the chain and leaves the
+    removed hook's wrapper behind. Here the next hook's ``original_forward`` is rewired instead when it has one.
+    """
     registry = getattr(module, "_diffusers_hook", None)
-    if registry is not None:
-        registry.remove_hook(name, recurse=False)
+    if registry is None or name not in registry.hooks:
+        return
+    index = registry._hook_order.index(name)
+    fn_ref = registry._fn_refs[index]
+    old_forward = fn_ref.original_forward if fn_ref.original_forward is not None else fn_ref.forward
+    if index == len(registry._hook_order) - 1:
+        registry._module_ref.forward = old_forward
+    else:
+        above = registry._fn_refs[index + 1]
+        if above.original_forward is not None:
+            above.original_forward = old_forward
+        else:
+            above.forward = old_forward
+    hook = registry.hooks.pop(name)
+    registry._module_ref = hook.deinitalize_hook(registry._module_ref)
+    registry._hook_order.pop(index)
+    registry._fn_refs.pop(index)
 
 
 # ----------------------------------------------------------------------------------------------- the patch
