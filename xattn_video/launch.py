@@ -115,7 +115,12 @@ def launch(nproc: int, python_args: Sequence[str]) -> int:
         rank, failure = exc.get_first_failure()
         code = failure.exitcode
         what = f"exit code {code}" if code >= 0 else f"signal {-code}"
-        print(f"xvid: rank {rank} of {nproc} failed ({what}); all ranks were stopped", file=sys.stderr)
+        # Failure times have one-second resolution: a rank that fails because another one did (its collective
+        # broke) often ties with it, and then the first failure is just the lowest rank. Name every tied rank.
+        tied = sorted(r for r, f in exc.failures.items() if f.timestamp == failure.timestamp)
+        who = f"rank {rank}" if len(tied) <= 1 else f"ranks {', '.join(map(str, tied))} (failed together)"
+        print(f"xvid: {who} of {nproc} failed ({what}); each rank's own error is above; all ranks were stopped",
+              file=sys.stderr)
         return 2 if code == 2 else 1
     except SignalException as exc:
         # The agent turns SIGINT/SIGTERM/SIGHUP/SIGQUIT into this after stopping the ranks (they clean up their
