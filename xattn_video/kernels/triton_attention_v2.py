@@ -37,6 +37,7 @@ import triton.language as tl
 
 from .backend import VARIANT_ENV_VAR
 from .blocks import BlockSelection
+from .triton_attention import _load_kv, _tma_ok
 from .triton_quant import P_SCALE, QuantizedQKV, quantize_triton, to_fp8
 
 
@@ -110,30 +111,14 @@ MAGIC_F = tl.constexpr(12582912.0)
 
 
 @triton.jit
-def _load_tile(src, b, h, row0, offs_r, offs_d, stride_s, stride_d, limit,
-               ROWS: tl.constexpr, HEAD_DIM: tl.constexpr, MASK: tl.constexpr, USE_TMA: tl.constexpr):
-    if USE_TMA:
-        x = src.load([b, row0, h, 0]).reshape(ROWS, HEAD_DIM)
-        if MASK:
-            x = tl.where(offs_r[:, None] < limit, x, 0.0)
-    else:
-        ptrs = src + offs_r[:, None] * stride_s + offs_d[None, :] * stride_d
-        if MASK:
-            x = tl.load(ptrs, mask=offs_r[:, None] < limit, other=0.0)
-        else:
-            x = tl.load(ptrs)
-    return x
-
-
-@triton.jit
 def _step(acc, l_i, m_i, q, k_src, v_src, ks_row, b, h, key_start, offs_d, kv_len, scale_q,
           stride_ks, stride_kd, stride_vs, stride_vd,
           HEAD_DIM: tl.constexpr, BLOCK_N: tl.constexpr, MASK: tl.constexpr, USE_TMA: tl.constexpr,
           QK_QUANT: tl.constexpr, QK_INT8: tl.constexpr, PV_FP8: tl.constexpr, ROUND_FIRST: tl.constexpr,
           DOT_PRECISION: tl.constexpr, FAST_EXP: tl.constexpr, P16_BF16: tl.constexpr):
     offs_n = key_start + tl.arange(0, BLOCK_N)
-    k = _load_tile(k_src, b, h, key_start, offs_n, offs_d, stride_ks, stride_kd, kv_len, BLOCK_N, HEAD_DIM, MASK,
-                   USE_TMA)
+    k = _load_kv(k_src, b, h, key_start, offs_n, offs_d, stride_ks, stride_kd, kv_len, HEAD_DIM, BLOCK_N, MASK,
+                 USE_TMA)
     if QK_QUANT:
         if QK_INT8:
             # int32 scores as float32 without a conversion instruction: |score| < 2^22 (127² · 128), so the bits of
@@ -163,8 +148,8 @@ def _step(acc, l_i, m_i, q, k_src, v_src, ks_row, b, h, key_start, offs_d, kv_le
         x = qk * scale - m_safe[:, None]
     alpha = tl.math.exp2(m_i - m_safe)
     # v tile: [BLOCK_N, HEAD_DIM] through (possibly transposed) strides
-    v = _load_tile(v_src, b, h, key_start, offs_n, offs_d, stride_vs, stride_vd, kv_len, BLOCK_N, HEAD_DIM, MASK,
-                   USE_TMA)
+    v = _load_kv(v_src, b, h, key_start, offs_n, offs_d, stride_vs, stride_vd, kv_len, HEAD_DIM, BLOCK_N, MASK,
+                 USE_TMA)
     if FAST_EXP and not MASK:
         # exp2 of 16-bit pairs: one special-function instruction per two scores (the masked last tile stays exact)
         if PV_FP8:
@@ -298,11 +283,6 @@ def _attn_v2(Q, K, V, O, QS, KS, VS, COUNTS, INDICES, KV_LEN, ORDER,
 # ---------------------------------------------------------------------------------------------------------------
 # Launchers
 # ---------------------------------------------------------------------------------------------------------------
-
-def _tma_ok(x: torch.Tensor) -> bool:
-    return (x.stride(-1) == 1 and x.data_ptr() % 16 == 0
-            and all((s * x.element_size()) % 16 == 0 for s in x.stride()[:-1]))
-
 
 def _num_sms(device: torch.device) -> int:
     if device.type != "cuda":
