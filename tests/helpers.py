@@ -106,6 +106,26 @@ def assert_rel_err(actual: torch.Tensor, expected: torch.Tensor, tol: float, *,
         )
 
 
+def capture_and_replay(fn, inputs: tuple[torch.Tensor, ...], gen: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+    """Run ``fn(*inputs)`` eagerly (warm-up), on a side stream, then capture it in a CUDA graph; refill the inputs
+    in place from ``gen`` and replay. Returns (the eager output on the old inputs, the replayed output on the new);
+    capture fails on any host synchronization inside ``fn``."""
+    eager = fn(*inputs)  # warm-up: compiles kernels, caches constants
+    stream = torch.cuda.Stream()
+    stream.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(stream):
+        fn(*inputs)
+    torch.cuda.current_stream().wait_stream(stream)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        captured = fn(*inputs)
+    for x in inputs:
+        x.copy_(torch.randn(x.shape, generator=gen).to(x))
+    graph.replay()
+    torch.cuda.synchronize()
+    return eager, captured
+
+
 def spy_xattention(monkeypatch) -> list[tuple[torch.Size, torch.Size, dict]]:
     """Record every ``xattention`` call the attention dispatch makes as (query shape, key shape, keyword
     arguments); the calls still run."""

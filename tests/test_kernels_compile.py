@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from helpers import assert_rel_err, make_qkv, rel_err, requires_cuda
+from helpers import assert_rel_err, capture_and_replay, make_qkv, rel_err, requires_cuda
 from xattn_video.kernels import xattention
 
 
@@ -27,18 +27,6 @@ def test_fullgraph_compile_matches_eager(gen, triton_device, per_head):
 def test_cuda_graph_capture_proves_no_host_sync(gen):
     q, k, v = make_qkv(gen, 1, 3000, 4, device="cuda", dtype=torch.bfloat16)
     kw = dict(threshold=[0.7, 0.8, 0.9, 0.95], stride=8, text_start=2900, kv_len=2950)
-    eager = xattention(q, k, v, **kw)  # warm-up: compiles kernels, caches constants
-    stream = torch.cuda.Stream()
-    stream.wait_stream(torch.cuda.current_stream())
-    with torch.cuda.stream(stream):
-        xattention(q, k, v, **kw)
-    torch.cuda.current_stream().wait_stream(stream)
-    graph = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(graph):
-        captured = xattention(q, k, v, **kw)
-    for x in (q, k, v):
-        x.copy_(torch.randn(x.shape, generator=gen).to(x))
-    graph.replay()
-    torch.cuda.synchronize()
+    eager, captured = capture_and_replay(lambda *x: xattention(*x, **kw), (q, k, v), gen)
     assert_rel_err(captured, xattention(q, k, v, **kw), 1e-2, seed=gen)
     assert rel_err(captured, eager) > 0.1  # the replay really ran on the new inputs

@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from helpers import assert_close, assert_rel_err, make_qkv, rel_err, requires_cuda
+from helpers import assert_close, assert_rel_err, capture_and_replay, make_qkv, rel_err, requires_cuda
 from xattn_video.kernels import BlockSelection, block_sparse_attention, estimate_block_scores, xattention
 
 pytestmark = requires_cuda
@@ -186,18 +186,6 @@ def test_8bit_path_is_capturable_in_a_cuda_graph(gen, precision):
     """Quantization and the 8-bit kernel: no host synchronization (sparse and τ=1 heads in one call)."""
     q, k, v = make_qkv(gen, 1, 3000, 4, device="cuda", dtype=torch.bfloat16)
     kw = dict(threshold=[0.7, 0.8, 0.9, 0.95], stride=8, text_start=2900, kv_len=2950, precision=precision)
-    eager = xattention(q, k, v, **kw)
-    stream = torch.cuda.Stream()
-    stream.wait_stream(torch.cuda.current_stream())
-    with torch.cuda.stream(stream):
-        xattention(q, k, v, **kw)
-    torch.cuda.current_stream().wait_stream(stream)
-    graph = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(graph):
-        captured = xattention(q, k, v, **kw)
-    for x in (q, k, v):
-        x.copy_(torch.randn(x.shape, generator=gen).to(x))
-    graph.replay()
-    torch.cuda.synchronize()
+    eager, captured = capture_and_replay(lambda *x: xattention(*x, **kw), (q, k, v), gen)
     assert_rel_err(captured, xattention(q, k, v, **kw), 1e-3, seed=gen)
     assert rel_err(captured, eager) > 0.1
