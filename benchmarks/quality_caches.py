@@ -220,6 +220,8 @@ def plot(rows: list[dict], path: Path, title: str, x_key: str = "speedup") -> No
     except ImportError:
         print("matplotlib missing: no plot", file=sys.stderr)
         return
+    from xattn_video.video_io import write_figure
+
     fig, ax = plt.subplots(figsize=(7.2, 4.8))
     pts = [r for r in rows if "psnr" in r]
     for group, marker, pick in (("cache alone (dense attention)", "o", lambda s: not s.startswith("XAttention")),
@@ -251,10 +253,7 @@ def plot(rows: list[dict], path: Path, title: str, x_key: str = "speedup") -> No
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7)
     fig.tight_layout()
-    tmp = path.with_name(path.stem + ".tmp.png")
-    fig.savefig(tmp, dpi=120)
-    tmp.replace(path)
-    plt.close(fig)
+    write_figure(fig, path, dpi=120)
 
 
 if __name__ == "__main__":

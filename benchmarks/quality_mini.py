@@ -177,6 +177,8 @@ def plot(rows: list[dict], path: Path, title: str) -> None:
     except ImportError:
         print("matplotlib missing: no plot", file=sys.stderr)
         return
+    from xattn_video.video_io import write_figure
+
     fig, ax = plt.subplots(figsize=(6.4, 4.2))
     groups: dict[str, list[dict]] = {}
     for r in rows:
@@ -198,10 +200,7 @@ def plot(rows: list[dict], path: Path, title: str) -> None:
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
     fig.tight_layout()
-    tmp = path.with_name(path.stem + ".tmp.png")
-    fig.savefig(tmp, dpi=120)
-    tmp.replace(path)
-    plt.close(fig)
+    write_figure(fig, path, dpi=120)
 
 
 if __name__ == "__main__":

@@ -8,7 +8,7 @@ from typing import Any
 from omegaconf import OmegaConf
 
 from ..stats import layer_order
-from ..video_io import write_json, write_text
+from ..video_io import write_figure, write_json, write_text
 from .profile import CalibrationProfile
 from .solver import Solution
 
@@ -95,14 +95,8 @@ def plot(sol: Solution, path: Path) -> str | None:
     ax2.legend(fontsize=7, loc="lower right")
     ticks = list(range(0, len(layers), max(1, len(layers) // 16)))
     ax2.set_xticks(ticks, [str(layers[i]) for i in ticks])
-    tmp = path.with_name(f".{path.stem}.tmp.png")
-    try:
-        fig.tight_layout()
-        fig.savefig(tmp, dpi=110)
-        tmp.replace(path)
-    finally:
-        plt.close(fig)
-        tmp.unlink(missing_ok=True)
+    fig.tight_layout()
+    write_figure(fig, path, dpi=110)
     return path.name
 
 
