@@ -1,6 +1,7 @@
 """Stopping a run: SIGTERM/SIGINT end with one line, exit 128 + the signal, and no temporary file left behind."""
 
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -11,6 +12,7 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
+_PROGRESS = re.compile(r"\d+%\|.*\| \d+/\d+ \[")  # a tqdm bar: " 50%|█████     | 1/2 [00:03<00:03, ...]"
 
 # `xvid generate` on the tiny model with the mp4 writer slowed down, so the signal lands while the hidden
 # temporary file (.v.tmp-<pid>.mp4) exists.
@@ -79,16 +81,32 @@ def test_bad_dist_timeout_is_one_line_before_any_rank(tmp_path, capsys, monkeypa
 
 @pytest.mark.parametrize("sig, code, word", [(signal.SIGTERM, 143, "terminated"), (signal.SIGINT, 130, "interrupted")])
 def test_signal_to_the_launcher_is_one_line(tmp_path, sig, code, word):
-    """``--gpus 2 --device cpu``: the parent gets the signal while the ranks run (torch-elastic raised its
-    SignalException traceback here, exit 1)."""
-    out = tmp_path / "g.mp4"
-    proc = subprocess.Popen([sys.executable, "-m", "xattn_video.cli", "generate", "--model", "tiny", "--steps", "2",
-                             "--frames", "5", "--height", "64", "--width", "64", "--gpus", "2", "--device", "cpu",
-                             "--out", str(out)], env=_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    time.sleep(6)  # the ranks have started (spawned interpreters importing torch)
-    assert proc.poll() is None, proc.communicate()
-    proc.send_signal(sig)
-    _, err = proc.communicate(timeout=60)
+    """``--gpus 2 --device cpu``: the parent gets the signal while the ranks denoise (torch-elastic raised its
+    SignalException traceback here, exit 1). The signal is sent once rank 0's progress bar is on stderr, so it
+    lands inside the (long) denoising loop on any machine speed."""
+    out_dir = tmp_path / "out"
+    out_dir.mkdir()
+    err_path = tmp_path / "stderr.txt"
+    with open(err_path, "w") as err_file:
+        proc = subprocess.Popen([sys.executable, "-m", "xattn_video.cli", "generate", "--model", "tiny",
+                                 "--steps", "400", "--frames", "5", "--height", "64", "--width", "64", "--gpus", "2",
+                                 "--device", "cpu", "--out", str(out_dir / "g.mp4")],
+                                env=_env(), stdout=subprocess.DEVNULL, stderr=err_file, text=True)
+        try:
+            end = time.monotonic() + 120
+            while not _PROGRESS.search(err_path.read_text()):
+                assert proc.poll() is None, err_path.read_text()
+                assert time.monotonic() < end, f"no progress bar after 120 s: {err_path.read_text()}"
+                time.sleep(0.05)
+            proc.send_signal(sig)
+            proc.wait(timeout=60)
+        finally:
+            proc.kill()
+    err = err_path.read_text()
     assert proc.returncode == code, err
-    assert err.strip() == f"xvid generate: {word}", err
-    assert list(tmp_path.iterdir()) == []
+    # Rank 0's progress bar is on stderr before the launcher's one line (which may follow the bar's last "\r").
+    message = f"xvid generate: {word}\n"
+    assert err.endswith(message), err
+    before = err[: -len(message)].replace("\r", "\n").splitlines()
+    assert all(_PROGRESS.search(line) for line in before if line.strip()), err
+    assert list(out_dir.iterdir()) == []

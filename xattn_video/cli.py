@@ -10,7 +10,7 @@ from typing import Any, Sequence
 
 from .cli_options import DefaultsHelpFormatter, add_model_options, load_run, model_option_values
 from .config import TINY_MODELS, ConfigError
-from .signals import LAUNCHED_ENV, Terminated, sigterm_raises
+from .signals import LAUNCHED_ENV, Terminated, sigterm_raises, silence_stderr
 # Every user mistake is one of these: the CLI prints one line and exits 2. Anything else is a bug: traceback.
 # torch and diffusers load only after every check that needs no model, so `xvid --help`, argument errors and
 # refusals of the config, the environment, --out and --model are instant (tests/test_cli_refusals.py).
@@ -195,7 +195,9 @@ def main(argv: Sequence[str] | None = None) -> int:
                 return 2
     except (KeyboardInterrupt, Terminated) as exc:
         stopped = isinstance(exc, KeyboardInterrupt)
-        if not os.environ.get(LAUNCHED_ENV):  # a rank of `--gpus N`: the parent prints the one line
+        if os.environ.get(LAUNCHED_ENV):  # a rank of `--gpus N`: the parent prints the one line
+            silence_stderr()
+        else:
             print(f"xvid{' ' + argv[0] if argv else ''}: {'interrupted' if stopped else 'terminated'}", file=sys.stderr)
         return 130 if stopped else exc.exit_code  # 128 + the signal, as shells report it
 

@@ -9,7 +9,9 @@ does for SIGINT (both derive from ``BaseException``: an ``except Exception`` doe
 from __future__ import annotations
 
 import contextlib
+import os
 import signal
+import sys
 import threading
 from collections.abc import Iterator
 
@@ -55,4 +57,17 @@ def sigterm_raises() -> Iterator[None]:
         signal.signal(signal.SIGTERM, previous if previous is not None else signal.SIG_DFL)
 
 
-__all__ = ["LAUNCHED_ENV", "Terminated", "sigterm_raises"]
+def silence_stderr() -> None:
+    """Send whatever this process still writes to stderr (file descriptor 2) to /dev/null.
+
+    For a rank stopped by a signal, after its cleanup ran: the parent reports the stop in one line, and the
+    process's own teardown would add C++ warnings (torch's ProcessGroup: "there are still 1 unwaited collective
+    calls" when the signal landed inside a context-parallel all-to-all)."""
+    with contextlib.suppress(Exception):
+        sys.stderr.flush()
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, 2)
+    os.close(devnull)
+
+
+__all__ = ["LAUNCHED_ENV", "Terminated", "sigterm_raises", "silence_stderr"]
