@@ -3,7 +3,7 @@
 #   1. the seeded training run, its two stages given VAE_SECONDS and SECONDS (each times its first steps and
 #      prints the step count that fills its budget: that count reproduces the run with --vae-steps/--steps);
 #   2. the folder packed to $OUT in parts of at most 15 MB, a strip of frames of a few held-out prompts,
-#   3. a dense prompt_match check at both presets.
+#   3. with a VAE stage, its latent geometry (mini_vae_latents.py); a dense prompt_match check at both presets.
 # Usage (repo root, on the GPU machine): VAE_SECONDS=100 SECONDS_T=360 bash benchmarks/train_mini_gpu.sh [train args]
 # (VAE_SECONDS=0 with --init FOLDER: no VAE stage, the transformer and text encoder continue from FOLDER)
 set -u
@@ -19,6 +19,10 @@ python3 -m xattn_video.mini.train --out /tmp/mini "${VAE_ARGS[@]}" --seconds "${
   --log-every 100 "$@" 2>&1 | grep -v "should be kept\|Writing model" | tee "$OUT/train.log"
 cp /tmp/mini/training.json "$OUT/training.json"
 tar -C /tmp -cf - mini | split -b 15M - "$OUT/mini.tar.part-"
+if [ "${VAE_SECONDS:-100}" != 0 ]; then  # a new VAE: is its latent colour geometry sound? (mini_vae_latents.py)
+  echo "=== VAE latents ($(date +%T))"
+  timeout 120 python3 benchmarks/mini_vae_latents.py /tmp/mini --pairs 8 --out-dir "$OUT" --name vae 2>&1 | grep -v Warn | tail -3
+fi
 echo "=== look + prompt_match ($(date +%T))"
 XVID_MINI_WEIGHTS=/tmp/mini timeout 35 python3 benchmarks/mini_look.py --out "$OUT/look.png" 2>&1 | grep -v Warn | tail -3
 XVID_MINI_WEIGHTS=/tmp/mini timeout 45 python3 benchmarks/mini_prompt_match.py --model mini --pairs 32 --guidance 1 4 \

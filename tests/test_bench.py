@@ -191,3 +191,21 @@ def test_kernels_hopper_variant_lists_are_consistent():
     variants = kh._variants()
     assert sorted(kh.DEFAULT_ORDER) == sorted(variants)  # every variant runs by default, each once
     assert set(kh.CORE) <= set(variants) and kh.DEFAULT_ORDER[0] == kh.CUDNN == kh.CORE[0]
+
+
+def test_mini_vae_latents_measures_the_shipped_vae(tmp_path):
+    """benchmarks/mini_vae_latents.py on the shipped VAE at a small size: the numbers the README quotes are what the
+    script computes (PC1 holds most of the variance; the closest colours are a few units apart)."""
+    sys.path.insert(0, str(REPO / "benchmarks"))
+    try:
+        from mini_vae_latents import measure, table
+    finally:
+        sys.path.pop(0)
+    from xattn_video.mini import weights_dir
+
+    row = measure(weights_dir(), pairs=2, noise=[0.0], frames=9, size=64)
+    assert sum(row["pc_share"]) == pytest.approx(1.0, abs=1e-3) and row["pc_share"][0] > 0.8
+    assert 0 < row["colour_gap_min"] < 5 and len(row["colour_gaps"]) == 10
+    assert set(row["noise"]["0.0"]) >= {"prompt_match_colour", "prompt_match_shape", "prompt_match_direction"}
+    assert row["recon_l1"] < 0.2
+    assert "| " + str(weights_dir()) in table([row], [0.0])

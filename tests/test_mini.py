@@ -9,6 +9,7 @@ import random
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 
 from xattn_video.config import load_config
 from xattn_video.eval.scorers import available_scorers, make_scorers
@@ -151,9 +152,53 @@ def test_training_smoke_writes_a_loadable_folder(tmp_path):
     record = json.loads((out / "training.json").read_text())
     assert record["steps"] == {"vae": 2, "transformer": 2} and len(record["loss_curve"]) == 2
     assert record["text_len"] == mini_model.TEXT_LEN and len(record["text_gap_curve"]) == 2
+    assert record["args"]["vae_thumb"] > 0  # the VAE ties its first channels to the thumbnail by default
     from xattn_video.mini import trained_text_len
 
     assert trained_text_len(out) == mini_model.TEXT_LEN
     pipe = WanPipeline.from_pretrained(out, dtype=torch.float32)
     assert pipe.transformer.config.num_layers == mini_model.TRANSFORMER_CONFIG["num_layers"]
     assert not (tmp_path / "mini.tmp").exists()
+
+
+def test_latent_thumbnail_averages_each_latent_cell_and_frame_group():
+    from xattn_video.mini.train import latent_thumbnail
+
+    seed = int(torch.randint(0, 2**31 - 1, ()).item())
+    video = torch.rand(2, 3, 9, 16, 24, generator=torch.Generator().manual_seed(seed)) * 2 - 1
+    thumb = latent_thumbnail(video)
+    assert thumb.shape == (2, 3, 3, 4, 6), f"seed {seed}"
+    # frame 0 alone (the causal VAE's first latent frame), then frames 1-4 and 5-8; 4x4 pixel cells
+    assert torch.allclose(thumb[:, :, 0, 1, 2], video[:, :, 0, 4:8, 8:12].mean((-2, -1)), atol=1e-6), f"seed {seed}"
+    assert torch.allclose(thumb[:, :, 2, 3, 5], video[:, :, 5:9, 12:16, 20:24].mean((-3, -2, -1)), atol=1e-6), \
+        f"seed {seed}"
+
+
+def test_vae_thumbnail_loss_pulls_the_first_channels_to_the_thumbnail():
+    """A few steps with only the thumbnail weight large bring channels 0-2 of the posterior mean closer to the
+    thumbnail; without the weight the loss is the plain reconstruction loss."""
+    from xattn_video.mini.data import random_clips
+    from xattn_video.mini.train import THUMB_CHANNELS, latent_thumbnail, vae_loss
+
+    torch.manual_seed(0)
+    vae = mini_model.build_vae()
+    video = random_clips(2, 5, 32, 32, random.Random(0)).video
+    target = latent_thumbnail(video)
+
+    def thumb_error() -> float:
+        with torch.no_grad():
+            return F.mse_loss(vae.encode(video).latent_dist.mean[:, :THUMB_CHANNELS], target).item()
+
+    torch.manual_seed(1)
+    plain, _ = vae_loss(vae, video, 0.0)
+    torch.manual_seed(1)
+    tied, _ = vae_loss(vae, video, 1.0)
+    assert tied.item() == pytest.approx(plain.item() + thumb_error(), rel=1e-4)
+    before = thumb_error()
+    opt = torch.optim.Adam(vae.parameters(), lr=3e-3)
+    for _ in range(5):
+        loss, _ = vae_loss(vae, video, 100.0)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    assert thumb_error() < 0.5 * before
