@@ -216,6 +216,24 @@ def test_fp8_config_is_refused_when_installing_on_a_cpu_model():
     assert "\n" not in str(exc.value)
 
 
+@pytest.mark.skipif(HAS_CUDA, reason="the CPU refusal")
+@pytest.mark.parametrize("extra", [[], ["--gpus", "2", "--device", "cpu"]])
+def test_quantized_precision_on_a_cpu_is_refused_before_the_model_loads(tmp_path, extra):
+    """`xvid generate` with xattn.precision fp8/int8 on the CPU: one line, exit 2, no model loaded (the mini
+    pipeline's loading bar would be on stderr), nothing written; the single process and the multi-rank launcher."""
+    import subprocess
+    import sys
+
+    for precision in ("fp8", "int8"):
+        done = subprocess.run([sys.executable, "-m", "xattn_video.cli", "generate", "--model", "mini", "--prompt", "x",
+                               "--set", f"xattn.precision={precision}", "--out", str(tmp_path / "v.mp4"), *extra],
+                              capture_output=True, text=True, timeout=120)
+        assert done.returncode == 2, done.stderr
+        assert done.stderr.startswith(f"xvid generate: error: config key 'xattn.precision': precision '{precision}' "
+                                      "needs a CUDA GPU") and done.stderr.count("\n") == 1, done.stderr
+        assert list(tmp_path.iterdir()) == []
+
+
 def test_fp8_sparse_with_a_tile_of_padding_only(gen):
     """Kernel tiles smaller than the selection block: the last kept block can hold a tile of padding only, whose
     FP8 scale is 0 (it must not turn the masked scores into NaN)."""

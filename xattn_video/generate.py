@@ -76,6 +76,18 @@ def load_image(path: str | Path) -> Any:
         raise ConfigError(f"config key 'generation.image': cannot read {path} as an image ({exc})") from None
 
 
+def check_precision_on(run: RunConfig, device: torch.device) -> None:
+    """Refuse ``xattn.precision: fp8|int8`` where it cannot run (CPU, GPUs without the tensor cores) before the
+    model loads; ``apply_xattention`` checks again against the loaded weights' device."""
+    if run.dense or run.xattn.precision == "bf16":
+        return
+    from .kernels.backend import precision_refusal
+
+    why = precision_refusal(run.xattn.precision, device)
+    if why is not None:
+        raise ConfigError(f"config key 'xattn.precision': {why}")
+
+
 def check_inputs(run: RunConfig) -> Any:
     """Before any model loads: the size is one the model takes (its configs), the image fits the pipeline (I2V
     needs one, T2V takes none) and is readable.
@@ -253,7 +265,9 @@ def generate(run: RunConfig, out: str | Path | None = None, pipe: Any = None,
     warn_all_dense(run)
     image = check_inputs(run) if pipe is None else None
     if pipe is None:
-        check_fits(run, resolve_device(run.model.device))
+        device = resolve_device(run.model.device)
+        check_precision_on(run, device)
+        check_fits(run, device)
         pipe = load_pipeline(run.model)
     result = run_pipeline(pipe, run, show_progress=show_progress, image=image)
     result.meta = run_record(result, run, pipe)

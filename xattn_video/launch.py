@@ -75,6 +75,9 @@ def check_launch(run: RunConfig, gpus: int) -> dict:
             raise ConfigError("--gpus needs CUDA GPUs; add --device cpu to run the ranks on the CPU (gloo)")
         if torch.cuda.device_count() < gpus:
             raise ConfigError(f"--gpus {gpus} but only {torch.cuda.device_count()} CUDA GPU(s) are visible")
+    from .generate import check_precision_on
+
+    check_precision_on(run, torch.device("cpu" if on_cpu else "cuda"))
     return validate_parallel(run.model, run.generation, gpus)
 
 
