@@ -202,3 +202,26 @@ def test_vae_thumbnail_loss_pulls_the_first_channels_to_the_thumbnail():
         loss.backward()
         opt.step()
     assert thumb_error() < 0.5 * before
+
+
+def test_training_from_the_committed_vae_init(tmp_path):
+    """--init-vae: the VAE (weights and latent statistics) comes from the folder, no VAE stage runs, the record keeps
+    the folder's own training record; combined with --init it is refused."""
+    from diffusers import AutoencoderKLWan
+
+    from xattn_video.mini import train
+
+    init = train.Path(__file__).resolve().parents[1] / "benchmarks" / "results" / "mini-vae-thumb-cpu"
+    record = json.loads((init / "training.json").read_text())
+    assert record["args"]["vae_thumb"] > 0 and record["init"]["args"]["vae_thumb"] > 0  # both segments tied
+    out = tmp_path / "mini"
+    args = ["--out", str(out), "--init-vae", str(init), "--steps", "1", "--batch", "1", "--large-every", "0",
+            "--mini-shape", "5", "32", "32", "--warmup", "1", "--log-every", "1", "--device", "cpu"]
+    assert train.main(args) == 0
+    written = json.loads((out / "training.json").read_text())
+    assert written["steps"]["vae"] == 0 and written["init_vae"]["command"] == record["command"]
+    a, b = AutoencoderKLWan.from_pretrained(out / "vae"), AutoencoderKLWan.from_pretrained(init / "vae")
+    assert a.config.latents_mean == b.config.latents_mean and a.config.latents_std == b.config.latents_std
+    assert all(torch.equal(x, y) for x, y in zip(a.state_dict().values(), b.state_dict().values()))
+    with pytest.raises(SystemExit):
+        train.parse_args(["--out", str(out), "--init", str(out), "--init-vae", str(init)])

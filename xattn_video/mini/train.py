@@ -78,9 +78,16 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="start from the weights of a pipeline folder (a second training segment) with fresh "
                         "optimizers: the VAE stage runs only when --vae-steps or --vae-seconds asks for it (then the "
                         "latent statistics are measured again), the transformer and text encoder continue")
+    p.add_argument("--init-vae", type=Path, default=None,
+                   help="start from the VAE (with its latent statistics) of this pipeline folder and train the "
+                        "transformer and text encoder from scratch: the VAE stage runs only when --vae-steps or "
+                        "--vae-seconds asks for it")
     args = p.parse_args(argv)
+    if args.init is not None and args.init_vae is not None:
+        p.error("--init and --init-vae: --init already takes the VAE")
     if args.vae_steps is None:
-        args.vae_steps = 0 if args.init is not None and args.vae_seconds is None else 1500
+        starts_with_vae = args.init is not None or args.init_vae is not None
+        args.vae_steps = 0 if starts_with_vae and args.vae_seconds is None else 1500
     return args
 
 
@@ -230,14 +237,15 @@ def ema_update(ema: torch.nn.Module, model: torch.nn.Module, decay: float) -> No
             e.lerp_(p, 1 - decay)
 
 
-def init_from(folder: Path, components: dict) -> None:
-    """Copy the VAE (with its latent statistics), transformer and text encoder weights of a pipeline folder."""
+def init_from(folder: Path, components: dict, names: tuple[str, ...] = ("vae", "transformer", "text_encoder")) -> None:
+    """Copy the weights of ``names`` (the VAE with its latent statistics, transformer, text encoder) from a pipeline
+    folder."""
     from diffusers import AutoencoderKLWan, WanTransformer3DModel
     from transformers import UMT5EncoderModel
 
-    for name, cls in (("vae", AutoencoderKLWan), ("transformer", WanTransformer3DModel),
-                      ("text_encoder", UMT5EncoderModel)):
-        loaded = cls.from_pretrained(folder / name, dtype=torch.float32)
+    classes = {"vae": AutoencoderKLWan, "transformer": WanTransformer3DModel, "text_encoder": UMT5EncoderModel}
+    for name in names:
+        loaded = classes[name].from_pretrained(folder / name, dtype=torch.float32)
         components[name].load_state_dict(loaded.state_dict())
         if name == "vae":
             components[name].register_to_config(latents_mean=list(loaded.config.latents_mean),
@@ -271,11 +279,14 @@ def main(argv: list[str] | None = None) -> int:
         if "latents_mean" in saved:
             vae.register_to_config(latents_mean=saved["latents_mean"], latents_std=saved["latents_std"])
         log(f"resumed at stage {state['stage']}, step {state['step']}")
-    elif args.init is not None:
-        init_from(args.init, components)
+    elif args.init is not None or args.init_vae is not None:
+        if args.init is not None:
+            init_from(args.init, components)
+        else:
+            init_from(args.init_vae, components, names=("vae",))
         if args.vae_steps == 0 and args.vae_seconds is None:
             state["stage"] = "transformer"
-        log(f"initialised from {args.init}")
+        log(f"initialised from {args.init or args.init_vae}" + (" (the VAE only)" if args.init is None else ""))
     deadline = None if args.time_limit is None else started + args.time_limit
 
     def stop_now() -> bool:
@@ -425,6 +436,8 @@ def save(args: argparse.Namespace, components: dict, ema_t: Any, ema_e: Any, sta
         # a second segment (--init) records the segment it started from, so the chain of commands is kept
         "init": json.loads((args.init / "training.json").read_text()) if args.init is not None
         and (args.init / "training.json").exists() else None,
+        "init_vae": json.loads((args.init_vae / "training.json").read_text()) if args.init_vae is not None
+        and (args.init_vae / "training.json").exists() else None,
         "versions": {"torch": torch.__version__, "diffusers": diffusers.__version__,
                      "transformers": transformers.__version__},
     }
