@@ -15,7 +15,7 @@ import torch
 
 from .config import ConfigError, RunConfig, to_container, warn_all_dense
 from .memory import check_fits
-from .pipelines.family import apply_xattention
+from .pipelines.family import apply_xattention, check_precision_runs
 from .pipelines.hunyuan_video15 import asked_size
 from .pipelines.limits import check_model_size, check_pipeline_size
 from .pipelines.loading import is_tiny, load_pipeline, pipeline_class_for, resolve_device, takes_image
@@ -74,18 +74,6 @@ def load_image(path: str | Path) -> Any:
         raise ConfigError(f"config key 'generation.image': image file not found: {path}") from None
     except (UnidentifiedImageError, OSError, ValueError) as exc:
         raise ConfigError(f"config key 'generation.image': cannot read {path} as an image ({exc})") from None
-
-
-def check_precision_on(run: RunConfig, device: torch.device) -> None:
-    """Refuse ``xattn.precision: fp8|int8`` where it cannot run (CPU, GPUs without the tensor cores) before the
-    model loads; ``apply_xattention`` checks again against the loaded weights' device."""
-    if run.dense or run.xattn.precision == "bf16":
-        return
-    from .kernels.backend import precision_refusal
-
-    why = precision_refusal(run.xattn.precision, device)
-    if why is not None:
-        raise ConfigError(f"config key 'xattn.precision': {why}")
 
 
 def check_inputs(run: RunConfig) -> Any:
@@ -266,7 +254,8 @@ def generate(run: RunConfig, out: str | Path | None = None, pipe: Any = None,
     image = check_inputs(run) if pipe is None else None
     if pipe is None:
         device = resolve_device(run.model.device)
-        check_precision_on(run, device)
+        if not run.dense:
+            check_precision_runs(run.xattn.precision, device)
         check_fits(run, device)
         pipe = load_pipeline(run.model)
     result = run_pipeline(pipe, run, show_progress=show_progress, image=image)

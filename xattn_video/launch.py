@@ -75,9 +75,10 @@ def check_launch(run: RunConfig, gpus: int) -> dict:
             raise ConfigError("--gpus needs CUDA GPUs; add --device cpu to run the ranks on the CPU (gloo)")
         if torch.cuda.device_count() < gpus:
             raise ConfigError(f"--gpus {gpus} but only {torch.cuda.device_count()} CUDA GPU(s) are visible")
-    from .generate import check_precision_on
+    if not run.dense:
+        from .pipelines.family import check_precision_runs
 
-    check_precision_on(run, torch.device("cpu" if on_cpu else "cuda"))
+        check_precision_runs(run.xattn.precision, torch.device("cpu" if on_cpu else "cuda"))
     return validate_parallel(run.model, run.generation, gpus)
 
 

@@ -172,6 +172,14 @@ class XAttentionHandle:
         self.remove()
 
 
+def check_precision_runs(precision: str, device: torch.device) -> None:
+    """``ConfigError`` naming ``xattn.precision`` when fp8/int8 cannot run on ``device`` (the CPU, GPUs without the
+    tensor cores); bf16 runs anywhere. Called when installing, and by generate/launch before any model loads."""
+    why = precision_refusal(precision, device)
+    if why is not None:
+        raise ConfigError(f"config key 'xattn.precision': {why}")
+
+
 def apply_xattention(pipe: Any, config: XAttnConfig | dict | None = None) -> XAttentionHandle:
     """Install XAttention on every self-attention layer of a supported diffusers video pipeline.
 
@@ -209,10 +217,7 @@ def apply_xattention(pipe: Any, config: XAttnConfig | dict | None = None) -> XAt
         if cfg.backend != "auto":
             device = next(transformer.parameters()).device
             check_backend_support(resolve_backend(cfg.backend, device), cfg.stride, cfg.block_size)
-        if cfg.precision != "bf16":
-            why = precision_refusal(cfg.precision, next(transformer.parameters()).device)
-            if why is not None:
-                raise ConfigError(f"config key 'xattn.precision': {why}")
+        check_precision_runs(cfg.precision, next(transformer.parameters()).device)
     state = XAttentionState(config=cfg, plans=plans, tracker=StepTracker(pipe),
                             reuse=SelectionCache(cfg.selection_reuse))
     installed = _Installed()
