@@ -37,22 +37,16 @@ import triton.language as tl
 
 from .backend import VARIANT_ENV_VAR
 from .blocks import BlockSelection
-from .triton_attention import _load_kv, _tma_ok
+from .triton_attention import AttentionConfig, _load_kv, _tma_ok
 from .triton_quant import P_SCALE, QuantizedQKV, quantize_triton, to_fp8
 
 
 @dataclass(frozen=True)
-class V2Config:
-    """Launch shape and variant flags (BLOCK_M/BLOCK_N must divide the selection block)."""
+class V2Config(AttentionConfig):
+    """The default kernel's launch shape (:class:`AttentionConfig`) and this kernel's variant flags."""
 
-    block_m: int = 128
-    block_n: int = 128
-    num_warps: int = 8
-    num_stages: int = 3
     persistent: bool = False
     order_by_count: bool = True  # persistent sparse: heaviest work items first
-    use_tma: bool = False
-    warp_specialize: bool = False
     programs_per_sm: int = 1  # persistent grid size = SMs × this
     # exp2 on 16-bit pairs (inline PTX ex2.approx bf16x2/f16x2): half the special-function work, NOT exact (the
     # exponent is rounded to bf16/fp16 first: ~0.1-1% relative per weight); the masked last tile stays exact

@@ -405,6 +405,12 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
+def _training_record(folder: Path | None) -> dict | None:
+    """The ``training.json`` of a folder training started from, or None (no folder, or a folder without one)."""
+    record = None if folder is None else folder / "training.json"
+    return json.loads(record.read_text()) if record is not None and record.exists() else None
+
+
 def save(args: argparse.Namespace, components: dict, ema_t: Any, ema_e: Any, state: dict, seconds: float) -> None:
     """Write the pipeline folder (EMA weights, float16) and its ``training.json``, atomically (temp, rename)."""
     import shutil
@@ -434,10 +440,8 @@ def save(args: argparse.Namespace, components: dict, ema_t: Any, ema_e: Any, sta
         "tokens_per_call": {"mini": tokens_per_call(*args.mini_shape),
                             "mini-large": tokens_per_call(*args.large_shape)},
         # a second segment (--init) records the segment it started from, so the chain of commands is kept
-        "init": json.loads((args.init / "training.json").read_text()) if args.init is not None
-        and (args.init / "training.json").exists() else None,
-        "init_vae": json.loads((args.init_vae / "training.json").read_text()) if args.init_vae is not None
-        and (args.init_vae / "training.json").exists() else None,
+        "init": _training_record(args.init),
+        "init_vae": _training_record(args.init_vae),
         "versions": {"torch": torch.__version__, "diffusers": diffusers.__version__,
                      "transformers": transformers.__version__},
     }
