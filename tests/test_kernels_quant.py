@@ -270,13 +270,13 @@ def rel_err_of(x, ref):
 
 
 def test_8bit_custom_op_matches_and_compiles_without_graph_breaks(gen):
-    from xattn_video.kernels.triton_attention_v2 import attention_8bit, default_fp8_config
+    from xattn_video.kernels.triton_attention_v2 import attention_8bit
 
     q, k, v, kv = _inputs(gen, S=128, kv=(128, 97))
     sel = _selection(gen, 2, 2, 128, 64, kv)
-    cfg = default_fp8_config(q.device, 64)
     for selection in (sel, None):
-        direct = attention_v2(q, k, v, selection, kv, precision="int8", config=cfg)
+        # the default launch shape on both sides: on a GPU it follows the block size (64 here, 128 for dense calls)
+        direct = attention_v2(q, k, v, selection, kv, precision="int8")
         compiled = torch.compile(lambda q, k, v: attention_8bit(q, k, v, selection, kv, "int8"), fullgraph=True,
                                  backend="eager")
         assert_close(compiled(q, k, v), direct, atol=0, rtol=0, seed=gen)
@@ -289,3 +289,17 @@ def test_gpu_test_covers_every_bf16_variant():
     source = (Path(__file__).parent / "test_kernels_gpu.py").read_text()
     listed = re.search(r'parametrize\("variant", \[(.*?)\]\)', source, re.S).group(1)
     assert sorted(re.findall(r'"([^"]+)"', listed)) == sorted(BF16_VARIANTS)
+
+
+def test_dense_stages_fit_hopper_shared_memory():
+    # the v2-s4 variant at D 128 asked an H200 (232,448 bytes per block) for 294,912 bytes on its dense path
+    from xattn_video.kernels.triton_attention_v2 import BF16_VARIANTS, dense_stages_that_fit
+
+    h200 = 232448
+    s4 = BF16_VARIANTS["v2-s4"]
+    assert 4 * 128 * 128 * 4 + 128 * 128 * 2 == 294912  # the bytes Triton reported for 4 stages
+    assert dense_stages_that_fit(s4, 128, 2, 2, h200) == 3
+    assert dense_stages_that_fit(s4, 64, 2, 2, h200) == 4  # fits as asked: unchanged
+    assert dense_stages_that_fit(s4, 128, 1, 2, h200) == 4  # 8-bit q/k tiles are half the size
+    assert dense_stages_that_fit(BF16_VARIANTS["v2"], 128, 2, 2, h200) == BF16_VARIANTS["v2"].num_stages
+    assert dense_stages_that_fit(s4, 128, 2, 2, 1000) == 1  # never below one stage

@@ -27,6 +27,7 @@ without kept keys are zeros, only the last kept block may reach past kv_len and 
 
 from __future__ import annotations
 
+import functools
 import math
 import os
 from dataclasses import dataclass, replace
@@ -284,6 +285,25 @@ def _num_sms(device: torch.device) -> int:
     return torch.cuda.get_device_properties(device).multi_processor_count
 
 
+def dense_stages_that_fit(cfg: V2Config, head_dim: int, qk_bytes: int, v_bytes: int, smem_bytes: int) -> int:
+    """``cfg.num_stages`` lowered until the dense loop's buffers fit in ``smem_bytes`` of shared memory.
+
+    The dense loop is software-pipelined: each stage holds one K and one V tile, beside the resident Q tile
+    (measured on an H200: 4 stages at BLOCK_N 128, D 128, bf16 asked for exactly 4·128·128·4 + 128·128·2 bytes
+    and did not launch). The sparse loop loads through the selection's indices and needs less; it keeps its stages.
+    """
+    stages = cfg.num_stages
+    q_tile = cfg.block_m * head_dim * qk_bytes
+    while stages > 1 and stages * cfg.block_n * head_dim * (qk_bytes + v_bytes) + q_tile > smem_bytes:
+        stages -= 1
+    return stages
+
+
+@functools.lru_cache(maxsize=None)
+def _max_shared_memory(device_index: int) -> int:
+    return triton.runtime.driver.active.utils.get_device_properties(device_index)["max_shared_mem"]
+
+
 def default_fp8_config(device: torch.device, block_size: int = 128) -> V2Config:
     if device.type != "cuda":
         return V2Config(block_m=min(block_size, 64), block_n=min(block_size, 64), num_warps=4, num_stages=1)
@@ -406,6 +426,11 @@ def _launch(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, counts: torch.Ten
     else:
         grid = (n_mtiles, B * H)
     dot_precision = "ieee" if q.dtype == torch.float32 else "tf32"
+    num_stages = cfg.num_stages
+    if not sparse and q.is_cuda:
+        num_stages = dense_stages_that_fit(cfg, D, k_arg.element_size() if fp8 else k.element_size(),
+                                           1 if fp8 and pv_fp8 else v.element_size(),
+                                           _max_shared_memory(dev.index if dev.index is not None else 0))
     _attn_v2[grid](
         q_arg, k_arg, v_arg, out, qs, ks, vs, counts, indices, kv_len, order,
         *q_arg.stride(), *k_strides, *v_strides, *out.stride(),
@@ -417,7 +442,7 @@ def _launch(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, counts: torch.Ten
         WARP_SPECIALIZE=cfg.warp_specialize and q.is_cuda, PERSISTENT=cfg.persistent, ORDERED=ordered,
         ROUND_FIRST=not q.is_cuda, DOT_PRECISION=dot_precision, FAST_EXP=cfg.fast_exp,
         P16_BF16=q.dtype != torch.float16,
-        num_warps=cfg.num_warps, num_stages=cfg.num_stages,
+        num_warps=cfg.num_warps, num_stages=num_stages,
     )
     return out
 
