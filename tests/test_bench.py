@@ -195,7 +195,8 @@ def test_kernels_hopper_variant_lists_are_consistent():
 
 def test_mini_vae_latents_measures_the_shipped_vae(tmp_path):
     """benchmarks/mini_vae_latents.py on the shipped VAE at a small size: the numbers the README quotes are what the
-    script computes (PC1 holds most of the variance; the closest colours are a few units apart)."""
+    script computes (the shipped VAE is thumbnail-tied: its closest colours are ~5.5 units apart, the VAE before the
+    tie 1.87)."""
     sys.path.insert(0, str(REPO / "benchmarks"))
     try:
         from mini_vae_latents import measure, table
@@ -204,8 +205,8 @@ def test_mini_vae_latents_measures_the_shipped_vae(tmp_path):
     from xattn_video.mini import weights_dir
 
     row = measure(weights_dir(), pairs=2, noise=[0.0], frames=9, size=64)
-    assert sum(row["pc_share"]) == pytest.approx(1.0, abs=1e-3) and row["pc_share"][0] > 0.8
-    assert 0 < row["colour_gap_min"] < 5 and len(row["colour_gaps"]) == 10
+    assert sum(row["pc_share"]) == pytest.approx(1.0, abs=1e-3)
+    assert row["colour_gap_min"] > 4 and len(row["colour_gaps"]) == 10  # measured 5.46 here
     assert set(row["noise"]["0.0"]) >= {"prompt_match_colour", "prompt_match_shape", "prompt_match_direction"}
     assert row["recon_l1"] < 0.2
     assert "| " + str(weights_dir()) in table([row], [0.0])

@@ -4,7 +4,7 @@ broken selection (random blocks at the same density) that must score clearly low
 The random-weight tiny models cannot catch a selection or kernel regression (their attention is near uniform, so
 any selection gives about the same video); the mini model's attention is learned, so which blocks are kept
 matters. The floors are measured (see ``benchmarks/results/quality-mini-cpu.md``) and sit below the measured
-values by a margin for BLAS differences between machines, far above what random blocks reach.
+values by a margin for BLAS differences between machines; the mean floor sits above what random blocks reach.
 """
 
 from __future__ import annotations
@@ -23,11 +23,16 @@ from xattn_video.mini.grammar import parse_prompt
 from xattn_video.pipelines.loading import load_pipeline
 
 PAIRS = [("a red ball moving right", 10_001), ("a white square moving up and a blue ball moving left", 10_002)]
-# Measured on a 2-core CPU (float32): default config 52.7 / 23.4 dB against dense (the two-object clip diverges
-# more: small differences early in sampling grow), random blocks at the same density 15.1 / 14.7 dB.
+# Measured on a 2-core CPU (float32), the weights of 2026-12-05: default config 23.8 / 34.2 dB against dense, random
+# blocks at the same density 23.3 / 18.2 dB. The one-ball clip samples near a fork (a second red object appears in
+# dense and fades in the sparse videos), so any perturbation of its trajectory costs about the same there and it
+# cannot tell a good selection from a bad one on its own (five such single-object clips: margins −4.8 to +4.8 dB);
+# the two-object clip does (+16 dB). Hence the margin is asserted on the mean over the pairs. (The weights before
+# the retraining gave 52.7 / 23.4 dB, random 15.1 / 14.7.)
 PAIR_FLOOR_DB = 18.0  # each pair, default config (τ 0.9, 2 dense warmup steps) against dense
-MEAN_FLOOR_DB = 30.0  # mean over the pairs
-MIN_MARGIN_DB = 5.0  # the default config must beat random blocks at the same density by at least this, per pair
+MEAN_FLOOR_DB = 25.0  # mean over the pairs (measured 29.0; random blocks 20.8)
+MIN_MEAN_MARGIN_DB = 4.0  # the default config must beat random blocks at the same density by this, on average
+# (measured 8.2; a selection that is no better than chance leaves the fork's noise, a few dB either way, over two)
 
 
 def random_blocks_like(selection: BlockSelection, generator: torch.Generator) -> BlockSelection:
@@ -100,10 +105,15 @@ def test_default_config_keeps_the_prompt_match_of_dense(videos):
 def test_random_blocks_at_the_same_density_score_clearly_lower(videos):
     frames, densities = videos
     # the same kept-block count per row as the real selection on the same trajectory: the densities differ only
-    # because the two trajectories part (measured 0.607 / 0.608 and 0.624 / 0.617)
+    # because the two trajectories part (measured 0.632 / 0.630 and 0.639 / 0.626)
     assert densities["random"] == pytest.approx(densities["default"], abs=0.03)
     assert max(densities["default"]) < 0.95, densities  # the selection really drops blocks at this size
+    margins = []
     for (prompt, seed), dense, good, bad in zip(PAIRS, frames["dense"], frames["default"], frames["random"]):
         ok, broken = psnr(good, dense), psnr(bad, dense)
-        assert ok - broken >= MIN_MARGIN_DB, (f"{prompt!r} seed {seed}: default {ok:.2f} dB, random blocks "
-                                              f"{broken:.2f} dB: the selection does not beat chance")
+        margins.append(ok - broken)
+        print(f"{prompt!r} seed {seed}: default {ok:.2f} dB, random blocks {broken:.2f} dB")
+    assert np.mean(margins) >= MIN_MEAN_MARGIN_DB, (f"the default config beats random blocks at the same density "
+                                                    f"by {np.mean(margins):.2f} dB on average (per pair "
+                                                    f"{[round(m, 2) for m in margins]}): the selection does not "
+                                                    f"beat chance")
