@@ -172,10 +172,11 @@ def main(argv: list[str] | None = None) -> int:
                 f"cache computed (FirstBlockCache/MagCache: skipped steps; TaylorSeer: predicted; PAB/FasterCache: "
                 f"attention reused). prompt_match: the mini model's dense videos score near chance (see README), "
                 f"so read it as 'keeps what dense does'. Times: "
-                + (f"a shared 2-core CPU with other jobs running: one setting's videos took up to {spread:.1f}x "
-                   f"longer on one pair than on another, so these times are noise, not speed; the plot uses the computed-step fraction "
-                   "instead (XAttention's own saving, cheaper computed steps, is not on that axis), and the speed "
-                   "that matters is `xvid bench --e2e --cache` on a GPU." if device == "cpu" else "this GPU.")
+                + (f"a CPU, where the `torch` backend does not skip dropped blocks (XAttention is slower there) and "
+                   f"one setting's videos took up to {spread:.1f}x longer on one pair than on another, so these times "
+                   f"are not speed; the plot uses the computed-step fraction instead (XAttention's own saving, cheaper "
+                   "computed steps, is not on that axis), and the speed that matters is `xvid bench --e2e --cache` "
+                   "on a GPU." if device == "cpu" else "this GPU.")
                 + f" `python benchmarks/quality_caches.py {' '.join(argv if argv is not None else sys.argv[1:])}`.")
         args.out_dir.mkdir(parents=True, exist_ok=True)
         write_text(f"{title}\n\n{note}\n\n{table}\n", args.out_dir / f"{stem}.md")
