@@ -430,7 +430,7 @@ def _launch(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, counts: torch.Ten
     if not sparse and q.is_cuda:
         num_stages = dense_stages_that_fit(cfg, D, k_arg.element_size() if fp8 else k.element_size(),
                                            1 if fp8 and pv_fp8 else v.element_size(),
-                                           _max_shared_memory(dev.index if dev.index is not None else 0))
+                                           _max_shared_memory(dev.index if dev.index is not None else torch.cuda.current_device()))
     _attn_v2[grid](
         q_arg, k_arg, v_arg, out, qs, ks, vs, counts, indices, kv_len, order,
         *q_arg.stride(), *k_strides, *v_strides, *out.stride(),
