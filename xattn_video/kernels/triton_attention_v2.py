@@ -300,8 +300,10 @@ def dense_stages_that_fit(cfg: V2Config, head_dim: int, qk_bytes: int, v_bytes: 
 
 
 @functools.lru_cache(maxsize=None)
-def _max_shared_memory(device_index: int) -> int:
-    return triton.runtime.driver.active.utils.get_device_properties(device_index)["max_shared_mem"]
+def _max_shared_memory(device: torch.device) -> int:
+    """Shared memory one program may use on ``device`` (a CUDA device), as Triton checks it at launch."""
+    index = device.index if device.index is not None else torch.cuda.current_device()
+    return triton.runtime.driver.active.utils.get_device_properties(index)["max_shared_mem"]
 
 
 def default_fp8_config(device: torch.device, block_size: int = 128) -> V2Config:
@@ -428,9 +430,9 @@ def _launch(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, counts: torch.Ten
     dot_precision = "ieee" if q.dtype == torch.float32 else "tf32"
     num_stages = cfg.num_stages
     if not sparse and q.is_cuda:
-        num_stages = dense_stages_that_fit(cfg, D, k_arg.element_size() if fp8 else k.element_size(),
-                                           1 if fp8 and pv_fp8 else v.element_size(),
-                                           _max_shared_memory(dev.index if dev.index is not None else torch.cuda.current_device()))
+        # q_arg is q or its 8-bit copy (never a TMA descriptor): its element size is the q/k tiles'
+        num_stages = dense_stages_that_fit(cfg, D, q_arg.element_size(), 1 if fp8 and pv_fp8 else v.element_size(),
+                                           _max_shared_memory(dev))
     _attn_v2[grid](
         q_arg, k_arg, v_arg, out, qs, ks, vs, counts, indices, kv_len, order,
         *q_arg.stride(), *k_strides, *v_strides, *out.stride(),
