@@ -25,7 +25,7 @@ if [ "${VAE_SECONDS:-100}" != 0 ]; then  # a new VAE: is its latent colour geome
 fi
 echo "=== look + prompt_match ($(date +%T))"
 XVID_MINI_WEIGHTS=/tmp/mini timeout 35 python3 benchmarks/mini_look.py --out "$OUT/look.png" 2>&1 | grep -v Warn | tail -3
-XVID_MINI_WEIGHTS=/tmp/mini timeout 45 python3 benchmarks/mini_prompt_match.py --model mini --pairs 32 --guidance 1 4 \
+XVID_MINI_WEIGHTS=/tmp/mini timeout 45 python3 benchmarks/mini_prompt_match.py --model mini --pairs 32 --guidance ${PM_GUIDANCE:-1 4} \
   --out-dir "$OUT" --name pm-mini 2>&1 | grep -v Warn | tail -5
 XVID_MINI_WEIGHTS=/tmp/mini timeout 35 python3 benchmarks/mini_prompt_match.py --model mini-large --pairs 16 --guidance 1 \
   --out-dir "$OUT" --name pm-large 2>&1 | grep -v Warn | tail -4

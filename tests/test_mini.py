@@ -225,3 +225,18 @@ def test_training_from_the_committed_vae_init(tmp_path):
     assert all(torch.equal(x, y) for x, y in zip(a.state_dict().values(), b.state_dict().values()))
     with pytest.raises(SystemExit):
         train.parse_args(["--out", str(out), "--init", str(out), "--init-vae", str(init)])
+
+
+def test_phase_clock_splits_step_time_by_kind_and_phase():
+    from xattn_video.mini.train import TIMED_STEPS, PhaseClock
+
+    clock = PhaseClock("cpu")
+    clock.start(TIMED_STEPS[0] - 1, "mini")  # before the timed window: not counted
+    clock.phase("render")
+    for step, kind in ((TIMED_STEPS[0], "mini"), (TIMED_STEPS[0] + 1, "mini-large")):
+        clock.start(step, kind)
+        clock.phase("render")
+        clock.phase("train")
+    assert clock.counts == {"mini": 1, "mini-large": 1}
+    assert set(clock.totals) == {(k, p) for k in ("mini", "mini-large") for p in ("render", "train")}
+    assert clock.summary().startswith("step time by phase: mini (1 steps): render ")

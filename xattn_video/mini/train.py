@@ -121,6 +121,44 @@ def log(msg: str) -> None:
     print(msg, flush=True)
 
 
+class PhaseClock:
+    """Seconds per phase of a training step (render, VAE encode, transformer step, EMA) over the timed steps,
+    split into mini and mini-large steps, so a log says where a step's time goes. Synchronizes the GPU at each
+    phase boundary, only inside ``TIMED_STEPS``."""
+
+    def __init__(self, device: str) -> None:
+        self.cuda = device.startswith("cuda")
+        self.totals: dict[tuple[str, str], float] = {}
+        self.counts: dict[str, int] = {}
+        self.active, self.kind, self.mark = False, "", 0.0
+
+    def start(self, step: int, kind: str) -> None:
+        self.active = TIMED_STEPS[0] <= step < TIMED_STEPS[1]
+        if self.active:
+            self.kind = kind
+            self.counts[kind] = self.counts.get(kind, 0) + 1
+            self.mark = self._now()
+
+    def phase(self, name: str) -> None:
+        if self.active:
+            now = self._now()
+            key = (self.kind, name)
+            self.totals[key] = self.totals.get(key, 0.0) + now - self.mark
+            self.mark = now
+
+    def _now(self) -> float:
+        if self.cuda:
+            torch.cuda.synchronize()
+        return time.perf_counter()
+
+    def summary(self) -> str:
+        parts = []
+        for kind, n in self.counts.items():
+            phases = ", ".join(f"{name} {1e3 * t / n:.0f}" for (k, name), t in self.totals.items() if k == kind)
+            parts.append(f"{kind} ({n} steps): {phases} ms")
+        return "step time by phase: " + "; ".join(parts)
+
+
 # ---------------------------------------------------------------------------------------------------- VAE
 THUMB_CHANNELS = 3  # latent channels pulled toward the clip's RGB thumbnail by --vae-thumb
 
@@ -363,17 +401,23 @@ def main(argv: list[str] | None = None) -> int:
     if args.seconds is not None:
         args.steps = max(args.steps, args.warmup + 1, TIMED_STEPS[1] + 1)
     stage_started = [time.time()]
+    clock = PhaseClock(device)
     while state["step"] < args.steps:
         step = state["step"]
         args.steps = fit_steps(step, stage_started, args.seconds, args.warmup, "transformer") or args.steps
+        if step == TIMED_STEPS[1] and clock.counts:
+            log(clock.summary())
         for group in opt.param_groups:
             group["lr"] = args.lr * lr_at(step, args.steps, args.warmup)
         large = args.large_every > 0 and step % args.large_every == args.large_every - 1
         shape, batch = (args.large_shape, args.large_batch) if large else (args.mini_shape, args.batch)
+        clock.start(step, "mini-large" if large else "mini")
         objects = [sample_objects(rng) for _ in range(batch)]
         prompts = ["" if rng.random() < args.uncond else training_prompt(o, rng) for o in objects]
         video = render(objects, *shape, rng, device).video
+        clock.phase("render")
         z0 = encode_video(vae, video, mean, std)
+        clock.phase("encode")
         noise = torch.randn(z0.shape, generator=gen, device=device)
         sigma = flow_sigmas(batch, gen, device).view(-1, 1, 1, 1, 1)
         zt = (1 - sigma) * z0 + sigma * noise
@@ -386,8 +430,10 @@ def main(argv: list[str] | None = None) -> int:
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)
         opt.step()
+        clock.phase("train")
         ema_update(ema_t, transformer, ema_decay(step, args.ema))
         ema_update(ema_e, text_encoder, ema_decay(step, args.ema))
+        clock.phase("ema")
         window += torch.stack([loss.detach(), torch.ones((), device=device)])
         state["step"] += 1
         if state["step"] % args.log_every == 0 or state["step"] == args.steps:
