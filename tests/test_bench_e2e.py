@@ -203,3 +203,28 @@ def test_cache_options_are_checked_before_any_model(capsys, monkeypatch):
     assert cli.main(["bench", "--e2e", "--cache", "pab", "--cache-set", "skip=2"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "'cache.pab.skip' is not a pab parameter" in err[0]
+
+
+@pytest.mark.parametrize("lite", [False, True])
+def test_served_step_out_of_memory_is_a_row_with_the_taylorseer_hint(monkeypatch, lite):
+    """The first 720p TaylorSeer run beside XAttention ran out of memory on a 141 GB H200: the row says so, and
+    for TaylorSeer's full mode names the lighter mode."""
+    from xattn_video.bench import e2e_cache
+
+    monkeypatch.setattr(torch.cuda, "empty_cache", lambda: None)
+    spec = e2e_models.HUNYUAN
+    transformer = e2e_models.build_transformer(spec, torch.device("cpu"), **TINY_HV)
+    inputs = spec.make_inputs(transformer, e2e_models.Shape("tiny", 128, 128, 9), torch.device("cpu"))
+
+    def out_of_memory(*args, **kwargs):
+        raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 3.41 GiB.\nmore lines")
+
+    params = e2e_cache.cache_params_from(["cache_interval=2"] + (["use_lite_mode=true"] if lite else []),
+                                         "taylorseer")
+    row = e2e_cache.time_served(transformer, spec, inputs, "stock", None, "taylorseer", params, 10, 2, False,
+                                out_of_memory)
+    assert row["skipped"].startswith("out of memory: CUDA out of memory. Tried to allocate 3.41 GiB.")
+    assert ("use_lite_mode=true" in row["skipped"]) != lite
+    hooked = [name for name, m in transformer.named_modules() if getattr(m, "_diffusers_hook", None) is not None
+              and m._diffusers_hook.hooks]
+    assert not hooked, hooked  # the cache came off again

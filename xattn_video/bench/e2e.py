@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import os
 import re
 import sys
 import time
@@ -217,6 +218,8 @@ def run(args: argparse.Namespace, log: Callable[[str], None], device: torch.devi
 
         cache_params = e2e_cache.cache_params_from(args.cache_set, args.cache)
         results.update(cache=args.cache, cache_params=cache_params, cache_rows=[], cache_schedules={})
+        if os.environ.get("PYTORCH_CUDA_ALLOC_CONF"):
+            results["notes"].append(f"PYTORCH_CUDA_ALLOC_CONF={os.environ['PYTORCH_CUDA_ALLOC_CONF']}")
     if args.compile:
         from ..compile import compile_transformer, uncompile_transformer
 
@@ -344,6 +347,9 @@ def main(argv: list[str] | None = None) -> int:
             print(f"xvid bench --e2e: --cache {args.cache} is adaptive: give --computed-fraction (measured on the mini "
                   f"model, benchmarks/results/quality-caches-*.md)", file=sys.stderr)
             return 2
+    if args.cache:  # caches hold tens of GB of activations between steps: let freed blocks merge (the first
+        # TaylorSeer run at 720p beside XAttention failed with 25 GB reserved but unallocated)
+        os.environ.setdefault("PYTORCH_CUDA_ALLOC_CONF", "expandable_segments:True")
     from ..video_io import write_json, write_text
 
     stem = args.out_dir / (args.name or f"e2e-{gpu_slug()}" + (f"-cache-{args.cache}" if args.cache else ""))

@@ -64,6 +64,9 @@ def time_served(transformer: Any, spec: ModelSpec, inputs: dict, setting: str, c
         row["cache_status"] = cache.ledger.calls[-1].status
     except torch.cuda.OutOfMemoryError as exc:
         row["skipped"] = f"out of memory: {str(exc).splitlines()[0]}"
+        if name == "taylorseer" and not params.get("use_lite_mode"):
+            row["skipped"] += (" (TaylorSeer keeps value and derivative of every attention output of every block: "
+                               "~88 GB at HunyuanVideo 720p; --cache-set use_lite_mode=true keeps proj_out's only)")
     finally:
         if cache is not None:
             cache.remove()

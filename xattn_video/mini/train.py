@@ -38,6 +38,8 @@ from .model import TEXT_LEN, build_components, build_pipeline, encode_prompts, t
 MINI_SHAPE = (33, 128, 128)  # frames, height, width: 9 x 16 x 16 = 2,304 tokens per attention call
 LARGE_SHAPE = (33, 352, 352)  # 9 x 44 x 44 = 17,424 tokens
 FLOW_SHIFT = 3.0  # training sigmas follow the sampler's shift (model.SCHEDULER_CONFIG)
+SIGMA_SAMPLINGS = ("uniform", "logit-normal")
+POOL_BATCHES = 8  # --latent-reuse keeps this many batches of clips per shape
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -59,6 +61,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--warmup", type=int, default=300, help="learning-rate warm-up steps")
     p.add_argument("--ema", type=float, default=0.999)
     p.add_argument("--uncond", type=float, default=0.1, help="share of empty prompts (for guidance)")
+    p.add_argument("--sigma-sampling", choices=SIGMA_SAMPLINGS, default="uniform",
+                   help="training σ: 'uniform' in the sampler's time, shifted as its steps are (every sampling step "
+                        "as often as the others); 'logit-normal' (the shipped weights' first segments) gave σ > 0.96, "
+                        "where a sample's first steps decide layout and colour, 2%% of the steps")
+    p.add_argument("--latent-reuse", type=int, default=1,
+                   help="each clip's latents serve this many steps on average (fresh noise and σ each time): a step "
+                        "renders and encodes 1/N of its batch and draws the rest from the recent clips (1: no reuse)")
     p.add_argument("--text-len", type=int, default=TEXT_LEN,
                    help="text positions per prompt (zero-padded); generation must pass the same max_sequence_length")
     p.add_argument("--log-every", type=int, default=100)
@@ -220,10 +229,48 @@ def latent_stats(vae: Any, args: argparse.Namespace, rng: random.Random) -> tupl
 
 
 # ----------------------------------------------------------------------------------------- transformer
-def flow_sigmas(n: int, generator: torch.Generator, device: str) -> torch.Tensor:
-    """σ in (0, 1): logit-normal, shifted as the sampler shifts its schedule."""
-    u = torch.sigmoid(torch.randn(n, generator=generator, device=device))
+def flow_sigmas(n: int, generator: torch.Generator, device: str, sampling: str = "uniform") -> torch.Tensor:
+    """σ in (0, 1), shifted as the sampler shifts its schedule, from u in (0, 1): uniform (each of the sampler's
+    steps as likely as the others) or logit-normal (concentrated mid-way: σ > 0.96 in 2% of the draws)."""
+    if sampling == "uniform":
+        u = torch.rand(n, generator=generator, device=device).clamp_min(1e-4)
+    elif sampling == "logit-normal":
+        u = torch.sigmoid(torch.randn(n, generator=generator, device=device))
+    else:
+        raise ValueError(f"sigma sampling must be one of {SIGMA_SAMPLINGS}, got {sampling!r}")
     return FLOW_SHIFT * u / (1 + (FLOW_SHIFT - 1) * u)
+
+
+class LatentPool:
+    """The last clips' normalised latents and prompts at one shape, for ``--latent-reuse``: a step encodes
+    ``fresh(batch)`` new clips and fills the batch with earlier ones drawn at random, so encoding (a third of a
+    step on an H200) is paid once per ``reuse`` uses. Holds ``capacity`` clips, oldest dropped first."""
+
+    def __init__(self, reuse: int, capacity: int) -> None:
+        self.reuse, self.capacity = reuse, capacity
+        self.latents: torch.Tensor | None = None  # [N, C, F, H, W]
+        self.prompts: list[str] = []
+
+    def fresh(self, batch: int) -> int:
+        """How many of ``batch`` clips to render and encode now (all until the pool has a batch's worth)."""
+        if self.reuse <= 1 or len(self.prompts) < batch:
+            return batch
+        return max(1, math.ceil(batch / self.reuse))
+
+    def fill(self, latents: torch.Tensor, prompts: list[str], batch: int,
+             rng: random.Random) -> tuple[torch.Tensor, list[str]]:
+        """``latents`` [n, ...] of the new clips + ``batch - n`` earlier ones; the new ones join the pool."""
+        n = latents.shape[0]
+        if n < batch:
+            picks = rng.sample(range(len(self.prompts)), batch - n)
+            index = torch.tensor(picks, device=self.latents.device)
+            out = torch.cat([latents, self.latents[index]]), prompts + [self.prompts[i] for i in picks]
+        else:
+            out = latents, list(prompts)
+        if self.reuse > 1:
+            self.latents = latents if self.latents is None else torch.cat([self.latents, latents])[-self.capacity:]
+            self.prompts = (self.prompts + list(prompts))[-self.capacity:]
+        return out
 
 
 def encode_video(vae: Any, video: torch.Tensor, mean: torch.Tensor, std: torch.Tensor) -> torch.Tensor:
@@ -270,9 +317,8 @@ def ema_decay(step: int, decay: float) -> float:
 
 
 def ema_update(ema: torch.nn.Module, model: torch.nn.Module, decay: float) -> None:
-    with torch.no_grad():
-        for e, p in zip(ema.parameters(), model.parameters()):
-            e.lerp_(p, 1 - decay)
+    with torch.no_grad():  # one fused call over all tensors: a per-tensor loop costs a launch each
+        torch._foreach_lerp_(list(ema.parameters()), list(model.parameters()), 1 - decay)
 
 
 def init_from(folder: Path, components: dict, names: tuple[str, ...] = ("vae", "transformer", "text_encoder")) -> None:
@@ -402,6 +448,8 @@ def main(argv: list[str] | None = None) -> int:
         args.steps = max(args.steps, args.warmup + 1, TIMED_STEPS[1] + 1)
     stage_started = [time.time()]
     clock = PhaseClock(device)
+    pools = {"mini": LatentPool(args.latent_reuse, POOL_BATCHES * args.batch),
+             "large": LatentPool(args.latent_reuse, POOL_BATCHES * args.large_batch)}
     while state["step"] < args.steps:
         step = state["step"]
         args.steps = fit_steps(step, stage_started, args.seconds, args.warmup, "transformer") or args.steps
@@ -412,14 +460,20 @@ def main(argv: list[str] | None = None) -> int:
         large = args.large_every > 0 and step % args.large_every == args.large_every - 1
         shape, batch = (args.large_shape, args.large_batch) if large else (args.mini_shape, args.batch)
         clock.start(step, "mini-large" if large else "mini")
-        objects = [sample_objects(rng) for _ in range(batch)]
-        prompts = ["" if rng.random() < args.uncond else training_prompt(o, rng) for o in objects]
+        pool = pools["large" if large else "mini"]
+        objects = [sample_objects(rng) for _ in range(pool.fresh(batch))]
+        if args.latent_reuse <= 1:  # the shipped weights' draw order
+            prompts = ["" if rng.random() < args.uncond else training_prompt(o, rng) for o in objects]
+        else:  # the pool keeps full prompts; each use drops one for guidance on its own
+            prompts = [training_prompt(o, rng) for o in objects]
         video = render(objects, *shape, rng, device).video
         clock.phase("render")
-        z0 = encode_video(vae, video, mean, std)
+        z0, prompts = pool.fill(encode_video(vae, video, mean, std), prompts, batch, rng)
+        if args.latent_reuse > 1:
+            prompts = ["" if rng.random() < args.uncond else p for p in prompts]
         clock.phase("encode")
         noise = torch.randn(z0.shape, generator=gen, device=device)
-        sigma = flow_sigmas(batch, gen, device).view(-1, 1, 1, 1, 1)
+        sigma = flow_sigmas(batch, gen, device, args.sigma_sampling).view(-1, 1, 1, 1, 1)
         zt = (1 - sigma) * z0 + sigma * noise
         with torch.autocast("cuda", dtype=torch.bfloat16, enabled=device.startswith("cuda")):
             text = encode_prompts(text_encoder, prompts, device, args.text_len)  # = pipe.encode_prompt, faster
