@@ -228,3 +228,42 @@ def test_served_step_out_of_memory_is_a_row_with_the_taylorseer_hint(monkeypatch
     hooked = [name for name, m in transformer.named_modules() if getattr(m, "_diffusers_hook", None) is not None
               and m._diffusers_hook.hooks]
     assert not hooked, hooked  # the cache came off again
+
+
+def test_several_caches_share_one_run_each_with_its_own_parameters(monkeypatch):
+    """--cache A:k=v B: the settings are timed once, each cache adds its served rows, schedule and table."""
+    from xattn_video.bench import e2e_cache
+
+    for name, fn in (("Event", _FakeEvent), ("synchronize", lambda *a: None), ("empty_cache", lambda: None),
+                     ("get_device_name", lambda *a: "fake gpu")):
+        monkeypatch.setattr(torch.cuda, name, fn)
+    monkeypatch.setitem(e2e_models.HUNYUAN.shapes, "tiny", e2e_models.Shape("tiny", 128, 128, 9))
+    args = e2e.build_parser().parse_args(["--models", "hunyuan-video", "--shapes", "tiny", "--settings", "stock",
+                                          "cap0.35", "--steps", "10", "--warmup-steps", "2", "--cache",
+                                          "taylorseer:cache_interval=2,use_lite_mode=true", "magcache",
+                                          "--computed-fraction", "0.5"])
+    res = e2e.run(args, lambda msg: None, device=torch.device("cpu"), config_overrides={"hunyuan-video": TINY_HV})
+    assert len(res["rows"]) == 2  # the settings once, not once per cache
+    taylor, mag = res["cache_runs"]
+    assert taylor["cache_params"]["cache_interval"] == 2 and taylor["cache_params"]["use_lite_mode"] is True
+    # interval 2 after the first three steps: steps 0-2 computed, then every other one
+    assert taylor["cache_schedules"]["hunyuan-video"]["computed"] == [True] * 3 + [False, True] * 3 + [False]
+    assert mag["cache_schedules"]["hunyuan-video"]["computed"] == [True] * 5 + [False] * 5
+    for run_, status in ((taylor, "predicted"), (mag, "skipped")):
+        assert [(c["setting"], c["cache_status"]) for c in run_["cache_rows"]] == [("stock", status),
+                                                                                   ("cap0.35", status)]
+        assert all(c["video_s"] > 0 and c["speedup_vs_stock_cache"] > 0 for c in run_["cache_rows"])
+    text = e2e_cache.markdown(res)
+    assert text.count("## Step cache") == 2 and "cap0.35 + taylorseer" in text and "cap0.35 + magcache" in text
+    assert res["cache_rows"] is taylor["cache_rows"]  # the first cache also where single-cache results kept it
+
+
+def test_cache_items_are_checked(capsys, monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    assert cli.main(["bench", "--e2e", "--cache", "pab", "teacache"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "unknown cache 'teacache'" in err[0]
+    assert cli.main(["bench", "--e2e", "--cache", "pab", "taylorseer", "--cache-set", "cache_interval=2"]) == 2
+    assert "applies to one --cache" in capsys.readouterr().err
+    assert cli.main(["bench", "--e2e", "--cache", "taylorseer:cache_interval=2", "magcache"]) == 2
+    assert "--computed-fraction" in capsys.readouterr().err

@@ -212,12 +212,13 @@ def run(args: argparse.Namespace, log: Callable[[str], None], device: torch.devi
     if args.precision != "bf16":
         results["notes"].append(f"xattn.precision: {args.precision} in every setting but stock (8-bit q/k in the "
                                 f"sparse kernel and the dense path)")
-    cache_params = None
+    cache_runs: list[dict] = []
     if getattr(args, "cache", None):
         from . import e2e_cache
 
-        cache_params = e2e_cache.cache_params_from(args.cache_set, args.cache)
-        results.update(cache=args.cache, cache_params=cache_params, cache_rows=[], cache_schedules={})
+        cache_runs = e2e_cache.cache_runs_from(args.cache, args.cache_set)
+        results["cache_runs"] = cache_runs
+        results.update({k: cache_runs[0][k] for k in ("cache", "cache_params", "cache_rows", "cache_schedules")})
         if os.environ.get("PYTORCH_CUDA_ALLOC_CONF"):
             results["notes"].append(f"PYTORCH_CUDA_ALLOC_CONF={os.environ['PYTORCH_CUDA_ALLOC_CONF']}")
     if args.compile:
@@ -236,9 +237,10 @@ def run(args: argparse.Namespace, log: Callable[[str], None], device: torch.devi
         torch.cuda.synchronize()
         params = sum(p.numel() for p in transformer.parameters())
         log(f"{spec.name}: built {params / 1e9:.1f}B parameters (random bf16) in {time.perf_counter() - t0:.1f} s")
-        if cache_params is not None:
-            results["cache_schedules"][spec.name] = e2e_cache.cache_schedule(
-                spec, args.cache, cache_params, args.steps, args.warmup_steps, args.computed_fraction, device)
+        for run_ in cache_runs:
+            run_["cache_schedules"][spec.name] = e2e_cache.cache_schedule(
+                spec, run_["cache"], run_["cache_params"], args.steps, args.warmup_steps, args.computed_fraction,
+                device)
         heads = int(transformer.config.num_attention_heads)
         head_dim = int(transformer.config.attention_head_dim)
         shapes = args.shapes or list(spec.default_shapes)
@@ -266,17 +268,18 @@ def run(args: argparse.Namespace, log: Callable[[str], None], device: torch.devi
                     if checkpoint is not None:
                         checkpoint(results)
                     log(row_line(row))
-                for setting in args.settings if cache_params is not None else ():
-                    row = {"shape": shape.name, "tokens": q_len,
-                           **e2e_cache.time_served(transformer, spec, inputs, setting, settings[setting], args.cache,
-                                                   cache_params, args.steps, args.warmup_steps, compiled,
-                                                   time_forward)}
-                    results["cache_rows"].append(row)
-                    if checkpoint is not None:
-                        checkpoint(results)
-                    log(f"  {spec.name} {shape.name} {setting} + {args.cache}: served step "
-                        + (f"{row['served_ms'] / 1e3:.2f} s ({row['cache_status']})" if "served_ms" in row
-                           else f"skipped: {row['skipped']}"))
+                for run_ in cache_runs:
+                    for setting in args.settings:
+                        row = {"shape": shape.name, "tokens": q_len,
+                               **e2e_cache.time_served(transformer, spec, inputs, setting, settings[setting],
+                                                       run_["cache"], run_["cache_params"], args.steps,
+                                                       args.warmup_steps, compiled, time_forward)}
+                        run_["cache_rows"].append(row)
+                        if checkpoint is not None:
+                            checkpoint(results)
+                        log(f"  {spec.name} {shape.name} {setting} + {run_['label']}: served step "
+                            + (f"{row['served_ms'] / 1e3:.2f} s ({row['cache_status']})" if "served_ms" in row
+                               else f"skipped: {row['skipped']}"))
                 if compiled:
                     uncompile_transformer(transformer)  # the next shape's eager pass runs eager
                     log(f"  {spec.name} {shape.name}: the compiled pass took {time.perf_counter() - t0:.0f} s "
@@ -285,7 +288,7 @@ def run(args: argparse.Namespace, log: Callable[[str], None], device: torch.devi
         del transformer
         torch.cuda.empty_cache()
     project(results["rows"], args.steps, args.warmup_steps, args.reuse)
-    if cache_params is not None:
+    if cache_runs:
         e2e_cache.project_cache(results, args.steps, args.warmup_steps)
     return results
 
@@ -308,12 +311,14 @@ def build_parser() -> argparse.ArgumentParser:
                         "(it compiles; a 720p stock forward is ~32 s)")
     p.add_argument("--precision", choices=("bf16", "fp8", "int8"), default="bf16",
                    help="xattn.precision of every setting but stock")
-    p.add_argument("--cache", choices=["firstblock", "taylorseer", "magcache", "fastercache", "pab"],
-                   help="also time each setting with this diffusers step cache serving the step, and give per-video "
-                        "times = measured step times x the cache's schedule (exact for taylorseer, fastercache, pab; "
-                        "from --computed-fraction for firstblock, magcache)")
+    p.add_argument("--cache", nargs="+", metavar="NAME[:KEY=VALUE,...]",
+                   help="also time each setting with this diffusers step cache (firstblock, taylorseer, magcache, "
+                        "fastercache, pab) serving the step, and give per-video times = measured step times x the "
+                        "cache's schedule (exact for taylorseer, fastercache, pab; from --computed-fraction for "
+                        "firstblock, magcache). Several caches share one run's step timings, each with its own "
+                        "parameters after a colon, e.g. taylorseer:cache_interval=2,use_lite_mode=true magcache")
     p.add_argument("--cache-set", action="append", default=[], metavar="KEY=VALUE",
-                   help="a parameter of the cache (as cache.<name>.<key> in configs), repeatable")
+                   help="a parameter of the cache (as cache.<name>.<key> in configs), repeatable; with one --cache")
     p.add_argument("--computed-fraction", type=float,
                    help="firstblock / magcache: the computed-step fraction measured on the trained mini model "
                         "(benchmarks/quality_caches.py)")
@@ -336,15 +341,16 @@ def main(argv: list[str] | None = None) -> int:
         print(f"xvid bench --e2e: --warmup-steps must be in 0..--steps ({args.steps})", file=sys.stderr)
         return 2
     if args.cache:
-        from .e2e_cache import cache_params_from
+        from .e2e_cache import cache_runs_from
 
         try:
-            cache_params_from(args.cache_set, args.cache)
+            runs = cache_runs_from(args.cache, args.cache_set)
         except ValueError as exc:
             print(f"xvid bench --e2e: {exc}", file=sys.stderr)
             return 2
-        if args.cache in ("firstblock", "magcache") and not (args.computed_fraction or 0) > 0:
-            print(f"xvid bench --e2e: --cache {args.cache} is adaptive: give --computed-fraction (measured on the mini "
+        adaptive = [r["cache"] for r in runs if r["cache"] in ("firstblock", "magcache")]
+        if adaptive and not (args.computed_fraction or 0) > 0:
+            print(f"xvid bench --e2e: --cache {adaptive[0]} is adaptive: give --computed-fraction (measured on the mini "
                   f"model, benchmarks/results/quality-caches-*.md)", file=sys.stderr)
             return 2
     if args.cache:  # caches hold tens of GB of activations between steps: let freed blocks merge (the first
@@ -352,7 +358,8 @@ def main(argv: list[str] | None = None) -> int:
         os.environ.setdefault("PYTORCH_CUDA_ALLOC_CONF", "expandable_segments:True")
     from ..video_io import write_json, write_text
 
-    stem = args.out_dir / (args.name or f"e2e-{gpu_slug()}" + (f"-cache-{args.cache}" if args.cache else ""))
+    caches = "-".join(dict.fromkeys(item.partition(":")[0] for item in args.cache or ()))
+    stem = args.out_dir / (args.name or f"e2e-{gpu_slug()}" + (f"-cache-{caches}" if caches else ""))
 
     from .e2e_cache import markdown as cache_markdown
     from .e2e_cache import project_cache

@@ -11,6 +11,7 @@ a cache, and against stock with the same cache (compiled rows: stock compiled th
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 import torch
@@ -77,16 +78,28 @@ def time_served(transformer: Any, spec: ModelSpec, inputs: dict, setting: str, c
     return row
 
 
+def _runs(results: dict) -> list[dict]:
+    """The cache runs of ``results`` (one per ``--cache`` item; results written before several existed: one)."""
+    if results.get("cache_runs"):
+        return results["cache_runs"]
+    return [results] if results.get("cache_rows") else []
+
+
 def project_cache(results: dict, steps: int, warmup: int) -> None:
-    """Per-video seconds and speedups of every cache row (``results["cache_rows"]``), from the setting rows."""
+    """Per-video seconds and speedups of every cache row (each run's ``cache_rows``), from the setting rows."""
     rows = {(r["model"], r["shape"], r["setting"], bool(r.get("compiled"))): r
             for r in results["rows"] if "total_ms" in r}
+    for run in _runs(results):
+        _project_run(run, rows, steps, warmup)
+
+
+def _project_run(run: dict, rows: dict, steps: int, warmup: int) -> None:
     cache_rows = {(r["model"], r["shape"], r["setting"], bool(r.get("compiled"))): r
-                  for r in results.get("cache_rows", []) if "served_ms" in r}
+                  for r in run.get("cache_rows", []) if "served_ms" in r}
     for key, c in cache_rows.items():
         model, shape, setting, compiled = key
         base = rows.get(key)
-        schedule = results["cache_schedules"].get(model)
+        schedule = run["cache_schedules"].get(model)
         if base is None or schedule is None:
             continue
         dense = rows.get((model, shape, "dense", compiled)) or rows.get((model, shape, "stock", compiled)) or base
@@ -108,9 +121,11 @@ def project_cache(results: dict, steps: int, warmup: int) -> None:
 
 
 def markdown(results: dict) -> str:
-    """The cache table (empty without --cache)."""
-    if not results.get("cache_rows"):
-        return ""
+    """The cache tables, one per cache (empty without --cache)."""
+    return "".join(_markdown_run(run) for run in _runs(results) if run.get("cache_rows"))
+
+
+def _markdown_run(results: dict) -> str:
     name = results["cache"]
     lines = ["", f"## Step cache `{name}` ({', '.join(f'{k}={v}' for k, v in results['cache_params'].items())})", ""]
     for model, schedule in results["cache_schedules"].items():
@@ -137,6 +152,25 @@ def markdown(results: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
+def cache_runs_from(items: list[str], cache_set: list[str]) -> list[dict]:
+    """One run record per ``--cache`` item (``NAME`` or ``NAME:KEY=VALUE,...``): its name, label, parameters and
+    empty rows and schedules. ``--cache-set`` items apply to a single cache only."""
+    from ..caches.params import CACHES, unknown_cache_message
+
+    if len(items) > 1 and cache_set:
+        raise ValueError("--cache-set applies to one --cache; with several, give each its parameters after a colon "
+                         "(e.g. taylorseer:cache_interval=2)")
+    runs = []
+    for item in items:
+        name, _, inline = item.partition(":")
+        if name not in CACHES:
+            raise ValueError(unknown_cache_message(name))
+        sets = [kv for kv in re.split(r",(?=\s*\w+\s*=)", inline) if kv.strip()] + list(cache_set)
+        runs.append({"cache": name, "label": item, "cache_params": cache_params_from(sets, name), "cache_rows": [],
+                     "cache_schedules": {}})
+    return runs
+
+
 def cache_params_from(items: list[str], name: str) -> dict:
     """``--cache-set key=value`` items as that cache's parameters (YAML values); unknown keys are refused."""
     import yaml
@@ -156,5 +190,5 @@ def cache_params_from(items: list[str], name: str) -> dict:
     return cache_params(cfg)
 
 
-__all__ = ["cache_params_from", "cache_schedule", "markdown", "project_cache", "time_served"]
+__all__ = ["cache_params_from", "cache_runs_from", "cache_schedule", "markdown", "project_cache", "time_served"]
 assert set(CACHES) == set(SERVED_PARAMS)
