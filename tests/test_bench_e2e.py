@@ -88,10 +88,15 @@ class _FakeEvent:
         return (other.t - self.t) * 1e3
 
 
-def test_whole_run_on_tiny_models_on_the_cpu(monkeypatch, tmp_path):
+def _fake_cuda(monkeypatch) -> None:
+    """torch.cuda's timing and device calls as no-ops, so a whole run goes on the CPU."""
     for name, fn in (("Event", _FakeEvent), ("synchronize", lambda *a: None), ("empty_cache", lambda: None),
                      ("get_device_name", lambda *a: "fake gpu")):
         monkeypatch.setattr(torch.cuda, name, fn)
+
+
+def test_whole_run_on_tiny_models_on_the_cpu(monkeypatch, tmp_path):
+    _fake_cuda(monkeypatch)
     tiny_wan = dict(num_attention_heads=2, attention_head_dim=64, in_channels=4, out_channels=4, text_dim=32,
                     freq_dim=32, ffn_dim=64, num_layers=1)
     args = e2e.build_parser().parse_args(["--shapes", "tiny", "--settings", "stock", "dense", "cap0.35",
@@ -124,9 +129,7 @@ def test_compiled_pass_on_a_tiny_model_on_the_cpu(monkeypatch):
     """--compile: every setting again with compiled blocks, ratios against eager and compiled stock."""
     import xattn_video.compile as compile_module
 
-    for name, fn in (("Event", _FakeEvent), ("synchronize", lambda *a: None), ("empty_cache", lambda: None),
-                     ("get_device_name", lambda *a: "fake gpu")):
-        monkeypatch.setattr(torch.cuda, name, fn)
+    _fake_cuda(monkeypatch)
     real, compiled = compile_module.compile_transformer, []
     monkeypatch.setattr(compile_module, "compile_transformer",
                         lambda t, **kw: compiled.append(kw) or real(t, backend="eager", **kw))  # no C++ build
@@ -162,9 +165,7 @@ def test_cache_per_video_time_from_step_times_and_schedule(monkeypatch, cache, e
     from xattn_video.bench import e2e_cache
     from xattn_video.caches.schedule import video_seconds
 
-    for name, fn in (("Event", _FakeEvent), ("synchronize", lambda *a: None), ("empty_cache", lambda: None),
-                     ("get_device_name", lambda *a: "fake gpu")):
-        monkeypatch.setattr(torch.cuda, name, fn)
+    _fake_cuda(monkeypatch)
     monkeypatch.setitem(e2e_models.HUNYUAN.shapes, "tiny", e2e_models.Shape("tiny", 128, 128, 9))
     args = e2e.build_parser().parse_args(["--models", "hunyuan-video", "--shapes", "tiny", "--settings", "stock",
                                           "dense", "cap0.35", "--steps", "10", "--warmup-steps", "2",
@@ -234,9 +235,7 @@ def test_several_caches_share_one_run_each_with_its_own_parameters(monkeypatch):
     """--cache A:k=v B: the settings are timed once, each cache adds its served rows, schedule and table."""
     from xattn_video.bench import e2e_cache
 
-    for name, fn in (("Event", _FakeEvent), ("synchronize", lambda *a: None), ("empty_cache", lambda: None),
-                     ("get_device_name", lambda *a: "fake gpu")):
-        monkeypatch.setattr(torch.cuda, name, fn)
+    _fake_cuda(monkeypatch)
     monkeypatch.setitem(e2e_models.HUNYUAN.shapes, "tiny", e2e_models.Shape("tiny", 128, 128, 9))
     args = e2e.build_parser().parse_args(["--models", "hunyuan-video", "--shapes", "tiny", "--settings", "stock",
                                           "cap0.35", "--steps", "10", "--warmup-steps", "2", "--cache",
