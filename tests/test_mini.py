@@ -152,6 +152,7 @@ def test_training_smoke_writes_a_loadable_folder(tmp_path):
     record = json.loads((out / "training.json").read_text())
     assert record["steps"] == {"vae": 2, "transformer": 2} and len(record["loss_curve"]) == 2
     assert record["text_len"] == mini_model.TEXT_LEN and len(record["text_gap_curve"]) == 2
+    assert [step for step, _ in record["text_gap_high_curve"]] == [1, 2]  # the probe at the sampler's first steps
     assert record["args"]["vae_thumb"] > 0  # the VAE ties its first channels to the thumbnail by default
     from xattn_video.mini import trained_text_len
 
@@ -286,3 +287,21 @@ def test_training_smoke_with_latent_reuse(tmp_path):
     assert train.main(args) == 0
     record = json.loads((out / "training.json").read_text())
     assert record["args"]["latent_reuse"] == 2 and record["args"]["sigma_sampling"] == "uniform"
+
+
+def test_text_probe_batches_share_clips_and_noise_at_their_own_sigma():
+    import argparse
+
+    from xattn_video.mini.train import TEXT_PROBE_SIGMAS, text_probe_batch
+    from xattn_video.mini.model import build_vae
+
+    vae = build_vae().eval()
+    args = argparse.Namespace(seed=0, mini_shape=[5, 32, 32], device="cpu")
+    zero, one = torch.zeros(1, 8, 1, 1, 1), torch.ones(1, 8, 1, 1, 1)
+    low, high = (text_probe_batch(vae, args, zero, one, s) for s in TEXT_PROBE_SIGMAS)
+    assert low["prompts"] == high["prompts"] and torch.equal(low["target"], high["target"])
+    assert high["sigma"].unique().tolist() == [pytest.approx(TEXT_PROBE_SIGMAS[1])]
+    # zt = (1 - σ) z0 + σ noise and target = noise - z0, so zt - σ·target = z0: the same clips at both σ
+    z_low = low["zt"] - TEXT_PROBE_SIGMAS[0] * low["target"]
+    z_high = high["zt"] - TEXT_PROBE_SIGMAS[1] * high["target"]
+    assert torch.allclose(z_low, z_high, atol=1e-5)
