@@ -292,13 +292,13 @@ def test_training_smoke_with_latent_reuse(tmp_path):
 def test_text_probe_batches_share_clips_and_noise_at_their_own_sigma():
     import argparse
 
-    from xattn_video.mini.train import TEXT_PROBE_SIGMAS, text_probe_batch
+    from xattn_video.mini.train import TEXT_PROBE_SIGMAS, text_probe_batches
     from xattn_video.mini.model import build_vae
 
     vae = build_vae().eval()
     args = argparse.Namespace(seed=0, mini_shape=[5, 32, 32], device="cpu")
     zero, one = torch.zeros(1, 8, 1, 1, 1), torch.ones(1, 8, 1, 1, 1)
-    low, high = (text_probe_batch(vae, args, zero, one, s) for s in TEXT_PROBE_SIGMAS)
+    low, high = text_probe_batches(vae, args, zero, one)
     assert low["prompts"] == high["prompts"] and torch.equal(low["target"], high["target"])
     assert high["sigma"].unique().tolist() == [pytest.approx(TEXT_PROBE_SIGMAS[1])]
     # zt = (1 - σ) z0 + σ noise and target = noise - z0, so zt - σ·target = z0: the same clips at both σ

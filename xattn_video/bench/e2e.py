@@ -340,7 +340,9 @@ def main(argv: list[str] | None = None) -> int:
     if not 0 <= args.warmup_steps <= args.steps:
         print(f"xvid bench --e2e: --warmup-steps must be in 0..--steps ({args.steps})", file=sys.stderr)
         return 2
+    caches = ""
     if args.cache:
+        from ..caches.params import ADAPTIVE
         from .e2e_cache import cache_runs_from
 
         try:
@@ -348,17 +350,17 @@ def main(argv: list[str] | None = None) -> int:
         except ValueError as exc:
             print(f"xvid bench --e2e: {exc}", file=sys.stderr)
             return 2
-        adaptive = [r["cache"] for r in runs if r["cache"] in ("firstblock", "magcache")]
+        adaptive = [r["cache"] for r in runs if r["cache"] in ADAPTIVE]
         if adaptive and not (args.computed_fraction or 0) > 0:
             print(f"xvid bench --e2e: --cache {adaptive[0]} is adaptive: give --computed-fraction (measured on the mini "
                   f"model, benchmarks/results/quality-caches-*.md)", file=sys.stderr)
             return 2
-    if args.cache:  # caches hold tens of GB of activations between steps: let freed blocks merge (the first
-        # TaylorSeer run at 720p beside XAttention failed with 25 GB reserved but unallocated)
+        caches = "-".join(dict.fromkeys(r["cache"] for r in runs))
+        # caches hold tens of GB of activations between steps: let freed blocks merge (the first TaylorSeer run at
+        # 720p beside XAttention failed with 25 GB reserved but unallocated)
         os.environ.setdefault("PYTORCH_CUDA_ALLOC_CONF", "expandable_segments:True")
     from ..video_io import write_json, write_text
 
-    caches = "-".join(dict.fromkeys(item.partition(":")[0] for item in args.cache or ()))
     stem = args.out_dir / (args.name or f"e2e-{gpu_slug()}" + (f"-cache-{caches}" if caches else ""))
 
     from .e2e_cache import markdown as cache_markdown

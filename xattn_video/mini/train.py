@@ -285,17 +285,19 @@ TEXT_PROBE = 16  # clips in the fixed batch on which the log measures how much t
 TEXT_PROBE_SIGMAS = (0.75, 0.97)
 
 
-def text_probe_batch(vae: Any, args: argparse.Namespace, mean: torch.Tensor, std: torch.Tensor,
-                     sigma: float = 0.75) -> dict[str, Any]:
-    """A fixed batch (its own seed: training draws nothing from it) at the mini shape, noised to ``sigma``."""
+def text_probe_batches(vae: Any, args: argparse.Namespace, mean: torch.Tensor, std: torch.Tensor,
+                       sigmas: tuple[float, ...] = TEXT_PROBE_SIGMAS) -> list[dict[str, Any]]:
+    """A fixed batch (its own seed: training draws nothing from it) at the mini shape, rendered and encoded once
+    and noised to each of ``sigmas`` with the same noise: one probe per σ."""
     rng = random.Random(args.seed + 7919)
     objects = [sample_objects(rng) for _ in range(TEXT_PROBE)]
     z0 = encode_video(vae, render(objects, *args.mini_shape, rng, args.device).video, mean, std)
     noise = torch.randn(z0.shape, generator=torch.Generator(device=args.device).manual_seed(args.seed + 7919),
                         device=args.device)
-    return {"zt": (1 - sigma) * z0 + sigma * noise, "target": noise - z0,
-            "sigma": torch.full((TEXT_PROBE,), sigma, device=args.device),
-            "prompts": [format_prompt(o) for o in objects]}
+    prompts = [format_prompt(o) for o in objects]
+    return [{"zt": (1 - sigma) * z0 + sigma * noise, "target": noise - z0,
+             "sigma": torch.full((TEXT_PROBE,), sigma, device=args.device), "prompts": prompts}
+            for sigma in sigmas]
 
 
 @torch.no_grad()
@@ -446,7 +448,7 @@ def main(argv: list[str] | None = None) -> int:
         ema_t.load_state_dict(saved["ema_transformer"])
         ema_e.load_state_dict(saved["ema_text_encoder"])
     window = torch.zeros(2, device=device)
-    probe, probe_high = (text_probe_batch(vae, args, mean, std, s) for s in TEXT_PROBE_SIGMAS)
+    probe, probe_high = text_probe_batches(vae, args, mean, std)
     if args.seconds is not None:
         args.steps = max(args.steps, args.warmup + 1, TIMED_STEPS[1] + 1)
     stage_started = [time.time()]
