@@ -2,7 +2,9 @@
 
     python benchmarks/mini_prompt_match.py --model mini mini-large --pairs 32 --guidance 1 5 --out-dir OUT
 
-(``XVID_MINI_WEIGHTS=FOLDER`` scores another pipeline folder, e.g. a fresh training run's.)
+(``XVID_MINI_WEIGHTS=FOLDER`` scores another pipeline folder, e.g. a fresh training run's; ``--set KEY=VALUE``
+changes the config of every run, e.g. ``--set generation.frames=9 --set generation.height=32`` for a model trained
+at a small shape.)
 Prints one table row per (preset, guidance): the share of objects with every attribute right and per attribute
 (colour, shape, direction), and seconds per video; writes ``prompt-match-mini-<gpu>.md|json`` in ``--out-dir``.
 ``--reference`` adds two rows per preset that need no transformer: the training data's own clips for the same
@@ -32,6 +34,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--guidance", type=float, nargs="+", default=[None])
     p.add_argument("--steps", type=int, default=None)
     p.add_argument("--device", default="auto")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="a config override for every run, e.g. generation.height=32 (repeatable)")
     p.add_argument("--out-dir", type=Path, default=None)
     p.add_argument("--name", default=None)
     p.add_argument("--reference", action="store_true",
@@ -41,7 +45,7 @@ def main(argv: list[str] | None = None) -> int:
 
     rows = []
     for model in args.model:
-        overrides = [f"model.path={model}", f"model.device={args.device}"]
+        overrides = [f"model.path={model}", f"model.device={args.device}", *args.set]
         if args.steps:
             overrides.append(f"generation.steps={args.steps}")
         base = load_config(None, overrides)

@@ -289,6 +289,55 @@ def test_training_smoke_with_latent_reuse(tmp_path):
     assert record["args"]["latent_reuse"] == 2 and record["args"]["sigma_sampling"] == "uniform"
 
 
+def test_training_with_compile_trains_the_same_weights(tmp_path, monkeypatch):
+    """--compile routes the training forward through torch.compile (the eager backend here, so the numbers are
+    bitwise those of the plain run): the compiled wrapper must train the transformer's own parameters, which the
+    EMA and the saved folder read."""
+    from xattn_video.mini import train
+
+    calls, forwards = [], []
+    plain_compile = torch.compile
+
+    def eager_compile(model, **kwargs):
+        calls.append(kwargs)
+        compiled = plain_compile(model, backend="eager", **kwargs)
+
+        def counted(*args, **kw):
+            forwards.append(args[0].shape)
+            return compiled(*args, **kw)
+        return counted
+
+    monkeypatch.setattr(torch, "compile", eager_compile)
+    init = train.Path(__file__).resolve().parents[1] / "benchmarks" / "results" / "mini-vae-thumb-cpu"
+    common = ["--init-vae", str(init), "--steps", "2", "--batch", "2", "--large-every", "0", "--mini-shape", "5",
+              "32", "32", "--warmup", "1", "--log-every", "1", "--ema", "0", "--device", "cpu"]
+    assert train.main(["--out", str(tmp_path / "plain"), *common]) == 0 and not calls
+    assert train.main(["--out", str(tmp_path / "compiled"), "--compile", *common]) == 0
+    assert calls == [{"dynamic": False}] and len(forwards) == 2  # each training step ran the compiled forward
+    records = [json.loads((tmp_path / name / "training.json").read_text()) for name in ("plain", "compiled")]
+    assert records[0]["loss_curve"] == records[1]["loss_curve"] and records[1]["args"]["compile"] is True
+    from safetensors.torch import load_file
+
+    weights = [load_file(next((tmp_path / name / "transformer").glob("*.safetensors"))) for name in ("plain", "compiled")]
+    assert all(torch.equal(weights[0][k], weights[1][k]) for k in weights[0])
+
+
+def test_training_goes_on_eager_when_compile_fails(tmp_path, monkeypatch, capsys):
+    from xattn_video.mini import train
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("no compiler here\nsecond line")
+
+    monkeypatch.setattr(torch, "compile", lambda model, **kwargs: broken)
+    init = train.Path(__file__).resolve().parents[1] / "benchmarks" / "results" / "mini-vae-thumb-cpu"
+    args = ["--out", str(tmp_path / "mini"), "--init-vae", str(init), "--compile", "--steps", "2", "--batch", "1",
+            "--large-every", "0", "--mini-shape", "5", "32", "32", "--warmup", "1", "--log-every", "1",
+            "--device", "cpu"]
+    assert train.main(args) == 0
+    lines = [line for line in capsys.readouterr().out.splitlines() if "torch.compile failed" in line]
+    assert lines == ["torch.compile failed (RuntimeError: no compiler here): training goes on without it"]
+
+
 def test_text_probe_batches_share_clips_and_noise_at_their_own_sigma():
     import argparse
 

@@ -68,6 +68,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--latent-reuse", type=int, default=1,
                    help="each clip's latents serve this many steps on average (fresh noise and σ each time): a step "
                         "renders and encodes 1/N of its batch and draws the rest from the recent clips (1: no reuse)")
+    p.add_argument("--compile", action="store_true",
+                   help="train through torch.compile(transformer) (one graph per shape; the EMA copy, the probes "
+                        "and the saved weights stay plain modules)")
     p.add_argument("--text-len", type=int, default=TEXT_LEN,
                    help="text positions per prompt (zero-padded); generation must pass the same max_sequence_length")
     p.add_argument("--log-every", type=int, default=100)
@@ -326,6 +329,25 @@ def ema_update(ema: torch.nn.Module, model: torch.nn.Module, decay: float) -> No
         torch._foreach_lerp_(list(ema.parameters()), list(model.parameters()), 1 - decay)
 
 
+def compiled_forward(transformer: torch.nn.Module) -> Any:
+    """``torch.compile(transformer)`` for the training steps (it shares the transformer's parameters, so the
+    optimizer and the EMA see every update). A run on the device machine is time-boxed: if compiling fails at a
+    shape's first call, that is logged and training goes on eager rather than losing the run."""
+    compiled = torch.compile(transformer, dynamic=False)
+    failed: list[str] = []
+
+    def forward(*args: Any, **kwargs: Any) -> Any:
+        if not failed:
+            try:
+                return compiled(*args, **kwargs)
+            except Exception as error:  # compile errors surface at the first call of each shape
+                failed.append(f"{type(error).__name__}: {str(error).splitlines()[0] if str(error) else ''}")
+                log(f"torch.compile failed ({failed[0][:300]}): training goes on without it")
+        return transformer(*args, **kwargs)
+
+    return forward
+
+
 def init_from(folder: Path, components: dict, names: tuple[str, ...] = ("vae", "transformer", "text_encoder")) -> None:
     """Copy the weights of ``names`` (the VAE with its latent statistics, transformer, text encoder) from a pipeline
     folder."""
@@ -447,6 +469,7 @@ def main(argv: list[str] | None = None) -> int:
     if "ema_transformer" in saved:
         ema_t.load_state_dict(saved["ema_transformer"])
         ema_e.load_state_dict(saved["ema_text_encoder"])
+    forward = compiled_forward(transformer) if args.compile else transformer
     window = torch.zeros(2, device=device)
     probe, probe_high = text_probe_batches(vae, args, mean, std)
     if args.seconds is not None:
@@ -482,8 +505,7 @@ def main(argv: list[str] | None = None) -> int:
         zt = (1 - sigma) * z0 + sigma * noise
         with torch.autocast("cuda", dtype=torch.bfloat16, enabled=device.startswith("cuda")):
             text = encode_prompts(text_encoder, prompts, device, args.text_len)  # = pipe.encode_prompt, faster
-            pred = transformer(zt, timestep=sigma.view(-1) * 1000, encoder_hidden_states=text,
-                               return_dict=False)[0]
+            pred = forward(zt, timestep=sigma.view(-1) * 1000, encoder_hidden_states=text, return_dict=False)[0]
         loss = F.mse_loss(pred.float(), noise - z0)
         opt.zero_grad(set_to_none=True)
         loss.backward()
