@@ -5,7 +5,9 @@
 #   2. the folder packed to $OUT in parts of at most 15 MB, a strip of frames of a few held-out prompts,
 #   3. with a VAE stage, its latent geometry (mini_vae_latents.py); a dense prompt_match check at both presets.
 # Usage (repo root, on the GPU machine): VAE_SECONDS=100 SECONDS_T=360 bash benchmarks/train_mini_gpu.sh [train args]
-# (VAE_SECONDS=0 with --init FOLDER: no VAE stage, the transformer and text encoder continue from FOLDER)
+# (VAE_SECONDS=0 with --init FOLDER: no VAE stage, the transformer and text encoder continue from FOLDER;
+#  PM_SET="--set generation.frames=9 --set generation.height=32 --set generation.width=32" scores the mini check at
+#  the shape a segment trained at, for a segment at a small --mini-shape)
 set -u
 OUT=${OUT:-/tmp/out}
 mkdir -p "$OUT"
@@ -25,7 +27,7 @@ if [ "${VAE_SECONDS:-100}" != 0 ]; then  # a new VAE: is its latent colour geome
 fi
 echo "=== look + prompt_match ($(date +%T))"
 XVID_MINI_WEIGHTS=/tmp/mini timeout 35 python3 benchmarks/mini_look.py --out "$OUT/look.png" 2>&1 | grep -v Warn | tail -3
-XVID_MINI_WEIGHTS=/tmp/mini timeout 45 python3 benchmarks/mini_prompt_match.py --model mini --pairs 32 --guidance ${PM_GUIDANCE:-1 4} \
+XVID_MINI_WEIGHTS=/tmp/mini timeout 45 python3 benchmarks/mini_prompt_match.py --model mini --pairs 32 --guidance ${PM_GUIDANCE:-1 4} ${PM_SET:-} \
   --out-dir "$OUT" --name pm-mini 2>&1 | grep -v Warn | tail -5
 XVID_MINI_WEIGHTS=/tmp/mini timeout 35 python3 benchmarks/mini_prompt_match.py --model mini-large --pairs 16 --guidance 1 \
   --out-dir "$OUT" --name pm-large 2>&1 | grep -v Warn | tail -4

@@ -331,8 +331,9 @@ def ema_update(ema: torch.nn.Module, model: torch.nn.Module, decay: float) -> No
 
 def compiled_forward(transformer: torch.nn.Module) -> Any:
     """``torch.compile(transformer)`` for the training steps (it shares the transformer's parameters, so the
-    optimizer and the EMA see every update). A run on the device machine is time-boxed: if compiling fails at a
-    shape's first call, that is logged and training goes on eager rather than losing the run."""
+    optimizer and the EMA see every update). A run on the device machine is time-boxed: if a compiled call fails
+    (compile errors surface at a shape's first call), that is logged and training goes on eager rather than losing
+    the run; an error that is not the compiler's recurs in the eager call and stops the run as it would have."""
     compiled = torch.compile(transformer, dynamic=False)
     failed: list[str] = []
 
@@ -340,7 +341,7 @@ def compiled_forward(transformer: torch.nn.Module) -> Any:
         if not failed:
             try:
                 return compiled(*args, **kwargs)
-            except Exception as error:  # compile errors surface at the first call of each shape
+            except Exception as error:
                 failed.append(f"{type(error).__name__}: {str(error).splitlines()[0] if str(error) else ''}")
                 log(f"torch.compile failed ({failed[0][:300]}): training goes on without it")
         return transformer(*args, **kwargs)
