@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import random
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -21,6 +22,8 @@ from xattn_video.mini.data import random_clips, render
 from xattn_video.mini.grammar import ObjectSpec, format_prompt, held_out_pairs, parse_prompt, sample_objects
 
 MAX_FOLDER_BYTES = 30 * 2**20  # the budget for all weights together
+
+TIED_VAE = Path(__file__).resolve().parents[1] / "benchmarks" / "results" / "mini-vae-thumb-cpu"  # the committed VAE
 
 
 @pytest.fixture(scope="module")
@@ -212,7 +215,7 @@ def test_training_from_the_committed_vae_init(tmp_path):
 
     from xattn_video.mini import train
 
-    init = train.Path(__file__).resolve().parents[1] / "benchmarks" / "results" / "mini-vae-thumb-cpu"
+    init = TIED_VAE
     record = json.loads((init / "training.json").read_text())
     assert record["args"]["vae_thumb"] > 0 and record["init"]["args"]["vae_thumb"] > 0  # both segments tied
     out = tmp_path / "mini"
@@ -308,7 +311,7 @@ def test_training_with_compile_trains_the_same_weights(tmp_path, monkeypatch):
         return counted
 
     monkeypatch.setattr(torch, "compile", eager_compile)
-    init = train.Path(__file__).resolve().parents[1] / "benchmarks" / "results" / "mini-vae-thumb-cpu"
+    init = TIED_VAE
     common = ["--init-vae", str(init), "--steps", "2", "--batch", "2", "--large-every", "0", "--mini-shape", "5",
               "32", "32", "--warmup", "1", "--log-every", "1", "--ema", "0", "--device", "cpu"]
     assert train.main(["--out", str(tmp_path / "plain"), *common]) == 0 and not calls
@@ -329,7 +332,7 @@ def test_training_goes_on_eager_when_compile_fails(tmp_path, monkeypatch, capsys
         raise RuntimeError("no compiler here\nsecond line")
 
     monkeypatch.setattr(torch, "compile", lambda model, **kwargs: broken)
-    init = train.Path(__file__).resolve().parents[1] / "benchmarks" / "results" / "mini-vae-thumb-cpu"
+    init = TIED_VAE
     args = ["--out", str(tmp_path / "mini"), "--init-vae", str(init), "--compile", "--steps", "2", "--batch", "1",
             "--large-every", "0", "--mini-shape", "5", "32", "32", "--warmup", "1", "--log-every", "1",
             "--device", "cpu"]
