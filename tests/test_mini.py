@@ -215,20 +215,19 @@ def test_training_from_the_committed_vae_init(tmp_path):
 
     from xattn_video.mini import train
 
-    init = TIED_VAE
-    record = json.loads((init / "training.json").read_text())
+    record = json.loads((TIED_VAE / "training.json").read_text())
     assert record["args"]["vae_thumb"] > 0 and record["init"]["args"]["vae_thumb"] > 0  # both segments tied
     out = tmp_path / "mini"
-    args = ["--out", str(out), "--init-vae", str(init), "--steps", "1", "--batch", "1", "--large-every", "0",
+    args = ["--out", str(out), "--init-vae", str(TIED_VAE), "--steps", "1", "--batch", "1", "--large-every", "0",
             "--mini-shape", "5", "32", "32", "--warmup", "1", "--log-every", "1", "--device", "cpu"]
     assert train.main(args) == 0
     written = json.loads((out / "training.json").read_text())
     assert written["steps"]["vae"] == 0 and written["init_vae"]["command"] == record["command"]
-    a, b = AutoencoderKLWan.from_pretrained(out / "vae"), AutoencoderKLWan.from_pretrained(init / "vae")
+    a, b = AutoencoderKLWan.from_pretrained(out / "vae"), AutoencoderKLWan.from_pretrained(TIED_VAE / "vae")
     assert a.config.latents_mean == b.config.latents_mean and a.config.latents_std == b.config.latents_std
     assert all(torch.equal(x, y) for x, y in zip(a.state_dict().values(), b.state_dict().values()))
     with pytest.raises(SystemExit):
-        train.parse_args(["--out", str(out), "--init", str(out), "--init-vae", str(init)])
+        train.parse_args(["--out", str(out), "--init", str(out), "--init-vae", str(TIED_VAE)])
 
 
 def test_phase_clock_splits_step_time_by_kind_and_phase():
@@ -311,8 +310,7 @@ def test_training_with_compile_trains_the_same_weights(tmp_path, monkeypatch):
         return counted
 
     monkeypatch.setattr(torch, "compile", eager_compile)
-    init = TIED_VAE
-    common = ["--init-vae", str(init), "--steps", "2", "--batch", "2", "--large-every", "0", "--mini-shape", "5",
+    common = ["--init-vae", str(TIED_VAE), "--steps", "2", "--batch", "2", "--large-every", "0", "--mini-shape", "5",
               "32", "32", "--warmup", "1", "--log-every", "1", "--ema", "0", "--device", "cpu"]
     assert train.main(["--out", str(tmp_path / "plain"), *common]) == 0 and not calls
     assert train.main(["--out", str(tmp_path / "compiled"), "--compile", *common]) == 0
@@ -332,8 +330,7 @@ def test_training_goes_on_eager_when_compile_fails(tmp_path, monkeypatch, capsys
         raise RuntimeError("no compiler here\nsecond line")
 
     monkeypatch.setattr(torch, "compile", lambda model, **kwargs: broken)
-    init = TIED_VAE
-    args = ["--out", str(tmp_path / "mini"), "--init-vae", str(init), "--compile", "--steps", "2", "--batch", "1",
+    args = ["--out", str(tmp_path / "mini"), "--init-vae", str(TIED_VAE), "--compile", "--steps", "2", "--batch", "1",
             "--large-every", "0", "--mini-shape", "5", "32", "32", "--warmup", "1", "--log-every", "1",
             "--device", "cpu"]
     assert train.main(args) == 0

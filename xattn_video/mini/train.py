@@ -334,16 +334,17 @@ def compiled_forward(transformer: torch.nn.Module) -> Any:
     optimizer and the EMA see every update). A run on the device machine is time-boxed: if a compiled call fails
     (compile errors surface at a shape's first call), that is logged and training goes on eager rather than losing
     the run; an error that is not the compiler's recurs in the eager call and stops the run as it would have."""
-    compiled = torch.compile(transformer, dynamic=False)
-    failed: list[str] = []
+    compiled: Any = torch.compile(transformer, dynamic=False)
 
     def forward(*args: Any, **kwargs: Any) -> Any:
-        if not failed:
+        nonlocal compiled
+        if compiled is not None:
             try:
                 return compiled(*args, **kwargs)
             except Exception as error:
-                failed.append(f"{type(error).__name__}: {str(error).splitlines()[0] if str(error) else ''}")
-                log(f"torch.compile failed ({failed[0][:300]}): training goes on without it")
+                first_line = f"{type(error).__name__}: {str(error).splitlines()[0] if str(error) else ''}"
+                log(f"torch.compile failed ({first_line[:300]}): training goes on without it")
+                compiled = None
         return transformer(*args, **kwargs)
 
     return forward
