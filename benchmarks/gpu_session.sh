@@ -27,8 +27,8 @@ for step in "$@"; do
     wan-forward) timeout 300 python3 benchmarks/bench_wan_forward.py --out-dir "$OUT" 2>&1 | tee "$OUT/wan-forward.txt" | tail -20 ;;
     reuse) timeout 300 python3 benchmarks/bench_reuse.py --full --out-dir "$OUT" 2>&1 | tee "$OUT/reuse.txt" | tail -20 ;;
     multigpu) timeout 590 python3 benchmarks/bench_multigpu.py --gpus 1 2 --out-dir "$OUT" 2>&1 | tee "$OUT/multigpu.txt" | tail -30 ;;
-    cache-hv:*) PYTORCH_CUDA_ALLOC_CONF=expandable_segments:True timeout 590 python3 benchmarks/bench_e2e.py --models hunyuan-video --shapes 720p --settings stock cap0.35 --steps 50 --warmup-steps 5 --compile --cache "${step#cache-hv:}" ${CACHE_ARGS:-} --out-dir "$OUT" 2>&1 | tee "$OUT/$step.txt" | tail -30 ;;
-    cache-wan:*) PYTORCH_CUDA_ALLOC_CONF=expandable_segments:True timeout 590 python3 benchmarks/bench_e2e.py --models wan2.1-14b --shapes 720p --settings stock cap0.35 --steps 50 --warmup-steps 5 --compile --cache "${step#cache-wan:}" ${CACHE_ARGS:-} --out-dir "$OUT" 2>&1 | tee "$OUT/$step.txt" | tail -30 ;;
+    cache-hv:*) PYTORCH_CUDA_ALLOC_CONF=expandable_segments:True timeout 590 python3 benchmarks/bench_e2e.py --models hunyuan-video --shapes 720p --settings stock cap0.35 --steps 50 --warmup-steps 5 --compile --cache "${step#cache-hv:}" ${CACHE_ARGS:-} --out-dir "$OUT" 2>&1 | tee "$OUT/${step/:/-}.txt" | tail -30 ;;
+    cache-wan:*) PYTORCH_CUDA_ALLOC_CONF=expandable_segments:True timeout 590 python3 benchmarks/bench_e2e.py --models wan2.1-14b --shapes 720p --settings stock cap0.35 --steps 50 --warmup-steps 5 --compile --cache "${step#cache-wan:}" ${CACHE_ARGS:-} --out-dir "$OUT" 2>&1 | tee "$OUT/${step/:/-}.txt" | tail -30 ;;
     *) echo "unknown step $step" ;;
   esac
 done

@@ -7,29 +7,32 @@
 # Usage (repo root, on the GPU machine): VAE_SECONDS=100 SECONDS_T=360 bash benchmarks/train_mini_gpu.sh [train args]
 # (VAE_SECONDS=0 with --init FOLDER: no VAE stage, the transformer and text encoder continue from FOLDER;
 #  PM_SET="--set generation.frames=9 --set generation.height=32 --set generation.width=32" scores the mini check at
-#  the shape a segment trained at, for a segment at a small --mini-shape)
+#  the shape a segment trained at, for a segment at a small --mini-shape; MINI_DIR=/tmp/mini-a writes the folder
+#  there, so a second call of this script in the same command can --init from it; LOOK=0, PM=0 and PM_LARGE=0 skip
+#  the strip, the mini check and the mini-large check, for a segment at a small shape)
 set -u
 OUT=${OUT:-/tmp/out}
+MINI_DIR=${MINI_DIR:-/tmp/mini}
 mkdir -p "$OUT"
-python3 -m pip install -q --no-index --no-deps --target /tmp/site .whl/*.whl 2>&1 | tail -2
+[ -d /tmp/site ] || python3 -m pip install -q --no-index --no-deps --target /tmp/site .whl/*.whl 2>&1 | tail -2
 export PYTHONPATH=/tmp/site:$PWD:${PYTHONPATH:-}
 nvidia-smi --query-gpu=name,memory.total --format=csv,noheader
 echo "=== training ($(date +%T))"
 VAE_ARGS=(--vae-seconds "${VAE_SECONDS:-100}")
 [ "${VAE_SECONDS:-100}" = 0 ] && VAE_ARGS=()
-python3 -m xattn_video.mini.train --out /tmp/mini "${VAE_ARGS[@]}" --seconds "${SECONDS_T:-360}" \
+python3 -m xattn_video.mini.train --out $MINI_DIR "${VAE_ARGS[@]}" --seconds "${SECONDS_T:-360}" \
   --log-every 100 "$@" 2>&1 | grep -v "should be kept\|Writing model" | tee "$OUT/train.log"
-cp /tmp/mini/training.json "$OUT/training.json"
-tar -C /tmp -cf - mini | split -b 15M - "$OUT/mini.tar.part-"
+cp $MINI_DIR/training.json "$OUT/training.json"
+tar -C "$(dirname "$MINI_DIR")" -cf - "$(basename "$MINI_DIR")" | split -b 15M - "$OUT/mini.tar.part-"
 if [ "${VAE_SECONDS:-100}" != 0 ]; then  # a new VAE: is its latent colour geometry sound? (mini_vae_latents.py)
   echo "=== VAE latents ($(date +%T))"
-  timeout 120 python3 benchmarks/mini_vae_latents.py /tmp/mini --pairs 8 --out-dir "$OUT" --name vae 2>&1 | grep -v Warn | tail -3
+  timeout 120 python3 benchmarks/mini_vae_latents.py $MINI_DIR --pairs 8 --out-dir "$OUT" --name vae 2>&1 | grep -v Warn | tail -3
 fi
 echo "=== look + prompt_match ($(date +%T))"
-XVID_MINI_WEIGHTS=/tmp/mini timeout 35 python3 benchmarks/mini_look.py --out "$OUT/look.png" 2>&1 | grep -v Warn | tail -3
-XVID_MINI_WEIGHTS=/tmp/mini timeout 45 python3 benchmarks/mini_prompt_match.py --model mini --pairs 32 --guidance ${PM_GUIDANCE:-1 4} ${PM_SET:-} \
+[ "${LOOK:-1}" = 0 ] || XVID_MINI_WEIGHTS=$MINI_DIR timeout 35 python3 benchmarks/mini_look.py --out "$OUT/look.png" 2>&1 | grep -v Warn | tail -3
+[ "${PM:-1}" = 0 ] || XVID_MINI_WEIGHTS=$MINI_DIR timeout 45 python3 benchmarks/mini_prompt_match.py --model mini --pairs 32 --guidance ${PM_GUIDANCE:-1 4} ${PM_SET:-} \
   --out-dir "$OUT" --name pm-mini 2>&1 | grep -v Warn | tail -5
-XVID_MINI_WEIGHTS=/tmp/mini timeout 35 python3 benchmarks/mini_prompt_match.py --model mini-large --pairs 16 --guidance 1 \
+[ "${PM_LARGE:-1}" = 0 ] || XVID_MINI_WEIGHTS=$MINI_DIR timeout 35 python3 benchmarks/mini_prompt_match.py --model mini-large --pairs 16 --guidance 1 \
   --out-dir "$OUT" --name pm-large 2>&1 | grep -v Warn | tail -4
 ls -la "$OUT"
 echo "=== done $(date +%T)"
