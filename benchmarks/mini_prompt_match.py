@@ -113,7 +113,7 @@ def reference_rows(pipe, base, model: str, pairs: int) -> list[dict]:
     import torch
 
     from xattn_video.eval.scorers.prompt_match import score_video
-    from xattn_video.mini.data import render
+    from xattn_video.mini.data import render, to_frames
     from xattn_video.mini.grammar import held_out_pairs, parse_prompt
 
     gen = base.generation
@@ -126,8 +126,7 @@ def reference_rows(pipe, base, model: str, pairs: int) -> list[dict]:
             latents = vae.encode(video.to(vae.dtype)).latent_dist.mode()
             decoded = vae.decode(latents).sample.float().clamp(-1, 1)
         for name, clip in (("data clip", video), ("VAE round trip", decoded)):
-            frames = ((clip[0].permute(1, 2, 3, 0).cpu() + 1) / 2).clamp(0, 1).numpy()
-            for key, value in score_video(frames, objects).items():
+            for key, value in score_video(to_frames(clip[0]), objects).items():
                 scores[name].setdefault(key, []).append(value)
     rows = []
     for name, by_key in scores.items():

@@ -23,9 +23,9 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from xattn_video.eval.scorers.prompt_match import BALL_FILL_MAX, colour_labels, read_object, score_video  # noqa: E402
+from xattn_video.eval.scorers.prompt_match import BALL_FILL_MAX, read_objects, score_readings  # noqa: E402
 from xattn_video.mini import weights_dir  # noqa: E402
-from xattn_video.mini.data import random_clips  # noqa: E402
+from xattn_video.mini.data import random_clips, to_frames  # noqa: E402
 from xattn_video.mini.grammar import format_prompt  # noqa: E402
 
 
@@ -38,11 +38,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--out-dir", type=Path, default=None)
     p.add_argument("--name", default="mini")
     return p.parse_args(argv)
-
-
-def frames_of(video: torch.Tensor) -> np.ndarray:
-    """[3, T, H, W] in [-1, 1] -> [T, H, W, 3] in [0, 1]."""
-    return ((video.permute(1, 2, 3, 0).float().numpy() + 1) / 2).clip(0, 1)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -60,13 +55,11 @@ def main(argv: list[str] | None = None) -> int:
             decoded = vae.decode(vae.encode(clips.video).latent_dist.mode()).sample
         for source, videos in (("data clip", clips.video), ("VAE round trip", decoded)):
             for video, objects in zip(videos, clips.objects):
-                frames = frames_of(video)
-                result = score_video(frames, objects)
+                readings = read_objects(to_frames(video), objects)
+                result = score_readings(readings, objects)
                 for key, value in result.items():
                     scores[source].setdefault(key, []).append(value)
-                labels = colour_labels(frames)
-                for obj in objects:
-                    reading = read_object(labels, obj.colour)
+                for obj, reading in zip(objects, readings):
                     if reading.found:
                         fills[source][obj.shape].append(reading.fill)
                 if source == "VAE round trip" and result["prompt_match"] < 1:

@@ -67,7 +67,7 @@ def measure(folder: Path, pairs: int, noise: list[float], frames: int, size: int
     import torch
 
     from xattn_video.eval.scorers.prompt_match import score_video
-    from xattn_video.mini.data import render
+    from xattn_video.mini.data import render, to_frames
     from xattn_video.mini.grammar import held_out_pairs, parse_prompt
 
     vae = load_vae(folder)
@@ -94,8 +94,7 @@ def measure(folder: Path, pairs: int, noise: list[float], frames: int, size: int
                 decoded = decoded.float().clamp(-1, 1)
                 if eps == 0:
                     recon.append(float((decoded - video).abs().mean()))
-                clip = ((decoded[0].permute(1, 2, 3, 0) + 1) / 2).clamp(0, 1).numpy()
-                for key, value in score_video(clip, objects).items():
+                for key, value in score_video(to_frames(decoded[0]), objects).items():
                     scores[eps].setdefault(key, []).append(value)
     x = torch.cat(latents_all)
     s = torch.linalg.svdvals(x - x.mean(0)) ** 2

@@ -18,7 +18,7 @@ from xattn_video.eval.scorers.prompt_match import score_video
 from xattn_video.eval.scorers.registry import VideoItem
 from xattn_video.mini import weights_dir
 from xattn_video.mini import model as mini_model
-from xattn_video.mini.data import random_clips, render
+from xattn_video.mini.data import random_clips, render, to_frames
 from xattn_video.mini.grammar import ObjectSpec, format_prompt, held_out_pairs, parse_prompt, sample_objects
 
 MAX_FOLDER_BYTES = 30 * 2**20  # the issue's budget for all weights together
@@ -99,23 +99,18 @@ def test_grammar_round_trip_and_other_words_are_ignored():
 
 
 # ----------------------------------------------------------------------------------------------- data + scorer
-def _frames(video: torch.Tensor) -> np.ndarray:
-    """[3, T, H, W] in [-1, 1] -> [T, H, W, 3] in [0, 1]."""
-    return ((video.permute(1, 2, 3, 0).numpy() + 1) / 2).clip(0, 1)
-
-
 @pytest.mark.parametrize("size", [128, 352])
 def test_scorer_reads_ground_truth_clips_right(size):
     clips = random_clips(6, 33, size, size, random.Random(size), "cpu")
     for video, objects in zip(clips.video, clips.objects):
-        scores = score_video(_frames(video), objects)
+        scores = score_video(to_frames(video), objects)
         assert scores["prompt_match"] == 1.0, (format_prompt(objects), scores)
 
 
 def test_scorer_fails_wrong_prompts_and_noise():
     rng = random.Random(3)
     objects = [ObjectSpec("red", "ball", "right")]
-    frames = _frames(render([objects], 33, 128, 128, rng, "cpu").video[0])
+    frames = to_frames(render([objects], 33, 128, 128, rng, "cpu").video[0])
     assert score_video(frames, objects)["prompt_match"] == 1.0
     wrong = {
         "colour": [ObjectSpec("blue", "ball", "right")],
@@ -136,7 +131,7 @@ def test_scorer_ignores_colour_specks_away_from_the_object():
     its largest region, so specks in the corners neither lose it nor turn a square into a ball."""
     for shape in ("ball", "square"):
         objects = [ObjectSpec("red", shape, "down")]
-        frames = _frames(render([objects], 33, 128, 128, random.Random(5), "cpu").video[0]).copy()
+        frames = to_frames(render([objects], 33, 128, 128, random.Random(5), "cpu").video[0]).copy()
         frames[:, 2:4, 2:4] = frames[:, -4:-2, -4:-2] = (0.95, 0.15, 0.12)  # 2×2 red specks in two corners
         assert score_video(frames, objects)["prompt_match"] == 1.0, shape
         speckled = frames.copy()  # many specks and no object: still not found
@@ -156,7 +151,7 @@ def test_scorer_reads_the_vae_round_trip_of_ground_truth_clips():
     clips = random_clips(8, 17, 128, 128, random.Random(11), "cpu")
     with torch.no_grad():
         decoded = vae.decode(vae.encode(clips.video).latent_dist.mode()).sample
-    scores = [score_video(_frames(video), objects)["prompt_match"] for video, objects in zip(decoded, clips.objects)]
+    scores = [score_video(to_frames(video), objects)["prompt_match"] for video, objects in zip(decoded, clips.objects)]
     assert np.mean(scores) >= 0.9, scores
 
 
@@ -164,7 +159,7 @@ def test_prompt_match_is_registered_and_skips_prompts_outside_the_grammar():
     assert "prompt_match" in available_scorers()
     (scorer,) = make_scorers("prompt_match")
     clips = random_clips(1, 17, 128, 128, random.Random(1), "cpu")
-    items = [VideoItem(path=None, frames=_frames(clips.video[0]))] * 2
+    items = [VideoItem(path=None, frames=to_frames(clips.video[0]))] * 2
     out = scorer.score(items, [clips.prompts[0], "a cat on the grass"])
     assert out["prompt_match"][0] == 1.0 and np.isnan(out["prompt_match"][1])
     assert list(scorer.skipped) == ["a cat on the grass"]

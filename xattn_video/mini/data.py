@@ -11,6 +11,7 @@ from __future__ import annotations
 import random
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 
 from .grammar import COLOURS, DIRECTION_VECTORS, ObjectSpec, format_prompt, sample_objects
@@ -119,4 +120,10 @@ def random_clips(batch: int, frames: int, height: int, width: int, rng: random.R
     return render([sample_objects(rng) for _ in range(batch)], frames, height, width, rng, device)
 
 
-__all__ = ["Clip", "random_clips", "render", "training_prompt"]
+def to_frames(video: torch.Tensor) -> np.ndarray:
+    """One clip as frames: ``video`` [3, T, H, W] in [-1, 1] (any dtype or device) -> float32 [T, H, W, 3] in [0, 1],
+    the layout the frame scorers read (e.g. ``prompt_match``)."""
+    return ((video.detach().float().permute(1, 2, 3, 0).cpu().numpy() + 1) / 2).clip(0, 1)
+
+
+__all__ = ["Clip", "random_clips", "render", "to_frames", "training_prompt"]

@@ -28,7 +28,7 @@ from ...mini.grammar import COLOURS, DIRECTION_VECTORS, ObjectSpec, parse_prompt
 from .registry import VideoItem, check_batch
 
 __all__ = ["ObjectReading", "PromptMatchScorer", "largest_regions", "make_prompt_match", "read_object",
-           "score_video"]
+           "read_objects", "score_readings", "score_video"]
 
 MIN_AREA = 0.004  # of the frame: the smallest object the data draws covers ~2% (16% of the side, a disc)
 MAX_AREA = 0.15  # of the frame: the largest covers ~7.8% (a square 28% of the side)
@@ -117,20 +117,30 @@ def read_object(labels: np.ndarray, colour: str) -> ObjectReading:
                          fill=fill, travel=travel)
 
 
-def score_video(frames: np.ndarray, objects: list[ObjectSpec]) -> dict[str, float]:
-    """The four sub-metrics for one video ``frames`` [T, H, W, 3] in [0, 1] against the prompt's ``objects``."""
-    if not objects:
-        return {k: float("nan") for k in ("prompt_match", "prompt_match_colour", "prompt_match_shape",
-                                          "prompt_match_direction")}
+def read_objects(frames: np.ndarray, objects: list[ObjectSpec]) -> list[ObjectReading]:
+    """One reading per object of the prompt, off ``frames`` [T, H, W, 3] in [0, 1]."""
     labels = colour_labels(frames)
+    return [read_object(labels, obj.colour) for obj in objects]
+
+
+_KEYS = ("prompt_match", "prompt_match_colour", "prompt_match_shape", "prompt_match_direction")
+
+
+def score_readings(readings: list[ObjectReading], objects: list[ObjectSpec]) -> dict[str, float]:
+    """The four sub-metrics from the readings of :func:`read_objects` (NaN for a prompt with no object)."""
+    if not objects:
+        return {k: float("nan") for k in _KEYS}
     colour = shape = direction = full = 0
-    for obj in objects:
-        reading = read_object(labels, obj.colour)
+    for reading, obj in zip(readings, objects, strict=True):
         ok = (reading.found, reading.shape == obj.shape, reading.direction == obj.direction)
         colour, shape, direction, full = colour + ok[0], shape + ok[1], direction + ok[2], full + all(ok)
     n = len(objects)
-    return {"prompt_match": full / n, "prompt_match_colour": colour / n, "prompt_match_shape": shape / n,
-            "prompt_match_direction": direction / n}
+    return dict(zip(_KEYS, (full / n, colour / n, shape / n, direction / n)))
+
+
+def score_video(frames: np.ndarray, objects: list[ObjectSpec]) -> dict[str, float]:
+    """The four sub-metrics for one video ``frames`` [T, H, W, 3] in [0, 1] against the prompt's ``objects``."""
+    return score_readings(read_objects(frames, objects) if objects else [], objects)
 
 
 class PromptMatchScorer:
