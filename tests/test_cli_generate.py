@@ -50,6 +50,7 @@ def test_generate_dense_flag(tmp_path):
         (["--set", "xattn.threshold=0"], "xattn.threshold"),
         (["--frames", "10"], "generation.frames"),
         (["--height", "250"], "generation.height"),
+        (["--flow-shift", "0"], "generation.flow_shift"),
         (["--model", str(Path("/nonexistent/hunyuan"))], "does not exist"),
         (["--config", "no-such-preset.yaml"], "config file not found"),
     ],

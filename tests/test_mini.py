@@ -282,6 +282,10 @@ def test_flow_sigmas_uniform_covers_the_first_sampling_steps():
     assert (logit > 0.96).float().mean().item() < 0.03
     with pytest.raises(ValueError, match="sigma sampling"):
         flow_sigmas(4, gen, "cpu", "normal")
+    # a larger shift trains nearer σ 1 exactly as the sampler shifted by it steps there: P(σ > s) = 1 - u(s)
+    high = flow_sigmas(100_000, gen, "cpu", "uniform", shift=12.0)
+    assert abs((high > 0.99).float().mean().item() - (1 - 0.99 / (12 - 11 * 0.99))) < 0.01
+    assert (uniform > 0.99).float().mean().item() < 0.04
 
 
 def test_latent_pool_reuses_recent_clips_and_keeps_new_ones_first():
@@ -309,10 +313,15 @@ def test_training_smoke_with_latent_reuse(tmp_path):
     out = tmp_path / "mini"
     args = ["--out", str(out), "--vae-steps", "1", "--vae-batch", "2", "--steps", "3", "--batch", "2",
             "--large-every", "0", "--mini-shape", "5", "32", "32", "--warmup", "1", "--log-every", "1",
-            "--latent-reuse", "2", "--device", "cpu"]
+            "--latent-reuse", "2", "--flow-shift", "12", "--large-flow-shift", "30", "--device", "cpu"]
     assert train.main(args) == 0
     record = json.loads((out / "training.json").read_text())
     assert record["args"]["latent_reuse"] == 2 and record["args"]["sigma_sampling"] == "uniform"
+    # the shift trained with is the shift sampled with: the folder's scheduler (mini) and the presets' record
+    from xattn_video.mini import trained_flow_shift
+
+    assert json.loads((out / "scheduler" / "scheduler_config.json").read_text())["flow_shift"] == 12.0
+    assert (trained_flow_shift("mini", out), trained_flow_shift("mini-large", out)) == (12.0, 30.0)
 
 
 def test_training_with_compile_trains_the_same_weights(tmp_path, monkeypatch):

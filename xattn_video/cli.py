@@ -31,6 +31,8 @@ def _user_errors() -> tuple[type[BaseException], ...]:
 def _add_run_options(p: argparse.ArgumentParser) -> None:
     add_model_options(p)
     p.add_argument("--steps", type=int, help="denoising steps (default: the model's preset)")
+    p.add_argument("--flow-shift", type=float, dest="flow_shift",
+                   help="the sampler's flow-matching shift (config key generation.flow_shift; default: the model's)")
     p.add_argument("--cache", metavar="NAME",
                    help="a diffusers step cache: firstblock, taylorseer, magcache, fastercache or pab (config key "
                         "cache.name; its parameters: cache.<name>.<key>, see README 'Step caches')")
@@ -39,7 +41,7 @@ def _add_run_options(p: argparse.ArgumentParser) -> None:
 def _cli_values(args: argparse.Namespace) -> dict[str, Any]:
     """Options given on the command line, as a nested config dict (None = not given)."""
     extra = model_option_values(args)
-    for key in ("steps", "prompt", "seed"):
+    for key in ("steps", "flow_shift", "prompt", "seed"):
         if getattr(args, key, None) is not None:
             extra["generation"][key] = getattr(args, key)
     if getattr(args, "dense", False):

@@ -48,7 +48,7 @@ MINI_MODELS: dict[str, dict[str, Any]] = {
 MINI_DEFAULTS: dict[str, Any] = {
     "xattn": {"block_size": 128, "stride": 8, "threshold": 0.9, "warmup_steps": 2},
     "generation": {"prompt": "a red ball moving right", "frames": 33, "steps": 20, "fps": 12, "guidance_scale": 1.0},
-}  # + generation.max_sequence_length: what the weights were trained with (builtin_defaults reads it)
+}  # + generation.max_sequence_length and .flow_shift: what the weights were trained with (builtin_defaults reads them)
 BUILTIN_MODELS = (*MINI_MODELS, *TINY_MODELS)
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")  # owner/name (pipelines/loading.py checks the same form)
 
@@ -82,9 +82,13 @@ def check_model_name(path: str) -> None:
 def builtin_defaults(name: str) -> list[dict[str, Any]]:
     """What a built-in model name changes in the defaults (merged in order); ``[]`` for other paths."""
     if name in MINI_MODELS:
-        from .mini import trained_text_len
+        from .mini import trained_flow_shift, trained_text_len
 
-        return [MINI_DEFAULTS, {"generation": {"max_sequence_length": trained_text_len()}}, MINI_MODELS[name]]
+        trained = {"max_sequence_length": trained_text_len()}
+        shift = trained_flow_shift(name)
+        if shift is not None:
+            trained["flow_shift"] = shift
+        return [MINI_DEFAULTS, {"generation": trained}, MINI_MODELS[name]]
     if name in TINY_MODELS:
         return [TINY_DEFAULTS, TINY_MODELS[name]]
     return []
@@ -173,6 +177,8 @@ class GenerationConfig:
     fps: int = 24
     max_sequence_length: int = 256
     image: Optional[str] = None  # conditioning image file, for image-to-video pipelines
+    # the flow-matching sampler's shift (pipelines/sampler.py); None: the checkpoint's scheduler config
+    flow_shift: Optional[float] = None
 
 
 @dataclass
@@ -314,6 +320,8 @@ def validate(run: RunConfig) -> None:
     if g.steps < 1:
         raise ConfigError(f"config key 'generation.steps' must be >= 1, got {g.steps}")
     check_seed(g.seed)
+    if g.flow_shift is not None and not g.flow_shift > 0:
+        raise ConfigError(f"config key 'generation.flow_shift' must be > 0 (or null: the model's own), got {g.flow_shift}")
     if g.fps < 1:
         raise ConfigError(f"config key 'generation.fps' must be >= 1, got {g.fps}")
     if run.model.offload not in (None, "model", "sequential"):

@@ -38,4 +38,16 @@ def trained_text_len(folder: Path | None = None) -> int:
         return DEFAULT_TEXT_LEN
 
 
-__all__ = ["DEFAULT_TEXT_LEN", "WEIGHTS_DIR", "trained_text_len", "weights_dir"]
+def trained_flow_shift(preset: str, folder: Path | None = None) -> float | None:
+    """The sampler shift the weights in ``folder`` (default: the mini weights) were trained with at ``preset``
+    (``mini`` or ``mini-large``), from their ``training.json``; None when it records none (weights trained at
+    the shift of their own scheduler config, 3)."""
+    record = (folder or WEIGHTS_DIR) / "training.json"
+    try:
+        value = json.loads(record.read_text()).get("flow_shift", {}).get(preset)
+    except (OSError, ValueError, AttributeError):
+        return None
+    return None if value is None else float(value)
+
+
+__all__ = ["DEFAULT_TEXT_LEN", "WEIGHTS_DIR", "trained_flow_shift", "trained_text_len", "weights_dir"]

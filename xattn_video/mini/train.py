@@ -33,11 +33,11 @@ import torch.nn.functional as F
 
 from .data import random_clips, render, training_prompt
 from .grammar import format_prompt, sample_objects
-from .model import TEXT_LEN, build_components, build_pipeline, encode_prompts, tokens_per_call
+from .model import SCHEDULER_CONFIG, TEXT_LEN, build_components, build_pipeline, encode_prompts, tokens_per_call
 
 MINI_SHAPE = (33, 128, 128)  # frames, height, width: 9 x 16 x 16 = 2,304 tokens per attention call
 LARGE_SHAPE = (33, 352, 352)  # 9 x 44 x 44 = 17,424 tokens
-FLOW_SHIFT = 3.0  # training sigmas follow the sampler's shift (model.SCHEDULER_CONFIG)
+FLOW_SHIFT = 3.0  # the default shift of training σ and of the sampler (model.SCHEDULER_CONFIG); --flow-shift
 SIGMA_SAMPLINGS = ("uniform", "logit-normal")
 POOL_BATCHES = 8  # --latent-reuse keeps this many batches of clips per shape
 
@@ -65,6 +65,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="training σ: 'uniform' in the sampler's time, shifted as its steps are (every sampling step "
                         "as often as the others); 'logit-normal' (the shipped weights' first segments) gave σ > 0.96, "
                         "where a sample's first steps decide layout and colour, 2%% of the steps")
+    p.add_argument("--flow-shift", type=float, default=FLOW_SHIFT,
+                   help="shift of the training σ at the mini shape, and of the sampler the folder ships with: larger "
+                        "trains (and samples) more near σ 1, where a clip's layout and motion are decided; the more "
+                        "tokens, the nearer to 1 the data shows through the noise (at 33x128x128 the motion is "
+                        "decided between σ 0.99 and 0.97)")
+    p.add_argument("--large-flow-shift", type=float, default=None,
+                   help="the same at the mini-large shape (default: --flow-shift); recorded in training.json, "
+                        "which the mini-large preset reads")
     p.add_argument("--latent-reuse", type=int, default=1,
                    help="each clip's latents serve this many steps on average (fresh noise and σ each time): a step "
                         "renders and encodes 1/N of its batch and draws the rest from the recent clips (1: no reuse)")
@@ -100,6 +108,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     if args.vae_steps is None:
         starts_with_vae = args.init is not None or args.init_vae is not None
         args.vae_steps = 0 if starts_with_vae and args.vae_seconds is None else 1500
+    if args.large_flow_shift is None:
+        args.large_flow_shift = args.flow_shift
+    if min(args.flow_shift, args.large_flow_shift) <= 0:
+        p.error(f"--flow-shift and --large-flow-shift must be > 0, got {args.flow_shift} and {args.large_flow_shift}")
     return args
 
 
@@ -232,16 +244,18 @@ def latent_stats(vae: Any, args: argparse.Namespace, rng: random.Random) -> tupl
 
 
 # ----------------------------------------------------------------------------------------- transformer
-def flow_sigmas(n: int, generator: torch.Generator, device: str, sampling: str = "uniform") -> torch.Tensor:
-    """σ in (0, 1), shifted as the sampler shifts its schedule, from u in (0, 1): uniform (each of the sampler's
-    steps as likely as the others) or logit-normal (concentrated mid-way: σ > 0.96 in 2% of the draws)."""
+def flow_sigmas(n: int, generator: torch.Generator, device: str, sampling: str = "uniform",
+                shift: float = FLOW_SHIFT) -> torch.Tensor:
+    """σ in (0, 1), shifted as the sampler shifts its schedule (σ = shift·u / (1 + (shift-1)·u)), from u in (0, 1):
+    uniform (each of the sampler's steps as likely as the others) or logit-normal (concentrated mid-way: at shift 3,
+    σ > 0.96 in 2% of the draws)."""
     if sampling == "uniform":
         u = torch.rand(n, generator=generator, device=device).clamp_min(1e-4)
     elif sampling == "logit-normal":
         u = torch.sigmoid(torch.randn(n, generator=generator, device=device))
     else:
         raise ValueError(f"sigma sampling must be one of {SIGMA_SAMPLINGS}, got {sampling!r}")
-    return FLOW_SHIFT * u / (1 + (FLOW_SHIFT - 1) * u)
+    return shift * u / (1 + (shift - 1) * u)
 
 
 class LatentPool:
@@ -503,7 +517,8 @@ def main(argv: list[str] | None = None) -> int:
             prompts = ["" if rng.random() < args.uncond else p for p in prompts]
         clock.phase("encode")
         noise = torch.randn(z0.shape, generator=gen, device=device)
-        sigma = flow_sigmas(batch, gen, device, args.sigma_sampling).view(-1, 1, 1, 1, 1)
+        shift = args.large_flow_shift if large else args.flow_shift
+        sigma = flow_sigmas(batch, gen, device, args.sigma_sampling, shift).view(-1, 1, 1, 1, 1)
         zt = (1 - sigma) * z0 + sigma * noise
         with torch.autocast("cuda", dtype=torch.bfloat16, enabled=device.startswith("cuda")):
             text = encode_prompts(text_encoder, prompts, device, args.text_len)  # = pipe.encode_prompt, faster
@@ -550,7 +565,11 @@ def save(args: argparse.Namespace, components: dict, ema_t: Any, ema_e: Any, sta
     import diffusers
     import transformers
 
-    final = {**components, "transformer": ema_t, "text_encoder": ema_e}
+    from diffusers import UniPCMultistepScheduler
+
+    # the folder's own sampler uses the mini shape's shift; the mini-large preset reads its shift from training.json
+    scheduler = UniPCMultistepScheduler(**{**SCHEDULER_CONFIG, "flow_shift": args.flow_shift})
+    final = {**components, "transformer": ema_t, "text_encoder": ema_e, "scheduler": scheduler}
     final["transformer"] = final["transformer"].to("cpu", torch.float16)  # 18 MB; the text encoder and VAE
     for name in ("text_encoder", "vae"):  # stay float32 (5 MB), so a plain from_pretrained runs them anywhere
         final[name] = final[name].to("cpu", torch.float32)
@@ -568,6 +587,7 @@ def save(args: argparse.Namespace, components: dict, ema_t: Any, ema_e: Any, sta
         "vae_recon": state.get("vae_recon"),
         "loss_curve": losses,
         "text_len": args.text_len,
+        "flow_shift": {"mini": args.flow_shift, "mini-large": args.large_flow_shift},  # generation.flow_shift
         "text_gap_curve": state.get("text_gaps", []),  # (step, relative loss increase with mismatched prompts)
         "text_gap_high_curve": state.get("text_gaps_high", []),  # the same at σ TEXT_PROBE_SIGMAS[1]
         "tokens_per_call": {"mini": tokens_per_call(*args.mini_shape),
