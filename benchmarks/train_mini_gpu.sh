@@ -30,9 +30,9 @@ if [ "${VAE_SECONDS:-100}" != 0 ]; then  # a new VAE: is its latent colour geome
 fi
 echo "=== look + prompt_match ($(date +%T))"
 [ "${LOOK:-1}" = 0 ] || XVID_MINI_WEIGHTS=$MINI_DIR timeout 35 python3 benchmarks/mini_look.py --out "$OUT/look.png" 2>&1 | grep -v Warn | tail -3
-[ "${PM:-1}" = 0 ] || XVID_MINI_WEIGHTS=$MINI_DIR timeout 45 python3 benchmarks/mini_prompt_match.py --model mini --pairs 32 --guidance ${PM_GUIDANCE:-1 4} ${PM_SET:-} \
+[ "${PM:-1}" = 0 ] || XVID_MINI_WEIGHTS=$MINI_DIR timeout 120 python3 benchmarks/mini_prompt_match.py --model mini --pairs 32 --guidance ${PM_GUIDANCE:-1 4} ${PM_SET:-} \
   --out-dir "$OUT" --name pm-mini 2>&1 | grep -v Warn | tail -5
-[ "${PM_LARGE:-1}" = 0 ] || XVID_MINI_WEIGHTS=$MINI_DIR timeout 35 python3 benchmarks/mini_prompt_match.py --model mini-large --pairs 16 --guidance 1 \
+[ "${PM_LARGE:-1}" = 0 ] || XVID_MINI_WEIGHTS=$MINI_DIR timeout 90 python3 benchmarks/mini_prompt_match.py --model mini-large --pairs 16 --guidance 1 \
   --out-dir "$OUT" --name pm-large 2>&1 | grep -v Warn | tail -4
 ls -la "$OUT"
 echo "=== done $(date +%T)"
