@@ -143,11 +143,9 @@ def main(argv: list[str] | None = None) -> int:
     text = "\n".join(lines) + "\n"
     print(text)
     if args.out_dir is not None:
-        from xattn_video.video_io import write_json, write_text
+        from xattn_video.video_io import write_report
 
-        args.out_dir.mkdir(parents=True, exist_ok=True)
-        write_text(text, args.out_dir / f"motion-probe-{args.name}.md")
-        write_json(record, args.out_dir / f"motion-probe-{args.name}.json")
+        write_report(text, record, args.out_dir, f"motion-probe-{args.name}")
     return 0
 
 

@@ -87,16 +87,14 @@ def main(argv: list[str] | None = None) -> int:
     if args.out_dir:
         import torch
 
-        from xattn_video.video_io import write_json, write_text
+        from xattn_video.video_io import write_report
 
         gpu = torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu"
         name = args.name or f"prompt-match-mini-{gpu.lower().replace(' ', '-')}"
-        args.out_dir.mkdir(parents=True, exist_ok=True)
-        write_text(f"# prompt_match of dense mini-model generations ({gpu})\n\n{args.pairs} held-out (prompt, seed) "
-                   f"pairs (`xattn_video.mini.grammar.held_out_pairs`), dense attention.\n\n"
-                   + (REFERENCE_NOTE if args.reference else "") + f"{table}\n",
-                   args.out_dir / f"{name}.md")
-        write_json({"gpu": gpu, "rows": rows}, args.out_dir / f"{name}.json")
+        write_report(f"# prompt_match of dense mini-model generations ({gpu})\n\n{args.pairs} held-out (prompt, seed) "
+                     f"pairs (`xattn_video.mini.grammar.held_out_pairs`), dense attention.\n\n"
+                     + (REFERENCE_NOTE if args.reference else "") + f"{table}\n",
+                     {"gpu": gpu, "rows": rows}, args.out_dir, name)
     return 0
 
 

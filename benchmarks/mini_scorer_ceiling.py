@@ -12,7 +12,6 @@ round trips that fail.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import random
 import sys
@@ -88,12 +87,9 @@ def main(argv: list[str] | None = None) -> int:
     text = "\n".join(lines) + "\n"
     print(text)
     if args.out_dir is not None:
-        args.out_dir.mkdir(parents=True, exist_ok=True)
-        stem = args.out_dir / f"scorer-ceiling-{args.name}"
-        for suffix, body in ((".md", text), (".json", json.dumps(record, indent=1) + "\n")):
-            tmp = stem.with_suffix(suffix + ".tmp")
-            tmp.write_text(body)
-            tmp.replace(stem.with_suffix(suffix))
+        from xattn_video.video_io import write_report
+
+        write_report(text, record, args.out_dir, f"scorer-ceiling-{args.name}")
     return 0
 
 

@@ -146,11 +146,9 @@ def main(argv: list[str] | None = None) -> int:
             "z in the normalised units the transformer denoises, n one N(0, 1) offset per (clip, channel).\n")
     print(text)
     if args.out_dir is not None:
-        from xattn_video.video_io import write_json, write_text
+        from xattn_video.video_io import write_report
 
-        args.out_dir.mkdir(parents=True, exist_ok=True)
-        write_text(text, args.out_dir / f"vae-latents-{args.name}.md")
-        write_json(rows, args.out_dir / f"vae-latents-{args.name}.json")
+        write_report(text, rows, args.out_dir, f"vae-latents-{args.name}")
     return 0
 
 

@@ -1,5 +1,7 @@
 """video_io's atomic writer: the target appears whole or not at all, and errors stay visible."""
 
+import json
+
 import numpy as np
 import pytest
 
@@ -62,3 +64,12 @@ def test_write_mp4_failure_leaves_nothing(tmp_path, monkeypatch):
     with pytest.raises(OSError, match="encoder crashed"):
         video_io.write_mp4(np.zeros((2, 8, 8, 3), np.float32), tmp_path / "v.mp4", fps=8)
     assert list(tmp_path.iterdir()) == []
+
+
+def test_write_report_writes_markdown_and_json_side_by_side(tmp_path):
+    from xattn_video.video_io import write_report
+
+    md = write_report("# table\n", {"rows": [1, 2]}, tmp_path / "new" / "dir", "result-x")
+    assert md == tmp_path / "new" / "dir" / "result-x.md" and md.read_text() == "# table\n"
+    assert json.loads((md.parent / "result-x.json").read_text()) == {"rows": [1, 2]}
+    assert sorted(p.name for p in md.parent.iterdir()) == ["result-x.json", "result-x.md"]  # no temp files left

@@ -166,6 +166,15 @@ def write_json(data: Any, path: str | Path) -> Path:
     return write_text(json.dumps(data, indent=1, default=str), path)
 
 
+def write_report(text: str, record: Any, out_dir: str | Path, stem: str) -> Path:
+    """A result as ``<stem>.md`` (``text``) and ``<stem>.json`` (``record``) in ``out_dir`` (made if missing), each
+    written atomically; returns the ``.md`` path."""
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    write_json(record, out_dir / f"{stem}.json")
+    return write_text(text, out_dir / f"{stem}.md")
+
+
 def write_npy(array: np.ndarray, path: str | Path) -> Path:
     """Write ``array`` as a ``.npy`` file atomically (``path`` should end in ``.npy``)."""
     path = Path(path)
