@@ -31,17 +31,14 @@ from xattn_video.mini import weights_dir  # noqa: E402
 from xattn_video.mini.data import render, to_frames  # noqa: E402
 from xattn_video.mini.grammar import COLOURS, DIRECTION_VECTORS, held_out_pairs, parse_prompt  # noqa: E402
 from xattn_video.mini.model import encode_prompts  # noqa: E402
-
-
-def shifted(u: torch.Tensor, shift: float) -> torch.Tensor:
-    return shift * u / (1 + (shift - 1) * u)
+from xattn_video.mini.train import shifted_sigma  # noqa: E402
 
 
 @torch.no_grad()
 def sample_from(pipe, z0, noise, text, sigma0: float, steps: int, shift: float, guidance: float) -> torch.Tensor:
     """Euler from z0 noised to ``sigma0`` down to 0; ``text`` [2, L, D] (prompt, empty). Latents [1, C, F, H, W]."""
     u0 = sigma0 / (shift - (shift - 1) * sigma0)  # the sampler time whose shifted σ is sigma0
-    sigmas = shifted(torch.linspace(u0, 0, steps + 1), shift)
+    sigmas = shifted_sigma(torch.linspace(u0, 0, steps + 1), shift)
     x = (1 - sigmas[0]) * z0 + sigmas[0] * noise
     for i in range(steps):
         v = pipe.transformer(torch.cat([x, x]), timestep=sigmas[i].repeat(2) * 1000, encoder_hidden_states=text,

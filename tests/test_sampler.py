@@ -37,9 +37,8 @@ def test_sampler_shift_moves_the_steps_towards_noise_and_restores_the_scheduler(
         assert pipe.scheduler.config[shift_key(original)] == 12.0
         shifted = _sigmas(pipe.scheduler)
     assert pipe.scheduler is original and original.config[shift_key(original)] == 3.0
-    u = np.linspace(1, 0, 11)[:10] if family == "unipc" else None
     assert (shifted[1:] > before[1:]).all()  # every step after the first nearer to noise
-    if u is not None:  # UniPC's flow sigmas: shift·u / (1 + (shift-1)·u) on an even grid
+    if family == "unipc":  # UniPC's flow sigmas: shift·u / (1 + (shift-1)·u) on an even grid
         base = before[1] / (3 - 2 * before[1])  # the u of the second step
         assert shifted[1] == pytest.approx(12 * base / (1 + 11 * base), rel=1e-4)
     with sampler_shift(pipe, None):

@@ -27,14 +27,22 @@ def weights_dir() -> Path:
 DEFAULT_TEXT_LEN = 512
 
 
+def _weights_record(folder: Path | None) -> dict:
+    """The ``training.json`` of ``folder`` (default: the mini weights); {} when it is missing or unreadable."""
+    try:
+        record = json.loads(((folder or WEIGHTS_DIR) / "training.json").read_text())
+    except (OSError, ValueError):
+        return {}
+    return record if isinstance(record, dict) else {}
+
+
 def trained_text_len(folder: Path | None = None) -> int:
     """The prompt length (text positions, zero-padded) the weights in ``folder`` (default: the mini weights) were
     trained with, from their ``training.json``; generation must pad prompts to the same length, because Wan's
     cross-attention has no mask and the padding positions are keys like any other."""
-    record = (folder or WEIGHTS_DIR) / "training.json"
     try:
-        return int(json.loads(record.read_text()).get("text_len", DEFAULT_TEXT_LEN))
-    except (OSError, ValueError):
+        return int(_weights_record(folder).get("text_len", DEFAULT_TEXT_LEN))
+    except (TypeError, ValueError):
         return DEFAULT_TEXT_LEN
 
 
@@ -42,11 +50,8 @@ def trained_flow_shift(preset: str, folder: Path | None = None) -> float | None:
     """The sampler shift the weights in ``folder`` (default: the mini weights) were trained with at ``preset``
     (``mini`` or ``mini-large``), from their ``training.json``; None when it records none (weights trained at
     the shift of their own scheduler config, 3)."""
-    record = (folder or WEIGHTS_DIR) / "training.json"
-    try:
-        value = json.loads(record.read_text()).get("flow_shift", {}).get(preset)
-    except (OSError, ValueError, AttributeError):
-        return None
+    shifts = _weights_record(folder).get("flow_shift")
+    value = shifts.get(preset) if isinstance(shifts, dict) else None
     return None if value is None else float(value)
 
 

@@ -52,8 +52,8 @@ def build_vae(**overrides: Any) -> Any:
     return AutoencoderKLWan(**{**VAE_CONFIG, **overrides})
 
 
-def build_components(seed: int = 0) -> dict[str, Any]:
-    """Untrained components of the mini pipeline (float32), seeded."""
+def build_components(seed: int = 0, flow_shift: float = SCHEDULER_CONFIG["flow_shift"]) -> dict[str, Any]:
+    """Untrained components of the mini pipeline (float32), seeded; the scheduler shifted by ``flow_shift``."""
     from diffusers import UniPCMultistepScheduler, WanTransformer3DModel
     from transformers import ByT5Tokenizer, UMT5Config, UMT5EncoderModel
 
@@ -63,7 +63,7 @@ def build_components(seed: int = 0) -> dict[str, Any]:
         "text_encoder": UMT5EncoderModel(UMT5Config(**TEXT_ENCODER_CONFIG)),
         "vae": build_vae(),
         "transformer": WanTransformer3DModel(**TRANSFORMER_CONFIG),
-        "scheduler": UniPCMultistepScheduler(**SCHEDULER_CONFIG),
+        "scheduler": UniPCMultistepScheduler(**{**SCHEDULER_CONFIG, "flow_shift": flow_shift}),
     }
 
 

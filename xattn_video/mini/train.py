@@ -37,7 +37,7 @@ from .model import SCHEDULER_CONFIG, TEXT_LEN, build_components, build_pipeline,
 
 MINI_SHAPE = (33, 128, 128)  # frames, height, width: 9 x 16 x 16 = 2,304 tokens per attention call
 LARGE_SHAPE = (33, 352, 352)  # 9 x 44 x 44 = 17,424 tokens
-FLOW_SHIFT = 3.0  # the default shift of training σ and of the sampler (model.SCHEDULER_CONFIG); --flow-shift
+FLOW_SHIFT = SCHEDULER_CONFIG["flow_shift"]  # the default shift of training σ and of the sampler; --flow-shift
 SIGMA_SAMPLINGS = ("uniform", "logit-normal")
 POOL_BATCHES = 8  # --latent-reuse keeps this many batches of clips per shape
 
@@ -244,6 +244,11 @@ def latent_stats(vae: Any, args: argparse.Namespace, rng: random.Random) -> tupl
 
 
 # ----------------------------------------------------------------------------------------- transformer
+def shifted_sigma(u: torch.Tensor, shift: float) -> torch.Tensor:
+    """The σ a flow-matching sampler shifted by ``shift`` steps to at sampler time ``u`` in [0, 1]."""
+    return shift * u / (1 + (shift - 1) * u)
+
+
 def flow_sigmas(n: int, generator: torch.Generator, device: str, sampling: str = "uniform",
                 shift: float = FLOW_SHIFT) -> torch.Tensor:
     """σ in (0, 1), shifted as the sampler shifts its schedule (σ = shift·u / (1 + (shift-1)·u)), from u in (0, 1):
@@ -255,7 +260,7 @@ def flow_sigmas(n: int, generator: torch.Generator, device: str, sampling: str =
         u = torch.sigmoid(torch.randn(n, generator=generator, device=device))
     else:
         raise ValueError(f"sigma sampling must be one of {SIGMA_SAMPLINGS}, got {sampling!r}")
-    return shift * u / (1 + (shift - 1) * u)
+    return shifted_sigma(u, shift)
 
 
 class LatentPool:
@@ -387,7 +392,7 @@ def main(argv: list[str] | None = None) -> int:
     torch.backends.cudnn.allow_tf32 = True
     rng = random.Random(args.seed)
     gen = torch.Generator(device=device).manual_seed(args.seed)
-    components = build_components(args.seed)
+    components = build_components(args.seed, args.flow_shift)  # the folder's sampler: the mini shape's shift
     vae, transformer, text_encoder = components["vae"], components["transformer"], components["text_encoder"]
     for module in (vae, transformer, text_encoder):
         module.to(device)
@@ -565,11 +570,7 @@ def save(args: argparse.Namespace, components: dict, ema_t: Any, ema_e: Any, sta
     import diffusers
     import transformers
 
-    from diffusers import UniPCMultistepScheduler
-
-    # the folder's own sampler uses the mini shape's shift; the mini-large preset reads its shift from training.json
-    scheduler = UniPCMultistepScheduler(**{**SCHEDULER_CONFIG, "flow_shift": args.flow_shift})
-    final = {**components, "transformer": ema_t, "text_encoder": ema_e, "scheduler": scheduler}
+    final = {**components, "transformer": ema_t, "text_encoder": ema_e}
     final["transformer"] = final["transformer"].to("cpu", torch.float16)  # 18 MB; the text encoder and VAE
     for name in ("text_encoder", "vae"):  # stay float32 (5 MB), so a plain from_pretrained runs them anywhere
         final[name] = final[name].to("cpu", torch.float32)
