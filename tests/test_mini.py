@@ -19,7 +19,8 @@ from xattn_video.eval.scorers.registry import VideoItem
 from xattn_video.mini import weights_dir
 from xattn_video.mini import model as mini_model
 from xattn_video.mini.data import random_clips, render, to_frames
-from xattn_video.mini.grammar import ObjectSpec, format_prompt, held_out_pairs, parse_prompt, sample_objects
+from xattn_video.mini.grammar import (ObjectSpec, format_prompt, held_out_pairs, parse_prompt, sample_objects,
+                                      swap_word)
 
 MAX_FOLDER_BYTES = 30 * 2**20  # the issue's budget for all weights together
 
@@ -96,6 +97,15 @@ def test_grammar_round_trip_and_other_words_are_ignored():
     assert parse_prompt("a cat walks on the grass") == []
     pairs = held_out_pairs(32)
     assert len({p for p, _ in pairs}) > 20 and len({s for _, s in pairs}) == 32
+
+
+def test_swap_word_changes_one_attribute():
+    obj = ObjectSpec("white", "ball", "up")
+    assert swap_word(obj, "colour") == ObjectSpec("red", "ball", "up")  # the next colour, wrapping round
+    assert swap_word(obj, "shape") == ObjectSpec("white", "square", "up")
+    assert swap_word(obj, "direction") == ObjectSpec("white", "ball", "down")
+    with pytest.raises(ValueError, match="attribute"):
+        swap_word(obj, "size")
 
 
 # ----------------------------------------------------------------------------------------------- data + scorer
@@ -307,16 +317,47 @@ def test_latent_pool_reuses_recent_clips_and_keeps_new_ones_first():
     assert LatentPool(reuse=1, capacity=12).fresh(8) == 8
 
 
+def test_shape_loss_weight_marks_the_cells_where_the_shape_decides():
+    from xattn_video.mini.train import flow_loss, shape_loss_weight
+
+    seed = int(np.random.SeedSequence().entropy % 2**31)
+    objects = [[ObjectSpec("red", "square", "right")], [ObjectSpec("blue", "ball", "down"), ObjectSpec("white", "square", "up")]]
+    rng = random.Random(seed)
+    before = random.Random(seed)
+    video = render(objects, 9, 64, 64, rng).video
+    weight = shape_loss_weight(objects, video, before, 10.0)
+    assert weight.shape == (2, 1, 3, 16, 16), seed
+    twin = render([[swap_word(o, "shape") for o in objs] for objs in objects], 9, 64, 64, random.Random(seed)).video
+
+    def object_cells(clip: torch.Tensor) -> torch.Tensor:  # latent cells of the later latent frames an object touches
+        drawn = (clip - clip[..., :1, :1]).abs().amax(1, keepdim=True).gt(1e-3).float()[:, :, 1:]  # corner: background
+        return F.max_pool3d(drawn.reshape(2, 1, 2, 4, 64, 64).amax(3), (1, 4, 4)) > 0
+
+    either = object_cells(video) | object_cells(twin)
+    marked = weight[:, :, 1:] > 1
+    assert marked.any(), seed
+    assert not (marked & ~either).any(), f"seed {seed}: weight outside the objects"  # the background stays 1
+    assert (weight <= 11).all() and (weight >= 1).all(), seed
+    # a marked cell is only partly where the two shapes differ (their edges), never wholly on average
+    assert ((weight[:, :, 1:][marked] - 1) / 10).mean() < 0.5, seed
+    assert torch.equal(shape_loss_weight(objects, video, random.Random(seed), 0.0), torch.ones_like(weight))
+    pred, target = torch.randn(2, 4, 3, 16, 16), torch.randn(2, 4, 3, 16, 16)
+    assert torch.allclose(flow_loss(pred, target, torch.ones_like(weight)), flow_loss(pred, target, None))
+    assert flow_loss(pred, target, None) == F.mse_loss(pred, target)
+
+
 def test_training_smoke_with_latent_reuse(tmp_path):
     from xattn_video.mini import train
 
     out = tmp_path / "mini"
     args = ["--out", str(out), "--vae-steps", "1", "--vae-batch", "2", "--steps", "3", "--batch", "2",
             "--large-every", "0", "--mini-shape", "5", "32", "32", "--warmup", "1", "--log-every", "1",
-            "--latent-reuse", "2", "--flow-shift", "12", "--large-flow-shift", "30", "--device", "cpu"]
-    assert train.main(args) == 0
+            "--latent-reuse", "2", "--flow-shift", "12", "--large-flow-shift", "30", "--shape-weight", "4",
+            "--device", "cpu"]
+    assert train.main(args) == 0  # the shape weight rides through the pool as one more latent channel
     record = json.loads((out / "training.json").read_text())
     assert record["args"]["latent_reuse"] == 2 and record["args"]["sigma_sampling"] == "uniform"
+    assert record["args"]["shape_weight"] == 4.0
     # the shift trained with is the shift sampled with: the folder's scheduler (mini) and the presets' record
     from xattn_video.mini import trained_flow_shift
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import random
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 COLOURS: dict[str, tuple[float, float, float]] = {  # RGB in [0, 1], as drawn by data.py
     "red": (0.95, 0.15, 0.12),
@@ -60,6 +60,22 @@ def sample_objects(rng: random.Random, two_prob: float = 0.5) -> list[ObjectSpec
     count = 2 if rng.random() < two_prob else 1
     colours = rng.sample(list(COLOURS), count)
     return [ObjectSpec(c, rng.choice(SHAPES), rng.choice(DIRECTIONS)) for c in colours]
+
+
+OPPOSITE_DIRECTIONS = {"left": "right", "right": "left", "up": "down", "down": "up"}
+
+
+def swap_word(obj: ObjectSpec, attribute: str) -> ObjectSpec:
+    """``obj`` with one word changed: ``"colour"`` the next colour, ``"shape"`` the other shape, ``"direction"``
+    the opposite direction (what changes the clip most)."""
+    if attribute == "colour":
+        names = list(COLOURS)
+        return replace(obj, colour=names[(names.index(obj.colour) + 1) % len(names)])
+    if attribute == "shape":
+        return replace(obj, shape=SHAPES[1 - SHAPES.index(obj.shape)])
+    if attribute == "direction":
+        return replace(obj, direction=OPPOSITE_DIRECTIONS[obj.direction])
+    raise ValueError(f"attribute must be colour, shape or direction, got {attribute!r}")
 
 
 def held_out_pairs(count: int = 32, seed: int = 1234) -> list[tuple[str, int]]:

@@ -1,0 +1,52 @@
+#!/bin/bash
+# The shipped mini weights' training recipe: six `python -m xattn_video.mini.train` segments (train_mini_gpu.sh
+# each), grown from 48 to 2,304 tokens per attention call, each at the σ shift that matches its token count
+# (≈ 3·sqrt(tokens / 48), as resolution-dependent shifts do: at 2,304 tokens the motion is decided near σ 1),
+# then two segments at a lower shift for the detail (low σ):
+#   a. 9x32x32     48 tokens,  shift 3,  batch 256   from the committed thumbnail-tied VAE: conditioning learned here
+#   b. 33x64x64    576 tokens, shift 10              from a
+#   c. 33x128x128  2,304,      shift 20              from b (the `mini` preset's shape)
+#   d. both presets, shift 20 / 55 (mini-large: 17,424 tokens)                      from c
+#   e. both presets, shift 6 / 12, lr 4e-4                                           from d
+#   f. both presets, shift 6 / 12, lr 3e-4                                           from e: the shipped folder
+# One device call (≤ 10 min) runs a b c, the next d, the next e f: give the stages as arguments; a stage starts from
+# /tmp/mini-<previous stage>, or from INIT=FOLDER (e.g. the previous call's folder, unpacked from $OUT). The last
+# stage's folder comes back as $OUT/mini.tar.part-*, every stage's log, training.json and prompt_match table as
+# $OUT/logs.tar. Seconds per stage: SECONDS_<STAGE> (defaults: the shipped run's budgets). E.g. the next step, from
+# the shipped folder: INIT=xattn_video/mini/weights EXTRA_ARGS="--shape-weight 10" bash benchmarks/train_mini_grow_gpu.sh e f
+# Usage (repo root, on the GPU machine): bash benchmarks/train_mini_grow_gpu.sh a b c
+set -u
+OUT=${OUT:-/tmp/out}
+mkdir -p "$OUT"
+SMALL="--set generation.frames=9 --set generation.height=32 --set generation.width=32"
+COMMON=(--compile --latent-reuse 2 ${EXTRA_ARGS:-})  # EXTRA_ARGS: more train options for every stage
+declare -A SECONDS_OF=([a]=120 [b]=90 [c]=160 [d]=340 [e]=190 [f]=150) PREVIOUS=([b]=a [c]=b [d]=c [e]=d [f]=e)
+last=""
+for stage in "$@"; do
+  [ -n "${SECONDS_OF[$stage]:-}" ] || { echo "unknown stage '$stage' (a-f)"; exit 2; }
+  init=${INIT:-/tmp/mini-${PREVIOUS[$stage]:-none}}
+  [ -n "$last" ] && init=/tmp/mini-$last
+  budget_var=SECONDS_${stage^^}
+  env_common=(OUT=/tmp/grow-$stage MINI_DIR=/tmp/mini-$stage VAE_SECONDS=0 SECONDS_T=${!budget_var:-${SECONDS_OF[$stage]}} LOOK=0)
+  case $stage in
+    a) env "${env_common[@]}" PM_GUIDANCE=4 PM_SET="$SMALL" PM_LARGE=0 bash benchmarks/train_mini_gpu.sh \
+         --init-vae benchmarks/results/mini-vae-thumb-cpu --mini-shape 9 32 32 --batch 256 --large-every 0 "${COMMON[@]}" ;;
+    b) env "${env_common[@]}" PM=0 PM_LARGE=0 bash benchmarks/train_mini_gpu.sh --init "$init" \
+         --mini-shape 33 64 64 --flow-shift 10 --warmup 100 --large-every 0 "${COMMON[@]}" ;;
+    c) env "${env_common[@]}" PM_LARGE=0 bash benchmarks/train_mini_gpu.sh --init "$init" \
+         --flow-shift 20 --warmup 100 --large-every 0 "${COMMON[@]}" ;;
+    d) env "${env_common[@]}" bash benchmarks/train_mini_gpu.sh --init "$init" \
+         --flow-shift 20 --large-flow-shift 55 --warmup 100 "${COMMON[@]}" ;;
+    e) env "${env_common[@]}" PM=0 PM_LARGE=0 bash benchmarks/train_mini_gpu.sh --init "$init" \
+         --flow-shift 6 --large-flow-shift 12 --warmup 50 --lr 4e-4 "${COMMON[@]}" ;;
+    f) env "${env_common[@]}" bash benchmarks/train_mini_gpu.sh --init "$init" \
+         --flow-shift 6 --large-flow-shift 12 --warmup 50 --lr 3e-4 "${COMMON[@]}" ;;
+  esac
+  rm -f /tmp/grow-$stage/mini.tar.part-*
+  last=$stage
+done
+[ -n "$last" ] || { echo "usage: bash benchmarks/train_mini_grow_gpu.sh STAGE..."; exit 2; }
+tar -C /tmp -cf - mini-$last | split -b 15M - "$OUT/mini.tar.part-"
+tar -C /tmp -cf "$OUT/logs.tar" $(for s in "$@"; do echo grow-$s; done)
+ls -la "$OUT"
+echo "=== grow done $(date +%T)"
