@@ -149,15 +149,19 @@ def main(argv: list[str] | None = None) -> int:
             r["speedup"] = dense_s / r["seconds"]
             r["prompt_match_vs_dense_points"] = 100 * (r["prompt_match"] - dense_pm)
         header = ("| setting | pairs | computed steps | density | PSNR dB | SSIM | LPIPS | prompt_match (Δ vs dense, "
-                  "points) | s/video | × dense |")
+                  "points; colour/shape/dir) | s/video | × dense |")
         lines = [header, "|---|---:|---:|---:|---:|---:|---:|---|---:|---:|"]
         for r in table_rows:
             def fmt(key: str, spec: str) -> str:
                 return format(r[key], spec) if key in r else "–"
+
+            def attributes(r: dict) -> str:
+                return "/".join(fmt(f"prompt_match_{a}", ".2f") for a in ("colour", "shape", "direction"))
             psnr = fmt("psnr", ".2f") + (f" ({r['identical_pairs']} identical)" if r.get("identical_pairs") else "")
             lines.append(f"| {r['setting']} | {r['pairs']} | {r['computed_step_fraction']:.2f} | {r['density']:.3f} | "
                          f"{psnr} | {fmt('ssim', '.4f')} | {fmt('lpips', '.4f')} | "
-                         f"{r['prompt_match']:.2f} ({r['prompt_match_vs_dense_points']:+.0f}) | {r['seconds']:.2f} | "
+                         f"{r['prompt_match']:.2f} ({r['prompt_match_vs_dense_points']:+.0f}; {attributes(r)}) | "
+                         f"{r['seconds']:.2f} | "
                          f"{r['speedup']:.2f} |")
         table = "\n".join(lines)
         print(table)
@@ -170,8 +174,10 @@ def main(argv: list[str] | None = None) -> int:
                 f"{base.xattn.warmup_steps} dense warmup steps. PSNR: a pair whose video equals dense (the cache never "
                 f"served a step there) counts as {PSNR_CAP:g} dB in the mean. 'computed steps': the share of denoising steps the "
                 f"cache computed (FirstBlockCache/MagCache: skipped steps; TaylorSeer: predicted; PAB/FasterCache: "
-                f"attention reused). prompt_match: the mini model's dense videos score near chance (see README), "
-                f"so read it as 'keeps what dense does'. Times: "
+                f"attention reused). prompt_match: all three attributes of an object right, then per attribute; the mini "
+                f"model draws colour and direction but not yet the shape (at chance: a blob between ball and square, "
+                f"read as either by a hair; see README), so changes of the shape column, and of all three with it, "
+                f"are noise; read colour and direction as 'keeps what dense does'. Times: "
                 + (f"a CPU, where the `torch` backend does not skip dropped blocks (XAttention is slower there) and "
                    f"one setting's videos took up to {spread:.1f}x longer on one pair than on another, so these times "
                    f"are not speed; the plot uses the computed-step fraction instead (XAttention's own saving, cheaper "
