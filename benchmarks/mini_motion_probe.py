@@ -30,7 +30,7 @@ from xattn_video.eval.scorers.prompt_match import read_objects  # noqa: E402
 from xattn_video.mini import weights_dir  # noqa: E402
 from xattn_video.mini.data import render, to_frames  # noqa: E402
 from xattn_video.mini.grammar import COLOURS, DIRECTION_VECTORS, held_out_pairs, parse_prompt  # noqa: E402
-from xattn_video.mini.model import encode_prompts  # noqa: E402
+from xattn_video.mini.model import encode_prompts, latent_norm  # noqa: E402
 from xattn_video.mini.train import shifted_sigma  # noqa: E402
 
 
@@ -48,15 +48,9 @@ def sample_from(pipe, z0, noise, text, sigma0: float, steps: int, shift: float, 
     return x
 
 
-def latent_norm(pipe) -> tuple[torch.Tensor, torch.Tensor]:
-    c = pipe.vae.config.z_dim
-    return (torch.tensor(pipe.vae.config.latents_mean).view(1, c, 1, 1, 1),
-            torch.tensor(pipe.vae.config.latents_std).view(1, c, 1, 1, 1))
-
-
 @torch.no_grad()
 def start_sigma_rows(pipe, args) -> list[dict]:
-    mean, std = latent_norm(pipe)
+    mean, std = latent_norm(pipe.vae)
     right: dict[float, list[bool]] = {s: [] for s in args.start_sigmas}
     for prompt, seed in held_out_pairs(args.pairs):
         objects = parse_prompt(prompt)
@@ -75,7 +69,7 @@ def start_sigma_rows(pipe, args) -> list[dict]:
 
 @torch.no_grad()
 def prompt_at_noise_rows(pipe, args) -> list[dict]:
-    mean, std = latent_norm(pipe)
+    mean, std = latent_norm(pipe.vae)
     frames, height, width = args.shape
     shape = (args.noises, pipe.vae.config.z_dim, (frames - 1) // 4 + 1, height // 4, width // 4)
     noise = torch.randn(shape, generator=torch.Generator().manual_seed(1))

@@ -69,10 +69,10 @@ def measure(folder: Path, pairs: int, noise: list[float], frames: int, size: int
     from xattn_video.eval.scorers.prompt_match import score_video
     from xattn_video.mini.data import render, to_frames
     from xattn_video.mini.grammar import held_out_pairs, parse_prompt
+    from xattn_video.mini.model import latent_norm
 
     vae = load_vae(folder)
-    mean = torch.tensor(vae.config.latents_mean).view(1, -1, 1, 1, 1)
-    std = torch.tensor(vae.config.latents_std).view(1, -1, 1, 1, 1)
+    mean, std = latent_norm(vae)
     codes = colour_codes(vae, mean, std, frames, size, seed=0)
     later = {c: v[1:].mean(0) for c, v in codes.items()}
     names = list(later)

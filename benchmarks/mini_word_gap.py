@@ -25,15 +25,13 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from xattn_video.mini import weights_dir  # noqa: E402
 from xattn_video.mini.data import render  # noqa: E402
 from xattn_video.mini.grammar import format_prompt, sample_objects, swap_word  # noqa: E402
-from xattn_video.mini.model import encode_prompts  # noqa: E402
+from xattn_video.mini.model import encode_prompts, latent_norm  # noqa: E402
 
 @torch.no_grad()
 def word_gaps(pipe, clips: int, sigmas: list[float], shape: tuple[int, int, int], seed: int,
               text_len: int) -> list[dict]:
     """One row per σ: the relative loss gap of each attribute's swap (and of a whole other clip's prompt)."""
-    c = pipe.vae.config.z_dim
-    mean = torch.tensor(pipe.vae.config.latents_mean).view(1, c, 1, 1, 1)
-    std = torch.tensor(pipe.vae.config.latents_std).view(1, c, 1, 1, 1)
+    mean, std = latent_norm(pipe.vae)
     rng = random.Random(seed)
     objects = [sample_objects(rng) for _ in range(clips)]
     z0 = (pipe.vae.encode(render(objects, *shape, rng).video).latent_dist.mode() - mean) / std

@@ -52,6 +52,12 @@ def build_vae(**overrides: Any) -> Any:
     return AutoencoderKLWan(**{**VAE_CONFIG, **overrides})
 
 
+def latent_norm(vae: Any, device: torch.device | str = "cpu") -> tuple[torch.Tensor, torch.Tensor]:
+    """The VAE's latent mean and std as [1, C, 1, 1, 1] tensors: the pipeline denoises (z - mean) / std."""
+    mean = torch.tensor(vae.config.latents_mean, device=device).view(1, -1, 1, 1, 1)
+    return mean, torch.tensor(vae.config.latents_std, device=device).view(1, -1, 1, 1, 1)
+
+
 def build_components(seed: int = 0, flow_shift: float = SCHEDULER_CONFIG["flow_shift"]) -> dict[str, Any]:
     """Untrained components of the mini pipeline (float32), seeded; the scheduler shifted by ``flow_shift``."""
     from diffusers import UniPCMultistepScheduler, WanTransformer3DModel

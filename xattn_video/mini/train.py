@@ -33,7 +33,8 @@ import torch.nn.functional as F
 
 from .data import random_clips, render, training_prompt
 from .grammar import ObjectSpec, format_prompt, sample_objects, swap_word
-from .model import SCHEDULER_CONFIG, TEXT_LEN, build_components, build_pipeline, encode_prompts, tokens_per_call
+from .model import (SCHEDULER_CONFIG, TEXT_LEN, build_components, build_pipeline, encode_prompts, latent_norm,
+                    tokens_per_call)
 
 MINI_SHAPE = (33, 128, 128)  # frames, height, width: 9 x 16 x 16 = 2,304 tokens per attention call
 LARGE_SHAPE = (33, 352, 352)  # 9 x 44 x 44 = 17,424 tokens
@@ -503,8 +504,7 @@ def main(argv: list[str] | None = None) -> int:
         state.update(stage="transformer", step=0)
         opt_state = None
     vae.eval().requires_grad_(False)
-    mean = torch.tensor(vae.config.latents_mean, device=device).view(1, -1, 1, 1, 1)
-    std = torch.tensor(vae.config.latents_std, device=device).view(1, -1, 1, 1, 1)
+    mean, std = latent_norm(vae, device)
 
     # ---- stage 2: transformer + text encoder
     transformer.train()
