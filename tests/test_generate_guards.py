@@ -97,6 +97,11 @@ class _NaNPipe:
     _execution_device = torch.device("cpu")
     transformer = SimpleNamespace(config=SimpleNamespace(in_channels=4))
 
+    def __init__(self) -> None:
+        from diffusers import FlowMatchEulerDiscreteScheduler
+
+        self.scheduler = FlowMatchEulerDiscreteScheduler()  # the default model's preset sets the sampler's shift
+
     def prepare_latents(self, *args):
         return torch.zeros(1)
 
