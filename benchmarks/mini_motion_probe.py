@@ -27,10 +27,9 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from xattn_video.eval.scorers.prompt_match import read_objects  # noqa: E402
-from xattn_video.mini import weights_dir  # noqa: E402
 from xattn_video.mini.data import render, to_frames  # noqa: E402
 from xattn_video.mini.grammar import COLOURS, DIRECTION_VECTORS, held_out_pairs, parse_prompt  # noqa: E402
-from xattn_video.mini.model import encode_prompts, latent_norm  # noqa: E402
+from xattn_video.mini.model import encode_prompts, latent_norm, load_folder  # noqa: E402
 from xattn_video.mini.train import shifted_sigma  # noqa: E402
 
 
@@ -100,8 +99,6 @@ def prompt_at_noise_rows(pipe, args) -> list[dict]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from diffusers import WanPipeline
-
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--weights", type=Path, default=None, help="pipeline folder (default: the mini weights)")
     p.add_argument("--pairs", type=int, default=6)
@@ -114,9 +111,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out-dir", type=Path, default=None)
     p.add_argument("--name", default="mini")
     args = p.parse_args(argv)
-    folder = args.weights or weights_dir()
-    pipe = WanPipeline.from_pretrained(folder)
-    pipe.transformer.eval()
+    folder, pipe = load_folder(args.weights)
     if args.shift is None:
         args.shift = float(pipe.scheduler.config.flow_shift)
     record = {"weights": str(folder), "shift": args.shift, "steps": args.steps, "guidance": args.guidance,

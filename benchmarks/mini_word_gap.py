@@ -22,10 +22,10 @@ import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from xattn_video.mini import weights_dir  # noqa: E402
 from xattn_video.mini.data import render  # noqa: E402
 from xattn_video.mini.grammar import format_prompt, sample_objects, swap_word  # noqa: E402
-from xattn_video.mini.model import encode_prompts, latent_norm  # noqa: E402
+from xattn_video.mini.model import encode_prompts, latent_norm, load_folder  # noqa: E402
+
 
 @torch.no_grad()
 def word_gaps(pipe, clips: int, sigmas: list[float], shape: tuple[int, int, int], seed: int,
@@ -56,8 +56,6 @@ def word_gaps(pipe, clips: int, sigmas: list[float], shape: tuple[int, int, int]
 
 
 def main(argv: list[str] | None = None) -> int:
-    from diffusers import WanPipeline
-
     from xattn_video.mini import trained_text_len
 
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
@@ -69,9 +67,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out-dir", type=Path, default=None)
     p.add_argument("--name", default="mini")
     args = p.parse_args(argv)
-    folder = args.weights or weights_dir()
-    pipe = WanPipeline.from_pretrained(folder)
-    pipe.transformer.eval()
+    folder, pipe = load_folder(args.weights)
     rows = word_gaps(pipe, args.clips, args.sigmas, tuple(args.shape), args.seed, trained_text_len(folder))
     lines = [f"# Which words the mini model uses (`{folder}`)", "",
              f"Command: `python benchmarks/mini_word_gap.py {' '.join(argv or sys.argv[1:])}` ({args.clips} clips at "

@@ -52,7 +52,7 @@ def main(argv: list[str] | None = None) -> int:
     from xattn_video.config import load_config
     from xattn_video.eval.compare import warm_up
     from xattn_video.eval.metrics import compare_videos
-    from xattn_video.eval.scorers.prompt_match import score_video
+    from xattn_video.eval.scorers.prompt_match import format_attributes, score_video
     from xattn_video.generate import run_pipeline
     from xattn_video.mini.grammar import held_out_pairs, parse_prompt
     from xattn_video.pipelines.loading import load_pipeline
@@ -154,13 +154,10 @@ def main(argv: list[str] | None = None) -> int:
         for r in table_rows:
             def fmt(key: str, spec: str) -> str:
                 return format(r[key], spec) if key in r else "–"
-
-            def attributes(r: dict) -> str:
-                return "/".join(fmt(f"prompt_match_{a}", ".2f") for a in ("colour", "shape", "direction"))
             psnr = fmt("psnr", ".2f") + (f" ({r['identical_pairs']} identical)" if r.get("identical_pairs") else "")
             lines.append(f"| {r['setting']} | {r['pairs']} | {r['computed_step_fraction']:.2f} | {r['density']:.3f} | "
                          f"{psnr} | {fmt('ssim', '.4f')} | {fmt('lpips', '.4f')} | "
-                         f"{r['prompt_match']:.2f} ({r['prompt_match_vs_dense_points']:+.0f}; {attributes(r)}) | "
+                         f"{r['prompt_match']:.2f} ({r['prompt_match_vs_dense_points']:+.0f}; {format_attributes(r)}) | "
                          f"{r['seconds']:.2f} | "
                          f"{r['speedup']:.2f} |")
         table = "\n".join(lines)

@@ -41,7 +41,7 @@ def main(argv: list[str] | None = None) -> int:
     from xattn_video.eval.compare import warm_up
     from xattn_video.eval.metrics import compare_videos
     from xattn_video.eval.scorers.flicker import temporal_flickering_score
-    from xattn_video.eval.scorers.prompt_match import score_video
+    from xattn_video.eval.scorers.prompt_match import format_attributes, score_video
     from xattn_video.generate import run_pipeline
     from xattn_video.mini.grammar import held_out_pairs, parse_prompt
     from xattn_video.pipelines.loading import load_pipeline
@@ -108,8 +108,7 @@ def main(argv: list[str] | None = None) -> int:
                 return format(r[key], spec) if key in r else "–"
             lines.append(f"| {r['setting']} | {len(rows[r['setting']]['seconds'])} | {r['density']:.3f} | {fmt('psnr', '.2f')} | {fmt('ssim', '.4f')} | "
                          f"{fmt('lpips', '.4f')} | {r['flicker']:.4f} | {r['prompt_match']:.2f} "
-                         f"({r['prompt_match_colour']:.2f}/{r['prompt_match_shape']:.2f}/"
-                         f"{r['prompt_match_direction']:.2f}) | {r['seconds']:.2f} | {dense_seconds / r['seconds']:.2f} |")
+                         f"({format_attributes(r)}) | {r['seconds']:.2f} | {dense_seconds / r['seconds']:.2f} |")
         table = "\n".join(lines)
         print(table)
 

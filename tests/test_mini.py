@@ -175,6 +175,14 @@ def test_prompt_match_is_registered_and_skips_prompts_outside_the_grammar():
     assert list(scorer.skipped) == ["a cat on the grass"]
 
 
+def test_format_attributes_prints_colour_shape_direction_in_order():
+    from xattn_video.eval.scorers.prompt_match import format_attributes
+
+    scores = {"prompt_match": 0.5, "prompt_match_colour": 1.0, "prompt_match_shape": 0.75}
+    assert format_attributes({**scores, "prompt_match_direction": 0.125}) == "1.00/0.75/0.12"
+    assert format_attributes(scores) == "1.00/0.75/–"
+
+
 # -------------------------------------------------------------------------------------------------------- training
 def test_training_smoke_writes_a_loadable_folder(tmp_path):
     from diffusers import WanPipeline

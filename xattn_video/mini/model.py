@@ -104,6 +104,19 @@ def build_pipeline(components: dict[str, Any]) -> Any:
     return WanPipeline(**components)
 
 
+def load_folder(folder: Any = None) -> tuple[Any, Any]:
+    """(folder, its ``WanPipeline``) for a mini pipeline folder (default: the mini weights, or
+    ``XVID_MINI_WEIGHTS``), float32 on the CPU with the transformer in eval mode: what the probe scripts read."""
+    from diffusers import WanPipeline
+
+    from . import weights_dir
+
+    folder = folder or weights_dir()
+    pipe = WanPipeline.from_pretrained(folder)
+    pipe.transformer.eval()
+    return folder, pipe
+
+
 __all__ = ["LATENT_CHANNELS", "SCHEDULER_CONFIG", "TEXT_ENCODER_CONFIG", "TEXT_LEN", "TRANSFORMER_CONFIG",
            "VAE_CONFIG", "build_components", "build_pipeline", "build_vae", "byte_ids", "encode_prompts",
-           "tokens_per_call"]
+           "latent_norm", "load_folder", "tokens_per_call"]

@@ -126,6 +126,12 @@ def read_objects(frames: np.ndarray, objects: list[ObjectSpec]) -> list[ObjectRe
 _KEYS = ("prompt_match", "prompt_match_colour", "prompt_match_shape", "prompt_match_direction")
 
 
+def format_attributes(scores: dict[str, float]) -> str:
+    """The per-attribute shares of a score dict as ``colour/shape/direction`` (e.g. ``1.00/0.75/1.00``, ``–`` for a
+    missing one): the column the benchmark tables print beside ``prompt_match``."""
+    return "/".join(format(scores[k], ".2f") if k in scores else "–" for k in _KEYS[1:])
+
+
 def score_readings(readings: list[ObjectReading], objects: list[ObjectSpec]) -> dict[str, float]:
     """The four sub-metrics from the readings of :func:`read_objects` (NaN for a prompt with no object)."""
     if not objects:
