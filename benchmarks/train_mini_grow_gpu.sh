@@ -1,29 +1,33 @@
 #!/bin/bash
-# The shipped mini weights' training recipe: six `python -m xattn_video.mini.train` segments (train_mini_gpu.sh
+# The shipped mini weights' training recipe: eight `python -m xattn_video.mini.train` segments (train_mini_gpu.sh
 # each), grown from 48 to 2,304 tokens per attention call, each at the σ shift that matches its token count
 # (≈ 3·sqrt(tokens / 48), as resolution-dependent shifts do: at 2,304 tokens the motion is decided near σ 1),
-# then two segments at a lower shift for the detail (low σ):
+# then two segments at a lower shift for the detail (low σ) and two more with the shape-weighted loss:
 #   a. 9x32x32     48 tokens,  shift 3,  batch 256   from the committed thumbnail-tied VAE: conditioning learned here
 #   b. 33x64x64    576 tokens, shift 10              from a
 #   c. 33x128x128  2,304,      shift 20              from b (the `mini` preset's shape)
 #   d. both presets, shift 20 / 55 (mini-large: 17,424 tokens)                      from c
 #   e. both presets, shift 6 / 12, lr 4e-4                                           from d
-#   f. both presets, shift 6 / 12, lr 3e-4                                           from e: the shipped folder
-# One device call (≤ 10 min) runs a b c, the next d, the next e f: give the stages as arguments; a stage starts from
+#   f. both presets, shift 6 / 12, lr 3e-4                                           from e
+#   g. as e with --shape-weight 10 (the loss weighted where a ball and a square differ)  from f
+#   h. as f with --shape-weight 10                                                   from g: the shipped folder
+# One device call (≤ 10 min) runs a b c, the next d, the next e f, then g, then h (g h in one call pass the 10 minutes
+# once both prompt_match checks run): give the stages as arguments; a stage starts from
 # /tmp/mini-<previous stage>, or from INIT=FOLDER (e.g. the previous call's folder, unpacked from $OUT). The last
 # stage's folder comes back as $OUT/mini.tar.part-*, every stage's log, training.json and prompt_match table as
-# $OUT/logs.tar. Seconds per stage: SECONDS_<STAGE> (defaults: the shipped run's budgets). E.g. the next step, from
-# the shipped folder: INIT=xattn_video/mini/weights EXTRA_ARGS="--shape-weight 10" bash benchmarks/train_mini_grow_gpu.sh e f
+# $OUT/logs.tar. Seconds per stage: SECONDS_<STAGE> (defaults: the shipped run's budgets). E.g. more shape-weighted
+# training from the shipped folder: INIT=xattn_video/mini/weights bash benchmarks/train_mini_grow_gpu.sh h
 # Usage (repo root, on the GPU machine): bash benchmarks/train_mini_grow_gpu.sh a b c
 set -u
 OUT=${OUT:-/tmp/out}
 mkdir -p "$OUT"
 SMALL="--set generation.frames=9 --set generation.height=32 --set generation.width=32"
 COMMON=(--compile --latent-reuse 2 ${EXTRA_ARGS:-})  # EXTRA_ARGS: more train options for every stage
-declare -A SECONDS_OF=([a]=120 [b]=90 [c]=160 [d]=340 [e]=190 [f]=150) PREVIOUS=([b]=a [c]=b [d]=c [e]=d [f]=e)
+declare -A SECONDS_OF=([a]=120 [b]=90 [c]=160 [d]=340 [e]=190 [f]=150 [g]=230 [h]=190)
+declare -A PREVIOUS=([b]=a [c]=b [d]=c [e]=d [f]=e [g]=f [h]=g)
 last=""
 for stage in "$@"; do
-  [ -n "${SECONDS_OF[$stage]:-}" ] || { echo "unknown stage '$stage' (a-f)"; exit 2; }
+  [ -n "${SECONDS_OF[$stage]:-}" ] || { echo "unknown stage '$stage' (a-h)"; exit 2; }
   init=${INIT:-/tmp/mini-${PREVIOUS[$stage]:-none}}
   [ -n "$last" ] && init=/tmp/mini-$last
   budget_var=SECONDS_${stage^^}
@@ -41,6 +45,10 @@ for stage in "$@"; do
          --flow-shift 6 --large-flow-shift 12 --warmup 50 --lr 4e-4 "${COMMON[@]}" ;;
     f) env "${env_common[@]}" bash benchmarks/train_mini_gpu.sh --init "$init" \
          --flow-shift 6 --large-flow-shift 12 --warmup 50 --lr 3e-4 "${COMMON[@]}" ;;
+    g) env "${env_common[@]}" PM=0 PM_LARGE=0 WORD_GAP=1 bash benchmarks/train_mini_gpu.sh --init "$init" \
+         --flow-shift 6 --large-flow-shift 12 --warmup 50 --lr 4e-4 --shape-weight 10 "${COMMON[@]}" ;;
+    h) env "${env_common[@]}" WORD_GAP=1 bash benchmarks/train_mini_gpu.sh --init "$init" \
+         --flow-shift 6 --large-flow-shift 12 --warmup 50 --lr 3e-4 --shape-weight 10 "${COMMON[@]}" ;;
   esac
   rm -f /tmp/grow-$stage/mini.tar.part-*
   last=$stage
