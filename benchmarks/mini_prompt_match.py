@@ -23,7 +23,7 @@ import numpy as np
 
 def main(argv: list[str] | None = None) -> int:
     from xattn_video.config import load_config
-    from xattn_video.eval.scorers.prompt_match import score_video
+    from xattn_video.eval.scorers.prompt_match import DIRECTION_OUTCOMES, direction_outcome, read_objects, score_readings
     from xattn_video.generate import run_pipeline
     from xattn_video.mini.grammar import held_out_pairs, parse_prompt
     from xattn_video.pipelines.loading import load_pipeline
@@ -41,6 +41,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--reference", action="store_true",
                    help="also score the data's clips and their VAE round trip (the ceiling of generation)")
     p.add_argument("--no-generate", action="store_true", help="only the --reference rows")
+    p.add_argument("--why", action="store_true",
+                   help="also count, per row, why directions scored as they did (right, object not found, not "
+                        "moving, opposite, sideways) and the median travel of the objects found")
     args = p.parse_args(argv)
 
     rows = []
@@ -54,6 +57,8 @@ def main(argv: list[str] | None = None) -> int:
             rows.extend(reference_rows(pipe, base, model, args.pairs))
         for guidance in ([] if args.no_generate else args.guidance):
             scores: dict[str, list[float]] = {}
+            outcomes = dict.fromkeys(DIRECTION_OUTCOMES, 0)
+            travels = []
             seconds = []
             for prompt, seed in held_out_pairs(args.pairs):
                 run = load_config(None, overrides + [f"generation.prompt={prompt}", f"generation.seed={seed}"]
@@ -61,13 +66,22 @@ def main(argv: list[str] | None = None) -> int:
                 run.dense = True
                 result = run_pipeline(pipe, run, show_progress=False)
                 seconds.append(result.seconds_total)
-                for key, value in score_video(result.frames, parse_prompt(prompt)).items():
+                objects = parse_prompt(prompt)
+                readings = read_objects(result.frames, objects)
+                for key, value in score_readings(readings, objects).items():
                     scores.setdefault(key, []).append(value)
+                for reading, obj in zip(readings, objects):
+                    outcomes[direction_outcome(reading, obj)] += 1
+                    if reading.found:
+                        travels.append(float(np.hypot(*reading.travel)))
             g = base.generation.guidance_scale if guidance is None else guidance
             row = {"model": model, "guidance": g, "steps": base.generation.steps, "pairs": args.pairs,
                    "size": f"{base.generation.frames}x{base.generation.height}x{base.generation.width}",
                    "seconds_per_video": float(np.median(seconds)),
                    **{k: float(np.mean(v)) for k, v in scores.items()}}
+            if args.why:
+                row["direction_outcomes"] = outcomes
+                row["median_travel"] = float(np.median(travels)) if travels else float("nan")
             rows.append(row)
             print(f"{model} guidance {g}: " + ", ".join(f"{k} {v:.3f}" for k, v in row.items()
                                                          if k.startswith("prompt_match")), flush=True)
@@ -82,6 +96,12 @@ def main(argv: list[str] | None = None) -> int:
         lines.append(f"| {r['model']} | {r['size']} | {r['steps']} | {r['guidance']:g} | {r['prompt_match']:.3f} | "
                      f"{r['prompt_match_colour']:.3f} | {r['prompt_match_shape']:.3f} | "
                      f"{r['prompt_match_direction']:.3f} | {r['seconds_per_video']:.2f} |")
+    if args.why:
+        lines += ["", "Directions (objects): " + ", ".join(DIRECTION_OUTCOMES) + "; median centroid travel of the objects "
+                  "found, in frame sides (the data moves objects 0.25-0.5).", ""]
+        lines += [f"- {r['model']}, guidance {r['guidance']:g}: " + ", ".join(
+            f"{name} {count}" for name, count in r["direction_outcomes"].items()) + f"; travel {r['median_travel']:.2f}"
+            for r in rows if "direction_outcomes" in r]
     table = "\n".join(lines)
     print(table)
     if args.out_dir:

@@ -436,3 +436,25 @@ def test_text_probe_batches_share_clips_and_noise_at_their_own_sigma():
     z_low = low["zt"] - TEXT_PROBE_SIGMAS[0] * low["target"]
     z_high = high["zt"] - TEXT_PROBE_SIGMAS[1] * high["target"]
     assert torch.allclose(z_low, z_high, atol=1e-5)
+
+
+def test_direction_outcome_says_why_a_direction_scored_as_it_did():
+    from xattn_video.eval.scorers.prompt_match import ObjectReading, direction_outcome, read_objects
+
+    obj = parse_prompt("a red ball moving right")[0]
+
+    def reading(direction, found=True):
+        return ObjectReading(found=found, shape="ball" if found else None, direction=direction)
+
+    assert direction_outcome(reading("right"), obj) == "right"
+    assert direction_outcome(reading(None, found=False), obj) == "not found"
+    assert direction_outcome(reading(None), obj) == "not moving"
+    assert direction_outcome(reading("left"), obj) == "opposite"
+    assert direction_outcome(reading("up"), obj) == "sideways" and direction_outcome(reading("down"), obj) == "sideways"
+    # read off real frames: the clip drawn for the prompt reads "right", the same object kept still "not moving"
+    objects = parse_prompt("a green square moving up")
+    frames = to_frames(render([objects], 33, 128, 128, random.Random(3), "cpu").video[0])
+    (got,) = read_objects(frames, objects)
+    assert direction_outcome(got, objects[0]) == "right"
+    (still,) = read_objects(np.repeat(frames[:1], len(frames), 0), objects)
+    assert direction_outcome(still, objects[0]) == "not moving"

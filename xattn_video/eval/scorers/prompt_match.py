@@ -144,6 +144,22 @@ def score_readings(readings: list[ObjectReading], objects: list[ObjectSpec]) -> 
     return dict(zip(_KEYS, (full / n, colour / n, shape / n, direction / n)))
 
 
+DIRECTION_OUTCOMES = ("right", "not found", "not moving", "opposite", "sideways")
+
+
+def direction_outcome(reading: ObjectReading, obj: ObjectSpec) -> str:
+    """Why an object's direction scored as it did, one of ``DIRECTION_OUTCOMES``: read correctly, the object not
+    found, moving less than ``MIN_TRAVEL``, moving against the prompt, or across it."""
+    if not reading.found:
+        return "not found"
+    if reading.direction is None:
+        return "not moving"
+    if reading.direction == obj.direction:
+        return "right"
+    want, got = DIRECTION_VECTORS[obj.direction], DIRECTION_VECTORS[reading.direction]
+    return "opposite" if (want[0] + got[0], want[1] + got[1]) == (0, 0) else "sideways"
+
+
 def score_video(frames: np.ndarray, objects: list[ObjectSpec]) -> dict[str, float]:
     """The four sub-metrics for one video ``frames`` [T, H, W, 3] in [0, 1] against the prompt's ``objects``."""
     return score_readings(read_objects(frames, objects) if objects else [], objects)
