@@ -23,6 +23,7 @@ OUT=${OUT:-/tmp/out}
 mkdir -p "$OUT"
 SMALL="--set generation.frames=9 --set generation.height=32 --set generation.width=32"
 COMMON=(--compile --latent-reuse 2 ${EXTRA_ARGS:-})  # EXTRA_ARGS: more train options for every stage
+LOW_SHIFT=(--flow-shift 6 --large-flow-shift 12 --warmup 50)  # e-h: the detail (low σ) at the presets' sampler shifts
 declare -A SECONDS_OF=([a]=120 [b]=90 [c]=160 [d]=340 [e]=190 [f]=150 [g]=230 [h]=190)
 declare -A PREVIOUS=([b]=a [c]=b [d]=c [e]=d [f]=e [g]=f [h]=g)
 last=""
@@ -42,13 +43,13 @@ for stage in "$@"; do
     d) env "${env_common[@]}" bash benchmarks/train_mini_gpu.sh --init "$init" \
          --flow-shift 20 --large-flow-shift 55 --warmup 100 "${COMMON[@]}" ;;
     e) env "${env_common[@]}" PM=0 PM_LARGE=0 bash benchmarks/train_mini_gpu.sh --init "$init" \
-         --flow-shift 6 --large-flow-shift 12 --warmup 50 --lr 4e-4 "${COMMON[@]}" ;;
+         "${LOW_SHIFT[@]}" --lr 4e-4 "${COMMON[@]}" ;;
     f) env "${env_common[@]}" bash benchmarks/train_mini_gpu.sh --init "$init" \
-         --flow-shift 6 --large-flow-shift 12 --warmup 50 --lr 3e-4 "${COMMON[@]}" ;;
+         "${LOW_SHIFT[@]}" --lr 3e-4 "${COMMON[@]}" ;;
     g) env "${env_common[@]}" PM=0 PM_LARGE=0 WORD_GAP=1 bash benchmarks/train_mini_gpu.sh --init "$init" \
-         --flow-shift 6 --large-flow-shift 12 --warmup 50 --lr 4e-4 --shape-weight 10 "${COMMON[@]}" ;;
+         "${LOW_SHIFT[@]}" --lr 4e-4 --shape-weight 10 "${COMMON[@]}" ;;
     h) env "${env_common[@]}" WORD_GAP=1 bash benchmarks/train_mini_gpu.sh --init "$init" \
-         --flow-shift 6 --large-flow-shift 12 --warmup 50 --lr 3e-4 --shape-weight 10 "${COMMON[@]}" ;;
+         "${LOW_SHIFT[@]}" --lr 3e-4 --shape-weight 10 "${COMMON[@]}" ;;
   esac
   rm -f /tmp/grow-$stage/mini.tar.part-*
   last=$stage

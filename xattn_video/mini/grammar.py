@@ -89,5 +89,5 @@ def held_out_pairs(count: int = 32, seed: int = 1234) -> list[tuple[str, int]]:
     return pairs
 
 
-__all__ = ["COLOURS", "DIRECTIONS", "DIRECTION_VECTORS", "MAX_OBJECTS", "SHAPES", "ObjectSpec", "format_prompt",
-           "held_out_pairs", "parse_prompt", "sample_objects"]
+__all__ = ["COLOURS", "DIRECTIONS", "DIRECTION_VECTORS", "MAX_OBJECTS", "OPPOSITE_DIRECTIONS", "SHAPES", "ObjectSpec",
+           "format_prompt", "held_out_pairs", "parse_prompt", "sample_objects", "swap_word"]

@@ -24,7 +24,7 @@ from dataclasses import dataclass
 import numpy as np
 from scipy import ndimage
 
-from ...mini.grammar import COLOURS, DIRECTION_VECTORS, ObjectSpec, parse_prompt
+from ...mini.grammar import COLOURS, DIRECTION_VECTORS, OPPOSITE_DIRECTIONS, ObjectSpec, parse_prompt
 from .registry import VideoItem, check_batch
 
 __all__ = ["ObjectReading", "PromptMatchScorer", "largest_regions", "make_prompt_match", "read_object",
@@ -156,8 +156,7 @@ def direction_outcome(reading: ObjectReading, obj: ObjectSpec) -> str:
         return "not moving"
     if reading.direction == obj.direction:
         return "right"
-    want, got = DIRECTION_VECTORS[obj.direction], DIRECTION_VECTORS[reading.direction]
-    return "opposite" if (want[0] + got[0], want[1] + got[1]) == (0, 0) else "sideways"
+    return "opposite" if reading.direction == OPPOSITE_DIRECTIONS[obj.direction] else "sideways"
 
 
 def score_video(frames: np.ndarray, objects: list[ObjectSpec]) -> dict[str, float]:
