@@ -21,6 +21,19 @@ def test_help_and_no_gpu_is_one_clear_line(capsys, monkeypatch):
     assert len(err) == 1 and "needs a CUDA GPU" in err[0]
 
 
+def test_any_cap_is_a_setting_and_a_bad_one_is_one_clear_line(capsys):
+    settings = e2e_models.xattn_settings(5, "bf16", ["stock", "cap0.49", "cap.3"])
+    assert settings["cap0.49"]["max_density"] == 0.49 and settings["cap.3"]["max_density"] == 0.3
+    assert settings["cap0.49"]["threshold"] == 0.9 and settings["cap0.49"]["warmup_steps"] == 5
+    assert "cap0.49" not in e2e_models.xattn_settings(5)  # only the caps asked for
+    for bad in ("cap0", "cap1.5", "cap0.0", "capx", "cap-0.3"):
+        with pytest.raises(SystemExit) as exc:
+            cli.main(["bench", "--e2e", "--settings", "stock", bad])
+        assert exc.value.code == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert f"unknown setting '{bad}'" in err[-1] and "capD" in err[-1], err
+
+
 def test_token_counts_of_the_presets():
     hv, wan = e2e_models.MODELS["hunyuan-video"], e2e_models.MODELS["wan2.1-14b"]
     assert hv.image_tokens(None, hv.shapes["720p"]) + hv.text_tokens == 119056

@@ -354,6 +354,30 @@ def test_shape_loss_weight_marks_the_cells_where_the_shape_decides():
     assert flow_loss(pred, target, None) == F.mse_loss(pred, target)
 
 
+def test_direction_loss_weight_marks_both_tracks_and_adds_to_the_shape_weight():
+    from xattn_video.mini.train import shape_loss_weight, swap_loss_weight
+
+    seed = int(np.random.SeedSequence().entropy % 2**31)
+    objects = [[ObjectSpec("green", "ball", "left")], [ObjectSpec("yellow", "square", "up"), ObjectSpec("red", "ball", "right")]]
+    video = render(objects, 9, 64, 64, random.Random(seed)).video
+    weight = swap_loss_weight(objects, video, random.Random(seed), {"direction": 5.0})
+    twin = render([[swap_word(o, "direction") for o in objs] for objs in objects], 9, 64, 64, random.Random(seed)).video
+
+    def object_cells(clip: torch.Tensor) -> torch.Tensor:  # latent cells of the later latent frames an object touches
+        drawn = (clip - clip[..., :1, :1]).abs().amax(1, keepdim=True).gt(1e-3).float()[:, :, 1:]
+        return F.max_pool3d(drawn.reshape(2, 1, 2, 4, 64, 64).amax(3), (1, 4, 4)) > 0
+
+    marked = weight[:, :, 1:] > 1
+    assert weight.shape == (2, 1, 3, 16, 16) and (weight >= 1).all() and (weight <= 6).all(), seed
+    assert not (marked & ~(object_cells(video) | object_cells(twin))).any(), f"seed {seed}: weight off the tracks"
+    # the opposite motion moves the whole object: most cells it touches in the last latent frame are marked
+    assert (marked[:, :, -1] & object_cells(video)[:, :, -1]).sum() >= 0.8 * object_cells(video)[:, :, -1].sum(), seed
+    both = swap_loss_weight(objects, video, random.Random(seed), {"shape": 10.0, "direction": 5.0})
+    alone = shape_loss_weight(objects, video, random.Random(seed), 10.0)
+    assert torch.allclose(both - 1, (alone - 1) + (weight - 1), atol=1e-6), seed  # the two weights add
+    assert torch.equal(swap_loss_weight(objects, video, random.Random(seed), {"direction": 0.0}), torch.ones_like(weight))
+
+
 def test_training_smoke_with_latent_reuse(tmp_path):
     from xattn_video.mini import train
 
@@ -361,11 +385,11 @@ def test_training_smoke_with_latent_reuse(tmp_path):
     args = ["--out", str(out), "--vae-steps", "1", "--vae-batch", "2", "--steps", "3", "--batch", "2",
             "--large-every", "0", "--mini-shape", "5", "32", "32", "--warmup", "1", "--log-every", "1",
             "--latent-reuse", "2", "--flow-shift", "12", "--large-flow-shift", "30", "--shape-weight", "4",
-            "--device", "cpu"]
+            "--direction-weight", "2", "--device", "cpu"]
     assert train.main(args) == 0  # the shape weight rides through the pool as one more latent channel
     record = json.loads((out / "training.json").read_text())
     assert record["args"]["latent_reuse"] == 2 and record["args"]["sigma_sampling"] == "uniform"
-    assert record["args"]["shape_weight"] == 4.0
+    assert record["args"]["shape_weight"] == 4.0 and record["args"]["direction_weight"] == 2.0
     # the shift trained with is the shift sampled with: the folder's scheduler (mini) and the presets' record
     from xattn_video.mini import trained_flow_shift
 

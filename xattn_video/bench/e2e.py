@@ -8,7 +8,8 @@ and shape it runs one forward per setting:
 - ``stock``: diffusers as shipped (HunyuanVideo: SDPA with its ``[B, 1, 1, N]`` key mask);
 - ``dense``: our dense path (padded keys dropped, unmasked SDPA, cuDNN first): what warmup steps and dense
   layers run;
-- ``cap0.2`` / ``cap0.35`` / ``cap0.5``: XAttention τ 0.9 capped at that density (``max_density``);
+- ``cap0.2`` / ``cap0.35`` / ``cap0.5``: XAttention τ 0.9 capped at that density (``max_density``); any
+  ``capD`` on the command line times the cap D (e.g. the density a quality setting keeps on the mini model);
 - ``tau0.9``: XAttention τ 0.9 uncapped (random weights give near-uniform attention, so this keeps most
   blocks: it is no guide to the density of a trained model);
 - ``cap0.35-reuse2``: a step that reuses the selections of the step before (``selection_reuse: 2``); an
@@ -40,7 +41,7 @@ from typing import Any, Callable
 import torch
 
 # e2e_models.py: what is timed (models, shapes, settings); e2e_report.py: what is shown; here: the timing.
-from .e2e_models import MODELS, SETTINGS, ModelSpec, build_transformer, xattn_settings
+from .e2e_models import MODELS, SETTINGS, ModelSpec, build_transformer, setting_name, xattn_settings
 from .e2e_report import markdown, print_table, project, row_line
 
 
@@ -207,7 +208,7 @@ def run(args: argparse.Namespace, log: Callable[[str], None], device: torch.devi
         results["triton"] = triton.__version__
     except ImportError:
         results["triton"] = None
-    settings = xattn_settings(args.warmup_steps, args.precision)
+    settings = xattn_settings(args.warmup_steps, args.precision, args.settings)
     results["precision"] = args.precision
     if args.precision != "bf16":
         results["notes"].append(f"xattn.precision: {args.precision} in every setting but stock (8-bit q/k in the "
@@ -301,7 +302,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--models", nargs="+", choices=list(MODELS), default=list(MODELS))
     p.add_argument("--shapes", nargs="+", help="shape keys (hunyuan-video: 720p 544p; wan2.1-14b: 720p 480p; hunyuan-video-1.5: 720p 480p); "
                                                "default: each model's presets")
-    p.add_argument("--settings", nargs="+", choices=SETTINGS, default=list(SETTINGS))
+    p.add_argument("--settings", nargs="+", type=setting_name, default=list(SETTINGS),
+                   help=f"settings timed: {', '.join(SETTINGS)}, or capD (τ 0.9 capped at density D, e.g. cap0.49)")
     p.add_argument("--steps", type=int, default=50, help="denoising steps of the projected video")
     p.add_argument("--warmup-steps", type=int, default=5, help="dense warmup steps of the projected video")
     p.add_argument("--reuse", type=int, default=2, help="also project selection reuse every N sparse steps (<=1: off)")

@@ -3,9 +3,11 @@ bf16 weights, their preset shapes and inputs, how our attention is installed on 
 
 from __future__ import annotations
 
+import argparse
 import contextlib
+import re
 from dataclasses import dataclass, field
-from typing import Any, Callable, Iterator
+from typing import Any, Callable, Iterable, Iterator
 
 import torch
 
@@ -214,14 +216,29 @@ HUNYUAN15 = ModelSpec(
 MODELS: dict[str, ModelSpec] = {m.name: m for m in (HUNYUAN, WAN, HUNYUAN15)}
 
 
-def xattn_settings(warmup: int, precision: str = "bf16") -> dict[str, dict | None]:
+CAP_SETTING = re.compile(r"cap(0?\.\d*[1-9]\d*|1(\.0*)?)")  # capD: τ 0.9 capped at density D in (0, 1]
+
+
+def setting_name(text: str) -> str:
+    """``--settings`` value check: one of ``SETTINGS`` or ``capD`` for any density D in (0, 1] (e.g. ``cap0.49``,
+    the density a quality setting keeps on the mini model)."""
+    if text in SETTINGS or CAP_SETTING.fullmatch(text):
+        return text
+    raise argparse.ArgumentTypeError(f"unknown setting {text!r}: one of {', '.join(SETTINGS)}, or capD with D a "
+                                     f"density in (0, 1] (e.g. cap0.49)")
+
+
+def xattn_settings(warmup: int, precision: str = "bf16", names: Iterable[str] = ()) -> dict[str, dict | None]:
     """Setting name → config for our attention (None: stock diffusers). Every setting times one sparse step
     (the forward runs with the step set past the warmup), except ``dense`` whose every layer is dense.
-    ``precision`` ("bf16", "fp8", "int8": ``xattn.precision``) applies to every setting but stock."""
+    ``precision`` ("bf16", "fp8", "int8": ``xattn.precision``) applies to every setting but stock; ``names``
+    adds any ``capD`` among them (τ 0.9 capped at density D)."""
     common = {"stride": 8, "block_size": 128, "collect_stats": True, "time_stats": True, "dense_backend": "fast"}
     if precision != "bf16":
         common["precision"] = precision
-    return {
+    caps = {n: {**common, "threshold": 0.9, "max_density": float(n[3:]), "warmup_steps": warmup}
+            for n in names if CAP_SETTING.fullmatch(n)}
+    return {**caps,
         "stock": None,
         "dense": {**common, "threshold": 1.0, "warmup_steps": 0},
         "cap0.2": {**common, "threshold": 0.9, "max_density": 0.2, "warmup_steps": warmup},

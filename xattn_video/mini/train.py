@@ -79,6 +79,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         "would differ had every object the other shape: a square's corners); the grown weights "
                         "ignored the shape word (benchmarks/mini_word_gap.py), whose pixels are a few percent of an "
                         "object's. 0: plain MSE (the shipped recipe); with it the logged loss is the weighted one")
+    p.add_argument("--direction-weight", type=float, default=0.0,
+                   help="extra loss weight on the latent cells that would differ had every object the opposite "
+                        "direction (both tracks); adds to --shape-weight's. The shipped weights move a third of the "
+                        "objects a wrong way (benchmarks/mini_prompt_match.py --why). 0: off")
     p.add_argument("--latent-reuse", type=int, default=1,
                    help="each clip's latents serve this many steps on average (fresh noise and σ each time): a step "
                         "renders and encodes 1/N of its batch and draws the rest from the recent clips (1: no reuse)")
@@ -116,8 +120,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         args.vae_steps = 0 if starts_with_vae and args.vae_seconds is None else 1500
     if args.large_flow_shift is None:
         args.large_flow_shift = args.flow_shift
-    if args.shape_weight < 0:
-        p.error(f"--shape-weight must be >= 0, got {args.shape_weight}")
+    for flag in ("shape_weight", "direction_weight"):
+        if getattr(args, flag) < 0:
+            p.error(f"--{flag.replace('_', '-')} must be >= 0, got {getattr(args, flag)}")
     if min(args.flow_shift, args.large_flow_shift) <= 0:
         p.error(f"--flow-shift and --large-flow-shift must be > 0, got {args.flow_shift} and {args.large_flow_shift}")
     return args
@@ -271,17 +276,30 @@ def flow_sigmas(n: int, generator: torch.Generator, device: str, sampling: str =
     return shifted_sigma(u, shift)
 
 
+def swap_loss_weight(objects: list[list[ObjectSpec]], video: torch.Tensor, rng_before: random.Random,
+                     weights: dict[str, float]) -> torch.Tensor:
+    """The flow-matching loss weight of ``--shape-weight`` / ``--direction-weight``: 1 + Σ ``weights[a]`` × the share
+    of each latent cell's pixels that would differ had every object the other word ``a`` (``grammar.swap_word``:
+    ``"shape"`` the other shape, ``"direction"`` the opposite motion); each twin clip drawn again from
+    ``rng_before``, the generator's state before ``video`` was drawn (same sizes, travel and background).
+    video [B, 3, 4k+1, H, W] -> [B, 1, k+1, H/4, W/4] (the latent grid). Why: a ball's missing corners are ~21% of a
+    square's area and a moving object a few percent of the frame, small shares of the loss, so an unweighted model
+    learns colour first and draws the average of the shapes and the motion the noise suggests."""
+    weight = torch.ones_like(latent_thumbnail(video[:, :1]))
+    for attribute, w in weights.items():
+        if w <= 0:
+            continue
+        twin = render([[swap_word(o, attribute) for o in objs] for objs in objects], video.shape[2], video.shape[3],
+                      video.shape[4], copy.deepcopy(rng_before), video.device).video
+        differs = ((twin - video).abs().amax(1, keepdim=True) > 1e-3).float()
+        weight = weight + w * latent_thumbnail(differs)
+    return weight
+
+
 def shape_loss_weight(objects: list[list[ObjectSpec]], video: torch.Tensor, rng_before: random.Random,
                       weight: float) -> torch.Tensor:
-    """The flow-matching loss weight for ``--shape-weight``: 1 + ``weight`` × the share of each latent cell's pixels
-    that would differ had every object the other shape (the clip drawn again from ``rng_before``, the generator's
-    state before ``video`` was drawn: same tracks, sizes and background). video [B, 3, 4k+1, H, W] ->
-    [B, 1, k+1, H/4, W/4] (the latent grid). A ball's missing corners are ~21% of a square's area, a small share of
-    the loss, so an unweighted model learns colour and motion first and draws the average of the two shapes."""
-    twin = render([[swap_word(o, "shape") for o in objs] for objs in objects], video.shape[2], video.shape[3],
-                  video.shape[4], rng_before, video.device).video
-    differs = ((twin - video).abs().amax(1, keepdim=True) > 1e-3).float()
-    return 1 + weight * latent_thumbnail(differs)
+    """``swap_loss_weight`` for the shape word alone (``--shape-weight``)."""
+    return swap_loss_weight(objects, video, rng_before, {"shape": weight})
 
 
 def flow_loss(pred: torch.Tensor, target: torch.Tensor, weight: torch.Tensor | None) -> torch.Tensor:
@@ -542,12 +560,13 @@ def main(argv: list[str] | None = None) -> int:
             prompts = ["" if rng.random() < args.uncond else training_prompt(o, rng) for o in objects]
         else:  # the pool keeps full prompts; each use drops one for guidance on its own
             prompts = [training_prompt(o, rng) for o in objects]
-        rng_before = copy.deepcopy(rng) if args.shape_weight > 0 else None
+        swap_weights = {"shape": args.shape_weight, "direction": args.direction_weight}
+        rng_before = copy.deepcopy(rng) if any(w > 0 for w in swap_weights.values()) else None
         video = render(objects, *shape, rng, device).video
         clock.phase("render")
         z0 = encode_video(vae, video, mean, std)
         if rng_before is not None:  # the weight travels with its clip through the pool, as one more channel
-            z0 = torch.cat([z0, shape_loss_weight(objects, video, rng_before, args.shape_weight)], 1)
+            z0 = torch.cat([z0, swap_loss_weight(objects, video, rng_before, swap_weights)], 1)
         z0, prompts = pool.fill(z0, prompts, batch, rng)
         weight, z0 = (z0[:, -1:], z0[:, :-1]) if rng_before is not None else (None, z0)
         if args.latent_reuse > 1:
