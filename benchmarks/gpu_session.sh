@@ -1,7 +1,8 @@
 #!/bin/bash
 # One device-machine session: install carried wheels, run the GPU tests, then the given python steps.
 # Usage (from the repo root on the GPU machine): bash benchmarks/gpu_session.sh [tests] [hopper] [hopper-tests] [bench] [bench-quick] [e2e] [e2e-544] [e2e-c720] [e2e-c544] [e2e-cwan] [e2e-c15] [wan-forward] [reuse] [multigpu] [cache-hv:NAME] [cache-wan:NAME]
-# cache-*: NAME a --cache of xvid bench --e2e; CACHE_ARGS adds e.g. "--computed-fraction 0.6" (firstblock/magcache)
+# cache-*: NAME a --cache of xvid bench --e2e (NAME:key=value,... for its parameters); CACHE_ARGS adds e.g.
+# "--computed-fraction 0.6" (firstblock/magcache); CAP the XAttention setting (default cap0.35; e.g. cap0.49)
 set -u
 OUT=${OUT:-/tmp/out}
 mkdir -p "$OUT"
@@ -27,8 +28,8 @@ for step in "$@"; do
     wan-forward) timeout 300 python3 benchmarks/bench_wan_forward.py --out-dir "$OUT" 2>&1 | tee "$OUT/wan-forward.txt" | tail -20 ;;
     reuse) timeout 300 python3 benchmarks/bench_reuse.py --full --out-dir "$OUT" 2>&1 | tee "$OUT/reuse.txt" | tail -20 ;;
     multigpu) timeout 590 python3 benchmarks/bench_multigpu.py --gpus 1 2 --out-dir "$OUT" 2>&1 | tee "$OUT/multigpu.txt" | tail -30 ;;
-    cache-hv:*) PYTORCH_CUDA_ALLOC_CONF=expandable_segments:True timeout 590 python3 benchmarks/bench_e2e.py --models hunyuan-video --shapes 720p --settings stock cap0.35 --steps 50 --warmup-steps 5 --compile --cache "${step#cache-hv:}" ${CACHE_ARGS:-} --out-dir "$OUT" 2>&1 | tee "$OUT/${step/:/-}.txt" | tail -30 ;;
-    cache-wan:*) PYTORCH_CUDA_ALLOC_CONF=expandable_segments:True timeout 590 python3 benchmarks/bench_e2e.py --models wan2.1-14b --shapes 720p --settings stock cap0.35 --steps 50 --warmup-steps 5 --compile --cache "${step#cache-wan:}" ${CACHE_ARGS:-} --out-dir "$OUT" 2>&1 | tee "$OUT/${step/:/-}.txt" | tail -30 ;;
+    cache-hv:*) PYTORCH_CUDA_ALLOC_CONF=expandable_segments:True timeout 590 python3 benchmarks/bench_e2e.py --models hunyuan-video --shapes 720p --settings stock ${CAP:-cap0.35} --steps 50 --warmup-steps 5 --compile --cache "${step#cache-hv:}" ${CACHE_ARGS:-} --out-dir "$OUT" 2>&1 | tee "$OUT/${step%%:*}.txt" | tail -30 ;;
+    cache-wan:*) PYTORCH_CUDA_ALLOC_CONF=expandable_segments:True timeout 590 python3 benchmarks/bench_e2e.py --models wan2.1-14b --shapes 720p --settings stock ${CAP:-cap0.35} --steps 50 --warmup-steps 5 --compile --cache "${step#cache-wan:}" ${CACHE_ARGS:-} --out-dir "$OUT" 2>&1 | tee "$OUT/${step%%:*}.txt" | tail -30 ;;
     *) echo "unknown step $step" ;;
   esac
 done

@@ -34,6 +34,11 @@ def test_any_cap_is_a_setting_and_a_bad_one_is_one_clear_line(capsys):
         assert f"unknown setting '{bad}'" in err[-1] and "capD" in err[-1], err
 
 
+def test_result_files_keep_dots_in_the_name(tmp_path):
+    json_path, md_path = e2e.result_files(tmp_path / "e2e-wan-cap0.49-taylorseer3")
+    assert (json_path.name, md_path.name) == ("e2e-wan-cap0.49-taylorseer3.json", "e2e-wan-cap0.49-taylorseer3.md")
+
+
 def test_token_counts_of_the_presets():
     hv, wan = e2e_models.MODELS["hunyuan-video"], e2e_models.MODELS["wan2.1-14b"]
     assert hv.image_tokens(None, hv.shapes["720p"]) + hv.text_tokens == 119056

@@ -294,6 +294,12 @@ def run(args: argparse.Namespace, log: Callable[[str], None], device: torch.devi
     return results
 
 
+def result_files(stem: Path) -> tuple[Path, Path]:
+    """The JSON and Markdown paths of a run named ``stem``: the suffix is added, never swapped for one, since names
+    hold dots (``...-cap0.49-taylorseer3``)."""
+    return stem.with_name(stem.name + ".json"), stem.with_name(stem.name + ".md")
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="xvid bench --e2e", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter,
@@ -372,8 +378,9 @@ def main(argv: list[str] | None = None) -> int:
         project(results["rows"], args.steps, args.warmup_steps, args.reuse)
         if results.get("cache_rows") is not None:
             project_cache(results, args.steps, args.warmup_steps)
-        write_json(results, stem.with_suffix(".json"))
-        write_text(markdown(results) + cache_markdown(results), stem.with_suffix(".md"))
+        json_path, md_path = result_files(stem)
+        write_json(results, json_path)
+        write_text(markdown(results) + cache_markdown(results), md_path)
 
     res = run(args, lambda msg: print(msg, flush=True), checkpoint=save)
     save(res)
