@@ -116,6 +116,16 @@ def _variants() -> dict[str, tuple[bool, Callable]]:
         lambda: attention_v2(q, k, vv, None, kv, config=BF16_VARIANTS["v2-tma"])))
     v["v2-fastexp-dense-bf16"] = (False, lambda q, k, vv, sel, kv: (
         lambda: attention_v2(q, k, vv, None, kv, config=BF16_VARIANTS["v2-fastexp"])))
+    # the next tile's q·kᵀ before this tile's softmax (V2Config.pipeline_qk): dense and 8-bit as well
+    v["v2-pipe-dense-bf16"] = (False, lambda q, k, vv, sel, kv: (
+        lambda: attention_v2(q, k, vv, None, kv, config=BF16_VARIANTS["v2-pipe"])))
+    for prec in ("fp8", "int8"):
+        v[f"{prec}-sparse-pipe"] = (True, lambda q, k, vv, sel, kv, prec=prec: (
+            lambda: attention_v2(q, k, vv, sel, kv, precision=prec, config=_fp8_cfg(pipeline_qk=True))))
+        v[f"{prec}-dense-pipe"] = (False, lambda q, k, vv, sel, kv, prec=prec: (
+            lambda: attention_v2(q, k, vv, None, kv, precision=prec, config=_fp8_cfg(pipeline_qk=True))))
+    v["int8-sparse-fastexp-pipe"] = (True, lambda q, k, vv, sel, kv: (
+        lambda: attention_v2(q, k, vv, sel, kv, precision="int8", config=_fp8_cfg(fast_exp=True, pipeline_qk=True))))
     return v
 
 
@@ -139,6 +149,9 @@ def _extra_rows(q, k, v, sel, kv) -> dict[str, tuple[bool, Callable]]:
 # Timing order within a shape: what the targets need first, so that a time limit cuts the least useful.
 DEFAULT_ORDER = [
     CUDNN, "v1-sparse-bf16",
+    "v2-pipe-sparse-bf16", "v2-pipe-s2-sparse-bf16", "v2-pipe-w4-m64-sparse-bf16", "v2-persistent-pipe-sparse-bf16",
+    "v2-pipe-dense-bf16", "fp8-sparse-pipe", "fp8-dense-pipe", "int8-sparse-pipe", "int8-dense-pipe",
+    "int8-sparse-fastexp-pipe",
     "fp8-sparse", "fp8-dense", "int8-sparse", "int8-dense",
     "v2-fastexp-sparse-bf16", "int8-sparse-fastexp", "int8-dense-fastexp", "int8-sparse-pvfp8-fastexp",
     "int8-dense-pvfp8-fastexp", "fp8-sparse-fastexp", "fp8-dense-fastexp",
@@ -151,7 +164,7 @@ DEFAULT_ORDER = [
     "int8-sparse-fastexp-n64-s4", "int8-sparse-fastexp-s4", "int8-sparse-fastexp-s2", "int8-sparse-fastexp-persistent",
 ]
 # At the second and later heads×head_dim only these are timed (unless --all-variants-every-shape).
-CORE = [CUDNN, "v1-sparse-bf16", "fp8-sparse", "fp8-dense", "int8-sparse", "int8-dense", "v2-fastexp-sparse-bf16",
+CORE = [CUDNN, "v1-sparse-bf16", "v2-pipe-sparse-bf16", "fp8-sparse-pipe", "fp8-sparse", "fp8-dense", "int8-sparse", "int8-dense", "v2-fastexp-sparse-bf16",
         "int8-sparse-fastexp", "int8-dense-fastexp", "int8-sparse-pvfp8-fastexp", "int8-dense-pvfp8-fastexp",
         "v2-persistent-sparse-bf16", "v2-dense-bf16"]
 EXTRA_ORDER = ["fp8-quantize-qk", "fp8-quantize-qkv", "fp8-sparse kernel only", "fp8-sparse-pvfp8 kernel only",
