@@ -104,8 +104,8 @@ def test_v2_bf16_path_matches_reference_sparse_and_dense(gen, cfg):
     assert_close(out, naive_block_sparse_attention(q, k, v, full, kv), atol=1e-5, rtol=1e-4, seed=gen)
 
 
-@pytest.mark.parametrize("precision", ["bf16", "fp8", "int8"])
-def test_pipelined_qk_is_the_same_arithmetic(gen, precision):
+@pytest.mark.parametrize("precision, pv_fp8", [("bf16", False), ("fp8", False), ("int8", False), ("fp8", True)])
+def test_pipelined_qk_is_the_same_arithmetic(gen, precision, pv_fp8):
     """pipeline_qk only moves when a tile's q·kᵀ is issued: the same scores and updates in the same order, so the
     output equals the plain loop's (interpreter: bitwise), sparse and dense, with a row of no kept block, a row of
     one, a partial last block, poisoned padding and two BLOCK_N tiles per kept block."""
@@ -118,10 +118,10 @@ def test_pipelined_qk_is_the_same_arithmetic(gen, precision):
     plain = V2Config(block_m=32, block_n=16, num_warps=4, num_stages=1)
     piped = replace(plain, pipeline_qk=True)
     for selection in (sel, None):
-        a = attention_v2(q, k, v, selection, kv, precision=precision, config=plain)
-        b = attention_v2(q, k, v, selection, kv, precision=precision, config=piped)
+        a = attention_v2(q, k, v, selection, kv, precision=precision, pv_fp8=pv_fp8, config=plain)
+        b = attention_v2(q, k, v, selection, kv, precision=precision, pv_fp8=pv_fp8, config=piped)
         assert torch.isfinite(b).all(), gen.initial_seed()
-        assert torch.equal(a, b), f"seed {gen.initial_seed()}: {precision}, sparse={selection is not None}"
+        assert torch.equal(a, b), f"seed {gen.initial_seed()}: {precision} pv_fp8={pv_fp8}, sparse={selection is not None}"
     out = attention_v2(q, k, v, sel, kv, config=piped)
     assert (out[0, :32, 0] == 0).all(), gen.initial_seed()
     assert_close(out, naive_block_sparse_attention(q, k, v, sel, kv), atol=1e-5, rtol=1e-4, seed=gen)

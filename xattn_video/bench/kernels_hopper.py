@@ -124,6 +124,10 @@ def _variants() -> dict[str, tuple[bool, Callable]]:
             lambda: attention_v2(q, k, vv, sel, kv, precision=prec, config=_fp8_cfg(pipeline_qk=True))))
         v[f"{prec}-dense-pipe"] = (False, lambda q, k, vv, sel, kv, prec=prec: (
             lambda: attention_v2(q, k, vv, None, kv, precision=prec, config=_fp8_cfg(pipeline_qk=True))))
+    v["fp8-sparse-pvfp8-pipe"] = (True, lambda q, k, vv, sel, kv: (
+        lambda: attention_v2(q, k, vv, sel, kv, precision="fp8", pv_fp8=True, config=_fp8_cfg(pipeline_qk=True))))
+    v["fp8-dense-pvfp8-pipe"] = (False, lambda q, k, vv, sel, kv: (
+        lambda: attention_v2(q, k, vv, None, kv, precision="fp8", pv_fp8=True, config=_fp8_cfg(pipeline_qk=True))))
     v["int8-sparse-fastexp-pipe"] = (True, lambda q, k, vv, sel, kv: (
         lambda: attention_v2(q, k, vv, sel, kv, precision="int8", config=_fp8_cfg(fast_exp=True, pipeline_qk=True))))
     return v
@@ -151,7 +155,7 @@ DEFAULT_ORDER = [
     CUDNN, "v1-sparse-bf16",
     "v2-pipe-sparse-bf16", "v2-pipe-s2-sparse-bf16", "v2-pipe-w4-m64-sparse-bf16", "v2-persistent-pipe-sparse-bf16",
     "v2-pipe-dense-bf16", "fp8-sparse-pipe", "fp8-dense-pipe", "int8-sparse-pipe", "int8-dense-pipe",
-    "int8-sparse-fastexp-pipe",
+    "int8-sparse-fastexp-pipe", "fp8-sparse-pvfp8-pipe", "fp8-dense-pvfp8-pipe", "v2-pipe-fastexp-sparse-bf16",
     "fp8-sparse", "fp8-dense", "int8-sparse", "int8-dense",
     "v2-fastexp-sparse-bf16", "int8-sparse-fastexp", "int8-dense-fastexp", "int8-sparse-pvfp8-fastexp",
     "int8-dense-pvfp8-fastexp", "fp8-sparse-fastexp", "fp8-dense-fastexp",

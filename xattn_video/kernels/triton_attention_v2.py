@@ -78,6 +78,7 @@ BF16_VARIANTS: dict[str, V2Config] = {
     "v2-pipe-s2": V2Config(pipeline_qk=True, num_stages=2),
     "v2-pipe-w4-m64": V2Config(pipeline_qk=True, block_m=64, num_warps=4, num_stages=3),
     "v2-persistent-pipe": V2Config(persistent=True, pipeline_qk=True),
+    "v2-pipe-fastexp": V2Config(pipeline_qk=True, fast_exp=True),  # approximate, as v2-fastexp
 }
 
 
