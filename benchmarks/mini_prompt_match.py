@@ -9,16 +9,43 @@ Prints one table row per (preset, guidance): the share of objects with every att
 (colour, shape, direction), and seconds per video; writes ``prompt-match-mini-<gpu>.md|json`` in ``--out-dir``.
 ``--reference`` adds two rows per preset that need no transformer: the training data's own clips for the same
 prompts (the scorer's ceiling, 1.0) and those clips after the VAE's encode/decode round trip (the ceiling of
-any generation, since every generated video is a VAE decode).
+any generation, since every generated video is a VAE decode). ``--guided-steps N`` applies ``--guidance`` to the
+first N denoising steps only (diffusers' dynamic-guidance pattern: a step-end callback sets the pipeline's
+``_guidance_scale`` to 1, which WanPipeline reads before each step): strong guidance where each seed's motion is fixed.
 """
 
 from __future__ import annotations
 
 import argparse
+import functools
 import sys
 from pathlib import Path
+from typing import Any
 
 import numpy as np
+
+
+def guide_first_steps(pipe: Any, steps: int) -> None:
+    """Make ``pipe`` (a diffusers pipeline with classifier-free guidance) guide its first ``steps`` steps only."""
+    call = pipe.__class__.__call__
+
+    @functools.wraps(call)  # run_pipeline passes only the arguments __call__'s signature lists
+    def guided(self, *a, callback_on_step_end=None, **kw):
+        def on_step_end(pipe_, i, t, kwargs):
+            out = callback_on_step_end(pipe_, i, t, kwargs) if callback_on_step_end else {}
+            if i + 1 >= steps:
+                pipe_._guidance_scale = 1.0
+            return out
+        return call(self, *a, callback_on_step_end=on_step_end, **kw)
+
+    # a subclass for this pipeline only: Python calls ``type(pipe).__call__``, never an instance attribute
+    pipe.__class__ = type(pipe.__class__.__name__, (pipe.__class__,), {"__call__": guided})
+
+
+def guidance_label(row: dict) -> str:
+    """A row's guidance as the table shows it: ``4`` on every step, ``4 (first 2 steps)``."""
+    steps = row.get("guided_steps")
+    return f"{row['guidance']:g}" + (f" (first {steps} steps)" if steps is not None else "")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -41,10 +68,14 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--reference", action="store_true",
                    help="also score the data's clips and their VAE round trip (the ceiling of generation)")
     p.add_argument("--no-generate", action="store_true", help="only the --reference rows")
+    p.add_argument("--guided-steps", type=int, default=None, metavar="N",
+                   help="apply --guidance to the first N denoising steps only (default: every step)")
     p.add_argument("--why", action="store_true",
                    help="also count, per row, why directions scored as they did (right, object not found, not "
                         "moving, opposite, sideways) and the median travel of the objects found")
     args = p.parse_args(argv)
+    if args.guided_steps is not None and args.guided_steps < 1:
+        p.error(f"--guided-steps must be >= 1, got {args.guided_steps}")
 
     rows = []
     for model in args.model:
@@ -53,6 +84,8 @@ def main(argv: list[str] | None = None) -> int:
             overrides.append(f"generation.steps={args.steps}")
         base = load_config(None, overrides)
         pipe = load_pipeline(base.model)
+        if args.guided_steps is not None:
+            guide_first_steps(pipe, args.guided_steps)
         if args.reference:
             rows.extend(reference_rows(pipe, base, model, args.pairs))
         for guidance in ([] if args.no_generate else args.guidance):
@@ -75,7 +108,8 @@ def main(argv: list[str] | None = None) -> int:
                     if reading.found:
                         travels.append(float(np.hypot(*reading.travel)))
             g = base.generation.guidance_scale if guidance is None else guidance
-            row = {"model": model, "guidance": g, "steps": base.generation.steps, "pairs": args.pairs,
+            row = {"model": model, "guidance": g, "guided_steps": args.guided_steps, "steps": base.generation.steps,
+                   "pairs": args.pairs,
                    "size": f"{base.generation.frames}x{base.generation.height}x{base.generation.width}",
                    "seconds_per_video": float(np.median(seconds)),
                    **{k: float(np.mean(v)) for k, v in scores.items()}}
@@ -93,13 +127,13 @@ def main(argv: list[str] | None = None) -> int:
                          f"{r['prompt_match_colour']:.3f} | {r['prompt_match_shape']:.3f} | "
                          f"{r['prompt_match_direction']:.3f} | – |")
             continue
-        lines.append(f"| {r['model']} | {r['size']} | {r['steps']} | {r['guidance']:g} | {r['prompt_match']:.3f} | "
+        lines.append(f"| {r['model']} | {r['size']} | {r['steps']} | {guidance_label(r)} | {r['prompt_match']:.3f} | "
                      f"{r['prompt_match_colour']:.3f} | {r['prompt_match_shape']:.3f} | "
                      f"{r['prompt_match_direction']:.3f} | {r['seconds_per_video']:.2f} |")
     if args.why:
         lines += ["", "Directions (objects): " + ", ".join(DIRECTION_OUTCOMES) + "; median centroid travel of the objects "
                   "found, in frame sides (the data moves objects 0.25-0.5).", ""]
-        lines += [f"- {r['model']}, guidance {r['guidance']:g}: " + ", ".join(
+        lines += [f"- {r['model']}, guidance {guidance_label(r)}: " + ", ".join(
             f"{name} {count}" for name, count in r["direction_outcomes"].items()) + f"; travel {r['median_travel']:.2f}"
             for r in rows if "direction_outcomes" in r]
     table = "\n".join(lines)

@@ -236,18 +236,16 @@ def xattn_settings(warmup: int, precision: str = "bf16", names: Iterable[str] = 
     common = {"stride": 8, "block_size": 128, "collect_stats": True, "time_stats": True, "dense_backend": "fast"}
     if precision != "bf16":
         common["precision"] = precision
-    caps = {n: {**common, "threshold": 0.9, "max_density": float(n[3:]), "warmup_steps": warmup}
-            for n in names if CAP_SETTING.fullmatch(n)}
-    return {**caps,
+    tau09 = {**common, "threshold": 0.9, "warmup_steps": warmup}
+    # cap0.2 / cap0.35 / cap0.5 always, and any other capD asked for: τ 0.9 capped at density D
+    caps = [n for n in ("cap0.2", "cap0.35", "cap0.5", *names) if CAP_SETTING.fullmatch(n)]
+    return {
         "stock": None,
         "dense": {**common, "threshold": 1.0, "warmup_steps": 0},
-        "cap0.2": {**common, "threshold": 0.9, "max_density": 0.2, "warmup_steps": warmup},
-        "cap0.35": {**common, "threshold": 0.9, "max_density": 0.35, "warmup_steps": warmup},
-        "cap0.5": {**common, "threshold": 0.9, "max_density": 0.5, "warmup_steps": warmup},
-        "tau0.9": {**common, "threshold": 0.9, "warmup_steps": warmup},
+        **{n: {**tau09, "max_density": float(n[3:])} for n in caps},
+        "tau0.9": {**tau09},
         # a step that reuses the previous step's selections (measured: an untimed estimating step runs first)
-        "cap0.35-reuse2": {**common, "threshold": 0.9, "max_density": 0.35, "warmup_steps": warmup,
-                           "selection_reuse": 2},
+        "cap0.35-reuse2": {**tau09, "max_density": 0.35, "selection_reuse": 2},
     }
 
 
