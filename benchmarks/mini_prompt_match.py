@@ -93,6 +93,7 @@ def main(argv: list[str] | None = None) -> int:
             outcomes = dict.fromkeys(DIRECTION_OUTCOMES, 0)
             travels = []
             seconds = []
+            per_pair = []
             for prompt, seed in held_out_pairs(args.pairs):
                 run = load_config(None, overrides + [f"generation.prompt={prompt}", f"generation.seed={seed}"]
                                   + ([f"generation.guidance_scale={guidance}"] if guidance is not None else []))
@@ -103,8 +104,10 @@ def main(argv: list[str] | None = None) -> int:
                 readings = read_objects(result.frames, objects)
                 for key, value in score_readings(readings, objects).items():
                     scores.setdefault(key, []).append(value)
-                for reading, obj in zip(readings, objects):
-                    outcomes[direction_outcome(reading, obj)] += 1
+                pair_outcomes = [direction_outcome(reading, obj) for reading, obj in zip(readings, objects)]
+                per_pair.append({"prompt": prompt, "seed": seed, "directions": pair_outcomes})
+                for reading, outcome in zip(readings, pair_outcomes):
+                    outcomes[outcome] += 1
                     if reading.found:
                         travels.append(float(np.hypot(*reading.travel)))
             g = base.generation.guidance_scale if guidance is None else guidance
@@ -116,6 +119,8 @@ def main(argv: list[str] | None = None) -> int:
             if args.why:
                 row["direction_outcomes"] = outcomes
                 row["median_travel"] = float(np.median(travels)) if travels else float("nan")
+                row["per_pair"] = per_pair
+                row["right_by_objects"] = right_by_object_count(per_pair)
             rows.append(row)
             print(f"{model} guidance {g}: " + ", ".join(f"{k} {v:.3f}" for k, v in row.items()
                                                          if k.startswith("prompt_match")), flush=True)
@@ -136,6 +141,9 @@ def main(argv: list[str] | None = None) -> int:
         lines += [f"- {r['model']}, guidance {guidance_label(r)}: " + ", ".join(
             f"{name} {count}" for name, count in r["direction_outcomes"].items()) + f"; travel {r['median_travel']:.2f}"
             for r in rows if "direction_outcomes" in r]
+        lines += [f"- {r['model']}, guidance {guidance_label(r)}, right directions by objects in the prompt: " + ", ".join(
+            f"{n} object(s) {right}/{total}" for n, (right, total) in r["right_by_objects"].items())
+            for r in rows if "right_by_objects" in r]
     table = "\n".join(lines)
     print(table)
     if args.out_dir:
@@ -150,6 +158,16 @@ def main(argv: list[str] | None = None) -> int:
                      + (REFERENCE_NOTE if args.reference else "") + f"{table}\n",
                      {"gpu": gpu, "rows": rows}, args.out_dir, name)
     return 0
+
+
+def right_by_object_count(per_pair: list[dict]) -> dict[int, tuple[int, int]]:
+    """{objects in the prompt: (objects moving the prompt's way, objects)} over the pairs of one row."""
+    counts: dict[int, list[int]] = {}
+    for pair in per_pair:
+        c = counts.setdefault(len(pair["directions"]), [0, 0])
+        c[0] += sum(o == "right" for o in pair["directions"])
+        c[1] += len(pair["directions"])
+    return {n: (c[0], c[1]) for n, c in sorted(counts.items())}
 
 
 REFERENCE_NOTE = ("'data clip': the training data's own clip for each pair's prompt (drawn with the pair's seed); "

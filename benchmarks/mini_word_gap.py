@@ -23,14 +23,15 @@ import torch.nn.functional as F
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from xattn_video.mini.data import render  # noqa: E402
-from xattn_video.mini.grammar import format_prompt, sample_objects, swap_word  # noqa: E402
+from xattn_video.mini.grammar import exchange_directions, format_prompt, sample_objects, swap_word  # noqa: E402
 from xattn_video.mini.model import encode_prompts, latent_norm, load_folder  # noqa: E402
 
 
 @torch.no_grad()
 def word_gaps(pipe, clips: int, sigmas: list[float], shape: tuple[int, int, int], seed: int,
               text_len: int) -> list[dict]:
-    """One row per σ: the relative loss gap of each attribute's swap (and of a whole other clip's prompt)."""
+    """One row per σ: the relative loss gap of each attribute's swap (and of a whole other clip's prompt); "binding"
+    over the two-object clips whose objects move different ways only, their directions exchanged between them."""
     mean, std = latent_norm(pipe.vae)
     rng = random.Random(seed)
     objects = [sample_objects(rng) for _ in range(clips)]
@@ -40,14 +41,20 @@ def word_gaps(pipe, clips: int, sigmas: list[float], shape: tuple[int, int, int]
     prompts["other prompt"] = prompts["right"][1:] + prompts["right"][:1]
     for attribute in ("colour", "shape", "direction"):
         prompts[attribute] = [format_prompt([swap_word(o, attribute) for o in objs]) for objs in objects]
+    prompts["binding"] = [format_prompt(exchange_directions(objs)) for objs in objects]
+    crossed = torch.tensor([exchange_directions(objs) != objs for objs in objects])
     texts = {name: encode_prompts(pipe.text_encoder, p, "cpu", text_len) for name, p in prompts.items()}
     rows = []
     for sigma in sigmas:
         zt = (1 - sigma) * z0 + sigma * noise
         timestep = torch.full((clips,), sigma * 1000)
-        loss = {name: F.mse_loss(pipe.transformer(zt, timestep=timestep, encoder_hidden_states=text,
-                                                  return_dict=False)[0], noise - z0).item()
-                for name, text in texts.items()}
+        per_clip = {name: F.mse_loss(pipe.transformer(zt, timestep=timestep, encoder_hidden_states=text,
+                                                      return_dict=False)[0], noise - z0, reduction="none").mean((1, 2, 3, 4))
+                    for name, text in texts.items()}
+        loss = {name: value.mean().item() for name, value in per_clip.items() if name != "binding"}
+        if crossed.any():  # relative to the right prompts' loss on the same clips
+            right = per_clip["right"][crossed].mean().item()
+            loss["binding"] = loss["right"] * (1 + (per_clip["binding"][crossed].mean().item() - right) / right)
         rows.append({"sigma": sigma, "loss": loss["right"],
                      **{name: (value - loss["right"]) / loss["right"] for name, value in loss.items() if name != "right"}})
         print(f"σ {sigma:g}: " + ", ".join(f"{k} {v:+.3f}" for k, v in rows[-1].items() if k not in ("sigma", "loss")),
@@ -73,11 +80,14 @@ def main(argv: list[str] | None = None) -> int:
              f"Command: `python benchmarks/mini_word_gap.py {' '.join(argv or sys.argv[1:])}` ({args.clips} clips at "
              f"{'x'.join(map(str, args.shape))}, seed {args.seed}). Relative loss increase when each object's word is "
              "swapped (colour: the next colour; shape: the other; direction: the opposite), and with another clip's "
-             "whole prompt. Near 0: the word is not used at that σ.", "",
-             "| σ | loss (right prompt) | colour swapped | shape swapped | direction swapped | other clip's prompt |",
-             "|---:|---:|---:|---:|---:|---:|"]
+             "whole prompt; binding: the two-object clips whose objects move different ways "
+             f"({sum(exchange_directions(o) != o for o in crossed_objects(args))} of {args.clips}), the directions "
+             "exchanged between their objects. Near 0: the word (or which object it belongs to) is not used at that σ.",
+             "",
+             "| σ | loss (right prompt) | colour swapped | shape swapped | direction swapped | binding | other clip's prompt |",
+             "|---:|---:|---:|---:|---:|---:|---:|"]
     lines += [f"| {r['sigma']:g} | {r['loss']:.4f} | {r['colour']:+.3f} | {r['shape']:+.3f} | {r['direction']:+.3f} "
-              f"| {r['other prompt']:+.3f} |" for r in rows]
+              f"| {r.get('binding', float('nan')):+.3f} | {r['other prompt']:+.3f} |" for r in rows]
     text = "\n".join(lines) + "\n"
     print(text)
     if args.out_dir is not None:
@@ -86,6 +96,12 @@ def main(argv: list[str] | None = None) -> int:
         write_report(text, {"weights": str(folder), "clips": args.clips, "shape": args.shape, "rows": rows},
                      args.out_dir, f"word-gap-{args.name}")
     return 0
+
+
+def crossed_objects(args: argparse.Namespace) -> list:
+    """The objects of the probe's clips (drawn as ``word_gaps`` draws them)."""
+    rng = random.Random(args.seed)
+    return [sample_objects(rng) for _ in range(args.clips)]
 
 
 if __name__ == "__main__":

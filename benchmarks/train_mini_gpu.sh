@@ -32,10 +32,10 @@ fi
 echo "=== look + prompt_match ($(date +%T))"
 [ "${LOOK:-1}" = 0 ] || XVID_MINI_WEIGHTS=$MINI_DIR timeout 35 python3 benchmarks/mini_look.py --out "$OUT/look.png" 2>&1 | grep -v Warn | tail -3
 [ "${PM:-1}" = 0 ] || XVID_MINI_WEIGHTS=$MINI_DIR timeout 120 python3 benchmarks/mini_prompt_match.py --model mini --pairs 32 --guidance ${PM_GUIDANCE:-1 4} ${PM_SET:-} \
-  --out-dir "$OUT" --name pm-mini 2>&1 | grep -v Warn | tail -5
+  --why --out-dir "$OUT" --name pm-mini 2>&1 | grep -v Warn | tail -9
 [ "${PM_LARGE:-1}" = 0 ] || XVID_MINI_WEIGHTS=$MINI_DIR timeout 90 python3 benchmarks/mini_prompt_match.py --model mini-large --pairs 16 --guidance 1 \
-  --out-dir "$OUT" --name pm-large 2>&1 | grep -v Warn | tail -4
-[ "${WORD_GAP:-0}" = 0 ] || timeout 150 python3 benchmarks/mini_word_gap.py --weights $MINI_DIR --out-dir "$OUT" \
+  --why --out-dir "$OUT" --name pm-large 2>&1 | grep -v Warn | tail -8
+[ "${WORD_GAP:-0}" = 0 ] || timeout 200 python3 benchmarks/mini_word_gap.py --weights $MINI_DIR --clips 24 --out-dir "$OUT" \
   --name "$(basename "$MINI_DIR")" 2>&1 | grep "^| 0"
 ls -la "$OUT"
 echo "=== done $(date +%T)"

@@ -378,6 +378,35 @@ def test_direction_loss_weight_marks_both_tracks_and_adds_to_the_shape_weight():
     assert torch.equal(swap_loss_weight(objects, video, random.Random(seed), {"direction": 0.0}), torch.ones_like(weight))
 
 
+def test_binding_loss_weight_marks_only_two_object_clips_whose_directions_differ():
+    from xattn_video.mini.grammar import exchange_directions
+    from xattn_video.mini.train import swap_loss_weight
+
+    seed = int(np.random.SeedSequence().entropy % 2**31)
+    lone = [ObjectSpec("green", "ball", "left")]
+    same = [ObjectSpec("blue", "ball", "down"), ObjectSpec("white", "square", "down")]
+    crossed = [ObjectSpec("yellow", "square", "up"), ObjectSpec("red", "ball", "right")]
+    assert exchange_directions(lone) == lone and exchange_directions(same) == same
+    assert [o.direction for o in exchange_directions(crossed)] == ["right", "up"]
+    assert [(o.colour, o.shape) for o in exchange_directions(crossed)] == [("yellow", "square"), ("red", "ball")]
+    objects = [lone, same, crossed]
+    video = render(objects, 9, 64, 64, random.Random(seed)).video
+    weight = swap_loss_weight(objects, video, random.Random(seed), {"binding": 3.0})
+    assert weight.shape == (3, 1, 3, 16, 16) and (weight >= 1).all() and (weight <= 4).all(), seed
+    assert (weight[:2] == 1).all(), f"seed {seed}: a clip without crossed directions was weighted"
+    assert (weight[2, :, -1] > 1).sum() >= 4, f"seed {seed}: the crossed clip's last latent frame is not marked"
+
+
+def test_two_prob_sets_the_share_of_two_object_clips():
+    rng = random.Random(int(np.random.SeedSequence().entropy % 2**31))
+    assert all(len(sample_objects(rng, 1.0)) == 2 for _ in range(50))
+    assert all(len(sample_objects(rng, 0.0)) == 1 for _ in range(50))
+    from xattn_video.mini import train
+
+    with pytest.raises(SystemExit):
+        train.parse_args(["--out", "x", "--two-prob", "1.5"])
+
+
 def test_training_smoke_with_latent_reuse(tmp_path):
     from xattn_video.mini import train
 
@@ -385,11 +414,12 @@ def test_training_smoke_with_latent_reuse(tmp_path):
     args = ["--out", str(out), "--vae-steps", "1", "--vae-batch", "2", "--steps", "3", "--batch", "2",
             "--large-every", "0", "--mini-shape", "5", "32", "32", "--warmup", "1", "--log-every", "1",
             "--latent-reuse", "2", "--flow-shift", "12", "--large-flow-shift", "30", "--shape-weight", "4",
-            "--direction-weight", "2", "--device", "cpu"]
+            "--direction-weight", "2", "--binding-weight", "3", "--two-prob", "0.75", "--device", "cpu"]
     assert train.main(args) == 0  # the shape weight rides through the pool as one more latent channel
     record = json.loads((out / "training.json").read_text())
     assert record["args"]["latent_reuse"] == 2 and record["args"]["sigma_sampling"] == "uniform"
     assert record["args"]["shape_weight"] == 4.0 and record["args"]["direction_weight"] == 2.0
+    assert record["args"]["binding_weight"] == 3.0 and record["args"]["two_prob"] == 0.75
     # the shift trained with is the shift sampled with: the folder's scheduler (mini) and the presets' record
     from xattn_video.mini import trained_flow_shift
 

@@ -78,6 +78,15 @@ def swap_word(obj: ObjectSpec, attribute: str) -> ObjectSpec:
     raise ValueError(f"attribute must be colour, shape or direction, got {attribute!r}")
 
 
+def exchange_directions(objects: list[ObjectSpec]) -> list[ObjectSpec]:
+    """A two-object clip's objects with their directions exchanged (what a model that binds each direction word to
+    the wrong object draws); one object, or two with the same direction, come back unchanged."""
+    if len(objects) != 2:
+        return list(objects)
+    first, second = objects
+    return [replace(first, direction=second.direction), replace(second, direction=first.direction)]
+
+
 def held_out_pairs(count: int = 32, seed: int = 1234) -> list[tuple[str, int]]:
     """``count`` (prompt, seed) pairs for evaluation: canonical prompts, half with two objects, and generation
     seeds far from anything the training run draws (training samples noise from its own generator)."""
@@ -90,4 +99,4 @@ def held_out_pairs(count: int = 32, seed: int = 1234) -> list[tuple[str, int]]:
 
 
 __all__ = ["COLOURS", "DIRECTIONS", "DIRECTION_VECTORS", "MAX_OBJECTS", "OPPOSITE_DIRECTIONS", "SHAPES", "ObjectSpec",
-           "format_prompt", "held_out_pairs", "parse_prompt", "sample_objects", "swap_word"]
+           "exchange_directions", "format_prompt", "held_out_pairs", "parse_prompt", "sample_objects", "swap_word"]
