@@ -1,0 +1,35 @@
+"""The mini model's diagnostic scripts: the per-pair direction tally and the text encoder's linear probe."""
+
+import importlib.util
+from pathlib import Path
+
+import numpy as np
+import torch
+
+BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
+
+
+def load_script(name: str):
+    spec = importlib.util.spec_from_file_location(name, BENCHMARKS / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_right_by_object_count_splits_lone_and_paired_objects():
+    tally = load_script("mini_prompt_match").right_by_object_count([
+        {"directions": ["right"]}, {"directions": ["opposite"]},
+        {"directions": ["right", "sideways"]}, {"directions": ["right", "right"]}])
+    assert tally == {1: (1, 2), 2: (3, 4)}
+
+
+def test_probe_accuracy_reads_a_linear_code_and_not_noise():
+    probe_accuracy = load_script("mini_text_probe").probe_accuracy
+    seed = int(np.random.SeedSequence().entropy % 2**31)
+    gen = torch.Generator().manual_seed(seed)
+    codes = torch.randn(4, 16, generator=gen) * 3
+    labels = torch.randint(0, 4, (600,), generator=gen)
+    states = codes[labels] + torch.randn(600, 16, generator=gen)
+    assert probe_accuracy(states[:400], labels[:400], states[400:], labels[400:], 4) > 0.95, seed
+    noise = torch.randn(600, 16, generator=gen)
+    assert probe_accuracy(noise[:400], labels[:400], noise[400:], labels[400:], 4) < 0.45, seed
