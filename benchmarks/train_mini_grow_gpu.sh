@@ -53,7 +53,7 @@ for stage in "$@"; do
          "${LOW_SHIFT[@]}" --lr 4e-4 --shape-weight 10 "${COMMON[@]}" ;;
     h) env "${env_common[@]}" WORD_GAP=1 bash benchmarks/train_mini_gpu.sh --init "$init" \
          "${LOW_SHIFT[@]}" --lr 3e-4 --shape-weight 10 "${COMMON[@]}" ;;
-    i) env "${env_common[@]}" WORD_GAP=1 PM_GUIDANCE=1 bash benchmarks/train_mini_gpu.sh --init "$init" \
+    i) env "${env_common[@]}" WORD_GAP=${WORD_GAP:-1} PM_GUIDANCE=1 bash benchmarks/train_mini_gpu.sh --init "$init" \
          --flow-shift 20 --large-flow-shift 55 --warmup 50 --lr 3e-4 --shape-weight 10 --direction-weight 2 --binding-weight 8 --two-prob 0.7 "${COMMON[@]}" ;;
   esac
   rm -f /tmp/grow-$stage/mini.tar.part-*
