@@ -23,7 +23,7 @@ import torch.nn.functional as F
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from xattn_video.mini.data import render  # noqa: E402
-from xattn_video.mini.grammar import exchange_directions, format_prompt, sample_objects, swap_word  # noqa: E402
+from xattn_video.mini.grammar import SWAPS, format_prompt, sample_objects, swap_clip  # noqa: E402
 from xattn_video.mini.model import encode_prompts, latent_norm, load_folder  # noqa: E402
 
 
@@ -39,10 +39,9 @@ def word_gaps(pipe, clips: int, sigmas: list[float], shape: tuple[int, int, int]
     noise = torch.randn(z0.shape, generator=torch.Generator().manual_seed(seed))
     prompts = {"right": [format_prompt(o) for o in objects]}
     prompts["other prompt"] = prompts["right"][1:] + prompts["right"][:1]
-    for attribute in ("colour", "shape", "direction"):
-        prompts[attribute] = [format_prompt([swap_word(o, attribute) for o in objs]) for objs in objects]
-    prompts["binding"] = [format_prompt(exchange_directions(objs)) for objs in objects]
-    crossed = torch.tensor([exchange_directions(objs) != objs for objs in objects])
+    for swap in SWAPS:
+        prompts[swap] = [format_prompt(swap_clip(objs, swap)) for objs in objects]
+    crossed = torch.tensor([swap_clip(objs, "binding") != objs for objs in objects])  # the clips binding can change
     texts = {name: encode_prompts(pipe.text_encoder, p, "cpu", text_len) for name, p in prompts.items()}
     rows = []
     for sigma in sigmas:
@@ -51,15 +50,22 @@ def word_gaps(pipe, clips: int, sigmas: list[float], shape: tuple[int, int, int]
         per_clip = {name: F.mse_loss(pipe.transformer(zt, timestep=timestep, encoder_hidden_states=text,
                                                       return_dict=False)[0], noise - z0, reduction="none").mean((1, 2, 3, 4))
                     for name, text in texts.items()}
-        loss = {name: value.mean().item() for name, value in per_clip.items() if name != "binding"}
-        if crossed.any():  # relative to the right prompts' loss on the same clips
-            right = per_clip["right"][crossed].mean().item()
-            loss["binding"] = loss["right"] * (1 + (per_clip["binding"][crossed].mean().item() - right) / right)
-        rows.append({"sigma": sigma, "loss": loss["right"],
-                     **{name: (value - loss["right"]) / loss["right"] for name, value in loss.items() if name != "right"}})
-        print(f"σ {sigma:g}: " + ", ".join(f"{k} {v:+.3f}" for k, v in rows[-1].items() if k not in ("sigma", "loss")),
-              flush=True)
+        right = per_clip.pop("right")
+        # each gap relative to the right prompts' loss on the same clips: binding's over the crossed clips only
+        gaps = {name: gap_over(value, right, crossed if name == "binding" else None) for name, value in per_clip.items()}
+        rows.append({"sigma": sigma, "loss": right.mean().item(), "binding_clips": int(crossed.sum()), **gaps})
+        print(f"σ {sigma:g}: " + ", ".join(f"{k} {v:+.3f}" for k, v in gaps.items()), flush=True)
     return rows
+
+
+def gap_over(loss: torch.Tensor, right: torch.Tensor, clips: torch.Tensor | None) -> float:
+    """(mean ``loss`` − mean ``right``) / mean ``right`` over the clips in the boolean mask ``clips`` ([N]; None: all
+    clips); NaN when the mask is empty."""
+    if clips is not None:
+        if not clips.any():
+            return float("nan")
+        loss, right = loss[clips], right[clips]
+    return (loss.mean().item() - right.mean().item()) / right.mean().item()
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -81,13 +87,13 @@ def main(argv: list[str] | None = None) -> int:
              f"{'x'.join(map(str, args.shape))}, seed {args.seed}). Relative loss increase when each object's word is "
              "swapped (colour: the next colour; shape: the other; direction: the opposite), and with another clip's "
              "whole prompt; binding: the two-object clips whose objects move different ways "
-             f"({sum(exchange_directions(o) != o for o in crossed_objects(args))} of {args.clips}), the directions "
+             f"({rows[0]['binding_clips']} of {args.clips}), the directions "
              "exchanged between their objects. Near 0: the word (or which object it belongs to) is not used at that σ.",
              "",
              "| σ | loss (right prompt) | colour swapped | shape swapped | direction swapped | binding | other clip's prompt |",
              "|---:|---:|---:|---:|---:|---:|---:|"]
     lines += [f"| {r['sigma']:g} | {r['loss']:.4f} | {r['colour']:+.3f} | {r['shape']:+.3f} | {r['direction']:+.3f} "
-              f"| {r.get('binding', float('nan')):+.3f} | {r['other prompt']:+.3f} |" for r in rows]
+              f"| {r['binding']:+.3f} | {r['other prompt']:+.3f} |" for r in rows]
     text = "\n".join(lines) + "\n"
     print(text)
     if args.out_dir is not None:
@@ -96,12 +102,6 @@ def main(argv: list[str] | None = None) -> int:
         write_report(text, {"weights": str(folder), "clips": args.clips, "shape": args.shape, "rows": rows},
                      args.out_dir, f"word-gap-{args.name}")
     return 0
-
-
-def crossed_objects(args: argparse.Namespace) -> list:
-    """The objects of the probe's clips (drawn as ``word_gaps`` draws them)."""
-    rng = random.Random(args.seed)
-    return [sample_objects(rng) for _ in range(args.clips)]
 
 
 if __name__ == "__main__":

@@ -378,6 +378,18 @@ def test_direction_loss_weight_marks_both_tracks_and_adds_to_the_shape_weight():
     assert torch.equal(swap_loss_weight(objects, video, random.Random(seed), {"direction": 0.0}), torch.ones_like(weight))
 
 
+def test_swap_clip_swaps_one_word_of_every_object_or_the_binding():
+    from xattn_video.mini.grammar import SWAPS, exchange_directions, swap_clip
+
+    clip = [ObjectSpec("yellow", "square", "up"), ObjectSpec("red", "ball", "right")]
+    for swap in ("colour", "shape", "direction"):
+        assert swap_clip(clip, swap) == [swap_word(o, swap) for o in clip]
+    assert swap_clip(clip, "binding") == exchange_directions(clip)
+    assert all(swap_clip(clip, swap) != clip for swap in SWAPS)
+    with pytest.raises(ValueError):
+        swap_clip(clip, "size")
+
+
 def test_binding_loss_weight_marks_only_two_object_clips_whose_directions_differ():
     from xattn_video.mini.grammar import exchange_directions
     from xattn_video.mini.train import swap_loss_weight

@@ -87,6 +87,17 @@ def exchange_directions(objects: list[ObjectSpec]) -> list[ObjectSpec]:
     return [replace(first, direction=second.direction), replace(second, direction=first.direction)]
 
 
+SWAPS = ("colour", "shape", "direction", "binding")
+
+
+def swap_clip(objects: list[ObjectSpec], swap: str) -> list[ObjectSpec]:
+    """A clip's objects with one thing changed: ``"colour"`` / ``"shape"`` / ``"direction"`` that word of every
+    object (``swap_word``), ``"binding"`` the two objects' directions exchanged (``exchange_directions``)."""
+    if swap == "binding":
+        return exchange_directions(objects)
+    return [swap_word(o, swap) for o in objects]
+
+
 def held_out_pairs(count: int = 32, seed: int = 1234) -> list[tuple[str, int]]:
     """``count`` (prompt, seed) pairs for evaluation: canonical prompts, half with two objects, and generation
     seeds far from anything the training run draws (training samples noise from its own generator)."""
@@ -98,5 +109,6 @@ def held_out_pairs(count: int = 32, seed: int = 1234) -> list[tuple[str, int]]:
     return pairs
 
 
-__all__ = ["COLOURS", "DIRECTIONS", "DIRECTION_VECTORS", "MAX_OBJECTS", "OPPOSITE_DIRECTIONS", "SHAPES", "ObjectSpec",
-           "exchange_directions", "format_prompt", "held_out_pairs", "parse_prompt", "sample_objects", "swap_word"]
+__all__ = ["COLOURS", "DIRECTIONS", "DIRECTION_VECTORS", "MAX_OBJECTS", "OPPOSITE_DIRECTIONS", "SHAPES", "SWAPS",
+           "ObjectSpec", "exchange_directions", "format_prompt", "held_out_pairs", "parse_prompt", "sample_objects",
+           "swap_clip", "swap_word"]

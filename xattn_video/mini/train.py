@@ -32,7 +32,7 @@ import torch
 import torch.nn.functional as F
 
 from .data import random_clips, render, training_prompt
-from .grammar import ObjectSpec, exchange_directions, format_prompt, sample_objects, swap_word
+from .grammar import ObjectSpec, format_prompt, sample_objects, swap_clip
 from .model import (SCHEDULER_CONFIG, TEXT_LEN, build_components, build_pipeline, encode_prompts, latent_norm,
                     tokens_per_call)
 
@@ -288,9 +288,9 @@ def flow_sigmas(n: int, generator: torch.Generator, device: str, sampling: str =
 def swap_loss_weight(objects: list[list[ObjectSpec]], video: torch.Tensor, rng_before: random.Random,
                      weights: dict[str, float]) -> torch.Tensor:
     """The flow-matching loss weight of ``--shape-weight`` / ``--direction-weight``: 1 + Σ ``weights[a]`` × the share
-    of each latent cell's pixels that would differ had every object the other word ``a`` (``grammar.swap_word``:
-    ``"shape"`` the other shape, ``"direction"`` the opposite motion; ``"binding"``: a two-object clip's objects
-    with each other's direction, ``grammar.exchange_directions``); each twin clip drawn again from
+    of each latent cell's pixels that would differ in the clip with ``a`` swapped (``grammar.swap_clip``:
+    ``"shape"`` the other shape, ``"direction"`` the opposite motion, ``"binding"`` a two-object clip's objects
+    with each other's direction); each twin clip drawn again from
     ``rng_before``, the generator's state before ``video`` was drawn (same sizes, travel and background).
     video [B, 3, 4k+1, H, W] -> [B, 1, k+1, H/4, W/4] (the latent grid). Why: a ball's missing corners are ~21% of a
     square's area and a moving object a few percent of the frame, small shares of the loss, so an unweighted model
@@ -299,10 +299,8 @@ def swap_loss_weight(objects: list[list[ObjectSpec]], video: torch.Tensor, rng_b
     for attribute, w in weights.items():
         if w <= 0:
             continue
-        twins = [exchange_directions(objs) if attribute == "binding" else [swap_word(o, attribute) for o in objs]
-                 for objs in objects]
-        twin = render(twins, video.shape[2], video.shape[3], video.shape[4], copy.deepcopy(rng_before),
-                      video.device).video
+        twin = render([swap_clip(objs, attribute) for objs in objects], video.shape[2], video.shape[3],
+                      video.shape[4], copy.deepcopy(rng_before), video.device).video
         differs = ((twin - video).abs().amax(1, keepdim=True) > 1e-3).float()
         weight = weight + w * latent_thumbnail(differs)
     return weight
