@@ -116,20 +116,6 @@ def _variants() -> dict[str, tuple[bool, Callable]]:
         lambda: attention_v2(q, k, vv, None, kv, config=BF16_VARIANTS["v2-tma"])))
     v["v2-fastexp-dense-bf16"] = (False, lambda q, k, vv, sel, kv: (
         lambda: attention_v2(q, k, vv, None, kv, config=BF16_VARIANTS["v2-fastexp"])))
-    # the next tile's q·kᵀ before this tile's softmax (V2Config.pipeline_qk): dense and 8-bit as well
-    v["v2-pipe-dense-bf16"] = (False, lambda q, k, vv, sel, kv: (
-        lambda: attention_v2(q, k, vv, None, kv, config=BF16_VARIANTS["v2-pipe"])))
-    for prec in ("fp8", "int8"):
-        v[f"{prec}-sparse-pipe"] = (True, lambda q, k, vv, sel, kv, prec=prec: (
-            lambda: attention_v2(q, k, vv, sel, kv, precision=prec, config=_fp8_cfg(pipeline_qk=True))))
-        v[f"{prec}-dense-pipe"] = (False, lambda q, k, vv, sel, kv, prec=prec: (
-            lambda: attention_v2(q, k, vv, None, kv, precision=prec, config=_fp8_cfg(pipeline_qk=True))))
-    v["fp8-sparse-pvfp8-pipe"] = (True, lambda q, k, vv, sel, kv: (
-        lambda: attention_v2(q, k, vv, sel, kv, precision="fp8", pv_fp8=True, config=_fp8_cfg(pipeline_qk=True))))
-    v["fp8-dense-pvfp8-pipe"] = (False, lambda q, k, vv, sel, kv: (
-        lambda: attention_v2(q, k, vv, None, kv, precision="fp8", pv_fp8=True, config=_fp8_cfg(pipeline_qk=True))))
-    v["int8-sparse-fastexp-pipe"] = (True, lambda q, k, vv, sel, kv: (
-        lambda: attention_v2(q, k, vv, sel, kv, precision="int8", config=_fp8_cfg(fast_exp=True, pipeline_qk=True))))
     return v
 
 
@@ -163,10 +149,6 @@ DEFAULT_ORDER = [
     "v2-dense-bf16", "v2-fastexp-dense-bf16", "v2-tma-dense-bf16",
     "fp8-sparse-pvfp8-fastexp", "fp8-dense-pvfp8-fastexp", "v2-s4-sparse-bf16", "v2-w4-m64-sparse-bf16",
     "int8-sparse-fastexp-n64-s4", "int8-sparse-fastexp-s4", "int8-sparse-fastexp-s2", "int8-sparse-fastexp-persistent",
-    # the pipelined q·kᵀ (pipeline_qk): slower than the plain loop on an H100 (results/hopper-pipe-nvidia-h100-80gb-hbm3.md)
-    "v2-pipe-sparse-bf16", "v2-pipe-s2-sparse-bf16", "v2-pipe-w4-m64-sparse-bf16", "v2-persistent-pipe-sparse-bf16",
-    "v2-pipe-dense-bf16", "fp8-sparse-pipe", "fp8-dense-pipe", "int8-sparse-pipe", "int8-dense-pipe",
-    "int8-sparse-fastexp-pipe", "fp8-sparse-pvfp8-pipe", "fp8-dense-pvfp8-pipe", "v2-pipe-fastexp-sparse-bf16",
 ]
 # At the second and later heads×head_dim only these are timed (unless --all-variants-every-shape).
 CORE = [CUDNN, "v1-sparse-bf16", "fp8-sparse", "fp8-dense", "int8-sparse", "int8-dense", "v2-fastexp-sparse-bf16",

@@ -18,10 +18,6 @@ kernel (``triton_attention.py``, unchanged and still what ``xattention`` runs in
   tail of the schedule holds the light items).
 - ``USE_TMA``: k/v tiles through tensor descriptors (bf16 only), ``WARP_SPECIALIZE``: Triton's automatic warp
   specialization of the key loop (Hopper, triton >= 3.4).
-- ``PIPE_QK``: the next key tile's q·kᵀ issued before this tile's softmax, the scores carried one iteration
-  (``_pipelined_tiles``): the same arithmetic in the same order (tested bitwise in the interpreter), so that the
-  tensor cores can overlap the exp2/sum work, which limits the default kernel (FlashAttention-3's
-  intra-warpgroup overlap, left to Triton's scheduling of asynchronous wgmma).
 - ``FAST_EXP``: exp2 of the unmasked tiles on 16-bit pairs (``ex2.approx.ftz.bf16x2`` / ``ex2.approx.f16x2``, one
   special-function instruction per two scores; not exact, see ``V2Config.fast_exp``).
 
@@ -56,9 +52,6 @@ class V2Config(AttentionConfig):
     # exp2 on 16-bit pairs (inline PTX ex2.approx bf16x2/f16x2): half the special-function work, NOT exact (the
     # exponent is rounded to bf16/fp16 first: ~0.1-1% relative per weight); the masked last tile stays exact
     fast_exp: bool = False
-    # the next key tile's q·kᵀ issued before this tile's softmax (scores carried one iteration; exact, same
-    # arithmetic): lets the tensor cores overlap the exp2/sum work that limits the default kernel
-    pipeline_qk: bool = False
 
 
 # Named bf16 variants the benchmark compares (and XATTN_ATTN_VARIANT can force); "v1" is the default kernel.
@@ -74,11 +67,6 @@ BF16_VARIANTS: dict[str, V2Config] = {
     "v2-w4-m64": V2Config(block_m=64, num_warps=4, num_stages=3),
     "v2-fastexp": V2Config(fast_exp=True),  # approximate: see V2Config.fast_exp
     "v2-persistent-fastexp": V2Config(persistent=True, fast_exp=True),
-    "v2-pipe": V2Config(pipeline_qk=True),
-    "v2-pipe-s2": V2Config(pipeline_qk=True, num_stages=2),
-    "v2-pipe-w4-m64": V2Config(pipeline_qk=True, block_m=64, num_warps=4, num_stages=3),
-    "v2-persistent-pipe": V2Config(persistent=True, pipeline_qk=True),
-    "v2-pipe-fastexp": V2Config(pipeline_qk=True, fast_exp=True),  # approximate, as v2-fastexp
 }
 
 
@@ -209,43 +197,6 @@ def _sparse_key_start(idx_ptr, r, SEL_BLOCK: tl.constexpr, SUB_N: tl.constexpr, 
 
 
 @triton.jit
-def _key_start(idx_ptr, r, DENSE: tl.constexpr, SEL_BLOCK: tl.constexpr, SUB_N: tl.constexpr,
-               BLOCK_N: tl.constexpr):
-    if DENSE:
-        return r * BLOCK_N
-    return _sparse_key_start(idx_ptr, r, SEL_BLOCK, SUB_N, BLOCK_N)
-
-
-@triton.jit
-def _pipelined_tiles(acc, l_i, m_i, q, k_src, v_src, ks_row, idx_ptr, b, h, n_tiles, offs_d, kv_len, scale_q,
-                     stride_ks, stride_kd, stride_vs, stride_vd,
-                     HEAD_DIM: tl.constexpr, SEL_BLOCK: tl.constexpr, SUB_N: tl.constexpr, BLOCK_N: tl.constexpr,
-                     DENSE: tl.constexpr, USE_TMA: tl.constexpr, QK_QUANT: tl.constexpr, QK_INT8: tl.constexpr,
-                     PV_FP8: tl.constexpr, ROUND_FIRST: tl.constexpr, DOT_PRECISION: tl.constexpr,
-                     FAST_EXP: tl.constexpr, P16_BF16: tl.constexpr, WARP_SPECIALIZE: tl.constexpr):
-    """The unmasked tiles 0 … n_tiles-1 with the next tile's q·kᵀ issued before this tile's softmax (``PIPE_QK``):
-    the scores are carried one iteration, so the tensor cores can work on tile r+1 while the other units do tile
-    r's exp2 and sums (FlashAttention-3's intra-warpgroup overlap, left to Triton's wgmma scheduling). The last
-    iteration scores its own tile again (one wasted q·kᵀ per row); the arithmetic per tile is ``_step``'s."""
-    if n_tiles > 0:
-        qk, scale = _scores(q, k_src, ks_row, b, h, _key_start(idx_ptr, 0, DENSE, SEL_BLOCK, SUB_N, BLOCK_N), offs_d,
-                            kv_len, scale_q, stride_ks, stride_kd, HEAD_DIM, BLOCK_N, False, USE_TMA, QK_QUANT,
-                            QK_INT8, DOT_PRECISION)
-        for r in tl.range(0, n_tiles, warp_specialize=WARP_SPECIALIZE):
-            nxt = tl.minimum(r + 1, n_tiles - 1)
-            qk_next, scale_next = _scores(q, k_src, ks_row, b, h,
-                                          _key_start(idx_ptr, nxt, DENSE, SEL_BLOCK, SUB_N, BLOCK_N), offs_d, kv_len,
-                                          scale_q, stride_ks, stride_kd, HEAD_DIM, BLOCK_N, False, USE_TMA, QK_QUANT,
-                                          QK_INT8, DOT_PRECISION)
-            acc, l_i, m_i = _update(acc, l_i, m_i, qk, scale, v_src, b, h,
-                                    _key_start(idx_ptr, r, DENSE, SEL_BLOCK, SUB_N, BLOCK_N), offs_d, kv_len,
-                                    stride_vs, stride_vd, HEAD_DIM, BLOCK_N, False, USE_TMA, QK_INT8, PV_FP8,
-                                    ROUND_FIRST, DOT_PRECISION, FAST_EXP, P16_BF16)
-            qk, scale = qk_next, scale_next
-    return acc, l_i, m_i
-
-
-@triton.jit
 def _tile(Q, K, V, O, QS, KS, VS, COUNTS, INDICES, KV_LEN, pid_m, pid_bh,
           stride_qb, stride_qs, stride_qh, stride_qd,
           stride_kb, stride_ks, stride_kh, stride_kd,
@@ -256,7 +207,7 @@ def _tile(Q, K, V, O, QS, KS, VS, COUNTS, INDICES, KV_LEN, pid_m, pid_bh,
           DENSE: tl.constexpr, QK_QUANT: tl.constexpr, QK_INT8: tl.constexpr, PV_FP8: tl.constexpr,
           USE_TMA: tl.constexpr,
           WARP_SPECIALIZE: tl.constexpr, ROUND_FIRST: tl.constexpr, DOT_PRECISION: tl.constexpr,
-          FAST_EXP: tl.constexpr, P16_BF16: tl.constexpr, PIPE_QK: tl.constexpr):
+          FAST_EXP: tl.constexpr, P16_BF16: tl.constexpr):
     SUB_N: tl.constexpr = SEL_BLOCK // BLOCK_N
     b = pid_bh // H
     h = pid_bh % H
@@ -284,17 +235,11 @@ def _tile(Q, K, V, O, QS, KS, VS, COUNTS, INDICES, KV_LEN, pid_m, pid_bh,
     acc = tl.zeros([BLOCK_M, HEAD_DIM], dtype=tl.float32)
     if DENSE:
         n_full = kv_len // BLOCK_N
-        if PIPE_QK:
-            acc, l_i, m_i = _pipelined_tiles(acc, l_i, m_i, q, k_src, v_src, ks_row, INDICES, b, h, n_full, offs_d,
-                                             kv_len, scale_q, stride_ks, stride_kd, stride_vs, stride_vd, HEAD_DIM,
-                                             SEL_BLOCK, SUB_N, BLOCK_N, True, USE_TMA, QK_QUANT, QK_INT8, PV_FP8,
-                                             ROUND_FIRST, DOT_PRECISION, FAST_EXP, P16_BF16, WARP_SPECIALIZE)
-        else:
-            for r in tl.range(0, n_full, warp_specialize=WARP_SPECIALIZE):
-                acc, l_i, m_i = _step(acc, l_i, m_i, q, k_src, v_src, ks_row, b, h, r * BLOCK_N, offs_d, kv_len,
-                                      scale_q, stride_ks, stride_kd, stride_vs, stride_vd, HEAD_DIM, BLOCK_N, False,
-                                      USE_TMA, QK_QUANT, QK_INT8, PV_FP8, ROUND_FIRST, DOT_PRECISION, FAST_EXP,
-                                      P16_BF16)
+        for r in tl.range(0, n_full, warp_specialize=WARP_SPECIALIZE):
+            acc, l_i, m_i = _step(acc, l_i, m_i, q, k_src, v_src, ks_row, b, h, r * BLOCK_N, offs_d, kv_len,
+                                  scale_q, stride_ks, stride_kd, stride_vs, stride_vd, HEAD_DIM, BLOCK_N, False,
+                                  USE_TMA, QK_QUANT, QK_INT8, PV_FP8, ROUND_FIRST, DOT_PRECISION, FAST_EXP,
+                                  P16_BF16)
         if n_full * BLOCK_N < kv_len:
             acc, l_i, m_i = _step(acc, l_i, m_i, q, k_src, v_src, ks_row, b, h, n_full * BLOCK_N, offs_d, kv_len,
                                   scale_q, stride_ks, stride_kd, stride_vs, stride_vd, HEAD_DIM, BLOCK_N, True,
@@ -306,18 +251,12 @@ def _tile(Q, K, V, O, QS, KS, VS, COUNTS, INDICES, KV_LEN, pid_m, pid_bh,
         last = tl.load(idx_ptr + tl.maximum(count - 1, 0))
         partial = (count > 0) & ((last + 1) * SEL_BLOCK > kv_len)
         n_full = count - partial.to(tl.int32)
-        if PIPE_QK:
-            acc, l_i, m_i = _pipelined_tiles(acc, l_i, m_i, q, k_src, v_src, ks_row, idx_ptr, b, h, n_full * SUB_N,
-                                             offs_d, kv_len, scale_q, stride_ks, stride_kd, stride_vs, stride_vd,
-                                             HEAD_DIM, SEL_BLOCK, SUB_N, BLOCK_N, False, USE_TMA, QK_QUANT, QK_INT8,
-                                             PV_FP8, ROUND_FIRST, DOT_PRECISION, FAST_EXP, P16_BF16, WARP_SPECIALIZE)
-        else:
-            for r in tl.range(0, n_full * SUB_N, warp_specialize=WARP_SPECIALIZE):
-                key_start = _sparse_key_start(idx_ptr, r, SEL_BLOCK, SUB_N, BLOCK_N)
-                acc, l_i, m_i = _step(acc, l_i, m_i, q, k_src, v_src, ks_row, b, h, key_start, offs_d, kv_len,
-                                      scale_q, stride_ks, stride_kd, stride_vs, stride_vd, HEAD_DIM, BLOCK_N, False,
-                                      USE_TMA, QK_QUANT, QK_INT8, PV_FP8, ROUND_FIRST, DOT_PRECISION, FAST_EXP,
-                                      P16_BF16)
+        for r in tl.range(0, n_full * SUB_N, warp_specialize=WARP_SPECIALIZE):
+            key_start = _sparse_key_start(idx_ptr, r, SEL_BLOCK, SUB_N, BLOCK_N)
+            acc, l_i, m_i = _step(acc, l_i, m_i, q, k_src, v_src, ks_row, b, h, key_start, offs_d, kv_len,
+                                  scale_q, stride_ks, stride_kd, stride_vs, stride_vd, HEAD_DIM, BLOCK_N, False,
+                                  USE_TMA, QK_QUANT, QK_INT8, PV_FP8, ROUND_FIRST, DOT_PRECISION, FAST_EXP,
+                                  P16_BF16)
         if partial:
             for sub in range(SUB_N):
                 acc, l_i, m_i = _step(acc, l_i, m_i, q, k_src, v_src, ks_row, b, h, last * SEL_BLOCK + sub * BLOCK_N,
@@ -346,7 +285,7 @@ def _attn_v2(Q, K, V, O, QS, KS, VS, COUNTS, INDICES, KV_LEN, ORDER,
           USE_TMA: tl.constexpr,
              WARP_SPECIALIZE: tl.constexpr, PERSISTENT: tl.constexpr, ORDERED: tl.constexpr,
              ROUND_FIRST: tl.constexpr, DOT_PRECISION: tl.constexpr, FAST_EXP: tl.constexpr,
-             P16_BF16: tl.constexpr, PIPE_QK: tl.constexpr):
+             P16_BF16: tl.constexpr):
     if PERSISTENT:
         for w in range(tl.program_id(0), N_WORK, tl.num_programs(0)):
             if ORDERED:
@@ -357,13 +296,13 @@ def _attn_v2(Q, K, V, O, QS, KS, VS, COUNTS, INDICES, KV_LEN, ORDER,
                   stride_qb, stride_qs, stride_qh, stride_qd, stride_kb, stride_ks, stride_kh, stride_kd,
                   stride_vb, stride_vs, stride_vh, stride_vd, stride_ob, stride_os, stride_oh, stride_od,
                   H, SQ, NQB, NKB, NQS, NKS, qk_scale, HEAD_DIM, SEL_BLOCK, BLOCK_M, BLOCK_N, DENSE, QK_QUANT,
-                  QK_INT8, PV_FP8, USE_TMA, WARP_SPECIALIZE, ROUND_FIRST, DOT_PRECISION, FAST_EXP, P16_BF16, PIPE_QK)
+                  QK_INT8, PV_FP8, USE_TMA, WARP_SPECIALIZE, ROUND_FIRST, DOT_PRECISION, FAST_EXP, P16_BF16)
     else:
         _tile(Q, K, V, O, QS, KS, VS, COUNTS, INDICES, KV_LEN, tl.program_id(0), tl.program_id(1),
               stride_qb, stride_qs, stride_qh, stride_qd, stride_kb, stride_ks, stride_kh, stride_kd,
               stride_vb, stride_vs, stride_vh, stride_vd, stride_ob, stride_os, stride_oh, stride_od,
               H, SQ, NQB, NKB, NQS, NKS, qk_scale, HEAD_DIM, SEL_BLOCK, BLOCK_M, BLOCK_N, DENSE, QK_QUANT,
-              QK_INT8, PV_FP8, USE_TMA, WARP_SPECIALIZE, ROUND_FIRST, DOT_PRECISION, FAST_EXP, P16_BF16, PIPE_QK)
+              QK_INT8, PV_FP8, USE_TMA, WARP_SPECIALIZE, ROUND_FIRST, DOT_PRECISION, FAST_EXP, P16_BF16)
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -534,7 +473,7 @@ def _launch(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, counts: torch.Ten
         USE_TMA=use_tma,
         WARP_SPECIALIZE=cfg.warp_specialize and q.is_cuda, PERSISTENT=cfg.persistent, ORDERED=ordered,
         ROUND_FIRST=not q.is_cuda, DOT_PRECISION=dot_precision, FAST_EXP=cfg.fast_exp,
-        P16_BF16=q.dtype != torch.float16, PIPE_QK=cfg.pipeline_qk,
+        P16_BF16=q.dtype != torch.float16,
         num_warps=cfg.num_warps, num_stages=num_stages,
     )
     return out
