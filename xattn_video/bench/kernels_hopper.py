@@ -35,6 +35,7 @@ import torch
 import torch.nn.functional as F
 
 from ..kernels import BlockSelection, naive_block_sparse_attention, num_blocks
+from ..kernels.gluon_attention import GluonAttentionConfig, attention_gluon, gluon_device
 from ..kernels.triton_attention import block_sparse_attention_triton
 from ..kernels.triton_attention_v2 import BF16_VARIANTS, V2Config, attention_v2, default_fp8_config
 from ..kernels.triton_quant import quantize_triton
@@ -64,6 +65,11 @@ def _sdpa_cudnn(q, k, v):
 
 def _fp8_cfg(**changes) -> V2Config:
     return replace(default_fp8_config(torch.device(DEV)), **changes)
+
+
+GLUON_CONFIGS = {"gluon": GluonAttentionConfig(), "gluon-nopp": GluonAttentionConfig(pingpong=False),
+                 "gluon-s3": GluonAttentionConfig(num_stages=3),
+                 "gluon-s3-nopp": GluonAttentionConfig(num_stages=3, pingpong=False)}
 
 
 def _variants() -> dict[str, tuple[bool, Callable]]:
@@ -108,6 +114,12 @@ def _variants() -> dict[str, tuple[bool, Callable]]:
             lambda: attention_v2(q, k, vv, sel, kv, precision="int8", config=_fp8_cfg(fast_exp=True, **shape))))
     v["int8-sparse-fastexp-persistent"] = (True, lambda q, k, vv, sel, kv: (
         lambda: attention_v2(q, k, vv, sel, kv, precision="int8", config=_fp8_cfg(fast_exp=True, persistent=True))))
+    # the warp-specialised Gluon kernel (Hopper, triton 3.6): what the operator runs there in bf16
+    for label, gcfg in GLUON_CONFIGS.items():
+        v[f"{label}-sparse-bf16"] = (True, lambda q, k, vv, sel, kv, gcfg=gcfg: (
+            lambda: attention_gluon(q, k, vv, sel, kv, config=gcfg)))
+        v[f"{label}-dense-bf16"] = (False, lambda q, k, vv, sel, kv, gcfg=gcfg: (
+            lambda: attention_gluon(q, k, vv, None, kv, config=gcfg)))
     for name, cfg in BF16_VARIANTS.items():
         v[f"{name}-sparse-bf16"] = (True, lambda q, k, vv, sel, kv, cfg=cfg: (
             lambda: attention_v2(q, k, vv, sel, kv, config=cfg)))
@@ -138,7 +150,7 @@ def _extra_rows(q, k, v, sel, kv) -> dict[str, tuple[bool, Callable]]:
 
 # Timing order within a shape: what the issue's targets need first, so that a time limit cuts the least useful.
 DEFAULT_ORDER = [
-    CUDNN, "v1-sparse-bf16",
+    CUDNN, "v1-sparse-bf16", "gluon-sparse-bf16", "gluon-dense-bf16",
     "fp8-sparse", "fp8-dense", "int8-sparse", "int8-dense",
     "v2-fastexp-sparse-bf16", "int8-sparse-fastexp", "int8-dense-fastexp", "int8-sparse-pvfp8-fastexp",
     "int8-dense-pvfp8-fastexp", "fp8-sparse-fastexp", "fp8-dense-fastexp",
@@ -149,9 +161,11 @@ DEFAULT_ORDER = [
     "v2-dense-bf16", "v2-fastexp-dense-bf16", "v2-tma-dense-bf16",
     "fp8-sparse-pvfp8-fastexp", "fp8-dense-pvfp8-fastexp", "v2-s4-sparse-bf16", "v2-w4-m64-sparse-bf16",
     "int8-sparse-fastexp-n64-s4", "int8-sparse-fastexp-s4", "int8-sparse-fastexp-s2", "int8-sparse-fastexp-persistent",
+    "gluon-nopp-sparse-bf16", "gluon-s3-sparse-bf16", "gluon-s3-nopp-sparse-bf16", "gluon-nopp-dense-bf16",
+    "gluon-s3-dense-bf16", "gluon-s3-nopp-dense-bf16",
 ]
 # At the second and later heads×head_dim only these are timed (unless --all-variants-every-shape).
-CORE = [CUDNN, "v1-sparse-bf16", "fp8-sparse", "fp8-dense", "int8-sparse", "int8-dense", "v2-fastexp-sparse-bf16",
+CORE = [CUDNN, "v1-sparse-bf16", "gluon-sparse-bf16", "gluon-dense-bf16", "fp8-sparse", "fp8-dense", "int8-sparse", "int8-dense", "v2-fastexp-sparse-bf16",
         "int8-sparse-fastexp", "int8-dense-fastexp", "int8-sparse-pvfp8-fastexp", "int8-dense-pvfp8-fastexp",
         "v2-persistent-sparse-bf16", "v2-dense-bf16"]
 EXTRA_ORDER = ["fp8-quantize-qk", "fp8-quantize-qkv", "fp8-sparse kernel only", "fp8-sparse-pvfp8 kernel only",
@@ -392,6 +406,9 @@ def main(argv: list[str] | None = None) -> int:
     res = {"gpu": torch.cuda.get_device_name() if DEV == "cuda" else "cpu-dry-run", "torch": torch.__version__,
            "triton": triton.__version__, "capability": ".".join(map(str, cap)), "density": args.density,
            "date": time.strftime("%Y-%m-%d %H:%M"), "checks": [], "rows": [], "notes": []}
+    if not (DEV == "cuda" and gluon_device(torch.cuda.current_device())):
+        res["notes"].append("no Hopper GPU with triton 3.6's Gluon here: Gluon variants skipped")
+        chosen = [n for n in chosen if not n.startswith("gluon")]
     fp8_ok = cap >= (8, 9)
     if not fp8_ok:
         res["notes"].append("no FP8 tensor cores here (compute capability < 8.9): FP8 variants skipped")

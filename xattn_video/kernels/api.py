@@ -12,7 +12,7 @@ from typing import Any, Callable, Protocol
 import torch
 import torch.nn.functional as F
 
-from .backend import check_backend_params, check_precision, forced_variant, resolve_backend
+from .backend import VARIANT_ENV_VAR, check_backend_params, check_precision, forced_variant, resolve_backend
 from .blocks import BlockSelection, num_blocks
 from .inputs import (
     KvLen,
@@ -106,12 +106,20 @@ def _sparse_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, selecti
             from .triton_attention_v2 import attention_8bit
 
             return attention_8bit(q, k, v, selection, kv, precision)
-        if forced_variant():  # benchmarking only (XATTN_ATTN_VARIANT): not a custom op, eager
+        variant = forced_variant()  # benchmarking (XATTN_ATTN_VARIANT): "v1" the Triton kernel, "gluon", v2 names
+        if variant not in ("", "v1", "gluon"):  # a v2 variant: not a custom op, eager
             from .triton_attention_v2 import attention_v2, variant_config
 
-            cfg = variant_config(forced_variant())
-            if cfg is not None:
-                return attention_v2(q, k, v, selection, kv, config=cfg)
+            return attention_v2(q, k, v, selection, kv, config=variant_config(variant))
+        if variant != "v1":
+            from .gluon_attention import block_sparse_attention_hopper, device_index, gluon_device
+
+            # Hopper with triton 3.6: the warp-specialised Gluon kernel (FlashAttention-3's schedule)
+            if q.is_cuda and gluon_device(device_index(q.device)):
+                return block_sparse_attention_hopper(q, k, v, selection, kv)
+            if variant == "gluon":
+                raise XAttentionInputError(f"{VARIANT_ENV_VAR}=gluon needs a Hopper GPU (sm_90) and triton 3.6 with "
+                                           f"Gluon")
         from .triton_attention import block_sparse_attention_triton
 
         return block_sparse_attention_triton(q, k, v, selection, kv)

@@ -70,7 +70,8 @@ def resolve_backend(backend: str, device: torch.device) -> str:
 # same tensor-core rate on Hopper, ~4x smaller error on video-like inputs). Both with per-tile scales, k smoothed.
 PRECISIONS = ("bf16", "fp8", "int8")
 MIN_CAPABILITY = {"fp8": (8, 9), "int8": (8, 0)}  # fp8: Ada and Hopper; int8 tensor cores: Ampere on
-VARIANT_ENV_VAR = "XATTN_ATTN_VARIANT"  # benchmarking: a bf16 kernel variant (triton_attention_v2.BF16_VARIANTS)
+# benchmarking: the bf16 kernel: "v1" (triton_attention), "gluon" (gluon_attention), or a triton_attention_v2 variant
+VARIANT_ENV_VAR = "XATTN_ATTN_VARIANT"
 
 
 @torch.compiler.assume_constant_result

@@ -343,13 +343,14 @@ def default_fp8_config(device: torch.device, block_size: int = 128) -> V2Config:
 
 
 def variant_config(name: str | None = None) -> V2Config | None:
-    """The bf16 variant named by ``name`` or the XATTN_ATTN_VARIANT environment variable (None: the default kernel,
-    also for "v1" / empty)."""
+    """The bf16 variant named by ``name`` or the XATTN_ATTN_VARIANT environment variable (None: not a v2 variant:
+    empty (the operator's choice), "v1" (the Triton kernel) or "gluon" (the Hopper kernel))."""
     name = (name if name is not None else os.environ.get(VARIANT_ENV_VAR, "")).strip().lower()
-    if name in ("", "v1", "default"):
+    if name in ("", "v1", "default", "gluon"):
         return None
     if name not in BF16_VARIANTS:
-        raise ValueError(f"{VARIANT_ENV_VAR}/variant must be v1 or one of {', '.join(BF16_VARIANTS)}, got {name!r}")
+        raise ValueError(f"{VARIANT_ENV_VAR}/variant must be v1, gluon or one of {', '.join(BF16_VARIANTS)}, "
+                         f"got {name!r}")
     return BF16_VARIANTS[name]
 
 
