@@ -33,6 +33,12 @@ def test_availability_follows_the_triton_version():
     assert ga.gluon_available() == triton.__version__.startswith("3.6.")
 
 
+def test_fp8_prototype_imports_with_the_same_gate():
+    from xattn_video.kernels import gluon_attention_fp8
+
+    assert gluon_attention_fp8.gluon_available() == ga.gluon_available()
+
+
 def test_gluon_takes_only_what_the_kernel_runs():
     q = torch.zeros(2, 300, 3, 128, dtype=torch.bfloat16)
     assert ga.gluon_takes(q, q, q, 128)
