@@ -59,11 +59,22 @@ import torch
 from .blocks import BlockSelection
 from .triton_quant import FP8_DTYPE, FP8_MAX, P_SCALE, QuantizedQKV
 
-_GLUON_VERSION = "3.6."
+# The Gluon imports, the version gate and the device helpers both kernels share live in gluon_attention
+from .gluon_attention import (  # noqa: F401 (gl & co. are used by the kernels below when Gluon is present)
+    BLOCK,
+    _GLUON_VERSION,
+    _IMPORT_ERROR,
+    _jit,
+    _pp_pass,
+    _pp_wait,
+    _tile_range,
+    _tma_ok,
+    _zero_rows_from,
+    gluon_available,
+)
 
-try:  # Gluon is experimental: absent from older Triton, different in newer; this module must import anyway
+if _IMPORT_ERROR is None:
     import triton
-    from triton.experimental import gluon
     from triton.experimental.gluon import language as gl
     from triton.experimental.gluon.language.nvidia.hopper import (
         fence_async_shared,
@@ -73,24 +84,12 @@ try:  # Gluon is experimental: absent from older Triton, different in newer; thi
         warpgroup_mma_wait,
     )
     from triton.experimental.gluon.nvidia.hopper import TensorDescriptor
+else:  # the kernels below stay plain functions; gl only has to name constexpr in their annotations
+    from types import SimpleNamespace
 
-    _IMPORT_ERROR: Exception | None = None
-except Exception as exc:  # noqa: BLE001 - any failure means "no Gluon here"
     triton = None  # type: ignore[assignment]
-    gluon = None  # type: ignore[assignment]
-    _IMPORT_ERROR = exc
-else:
-    if not triton.__version__.startswith(_GLUON_VERSION):
-        _IMPORT_ERROR = ImportError(f"written for triton {_GLUON_VERSION}x, found {triton.__version__}")
-
-
-def gluon_available() -> bool:
-    """True when this Triton has the Gluon API this module was written for (triton 3.6)."""
-    return _IMPORT_ERROR is None
-
-
-def _jit(fn):
-    return gluon.jit(fn) if _IMPORT_ERROR is None else fn
+    gl = SimpleNamespace(constexpr=None)  # type: ignore[assignment]
+    TensorDescriptor = None  # type: ignore[assignment,misc]
 
 
 @dataclass(frozen=True)
@@ -105,29 +104,13 @@ class GluonFP8Config:
     maxnreg: int | None = None
 
 
-BLOCK = 128
 LOG2E = 1.4426950408889634
 LOG2_P_SCALE = gl.constexpr(math.log2(P_SCALE)) if _IMPORT_ERROR is None else math.log2(P_SCALE)
 
 
 # ---------------------------------------------------------------------------------------------------------------
-# Device code (small helpers as in gluon_attention.py, kept here so that this file does not depend on its privates)
+# Device code (the helpers shared with the bf16 kernel are imported above)
 # ---------------------------------------------------------------------------------------------------------------
-
-@_jit
-def _tile_range(COUNTS, INDICES, kv_len, pid_m, pid_bh, NQB, NKB, DENSE: gl.constexpr, BLOCK_N: gl.constexpr):
-    """(number of key tiles, offset of this row's index list, first key of the last tile) of one query block."""
-    if DENSE:
-        n_tiles = gl.cdiv(kv_len, BLOCK_N)
-        row_off = pid_bh.to(gl.int64) * 0
-        last_start = (n_tiles - 1) * BLOCK_N
-    else:
-        row = pid_bh.to(gl.int64) * NQB + pid_m
-        n_tiles = gl.load(COUNTS + row)
-        row_off = row * NKB
-        last_start = gl.load(INDICES + row_off + gl.maximum(n_tiles - 1, 0)) * BLOCK_N
-    return n_tiles, row_off, last_start
-
 
 @_jit
 def _key_block(INDICES, row_off, j, DENSE: gl.constexpr):
@@ -135,29 +118,6 @@ def _key_block(INDICES, row_off, j, DENSE: gl.constexpr):
     if DENSE:
         return j
     return gl.load(INDICES + row_off + j)
-
-
-@_jit
-def _pp_wait(pp_bars, rnd, WG: gl.constexpr, PINGPONG: gl.constexpr):
-    if PINGPONG:
-        mbarrier.wait(pp_bars.index(WG), (rnd & 1) ^ (1 - WG))
-
-
-@_jit
-def _pp_pass(pp_bars, WG: gl.constexpr, PINGPONG: gl.constexpr):
-    if PINGPONG:
-        mbarrier.arrive(pp_bars.index(1 - WG), count=1)
-
-
-@_jit
-def _zero_rows_from(tile, limit, BLOCK_N: gl.constexpr, HEAD_DIM: gl.constexpr):
-    """Zero rows ≥ limit of a [BLOCK_N, HEAD_DIM] shared tile (bf16 V's padding keys: 0·inf would be NaN)."""
-    layout: gl.constexpr = gl.BlockedLayout([1, 8], [4, 8], [4, 1], [1, 0])
-    x = tile.load(layout)
-    rows = gl.arange(0, BLOCK_N, layout=gl.SliceLayout(1, layout))
-    x = gl.where(gl.expand_dims(rows < limit, 1), x, gl.zeros_like(x))
-    tile.store(x)
-    fence_async_shared()
 
 
 @_jit
@@ -582,11 +542,6 @@ def quantize_fp8(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor | None,
                                                   ROUND_FIRST=interp, num_warps=4, enable_fp_fusion=False)
     return GluonQuantizedQKV(q=q8, q_scale=qs, k=k8, k_scale=ks, k_mean=mean.reshape(B, H, D), block_m=BLOCK,
                              block_n=BLOCK, qk_format="e4m3", v=vt, v_scale=vs)
-
-
-def _tma_ok(x: torch.Tensor) -> bool:
-    return (x.stride(-1) == 1 and x.data_ptr() % 16 == 0
-            and all((s * x.element_size()) % 16 == 0 for s in x.stride()[:-1]))
 
 
 _GL_DTYPES = {}
