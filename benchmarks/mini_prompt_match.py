@@ -42,10 +42,27 @@ def guide_first_steps(pipe: Any, steps: int) -> None:
     pipe.__class__ = type(pipe.__class__.__name__, (pipe.__class__,), {"__call__": guided})
 
 
+NEGATIVES = ("empty", "exchange", "opposite")
+
+
+def contrast_prompt(prompt: str, negative: str) -> str:
+    """The negative prompt ``--negative`` names for ``prompt`` ("" = the pipeline's empty one)."""
+    from xattn_video.mini.grammar import exchange_directions, format_prompt, parse_prompt, swap_clip
+
+    objects = parse_prompt(prompt)
+    if negative == "exchange" and len(objects) == 2 and objects[0].direction != objects[1].direction:
+        return format_prompt(exchange_directions(objects))
+    if negative == "opposite":
+        return format_prompt(swap_clip(objects, "direction"))
+    return ""
+
+
 def guidance_label(row: dict) -> str:
-    """A row's guidance as the table shows it: ``4`` on every step, ``4 (first 2 steps)``."""
+    """A row's guidance as the table shows it: ``4`` on every step, ``4 (first 2 steps)``, ``4, negative exchange``."""
     steps = row.get("guided_steps")
-    return f"{row['guidance']:g}" + (f" (first {steps} steps)" if steps is not None else "")
+    negative = row.get("negative", "empty")
+    return (f"{row['guidance']:g}" + (f" (first {steps} steps)" if steps is not None else "")
+            + (f", negative {negative}" if negative != "empty" else ""))
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -70,6 +87,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--no-generate", action="store_true", help="only the --reference rows")
     p.add_argument("--guided-steps", type=int, default=None, metavar="N",
                    help="apply --guidance to the first N denoising steps only (default: every step)")
+    p.add_argument("--negative", choices=NEGATIVES, default="empty",
+                   help="the negative prompt of guidance > 1: empty (plain classifier-free guidance); exchange (the "
+                        "prompt with its two objects' directions exchanged, where they differ: guidance then pushes "
+                        "away from the wrong binding; empty otherwise); opposite (every direction reversed)")
     p.add_argument("--why", action="store_true",
                    help="also count, per row, why directions scored as they did (right, object not found, not "
                         "moving, opposite, sideways) and the median travel of the objects found")
@@ -95,8 +116,10 @@ def main(argv: list[str] | None = None) -> int:
             seconds = []
             per_pair = []
             for prompt, seed in held_out_pairs(args.pairs):
+                negative = contrast_prompt(prompt, args.negative)
                 run = load_config(None, overrides + [f"generation.prompt={prompt}", f"generation.seed={seed}"]
-                                  + ([f"generation.guidance_scale={guidance}"] if guidance is not None else []))
+                                  + ([f"generation.guidance_scale={guidance}"] if guidance is not None else [])
+                                  + ([f"generation.negative_prompt={negative}"] if negative else []))
                 run.dense = True
                 result = run_pipeline(pipe, run, show_progress=False)
                 seconds.append(result.seconds_total)
@@ -111,7 +134,8 @@ def main(argv: list[str] | None = None) -> int:
                     if reading.found:
                         travels.append(float(np.hypot(*reading.travel)))
             g = base.generation.guidance_scale if guidance is None else guidance
-            row = {"model": model, "guidance": g, "guided_steps": args.guided_steps, "steps": base.generation.steps,
+            row = {"model": model, "guidance": g, "guided_steps": args.guided_steps, "negative": args.negative,
+                   "steps": base.generation.steps,
                    "pairs": args.pairs,
                    "size": f"{base.generation.frames}x{base.generation.height}x{base.generation.width}",
                    "seconds_per_video": float(np.median(seconds)),
