@@ -56,6 +56,21 @@ def test_gluon_takes_only_what_the_kernel_runs():
     assert not ga.gluon_takes(q, q, q[:, :200], 128)  # k/v lengths differ
 
 
+def test_sparse_kernel_names_what_the_operator_runs(monkeypatch):
+    from xattn_video.kernels.api import sparse_kernel
+
+    assert sparse_kernel("cpu") == "torch"
+    monkeypatch.setenv("TRITON_INTERPRET", "1")
+    pytest.importorskip("triton")
+    assert sparse_kernel("cpu", "triton") == "triton"  # the interpreter
+    assert sparse_kernel("cpu", "triton", "int8") == "triton-int8"
+    monkeypatch.setenv("XATTN_ATTN_VARIANT", "v2-persistent")
+    assert sparse_kernel("cpu", "triton") == "triton-v2-persistent"
+    if _hopper_gluon():
+        monkeypatch.delenv("XATTN_ATTN_VARIANT")
+        assert sparse_kernel("cuda") == "gluon"
+
+
 def test_kv_len_tensor_fills_equal_lengths():
     assert torch.equal(ga.kv_len_tensor([7, 7], torch.device("cpu")), torch.tensor([7, 7], dtype=torch.int32))
     assert torch.equal(ga.kv_len_tensor([7, 5], torch.device("cpu")), torch.tensor([7, 5], dtype=torch.int32))

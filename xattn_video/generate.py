@@ -276,6 +276,7 @@ def run_record(result: GenerationResult, run: RunConfig, pipe: Any) -> dict:
         "config": to_container(run),
         "device": str(pipeline_device(pipe)),
         "environment": environment(),
+        "sparse_kernel": _sparse_kernel(run, pipe),
         "seconds_total": result.seconds_total,
         "seconds_per_step": result.seconds_per_step,
         "frames": int(result.frames.shape[0]),
@@ -285,6 +286,15 @@ def run_record(result: GenerationResult, run: RunConfig, pipe: Any) -> dict:
         "cache": result.cache,
         "note": "tiny random-weight model: the video is noise" if is_tiny(run.model) else None,
     }
+
+
+def _sparse_kernel(run: RunConfig, pipe: Any) -> str | None:
+    """The kernel XAttention's sparse steps ran with (None for a dense run)."""
+    if run.dense:
+        return None
+    from .kernels.api import sparse_kernel
+
+    return sparse_kernel(pipeline_device(pipe), run.xattn.backend, run.xattn.precision)
 
 
 def write_outputs(result: GenerationResult, run: RunConfig, out: str | Path) -> None:

@@ -126,6 +126,28 @@ def _sparse_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, selecti
     return sdpa_block_sparse_attention(q, k, v, selection, kv)
 
 
+def sparse_kernel(device: torch.device | str, backend: str = "auto", precision: str = "bf16") -> str:
+    """Which kernel ``xattention`` runs its block-sparse attention with on ``device`` (for run records): "gluon"
+    (the Hopper kernel, block size 128 and head_dim 64/128), "triton" (the Triton kernels), "triton-<variant>"
+    (``XATTN_ATTN_VARIANT``), "triton-<precision>" (the 8-bit kernels) or "torch" (the reference backend)."""
+    device = torch.device(device)
+    if device.type == "cuda" and device.index is None:
+        device = torch.device("cuda", torch.cuda.current_device())
+    if resolve_backend(backend, device) != "triton":
+        return "torch"
+    if precision != "bf16":
+        return f"triton-{precision}"
+    variant = forced_variant()
+    if variant not in ("", "gluon"):
+        return "triton" if variant == "v1" else f"triton-{variant}"
+    if device.type == "cuda":
+        from .gluon_attention import gluon_device
+
+        if gluon_device(device.index):
+            return "gluon"
+    return "triton"
+
+
 def estimate_block_scores(
     q: torch.Tensor,
     k: torch.Tensor,
@@ -365,4 +387,4 @@ def xattention(
 
 
 __all__ = ["BlockSelection", "XAttentionInputError", "block_sparse_attention", "estimate_block_scores",
-           "select_blocks", "xattention"]
+           "select_blocks", "sparse_kernel", "xattention"]
