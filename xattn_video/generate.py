@@ -292,7 +292,7 @@ def _sparse_kernel(run: RunConfig, pipe: Any) -> str | None:
     """The kernel XAttention's sparse steps ran with (None for a dense run)."""
     if run.dense:
         return None
-    from .kernels.api import sparse_kernel
+    from .kernels import sparse_kernel
 
     return sparse_kernel(pipeline_device(pipe), run.xattn.backend, run.xattn.precision)
 

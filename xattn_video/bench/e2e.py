@@ -208,6 +208,9 @@ def run(args: argparse.Namespace, log: Callable[[str], None], device: torch.devi
         results["triton"] = triton.__version__
     except ImportError:
         results["triton"] = None
+    from ..kernels import sparse_kernel
+
+    results["sparse_kernel"] = sparse_kernel(device, "auto", args.precision)
     settings = xattn_settings(args.warmup_steps, args.precision, args.settings)
     results["precision"] = args.precision
     if args.precision != "bf16":

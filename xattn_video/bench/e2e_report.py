@@ -67,7 +67,8 @@ def markdown(res: dict) -> str:
     compiled = any(r.get("compiled") for r in res["rows"])
 
     lines = [f"# End-to-end speed: {res['gpu']}", "",
-             f"torch {res['torch']}, triton {res['triton']}, {res['date']}. One transformer forward per setting "
+             f"torch {res['torch']}, triton {res['triton']}, sparse kernel {res.get('sparse_kernel', 'triton')}, "
+             f"{res['date']}. One transformer forward per setting "
              f"(= one denoising step), B=1, random bf16 weights at diffusers' default config (outputs are noise). "
              f"Projected video: {res['warmup_steps']} dense warmup steps (ours: our dense path) + "
              f"{res['steps'] - res['warmup_steps']} steps of the setting, vs {res['steps']} stock steps."

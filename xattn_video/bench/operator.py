@@ -29,6 +29,7 @@ from ..kernels import (
     naive_estimate_block_scores,
     num_blocks,
     select_blocks,
+    sparse_kernel,
     xattention,
 )
 from ..video_io import write_json, write_text
@@ -306,7 +307,8 @@ def main(argv: list[str] | None = None) -> int:
     log = lambda msg: print(msg, flush=True)  # noqa: E731
     results = {"gpu": torch.cuda.get_device_name(), "torch": torch.__version__, "triton": triton.__version__,
                "heads": args.heads, "head_dim": args.head_dim, "date": time.strftime("%Y-%m-%d"),
-               "seed": gen.initial_seed(), "checks": [], "rows": []}
+               "seed": gen.initial_seed(), "checks": [], "rows": [],
+               "sparse_kernel": sparse_kernel(torch.device("cuda"))}
     for S in args.check_tokens:
         results["checks"].append(check_correctness(S, args.heads, args.head_dim, gen, log))
     for i, S in enumerate(args.tokens):  # dense first at even positions, last at odd ones

@@ -28,7 +28,8 @@ def load_results(path: Path) -> dict:
 def markdown(results: dict) -> str:
     """<gpu>.md: settings, the correctness checks, one timing row per measurement."""
     lines = [f"# XAttention benchmark: {results['gpu']}", "",
-             f"torch {results['torch']}, triton {results['triton']}, bf16, B=1, H={results['heads']}, "
+             f"torch {results['torch']}, triton {results['triton']}, sparse kernel "
+             f"{results.get('sparse_kernel', 'triton')}, bf16, B=1, H={results['heads']}, "
              f"D={results['head_dim']}, block 128, median of triton.testing.do_bench after one untimed warm-up call "
              "(compilation and autotuning excluded); dense SDPA measured before the sparse paths at the 1st, 3rd, ... "
              f"token count and after them at the others. Date {results['date']}.", "",

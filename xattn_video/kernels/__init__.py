@@ -7,7 +7,7 @@ Backends: ``"torch"`` (plain PyTorch reference, any device), ``"triton"`` (CUDA;
 TRITON_INTERPRET=1) and ``"auto"`` (triton for CUDA tensors, torch otherwise; XATTN_BACKEND forces one).
 """
 
-from .api import block_sparse_attention, estimate_block_scores, select_blocks, xattention
+from .api import block_sparse_attention, estimate_block_scores, select_blocks, sparse_kernel, xattention
 from .backend import BACKEND_ENV_VAR, resolve_backend
 from .blocks import BlockSelection, num_blocks
 from .inputs import SUPPORTED_HEAD_DIMS, XAttentionInputError
@@ -26,5 +26,6 @@ __all__ = [
     "num_blocks",
     "resolve_backend",
     "select_blocks",
+    "sparse_kernel",
     "xattention",
 ]
