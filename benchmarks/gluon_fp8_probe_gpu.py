@@ -5,19 +5,24 @@ Run from the repo root (H100/H200, torch 2.11 + triton 3.6), capped at about 6 m
     PYTHONPATH=$PWD OUT=/tmp/out timeout 420 python benchmarks/gluon_fp8_probe_gpu.py
 
 Variants of the FP8 kernel: ``pv16`` (q·kᵀ e4m3, P·V in bf16), ``pv8`` (P·V e4m3 too, two-level accumulation as
-``triton_attention_v2``), ``pv8-1lvl`` (P·V e4m3 accumulated in the wgmma, as FlashAttention-3).
+``triton_attention_v2``), ``pv8-1lvl`` (P·V e4m3 accumulated in the wgmma, as FlashAttention-3); ``i8-pv16`` and
+``i8-pv8`` are ``pv16`` and ``pv8`` with q·kᵀ in int8 (``qk_format="int8"``: s8·s8→s32 wgmma, SageAttention's choice).
 
-(a) quant: ``quantize_fp8`` gives ``quantize_triton``'s q/k/scales bit for bit and its v in the kernel's token order;
+(a) quant: ``quantize_fp8`` gives ``quantize_triton``'s q/k/scales bit for bit and its v in the kernel's token order
+    (e4m3 and int8 q/k);
 (b) check: correctness against the float32 torch reference (``naive_block_sparse_attention``) AND against the Triton
-    FP8 path on the same inputs (``attention_v2(..., precision="fp8", pv_fp8=...)``): B=2, H=3, D=128/64, odd S,
+    8-bit path on the same inputs (``attention_v2(..., precision="fp8" or "int8" as the variant's q·kᵀ,
+    pv_fp8=...)``): B=2, H=3, D=128/64, odd S,
     kv_len = [S, S-301], random selections (~0.35, one empty row), dense mode, non-contiguous q/k/v with inf/NaN in
     the padding ("nasty"), a ``quantized=`` from ``quantize_triton`` (the launcher reorders v);
 (c) video: relative error against the bf16 result (the bf16 Gluon kernel; also the fp32 reference) on video-like
     inputs (``bench.synthetic.video_like_qkv``, as tests/test_kernels_gpu.py's FP8 budget test), sparse and dense;
     issue 21's budget is 3 %;
-(d) time: B=1, H=24, D=128 and 64, S = 18,616 / 119,056 / 67,576, density 0.35 (fixed per row) and dense, against
-    cuDNN bf16 dense in the same process, the bf16 Gluon kernel and the Triton FP8 kernel; kernel-only times (operands
-    quantized beforehand) and the quantization time separately. rate vs cuDNN = density × cuDNN ms / kernel ms.
+(d) time: B=1, H=24, D=128 and 64, S = 18,616 / 119,056, density 0.35 (fixed per row) and dense, against
+    cuDNN bf16 dense in the same process, the bf16 Gluon kernel and the Triton FP8/int8 kernels; kernel-only times
+    (operands quantized beforehand) and the quantization time separately. rate vs cuDNN = density × cuDNN ms / kernel
+    ms. Order: checks at D=128 and the video errors first, then D=128 timings, the other checks, D=64 timings
+    (whatever the run budget leaves).
 Results: ``$OUT/gluon-fp8-probe.md`` and ``.json`` (``.jsonl``: every record as measured).
 
 Cases run in child processes watched by this one (a hung warp-specialised kernel gets its child killed and is
@@ -48,38 +53,55 @@ JSONL = os.path.join(OUT, "gluon-fp8-probe.jsonl")
 TOTAL_BUDGET_S = float(os.environ.get("PROBE_BUDGET_S", 330.0))  # whole run (the GPU command caps it at 6 min)
 CASE_LIMIT_S = {"env": 120.0, "quant": 90.0, "check": 90.0, "video": 90.0, "time": 90.0}  # first calls compile
 
-# FP8 kernel variants: (pv_fp8, GluonFP8Config kwargs)
-VARIANTS: dict[str, tuple[bool, dict[str, Any]]] = {
-    "pv16": (False, {}),
-    "pv8": (True, {"two_level": True}),
-    "pv8-1lvl": (True, {"two_level": False}),
+# 8-bit kernel variants: (pv_fp8, qk_format, GluonFP8Config kwargs)
+VARIANTS: dict[str, tuple[bool, str, dict[str, Any]]] = {
+    "pv16": (False, "e4m3", {}),
+    "pv8": (True, "e4m3", {"two_level": True}),
+    "pv8-1lvl": (True, "e4m3", {"two_level": False}),
+    "i8-pv16": (False, "int8", {}),
+    "i8-pv8": (True, "int8", {"two_level": True}),
 }
-TIMING = [(128, 18_616), (128, 119_056), (64, 18_616), (64, 119_056), (128, 67_576), (64, 67_576)]  # most wanted first
+# most wanted first (67,576 tokens dropped to keep the run within ~6 minutes)
+TIMING = [(128, 18_616), (128, 119_056), (64, 18_616), (64, 119_056)]
 TIMING_H, DENSITY = 24, 0.35
 DEV = "cuda"
 
 
+def _time_cases(D: int, S: int) -> list[str]:
+    # time:<D>:<S>:<what>
+    cases = [f"time:{D}:{S}:cudnn-dense", f"time:{D}:{S}:quant-qk", f"time:{D}:{S}:quant-qkv",
+             f"time:{D}:{S}:quant-i8qk", f"time:{D}:{S}:quant-i8qkv",
+             f"time:{D}:{S}:gluon16-sparse", f"time:{D}:{S}:gluon16-dense",
+             f"time:{D}:{S}:v2fp8-sparse", f"time:{D}:{S}:v2fp8pv8-sparse",
+             f"time:{D}:{S}:v2int8-sparse", f"time:{D}:{S}:v2int8pv8-sparse"]
+    for var in VARIANTS:
+        cases += [f"time:{D}:{S}:{var}-sparse", f"time:{D}:{S}:{var}-dense"]
+    return cases
+
+
 def all_cases() -> list[str]:
-    cases = ["env", "quant:128:1000", "quant:64:2309"]
+    cases = ["env", "quant:128:1000:e4m3", "quant:64:2309:e4m3", "quant:128:1000:int8"]
     # check:<variant>:<D>:<S>:<sparse|dense>[:nasty|:given]
     for var in VARIANTS:
         for mode in ("sparse", "dense"):
             cases.append(f"check:{var}:128:2309:{mode}")
-    for var in VARIANTS:
-        cases.append(f"check:{var}:64:1000:sparse")
-    cases += ["check:pv8:64:2309:dense", "check:pv16:64:2309:dense",
-              "check:pv16:128:2309:sparse:nasty", "check:pv8:128:2309:dense:nasty",
-              "check:pv8-1lvl:64:1000:sparse:nasty", "check:pv8:128:1000:sparse:given"]
     for D in (128, 64):
         for mode in ("sparse", "dense"):
             cases.append(f"video:{D}:{mode}")
-    # time:<D>:<S>:<what>
     for D, S in TIMING:
-        cases += [f"time:{D}:{S}:cudnn-dense", f"time:{D}:{S}:quant-qk", f"time:{D}:{S}:quant-qkv",
-                  f"time:{D}:{S}:gluon16-sparse", f"time:{D}:{S}:gluon16-dense",
-                  f"time:{D}:{S}:v2fp8-sparse", f"time:{D}:{S}:v2fp8pv8-sparse"]
-        for var in VARIANTS:
-            cases += [f"time:{D}:{S}:{var}-sparse", f"time:{D}:{S}:{var}-dense"]
+        if D == 128:
+            cases += _time_cases(D, S)
+    for var in VARIANTS:
+        cases.append(f"check:{var}:64:1000:sparse")
+    cases += ["check:pv8:64:2309:dense", "check:pv16:64:2309:dense", "check:i8-pv8:64:2309:dense",
+              "check:i8-pv16:64:2309:dense",
+              "check:pv16:128:2309:sparse:nasty", "check:pv8:128:2309:dense:nasty",
+              "check:i8-pv16:128:2309:dense:nasty", "check:i8-pv8:128:2309:sparse:nasty",
+              "check:pv8-1lvl:64:1000:sparse:nasty", "check:pv8:128:1000:sparse:given",
+              "check:i8-pv8:128:1000:sparse:given", "check:i8-pv16:64:1000:dense:given"]
+    for D, S in TIMING:
+        if D != 128:
+            cases += _time_cases(D, S)
     return cases
 
 
@@ -122,9 +144,9 @@ class Child:
     def run_fp8(self, var: str, q, k, v, sel, kv_len, quantized=None):
         from xattn_video.kernels.gluon_attention_fp8 import GluonFP8Config, attention_gluon_fp8
 
-        pv8, kw = VARIANTS[var]
+        pv8, qk_format, kw = VARIANTS[var]
         return attention_gluon_fp8(q, k, v, sel, kv_len, pv_fp8=pv8, config=GluonFP8Config(**kw),
-                                   quantized=quantized)
+                                   quantized=quantized, qk_format=qk_format)
 
     def selection(self, B: int, H: int, S: int, kv_len, density: float, gen, empty_row: bool):
         torch = self.torch
@@ -202,22 +224,24 @@ class Child:
             k = k + 1.0  # a shared component, as video keys have (smoothing takes it out of the tile scales)
         return seed, gen, q, k, v, kv_len
 
-    def run_quant(self, D: int, S: int) -> dict:
+    def run_quant(self, D: int, S: int, qk_format: str) -> dict:
         torch = self.torch
         from xattn_video.kernels.gluon_attention_fp8 import permute_v_tokens, quantize_fp8
         from xattn_video.kernels.triton_quant import quantize_triton
 
-        seed, gen, q, k, v, kv_len = self.inputs(f"quant{D}{S}", D, S, nasty=True)
-        a = quantize_fp8(q, k, v, kv_len)
-        b = quantize_triton(q, k, v, kv_len, block_m=128, block_n=128, qk_format="e4m3")
+        seed, gen, q, k, v, kv_len = self.inputs(f"quant{D}{S}{qk_format}", D, S, nasty=True)
+        a = quantize_fp8(q, k, v, kv_len, qk_format)
+        b = quantize_triton(q, k, v, kv_len, block_m=128, block_n=128, qk_format=qk_format)
         torch.cuda.synchronize()
         same = lambda x, y: bool(torch.equal(x.view(torch.uint8) if x.dtype == torch.float8_e4m3fn else x,  # noqa: E731
                                              y.view(torch.uint8) if y.dtype == torch.float8_e4m3fn else y))
         rec = {"seed": seed, "q_equal": same(a.q, b.q), "k_equal": same(a.k, b.k),
                "q_scale_equal": same(a.q_scale, b.q_scale), "k_scale_equal": same(a.k_scale, b.k_scale),
                "v_scale_equal": same(a.v_scale, b.v_scale),
-               "v_equal_after_permute": same(a.v, permute_v_tokens(b.v)), "v_shape": list(a.v.shape)}
-        rec["ok"] = all(v for k_, v in rec.items() if k_.endswith("equal") or k_.endswith("permute"))
+               "v_equal_after_permute": same(a.v, permute_v_tokens(b.v)), "v_shape": list(a.v.shape),
+               "qk_dtype": str(a.q.dtype), "qk_format_tag": a.qk_format == qk_format}
+        rec["ok"] = all(v for k_, v in rec.items() if k_.endswith("equal") or k_.endswith("permute")
+                        or k_ == "qk_format_tag")
         return rec
 
     def run_check(self, var: str, D: int, S: int, mode: str, extra: str) -> dict:
@@ -237,10 +261,12 @@ class Child:
         else:
             ref_sel = run_sel = sel
         ref = naive_block_sparse_attention(q, k, v, ref_sel, kv_len)
-        pv8 = VARIANTS[var][0]
+        pv8, qk_format, _ = VARIANTS[var]
+        precision = "int8" if qk_format == "int8" else "fp8"
         quantized = None
         if extra == "given":  # a quantize_triton result: the launcher reorders v itself
-            quantized = quantize_triton(q, k, v if pv8 else None, kv_len, block_m=128, block_n=128)
+            quantized = quantize_triton(q, k, v if pv8 else None, kv_len, block_m=128, block_n=128,
+                                        qk_format=qk_format)
         out = self.run_fp8(var, q, k, v, run_sel, kv_len, quantized)
         torch.cuda.synchronize()
         rec = {"seed": seed, "density": float(ref_sel.density()), **self.errors(out, ref)}
@@ -249,7 +275,7 @@ class Child:
         if extra == "given":
             rec["rel_vs_own_quant"] = self.rel(out, self.run_fp8(var, q, k, v, run_sel, kv_len))
         try:
-            tri = attention_v2(q, k, v, run_sel, kv_len, precision="fp8", pv_fp8=pv8)
+            tri = attention_v2(q, k, v, run_sel, kv_len, precision=precision, pv_fp8=pv8)
             torch.cuda.synchronize()
             e = self.errors(tri, ref)
             rec["triton_rel_l2"], rec["triton_max_abs"] = e["rel_l2"], e["max_abs"]
@@ -287,10 +313,13 @@ class Child:
             rec[f"{var}_vs_f32"] = self.rel(out, f32)
             rec[f"{var}_finite"] = bool(out.isfinite().all())
             worst = max(worst, rec[f"{var}_vs_bf16"])
-        for pv8 in (False, True):
-            tri = attention_v2(q, k, v, run_sel, kv_len, precision="fp8", pv_fp8=pv8)
-            rec[f"triton_{'pv8' if pv8 else 'pv16'}_vs_bf16"] = self.rel(tri, bf16)
+        for prec in ("fp8", "int8"):
+            for pv8 in (False, True):
+                tri = attention_v2(q, k, v, run_sel, kv_len, precision=prec, pv_fp8=pv8)
+                pre = "i8-" if prec == "int8" else ""
+                rec[f"triton_{pre}{'pv8' if pv8 else 'pv16'}_vs_bf16"] = self.rel(tri, bf16)
         torch.cuda.synchronize()
+        rec["within_3pct"] = [var for var in VARIANTS if rec[f"{var}_vs_bf16"] <= 0.03]
         rec["ok"] = bool(worst <= 0.03 and all(rec[f"{var}_finite"] for var in VARIANTS))
         return rec
 
@@ -311,16 +340,20 @@ class Child:
         return self.timing
 
     def quantized_for(self, kind: str):
-        """Operands quantized once per size: "qk" / "qkv" (this kernel's), "tri" / "tri-v" (quantize_triton's)."""
+        """Operands quantized once per size: "qk" / "qkv" (this kernel's), "tri" / "tri-v" (quantize_triton's);
+        "i8..." the same with int8 q/k."""
         t = self.timing
         if kind not in t:
             from xattn_video.kernels.gluon_attention_fp8 import quantize_fp8
             from xattn_video.kernels.triton_quant import quantize_triton
 
             q, k, v, kv = t["q"], t["k"], t["v"], t["kv_len"]
-            t[kind] = {"qk": lambda: quantize_fp8(q, k, None, kv), "qkv": lambda: quantize_fp8(q, k, v, kv),
-                       "tri": lambda: quantize_triton(q, k, None, kv, block_m=128, block_n=128),
-                       "tri-v": lambda: quantize_triton(q, k, v, kv, block_m=128, block_n=128)}[kind]()
+            fmt = "int8" if kind.startswith("i8") else "e4m3"
+            base = kind[2:] if kind.startswith("i8") else kind
+            t[kind] = {"qk": lambda: quantize_fp8(q, k, None, kv, fmt), "qkv": lambda: quantize_fp8(q, k, v, kv, fmt),
+                       "tri": lambda: quantize_triton(q, k, None, kv, block_m=128, block_n=128, qk_format=fmt),
+                       "tri-v": lambda: quantize_triton(q, k, v, kv, block_m=128, block_n=128, qk_format=fmt),
+                       }[base]()
         return t[kind]
 
     def run_time(self, D: int, S: int, what: str) -> dict:
@@ -344,27 +377,30 @@ class Child:
         elif what.startswith("quant-"):
             from xattn_video.kernels.gluon_attention_fp8 import quantize_fp8
 
-            with_v = what == "quant-qkv"
+            with_v = what.endswith("qkv")
+            fmt = "int8" if what.startswith("quant-i8") else "e4m3"
             rec.pop("density")
 
             def fn():
-                return quantize_fp8(q, k, v if with_v else None, kv_len)
+                return quantize_fp8(q, k, v if with_v else None, kv_len, fmt)
         elif what.startswith("gluon16-"):
             from xattn_video.kernels.gluon_attention import attention_gluon
 
             def fn():
                 return attention_gluon(q, k, v, s, kv_len)
-        elif what.startswith("v2fp8"):
+        elif what.startswith("v2fp8") or what.startswith("v2int8"):
             from xattn_video.kernels.triton_attention_v2 import attention_v2
 
-            pv8 = what.startswith("v2fp8pv8")
-            qz = self.quantized_for("tri-v" if pv8 else "tri")
+            prec = "int8" if what.startswith("v2int8") else "fp8"
+            pv8 = what.startswith(f"v2{prec}pv8")
+            qz = self.quantized_for(("i8" if prec == "int8" else "") + ("tri-v" if pv8 else "tri"))
 
             def fn():
-                return attention_v2(q, k, v, s, kv_len, precision="fp8", pv_fp8=pv8, quantized=qz)
+                return attention_v2(q, k, v, s, kv_len, precision=prec, pv_fp8=pv8, quantized=qz)
         else:
             var = what.rsplit("-", 1)[0]
-            qz = self.quantized_for("qkv" if VARIANTS[var][0] else "qk")
+            pv8, qk_format, _ = VARIANTS[var]
+            qz = self.quantized_for(("i8" if qk_format == "int8" else "") + ("qkv" if pv8 else "qk"))
 
             def fn():
                 return self.run_fp8(var, q, k, v, s, kv_len, qz)
@@ -385,7 +421,7 @@ class Child:
         if parts[0] == "env":
             return self.run_env()
         if parts[0] == "quant":
-            return self.run_quant(int(parts[1]), int(parts[2]))
+            return self.run_quant(int(parts[1]), int(parts[2]), parts[3] if len(parts) > 3 else "e4m3")
         if parts[0] == "check":
             _, var, D, S, mode, *rest = parts
             return self.run_check(var, int(D), int(S), mode, rest[0] if rest else "")
@@ -533,7 +569,8 @@ def report(records: list[dict]) -> tuple[str, dict]:
             f"seed base {env.get('seed_base')}")
     lines = ["# FP8 Gluon FA3-style attention probe", "", head, "",
              "Variants: pv16 = q·kᵀ e4m3, P·V bf16; pv8 = P·V e4m3 too, two-level accumulation (as attention_v2); "
-             "pv8-1lvl = P·V e4m3 accumulated in the wgmma (FA3).", "",
+             "pv8-1lvl = P·V e4m3 accumulated in the wgmma (FA3); i8-pv16 / i8-pv8 = pv16 / pv8 with q·kᵀ in int8 "
+             "(s8·s8→s32 wgmma); Triton references: attention_v2 precision fp8 or int8 as the variant's q·kᵀ.", "",
              "## quantize_fp8 vs quantize_triton (bitwise)", "",
              "| case | status | q | k | q scale | k scale | v scale | v (after reorder) | ok | error |",
              "|---|---|:-:|:-:|:-:|:-:|:-:|:-:|:-:|---|"]
@@ -543,11 +580,11 @@ def report(records: list[dict]) -> tuple[str, dict]:
                          f"{_fmt(r.get('q_scale_equal'))} | {_fmt(r.get('k_scale_equal'))} | "
                          f"{_fmt(r.get('v_scale_equal'))} | {_fmt(r.get('v_equal_after_permute'))} | "
                          f"{_fmt(r.get('ok'))} | {r.get('error', '')} |")
-    lines += ["", "## Correctness (vs float32 reference and the Triton FP8 path on the same inputs; B=2, H=3, "
+    lines += ["", "## Correctness (vs float32 reference and the Triton 8-bit path on the same inputs; B=2, H=3, "
               "kv_len = [S, S-301], random blocks p=0.3 + diagonal)", "",
               "ok: finite, rel L2 ≤ max(1.5 × Triton's, 1%), emptied row exactly 0, `given` (quantize_triton operands) "
               "= own quantization", "",
-              "| case | status | rel L2 | max abs | Triton FP8 rel L2 | rel vs Triton | empty row 0 | ok | seed | error |",
+              "| case | status | rel L2 | max abs | Triton 8-bit rel L2 | rel vs Triton | empty row 0 | ok | seed | error |",
               "|---|---|---:|---:|---:|---:|:-:|:-:|---:|---|"]
     for r in records:
         if r["case"].startswith("check:"):
@@ -558,25 +595,30 @@ def report(records: list[dict]) -> tuple[str, dict]:
     lines += ["", "## Video-like inputs (video_like_qkv((5,16,24), heads=4, seed=3)): relative L2 error vs the bf16 "
               "Gluon kernel (issue 21 budget: 3 %)", "",
               "| case | status | density | " + " | ".join(f"{v} vs bf16" for v in VARIANTS)
-              + " | Triton pv16 vs bf16 | Triton pv8 vs bf16 | " + " | ".join(f"{v} vs f32" for v in VARIANTS)
-              + " | bf16 vs f32 | ok |",
-              "|---|---|---:|" + "---:|" * (2 * len(VARIANTS) + 3) + ":-:|"]
+              + " | Triton pv16 vs bf16 | Triton pv8 vs bf16 | Triton i8-pv16 vs bf16 | Triton i8-pv8 vs bf16 | "
+              + " | ".join(f"{v} vs f32" for v in VARIANTS) + " | bf16 vs f32 | within 3 % | ok |",
+              "|---|---|---:|" + "---:|" * (2 * len(VARIANTS) + 5) + "---|:-:|"]
     for r in records:
         if r["case"].startswith("video:"):
             lines.append(f"| {r['case'][6:]} | {r['status']} | {_fmt(r.get('density'))} | "
                          + " | ".join(_fmt(r.get(f"{v}_vs_bf16")) for v in VARIANTS) + " | "
                          + f"{_fmt(r.get('triton_pv16_vs_bf16'))} | {_fmt(r.get('triton_pv8_vs_bf16'))} | "
+                         + f"{_fmt(r.get('triton_i8-pv16_vs_bf16'))} | {_fmt(r.get('triton_i8-pv8_vs_bf16'))} | "
                          + " | ".join(_fmt(r.get(f"{v}_vs_f32")) for v in VARIANTS)
-                         + f" | {_fmt(r.get('bf16_vs_f32'))} | {_fmt(r.get('ok'))} |")
+                         + f" | {_fmt(r.get('bf16_vs_f32'))} | {', '.join(r.get('within_3pct', []))} | "
+                         + f"{_fmt(r.get('ok'))} |")
     summary = []
     for D, S in TIMING:
         pre = f"time:{D}:{S}:"
         cud = by_case.get(pre + "cudnn-dense", {}).get("ms")
         qk = by_case.get(pre + "quant-qk", {}).get("ms")
         qkv = by_case.get(pre + "quant-qkv", {}).get("ms")
+        i8qk = by_case.get(pre + "quant-i8qk", {}).get("ms")
+        i8qkv = by_case.get(pre + "quant-i8qkv", {}).get("ms")
         lines += ["", f"## Timing, S = {S:,}, B=1, H={TIMING_H}, D={D} (median ms; kernel-only unless noted)", "",
-                  f"quantization: q/k {_fmt(qk, '.3f')} ms, q/k/v {_fmt(qkv, '.3f')} ms. rate = density × cuDNN ms / "
-                  "ms; \"with quant\" adds the quantization (q/k for pv16 and v2fp8, q/k/v for pv8)", "",
+                  f"quantization: q/k {_fmt(qk, '.3f')} ms, q/k/v {_fmt(qkv, '.3f')} ms (int8 q/k: {_fmt(i8qk, '.3f')} "
+                  f"ms, {_fmt(i8qkv, '.3f')} ms). rate = density × cuDNN ms / ms; \"with quant\" adds the quantization "
+                  "(q/k for pv16 and v2fp8/v2int8, q/k/v for pv8; int8 q/k for the i8 and v2int8 rows)", "",
                   "| variant | density | ms | rate vs cuDNN | ms with quant | rate with quant | rel L2 vs bf16 Gluon "
                   "| status |", "|---|---:|---:|---:|---:|---:|---:|---|"]
         for r in records:
@@ -586,16 +628,19 @@ def report(records: list[dict]) -> tuple[str, dict]:
             ms, dens = r.get("ms"), r.get("density")
             rate = dens * cud / ms if (ms and cud and dens) else None
             qms = None
-            if ms and (what.startswith("pv") or what.startswith("v2fp8")):
-                qq = qkv if (what.startswith("pv8") or what.startswith("v2fp8pv8")) else qk
+            if ms and (what.startswith("pv") or what.startswith("i8-") or what.startswith("v2fp8")
+                       or what.startswith("v2int8")):
+                int8 = what.startswith("i8-") or what.startswith("v2int8")
+                with_v = "pv8" in what  # pv8*, i8-pv8*, v2fp8pv8, v2int8pv8
+                qq = (i8qkv if with_v else i8qk) if int8 else (qkv if with_v else qk)
                 qms = ms + qq if qq else None
             qrate = dens * cud / qms if (qms and cud and dens) else None
             r["rate_vs_cudnn"], r["ms_with_quant"], r["rate_with_quant"] = rate, qms, qrate
             lines.append(f"| {what} | {_fmt(dens)} | {_fmt(ms, '.3f')} | {_fmt(rate, '.3f')} | {_fmt(qms, '.3f')} | "
                          f"{_fmt(qrate, '.3f')} | {_fmt(r.get('rel_l2_vs_bf16'))} | {r['status']} "
                          f"{r.get('error', '')} |")
-            if what in [f"{v}-{m}" for v in VARIANTS for m in ("sparse", "dense")] + ["gluon16-sparse",
-                                                                                     "gluon16-dense"]:
+            if what in [f"{v}-{m}" for v in VARIANTS for m in ("sparse", "dense")] + [
+                    "gluon16-sparse", "gluon16-dense", "v2fp8-sparse", "v2int8-sparse"]:
                 summary.append((D, S, what, rate, qrate))
     if summary:
         lines += ["", "## Summary: rate vs cuDNN bf16 (targets: FP8 sparse ≥ 1.4, FP8 dense ≥ 1.3)", "",

@@ -39,6 +39,21 @@ def test_fp8_prototype_imports_with_the_same_gate():
     assert gluon_attention_fp8.gluon_available() == ga.gluon_available()
 
 
+def test_fp8_prototype_checks_qk_format_before_anything_runs():
+    """``qk_format`` ("e4m3" or "int8", as ``quantize_triton``) is checked on the host before the Gluon gate and any
+    launch, so a typo fails the same way on every machine."""
+    from xattn_video.kernels import gluon_attention_fp8 as g8
+    from xattn_video.kernels.triton_quant import QK_FORMATS
+
+    assert g8.QK_FORMATS == QK_FORMATS == ("e4m3", "int8")
+    q = torch.zeros(1, 200, 2, 64, dtype=torch.bfloat16)
+    kv_len = torch.tensor([200], dtype=torch.int32)
+    with pytest.raises(ValueError, match="qk_format"):
+        g8.attention_gluon_fp8(q, q, q, None, kv_len, pv_fp8=False, qk_format="int4")
+    with pytest.raises(ValueError, match="qk_format"):
+        g8.quantize_fp8(q, q, q, kv_len, qk_format="e5m2")
+
+
 def test_gluon_takes_only_what_the_kernel_runs():
     q = torch.zeros(2, 300, 3, 128, dtype=torch.bfloat16)
     assert ga.gluon_takes(q, q, q, 128)

@@ -2,7 +2,6 @@
 
 import json
 
-import pytest
 
 from xattn_video.cli import main
 

@@ -17,6 +17,15 @@ What is different (the arithmetic is that of ``triton_attention_v2`` with ``QK_Q
   exp2 FMA. The k scale of tile j+1 is loaded (through the selection's index when sparse) during round j, so its
   latency is hidden. In the masked (last, partial) tile the scale is applied before the mask: a quantization scale
   can be 0 (a tile whose smoothed keys are all 0), and -inf·0 would be NaN.
+- ``qk_format="int8"`` (``QK_INT8``; SageAttention's choice; on video-like inputs the Triton kernels measured
+  0.7 % error for int8 q·kᵀ against 3 % for e4m3): q, k int8 from ``quantize_triton(..., qk_format="int8")`` (scale amax/127, rounded to nearest even), S on
+  the s8·s8→s32 wgmma (SASS ``IGMMA.64x128x32.S8.S8``, same rate as FP8 on Hopper, same k = 32, same smem bytes).
+  The int32 scores reach float32 as in ``triton_attention_v2``'s QK_INT8: sf = bits(s + 0x4B400000) = 1.5·2^23 + s
+  exactly (|s| ≤ 127²·128 < 2^22), one IADD3/VIADD per score, and the offset goes into the row term of the exp2 FMA
+  (p = 2^(sf·scale − (m + 1.5·2^23·scale − bias))); ``s.to(float32)`` instead compiles to one I2F.F32.S32 per score
+  (checked in SASS), a quarter-rate conversion that would compete with MUFU.EX2 (16/clk/SM each). The masked tile
+  takes sf − 1.5·2^23 (exact) and scales before the mask as above. Everything else (P·V either way, barriers,
+  registers: 168/thread, same spills as e4m3) is unchanged.
 - ``pv_fp8=False`` (variant a): P·V in v's dtype exactly as the bf16 kernel (P cast to bf16/fp16, k_width 2,
   accumulated in the wgmma; V's rows past kv_len zeroed in shared memory before the partial tile's P·V).
 - ``pv_fp8=True`` (variant b): p·448 (the exp2 computes 2^(x + log2 448) directly: same FMA) is cast to e4m3
@@ -46,7 +55,8 @@ What is different (the arithmetic is that of ``triton_attention_v2`` with ``QK_Q
 TMA needs 16-byte aligned strides: the transposed, permuted v is [B, H, D, S rounded up to 16] (positions of tokens
 ≥ kv_len and ≥ S are zeros).
 
-Limits: block 128 only; D 64 or 128; q/k/v bf16/fp16; Hopper with triton 3.6 (``gluon_available()``).
+Limits: block 128 only; D 64 or 128; q/k/v bf16/fp16; q·kᵀ e4m3 or int8, P·V bf16/fp16 or e4m3; Hopper with
+triton 3.6 (``gluon_available()``).
 """
 
 from __future__ import annotations
@@ -57,7 +67,7 @@ from dataclasses import dataclass
 import torch
 
 from .blocks import BlockSelection
-from .triton_quant import FP8_DTYPE, FP8_MAX, P_SCALE, QuantizedQKV
+from .triton_quant import FP8_DTYPE, FP8_MAX, P_SCALE, QK_FORMATS, QuantizedQKV
 
 # The Gluon imports, the version gate and the device helpers both kernels share live in gluon_attention
 from .gluon_attention import (  # noqa: F401 (gl & co. are used by the kernels below when Gluon is present)
@@ -106,6 +116,10 @@ class GluonFP8Config:
 
 LOG2E = 1.4426950408889634
 LOG2_P_SCALE = gl.constexpr(math.log2(P_SCALE)) if _IMPORT_ERROR is None else math.log2(P_SCALE)
+# int8 q·kᵀ: |score| ≤ 127²·128 < 2^22, so the bits of score + 0x4B400000 are those of the float 1.5·2^23 + score
+# (exact); the offset is taken out inside the exp2 FMA (as triton_attention_v2's QK_INT8)
+MAGIC_I = gl.constexpr(0x4B400000) if _IMPORT_ERROR is None else 0x4B400000
+MAGIC_F = gl.constexpr(12582912.0) if _IMPORT_ERROR is None else 12582912.0
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -122,16 +136,27 @@ def _key_block(INDICES, row_off, j, DENSE: gl.constexpr):
 
 @_jit
 def _softmax_tile(s, m_i, l_i, scale, bias, limit, s_layout: gl.constexpr, BLOCK_N: gl.constexpr,
-                  MASKED: gl.constexpr):
-    """Online-softmax update of one tile of raw FP8 scores ``s``; ``scale`` = scale_q·scale_k/√D·log2(e) (≥ 0),
-    ``bias`` = log2 of the factor p is scaled by (log2 448 for FP8 P·V, else 0). Returns p·2^bias (fp32), m, l
-    (sum of p·2^bias) and the accumulator's rescale factor."""
+                  MASKED: gl.constexpr, QK_INT8: gl.constexpr):
+    """Online-softmax update of one tile of raw scores ``s`` (FP8: float32; ``QK_INT8``: int32); ``scale`` =
+    scale_q·scale_k/√D·log2(e) (≥ 0), ``bias`` = log2 of the factor p is scaled by (log2 448 for FP8 P·V, else 0).
+    Returns p·2^bias (fp32), m, l (sum of p·2^bias) and the accumulator's rescale factor.
+
+    int8 scores reach float32 without a conversion instruction: sf = bits(s + 0x4B400000) = 1.5·2^23 + s exactly
+    (one integer add per score), and the offset goes into the per-row term of the exp2 FMA:
+    p = 2^(sf·scale − (m + 1.5·2^23·scale − bias)), still one FMA per score (as ``triton_attention_v2``)."""
+    if QK_INT8:
+        s = (s + MAGIC_I).to(gl.float32, bitcast=True)
     if MASKED:
+        if QK_INT8:
+            s = s - MAGIC_F  # exact (Sterbenz): the raw score as float32
         cols = gl.arange(0, BLOCK_N, layout=gl.SliceLayout(0, s_layout))
         # scale before the mask: scale may be 0 and -inf·0 is NaN
         s = gl.where(gl.expand_dims(cols < limit, 0), s * scale, float("-inf"))
         m_new = gl.maximum(m_i, gl.max(s, axis=1))
         p = gl.exp2(s - gl.expand_dims(m_new - bias, 1))
+    elif QK_INT8:
+        m_new = gl.maximum(m_i, (gl.max(s, axis=1) - MAGIC_F) * scale)
+        p = gl.exp2(s * scale - gl.expand_dims(m_new + (MAGIC_F * scale - bias), 1))  # one FMA per score
     else:
         m_new = gl.maximum(m_i, gl.max(s, axis=1) * scale)
         p = gl.exp2(s * scale - gl.expand_dims(m_new - bias, 1))  # one FMA per score
@@ -227,11 +252,15 @@ def _round(j, q_tile, k_smem, v_smem, k_ready, k_empty, v_ready, v_empty, pp_bar
            scale_q, ks_cur, KS_ROW, INDICES, row_off, n_tiles, bias, limit,
            WG: gl.constexpr, HEAD_DIM: gl.constexpr, BLOCK_N: gl.constexpr, NUM_STAGES: gl.constexpr,
            PINGPONG: gl.constexpr, MASKED: gl.constexpr, DENSE: gl.constexpr, PV_FP8: gl.constexpr,
-           TWO_LEVEL: gl.constexpr, S_INSTR_K: gl.constexpr):
+           TWO_LEVEL: gl.constexpr, S_INSTR_K: gl.constexpr, QK_INT8: gl.constexpr):
     """Round j ≥ 1: S_j = q·K_jᵀ and P_{j-1}·V_{j-1} issued back to back, the softmax of S_j under the latter."""
     HALF_M: gl.constexpr = q_tile.shape[0]
     s_layout: gl.constexpr = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[4, 1],
                                                        instr_shape=[16, BLOCK_N, S_INSTR_K])
+    if QK_INT8:
+        s_dtype: gl.constexpr = gl.int32
+    else:
+        s_dtype: gl.constexpr = gl.float32
     st = j % NUM_STAGES
     sp = (j - 1) % NUM_STAGES
     if PV_FP8:
@@ -243,7 +272,7 @@ def _round(j, q_tile, k_smem, v_smem, k_ready, k_empty, v_ready, v_empty, pp_bar
     mbarrier.wait(k_ready.index(st), (j // NUM_STAGES) & 1)
     _pp_wait(pp_bars, j, WG, PINGPONG)
     s_tok = warpgroup_mma(q_tile, k_smem.index(st).reshape([BLOCK_N, HEAD_DIM]).permute([1, 0]),
-                          gl.zeros([HALF_M, BLOCK_N], gl.float32, s_layout), use_acc=False, is_async=True)
+                          gl.zeros([HALF_M, BLOCK_N], s_dtype, s_layout), use_acc=False, is_async=True)
     mbarrier.wait(v_ready.index(sp), ((j - 1) // NUM_STAGES) & 1)
     if PV_FP8:
         v_tile = v_smem.index(sp).reshape([HEAD_DIM, BLOCK_N])
@@ -254,7 +283,8 @@ def _round(j, q_tile, k_smem, v_smem, k_ready, k_empty, v_ready, v_empty, pp_bar
     s = warpgroup_mma_wait(1, deps=[s_tok])  # S_j done; P_{j-1}·V_{j-1} may still run
     mbarrier.arrive(k_empty.index(st), count=1)
     alpha_prev = alpha
-    p, m_i, l_i, alpha = _softmax_tile(s, m_i, l_i, scale_q * ks_cur, bias, limit, s_layout, BLOCK_N, MASKED)
+    p, m_i, l_i, alpha = _softmax_tile(s, m_i, l_i, scale_q * ks_cur, bias, limit, s_layout, BLOCK_N, MASKED,
+                                       QK_INT8)
     acc = _pv_finish(o_tok, p_mma, acc, alpha_prev, TWO_LEVEL)
     mbarrier.arrive(v_empty.index(sp), count=1)
     if PV_FP8:
@@ -271,12 +301,16 @@ def _consumer(q_smem, k_smem, v_smem, o_smem, q_bar, k_ready, k_empty, v_ready, 
               COUNTS, INDICES, KV_LEN, QS, KS, VS, H, NQB, NKB, NQS, NKS, qk_scale,
               WG: gl.constexpr, HEAD_DIM: gl.constexpr, BLOCK_M: gl.constexpr, BLOCK_N: gl.constexpr,
               NUM_STAGES: gl.constexpr, DENSE: gl.constexpr, PINGPONG: gl.constexpr, PV_FP8: gl.constexpr,
-              TWO_LEVEL: gl.constexpr):
+              TWO_LEVEL: gl.constexpr, QK_INT8: gl.constexpr):
     """One consumer warpgroup: query rows [WG·64, WG·64 + 64) of the block, every kept key tile of the row."""
     HALF_M: gl.constexpr = BLOCK_M // 2
-    S_INSTR_K: gl.constexpr = 32  # FP8 wgmma: k = 32 per instruction (the lowering checks it)
+    S_INSTR_K: gl.constexpr = 32  # FP8 and int8 wgmma: k = 32 per instruction (the lowering checks it)
     s_layout: gl.constexpr = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[4, 1],
                                                        instr_shape=[16, BLOCK_N, S_INSTR_K])
+    if QK_INT8:
+        s_dtype: gl.constexpr = gl.int32  # s8·s8 -> s32 wgmma (IGMMA)
+    else:
+        s_dtype: gl.constexpr = gl.float32
     if PV_FP8:
         o_layout: gl.constexpr = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[4, 1],
                                                            instr_shape=[16, HEAD_DIM, 32])
@@ -315,12 +349,13 @@ def _consumer(q_smem, k_smem, v_smem, o_smem, q_bar, k_ready, k_empty, v_ready, 
         mbarrier.wait(k_ready.index(0), 0)
         _pp_wait(pp_bars, 0, WG, PINGPONG)
         s_tok = warpgroup_mma(q_tile, k_smem.index(0).reshape([BLOCK_N, HEAD_DIM]).permute([1, 0]),
-                              gl.zeros([HALF_M, BLOCK_N], gl.float32, s_layout), use_acc=False, is_async=True)
+                              gl.zeros([HALF_M, BLOCK_N], s_dtype, s_layout), use_acc=False, is_async=True)
         _pp_pass(pp_bars, WG, PINGPONG)
         s = warpgroup_mma_wait(0, deps=[s_tok])
         mbarrier.arrive(k_empty.index(0), count=1)
         limit0 = gl.where(partial & (n_tiles == 1), limit, BLOCK_N)
-        p, m_i, l_i, alpha = _softmax_tile(s, m_i, l_i, scale_q * ks_cur, bias, limit0, s_layout, BLOCK_N, True)
+        p, m_i, l_i, alpha = _softmax_tile(s, m_i, l_i, scale_q * ks_cur, bias, limit0, s_layout, BLOCK_N, True,
+                                           QK_INT8)
         if PV_FP8:
             p_op = _p_fp8_packed(p, HEAD_DIM)
         else:
@@ -333,12 +368,12 @@ def _consumer(q_smem, k_smem, v_smem, o_smem, q_bar, k_ready, k_empty, v_ready, 
             acc, m_i, l_i, alpha, p_op, ks_cur = _round(
                 j, q_tile, k_smem, v_smem, k_ready, k_empty, v_ready, v_empty, pp_bars, acc, m_i, l_i, alpha, p_op,
                 scale_q, ks_cur, KS_ROW, INDICES, row_off, n_tiles, bias, limit, WG, HEAD_DIM, BLOCK_N, NUM_STAGES,
-                PINGPONG, False, DENSE, PV_FP8, TWO_LEVEL, S_INSTR_K)
+                PINGPONG, False, DENSE, PV_FP8, TWO_LEVEL, S_INSTR_K, QK_INT8)
         if partial & (n_tiles > 1):
             acc, m_i, l_i, alpha, p_op, ks_cur = _round(
                 n_tiles - 1, q_tile, k_smem, v_smem, k_ready, k_empty, v_ready, v_empty, pp_bars, acc, m_i, l_i,
                 alpha, p_op, scale_q, ks_cur, KS_ROW, INDICES, row_off, n_tiles, bias, limit, WG, HEAD_DIM, BLOCK_N,
-                NUM_STAGES, PINGPONG, True, DENSE, PV_FP8, TWO_LEVEL, S_INSTR_K)
+                NUM_STAGES, PINGPONG, True, DENSE, PV_FP8, TWO_LEVEL, S_INSTR_K, QK_INT8)
 
         # ---- round n: the last P·V
         sl = (n_tiles - 1) % NUM_STAGES
@@ -411,7 +446,7 @@ def _attn_fwd_gluon_fp8(q_desc, k_desc, v_desc, o_desc, COUNTS, INDICES, KV_LEN,
                         H, NQB, NKB, NQS, NKS, qk_scale,
                         HEAD_DIM: gl.constexpr, BLOCK_M: gl.constexpr, BLOCK_N: gl.constexpr,
                         NUM_STAGES: gl.constexpr, DENSE: gl.constexpr, PINGPONG: gl.constexpr,
-                        PV_FP8: gl.constexpr, TWO_LEVEL: gl.constexpr,
+                        PV_FP8: gl.constexpr, TWO_LEVEL: gl.constexpr, QK_INT8: gl.constexpr,
                         CONSUMER_REGS: gl.constexpr, PRODUCER_REGS: gl.constexpr):
     q_smem = gl.allocate_shared_memory(q_desc.dtype, [2] + q_desc.block_type.shape, q_desc.layout)
     k_smem = gl.allocate_shared_memory(k_desc.dtype, [NUM_STAGES] + k_desc.block_type.shape, k_desc.layout)
@@ -436,10 +471,10 @@ def _attn_fwd_gluon_fp8(q_desc, k_desc, v_desc, o_desc, COUNTS, INDICES, KV_LEN,
     gl.warp_specialize([
         (_consumer, (q_smem, k_smem, v_smem, o_smem, q_bar, k_ready, k_empty, v_ready, v_empty, pp_bars, o_desc,
                      COUNTS, INDICES, KV_LEN, QS, KS, VS, H, NQB, NKB, NQS, NKS, qk_scale, gl.constexpr(0),
-                     HEAD_DIM, BLOCK_M, BLOCK_N, NUM_STAGES, DENSE, PINGPONG, PV_FP8, TWO_LEVEL)),
+                     HEAD_DIM, BLOCK_M, BLOCK_N, NUM_STAGES, DENSE, PINGPONG, PV_FP8, TWO_LEVEL, QK_INT8)),
         (_consumer, (q_smem, k_smem, v_smem, o_smem, q_bar, k_ready, k_empty, v_ready, v_empty, pp_bars, o_desc,
                      COUNTS, INDICES, KV_LEN, QS, KS, VS, H, NQB, NKB, NQS, NKS, qk_scale, gl.constexpr(1),
-                     HEAD_DIM, BLOCK_M, BLOCK_N, NUM_STAGES, DENSE, PINGPONG, PV_FP8, TWO_LEVEL)),
+                     HEAD_DIM, BLOCK_M, BLOCK_N, NUM_STAGES, DENSE, PINGPONG, PV_FP8, TWO_LEVEL, QK_INT8)),
         (_producer, (q_desc, k_desc, v_desc, q_smem, k_smem, v_smem, q_bar, k_ready, k_empty, v_ready, v_empty,
                      COUNTS, INDICES, KV_LEN, H, NQB, NKB, BLOCK_M, BLOCK_N, NUM_STAGES, DENSE, PV_FP8)),
     ], [4, 1], [CONSUMER_REGS, PRODUCER_REGS])
@@ -505,15 +540,20 @@ if _IMPORT_ERROR is None:
         tl.store(yp, y, mask=(rows[:, None] < SPAD) & (offs_d[None, :] < HEAD_DIM))
 
 
-def quantize_fp8(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor | None,
-                 kv_len: torch.Tensor) -> QuantizedQKV:
-    """The FP8 operands of :func:`attention_gluon_fp8`: ``quantize_triton(q, k, v, kv_len, block_m=128,
-    block_n=128, qk_format="e4m3")``'s launches and values (the project's kernels), except that v is written in this
-    kernel's token order (:class:`GluonQuantizedQKV`, one small kernel of the same arithmetic)."""
+def quantize_fp8(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor | None, kv_len: torch.Tensor,
+                 qk_format: str = "e4m3") -> QuantizedQKV:
+    """The 8-bit operands of :func:`attention_gluon_fp8`: ``quantize_triton(q, k, v, kv_len, block_m=128,
+    block_n=128, qk_format=qk_format)``'s launches and values (the project's kernels; q/k e4m3 or int8), except that
+    v (always e4m3) is written in this kernel's token order (:class:`GluonQuantizedQKV`, one small kernel of the same
+    arithmetic)."""
     from . import triton_quant as tq
 
+    if qk_format not in QK_FORMATS:
+        raise ValueError(f"qk_format must be one of {QK_FORMATS}, got {qk_format!r}")
     if v is None:
-        return tq.quantize_triton(q, k, None, kv_len, block_m=BLOCK, block_n=BLOCK, qk_format="e4m3")
+        return tq.quantize_triton(q, k, None, kv_len, block_m=BLOCK, block_n=BLOCK, qk_format=qk_format)
+    int8 = qk_format == "int8"
+    qk_dtype = torch.int8 if int8 else FP8_DTYPE
     B, Sq, H, D = q.shape
     Sk = k.shape[1]
     dev = q.device
@@ -524,12 +564,12 @@ def quantize_fp8(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor | None,
                                   HEAD_DIM=D, BLOCK=BLOCK, WITH_V=True, num_warps=4)
     count = kv_len.to(torch.float32).clamp_min(1.0).repeat_interleave(H)[:, None]
     mean = ksum.sum(dim=1) / count
-    q8 = torch.empty(B, Sq, H, D, device=dev, dtype=FP8_DTYPE)
-    k8 = torch.empty(B, Sk, H, D, device=dev, dtype=FP8_DTYPE)
+    q8 = torch.empty(B, Sq, H, D, device=dev, dtype=qk_dtype)
+    k8 = torch.empty(B, Sk, H, D, device=dev, dtype=qk_dtype)
     qs = torch.empty(B * H, nq, device=dev, dtype=torch.float32)
     ks = torch.empty(B * H, nk, device=dev, dtype=torch.float32)
     interp = not q.is_cuda
-    common = dict(HEAD_DIM=D, BLOCK=BLOCK, ROUND_FIRST=interp, INT8=False, num_warps=4, enable_fp_fusion=False)
+    common = dict(HEAD_DIM=D, BLOCK=BLOCK, ROUND_FIRST=interp, INT8=int8, num_warps=4, enable_fp_fusion=False)
     tq._quant_kernel[(nq, B * H)](q, q8, qs, qs, qs, *q.stride(), *q8.stride(), H, nq, Sq,
                                   LEN_IS_PTR=False, SMOOTH=False, PER_CHANNEL=False, **common)
     tq._quant_kernel[(nk, B * H)](k, k8, ks, mean, kv_len, *k.stride(), *k8.stride(), H, nk, Sk,
@@ -541,12 +581,13 @@ def quantize_fp8(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor | None,
                                                   vt.stride(2), H, Sk, sp, HEAD_DIM=D, BLOCK=BLOCK,
                                                   ROUND_FIRST=interp, num_warps=4, enable_fp_fusion=False)
     return GluonQuantizedQKV(q=q8, q_scale=qs, k=k8, k_scale=ks, k_mean=mean.reshape(B, H, D), block_m=BLOCK,
-                             block_n=BLOCK, qk_format="e4m3", v=vt, v_scale=vs)
+                             block_n=BLOCK, qk_format=qk_format, v=vt, v_scale=vs)
 
 
 _GL_DTYPES = {}
 if _IMPORT_ERROR is None:
-    _GL_DTYPES = {torch.bfloat16: gl.bfloat16, torch.float16: gl.float16, FP8_DTYPE: gl.float8e4nv}
+    _GL_DTYPES = {torch.bfloat16: gl.bfloat16, torch.float16: gl.float16, FP8_DTYPE: gl.float8e4nv,
+                  torch.int8: gl.int8}
 
 
 def _descriptor(x: torch.Tensor, block: list[int]) -> TensorDescriptor:
@@ -574,13 +615,16 @@ def shared_memory_bytes(head_dim: int, num_stages: int, pv_fp8: bool, out_bytes:
 
 def attention_gluon_fp8(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, selection: BlockSelection | None,
                         kv_len: torch.Tensor, *, pv_fp8: bool, config: GluonFP8Config | None = None,
-                        quantized: QuantizedQKV | None = None) -> torch.Tensor:
-    """Block-sparse (``selection``) or dense (``selection=None``) attention with q·kᵀ in FP8 (e4m3, per-tile
-    scales) and P·V in FP8 (``pv_fp8``) or in v's dtype. q/k/v: bf16/fp16 [B, S, H, D] views; kv_len int32 [B] on
-    q's device; returns q's shape and dtype. Operands are quantized with :func:`quantize_fp8` (= ``quantize_triton``
-    with block 128, e4m3) unless ``quantized`` is given (it must be e4m3 with 128-row tiles and, for ``pv_fp8``,
-    hold v; a transposed v whose row stride is not 16-byte aligned is copied into an aligned buffer).
+                        quantized: QuantizedQKV | None = None, qk_format: str = "e4m3") -> torch.Tensor:
+    """Block-sparse (``selection``) or dense (``selection=None``) attention with q·kᵀ in 8 bits (``qk_format``:
+    "e4m3", or "int8" on the s8·s8→s32 wgmma; per-tile scales) and P·V in FP8 (``pv_fp8``) or in v's dtype.
+    q/k/v: bf16/fp16 [B, S, H, D] views; kv_len int32 [B] on q's device; returns q's shape and dtype. Operands are
+    quantized with :func:`quantize_fp8` (= ``quantize_triton`` with block 128 and ``qk_format``) unless
+    ``quantized`` is given (it must have that ``qk_format``, 128-row tiles and, for ``pv_fp8``, hold v; a
+    ``quantize_triton`` v is reordered for this kernel, a copy).
     """
+    if qk_format not in QK_FORMATS:
+        raise ValueError(f"qk_format must be one of {QK_FORMATS}, got {qk_format!r}")
     if not gluon_available():
         raise RuntimeError(f"the Gluon kernel needs triton {_GLUON_VERSION}x with Gluon: {_IMPORT_ERROR!r}")
     cfg = config or GluonFP8Config()
@@ -601,9 +645,12 @@ def attention_gluon_fp8(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, selec
     Sk = k.shape[1]
     if out.numel() == 0 or Sk == 0:
         return out.zero_()
-    qz = quantized if quantized is not None else quantize_fp8(q, k, v if pv_fp8 else None, kv_len)
-    if qz.block_m != BLOCK or qz.block_n != BLOCK or qz.qk_format != "e4m3" or (pv_fp8 and qz.v is None):
-        raise ValueError("quantized operands must be e4m3 with 128-row tiles (and hold v for pv_fp8)")
+    qz = quantized if quantized is not None else quantize_fp8(q, k, v if pv_fp8 else None, kv_len, qk_format)
+    qk_dtype = torch.int8 if qk_format == "int8" else FP8_DTYPE
+    if (qz.block_m != BLOCK or qz.block_n != BLOCK or qz.qk_format != qk_format or qz.q.dtype != qk_dtype
+            or qz.k.dtype != qk_dtype or (pv_fp8 and qz.v is None)):
+        raise ValueError(f"quantized operands must be {qk_format} (qk_format) with 128-row tiles (and hold v for "
+                         f"pv_fp8), got {qz.qk_format} {qz.q.dtype}/{qz.k.dtype}, tiles {qz.block_m}/{qz.block_n}")
     if pv_fp8 and not getattr(qz, "v_mma_order", False):
         # a quantize_triton result: reorder v's tokens for this kernel (a copy of v)
         qz = GluonQuantizedQKV(**{**qz.__dict__, "v": permute_v_tokens(qz.v)})
@@ -627,7 +674,8 @@ def attention_gluon_fp8(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, selec
         q_desc, k_desc, v_desc, o_desc, counts, indices, kv_len, qz.q_scale, qz.k_scale, vs,
         H, nqb, nkb, qz.q_scale.shape[1], qz.k_scale.shape[1], 1.0 / math.sqrt(D) * LOG2E,
         HEAD_DIM=D, BLOCK_M=BLOCK, BLOCK_N=BLOCK, NUM_STAGES=cfg.num_stages, DENSE=dense, PINGPONG=cfg.pingpong,
-        PV_FP8=pv_fp8, TWO_LEVEL=cfg.two_level and pv_fp8, CONSUMER_REGS=cfg.consumer_regs,
+        PV_FP8=pv_fp8, TWO_LEVEL=cfg.two_level and pv_fp8, QK_INT8=qk_format == "int8",
+        CONSUMER_REGS=cfg.consumer_regs,
         PRODUCER_REGS=cfg.producer_regs, num_warps=4, **extra,
     )
     return out
