@@ -1,4 +1,8 @@
-"""Block-sparse attention forward for Hopper (sm_90) in Gluon, scheduled like FlashAttention-3 (prototype).
+"""Block-sparse attention forward for Hopper (sm_90) in Gluon, scheduled like FlashAttention-3.
+
+What the operator runs on a Hopper GPU with triton 3.6 (``block_sparse_attention_hopper`` for ``xattention``'s
+bf16/fp16 sparse attention, ``dense_attention_hopper`` for ``dense.dense_attention``; other inputs and devices get
+the Triton kernel / SDPA). H100: 1.07-1.10x cuDNN's bf16 rate, sparse and dense (README, "The Hopper kernel").
 
 Why: the Triton kernels (``triton_attention.py``, ``triton_attention_v2.py``) stop at ~0.82-0.85 of cuDNN's rate on
 an H100 because Triton 3.6 runs the two MMAs and the softmax of a key tile one after the other (benchmarks/NOTES.md:
@@ -46,7 +50,7 @@ Schedule (one program = one 128-row query block of one (batch, head); grid = (qu
 
 Exact online softmax in fp32, exp2 domain, scale 1/√D·log2(e), like ``triton_attention._attend``.
 
-Limits of this prototype: block size 128 only (selection block = BLOCK_M = BLOCK_N = 128); bf16/fp16; D 64 or 128;
+Limits: block size 128 only (selection block = BLOCK_M = BLOCK_N = 128); bf16/fp16; D 64 or 128;
 q/k/v must satisfy TMA's alignment (16-byte aligned base and strides, stride(-1) == 1); not persistent (one program
 per query block; 384 threads × 168 registers allow 1 program per SM); written against triton 3.6's Gluon API
 exactly (``gluon_available()`` is False on any other version).
