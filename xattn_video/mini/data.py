@@ -14,7 +14,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from .grammar import COLOURS, DIRECTION_VECTORS, ObjectSpec, format_prompt, sample_objects
+from .grammar import COLOURS, DIRECTION_VECTORS, MAX_OBJECTS, ObjectSpec, format_prompt, sample_objects
 
 SIZE_RANGE = (0.16, 0.28)  # object diameter / side, as a fraction of the frame side
 TRAVEL_RANGE = (0.25, 0.50)  # distance moved over the clip, as a fraction of the frame side
@@ -27,10 +27,13 @@ _SUFFIXES = ("", "", "", ".", " on a dark background", ", smooth motion", " slow
 
 @dataclass
 class Clip:
-    """A batch of rendered clips: ``video`` float32 [B, 3, T, H, W] in [-1, 1] and the objects of each clip."""
+    """A batch of rendered clips: ``video`` float32 [B, 3, T, H, W] in [-1, 1], the objects of each clip and where
+    each object is: ``masks`` float32 [B, MAX_OBJECTS, T, H, W] in [0, 1] (its anti-aliased coverage; zeros for a
+    slot the clip does not use), slot i being the prompt's i-th object."""
 
     video: torch.Tensor
     objects: list[list[ObjectSpec]]
+    masks: torch.Tensor | None = None
 
     @property
     def prompts(self) -> list[str]:
@@ -97,6 +100,7 @@ def render(objects: list[list[ObjectSpec]], frames: int, height: int, width: int
                               device=device)
     video = background.view(batch, 3, 1, 1, 1).expand(batch, 3, frames, height, width).clone()
     clip_tracks = [_clip_tracks(rng, o, frames) for o in objects]
+    masks = torch.zeros(batch, MAX_OBJECTS, frames, height, width, device=device)
     for slot in range(max(len(o) for o in objects)):
         rows = [i for i, o in enumerate(objects) if len(o) > slot]
         tracks = torch.tensor([clip_tracks[i][slot] for i in rows], device=device)
@@ -111,7 +115,8 @@ def render(objects: list[list[ObjectSpec]], frames: int, height: int, width: int
         colour = torch.tensor([COLOURS[objects[i][slot].colour] for i in rows], device=device).view(-1, 3, 1, 1, 1)
         index = torch.tensor(rows, device=device)
         video[index] = video[index] * (1 - alpha) + colour * alpha
-    return Clip(video=video * 2 - 1, objects=objects)
+        masks[index, slot] = alpha[:, 0]
+    return Clip(video=video * 2 - 1, objects=objects, masks=masks)
 
 
 def random_clips(batch: int, frames: int, height: int, width: int, rng: random.Random,

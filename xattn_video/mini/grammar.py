@@ -48,6 +48,11 @@ def parse_prompt(prompt: str) -> list[ObjectSpec]:
     return found[:MAX_OBJECTS]
 
 
+def phrase_spans(text: str) -> list[tuple[int, int]]:
+    """[start, end) character spans of the grammar's phrases in ``text``, in order (at most two)."""
+    return [m.span() for m in _PHRASE.finditer(text)][:MAX_OBJECTS]
+
+
 def format_prompt(objects: list[ObjectSpec]) -> str:
     """The canonical prompt for ``objects`` (one or two)."""
     if not 1 <= len(objects) <= MAX_OBJECTS:
@@ -111,4 +116,4 @@ def held_out_pairs(count: int = 32, seed: int = 1234) -> list[tuple[str, int]]:
 
 __all__ = ["COLOURS", "DIRECTIONS", "DIRECTION_VECTORS", "MAX_OBJECTS", "OPPOSITE_DIRECTIONS", "SHAPES", "SWAPS",
            "ObjectSpec", "exchange_directions", "format_prompt", "held_out_pairs", "parse_prompt", "sample_objects",
-           "swap_clip", "swap_word"]
+           "phrase_spans", "swap_clip", "swap_word"]

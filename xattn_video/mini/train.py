@@ -19,6 +19,7 @@ the final loss.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import copy
 import json
 import math
@@ -32,7 +33,8 @@ import torch
 import torch.nn.functional as F
 
 from .data import random_clips, render, training_prompt
-from .grammar import ObjectSpec, format_prompt, sample_objects, swap_clip
+from .grammar import MAX_OBJECTS, ObjectSpec, format_prompt, sample_objects, swap_clip
+from .grounding import CrossAttentionMaps, grounding_loss, latent_regions, token_regions
 from .model import (SCHEDULER_CONFIG, TEXT_LEN, build_components, build_pipeline, encode_prompts, latent_norm,
                     tokens_per_call)
 
@@ -88,6 +90,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         "each other's direction; adds to the others. The shipped weights move 15 of 16 lone objects "
                         "the prompt's way but 13 of 32 objects of two-object prompts: they bind the direction words "
                         "to the wrong object. 0: off")
+    p.add_argument("--grounding-weight", type=float, default=0.0,
+                   help="weight of the cross-attention grounding loss (mini.grounding: the tokens of object i should "
+                        "read the prompt's i-th clause), added to the flow loss; trains eager (no --compile). The "
+                        "shipped weights bind direction words to the wrong object. 0: off")
     p.add_argument("--two-prob", type=float, default=0.5,
                    help="share of the training clips with two objects (the shipped recipe: 0.5)")
     p.add_argument("--latent-reuse", type=int, default=1,
@@ -129,7 +135,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         args.large_flow_shift = args.flow_shift
     if not 0 <= args.two_prob <= 1:
         p.error(f"--two-prob must be in [0, 1], got {args.two_prob}")
-    for flag in ("shape_weight", "direction_weight", "binding_weight"):
+    for flag in ("shape_weight", "direction_weight", "binding_weight", "grounding_weight"):
         if getattr(args, flag) < 0:
             p.error(f"--{flag.replace('_', '-')} must be >= 0, got {getattr(args, flag)}")
     if min(args.flow_shift, args.large_flow_shift) <= 0:
@@ -545,7 +551,9 @@ def main(argv: list[str] | None = None) -> int:
     if "ema_transformer" in saved:
         ema_t.load_state_dict(saved["ema_transformer"])
         ema_e.load_state_dict(saved["ema_text_encoder"])
-    forward = compiled_forward(transformer) if args.compile else transformer
+    if args.compile and args.grounding_weight > 0:
+        log("--grounding-weight records the cross-attention in Python: training runs eager (--compile ignored)")
+    forward = compiled_forward(transformer) if args.compile and not args.grounding_weight > 0 else transformer
     window = torch.zeros(2, device=device)
     probe, probe_high = text_probe_batches(vae, args, mean, std)
     if args.seconds is not None:
@@ -572,12 +580,17 @@ def main(argv: list[str] | None = None) -> int:
             prompts = [training_prompt(o, rng) for o in objects]
         swap_weights = {"shape": args.shape_weight, "direction": args.direction_weight, "binding": args.binding_weight}
         rng_before = copy.deepcopy(rng) if any(w > 0 for w in swap_weights.values()) else None
-        video = render(objects, *shape, rng, device).video
+        clip = render(objects, *shape, rng, device)
+        video = clip.video
         clock.phase("render")
         z0 = encode_video(vae, video, mean, std)
         if rng_before is not None:  # the weight travels with its clip through the pool, as one more channel
             z0 = torch.cat([z0, swap_loss_weight(objects, video, rng_before, swap_weights)], 1)
+        grounding = args.grounding_weight > 0
+        if grounding:  # so do the objects' regions, as MAX_OBJECTS more channels
+            z0 = torch.cat([z0, latent_regions(clip.masks)], 1)
         z0, prompts = pool.fill(z0, prompts, batch, rng)
+        regions, z0 = (z0[:, -MAX_OBJECTS:], z0[:, :-MAX_OBJECTS]) if grounding else (None, z0)
         weight, z0 = (z0[:, -1:], z0[:, :-1]) if rng_before is not None else (None, z0)
         if args.latent_reuse > 1:
             prompts = ["" if rng.random() < args.uncond else p for p in prompts]
@@ -586,10 +599,14 @@ def main(argv: list[str] | None = None) -> int:
         shift = args.large_flow_shift if large else args.flow_shift
         sigma = flow_sigmas(batch, gen, device, args.sigma_sampling, shift).view(-1, 1, 1, 1, 1)
         zt = (1 - sigma) * z0 + sigma * noise
-        with torch.autocast("cuda", dtype=torch.bfloat16, enabled=device.startswith("cuda")):
+        with torch.autocast("cuda", dtype=torch.bfloat16, enabled=device.startswith("cuda")), \
+                (CrossAttentionMaps(transformer) if grounding else contextlib.nullcontext()) as maps:
             text = encode_prompts(text_encoder, prompts, device, args.text_len)  # = pipe.encode_prompt, faster
             pred = forward(zt, timestep=sigma.view(-1) * 1000, encoder_hidden_states=text, return_dict=False)[0]
         loss = flow_loss(pred.float(), noise - z0, weight)
+        if grounding:
+            patch = tuple(transformer.config.patch_size[1:])
+            loss = loss + args.grounding_weight * grounding_loss(maps.layers, token_regions(regions, patch), prompts)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)
