@@ -93,3 +93,20 @@ def test_loss_trains_the_cross_attention():
     loss.backward()
     assert 0 < loss.item() < 1
     assert transformer.blocks[0].attn2.to_k.weight.grad.abs().sum() > 0
+
+
+def test_batched_loss_equals_the_per_clause_definition():
+    gen = torch.Generator().manual_seed(3)
+    prompts = ["a red ball moving right and a blue square moving up", "", "a video of a green ball moving left"]
+    N, L = 12, 80
+    layers = [torch.rand(3, N, L, generator=gen).softmax(-1) for _ in range(2)]
+    regions = torch.rand(3, 2, N, generator=gen)
+    terms = []
+    for b, prompt in enumerate(prompts):
+        for slot, (start, end) in enumerate(grounding.clause_spans(prompt)):
+            for maps in layers:
+                mass = maps[b, :, start:end].sum(-1)
+                terms.append(1 - (regions[b, slot] * mass).sum() / mass.sum())
+    expected = torch.stack(terms).mean()
+    assert len(terms) == 3 * 2
+    assert torch.allclose(grounding.grounding_loss(layers, regions, prompts), expected, atol=1e-6)

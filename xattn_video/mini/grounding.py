@@ -94,17 +94,21 @@ def grounding_loss(layers: list[torch.Tensor], regions: torch.Tensor, prompts: l
     """TokenCompose's token loss over the clauses of ``prompts`` (clips without a clause, e.g. the empty prompts of
     guidance training, count for nothing): mean over layers, clips and clauses of 1 − Σ_n r_i[n]·a_i[n] / Σ_n a_i[n],
     where a_i[n] is the attention token n puts on clause i's text positions and r_i[n] object i's coverage of n.
-    layers: [B, N, L] each; regions [B, S, N] (slot i = the prompt's i-th object)."""
-    terms = []
+    layers: [B, N, L] each; regions [B, S, N] (slot i = the prompt's i-th object). One batched product per call
+    (no loop over clips or layers on the device)."""
+    B, S, _ = regions.shape
+    L = layers[0].shape[-1]
+    clauses = torch.zeros(B, S, L)  # [b, i, l] = 1 where text position l belongs to clip b's i-th clause
     for b, prompt in enumerate(prompts):
-        for slot, (start, end) in enumerate(clause_spans(prompt)):
-            region = regions[b, slot]
-            for maps in layers:
-                mass = maps[b, :, start:end].sum(-1)  # [N]
-                terms.append(1 - (region * mass).sum() / mass.sum().clamp_min(1e-12))
-    if not terms:
+        for slot, (start, end) in enumerate(clause_spans(prompt)[:S]):
+            clauses[b, slot, start:min(end, L)] = 1
+    present = clauses.sum(-1) > 0  # [B, S]
+    if not present.any():
         return regions.new_zeros(())
-    return torch.stack(terms).mean()
+    clauses = clauses.to(regions.device, regions.dtype)
+    mass = torch.einsum("kbnl,bsl->kbsn", torch.stack(layers).to(regions.dtype), clauses)  # [layers, B, S, N]
+    grounded = (mass * regions).sum(-1) / mass.sum(-1).clamp_min(1e-12)  # [layers, B, S]
+    return (1 - grounded)[:, present.to(regions.device)].mean()
 
 
 __all__ = ["CrossAttentionMaps", "clause_spans", "grounding_loss", "latent_regions", "token_regions"]
