@@ -8,8 +8,8 @@ right"), not the other one's — TokenCompose's token loss (Wang et al., CVPR 20
 of segmentation masks.
 
 - :func:`clause_spans`: the token positions of each clause (ByT5 tokens are the cleaned prompt's bytes).
-- :func:`latent_regions`, :func:`token_regions`: each object's coverage on the latent grid (it travels with the
-  latents through the training pool) and on the transformer's token grid.
+- :func:`token_regions`: each object's coverage of the transformer's tokens, from its coverage of the latent grid
+  (``train.latent_thumbnail`` of the renderer's masks, which travels with the latents through the training pool).
 - :class:`CrossAttentionMaps`: records the blocks' cross-attention probabilities (mean over heads) during a forward.
 - :func:`grounding_loss`: for each clause, 1 − (its attention mass that comes from its object's tokens) / (its
   attention mass from all tokens), averaged over clauses, clips and layers.
@@ -36,17 +36,8 @@ def clause_spans(prompt: str) -> list[tuple[int, int]]:
     return phrase_spans(text)
 
 
-def latent_regions(masks: torch.Tensor) -> torch.Tensor:
-    """Each object's coverage of each latent cell: masks [B, S, 4k+1, H, W] in [0, 1] -> [B, S, k+1, H/4, W/4]
-    (frame 0 alone, then groups of 4 frames as the causal VAE's latent frames; the mean over each 4×4 cell)."""
-    first, rest = masks[:, :, :1], masks[:, :, 1:]
-    B, S, T, H, W = rest.shape
-    rest = rest.reshape(B, S, T // 4, 4, H, W).mean(3)
-    return F.avg_pool3d(torch.cat([first, rest], 2), (1, 4, 4))
-
-
 def token_regions(latent: torch.Tensor, patch: tuple[int, int] = (2, 2)) -> torch.Tensor:
-    """``latent_regions`` [B, S, F, h, w] -> coverage of each video token [B, S, N], N = F·(h/patch)·(w/patch), in
+    """Coverage of the latent cells [B, S, F, h, w] (``train.latent_thumbnail`` of the masks) -> coverage of each video token [B, S, N], N = F·(h/patch)·(w/patch), in
     the transformer's token order (latent frame, row, column)."""
     B, S = latent.shape[:2]
     return F.avg_pool3d(latent, (1, *patch)).reshape(B, S, -1)
@@ -111,4 +102,4 @@ def grounding_loss(layers: list[torch.Tensor], regions: torch.Tensor, prompts: l
     return (1 - grounded)[:, present.to(regions.device)].mean()
 
 
-__all__ = ["CrossAttentionMaps", "clause_spans", "grounding_loss", "latent_regions", "token_regions"]
+__all__ = ["CrossAttentionMaps", "clause_spans", "grounding_loss", "token_regions"]

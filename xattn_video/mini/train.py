@@ -34,7 +34,7 @@ import torch.nn.functional as F
 
 from .data import random_clips, render, training_prompt
 from .grammar import MAX_OBJECTS, ObjectSpec, format_prompt, sample_objects, swap_clip
-from .grounding import CrossAttentionMaps, grounding_loss, latent_regions, token_regions
+from .grounding import CrossAttentionMaps, grounding_loss, token_regions
 from .model import (SCHEDULER_CONFIG, TEXT_LEN, build_components, build_pipeline, encode_prompts, latent_norm,
                     tokens_per_call)
 
@@ -217,7 +217,8 @@ THUMB_CHANNELS = 3  # latent channels pulled toward the clip's RGB thumbnail by 
 
 def latent_thumbnail(video: torch.Tensor) -> torch.Tensor:
     """The clip's colour on the latent grid: frame 0 alone, then each group of 4 frames (the causal VAE's latent
-    frames), averaged over each 4×4 pixel cell. video [B, 3, 4k+1, H, W] -> [B, 3, k+1, H/4, W/4], in [-1, 1]."""
+    frames), averaged over each 4×4 pixel cell. video [B, C, 4k+1, H, W] -> [B, C, k+1, H/4, W/4] (any C: also
+    the loss weights and the objects' masks)."""
     first, rest = video[:, :, :1], video[:, :, 1:]
     B, C, T, H, W = rest.shape
     rest = rest.reshape(B, C, T // 4, 4, H, W).mean(3)
@@ -551,9 +552,10 @@ def main(argv: list[str] | None = None) -> int:
     if "ema_transformer" in saved:
         ema_t.load_state_dict(saved["ema_transformer"])
         ema_e.load_state_dict(saved["ema_text_encoder"])
-    if args.compile and args.grounding_weight > 0:
+    grounding = args.grounding_weight > 0
+    if args.compile and grounding:
         log("--grounding-weight records the cross-attention in Python: training runs eager (--compile ignored)")
-    forward = compiled_forward(transformer) if args.compile and not args.grounding_weight > 0 else transformer
+    forward = compiled_forward(transformer) if args.compile and not grounding else transformer
     window = torch.zeros(2, device=device)
     probe, probe_high = text_probe_batches(vae, args, mean, std)
     if args.seconds is not None:
@@ -586,9 +588,8 @@ def main(argv: list[str] | None = None) -> int:
         z0 = encode_video(vae, video, mean, std)
         if rng_before is not None:  # the weight travels with its clip through the pool, as one more channel
             z0 = torch.cat([z0, swap_loss_weight(objects, video, rng_before, swap_weights)], 1)
-        grounding = args.grounding_weight > 0
         if grounding:  # so do the objects' regions, as MAX_OBJECTS more channels
-            z0 = torch.cat([z0, latent_regions(clip.masks)], 1)
+            z0 = torch.cat([z0, latent_thumbnail(clip.masks)], 1)
         z0, prompts = pool.fill(z0, prompts, batch, rng)
         regions, z0 = (z0[:, -MAX_OBJECTS:], z0[:, :-MAX_OBJECTS]) if grounding else (None, z0)
         weight, z0 = (z0[:, -1:], z0[:, :-1]) if rng_before is not None else (None, z0)
