@@ -86,9 +86,12 @@ def test_sparse_kernel_names_what_the_operator_runs(monkeypatch):
         assert sparse_kernel("cuda") == "gluon"
 
 
-def test_kv_len_tensor_fills_equal_lengths():
-    assert torch.equal(ga.kv_len_tensor([7, 7], torch.device("cpu")), torch.tensor([7, 7], dtype=torch.int32))
-    assert torch.equal(ga.kv_len_tensor([7, 5], torch.device("cpu")), torch.tensor([7, 5], dtype=torch.int32))
+def test_host_lengths_become_the_kernels_kv_len():
+    from xattn_video.kernels.inputs import normalize_kv_len  # what the dense ops pass the kernels
+
+    cpu = torch.device("cpu")
+    assert torch.equal(normalize_kv_len([7, 7], 2, 7, cpu), torch.tensor([7, 7], dtype=torch.int32))
+    assert torch.equal(normalize_kv_len([7, 5], 2, 7, cpu), torch.tensor([7, 5], dtype=torch.int32))
 
 
 # The Triton interpreter cannot be switched on in a process that already launched compiled kernels (GPU runs).

@@ -106,24 +106,38 @@ def _sparse_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, selecti
             from .triton_attention_v2 import attention_8bit
 
             return attention_8bit(q, k, v, selection, kv, precision)
-        variant = forced_variant()  # benchmarking (XATTN_ATTN_VARIANT): "v1" the Triton kernel, "gluon", v2 names
-        if variant not in ("", "v1", "gluon"):  # a v2 variant: not a custom op, eager
+        kernel = _bf16_kernel(q.device)
+        if kernel == "gluon":  # Hopper with triton 3.6: the warp-specialised Gluon kernel (FlashAttention-3's schedule)
+            from .gluon_attention import block_sparse_attention_hopper
+
+            return block_sparse_attention_hopper(q, k, v, selection, kv)
+        if kernel != "v1":  # a v2 variant (benchmarking): not a custom op, eager
             from .triton_attention_v2 import attention_v2, variant_config
 
-            return attention_v2(q, k, v, selection, kv, config=variant_config(variant))
-        if variant != "v1":
-            from .gluon_attention import block_sparse_attention_hopper, device_index, gluon_device
-
-            # Hopper with triton 3.6: the warp-specialised Gluon kernel (FlashAttention-3's schedule)
-            if q.is_cuda and gluon_device(device_index(q.device)):
-                return block_sparse_attention_hopper(q, k, v, selection, kv)
-            if variant == "gluon":
-                raise XAttentionInputError(f"{VARIANT_ENV_VAR}=gluon needs a Hopper GPU (sm_90) and triton 3.6 with "
-                                           f"Gluon")
+            return attention_v2(q, k, v, selection, kv, config=variant_config(kernel))
         from .triton_attention import block_sparse_attention_triton
 
         return block_sparse_attention_triton(q, k, v, selection, kv)
     return sdpa_block_sparse_attention(q, k, v, selection, kv)
+
+
+def _bf16_kernel(device: torch.device) -> str:
+    """The triton backend's bf16 block-sparse kernel on ``device``: "gluon" (the Hopper kernel, where
+    ``gluon_device`` holds), "v1" (the Triton kernel) or a ``triton_attention_v2`` variant name. XATTN_ATTN_VARIANT
+    (benchmarking) forces "v1", "gluon" (refused where it cannot run) or a variant."""
+    variant = forced_variant()
+    if variant in ("v1", "default"):
+        return "v1"
+    if variant not in ("", "gluon"):
+        return variant
+    if device.type == "cuda":
+        from .gluon_attention import device_index, gluon_device
+
+        if gluon_device(device_index(device)):
+            return "gluon"
+    if variant == "gluon":
+        raise XAttentionInputError(f"{VARIANT_ENV_VAR}=gluon needs a Hopper GPU (sm_90) and triton 3.6 with Gluon")
+    return "v1"
 
 
 def sparse_kernel(device: torch.device | str, backend: str = "auto", precision: str = "bf16") -> str:
@@ -131,21 +145,12 @@ def sparse_kernel(device: torch.device | str, backend: str = "auto", precision: 
     (the Hopper kernel, block size 128 and head_dim 64/128), "triton" (the Triton kernels), "triton-<variant>"
     (``XATTN_ATTN_VARIANT``), "triton-<precision>" (the 8-bit kernels) or "torch" (the reference backend)."""
     device = torch.device(device)
-    if device.type == "cuda" and device.index is None:
-        device = torch.device("cuda", torch.cuda.current_device())
     if resolve_backend(backend, device) != "triton":
         return "torch"
     if precision != "bf16":
         return f"triton-{precision}"
-    variant = forced_variant()
-    if variant not in ("", "gluon"):
-        return "triton" if variant == "v1" else f"triton-{variant}"
-    if device.type == "cuda":
-        from .gluon_attention import gluon_device
-
-        if gluon_device(device.index):
-            return "gluon"
-    return "triton"
+    kernel = _bf16_kernel(device)
+    return {"gluon": "gluon", "v1": "triton"}.get(kernel, f"triton-{kernel}")
 
 
 def estimate_block_scores(

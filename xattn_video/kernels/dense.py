@@ -18,7 +18,7 @@ import torch
 import torch.nn.functional as F
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
-from .inputs import XAttentionInputError
+from .inputs import XAttentionInputError, normalize_kv_len
 
 # cuDNN first: on H100 it runs unmasked bf16 attention at ~580 TFLOP/s against ~360 for flash (FA2), see
 # benchmarks/results. SDPA skips the ones that cannot run the inputs (e.g. on CPU only flash/math exist).
@@ -105,7 +105,7 @@ def _dense_fp8(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, lens: list[int
     if scale is not None:
         raise XAttentionInputError(f"dense_attention with precision {precision!r} uses 1/sqrt(head_dim); scale must "
                                    f"be None")
-    kv = torch.tensor(lens, dtype=torch.int32).to(q.device, non_blocking=True)
+    kv = normalize_kv_len(lens, q.shape[0], k.shape[1], q.device)  # a cached device constant per lengths
     return attention_8bit(q, k, v, None, kv, precision)
 
 

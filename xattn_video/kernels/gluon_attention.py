@@ -65,6 +65,7 @@ from dataclasses import dataclass
 import torch
 
 from .blocks import BlockSelection
+from .inputs import normalize_kv_len, tma_addressable
 
 _GLUON_VERSION = "3.6."  # the Gluon API this file is written against (it changes between Triton releases)
 
@@ -373,9 +374,44 @@ def _attn_fwd_gluon(q_desc, k_desc, v_desc, o_desc, COUNTS, INDICES, KV_LEN, H, 
 # Launcher
 # ---------------------------------------------------------------------------------------------------------------
 
-def _tma_ok(x: torch.Tensor) -> bool:
-    return (x.stride(-1) == 1 and x.data_ptr() % 16 == 0
-            and all((s * x.element_size()) % 16 == 0 for s in x.stride()[:-1]))
+def qkv_refusal(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> str | None:
+    """Why the kernels of this module (and ``gluon_attention_fp8``) cannot take q/k/v [B, S, H, D] (one line), or
+    None: the dtypes, the head_dim and the shapes they are built for."""
+    B, _, H, D = q.shape
+    if q.dtype not in (torch.bfloat16, torch.float16) or k.dtype != q.dtype or v.dtype != q.dtype:
+        return f"q/k/v must all be bf16 or fp16, got {q.dtype}, {k.dtype}, {v.dtype}"
+    if D not in (64, 128):
+        return f"head_dim must be 64 or 128, got {D}"
+    if k.shape != v.shape or k.shape[0] != B or k.shape[2] != H or k.shape[3] != D:
+        return f"k/v shape {tuple(k.shape)}/{tuple(v.shape)} does not match q {tuple(q.shape)}"
+    return None
+
+
+def check_launch(q: torch.Tensor, kv_len: torch.Tensor, num_stages: int) -> None:
+    """``ValueError`` for launch arguments the kernels cannot use: the ring depth, kv_len."""
+    if num_stages < 1:
+        raise ValueError("num_stages must be >= 1")
+    if kv_len.dtype != torch.int32 or kv_len.shape != (q.shape[0],) or kv_len.device != q.device:
+        raise ValueError("kv_len must be int32 [B] on q's device")
+
+
+def check_selection(q: torch.Tensor, selection: BlockSelection | None) -> None:
+    """``ValueError`` for a selection the kernels cannot use: another block size, too few query blocks."""
+    if selection is not None and selection.block_size != BLOCK:
+        raise ValueError(f"the Gluon kernel supports block_size {BLOCK} only, got {selection.block_size}")
+    if selection is not None and selection.counts.shape[2] < triton.cdiv(q.shape[1], BLOCK):
+        raise ValueError(f"selection has {selection.counts.shape[2]} query blocks, q needs "
+                         f"{triton.cdiv(q.shape[1], BLOCK)}")
+
+
+def selection_args(selection: BlockSelection | None, kv_len: torch.Tensor) -> tuple[bool, torch.Tensor, torch.Tensor,
+                                                                                   int, int]:
+    """(dense, counts, indices, query blocks, key blocks) as the kernels take them; dense: kv_len stands in for the
+    unused index lists."""
+    if selection is None:
+        return True, kv_len, kv_len, 0, 0
+    counts, indices = selection.counts.contiguous(), selection.indices.contiguous()
+    return False, counts, indices, counts.shape[2], indices.shape[3]
 
 
 def _descriptor(x: torch.Tensor, rows: int) -> TensorDescriptor:
@@ -402,42 +438,26 @@ def attention_gluon(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, selection
     if not gluon_available():
         raise RuntimeError(f"the Gluon kernel needs triton {_GLUON_VERSION}x with Gluon: {_IMPORT_ERROR!r}")
     cfg = config or GluonAttentionConfig()
-    B, Sq, H, D = q.shape
-    if q.dtype not in (torch.bfloat16, torch.float16) or k.dtype != q.dtype or v.dtype != q.dtype:
-        raise ValueError(f"q/k/v must all be bf16 or fp16, got {q.dtype}, {k.dtype}, {v.dtype}")
-    if D not in (64, 128):
-        raise ValueError(f"head_dim must be 64 or 128, got {D}")
-    if k.shape != v.shape or k.shape[0] != B or k.shape[2] != H or k.shape[3] != D:
-        raise ValueError(f"k/v shape {tuple(k.shape)}/{tuple(v.shape)} does not match q {tuple(q.shape)}")
-    if not all(_tma_ok(x) for x in (q, k, v)):
-        raise ValueError("q/k/v need stride(-1) == 1 and 16-byte aligned base and strides (TMA)")
-    if cfg.num_stages < 1:
-        raise ValueError("num_stages must be >= 1")
-    if kv_len.dtype != torch.int32 or kv_len.shape != (B,) or kv_len.device != q.device:
-        raise ValueError("kv_len must be int32 [B] on q's device")
-    out = torch.empty((B, Sq, H, D), dtype=q.dtype, device=q.device)
+    why = qkv_refusal(q, k, v)
+    if why is None and not all(tma_addressable(x) for x in (q, k, v)):
+        why = "q/k/v need stride(-1) == 1 and 16-byte aligned base and strides (TMA)"
+    if why is not None:
+        raise ValueError(why)
+    check_launch(q, kv_len, cfg.num_stages)
+    out = torch.empty(q.shape, dtype=q.dtype, device=q.device)
     if out.numel() == 0 or k.shape[1] == 0:
         return out.zero_()
-    if selection is not None and selection.block_size != BLOCK:
-        raise ValueError(f"the Gluon kernel supports block_size {BLOCK} only, got {selection.block_size}")
-    if selection is not None and selection.counts.shape[2] < triton.cdiv(Sq, BLOCK):
-        raise ValueError(f"selection has {selection.counts.shape[2]} query blocks, q needs {triton.cdiv(Sq, BLOCK)}")
-    counts = None if selection is None else selection.counts.contiguous()
-    indices = None if selection is None else selection.indices.contiguous()
-    _launch(q, k, v, out, counts, indices, kv_len, cfg)
+    check_selection(q, selection)
+    _launch(q, k, v, out, selection_args(selection, kv_len), kv_len, cfg)
     return out
 
 
-def _launch(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, out: torch.Tensor, counts: torch.Tensor | None,
-            indices: torch.Tensor | None, kv_len: torch.Tensor, cfg: GluonAttentionConfig) -> None:
-    """Launch on checked inputs: sparse with int32 counts [B, H, nq] / indices [B, H, nq, nk], dense when None."""
+def _launch(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, out: torch.Tensor,
+            args: tuple[bool, torch.Tensor, torch.Tensor, int, int], kv_len: torch.Tensor,
+            cfg: GluonAttentionConfig) -> None:
+    """Launch on checked inputs; ``args`` from :func:`selection_args`."""
     B, Sq, H, D = q.shape
-    dense = counts is None
-    if dense:
-        counts = indices = kv_len  # unused by the dense kernel
-        nqb = nkb = 0
-    else:
-        nqb, nkb = counts.shape[2], indices.shape[3]
+    dense, counts, indices, nqb, nkb = args
     half = BLOCK // 2
     q_desc, o_desc = _descriptor(q, half), _descriptor(out, half)
     k_desc, v_desc = _descriptor(k, BLOCK), _descriptor(v, BLOCK)
@@ -478,10 +498,8 @@ def device_index(device: torch.device) -> int:
 def gluon_takes(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, block_size: int) -> bool:
     """Whether :func:`attention_gluon` runs these inputs (dtype, head_dim, block size, TMA alignment), on a device
     where ``gluon_device`` holds. Alignment belongs to the storage, so it is checked when the op runs."""
-    return (block_size == BLOCK and q.dtype in (torch.bfloat16, torch.float16) and k.dtype == q.dtype
-            and v.dtype == q.dtype and q.shape[-1] in (64, 128) and k.shape == v.shape and k.shape[1] > 0
-            and (k.shape[0], k.shape[2], k.shape[3]) == (q.shape[0], q.shape[2], q.shape[3]) and q.numel() > 0
-            and all(_tma_ok(x) for x in (q, k, v)))
+    return (block_size == BLOCK and q.numel() > 0 and k.shape[1] > 0 and qkv_refusal(q, k, v) is None
+            and all(tma_addressable(x) for x in (q, k, v)))
 
 
 # A custom op: one opaque node for torch.compile, capturable by CUDA graphs, like the Triton kernel's.
@@ -490,7 +508,8 @@ def _hopper_sparse_op(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, counts:
                       indices: torch.Tensor, kv_len: torch.Tensor, block_size: int) -> torch.Tensor:
     out = torch.empty_like(q)
     if gluon_takes(q, k, v, block_size):
-        _launch(q, k, v, out, counts, indices, kv_len, GluonAttentionConfig())
+        _launch(q, k, v, out, (False, counts, indices, counts.shape[2], indices.shape[3]), kv_len,
+                GluonAttentionConfig())
     else:  # e.g. a view whose strides TMA cannot take
         from . import triton_attention
 
@@ -503,13 +522,6 @@ def _(q, k, v, counts, indices, kv_len, block_size):
     return torch.empty_like(q)
 
 
-def kv_len_tensor(lens: list[int], device: torch.device) -> torch.Tensor:
-    """int32 [B] of host lengths: a fill (no host-to-device copy, capturable by CUDA graphs) when they are equal."""
-    if all(n == lens[0] for n in lens):
-        return torch.full((len(lens),), lens[0], dtype=torch.int32, device=device)
-    return torch.tensor(lens, dtype=torch.int32).to(device, non_blocking=True)
-
-
 @torch.library.custom_op("xattn_video::dense_attention_hopper", mutates_args=())
 def _hopper_dense_op(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, lens: list[int]) -> torch.Tensor:
     if not gluon_takes(q, k, v, BLOCK):  # e.g. a view whose strides TMA cannot take
@@ -517,7 +529,8 @@ def _hopper_dense_op(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, lens: li
 
         return sdpa_dense(q, k, v, lens, None)
     out = torch.empty_like(q)
-    _launch(q, k, v, out, None, None, kv_len_tensor(lens, q.device), GluonAttentionConfig())
+    kv_len = normalize_kv_len(lens, q.shape[0], k.shape[1], q.device)  # a cached device constant per lengths
+    _launch(q, k, v, out, selection_args(None, kv_len), kv_len, GluonAttentionConfig())
     return out
 
 
@@ -541,5 +554,5 @@ def block_sparse_attention_hopper(q: torch.Tensor, k: torch.Tensor, v: torch.Ten
 
 
 __all__ = ["GluonAttentionConfig", "attention_gluon", "block_sparse_attention_hopper", "dense_attention_hopper",
-           "device_index",
-           "gluon_available", "gluon_device", "gluon_takes", "shared_memory_bytes"]
+           "check_launch", "check_selection", "device_index", "gluon_available", "gluon_device", "gluon_takes", "qkv_refusal",
+           "selection_args", "shared_memory_bytes"]

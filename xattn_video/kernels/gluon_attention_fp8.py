@@ -10,8 +10,7 @@ for the partial last tile only. The barrier protocol is unchanged (same waits an
 What is different (the arithmetic is that of ``triton_attention_v2`` with ``QK_QUANT`` / ``PV_FP8``):
 
 - Operands: :func:`quantize_fp8` = ``triton_quant.quantize_triton(..., block_m=128, block_n=128, "e4m3")``
-  (the same kernels and values for q, k and the scales; v by one small kernel of the same arithmetic, stored in this
-  kernel's token order, see below): q, k e4m3 [B, S, H, D] with one float32 scale per 128-row tile (k smoothed by
+  (its kernels and values; its transposed v then reordered into this kernel's token order, see below): q, k e4m3 [B, S, H, D] with one float32 scale per 128-row tile (k smoothed by
   its mean over the valid tokens), v either as is (bf16/fp16) or e4m3 transposed with one scale per channel.
 - Scores: S = dot(q8, k8ᵀ) (SASS ``QGMMA.64x128x32.F32.E4M3.E4M3``), multiplied by scale_q·scale_k/√D·log2(e) inside the
   exp2 FMA. The k scale of tile j+1 is loaded (through the selection's index when sparse) during round j, so its
@@ -34,7 +33,7 @@ What is different (the arithmetic is that of ``triton_attention_v2`` with ``QK_Q
   quadruples 4t..4t+3 of every 16: a plain ``convert_layout`` moves bytes between threads (measured in SASS: ~24
   SHFL and ~190 PRMT per tile and thread). Instead the keys are relabelled within each group of 16 (key
   16g + 8i + 2t + e is fed as k = 16g + 4t + 2i + e: a register renaming, no instruction) and the transposed V is
-  stored with the same token permutation (:func:`quantize_fp8`; a ``quantize_triton`` result is reordered by the
+  stored with the same token permutation (:func:`quantize_fp8`, :func:`in_kernel_order`; a ``quantize_triton`` result is reordered by the
   launcher). P is cast right after the softmax, before the wait for the previous P·V, into 16 packed 32-bit
   registers (two ``cvt.rn.satfinite.e4m3x2.f32`` each); carried as e4m3 elements LLVM would split it into 64
   single-byte registers and repack them with PRMTs, and a cast placed between two wgmma issues makes ptxas serialise
@@ -67,7 +66,7 @@ from dataclasses import dataclass
 import torch
 
 from .blocks import BlockSelection
-from .triton_quant import FP8_DTYPE, FP8_MAX, P_SCALE, QK_FORMATS, QuantizedQKV
+from .triton_quant import FP8_DTYPE, P_SCALE, QK_FORMATS, QuantizedQKV
 
 # The Gluon imports, the version gate and the device helpers both kernels share live in gluon_attention
 from .gluon_attention import (  # noqa: F401 (gl & co. are used by the kernels below when Gluon is present)
@@ -78,10 +77,14 @@ from .gluon_attention import (  # noqa: F401 (gl & co. are used by the kernels b
     _pp_pass,
     _pp_wait,
     _tile_range,
-    _tma_ok,
     _zero_rows_from,
+    check_launch,
+    check_selection,
     gluon_available,
+    qkv_refusal,
+    selection_args,
 )
+from .inputs import tma_addressable
 
 if _IMPORT_ERROR is None:
     import triton
@@ -508,80 +511,22 @@ def permute_v_tokens(vt: torch.Tensor) -> torch.Tensor:
     return x.reshape(B, H, D, sp).contiguous()
 
 
-if _IMPORT_ERROR is None:
-    import triton.language as tl
-
-    from .triton_quant import to_fp8
-
-    @triton.jit(do_not_specialize=["SEQ", "SPAD"])
-    def _quant_v_kernel(X, Y, SCALE, LEN, stride_xb, stride_xs, stride_xh, stride_xd,
-                        stride_yb, stride_yh, stride_yd, H, SEQ, SPAD,
-                        HEAD_DIM: tl.constexpr, BLOCK: tl.constexpr, ROUND_FIRST: tl.constexpr):
-        """``triton_quant._quant_kernel``'s PER_CHANNEL arithmetic (y = fp8(x · (1/scale)), zeros past kv_len), each
-        token written at its permuted position of the [B, H, D, SPAD] buffer (every position < SPAD written)."""
-        pid = tl.program_id(0)
-        bh = tl.program_id(1)
-        b = bh // H
-        h = bh % H
-        n = tl.load(LEN + b)
-        rows = pid * BLOCK + tl.arange(0, BLOCK)
-        offs_d = tl.arange(0, HEAD_DIM)
-        ok = (rows[:, None] < n) & (offs_d[None, :] < HEAD_DIM)
-        xp = X + b.to(tl.int64) * stride_xb + h.to(tl.int64) * stride_xh + rows[:, None].to(tl.int64) * stride_xs \
-            + offs_d[None, :] * stride_xd
-        x = tl.load(xp, mask=ok, other=0.0).to(tl.float32)
-        x = tl.where(ok, x, 0.0)
-        scale = tl.load(SCALE + bh.to(tl.int64) * HEAD_DIM + offs_d)
-        inv = tl.where(scale > 0, tl.div_rn(tl.full([HEAD_DIM], 1.0, tl.float32), scale), 0.0)
-        y = to_fp8(x * inv[None, :], ROUND_FIRST)
-        pos = (rows & -16) | (((rows >> 1) & 3) << 2) | (((rows >> 3) & 1) << 1) | (rows & 1)
-        yp = Y + b.to(tl.int64) * stride_yb + h.to(tl.int64) * stride_yh + pos[:, None].to(tl.int64) \
-            + offs_d[None, :].to(tl.int64) * stride_yd
-        tl.store(yp, y, mask=(rows[:, None] < SPAD) & (offs_d[None, :] < HEAD_DIM))
-
-
 def quantize_fp8(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor | None, kv_len: torch.Tensor,
                  qk_format: str = "e4m3") -> QuantizedQKV:
     """The 8-bit operands of :func:`attention_gluon_fp8`: ``quantize_triton(q, k, v, kv_len, block_m=128,
-    block_n=128, qk_format=qk_format)``'s launches and values (the project's kernels; q/k e4m3 or int8), except that
-    v (always e4m3) is written in this kernel's token order (:class:`GluonQuantizedQKV`, one small kernel of the same
-    arithmetic)."""
-    from . import triton_quant as tq
+    block_n=128, qk_format=qk_format)`` (q/k e4m3 or int8), its v (always e4m3) put in this kernel's token order
+    (:class:`GluonQuantizedQKV`; one more pass over the 1-byte v)."""
+    from .triton_quant import quantize_triton
 
     if qk_format not in QK_FORMATS:
         raise ValueError(f"qk_format must be one of {QK_FORMATS}, got {qk_format!r}")
-    if v is None:
-        return tq.quantize_triton(q, k, None, kv_len, block_m=BLOCK, block_n=BLOCK, qk_format=qk_format)
-    int8 = qk_format == "int8"
-    qk_dtype = torch.int8 if int8 else FP8_DTYPE
-    B, Sq, H, D = q.shape
-    Sk = k.shape[1]
-    dev = q.device
-    nq, nk = tq._cdiv(Sq, BLOCK), tq._cdiv(Sk, BLOCK)
-    ksum = torch.empty(B * H, nk, D, device=dev, dtype=torch.float32)
-    vmax = torch.empty(B * H, nk, D, device=dev, dtype=torch.float32)
-    tq._stats_kernel[(nk, B * H)](k, v, ksum, vmax, kv_len, *k.stride(), *v.stride(), H, nk,
-                                  HEAD_DIM=D, BLOCK=BLOCK, WITH_V=True, num_warps=4)
-    count = kv_len.to(torch.float32).clamp_min(1.0).repeat_interleave(H)[:, None]
-    mean = ksum.sum(dim=1) / count
-    q8 = torch.empty(B, Sq, H, D, device=dev, dtype=qk_dtype)
-    k8 = torch.empty(B, Sk, H, D, device=dev, dtype=qk_dtype)
-    qs = torch.empty(B * H, nq, device=dev, dtype=torch.float32)
-    ks = torch.empty(B * H, nk, device=dev, dtype=torch.float32)
-    interp = not q.is_cuda
-    common = dict(HEAD_DIM=D, BLOCK=BLOCK, ROUND_FIRST=interp, INT8=int8, num_warps=4, enable_fp_fusion=False)
-    tq._quant_kernel[(nq, B * H)](q, q8, qs, qs, qs, *q.stride(), *q8.stride(), H, nq, Sq,
-                                  LEN_IS_PTR=False, SMOOTH=False, PER_CHANNEL=False, **common)
-    tq._quant_kernel[(nk, B * H)](k, k8, ks, mean, kv_len, *k.stride(), *k8.stride(), H, nk, Sk,
-                                  LEN_IS_PTR=True, SMOOTH=True, PER_CHANNEL=False, **common)
-    vs = (vmax.amax(dim=1) / FP8_MAX).contiguous()
-    sp = _pad16(Sk)
-    vt = torch.empty(B, H, D, sp, device=dev, dtype=FP8_DTYPE)
-    _quant_v_kernel[(tq._cdiv(sp, BLOCK), B * H)](v, vt, vs, kv_len, *v.stride(), vt.stride(0), vt.stride(1),
-                                                  vt.stride(2), H, Sk, sp, HEAD_DIM=D, BLOCK=BLOCK,
-                                                  ROUND_FIRST=interp, num_warps=4, enable_fp_fusion=False)
-    return GluonQuantizedQKV(q=q8, q_scale=qs, k=k8, k_scale=ks, k_mean=mean.reshape(B, H, D), block_m=BLOCK,
-                             block_n=BLOCK, qk_format=qk_format, v=vt, v_scale=vs)
+    qz = quantize_triton(q, k, v, kv_len, block_m=BLOCK, block_n=BLOCK, qk_format=qk_format)
+    return qz if v is None else in_kernel_order(qz)
+
+
+def in_kernel_order(qz: QuantizedQKV) -> GluonQuantizedQKV:
+    """A ``quantize_triton`` result whose transposed v is reordered for this kernel (a copy of v)."""
+    return GluonQuantizedQKV(**{**qz.__dict__, "v": permute_v_tokens(qz.v)})
 
 
 _GL_DTYPES = {}
@@ -629,21 +574,14 @@ def attention_gluon_fp8(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, selec
         raise RuntimeError(f"the Gluon kernel needs triton {_GLUON_VERSION}x with Gluon: {_IMPORT_ERROR!r}")
     cfg = config or GluonFP8Config()
     B, Sq, H, D = q.shape
-    if q.dtype not in (torch.bfloat16, torch.float16) or k.dtype != q.dtype or v.dtype != q.dtype:
-        raise ValueError(f"q/k/v must all be bf16 or fp16, got {q.dtype}, {k.dtype}, {v.dtype}")
-    if D not in (64, 128):
-        raise ValueError(f"head_dim must be 64 or 128, got {D}")
-    if k.shape != v.shape or k.shape[0] != B or k.shape[2] != H or k.shape[3] != D:
-        raise ValueError(f"k/v shape {tuple(k.shape)}/{tuple(v.shape)} does not match q {tuple(q.shape)}")
-    if not pv_fp8 and not _tma_ok(v):
-        raise ValueError("v needs stride(-1) == 1 and 16-byte aligned base and strides (TMA)")
-    if cfg.num_stages < 1:
-        raise ValueError("num_stages must be >= 1")
-    if kv_len.dtype != torch.int32 or kv_len.shape != (B,) or kv_len.device != q.device:
-        raise ValueError("kv_len must be int32 [B] on q's device")
+    why = qkv_refusal(q, k, v)
+    if why is None and not pv_fp8 and not tma_addressable(v):
+        why = "v needs stride(-1) == 1 and 16-byte aligned base and strides (TMA)"
+    if why is not None:
+        raise ValueError(why)
+    check_launch(q, kv_len, cfg.num_stages)
     out = torch.empty((B, Sq, H, D), dtype=q.dtype, device=q.device)
-    Sk = k.shape[1]
-    if out.numel() == 0 or Sk == 0:
+    if out.numel() == 0 or k.shape[1] == 0:
         return out.zero_()
     qz = quantized if quantized is not None else quantize_fp8(q, k, v if pv_fp8 else None, kv_len, qk_format)
     qk_dtype = torch.int8 if qk_format == "int8" else FP8_DTYPE
@@ -652,20 +590,9 @@ def attention_gluon_fp8(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, selec
         raise ValueError(f"quantized operands must be {qk_format} (qk_format) with 128-row tiles (and hold v for "
                          f"pv_fp8), got {qz.qk_format} {qz.q.dtype}/{qz.k.dtype}, tiles {qz.block_m}/{qz.block_n}")
     if pv_fp8 and not getattr(qz, "v_mma_order", False):
-        # a quantize_triton result: reorder v's tokens for this kernel (a copy of v)
-        qz = GluonQuantizedQKV(**{**qz.__dict__, "v": permute_v_tokens(qz.v)})
-    if selection is None:
-        dense = True
-        counts = indices = kv_len
-        nqb = nkb = 0
-    else:
-        if selection.block_size != BLOCK:
-            raise ValueError(f"the Gluon kernel supports block_size {BLOCK} only, got {selection.block_size}")
-        dense = False
-        counts, indices = selection.counts.contiguous(), selection.indices.contiguous()
-        nqb, nkb = counts.shape[2], indices.shape[3]
-        if nqb < triton.cdiv(Sq, BLOCK):
-            raise ValueError(f"selection has {nqb} query blocks, q needs {triton.cdiv(Sq, BLOCK)}")
+        qz = in_kernel_order(qz)  # a quantize_triton result
+    check_selection(q, selection)
+    dense, counts, indices, nqb, nkb = selection_args(selection, kv_len)
     q_desc, k_desc, v_desc, o_desc = make_descriptors(qz, v, out, pv_fp8)
     vs = qz.v_scale if pv_fp8 else qz.q_scale
     grid = (triton.cdiv(Sq, BLOCK), B * H)
@@ -681,5 +608,6 @@ def attention_gluon_fp8(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, selec
     return out
 
 
-__all__ = ["GluonFP8Config", "GluonQuantizedQKV", "attention_gluon_fp8", "gluon_available", "permute_v_tokens",
+__all__ = ["GluonFP8Config", "GluonQuantizedQKV", "attention_gluon_fp8", "gluon_available", "in_kernel_order",
+           "permute_v_tokens",
            "quantize_fp8", "shared_memory_bytes"]

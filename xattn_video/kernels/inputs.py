@@ -89,6 +89,12 @@ def check_qkv(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, layout: str) ->
     return shape
 
 
+def tma_addressable(x: torch.Tensor) -> bool:
+    """Whether a TMA descriptor can address the view ``x``: last stride 1, 16-byte aligned base and strides."""
+    return (x.stride(-1) == 1 and x.data_ptr() % 16 == 0
+            and all((s * x.element_size()) % 16 == 0 for s in x.stride()[:-1]))
+
+
 def check_block_params(stride: int, block_size: int) -> None:
     if not isinstance(stride, int) or stride < 1:
         raise XAttentionInputError(f"stride must be a positive int, got {stride!r}")

@@ -20,6 +20,7 @@ import triton.language as tl
 
 from .launch import launch_with_fallback
 from .blocks import BlockSelection
+from .inputs import tma_addressable
 
 
 @dataclass(frozen=True)
@@ -179,11 +180,6 @@ def _(q, k, v, counts, indices, kv_len, block_size):
     return torch.empty_like(q)
 
 
-def _tma_ok(x: torch.Tensor) -> bool:
-    return (x.stride(-1) == 1 and x.data_ptr() % 16 == 0
-            and all((s * x.element_size()) % 16 == 0 for s in x.stride()[:-1]))
-
-
 # Launch shape that compiled for a problem signature (see launch.launch_with_fallback).
 _WORKING_CONFIG: dict[tuple, AttentionConfig] = {}
 
@@ -207,7 +203,7 @@ def _launch_with(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, counts: torc
     if block_size % cfg.block_m or block_size % cfg.block_n:
         raise ValueError(f"config {cfg} does not tile block_size {block_size}")
     k_arg, v_arg = k, v
-    use_tma = cfg.use_tma and q.is_cuda and _tma_ok(k) and _tma_ok(v)
+    use_tma = cfg.use_tma and q.is_cuda and tma_addressable(k) and tma_addressable(v)
     if use_tma:
         from triton.tools.tensor_descriptor import TensorDescriptor
 

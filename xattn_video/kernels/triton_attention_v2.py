@@ -38,7 +38,8 @@ import triton.language as tl
 
 from .backend import VARIANT_ENV_VAR
 from .blocks import BlockSelection
-from .triton_attention import AttentionConfig, _load_kv, _tma_ok
+from .inputs import tma_addressable
+from .triton_attention import AttentionConfig, _load_kv
 from .triton_quant import P_SCALE, QuantizedQKV, quantize_triton, to_fp8
 
 
@@ -433,7 +434,7 @@ def _launch(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, counts: torch.Ten
         q_arg, k_arg, v_arg, qs, ks, vs, nqs, nks = q, k, v, kv_len, kv_len, kv_len, 0, 0
         v_strides = v.stride()
     k_strides = k_arg.stride()
-    use_tma = cfg.use_tma and not fp8 and q.is_cuda and _tma_ok(k) and _tma_ok(v)
+    use_tma = cfg.use_tma and not fp8 and q.is_cuda and tma_addressable(k) and tma_addressable(v)
     if use_tma:
         from triton.tools.tensor_descriptor import TensorDescriptor
 
