@@ -1,6 +1,6 @@
 #!/bin/bash
 # One device-machine session: install carried wheels, run the GPU tests, then the given python steps.
-# Usage (from the repo root on the GPU machine): bash benchmarks/gpu_session.sh [tests] [gluon-tests] [hopper] [hopper-gluon] [hopper-tests] [bench] [bench-quick] [e2e] [e2e-544] [e2e-c720] [e2e-c720-quick] [fp8-gluon] [e2e-c544] [e2e-cwan] [e2e-c15] [wan-forward] [reuse] [multigpu] [cache-hv:NAME] [cache-wan:NAME]
+# Usage (from the repo root on the GPU machine): bash benchmarks/gpu_session.sh [tests] [gluon-tests] [hopper] [hopper-gluon] [hopper-tests] [bench] [bench-quick] [e2e] [e2e-544] [e2e-c720] [e2e-c720-quick] [e2e-c544] [e2e-cwan] [e2e-c15] [wan-forward] [reuse] [multigpu] [cache-hv:NAME] [cache-wan:NAME]
 # cache-*: NAME a --cache of xvid bench --e2e (NAME:key=value,... for its parameters); CACHE_ARGS adds e.g.
 # "--computed-fraction 0.6" (firstblock/magcache); CAP the XAttention setting (default cap0.35; e.g. cap0.49)
 set -u
@@ -16,8 +16,8 @@ for step in "$@"; do
   case $step in
     tests) timeout 240 python3 -m pytest -q -x -p no:cacheprovider tests/test_kernels_*.py tests/test_pipeline_hunyuan.py tests/test_pipeline_gpu.py 2>&1 | tail -25 ;;
     hopper) timeout 420 python3 benchmarks/bench_kernels_hopper.py --time-limit ${HOPPER_LIMIT:-330} --out-dir "$OUT" 2>&1 | tee "$OUT/hopper.txt" | grep -v "^|" | tail -150 ;;
-    gluon-tests) timeout 240 python3 -m pytest -q -p no:cacheprovider tests/test_kernels_gluon.py tests/test_kernels_gpu.py tests/test_kernels_compile.py 2>&1 | tee "$OUT/gluon-tests.log" | tail -25 ;;
-    hopper-gluon) timeout 420 python3 benchmarks/bench_kernels_hopper.py --variants v1-sparse-bf16 gluon-sparse-bf16 gluon-dense-bf16 gluon-nopp-sparse-bf16 gluon-s3-nopp-sparse-bf16 v2-dense-bf16 fp8-sparse --no-extra --time-limit ${HOPPER_LIMIT:-330} --out-dir "$OUT" 2>&1 | tee "$OUT/hopper.txt" | grep -v "^|" | tail -60 ;;
+    gluon-tests) timeout 420 python3 -m pytest -q -p no:cacheprovider tests/test_kernels_gluon.py tests/test_kernels_gpu.py tests/test_kernels_compile.py 2>&1 | tee "$OUT/gluon-tests.log" | tail -25 ;;
+    hopper-gluon) timeout 420 python3 benchmarks/bench_kernels_hopper.py --variants v1-sparse-bf16 gluon-sparse-bf16 gluon-dense-bf16 gluon-int8-sparse gluon-int8-dense gluon-fp8-sparse gluon-fp8-dense gluon-fp8-sparse-pvfp8 gluon-nopp-sparse-bf16 gluon-s3-nopp-sparse-bf16 int8-sparse fp8-sparse --no-extra --time-limit ${HOPPER_LIMIT:-330} --out-dir "$OUT" 2>&1 | tee "$OUT/hopper.txt" | grep -v "^|" | tail -60 ;;
     hopper-tests) timeout 200 python3 -m pytest -q -x -p no:cacheprovider tests/test_kernels_gpu.py -k "fp8 or 8bit or v2_variants" 2>&1 | tail -25 ;;
     bench) timeout 450 python3 benchmarks/bench_xattention.py --out-dir "$OUT" 2>&1 | tee "$OUT/bench.txt" | grep -v "^|" | tail -80 ;;
     bench-quick) timeout 400 python3 benchmarks/bench_xattention.py --tokens 119056 --check-tokens 18616 --out-dir "$OUT" 2>&1 | tee "$OUT/bench.txt" | grep -v "^|" | tail -60 ;;
@@ -25,7 +25,6 @@ for step in "$@"; do
     e2e-544) timeout 300 python3 benchmarks/bench_e2e.py --models hunyuan-video --shapes 544p --out-dir "$OUT" 2>&1 | tee "$OUT/e2e-544.txt" | tail -30 ;;
     e2e-c720) timeout 590 python3 benchmarks/bench_e2e.py --models hunyuan-video --shapes 720p --compile --settings stock dense cap0.35 cap0.35-reuse2 --name e2e-compile-hunyuan-720p-$(gpu) --out-dir "$OUT" 2>&1 | tee "$OUT/e2e-c720.txt" | tail -30 ;;
     e2e-c720-quick) PYTORCH_CUDA_ALLOC_CONF=expandable_segments:True timeout 590 python3 benchmarks/bench_e2e.py --models hunyuan-video --shapes 720p --compile --settings stock ${CAP:-cap0.35} --name e2e-compile-hunyuan-720p-quick-$(gpu) --out-dir "$OUT" 2>&1 | tee "$OUT/e2e-c720-quick.txt" | tail -20 ;;
-    fp8-gluon) timeout 400 python3 benchmarks/gluon_fp8_probe_gpu.py 2>&1 | tail -60 ;;
     e2e-c544) timeout 300 python3 benchmarks/bench_e2e.py --models hunyuan-video --shapes 544p --compile --name e2e-compile-hunyuan-544p-$(gpu) --out-dir "$OUT" 2>&1 | tee "$OUT/e2e-c544.txt" | tail -30 ;;
     e2e-cwan) timeout 400 python3 benchmarks/bench_e2e.py --models wan2.1-14b --compile --settings stock dense cap0.2 cap0.35 cap0.35-reuse2 --name e2e-compile-wan-720p-$(gpu) --out-dir "$OUT" 2>&1 | tee "$OUT/e2e-cwan.txt" | tail -30 ;;
     e2e-c15) timeout 560 python3 benchmarks/bench_e2e.py --models hunyuan-video-1.5 --compile --settings stock dense cap0.35 cap0.35-reuse2 --name e2e-compile-hunyuan15-720p-$(gpu) --out-dir "$OUT" 2>&1 | tee "$OUT/e2e-c15.txt" | tail -30 ;;

@@ -128,6 +128,72 @@ def test_forcing_the_hopper_kernel_elsewhere_is_refused(gen, monkeypatch):
         xattention(q, k, v, threshold=0.9, backend="triton")
 
 
+def test_takes_8bit_is_gluon_takes_in_bf16_only():
+    from xattn_video.kernels import gluon_attention_fp8 as g8
+
+    q = torch.zeros(2, 300, 3, 128, dtype=torch.bfloat16)
+    assert g8.takes_8bit(q, q, q, 128)
+    assert not g8.takes_8bit(q.half(), q.half(), q.half(), 128)  # fp16: the Triton 8-bit kernel
+    assert not g8.takes_8bit(q, q, q, 64)
+    assert not g8.takes_8bit(q, q, q[:, :200], 128)
+    assert g8.QK_FORMAT_OF_PRECISION == {"fp8": "e4m3", "int8": "int8"}
+
+
+def test_8bit_precisions_run_the_hopper_kernel_where_gluon_is_chosen(gen, monkeypatch):
+    """precision fp8/int8 go through ``attention_8bit_hopper`` wherever ``attention_kernel`` says "gluon", with the
+    right q·kᵀ format, bf16 P·V, the selection's lists (sparse) or kv_len (dense); ``sparse_kernel`` names it. The
+    launch is replaced by a recorder (the kernel itself is tested on the GPU below)."""
+    from xattn_video.kernels import api
+    from xattn_video.kernels import gluon_attention_fp8 as g8
+    from xattn_video.kernels import triton_attention_v2 as v2
+
+    calls = []
+
+    def fake_launch(q, k, v, out, args, kv_len, cfg, pv_fp8, quantized, qk_format):
+        calls.append((args[0], args[3], args[4], pv_fp8, quantized, qk_format, cfg))
+        out.fill_(7.0)
+
+    monkeypatch.setattr(v2, "attention_kernel", lambda device: "gluon")
+    monkeypatch.setattr(g8, "takes_8bit", lambda q, k, v, block_size: True)
+    monkeypatch.setattr(g8, "_launch", fake_launch)
+    q, k, v = make_qkv(gen, 2, 300, 2, 64, dtype=torch.bfloat16)
+    kv = torch.tensor([300, 211], dtype=torch.int32)
+    sel = BlockSelection.from_mask(torch.rand(2, 2, 3, 3, generator=gen) < 0.5, block_size=128, q_len=300, kv_len=kv)
+    for precision, fmt in (("int8", "int8"), ("fp8", "e4m3")):
+        calls.clear()
+        assert bool((v2.attention_8bit(q, k, v, sel, kv, precision) == 7).all())
+        assert bool((v2.attention_8bit(q, k, v, None, kv, precision) == 7).all())
+        (d0, nq0, nk0, pv0, qz0, f0, cfg0), (d1, nq1, nk1, pv1, qz1, f1, _) = calls
+        assert (d0, nq0, nk0, d1, nq1, nk1) == (False, 3, 3, True, 0, 0)
+        assert (pv0, pv1, qz0, qz1, f0, f1) == (False, False, None, None, fmt, fmt)
+        assert cfg0 == g8.GluonFP8Config()
+    monkeypatch.setenv("TRITON_INTERPRET", "1")
+    pytest.importorskip("triton")
+    monkeypatch.setattr(api, "attention_kernel", lambda device: "gluon")
+    assert api.sparse_kernel("cpu", "triton", "int8") == "gluon-int8"
+    assert api.sparse_kernel("cpu", "triton", "fp8") == "gluon-fp8"
+    assert api.sparse_kernel("cpu", "triton") == "gluon"
+
+
+@cpu_only
+def test_hopper_8bit_op_falls_back_to_the_triton_8bit_kernel(gen, monkeypatch):
+    """Inputs the 8-bit Gluon kernel does not take (fp16 here) run ``triton_attention_v2``'s 8-bit kernel
+    (interpreted): bitwise its result, sparse and dense."""
+    monkeypatch.setenv("TRITON_INTERPRET", "1")
+    pytest.importorskip("triton")
+    from xattn_video.kernels import gluon_attention_fp8 as g8
+    from xattn_video.kernels.triton_attention_v2 import attention_v2
+
+    q, k, v = make_qkv(gen, 2, 300, 2, 64, dtype=torch.float16)
+    kv = torch.tensor([300, 211], dtype=torch.int32)
+    sel = BlockSelection.from_mask(torch.rand(2, 2, 3, 3, generator=gen) < 0.5, block_size=128, q_len=300, kv_len=kv)
+    for precision in ("int8", "fp8"):
+        out = g8.attention_8bit_hopper(q, k, v, sel, kv, precision)
+        assert torch.equal(out, attention_v2(q, k, v, sel, kv, precision=precision)), f"seed {gen.initial_seed()}"
+        dense = g8.attention_8bit_hopper(q, k, v, None, kv, precision)
+        assert torch.equal(dense, attention_v2(q, k, v, None, kv, precision=precision)), f"seed {gen.initial_seed()}"
+
+
 # --- on a Hopper GPU ----------------------------------------------------------------------------------------------
 
 def _case(gen, S, D, dtype=torch.bfloat16, B=2, H=3, density=0.35, poison=True):
@@ -220,3 +286,54 @@ def test_hopper_path_is_capturable_in_a_cuda_graph(gen):
     assert rel_err(captured, eager) > 0.1
     eager, captured = capture_and_replay(lambda *x: dense_attention(*x, [2950]), (q, k, v), gen)
     assert_rel_err(captured, dense_attention(q, k, v, [2950]), 1e-3, seed=gen)
+
+
+# --- the 8-bit version (gluon_attention_fp8): what precision fp8 / int8 run on Hopper -----------------------------
+
+@requires_hopper_gluon
+@pytest.mark.parametrize("S", [1000, 2309])
+@pytest.mark.parametrize("D", [64, 128])
+@pytest.mark.parametrize("fmt", ["e4m3", "int8"])
+def test_8bit_kernel_matches_the_triton_8bit_kernel(gen, S, D, fmt):
+    """Same quantized operands and arithmetic as ``triton_attention_v2`` (q·kᵀ in 8 bits, bf16 P·V): the two
+    kernels agree to accumulation order (the probe measured 2e-5 to 2e-3), emptied rows are exactly 0, padding with
+    inf/NaN never reaches the output; with FP8 P·V (one- and two-level) they agree with the Triton FP8 P·V kernel."""
+    from xattn_video.kernels import gluon_attention_fp8 as g8
+    from xattn_video.kernels.triton_attention_v2 import attention_v2
+
+    q, k, v, kv, sel = _case(gen, S, D)
+    precision = "fp8" if fmt == "e4m3" else "int8"
+    for selection in (sel, None):
+        what = f"{fmt} {'sparse' if selection is not None else 'dense'}"
+        out = g8.attention_gluon_fp8(q, k, v, selection, kv, pv_fp8=False, qk_format=fmt)
+        assert torch.isfinite(out).all(), f"seed {gen.initial_seed()}: {what}"
+        assert_rel_err(out, attention_v2(q, k, v, selection, kv, precision=precision), 5e-3, seed=gen, what=what)
+        for cfg in (g8.GluonFP8Config(), g8.GluonFP8Config(two_level=False)):
+            out8 = g8.attention_gluon_fp8(q, k, v, selection, kv, pv_fp8=True, config=cfg, qk_format=fmt)
+            ref8 = attention_v2(q, k, v, selection, kv, precision=precision, pv_fp8=True)
+            assert_rel_err(out8, ref8, 1e-2, seed=gen, what=f"{what} pv_fp8 {cfg}")
+    out = g8.attention_gluon_fp8(q, k, v, sel, kv, pv_fp8=False, qk_format=fmt)
+    assert (out[0, 256:384, 1] == 0).all(), f"seed {gen.initial_seed()}"
+
+
+@requires_hopper_gluon
+@pytest.mark.parametrize("precision", ["fp8", "int8"])
+def test_operator_8bit_runs_the_hopper_kernel(gen, monkeypatch, precision):
+    from xattn_video.kernels import gluon_attention_fp8 as g8
+    from xattn_video.kernels.api import sparse_kernel
+
+    assert sparse_kernel("cuda", "auto", precision) == f"gluon-{precision}"
+    q, k, v = make_qkv(gen, 2, 4100, 4, 128, dtype=torch.bfloat16, device="cuda")
+    kw = dict(threshold=[0.8, 0.9, 0.95, 1.0], text_start=4000, kv_len=[4100, 4050], precision=precision)
+    calls = []
+    real = g8._launch
+    monkeypatch.setattr(g8, "_launch", lambda *a, **k_: calls.append(1) or real(*a, **k_))
+    out = xattention(q, k, v, **kw)
+    dense = dense_attention(q, k, v, [4100, 4050], precision=precision)
+    assert len(calls) == 2, "the operator did not run the 8-bit Hopper kernel (sparse and dense)"
+    monkeypatch.setenv("XATTN_ATTN_VARIANT", "v1")
+    assert_rel_err(out, xattention(q, k, v, **kw), 5e-3, seed=gen, what="vs the Triton 8-bit kernel")
+    assert_rel_err(dense, dense_attention(q, k, v, [4100, 4050], precision=precision), 5e-3, seed=gen, what="dense")
+    monkeypatch.delenv("XATTN_ATTN_VARIANT")
+    eager, captured = capture_and_replay(lambda *x: xattention(*x, **kw), (q, k, v), gen)
+    assert_rel_err(captured, xattention(q, k, v, **kw), 1e-3, seed=gen, what="CUDA graph")

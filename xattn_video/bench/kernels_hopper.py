@@ -36,6 +36,7 @@ import torch.nn.functional as F
 
 from ..kernels import BlockSelection, naive_block_sparse_attention, num_blocks
 from ..kernels.gluon_attention import GluonAttentionConfig, attention_gluon, gluon_device
+from ..kernels.gluon_attention_fp8 import GluonFP8Config, attention_gluon_fp8
 from ..kernels.triton_attention import block_sparse_attention_triton
 from ..kernels.triton_attention_v2 import BF16_VARIANTS, V2Config, attention_v2, default_fp8_config
 from ..kernels.triton_quant import quantize_triton
@@ -120,6 +121,14 @@ def _variants() -> dict[str, tuple[bool, Callable]]:
             lambda: attention_gluon(q, k, vv, sel, kv, config=gcfg)))
         v[f"{label}-dense-bf16"] = (False, lambda q, k, vv, sel, kv, gcfg=gcfg: (
             lambda: attention_gluon(q, k, vv, None, kv, config=gcfg)))
+    # its 8-bit version (gluon_attention_fp8): what the operator runs there for precision fp8 / int8 (bf16 P·V);
+    # -pvfp8: P·V in e4m3 too, accumulated in the wgmma (FlashAttention-3's one level; over the 3 % budget)
+    for fmt, prec in (("e4m3", "fp8"), ("int8", "int8")):
+        for pv8, tag, gcfg8 in ((False, "", GluonFP8Config()), (True, "-pvfp8", GluonFP8Config(two_level=False))):
+            v[f"gluon-{prec}-sparse{tag}"] = (True, lambda q, k, vv, sel, kv, fmt=fmt, pv8=pv8, gcfg8=gcfg8: (
+                lambda: attention_gluon_fp8(q, k, vv, sel, kv, pv_fp8=pv8, config=gcfg8, qk_format=fmt)))
+            v[f"gluon-{prec}-dense{tag}"] = (False, lambda q, k, vv, sel, kv, fmt=fmt, pv8=pv8, gcfg8=gcfg8: (
+                lambda: attention_gluon_fp8(q, k, vv, None, kv, pv_fp8=pv8, config=gcfg8, qk_format=fmt)))
     for name, cfg in BF16_VARIANTS.items():
         v[f"{name}-sparse-bf16"] = (True, lambda q, k, vv, sel, kv, cfg=cfg: (
             lambda: attention_v2(q, k, vv, sel, kv, config=cfg)))
@@ -151,6 +160,7 @@ def _extra_rows(q, k, v, sel, kv) -> dict[str, tuple[bool, Callable]]:
 # Timing order within a shape: what the issue's targets need first, so that a time limit cuts the least useful.
 DEFAULT_ORDER = [
     CUDNN, "v1-sparse-bf16", "gluon-sparse-bf16", "gluon-dense-bf16",
+    "gluon-int8-sparse", "gluon-int8-dense", "gluon-fp8-sparse", "gluon-fp8-dense",
     "fp8-sparse", "fp8-dense", "int8-sparse", "int8-dense",
     "v2-fastexp-sparse-bf16", "int8-sparse-fastexp", "int8-dense-fastexp", "int8-sparse-pvfp8-fastexp",
     "int8-dense-pvfp8-fastexp", "fp8-sparse-fastexp", "fp8-dense-fastexp",
@@ -163,9 +173,11 @@ DEFAULT_ORDER = [
     "int8-sparse-fastexp-n64-s4", "int8-sparse-fastexp-s4", "int8-sparse-fastexp-s2", "int8-sparse-fastexp-persistent",
     "gluon-nopp-sparse-bf16", "gluon-s3-sparse-bf16", "gluon-s3-nopp-sparse-bf16", "gluon-nopp-dense-bf16",
     "gluon-s3-dense-bf16", "gluon-s3-nopp-dense-bf16",
+    "gluon-fp8-sparse-pvfp8", "gluon-fp8-dense-pvfp8", "gluon-int8-sparse-pvfp8", "gluon-int8-dense-pvfp8",
 ]
 # At the second and later heads×head_dim only these are timed (unless --all-variants-every-shape).
-CORE = [CUDNN, "v1-sparse-bf16", "gluon-sparse-bf16", "gluon-dense-bf16", "fp8-sparse", "fp8-dense", "int8-sparse", "int8-dense", "v2-fastexp-sparse-bf16",
+CORE = [CUDNN, "v1-sparse-bf16", "gluon-sparse-bf16", "gluon-dense-bf16", "gluon-int8-sparse", "gluon-int8-dense",
+        "gluon-fp8-sparse", "gluon-fp8-dense", "fp8-sparse", "fp8-dense", "int8-sparse", "int8-dense", "v2-fastexp-sparse-bf16",
         "int8-sparse-fastexp", "int8-dense-fastexp", "int8-sparse-pvfp8-fastexp", "int8-dense-pvfp8-fastexp",
         "v2-persistent-sparse-bf16", "v2-dense-bf16"]
 EXTRA_ORDER = ["fp8-quantize-qk", "fp8-quantize-qkv", "fp8-sparse kernel only", "fp8-sparse-pvfp8 kernel only",
@@ -479,7 +491,7 @@ def main(argv: list[str] | None = None) -> int:
                     _sync()
                     entry["all_written"] = bool(torch.isfinite(out).all())
                     entry["rel_err"] = rel_l2(out, ref_sparse if sparse else ref_dense)
-                    if name.startswith(("fp8", "int8")):
+                    if name.startswith(("fp8", "int8", "gluon-fp8", "gluon-int8")):
                         vout = factory(vq, vk, vv, vsel, vkv)()
                         entry["video_rel_err"] = rel_l2(vout, vid_sparse if sparse else vid_dense)
                         entry["within_budget"] = entry["video_rel_err"] <= 0.03  # the issue's 3% against bf16

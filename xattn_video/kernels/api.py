@@ -12,7 +12,7 @@ from typing import Any, Callable, Protocol
 import torch
 import torch.nn.functional as F
 
-from .backend import VARIANT_ENV_VAR, check_backend_params, check_precision, forced_variant, resolve_backend
+from .backend import attention_kernel, check_backend_params, check_precision, resolve_backend
 from .blocks import BlockSelection, num_blocks
 from .inputs import (
     KvLen,
@@ -106,7 +106,7 @@ def _sparse_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, selecti
             from .triton_attention_v2 import attention_8bit
 
             return attention_8bit(q, k, v, selection, kv, precision)
-        kernel = _bf16_kernel(q.device)
+        kernel = attention_kernel(q.device)
         if kernel == "gluon":  # Hopper with triton 3.6: the warp-specialised Gluon kernel (FlashAttention-3's schedule)
             from .gluon_attention import block_sparse_attention_hopper
 
@@ -121,35 +121,17 @@ def _sparse_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, selecti
     return sdpa_block_sparse_attention(q, k, v, selection, kv)
 
 
-def _bf16_kernel(device: torch.device) -> str:
-    """The triton backend's bf16 block-sparse kernel on ``device``: "gluon" (the Hopper kernel, where
-    ``gluon_device`` holds), "v1" (the Triton kernel) or a ``triton_attention_v2`` variant name. XATTN_ATTN_VARIANT
-    (benchmarking) forces "v1", "gluon" (refused where it cannot run) or a variant."""
-    variant = forced_variant()
-    if variant in ("v1", "default"):
-        return "v1"
-    if variant not in ("", "gluon"):
-        return variant
-    if device.type == "cuda":
-        from .gluon_attention import device_index, gluon_device
-
-        if gluon_device(device_index(device)):
-            return "gluon"
-    if variant == "gluon":
-        raise XAttentionInputError(f"{VARIANT_ENV_VAR}=gluon needs a Hopper GPU (sm_90) and triton 3.6 with Gluon")
-    return "v1"
-
-
 def sparse_kernel(device: torch.device | str, backend: str = "auto", precision: str = "bf16") -> str:
     """Which kernel ``xattention`` runs its block-sparse attention with on ``device`` (for run records): "gluon"
-    (the Hopper kernel, block size 128 and head_dim 64/128), "triton" (the Triton kernels), "triton-<variant>"
-    (``XATTN_ATTN_VARIANT``), "triton-<precision>" (the 8-bit kernels) or "torch" (the reference backend)."""
+    (the Hopper kernel, block size 128 and head_dim 64/128), "gluon-<precision>" (its 8-bit version, bf16 inputs),
+    "triton" (the Triton kernels), "triton-<variant>" (``XATTN_ATTN_VARIANT``), "triton-<precision>" (the 8-bit
+    Triton kernel) or "torch" (the reference backend)."""
     device = torch.device(device)
     if resolve_backend(backend, device) != "triton":
         return "torch"
+    kernel = attention_kernel(device)
     if precision != "bf16":
-        return f"triton-{precision}"
-    kernel = _bf16_kernel(device)
+        return f"gluon-{precision}" if kernel == "gluon" else f"triton-{precision}"
     return {"gluon": "gluon", "v1": "triton"}.get(kernel, f"triton-{kernel}")
 
 

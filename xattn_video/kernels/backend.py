@@ -79,6 +79,26 @@ def forced_variant() -> str:
     return os.environ.get(VARIANT_ENV_VAR, "").strip().lower()
 
 
+def attention_kernel(device: torch.device) -> str:
+    """The triton backend's attention kernel on ``device``: "gluon" (the Hopper kernels of ``gluon_attention`` and,
+    for precision fp8/int8, ``gluon_attention_fp8``, where ``gluon_device`` holds), "v1" (the Triton kernels) or a
+    ``triton_attention_v2`` bf16 variant name. XATTN_ATTN_VARIANT (benchmarking) forces "v1", "gluon" (refused
+    where it cannot run) or a variant."""
+    variant = forced_variant()
+    if variant in ("v1", "default"):
+        return "v1"
+    if variant not in ("", "gluon"):
+        return variant
+    if device.type == "cuda":
+        from .gluon_attention import device_index, gluon_device
+
+        if gluon_device(device_index(device)):
+            return "gluon"
+    if variant == "gluon":
+        raise XAttentionInputError(f"{VARIANT_ENV_VAR}=gluon needs a Hopper GPU (sm_90) and triton 3.6 with Gluon")
+    return "v1"
+
+
 def precision_refusal(precision: str, device: torch.device) -> str | None:
     """Why the quantized ``precision`` ("fp8"/"int8") cannot run on ``device`` (one line), or None when it can."""
     if precision not in MIN_CAPABILITY:

@@ -61,8 +61,8 @@ def dense_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, kv_len: K
     kv_len: None (all keys valid), one int, or one int per batch entry (host values, 1..Sk). Keys at
     positions ≥ kv_len[b] are never read, so their contents (inf, NaN) cannot matter. Batch entries with the
     same length next to each other share one SDPA call (B is 1 or 2 in practice).
-    ``precision`` "fp8" / "int8": the quantized Triton kernel in dense mode (q/k in e4m3 / int8, see ``triton_quant``)
-    instead of SDPA; CUDA GPUs only (fp8: compute capability >= 8.9; refused with one line elsewhere); ``scale``
+    ``precision`` "fp8" / "int8": the 8-bit kernel in dense mode (q/k in e4m3 / int8, see ``triton_quant``; the
+    Gluon kernel on Hopper with triton 3.6, the Triton one elsewhere) instead of SDPA; CUDA GPUs only (fp8: compute capability >= 8.9; refused with one line elsewhere); ``scale``
     must be None.
     """
     if q.dim() != 4 or k.dim() != 4 or v.dim() != 4:

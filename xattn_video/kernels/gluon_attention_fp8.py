@@ -1,5 +1,8 @@
 """FP8 block-sparse attention forward for Hopper (sm_90a) in Gluon: the FA3-style schedule of ``gluon_attention.py``
-with q·kᵀ (and optionally P·V) on the FP8 tensor cores (issue 21; prototype).
+with q·kᵀ (and optionally P·V) on the 8-bit tensor cores (issue 21). With bf16 P·V it is what ``xattention`` and
+``dense_attention`` run for precision fp8 / int8 on a Hopper GPU with triton 3.6 (:func:`attention_8bit_hopper`,
+through ``triton_attention_v2.attention_8bit``); FP8 P·V (``pv_fp8``) is for benchmarks: on video-like inputs it adds
+about 3 % relative error, over issue 21's budget.
 
 Schedule, barriers, partitions and masking rules are those of :mod:`xattn_video.kernels.gluon_attention` (read its
 docstring first): one program per 128-row query block, a 1-warp TMA producer, two consumer warpgroups of 64 query
@@ -81,6 +84,7 @@ from .gluon_attention import (  # noqa: F401 (gl & co. are used by the kernels b
     check_launch,
     check_selection,
     gluon_available,
+    gluon_takes,
     qkv_refusal,
     selection_args,
 )
@@ -583,6 +587,16 @@ def attention_gluon_fp8(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, selec
     out = torch.empty((B, Sq, H, D), dtype=q.dtype, device=q.device)
     if out.numel() == 0 or k.shape[1] == 0:
         return out.zero_()
+    check_selection(q, selection)
+    _launch(q, k, v, out, selection_args(selection, kv_len), kv_len, cfg, pv_fp8, quantized, qk_format)
+    return out
+
+
+def _launch(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, out: torch.Tensor,
+            args: tuple[bool, torch.Tensor, torch.Tensor, int, int], kv_len: torch.Tensor, cfg: GluonFP8Config,
+            pv_fp8: bool, quantized: QuantizedQKV | None, qk_format: str) -> None:
+    """Quantize (unless ``quantized``) and launch on checked, non-empty inputs; ``args`` from ``selection_args``."""
+    B, Sq, H, D = q.shape
     qz = quantized if quantized is not None else quantize_fp8(q, k, v if pv_fp8 else None, kv_len, qk_format)
     qk_dtype = torch.int8 if qk_format == "int8" else FP8_DTYPE
     if (qz.block_m != BLOCK or qz.block_n != BLOCK or qz.qk_format != qk_format or qz.q.dtype != qk_dtype
@@ -591,8 +605,7 @@ def attention_gluon_fp8(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, selec
                          f"pv_fp8), got {qz.qk_format} {qz.q.dtype}/{qz.k.dtype}, tiles {qz.block_m}/{qz.block_n}")
     if pv_fp8 and not getattr(qz, "v_mma_order", False):
         qz = in_kernel_order(qz)  # a quantize_triton result
-    check_selection(q, selection)
-    dense, counts, indices, nqb, nkb = selection_args(selection, kv_len)
+    dense, counts, indices, nqb, nkb = args
     q_desc, k_desc, v_desc, o_desc = make_descriptors(qz, v, out, pv_fp8)
     vs = qz.v_scale if pv_fp8 else qz.q_scale
     grid = (triton.cdiv(Sq, BLOCK), B * H)
@@ -605,9 +618,54 @@ def attention_gluon_fp8(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, selec
         CONSUMER_REGS=cfg.consumer_regs,
         PRODUCER_REGS=cfg.producer_regs, num_warps=4, **extra,
     )
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# What the operator runs for precision fp8 / int8 on a ``gluon_device`` (triton_attention_v2.attention_8bit)
+# ---------------------------------------------------------------------------------------------------------------
+
+# precision -> q·kᵀ format; P·V stays bf16: FP8 P·V adds ~3 % error on video-like inputs (over issue 21's budget)
+QK_FORMAT_OF_PRECISION = {"fp8": "e4m3", "int8": "int8"}
+
+
+def takes_8bit(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, block_size: int) -> bool:
+    """Whether the operator's 8-bit path runs this kernel on these inputs: those ``gluon_takes`` for bf16 (block
+    128, head_dim 64/128, TMA-addressable views) in bf16 only (fp16 stays on the Triton 8-bit kernel: not yet
+    measured here)."""
+    return q.dtype == torch.bfloat16 and gluon_takes(q, k, v, block_size)
+
+
+# A custom op: one opaque node for torch.compile, capturable by CUDA graphs, like triton_attention_v2's 8-bit op.
+@torch.library.custom_op("xattn_video::attention_8bit_hopper", mutates_args=())
+def _hopper_8bit_op(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, counts: torch.Tensor, indices: torch.Tensor,
+                    kv_len: torch.Tensor, block_size: int, precision: str, dense: bool) -> torch.Tensor:
+    if not takes_8bit(q, k, v, block_size):  # e.g. fp16, or a view whose strides TMA cannot take
+        from .triton_attention_v2 import launch_8bit
+
+        return launch_8bit(q, k, v, None if dense else counts, None if dense else indices, block_size, kv_len,
+                           precision)
+    out = torch.empty_like(q)
+    args = selection_args(None, kv_len) if dense else (False, counts, indices, counts.shape[2], indices.shape[3])
+    _launch(q, k, v, out, args, kv_len, GluonFP8Config(), False, None, QK_FORMAT_OF_PRECISION[precision])
     return out
 
 
-__all__ = ["GluonFP8Config", "GluonQuantizedQKV", "attention_gluon_fp8", "gluon_available", "in_kernel_order",
-           "permute_v_tokens",
-           "quantize_fp8", "shared_memory_bytes"]
+@_hopper_8bit_op.register_fake
+def _(q, k, v, counts, indices, kv_len, block_size, precision, dense):
+    return torch.empty_like(q)
+
+
+def attention_8bit_hopper(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, selection: BlockSelection | None,
+                          kv_len: torch.Tensor, precision: str) -> torch.Tensor:
+    """Precision "fp8"/"int8" attention on a ``gluon_device``: block-sparse (``selection``) or dense (None), q·kᵀ
+    in 8 bits and P·V in bf16, this module's kernel where :func:`takes_8bit`, else ``triton_attention_v2``'s (the
+    same arithmetic). q/k/v [B, S, H, D] views, kv_len int32 [B]; returns q's shape and dtype."""
+    if selection is None:
+        return _hopper_8bit_op(q, k, v, kv_len, kv_len, kv_len, BLOCK, precision, True)
+    return _hopper_8bit_op(q, k, v, selection.counts.contiguous(), selection.indices.contiguous(), kv_len,
+                           selection.block_size, precision, False)
+
+
+__all__ = ["GluonFP8Config", "GluonQuantizedQKV", "QK_FORMAT_OF_PRECISION", "attention_8bit_hopper",
+           "attention_gluon_fp8", "gluon_available", "in_kernel_order", "permute_v_tokens", "quantize_fp8",
+           "shared_memory_bytes", "takes_8bit"]

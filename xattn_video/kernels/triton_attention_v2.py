@@ -36,7 +36,7 @@ import torch
 import triton
 import triton.language as tl
 
-from .backend import VARIANT_ENV_VAR
+from .backend import VARIANT_ENV_VAR, attention_kernel
 from .blocks import BlockSelection
 from .inputs import tma_addressable
 from .triton_attention import AttentionConfig, _load_kv
@@ -373,14 +373,21 @@ def attention_v2(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, selection: B
                    config, quantized, out)
 
 
+def launch_8bit(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, counts: torch.Tensor | None,
+                indices: torch.Tensor | None, block_size: int, kv_len: torch.Tensor, precision: str) -> torch.Tensor:
+    """The operator's 8-bit attention with this module's kernel: default launch shape, bf16 P·V; dense when
+    ``counts`` is None."""
+    return _launch(q, k, v, counts, indices, block_size, kv_len, precision, False, None, None, None)
+
+
 # A custom op for the 8-bit paths the operator runs (default launch shape): one opaque node for torch.compile,
 # capturable by CUDA graphs, as the default bf16 kernel is.
 @torch.library.custom_op("xattn_video::attention_8bit", mutates_args=())
 def _attention_8bit_op(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, counts: torch.Tensor, indices: torch.Tensor,
                        kv_len: torch.Tensor, block_size: int, precision: str, dense: bool) -> torch.Tensor:
     if dense:
-        return _launch(q, k, v, None, None, block_size, kv_len, precision, False, None, None, None)
-    return _launch(q, k, v, counts, indices, block_size, kv_len, precision, False, None, None, None)
+        return launch_8bit(q, k, v, None, None, block_size, kv_len, precision)
+    return launch_8bit(q, k, v, counts, indices, block_size, kv_len, precision)
 
 
 @_attention_8bit_op.register_fake
@@ -390,8 +397,13 @@ def _(q, k, v, counts, indices, kv_len, block_size, precision, dense):
 
 def attention_8bit(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, selection: BlockSelection | None,
                    kv_len: torch.Tensor, precision: str) -> torch.Tensor:
-    """What the operator runs for precision "fp8"/"int8": :func:`attention_v2` with the default launch shape and
-    bf16 P·V, through a custom op."""
+    """What the operator runs for precision "fp8"/"int8" (q·kᵀ in 8 bits, P·V in bf16), through a custom op: on a
+    Hopper GPU with triton 3.6 (``backend.attention_kernel`` is "gluon") the Gluon kernel
+    (``gluon_attention_fp8.attention_8bit_hopper``), elsewhere :func:`attention_v2` with the default launch shape."""
+    if attention_kernel(q.device) == "gluon":
+        from .gluon_attention_fp8 import attention_8bit_hopper
+
+        return attention_8bit_hopper(q, k, v, selection, kv_len, precision)
     if selection is None:
         return _attention_8bit_op(q, k, v, kv_len, kv_len, kv_len, 128, precision, True)
     return _attention_8bit_op(q, k, v, selection.counts.contiguous(), selection.indices.contiguous(), kv_len,
@@ -485,5 +497,5 @@ def with_config(cfg: V2Config, **changes) -> V2Config:
     return replace(cfg, **changes)
 
 
-__all__ = ["BF16_VARIANTS", "V2Config", "VARIANT_ENV_VAR", "attention_8bit", "attention_v2", "default_fp8_config",
+__all__ = ["BF16_VARIANTS", "V2Config", "VARIANT_ENV_VAR", "attention_8bit", "attention_v2", "default_fp8_config", "launch_8bit",
            "variant_config"]
