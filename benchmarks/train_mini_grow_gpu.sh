@@ -17,7 +17,8 @@
 #      (run 2026-12-06: two-object 16/32, shape down to 0.70 at mini; not shipped)
 #   j. (to try) as i with the cross-attention grounding loss instead of the binding weight (--grounding-weight
 #      $GROUNDING, default 0.01: object i's tokens read the prompt's i-th clause, mini.grounding; trains eager)  from h
-#      (run 2026-12-06 at weight 1: text use collapsed, mini 0.39; not shipped)
+#      (run 2026-12-06 at weight 1: mini 0.39, not shipped; the loss cannot act at σ 0.99, where the binding is
+#      decided: benchmarks/NOTES.md)
 # One device call (≤ 10 min) runs a b c, the next d, the next e f, then g, then h (g h in one call pass the 10 minutes
 # once both prompt_match checks run): give the stages as arguments; a stage starts from
 # /tmp/mini-<previous stage>, or from INIT=FOLDER (e.g. the previous call's folder, unpacked from $OUT). The last
