@@ -261,7 +261,8 @@ def dense_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, kv: torch
                     layout: str, precision: str = "bf16") -> torch.Tensor:
     """Dense SDPA with key padding (kv: int32 [B] or None for no padding); returns q's layout.
 
-    ``precision`` "fp8"/"int8": the quantized Triton kernel in dense mode instead (inputs already checked)."""
+    ``precision`` "fp8"/"int8": the 8-bit kernel in dense mode instead (``triton_attention_v2.attention_8bit``: the
+    Gluon one on Hopper with triton 3.6, the Triton one elsewhere; inputs already checked)."""
     if precision != "bf16":
         from .triton_attention_v2 import attention_8bit
 
