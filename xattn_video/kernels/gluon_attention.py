@@ -138,10 +138,11 @@ def _tile_range(COUNTS, INDICES, kv_len, pid_m, pid_bh, NQB, NKB, DENSE: gl.cons
 
 
 @_jit
-def _key_start(INDICES, row_off, j, DENSE: gl.constexpr, BLOCK_N: gl.constexpr):
+def _key_block(INDICES, row_off, j, DENSE: gl.constexpr):
+    """Key block (tile index) of the j-th kept tile."""
     if DENSE:
-        return j * BLOCK_N
-    return gl.load(INDICES + row_off + j) * BLOCK_N
+        return j
+    return gl.load(INDICES + row_off + j)
 
 
 @_jit
@@ -304,8 +305,10 @@ def _consumer(q_smem, k_smem, v_smem, q_bar, k_ready, k_empty, v_ready, v_empty,
 @_jit
 def _producer(q_desc, k_desc, v_desc, q_smem, k_smem, v_smem, q_bar, k_ready, k_empty, v_ready, v_empty,
               COUNTS, INDICES, KV_LEN, H, NQB, NKB,
-              BLOCK_M: gl.constexpr, BLOCK_N: gl.constexpr, NUM_STAGES: gl.constexpr, DENSE: gl.constexpr):
-    """TMA producer (1 warp): both Q halves once, then K_j, V_j of every key tile into the ring."""
+              BLOCK_M: gl.constexpr, BLOCK_N: gl.constexpr, NUM_STAGES: gl.constexpr, DENSE: gl.constexpr,
+              V_TRANSPOSED: gl.constexpr):
+    """TMA producer (1 warp): both Q halves once, then K_j, V_j of every key tile into the ring. V_TRANSPOSED (the
+    8-bit kernel's FP8 P·V): v is [B, H, D, S] and its tiles are [D, BLOCK_N]."""
     HALF_M: gl.constexpr = BLOCK_M // 2
     pid_m = gl.program_id(0)
     pid_bh = gl.program_id(1)
@@ -320,26 +323,23 @@ def _producer(q_desc, k_desc, v_desc, q_smem, k_smem, v_smem, q_bar, k_ready, k_
     for j in range(n_tiles):
         st = j % NUM_STAGES
         phase = (j // NUM_STAGES) & 1
-        key_start = _key_start(INDICES, row_off, j, DENSE, BLOCK_N)
+        key_start = _key_block(INDICES, row_off, j, DENSE) * BLOCK_N
         # slots start free: the first wait on an "empty" barrier is for the (complete) phase before phase 0
         mbarrier.wait(k_empty.index(st), phase ^ 1)
         mbarrier.expect(k_ready.index(st), k_desc.block_type.nbytes)
         tma.async_copy_global_to_shared(k_desc, [b, key_start, h, 0], k_ready.index(st), k_smem.index(st))
         mbarrier.wait(v_empty.index(st), phase ^ 1)
         mbarrier.expect(v_ready.index(st), v_desc.block_type.nbytes)
-        tma.async_copy_global_to_shared(v_desc, [b, key_start, h, 0], v_ready.index(st), v_smem.index(st))
+        if V_TRANSPOSED:
+            tma.async_copy_global_to_shared(v_desc, [b, h, 0, key_start], v_ready.index(st), v_smem.index(st))
+        else:
+            tma.async_copy_global_to_shared(v_desc, [b, key_start, h, 0], v_ready.index(st), v_smem.index(st))
 
 
-# Sizes are not specialised on (a new compilation for every divisibility class of the block counts otherwise).
-@_jit(do_not_specialize=["H", "NQB", "NKB"])
-def _attn_fwd_gluon(q_desc, k_desc, v_desc, o_desc, COUNTS, INDICES, KV_LEN, H, NQB, NKB, qk_scale,
-                    HEAD_DIM: gl.constexpr, BLOCK_M: gl.constexpr, BLOCK_N: gl.constexpr,
-                    NUM_STAGES: gl.constexpr, DENSE: gl.constexpr, PINGPONG: gl.constexpr,
-                    CONSUMER_REGS: gl.constexpr, PRODUCER_REGS: gl.constexpr):
-    # Q halves [2, 1, 64, 1, D] (also the output staging), K/V rings [stages, 1, 128, 1, D]: TMA block shapes
-    q_smem = gl.allocate_shared_memory(q_desc.dtype, [2] + q_desc.block_type.shape, q_desc.layout)
-    k_smem = gl.allocate_shared_memory(k_desc.dtype, [NUM_STAGES] + k_desc.block_type.shape, k_desc.layout)
-    v_smem = gl.allocate_shared_memory(v_desc.dtype, [NUM_STAGES] + v_desc.block_type.shape, v_desc.layout)
+@_jit
+def _barriers(NUM_STAGES: gl.constexpr):
+    """The kernels' mbarriers, initialised: Q loaded; K/V slot ready (the producer's TMA) and empty (released by
+    both consumers) per ring stage; the two ping-pong tokens."""
     q_bar = gl.allocate_shared_memory(gl.int64, [1], mbarrier.MBarrierLayout())
     k_ready = gl.allocate_shared_memory(gl.int64, [NUM_STAGES, 1], mbarrier.MBarrierLayout())
     k_empty = gl.allocate_shared_memory(gl.int64, [NUM_STAGES, 1], mbarrier.MBarrierLayout())
@@ -356,6 +356,20 @@ def _attn_fwd_gluon(q_desc, k_desc, v_desc, o_desc, COUNTS, INDICES, KV_LEN, H, 
     mbarrier.init(pp_bars.index(1), count=1)
     # order the (generic-proxy) initialisations before the TMA engine's complete_tx on these barriers
     fence_async_shared()
+    return q_bar, k_ready, k_empty, v_ready, v_empty, pp_bars
+
+
+# Sizes are not specialised on (a new compilation for every divisibility class of the block counts otherwise).
+@_jit(do_not_specialize=["H", "NQB", "NKB"])
+def _attn_fwd_gluon(q_desc, k_desc, v_desc, o_desc, COUNTS, INDICES, KV_LEN, H, NQB, NKB, qk_scale,
+                    HEAD_DIM: gl.constexpr, BLOCK_M: gl.constexpr, BLOCK_N: gl.constexpr,
+                    NUM_STAGES: gl.constexpr, DENSE: gl.constexpr, PINGPONG: gl.constexpr,
+                    CONSUMER_REGS: gl.constexpr, PRODUCER_REGS: gl.constexpr):
+    # Q halves [2, 1, 64, 1, D] (also the output staging), K/V rings [stages, 1, 128, 1, D]: TMA block shapes
+    q_smem = gl.allocate_shared_memory(q_desc.dtype, [2] + q_desc.block_type.shape, q_desc.layout)
+    k_smem = gl.allocate_shared_memory(k_desc.dtype, [NUM_STAGES] + k_desc.block_type.shape, k_desc.layout)
+    v_smem = gl.allocate_shared_memory(v_desc.dtype, [NUM_STAGES] + v_desc.block_type.shape, v_desc.layout)
+    q_bar, k_ready, k_empty, v_ready, v_empty, pp_bars = _barriers(NUM_STAGES)
 
     # worker partitions take no distributed tensors: smem descriptors, TMA descriptors and scalars only
     gl.warp_specialize([
@@ -366,7 +380,7 @@ def _attn_fwd_gluon(q_desc, k_desc, v_desc, o_desc, COUNTS, INDICES, KV_LEN, H, 
                      COUNTS, INDICES, KV_LEN, H, NQB, NKB, qk_scale, gl.constexpr(1), HEAD_DIM, BLOCK_M, BLOCK_N,
                      NUM_STAGES, DENSE, PINGPONG)),
         (_producer, (q_desc, k_desc, v_desc, q_smem, k_smem, v_smem, q_bar, k_ready, k_empty, v_ready, v_empty,
-                     COUNTS, INDICES, KV_LEN, H, NQB, NKB, BLOCK_M, BLOCK_N, NUM_STAGES, DENSE)),
+                     COUNTS, INDICES, KV_LEN, H, NQB, NKB, BLOCK_M, BLOCK_N, NUM_STAGES, DENSE, False)),
     ], [4, 1], [CONSUMER_REGS, PRODUCER_REGS])
 
 

@@ -76,9 +76,12 @@ from .gluon_attention import (  # noqa: F401 (gl & co. are used by the kernels b
     BLOCK,
     _GLUON_VERSION,
     _IMPORT_ERROR,
+    _barriers,
     _jit,
+    _key_block,
     _pp_pass,
     _pp_wait,
+    _producer,
     _tile_range,
     _zero_rows_from,
     check_launch,
@@ -132,14 +135,6 @@ MAGIC_F = gl.constexpr(12582912.0) if _IMPORT_ERROR is None else 12582912.0
 # ---------------------------------------------------------------------------------------------------------------
 # Device code (the helpers shared with the bf16 kernel are imported above)
 # ---------------------------------------------------------------------------------------------------------------
-
-@_jit
-def _key_block(INDICES, row_off, j, DENSE: gl.constexpr):
-    """Key block (tile index) of the j-th kept tile."""
-    if DENSE:
-        return j
-    return gl.load(INDICES + row_off + j)
-
 
 @_jit
 def _softmax_tile(s, m_i, l_i, scale, bias, limit, s_layout: gl.constexpr, BLOCK_N: gl.constexpr,
@@ -417,38 +412,6 @@ def _consumer(q_smem, k_smem, v_smem, o_smem, q_bar, k_ready, k_empty, v_ready, 
 
 
 @_jit
-def _producer(q_desc, k_desc, v_desc, q_smem, k_smem, v_smem, q_bar, k_ready, k_empty, v_ready, v_empty,
-              COUNTS, INDICES, KV_LEN, H, NQB, NKB,
-              BLOCK_M: gl.constexpr, BLOCK_N: gl.constexpr, NUM_STAGES: gl.constexpr, DENSE: gl.constexpr,
-              PV_FP8: gl.constexpr):
-    """TMA producer (1 warp): both Q halves once, then K_j, V_j of every kept key tile into the ring."""
-    HALF_M: gl.constexpr = BLOCK_M // 2
-    pid_m = gl.program_id(0)
-    pid_bh = gl.program_id(1)
-    b = pid_bh // H
-    h = pid_bh % H
-    kv_len = gl.load(KV_LEN + b)
-    n_tiles, row_off, _ = _tile_range(COUNTS, INDICES, kv_len, pid_m, pid_bh, NQB, NKB, DENSE, BLOCK_N)
-    if n_tiles > 0:
-        mbarrier.expect(q_bar, 2 * q_desc.block_type.nbytes)
-        tma.async_copy_global_to_shared(q_desc, [b, pid_m * BLOCK_M, h, 0], q_bar, q_smem.index(0))
-        tma.async_copy_global_to_shared(q_desc, [b, pid_m * BLOCK_M + HALF_M, h, 0], q_bar, q_smem.index(1))
-    for j in range(n_tiles):
-        st = j % NUM_STAGES
-        phase = (j // NUM_STAGES) & 1
-        key_start = _key_block(INDICES, row_off, j, DENSE) * BLOCK_N
-        mbarrier.wait(k_empty.index(st), phase ^ 1)
-        mbarrier.expect(k_ready.index(st), k_desc.block_type.nbytes)
-        tma.async_copy_global_to_shared(k_desc, [b, key_start, h, 0], k_ready.index(st), k_smem.index(st))
-        mbarrier.wait(v_empty.index(st), phase ^ 1)
-        mbarrier.expect(v_ready.index(st), v_desc.block_type.nbytes)
-        if PV_FP8:  # transposed v [B, H, D, S]: a [D, BLOCK_N] tile
-            tma.async_copy_global_to_shared(v_desc, [b, h, 0, key_start], v_ready.index(st), v_smem.index(st))
-        else:
-            tma.async_copy_global_to_shared(v_desc, [b, key_start, h, 0], v_ready.index(st), v_smem.index(st))
-
-
-@_jit
 def _attn_fwd_gluon_fp8(q_desc, k_desc, v_desc, o_desc, COUNTS, INDICES, KV_LEN, QS, KS, VS,
                         H, NQB, NKB, NQS, NKS, qk_scale,
                         HEAD_DIM: gl.constexpr, BLOCK_M: gl.constexpr, BLOCK_N: gl.constexpr,
@@ -459,21 +422,7 @@ def _attn_fwd_gluon_fp8(q_desc, k_desc, v_desc, o_desc, COUNTS, INDICES, KV_LEN,
     k_smem = gl.allocate_shared_memory(k_desc.dtype, [NUM_STAGES] + k_desc.block_type.shape, k_desc.layout)
     v_smem = gl.allocate_shared_memory(v_desc.dtype, [NUM_STAGES] + v_desc.block_type.shape, v_desc.layout)
     o_smem = gl.allocate_shared_memory(o_desc.dtype, [2] + o_desc.block_type.shape, o_desc.layout)
-    q_bar = gl.allocate_shared_memory(gl.int64, [1], mbarrier.MBarrierLayout())
-    k_ready = gl.allocate_shared_memory(gl.int64, [NUM_STAGES, 1], mbarrier.MBarrierLayout())
-    k_empty = gl.allocate_shared_memory(gl.int64, [NUM_STAGES, 1], mbarrier.MBarrierLayout())
-    v_ready = gl.allocate_shared_memory(gl.int64, [NUM_STAGES, 1], mbarrier.MBarrierLayout())
-    v_empty = gl.allocate_shared_memory(gl.int64, [NUM_STAGES, 1], mbarrier.MBarrierLayout())
-    pp_bars = gl.allocate_shared_memory(gl.int64, [2, 1], mbarrier.MBarrierLayout())
-    mbarrier.init(q_bar, count=1)
-    for i in gl.static_range(NUM_STAGES):
-        mbarrier.init(k_ready.index(i), count=1)
-        mbarrier.init(v_ready.index(i), count=1)
-        mbarrier.init(k_empty.index(i), count=2)
-        mbarrier.init(v_empty.index(i), count=2)
-    mbarrier.init(pp_bars.index(0), count=1)
-    mbarrier.init(pp_bars.index(1), count=1)
-    fence_async_shared()
+    q_bar, k_ready, k_empty, v_ready, v_empty, pp_bars = _barriers(NUM_STAGES)
 
     gl.warp_specialize([
         (_consumer, (q_smem, k_smem, v_smem, o_smem, q_bar, k_ready, k_empty, v_ready, v_empty, pp_bars, o_desc,
