@@ -3,7 +3,7 @@
 # Usage (from the repo root on the GPU machine): bash benchmarks/gpu_session.sh [tests] [gluon-tests] [hopper] [hopper-gluon] [hopper-tests] [bench] [bench-quick] [e2e] [e2e-544] [e2e-c720] [e2e-c720-quick] [e2e-c720-8bit] [e2e-c544] [e2e-cwan] [e2e-c15] [wan-forward] [reuse] [multigpu] [cache-hv:NAME] [cache-wan:NAME]
 # cache-*: NAME a --cache of xvid bench --e2e (NAME:key=value,... for its parameters); CACHE_ARGS adds e.g.
 # "--computed-fraction 0.6" (firstblock/magcache); CAP the XAttention setting (default cap0.35; e.g. cap0.49);
-# PRECISION the 8-bit precision of e2e-c720-8bit (default int8)
+# PRECISION the 8-bit precision of e2e-c720-8bit (default int8; its run has CAP in bf16 and in PRECISION)
 set -u
 OUT=${OUT:-/tmp/out}
 mkdir -p "$OUT"
@@ -26,7 +26,7 @@ for step in "$@"; do
     e2e-544) timeout 300 python3 benchmarks/bench_e2e.py --models hunyuan-video --shapes 544p --out-dir "$OUT" 2>&1 | tee "$OUT/e2e-544.txt" | tail -30 ;;
     e2e-c720) timeout 590 python3 benchmarks/bench_e2e.py --models hunyuan-video --shapes 720p --compile --settings stock dense cap0.35 cap0.35-reuse2 --name e2e-compile-hunyuan-720p-$(gpu) --out-dir "$OUT" 2>&1 | tee "$OUT/e2e-c720.txt" | tail -30 ;;
     e2e-c720-quick) PYTORCH_CUDA_ALLOC_CONF=expandable_segments:True timeout 590 python3 benchmarks/bench_e2e.py --models hunyuan-video --shapes 720p --compile --settings stock ${CAP:-cap0.35} --name e2e-compile-hunyuan-720p-quick-$(gpu) --out-dir "$OUT" 2>&1 | tee "$OUT/e2e-c720-quick.txt" | tail -20 ;;
-    e2e-c720-8bit) PYTORCH_CUDA_ALLOC_CONF=expandable_segments:True timeout 590 python3 benchmarks/bench_e2e.py --models hunyuan-video --shapes 720p --compile --settings stock ${CAP:-cap0.35} --precision ${PRECISION:-int8} --name e2e-compile-hunyuan-720p-${PRECISION:-int8}-$(gpu) --out-dir "$OUT" 2>&1 | tee "$OUT/e2e-c720-8bit.txt" | tail -20 ;;
+    e2e-c720-8bit) PYTORCH_CUDA_ALLOC_CONF=expandable_segments:True timeout 590 python3 benchmarks/bench_e2e.py --models hunyuan-video --shapes 720p --compile --settings stock ${CAP:-cap0.35} ${CAP:-cap0.35}-${PRECISION:-int8} --name e2e-compile-hunyuan-720p-${PRECISION:-int8}-$(gpu) --out-dir "$OUT" 2>&1 | tee "$OUT/e2e-c720-8bit.txt" | tail -20 ;;
     e2e-c544) timeout 300 python3 benchmarks/bench_e2e.py --models hunyuan-video --shapes 544p --compile --name e2e-compile-hunyuan-544p-$(gpu) --out-dir "$OUT" 2>&1 | tee "$OUT/e2e-c544.txt" | tail -30 ;;
     e2e-cwan) timeout 400 python3 benchmarks/bench_e2e.py --models wan2.1-14b --compile --settings stock dense cap0.2 cap0.35 cap0.35-reuse2 --name e2e-compile-wan-720p-$(gpu) --out-dir "$OUT" 2>&1 | tee "$OUT/e2e-cwan.txt" | tail -30 ;;
     e2e-c15) timeout 560 python3 benchmarks/bench_e2e.py --models hunyuan-video-1.5 --compile --settings stock dense cap0.35 cap0.35-reuse2 --name e2e-compile-hunyuan15-720p-$(gpu) --out-dir "$OUT" 2>&1 | tee "$OUT/e2e-c15.txt" | tail -30 ;;

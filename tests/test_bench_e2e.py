@@ -34,6 +34,22 @@ def test_any_cap_is_a_setting_and_a_bad_one_is_one_clear_line(capsys):
         assert f"unknown setting '{bad}'" in err[-1] and "capD" in err[-1], err
 
 
+def test_a_setting_can_run_in_8_bits_beside_its_bf16_self(capsys):
+    """``NAME-int8`` / ``NAME-fp8``: the setting NAME with that precision, so one run times both against stock."""
+    settings = e2e_models.xattn_settings(5, "bf16", ["stock", "cap0.35", "cap0.35-int8", "cap0.49-fp8", "dense-int8"])
+    assert "precision" not in settings["cap0.35"]
+    assert settings["cap0.35-int8"] == {**settings["cap0.35"], "precision": "int8"}
+    assert settings["cap0.49-fp8"] == {**settings["cap0.49"], "precision": "fp8"}
+    assert settings["dense-int8"]["precision"] == "int8" and settings["dense-int8"]["threshold"] == 1.0
+    assert e2e_models.setting_name("cap0.35-reuse2-int8") == "cap0.35-reuse2-int8"
+    for bad in ("stock-int8", "cap0.35-int4", "tau0.8-fp8"):
+        with pytest.raises(SystemExit) as exc:
+            cli.main(["bench", "--e2e", "--settings", "stock", bad])
+        assert exc.value.code == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert f"unknown setting '{bad}'" in err[-1], err
+
+
 def test_result_files_keep_dots_in_the_name(tmp_path):
     json_path, md_path = e2e.result_files(tmp_path / "e2e-wan-cap0.49-taylorseer3")
     assert (json_path.name, md_path.name) == ("e2e-wan-cap0.49-taylorseer3.json", "e2e-wan-cap0.49-taylorseer3.md")

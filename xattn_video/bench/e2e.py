@@ -216,6 +216,10 @@ def run(args: argparse.Namespace, log: Callable[[str], None], device: torch.devi
     if args.precision != "bf16":
         results["notes"].append(f"xattn.precision: {args.precision} in every setting but stock (8-bit q/k in the "
                                 f"sparse kernel and the dense path)")
+    for name in args.settings:  # NAME-fp8 / NAME-int8 beside bf16 settings in the same run
+        prec = (settings.get(name) or {}).get("precision", "bf16")
+        if prec != args.precision:
+            results["notes"].append(f"{name}: xattn.precision {prec} (kernel {sparse_kernel(device, 'auto', prec)})")
     cache_runs: list[dict] = []
     if getattr(args, "cache", None):
         from . import e2e_cache
@@ -312,7 +316,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--shapes", nargs="+", help="shape keys (hunyuan-video: 720p 544p; wan2.1-14b: 720p 480p; hunyuan-video-1.5: 720p 480p); "
                                                "default: each model's presets")
     p.add_argument("--settings", nargs="+", type=setting_name, default=list(SETTINGS),
-                   help=f"settings timed: {', '.join(SETTINGS)}, or capD (τ 0.9 capped at density D, e.g. cap0.49)")
+                   help=f"settings timed: {', '.join(SETTINGS)}, or capD (τ 0.9 capped at density D, e.g. cap0.49); "
+                        f"NAME-int8 / NAME-fp8: setting NAME (not stock) in that precision (e.g. cap0.35-int8)")
     p.add_argument("--steps", type=int, default=50, help="denoising steps of the projected video")
     p.add_argument("--warmup-steps", type=int, default=5, help="dense warmup steps of the projected video")
     p.add_argument("--reuse", type=int, default=2, help="also project selection reuse every N sparse steps (<=1: off)")

@@ -217,29 +217,41 @@ MODELS: dict[str, ModelSpec] = {m.name: m for m in (HUNYUAN, WAN, HUNYUAN15)}
 
 
 CAP_SETTING = re.compile(r"cap(0?\.\d*[1-9]\d*|1(\.0*)?)")  # capD: τ 0.9 capped at density D in (0, 1]
+# NAME-fp8 / NAME-int8: setting NAME (not stock) with that xattn.precision, beside NAME in bf16 in the same run
+PRECISION_SUFFIX = re.compile(r"(.+)-(fp8|int8)")
+
+
+def _base_setting(text: str) -> bool:
+    return text in SETTINGS or CAP_SETTING.fullmatch(text) is not None
 
 
 def setting_name(text: str) -> str:
-    """``--settings`` value check: one of ``SETTINGS`` or ``capD`` for any density D in (0, 1] (e.g. ``cap0.49``,
-    the density a quality setting keeps on the mini model)."""
-    if text in SETTINGS or CAP_SETTING.fullmatch(text):
+    """``--settings`` value check: one of ``SETTINGS``, ``capD`` for any density D in (0, 1] (e.g. ``cap0.49``,
+    the density a quality setting keeps on the mini model), or either of those but stock with ``-fp8`` / ``-int8``
+    (that setting in 8-bit precision, e.g. ``cap0.35-int8``)."""
+    suffixed = PRECISION_SUFFIX.fullmatch(text)
+    if _base_setting(text) or (suffixed and suffixed[1] != "stock" and _base_setting(suffixed[1])):
         return text
     raise argparse.ArgumentTypeError(f"unknown setting {text!r}: one of {', '.join(SETTINGS)}, or capD with D a "
-                                     f"density in (0, 1] (e.g. cap0.49)")
+                                     f"density in (0, 1] (e.g. cap0.49), optionally with -fp8 or -int8 (not stock)")
 
 
 def xattn_settings(warmup: int, precision: str = "bf16", names: Iterable[str] = ()) -> dict[str, dict | None]:
     """Setting name → config for our attention (None: stock diffusers). Every setting times one sparse step
     (the forward runs with the step set past the warmup), except ``dense`` whose every layer is dense.
     ``precision`` ("bf16", "fp8", "int8": ``xattn.precision``) applies to every setting but stock; ``names``
-    adds any ``capD`` among them (τ 0.9 capped at density D)."""
+    adds any ``capD`` among them (τ 0.9 capped at density D) and any ``NAME-fp8`` / ``NAME-int8`` (setting NAME
+    with that precision, whatever ``precision`` is)."""
     common = {"stride": 8, "block_size": 128, "collect_stats": True, "time_stats": True, "dense_backend": "fast"}
     if precision != "bf16":
         common["precision"] = precision
     tau09 = {**common, "threshold": 0.9, "warmup_steps": warmup}
     # cap0.2 / cap0.35 / cap0.5 always, and any other capD asked for: τ 0.9 capped at density D
-    caps = [n for n in ("cap0.2", "cap0.35", "cap0.5", *names) if CAP_SETTING.fullmatch(n)]
-    return {
+    names = list(names)
+    suffixed = [(n, m[1], m[2]) for n in names if (m := PRECISION_SUFFIX.fullmatch(n))]
+    bases = [base for _, base, _ in suffixed]
+    caps = [n for n in ("cap0.2", "cap0.35", "cap0.5", *names, *bases) if CAP_SETTING.fullmatch(n)]
+    settings: dict[str, dict | None] = {
         "stock": None,
         "dense": {**common, "threshold": 1.0, "warmup_steps": 0},
         **{n: {**tau09, "max_density": float(n[3:])} for n in caps},
@@ -247,6 +259,10 @@ def xattn_settings(warmup: int, precision: str = "bf16", names: Iterable[str] = 
         # a step that reuses the previous step's selections (measured: an untimed estimating step runs first)
         "cap0.35-reuse2": {**tau09, "max_density": 0.35, "selection_reuse": 2},
     }
+    for name, base, prec in suffixed:
+        if settings.get(base) is not None:
+            settings[name] = {**settings[base], "precision": prec}
+    return settings
 
 
 # ---------------------------------------------------------------- building
