@@ -5,7 +5,9 @@ folders on fixed two-object clips, per noise level σ and per block.
 
 Per folder and σ: 1 − (share of each clause's cross-attention mass that comes from the video tokens inside its
 object's track), averaged over clauses and clips (0: only the object's tokens read its clause; ~1 − coverage: the
-clause is read evenly by all tokens). Same clips, noise and prompts for every folder. CPU: ~1 min per folder.
+clause is read evenly by all tokens), and the own-clause share: of the attention that object i's tokens put on the
+two clauses, the part on clause i (0.5: they do not tell the clauses apart, so they cannot read "their" direction).
+Same clips, noise and prompts for every folder. CPU: ~1 min per folder.
 """
 
 from __future__ import annotations
@@ -26,12 +28,31 @@ from xattn_video.mini.model import TEXT_LEN, encode_prompts, latent_norm, load_f
 from xattn_video.mini.train import encode_video, latent_thumbnail  # noqa: E402
 from xattn_video.video_io import write_text  # noqa: E402
 
-SIGMAS = (0.99, 0.9, 0.6, 0.3)
+SIGMAS = (0.99, 0.97, 0.95, 0.9, 0.6, 0.3)
+
+
+def own_clause_share(layers: list[torch.Tensor], regions: torch.Tensor, prompts: list[str]) -> float:
+    """How much the tokens inside object i read clause i rather than the other clause: region-weighted attention
+    mass on clause i / (on clause i + on the other one), averaged over layers, clips and the two objects (0.5: the
+    object's tokens do not tell the clauses apart)."""
+    from xattn_video.mini.grounding import clause_spans
+
+    shares = []
+    for b, prompt in enumerate(prompts):
+        spans = clause_spans(prompt)[:2]
+        if len(spans) < 2:
+            continue
+        for maps in layers:
+            mass = torch.stack([maps[b, :, s:e].sum(-1) for s, e in spans])  # [2 clauses, N]
+            for i in range(2):
+                inside = (mass * regions[b, i]).sum(-1)  # [2]: attention of object i's tokens on each clause
+                shares.append((inside[i] / inside.sum().clamp_min(1e-12)).item())
+    return sum(shares) / max(1, len(shares))
 
 
 @torch.no_grad()
-def probe(folder: str, clips: int, seed: int) -> tuple[float, list[tuple[float, float, list[float]]]]:
-    """(object coverage per slot, [(σ, loss, loss per block)])."""
+def probe(folder: str, clips: int, seed: int) -> tuple[float, list[tuple[float, float, float, list[float]]]]:
+    """(object coverage per slot, [(σ, loss, own-clause share, loss per block)])."""
     _, pipe = load_folder(folder)
     tr, te, vae = pipe.transformer.eval(), pipe.text_encoder.eval(), pipe.vae.eval()
     mean, std = latent_norm(vae, "cpu")
@@ -49,6 +70,7 @@ def probe(folder: str, clips: int, seed: int) -> tuple[float, list[tuple[float, 
             tr((1 - sigma) * z0 + sigma * noise, timestep=torch.full((clips,), sigma * 1000),
                encoder_hidden_states=text, return_dict=False)
         rows.append((sigma, grounding_loss(maps.layers, regions, prompts).item(),
+                     own_clause_share(maps.layers, regions, prompts),
                      [grounding_loss([m], regions, prompts).item() for m in maps.layers]))
     return regions.sum(-1).mean().item() / regions.shape[-1], rows
 
@@ -60,11 +82,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--seed", type=int, default=123)
     p.add_argument("--out-dir", type=Path, default=None)
     args = p.parse_args(argv)
-    lines = ["| weights | object coverage | σ | grounding loss | per block |", "|---|---:|---:|---:|---|"]
+    lines = ["| weights | object coverage | σ | grounding loss | own-clause share | loss per block |",
+             "|---|---:|---:|---:|---:|---|"]
     for folder in args.weights:
         cover, rows = probe(folder, args.clips, args.seed)
-        for sigma, loss, per_block in rows:
-            lines.append(f"| `{folder}` | {cover:.3f} | {sigma:g} | {loss:.3f} | "
+        for sigma, loss, own, per_block in rows:
+            lines.append(f"| `{folder}` | {cover:.3f} | {sigma:g} | {loss:.3f} | {own:.3f} | "
                          + " ".join(f"{x:.3f}" for x in per_block) + " |")
         print("\n".join(lines[-len(rows):]), flush=True)
     table = "\n".join(lines)
