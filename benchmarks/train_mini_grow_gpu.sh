@@ -16,9 +16,10 @@
 #      objects the prompt's way but 13 of 32 in two-object prompts (direction words bound to the wrong object)   from h
 #      (run 2026-12-06: two-object 16/32, shape down to 0.70 at mini; not shipped)
 #   j. (to try) as i with the cross-attention grounding loss instead of the binding weight (--grounding-weight
-#      $GROUNDING, default 0.01: object i's tokens read the prompt's i-th clause, mini.grounding; trains eager)  from h
-#      (run 2026-12-06 at weight 1: mini 0.39, not shipped; the loss cannot act at σ 0.99, where the binding is
-#      decided: benchmarks/NOTES.md)
+#      $GROUNDING, default 0.05, on clips at σ ≥ $GROUNDING_SIGMA, default 0.9: object i's tokens read the prompt's
+#      i-th clause, mini.grounding; trains eager)                                                               from h
+#      (run 2026-12-06 at weight 1 on every σ: routing learned, prompt use at low σ lost, mini 0.39, not shipped;
+#      routing by hand on the shipped weights lifts two-object directions 5 → 13 of 24: benchmarks/NOTES.md)
 # One device call (≤ 10 min) runs a b c, the next d, the next e f, then g, then h (g h in one call pass the 10 minutes
 # once both prompt_match checks run): give the stages as arguments; a stage starts from
 # /tmp/mini-<previous stage>, or from INIT=FOLDER (e.g. the previous call's folder, unpacked from $OUT). The last
@@ -61,7 +62,7 @@ for stage in "$@"; do
     i) env "${env_common[@]}" WORD_GAP=${WORD_GAP:-1} PM_GUIDANCE=1 bash benchmarks/train_mini_gpu.sh --init "$init" \
          --flow-shift 20 --large-flow-shift 55 --warmup 50 --lr 3e-4 --shape-weight 10 --direction-weight 2 --binding-weight 8 --two-prob 0.7 "${COMMON[@]}" ;;
     j) env "${env_common[@]}" WORD_GAP=${WORD_GAP:-1} PM_GUIDANCE=1 bash benchmarks/train_mini_gpu.sh --init "$init" \
-         --flow-shift 20 --large-flow-shift 55 --warmup 50 --lr 3e-4 --shape-weight 10 --direction-weight 2 --grounding-weight ${GROUNDING:-0.01} --two-prob 0.7 "${COMMON[@]}" ;;
+         --flow-shift 20 --large-flow-shift 55 --warmup 50 --lr 3e-4 --shape-weight 10 --direction-weight 2 --grounding-weight ${GROUNDING:-0.05} --grounding-sigma-min ${GROUNDING_SIGMA:-0.9} --two-prob 0.7 "${COMMON[@]}" ;;
   esac
   rm -f /tmp/grow-$stage/mini.tar.part-*
   last=$stage

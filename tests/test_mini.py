@@ -427,13 +427,13 @@ def test_training_smoke_with_latent_reuse(tmp_path):
             "--large-every", "0", "--mini-shape", "5", "32", "32", "--warmup", "1", "--log-every", "1",
             "--latent-reuse", "2", "--flow-shift", "12", "--large-flow-shift", "30", "--shape-weight", "4",
             "--direction-weight", "2", "--binding-weight", "3", "--two-prob", "0.75", "--grounding-weight", "0.5",
-            "--device", "cpu"]
+            "--grounding-sigma-min", "0.5", "--device", "cpu"]
     assert train.main(args) == 0  # the shape weight and the regions ride through the pool as more latent channels
     record = json.loads((out / "training.json").read_text())
     assert record["args"]["latent_reuse"] == 2 and record["args"]["sigma_sampling"] == "uniform"
     assert record["args"]["shape_weight"] == 4.0 and record["args"]["direction_weight"] == 2.0
     assert record["args"]["binding_weight"] == 3.0 and record["args"]["two_prob"] == 0.75
-    assert record["args"]["grounding_weight"] == 0.5
+    assert record["args"]["grounding_weight"] == 0.5 and record["args"]["grounding_sigma_min"] == 0.5
     # the shift trained with is the shift sampled with: the folder's scheduler (mini) and the presets' record
     from xattn_video.mini import trained_flow_shift
 

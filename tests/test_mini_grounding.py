@@ -112,3 +112,18 @@ def test_batched_loss_equals_the_per_clause_definition():
     expected = torch.stack(terms).mean()
     assert len(terms) == 3 * 2
     assert torch.allclose(grounding.grounding_loss(layers, regions, prompts), expected, atol=1e-6)
+
+
+def test_only_clips_in_the_sigma_window_are_grounded():
+    prompts = ["a red ball moving left and a blue square moving up", "a green ball moving down", ""]
+    sigma = torch.tensor([0.99, 0.5, 0.97]).view(3, 1, 1, 1, 1)
+    assert grounding.prompts_in_window(prompts, sigma, 0.9) == [prompts[0], "", ""]
+    assert grounding.prompts_in_window(prompts, sigma, 0.0) == prompts
+    assert grounding.prompts_in_window(prompts, sigma, 0.995) == ["", "", ""]
+    # the loss over the window is the loss of the clips in it
+    torch.manual_seed(0)
+    layers = [torch.rand(3, 12, 128).softmax(-1)]
+    regions = torch.rand(3, 2, 12)
+    window = grounding.prompts_in_window(prompts, sigma, 0.9)
+    assert torch.allclose(grounding.grounding_loss(layers, regions, window),
+                          grounding.grounding_loss([layers[0][:1]], regions[:1], prompts[:1]))

@@ -102,4 +102,14 @@ def grounding_loss(layers: list[torch.Tensor], regions: torch.Tensor, prompts: l
     return (1 - grounded)[:, present.to(regions.device)].mean()
 
 
-__all__ = ["CrossAttentionMaps", "clause_spans", "grounding_loss", "token_regions"]
+def prompts_in_window(prompts: list[str], sigma: torch.Tensor, sigma_min: float) -> list[str]:
+    """``prompts`` with those of clips whose training σ is below ``sigma_min`` emptied, so that
+    :func:`grounding_loss` counts only the clips at σ ≥ ``sigma_min`` (the noise levels where a sample's colours
+    and motions are decided, σ ≈ 0.98–0.95: ``benchmarks/mini_commit_probe.py``). sigma: [B] (or [B, 1, ...])."""
+    if sigma_min <= 0:
+        return list(prompts)
+    low = (sigma.reshape(len(prompts), -1)[:, 0] < sigma_min).tolist()
+    return ["" if below else prompt for prompt, below in zip(prompts, low)]
+
+
+__all__ = ["CrossAttentionMaps", "clause_spans", "grounding_loss", "prompts_in_window", "token_regions"]

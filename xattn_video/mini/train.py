@@ -34,7 +34,7 @@ import torch.nn.functional as F
 
 from .data import random_clips, render, training_prompt
 from .grammar import MAX_OBJECTS, ObjectSpec, format_prompt, sample_objects, swap_clip
-from .grounding import CrossAttentionMaps, grounding_loss, token_regions
+from .grounding import CrossAttentionMaps, grounding_loss, prompts_in_window, token_regions
 from .model import (SCHEDULER_CONFIG, TEXT_LEN, build_components, build_pipeline, encode_prompts, latent_norm,
                     tokens_per_call)
 
@@ -94,6 +94,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="weight of the cross-attention grounding loss (mini.grounding: the tokens of object i should "
                         "read the prompt's i-th clause), added to the flow loss; trains eager (no --compile). The "
                         "shipped weights bind direction words to the wrong object. 0: off")
+    p.add_argument("--grounding-sigma-min", type=float, default=0.0,
+                   help="apply the grounding loss only to clips trained at σ ≥ this (0: all); where colour and "
+                        "motion are decided, σ 0.98-0.95, is where the routing matters (benchmarks/NOTES.md)")
     p.add_argument("--two-prob", type=float, default=0.5,
                    help="share of the training clips with two objects (the shipped recipe: 0.5)")
     p.add_argument("--latent-reuse", type=int, default=1,
@@ -133,6 +136,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         args.vae_steps = 0 if starts_with_vae and args.vae_seconds is None else 1500
     if args.large_flow_shift is None:
         args.large_flow_shift = args.flow_shift
+    if not 0 <= args.grounding_sigma_min <= 1:
+        p.error(f"--grounding-sigma-min must be in [0, 1], got {args.grounding_sigma_min}")
     if not 0 <= args.two_prob <= 1:
         p.error(f"--two-prob must be in [0, 1], got {args.two_prob}")
     for flag in ("shape_weight", "direction_weight", "binding_weight", "grounding_weight"):
@@ -607,7 +612,8 @@ def main(argv: list[str] | None = None) -> int:
         loss = flow_loss(pred.float(), noise - z0, weight)
         if grounding:
             patch = tuple(transformer.config.patch_size[1:])
-            loss = loss + args.grounding_weight * grounding_loss(maps.layers, token_regions(regions, patch), prompts)
+            in_window = prompts_in_window(prompts, sigma, args.grounding_sigma_min)
+            loss = loss + args.grounding_weight * grounding_loss(maps.layers, token_regions(regions, patch), in_window)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)
