@@ -140,9 +140,10 @@ def test_takes_8bit_is_gluon_takes_in_bf16_only():
 
 
 def test_8bit_precisions_run_the_hopper_kernel_where_gluon_is_chosen(gen, monkeypatch):
-    """precision fp8/int8 go through ``attention_8bit_hopper`` wherever ``attention_kernel`` says "gluon", with the
-    right q·kᵀ format, bf16 P·V, the selection's lists (sparse) or kv_len (dense); ``sparse_kernel`` names it. The
-    launch is replaced by a recorder (the kernel itself is tested on the GPU below)."""
+    """precision fp8/int8 go through the custom op ``attention_8bit_hopper`` wherever ``attention_kernel`` says
+    "gluon", with the right q·kᵀ format, bf16 P·V, the selection's lists (sparse) or kv_len (dense);
+    ``sparse_kernel`` names it. The launch is replaced by a recorder (the kernel itself is tested on the GPU
+    below)."""
     from xattn_video.kernels import api
     from xattn_video.kernels import gluon_attention_fp8 as g8
     from xattn_video.kernels import triton_attention_v2 as v2
@@ -178,20 +179,26 @@ def test_8bit_precisions_run_the_hopper_kernel_where_gluon_is_chosen(gen, monkey
 @cpu_only
 def test_hopper_8bit_op_falls_back_to_the_triton_8bit_kernel(gen, monkeypatch):
     """Inputs the 8-bit Gluon kernel does not take (fp16 here) run ``triton_attention_v2``'s 8-bit kernel
-    (interpreted): bitwise its result, sparse and dense."""
+    (interpreted) inside the Hopper op: bitwise its result, sparse and dense."""
     monkeypatch.setenv("TRITON_INTERPRET", "1")
     pytest.importorskip("triton")
     from xattn_video.kernels import gluon_attention_fp8 as g8
-    from xattn_video.kernels.triton_attention_v2 import attention_v2
+    from xattn_video.kernels import triton_attention_v2 as v2
 
+    asked = []
+    real_takes = g8.takes_8bit
+    monkeypatch.setattr(g8, "takes_8bit", lambda *a: asked.append(1) or real_takes(*a))
+    monkeypatch.setattr(v2, "attention_kernel", lambda device: "gluon")  # the Hopper op, as on an H100
     q, k, v = make_qkv(gen, 2, 300, 2, 64, dtype=torch.float16)
     kv = torch.tensor([300, 211], dtype=torch.int32)
     sel = BlockSelection.from_mask(torch.rand(2, 2, 3, 3, generator=gen) < 0.5, block_size=128, q_len=300, kv_len=kv)
     for precision in ("int8", "fp8"):
-        out = g8.attention_8bit_hopper(q, k, v, sel, kv, precision)
-        assert torch.equal(out, attention_v2(q, k, v, sel, kv, precision=precision)), f"seed {gen.initial_seed()}"
-        dense = g8.attention_8bit_hopper(q, k, v, None, kv, precision)
-        assert torch.equal(dense, attention_v2(q, k, v, None, kv, precision=precision)), f"seed {gen.initial_seed()}"
+        out = v2.attention_8bit(q, k, v, sel, kv, precision)
+        assert torch.equal(out, v2.attention_v2(q, k, v, sel, kv, precision=precision)), f"seed {gen.initial_seed()}"
+        dense = v2.attention_8bit(q, k, v, None, kv, precision)
+        assert torch.equal(dense, v2.attention_v2(q, k, v, None, kv, precision=precision)), \
+            f"seed {gen.initial_seed()}"
+    assert len(asked) == 4, "the Hopper op did not run"
 
 
 # --- on a Hopper GPU ----------------------------------------------------------------------------------------------

@@ -62,8 +62,8 @@ def dense_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, kv_len: K
     positions ≥ kv_len[b] are never read, so their contents (inf, NaN) cannot matter. Batch entries with the
     same length next to each other share one SDPA call (B is 1 or 2 in practice).
     ``precision`` "fp8" / "int8": the 8-bit kernel in dense mode (q/k in e4m3 / int8, see ``triton_quant``; the
-    Gluon kernel on Hopper with triton 3.6, the Triton one elsewhere) instead of SDPA; CUDA GPUs only (fp8: compute capability >= 8.9; refused with one line elsewhere); ``scale``
-    must be None.
+    Gluon kernel on Hopper with triton 3.6, the Triton one elsewhere) instead of SDPA; CUDA GPUs only (fp8:
+    compute capability >= 8.9; refused with one line elsewhere); ``scale`` must be None.
     """
     if q.dim() != 4 or k.dim() != 4 or v.dim() != 4:
         raise XAttentionInputError(f"q, k, v must be 4-D [B, S, H, D], got {tuple(q.shape)}, {tuple(k.shape)}, "

@@ -46,7 +46,7 @@ Schedule (one program = one 128-row query block of one (batch, head); grid = (qu
   get zeros (l = 0 → divide by 1).
 - Protocol checked offline: a discrete model of these waits/arrives (stages 1-4, 0-8 tiles, partial last tile,
   ping-pong on/off, random interleavings) never deadlocks and never refills a slot before both consumers
-  released it; every config compiles for sm_90a with 0 spills (see the probe script for the GPU checks).
+  released it; every config compiles for sm_90a with 0 spills (GPU checks: ``tests/test_kernels_gluon.py``).
 
 Exact online softmax in fp32, exp2 domain, scale 1/√D·log2(e), like ``triton_attention._attend``.
 
@@ -418,14 +418,17 @@ def check_selection(q: torch.Tensor, selection: BlockSelection | None) -> None:
                          f"{triton.cdiv(q.shape[1], BLOCK)}")
 
 
+def sparse_args(counts: torch.Tensor, indices: torch.Tensor) -> tuple[bool, torch.Tensor, torch.Tensor, int, int]:
+    """(dense, counts, indices, query blocks, key blocks) as the kernels take a selection's contiguous lists."""
+    return False, counts, indices, counts.shape[2], indices.shape[3]
+
+
 def selection_args(selection: BlockSelection | None, kv_len: torch.Tensor) -> tuple[bool, torch.Tensor, torch.Tensor,
                                                                                    int, int]:
-    """(dense, counts, indices, query blocks, key blocks) as the kernels take them; dense: kv_len stands in for the
-    unused index lists."""
+    """:func:`sparse_args` of ``selection``; dense (None): kv_len stands in for the unused index lists."""
     if selection is None:
         return True, kv_len, kv_len, 0, 0
-    counts, indices = selection.counts.contiguous(), selection.indices.contiguous()
-    return False, counts, indices, counts.shape[2], indices.shape[3]
+    return sparse_args(selection.counts.contiguous(), selection.indices.contiguous())
 
 
 def _descriptor(x: torch.Tensor, rows: int) -> TensorDescriptor:
@@ -522,8 +525,7 @@ def _hopper_sparse_op(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, counts:
                       indices: torch.Tensor, kv_len: torch.Tensor, block_size: int) -> torch.Tensor:
     out = torch.empty_like(q)
     if gluon_takes(q, k, v, block_size):
-        _launch(q, k, v, out, (False, counts, indices, counts.shape[2], indices.shape[3]), kv_len,
-                GluonAttentionConfig())
+        _launch(q, k, v, out, sparse_args(counts, indices), kv_len, GluonAttentionConfig())
     else:  # e.g. a view whose strides TMA cannot take
         from . import triton_attention
 
@@ -568,5 +570,5 @@ def block_sparse_attention_hopper(q: torch.Tensor, k: torch.Tensor, v: torch.Ten
 
 
 __all__ = ["GluonAttentionConfig", "attention_gluon", "block_sparse_attention_hopper", "dense_attention_hopper",
-           "check_launch", "check_selection", "device_index", "gluon_available", "gluon_device", "gluon_takes", "qkv_refusal",
-           "selection_args", "shared_memory_bytes"]
+           "check_launch", "check_selection", "device_index", "gluon_available", "gluon_device", "gluon_takes",
+           "qkv_refusal", "selection_args", "shared_memory_bytes", "sparse_args"]

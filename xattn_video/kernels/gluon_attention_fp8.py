@@ -1,8 +1,8 @@
 """FP8 block-sparse attention forward for Hopper (sm_90a) in Gluon: the FA3-style schedule of ``gluon_attention.py``
 with q·kᵀ (and optionally P·V) on the 8-bit tensor cores (issue 21). With bf16 P·V it is what ``xattention`` and
-``dense_attention`` run for precision fp8 / int8 on a Hopper GPU with triton 3.6 (:func:`attention_8bit_hopper`,
-through ``triton_attention_v2.attention_8bit``); FP8 P·V (``pv_fp8``) is for benchmarks: on video-like inputs it adds
-about 3 % relative error, over issue 21's budget.
+``dense_attention`` run for precision fp8 / int8 on a Hopper GPU with triton 3.6 (the custom op
+:func:`attention_8bit_hopper`, called by ``triton_attention_v2.attention_8bit``); FP8 P·V (``pv_fp8``) is for
+benchmarks: on video-like inputs it adds about 3 % relative error, over issue 21's budget.
 
 Schedule, barriers, partitions and masking rules are those of :mod:`xattn_video.kernels.gluon_attention` (read its
 docstring first): one program per 128-row query block, a 1-warp TMA producer, two consumer warpgroups of 64 query
@@ -13,14 +13,16 @@ for the partial last tile only. The barrier protocol is unchanged (same waits an
 What is different (the arithmetic is that of ``triton_attention_v2`` with ``QK_QUANT`` / ``PV_FP8``):
 
 - Operands: :func:`quantize_fp8` = ``triton_quant.quantize_triton(..., block_m=128, block_n=128, "e4m3")``
-  (its kernels and values; its transposed v then reordered into this kernel's token order, see below): q, k e4m3 [B, S, H, D] with one float32 scale per 128-row tile (k smoothed by
+  (its kernels and values; its transposed v then reordered into this kernel's token order, see below): q, k e4m3
+  [B, S, H, D] with one float32 scale per 128-row tile (k smoothed by
   its mean over the valid tokens), v either as is (bf16/fp16) or e4m3 transposed with one scale per channel.
 - Scores: S = dot(q8, k8ᵀ) (SASS ``QGMMA.64x128x32.F32.E4M3.E4M3``), multiplied by scale_q·scale_k/√D·log2(e) inside the
   exp2 FMA. The k scale of tile j+1 is loaded (through the selection's index when sparse) during round j, so its
   latency is hidden. In the masked (last, partial) tile the scale is applied before the mask: a quantization scale
   can be 0 (a tile whose smoothed keys are all 0), and -inf·0 would be NaN.
 - ``qk_format="int8"`` (``QK_INT8``; SageAttention's choice; on video-like inputs the Triton kernels measured
-  0.7 % error for int8 q·kᵀ against 3 % for e4m3): q, k int8 from ``quantize_triton(..., qk_format="int8")`` (scale amax/127, rounded to nearest even), S on
+  0.7 % error for int8 q·kᵀ against 3 % for e4m3): q, k int8 from ``quantize_triton(..., qk_format="int8")``
+  (scale amax/127, rounded to nearest even), S on
   the s8·s8→s32 wgmma (SASS ``IGMMA.64x128x32.S8.S8``, same rate as FP8 on Hopper, same k = 32, same smem bytes).
   The int32 scores reach float32 as in ``triton_attention_v2``'s QK_INT8: sf = bits(s + 0x4B400000) = 1.5·2^23 + s
   exactly (|s| ≤ 127²·128 < 2^22), one IADD3/VIADD per score, and the offset goes into the row term of the exp2 FMA
@@ -36,7 +38,8 @@ What is different (the arithmetic is that of ``triton_attention_v2`` with ``QK_Q
   quadruples 4t..4t+3 of every 16: a plain ``convert_layout`` moves bytes between threads (measured in SASS: ~24
   SHFL and ~190 PRMT per tile and thread). Instead the keys are relabelled within each group of 16 (key
   16g + 8i + 2t + e is fed as k = 16g + 4t + 2i + e: a register renaming, no instruction) and the transposed V is
-  stored with the same token permutation (:func:`quantize_fp8`, :func:`in_kernel_order`; a ``quantize_triton`` result is reordered by the
+  stored with the same token permutation (:func:`quantize_fp8`, :func:`in_kernel_order`; a ``quantize_triton``
+  result is reordered by the
   launcher). P is cast right after the softmax, before the wait for the previous P·V, into 16 packed 32-bit
   registers (two ``cvt.rn.satfinite.e4m3x2.f32`` each); carried as e4m3 elements LLVM would split it into 64
   single-byte registers and repack them with PRMTs, and a cast placed between two wgmma issues makes ptxas serialise
@@ -90,6 +93,7 @@ from .gluon_attention import (  # noqa: F401 (gl & co. are used by the kernels b
     gluon_takes,
     qkv_refusal,
     selection_args,
+    sparse_args,
 )
 from .inputs import tma_addressable
 
@@ -494,7 +498,8 @@ def _descriptor(x: torch.Tensor, block: list[int]) -> TensorDescriptor:
 
 
 def make_descriptors(qz: QuantizedQKV, v: torch.Tensor, out: torch.Tensor, pv_fp8: bool):
-    """(q, k, v, out) TMA descriptors: q/out [1, 64, 1, D] blocks, k (and bf16 v) [1, 128, 1, D], FP8 v [1, 1, D, 128]."""
+    """(q, k, v, out) TMA descriptors: q/out [1, 64, 1, D] blocks, k (and bf16 v) [1, 128, 1, D], FP8 v
+    [1, 1, D, 128]."""
     D = out.shape[-1]
     half = BLOCK // 2
     q_desc = _descriptor(qz.q, [1, half, 1, D])
@@ -584,35 +589,28 @@ def takes_8bit(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, block_size: in
     return q.dtype == torch.bfloat16 and gluon_takes(q, k, v, block_size)
 
 
-# A custom op: one opaque node for torch.compile, capturable by CUDA graphs, like triton_attention_v2's 8-bit op.
+# A custom op: one opaque node for torch.compile, capturable by CUDA graphs, like triton_attention_v2's 8-bit op
+# (the same arguments: triton_attention_v2.attention_8bit calls whichever of the two runs on the device).
 @torch.library.custom_op("xattn_video::attention_8bit_hopper", mutates_args=())
-def _hopper_8bit_op(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, counts: torch.Tensor, indices: torch.Tensor,
-                    kv_len: torch.Tensor, block_size: int, precision: str, dense: bool) -> torch.Tensor:
+def attention_8bit_hopper(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, counts: torch.Tensor,
+                          indices: torch.Tensor, kv_len: torch.Tensor, block_size: int, precision: str,
+                          dense: bool) -> torch.Tensor:
+    """Precision fp8/int8 attention on a ``gluon_device`` (q·kᵀ in 8 bits, bf16 P·V): this module's kernel where
+    :func:`takes_8bit`, else ``triton_attention_v2``'s (the same arithmetic). Dense: counts/indices unused."""
     if not takes_8bit(q, k, v, block_size):  # e.g. fp16, or a view whose strides TMA cannot take
         from .triton_attention_v2 import launch_8bit
 
         return launch_8bit(q, k, v, None if dense else counts, None if dense else indices, block_size, kv_len,
                            precision)
     out = torch.empty_like(q)
-    args = selection_args(None, kv_len) if dense else (False, counts, indices, counts.shape[2], indices.shape[3])
+    args = selection_args(None, kv_len) if dense else sparse_args(counts, indices)
     _launch(q, k, v, out, args, kv_len, GluonFP8Config(), False, None, QK_FORMAT_OF_PRECISION[precision])
     return out
 
 
-@_hopper_8bit_op.register_fake
+@attention_8bit_hopper.register_fake
 def _(q, k, v, counts, indices, kv_len, block_size, precision, dense):
     return torch.empty_like(q)
-
-
-def attention_8bit_hopper(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, selection: BlockSelection | None,
-                          kv_len: torch.Tensor, precision: str) -> torch.Tensor:
-    """Precision "fp8"/"int8" attention on a ``gluon_device``: block-sparse (``selection``) or dense (None), q·kᵀ
-    in 8 bits and P·V in bf16, this module's kernel where :func:`takes_8bit`, else ``triton_attention_v2``'s (the
-    same arithmetic). q/k/v [B, S, H, D] views, kv_len int32 [B]; returns q's shape and dtype."""
-    if selection is None:
-        return _hopper_8bit_op(q, k, v, kv_len, kv_len, kv_len, BLOCK, precision, True)
-    return _hopper_8bit_op(q, k, v, selection.counts.contiguous(), selection.indices.contiguous(), kv_len,
-                           selection.block_size, precision, False)
 
 
 __all__ = ["GluonFP8Config", "GluonQuantizedQKV", "QK_FORMAT_OF_PRECISION", "attention_8bit_hopper",

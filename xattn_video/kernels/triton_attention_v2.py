@@ -385,9 +385,7 @@ def launch_8bit(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, counts: torch
 @torch.library.custom_op("xattn_video::attention_8bit", mutates_args=())
 def _attention_8bit_op(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, counts: torch.Tensor, indices: torch.Tensor,
                        kv_len: torch.Tensor, block_size: int, precision: str, dense: bool) -> torch.Tensor:
-    if dense:
-        return launch_8bit(q, k, v, None, None, block_size, kv_len, precision)
-    return launch_8bit(q, k, v, counts, indices, block_size, kv_len, precision)
+    return launch_8bit(q, k, v, None if dense else counts, None if dense else indices, block_size, kv_len, precision)
 
 
 @_attention_8bit_op.register_fake
@@ -399,15 +397,15 @@ def attention_8bit(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, selection:
                    kv_len: torch.Tensor, precision: str) -> torch.Tensor:
     """What the operator runs for precision "fp8"/"int8" (q·kᵀ in 8 bits, P·V in bf16), through a custom op: on a
     Hopper GPU with triton 3.6 (``backend.attention_kernel`` is "gluon") the Gluon kernel
-    (``gluon_attention_fp8.attention_8bit_hopper``), elsewhere :func:`attention_v2` with the default launch shape."""
+    (the custom op ``gluon_attention_fp8.attention_8bit_hopper``), elsewhere :func:`attention_v2` with the default
+    launch shape (this module's op); both ops take the same arguments."""
+    op = _attention_8bit_op
     if attention_kernel(q.device) == "gluon":
-        from .gluon_attention_fp8 import attention_8bit_hopper
-
-        return attention_8bit_hopper(q, k, v, selection, kv_len, precision)
+        from .gluon_attention_fp8 import attention_8bit_hopper as op
     if selection is None:
-        return _attention_8bit_op(q, k, v, kv_len, kv_len, kv_len, 128, precision, True)
-    return _attention_8bit_op(q, k, v, selection.counts.contiguous(), selection.indices.contiguous(), kv_len,
-                              selection.block_size, precision, False)
+        return op(q, k, v, kv_len, kv_len, kv_len, 128, precision, True)
+    return op(q, k, v, selection.counts.contiguous(), selection.indices.contiguous(), kv_len, selection.block_size,
+              precision, False)
 
 
 def _launch(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, counts: torch.Tensor | None,
@@ -497,5 +495,5 @@ def with_config(cfg: V2Config, **changes) -> V2Config:
     return replace(cfg, **changes)
 
 
-__all__ = ["BF16_VARIANTS", "V2Config", "VARIANT_ENV_VAR", "attention_8bit", "attention_v2", "default_fp8_config", "launch_8bit",
-           "variant_config"]
+__all__ = ["BF16_VARIANTS", "V2Config", "VARIANT_ENV_VAR", "attention_8bit", "attention_v2", "default_fp8_config",
+           "launch_8bit", "variant_config"]
