@@ -23,7 +23,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from xattn_video.mini.data import render  # noqa: E402
 from xattn_video.mini.grammar import format_prompt, sample_objects  # noqa: E402
-from xattn_video.mini.grounding import CrossAttentionMaps, grounding_loss, token_regions  # noqa: E402
+from xattn_video.mini.grounding import CrossAttentionMaps, clause_mass, grounding_loss, token_regions  # noqa: E402
 from xattn_video.mini.model import TEXT_LEN, encode_prompts, latent_norm, load_folder  # noqa: E402
 from xattn_video.mini.train import encode_video, latent_thumbnail  # noqa: E402
 from xattn_video.video_io import write_text  # noqa: E402
@@ -33,21 +33,12 @@ SIGMAS = (0.99, 0.97, 0.95, 0.9, 0.6, 0.3)
 
 def own_clause_share(layers: list[torch.Tensor], regions: torch.Tensor, prompts: list[str]) -> float:
     """How much the tokens inside object i read clause i rather than the other clause: region-weighted attention
-    mass on clause i / (on clause i + on the other one), averaged over layers, clips and the two objects (0.5: the
-    object's tokens do not tell the clauses apart)."""
-    from xattn_video.mini.grounding import clause_spans
-
-    shares = []
-    for b, prompt in enumerate(prompts):
-        spans = clause_spans(prompt)[:2]
-        if len(spans) < 2:
-            continue
-        for maps in layers:
-            mass = torch.stack([maps[b, :, s:e].sum(-1) for s, e in spans])  # [2 clauses, N]
-            for i in range(2):
-                inside = (mass * regions[b, i]).sum(-1)  # [2]: attention of object i's tokens on each clause
-                shares.append((inside[i] / inside.sum().clamp_min(1e-12)).item())
-    return sum(shares) / max(1, len(shares))
+    mass on clause i / (on clause i + on the other one), averaged over layers, clips with two clauses and the two
+    objects (0.5: the object's tokens do not tell the clauses apart)."""
+    mass, present = clause_mass(layers, prompts, 2)  # [layers, B, 2 clauses, N]
+    read = torch.einsum("kbjn,bin->kbij", mass, regions[:, :2])  # object i's tokens on clause j
+    own = read.diagonal(dim1=-2, dim2=-1) / read.sum(-1).clamp_min(1e-12)  # [layers, B, 2]
+    return own[:, present.all(-1)].mean().item()
 
 
 @torch.no_grad()

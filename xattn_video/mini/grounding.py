@@ -87,19 +87,26 @@ def grounding_loss(layers: list[torch.Tensor], regions: torch.Tensor, prompts: l
     where a_i[n] is the attention token n puts on clause i's text positions and r_i[n] object i's coverage of n.
     layers: [B, N, L] each; regions [B, S, N] (slot i = the prompt's i-th object). One batched product per call
     (no loop over clips or layers on the device)."""
-    B, S, _ = regions.shape
-    L = layers[0].shape[-1]
-    clauses = torch.zeros(B, S, L)  # [b, i, l] = 1 where text position l belongs to clip b's i-th clause
-    for b, prompt in enumerate(prompts):
-        for slot, (start, end) in enumerate(clause_spans(prompt)[:S]):
-            clauses[b, slot, start:min(end, L)] = 1
-    present = clauses.sum(-1) > 0  # [B, S]
+    mass, present = clause_mass(layers, prompts, regions.shape[1], regions.dtype)
     if not present.any():
         return regions.new_zeros(())
-    clauses = clauses.to(regions.device, regions.dtype)
-    mass = torch.einsum("kbnl,bsl->kbsn", torch.stack(layers).to(regions.dtype), clauses)  # [layers, B, S, N]
     grounded = (mass * regions).sum(-1) / mass.sum(-1).clamp_min(1e-12)  # [layers, B, S]
-    return (1 - grounded)[:, present.to(regions.device)].mean()
+    return (1 - grounded)[:, present].mean()
+
+
+def clause_mass(layers: list[torch.Tensor], prompts: list[str], slots: int,
+                dtype: torch.dtype = torch.float32) -> tuple[torch.Tensor, torch.Tensor]:
+    """The attention each video token puts on each clause of its clip's prompt: ([layers, B, slots, N] — slot i is
+    the prompt's i-th clause, zeros where it has none — and bool [B, slots]: the clause exists). layers: [B, N, L]
+    each, as :class:`CrossAttentionMaps` records them."""
+    stacked = torch.stack(layers).to(dtype)
+    B, L = stacked.shape[1], stacked.shape[-1]
+    clauses = torch.zeros(B, slots, L)  # [b, i, l] = 1 where text position l belongs to clip b's i-th clause
+    for b, prompt in enumerate(prompts):
+        for slot, (start, end) in enumerate(clause_spans(prompt)[:slots]):
+            clauses[b, slot, start:min(end, L)] = 1
+    present = (clauses.sum(-1) > 0).to(stacked.device)
+    return torch.einsum("kbnl,bsl->kbsn", stacked, clauses.to(stacked.device, dtype)), present
 
 
 def prompts_in_window(prompts: list[str], sigma: torch.Tensor, sigma_min: float) -> list[str]:
@@ -112,4 +119,4 @@ def prompts_in_window(prompts: list[str], sigma: torch.Tensor, sigma_min: float)
     return ["" if below else prompt for prompt, below in zip(prompts, low)]
 
 
-__all__ = ["CrossAttentionMaps", "clause_spans", "grounding_loss", "prompts_in_window", "token_regions"]
+__all__ = ["CrossAttentionMaps", "clause_mass", "clause_spans", "grounding_loss", "prompts_in_window", "token_regions"]
