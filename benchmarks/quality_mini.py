@@ -22,14 +22,19 @@ from pathlib import Path
 import numpy as np
 
 
-def _setting_runs(base, taus: list[float], warmups: list[int]) -> list[tuple[str, object]]:
+def _setting_runs(base, taus: list[float], warmups: list[int],
+                  precisions: list[str] = ("bf16",)) -> list[tuple[str, object]]:
+    """(name, config) per (warmup, τ, precision); the name says the precision only when it is not bf16."""
     from xattn_video.config import xattn_config
 
     settings = []
     for warmup in warmups:
         for tau in taus:
-            xattn = xattn_config({**dataclasses.asdict(base.xattn), "threshold": tau, "warmup_steps": warmup})
-            settings.append((f"τ {tau:g}, warmup {warmup}", dataclasses.replace(base, xattn=xattn)))
+            for precision in precisions:
+                xattn = xattn_config({**dataclasses.asdict(base.xattn), "threshold": tau, "warmup_steps": warmup,
+                                      "precision": precision})
+                suffix = "" if precision == "bf16" else f", {precision}"
+                settings.append((f"τ {tau:g}, warmup {warmup}{suffix}", dataclasses.replace(base, xattn=xattn)))
     return settings
 
 
@@ -58,6 +63,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--metrics", default="psnr,ssim,lpips")
     p.add_argument("--steps", type=int, default=None, help="denoising steps (default: the preset's)")
     p.add_argument("--device", default="auto")
+    p.add_argument("--precisions", nargs="+", default=["bf16"], choices=["bf16", "fp8", "int8"],
+                   help="run every τ setting at each precision (fp8/int8: 8-bit q/k, a GPU with FP8 tensor cores)")
+    p.add_argument("--name", default=None, help="results file stem (default quality-<model>-<device>)")
     p.add_argument("--out-dir", type=Path, required=True)
     args = p.parse_args(argv)
 
@@ -66,14 +74,17 @@ def main(argv: list[str] | None = None) -> int:
     pipe = load_pipeline(base.model)
     pairs = held_out_pairs(args.pairs)
     warmups = [base.xattn.warmup_steps] + ([0] if args.no_warmup_too and base.xattn.warmup_steps else [])
-    settings = _setting_runs(base, args.taus, warmups)
+    settings = _setting_runs(base, args.taus, warmups, args.precisions)
     metrics = [m for m in args.metrics.split(",") if m]
 
     def for_pair(run, prompt: str, seed: int):
         g = dataclasses.replace(run.generation, prompt=prompt, seed=seed)
         return dataclasses.replace(run, generation=g)
 
-    warm_up(pipe, for_pair(base, *pairs[0]))  # xvid compare's untimed warm-up: each path the timed runs take
+    # xvid compare's untimed warm-up: each path the timed runs take, once per precision (8-bit kernels compile apart)
+    for precision in dict.fromkeys(args.precisions):
+        run = next(run for _, run in settings if run.xattn.precision == precision)
+        warm_up(pipe, for_pair(run, *pairs[0]))
 
     rows: dict[str, dict[str, list[float]]] = {}
     dense_frames = []
@@ -120,8 +131,8 @@ def main(argv: list[str] | None = None) -> int:
                  f"{tokens_per_call(g.frames, g.height, g.width):,} tokens per attention call, {g.steps} steps), {device}")
         note = (f"{len(pairs)} held-out (prompt, seed) pairs; dense and every setting from the same noise; block 128, "
                 f"stride {base.xattn.stride}; default warmup {base.xattn.warmup_steps} dense steps. Means over the pairs. "
-                f"`python benchmarks/quality_mini.py --model {args.model} --pairs {args.pairs}`.")
-        stem = f"quality-{args.model}-{device.lower().replace(' ', '-')}"
+                f"`python benchmarks/quality_mini.py {' '.join(sys.argv[1:] if argv is None else argv)}`.")
+        stem = args.name or f"quality-{args.model}-{device.lower().replace(' ', '-')}"
         args.out_dir.mkdir(parents=True, exist_ok=True)
         write_text(f"{title}\n\n{note}\n\n{table}\n", args.out_dir / f"{stem}.md")
         write_json({"model": args.model, "device": device, "pairs": pairs, "generation": dataclasses.asdict(g),

@@ -185,6 +185,40 @@ def test_bench_rows_for_quantized_precisions(monkeypatch):
     assert ("block_sparse_attention", "int8") in seen and ("xattention", "fp8") in seen
 
 
+def test_kernels_hopper_times_variants_in_rotated_rounds(monkeypatch):
+    """``time_rows``: each variant gets one untimed call and one sizing call, then the variants take turns, the
+    order rotated every round (no variant is always timed right after the same one); a variant that raises gets an
+    error and the others are still timed; ms is the median of a variant's batch means."""
+    from xattn_video.bench import kernels_hopper as kh
+
+    calls: list[str] = []
+    batch_ms = iter(range(1, 1000))
+
+    def fake_batch(fn, n):
+        fn()
+        return float(next(batch_ms))
+
+    monkeypatch.setattr(kh, "_batch_ms", fake_batch)
+    monkeypatch.setattr(kh, "DEV", "cpu")
+
+    def variant(name):
+        return lambda: calls.append(name)
+
+    def broken():
+        raise RuntimeError("no kernel for this shape")
+
+    out = kh.time_rows([("a", variant("a")), ("x", broken), ("b", variant("b")), ("c", variant("c"))],
+                       target_ms=30.0, rounds=3)
+    assert out["x"] == {"error": "RuntimeError: no kernel for this shape"}
+    assert calls[:6] == ["a", "a", "b", "b", "c", "c"]  # first call + sizing batch each
+    assert calls[6:] == ["a", "b", "c", "b", "c", "a", "c", "a", "b"]  # three rounds, rotated
+    # batch numbers: sizing 1-3, round 1: a4 b5 c6, round 2: b7 c8 a9, round 3: c10 a11 b12
+    assert (out["a"]["ms"], out["b"]["ms"], out["c"]["ms"]) == (9.0, 7.0, 8.0)
+    assert all(out[n]["first_ms"] >= 0 for n in "abc")
+    stopped = kh.time_rows([("a", variant("a")), ("b", variant("b"))], 30.0, rounds=4, out_of_time=lambda: True)
+    assert set(stopped["a"]) == {"ms", "first_ms"}  # one round kept when time runs out
+
+
 def test_kernels_hopper_variant_lists_are_consistent():
     from xattn_video.bench import kernels_hopper as kh
 

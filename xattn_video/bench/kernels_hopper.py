@@ -230,32 +230,65 @@ def fixed_density_selection(H: int, S: int, density: float, kv: torch.Tensor, ge
     return BlockSelection.from_mask(mask, block_size=BLOCK, q_len=S, kv_len=kv)
 
 
-def time_ms(fn: Callable[[], object], target_ms: float) -> tuple[float, float]:
-    """(median ms per call over 3 batches, ms of the first call, compilation included)."""
-    t0 = time.perf_counter()
-    fn()
-    _sync()
-    first = (time.perf_counter() - t0) * 1e3
+ROUNDS = 5  # timed batches per variant, interleaved across the variants of one shape
+
+
+def _batch_ms(fn: Callable[[], object], calls: int) -> float:
+    """Mean ms per call over ``calls`` back-to-back calls (CUDA events; wall clock on the CPU)."""
     if DEV != "cuda":
         t0 = time.perf_counter()
-        fn()
-        return (time.perf_counter() - t0) * 1e3, first
+        for _ in range(calls):
+            fn()
+        return (time.perf_counter() - t0) * 1e3 / calls
     start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
     start.record()
-    fn()
+    for _ in range(calls):
+        fn()
     end.record()
     end.synchronize()
-    one = max(start.elapsed_time(end), 1e-3)
-    per_batch = max(1, min(200, int(target_ms / 3 / one)))
-    means = []
-    for _ in range(3):
-        start.record()
-        for _ in range(per_batch):
+    return start.elapsed_time(end) / calls
+
+
+def time_rows(fns: list[tuple[str, Callable[[], object]]], target_ms: float, rounds: int = ROUNDS,
+              out_of_time: Callable[[], bool] = lambda: False) -> dict[str, dict]:
+    """Times the variants of one shape against each other: {name: {"ms", "first_ms"} or {"error"}}.
+
+    Each variant is called once untimed (``first_ms``: compilation included) and once to size its batches
+    (``target_ms`` / ``rounds`` per batch), then the variants take turns, one batch each per round, the order
+    rotated every round; ``ms`` is the median of a variant's batch means. Interleaving matters: timed one after
+    the other, a variant's rate depended on its place in the list by up to 15% (cause not isolated), more than the
+    launch options differ (benchmarks/results/hopper-gluon-order-ab-nvidia-h100).
+    ``out_of_time()`` ends the rounds early (at least one is kept)."""
+    out: dict[str, dict] = {}
+    calls: dict[str, int] = {}
+    live: list[tuple[str, Callable[[], object]]] = []
+    for name, fn in fns:
+        try:
+            t0 = time.perf_counter()
             fn()
-        end.record()
-        end.synchronize()
-        means.append(start.elapsed_time(end) / per_batch)
-    return statistics.median(means), first
+            _sync()
+            first = (time.perf_counter() - t0) * 1e3
+            one = max(_batch_ms(fn, 1), 1e-3)
+            calls[name] = max(1, min(200, int(target_ms / rounds / one)))
+            out[name] = {"first_ms": first, "means": []}
+            live.append((name, fn))
+        except Exception as exc:
+            out[name] = {"error": one_line(exc)}
+    for r in range(rounds):
+        if r and out_of_time():
+            break
+        shift = r % max(1, len(live))
+        for name, fn in live[shift:] + live[:shift]:
+            if "error" in out[name]:
+                continue
+            try:
+                out[name]["means"].append(_batch_ms(fn, calls[name]))
+            except Exception as exc:
+                out[name] = {"error": one_line(exc)}
+    for entry in out.values():
+        if "means" in entry:
+            entry["ms"] = statistics.median(entry.pop("means"))
+    return out
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -324,8 +357,9 @@ def precompile(names: list[str], shapes: list[tuple[int, int]], S: int, density:
 def markdown(res: dict) -> str:
     lines = [f"# Hopper kernel benchmark (issue 21): {res['gpu']}", "",
              f"torch {res['torch']}, triton {res['triton']}, B=1, block 128, density {res['density']} (every query-"
-             "block row keeps exactly round(density·n) key blocks: diagonal + random), bf16 inputs. ms: median of 3 "
-             "batch means after two untimed calls. rate vs cuDNN: FLOP-equivalent of the kept (query, key) pairs per "
+             "block row keeps exactly round(density·n) key blocks: diagonal + random), bf16 inputs. ms: median of "
+             f"{ROUNDS} batch means, the variants of a shape taking turns (order rotated each round) after two untimed "
+             "calls. rate vs cuDNN: FLOP-equivalent of the kept (query, key) pairs per "
              "second ÷ dense cuDNN's rate in the same run (dense rows: all pairs). 8-bit rows include quantization "
              f"unless marked 'kernel only'. Date {res['date']}.", "",
              "## Correctness (relative L2 error)", "",
@@ -528,7 +562,6 @@ def main(argv: list[str] | None = None) -> int:
             sel = fixed_density_selection(H, S, args.density, kv, gen)
             density = float(sel.density())
             fl_sparse, fl_dense = kept_flops(sel, S, D), dense_flops(H, S, S, D)
-            t_cudnn = None
             rows_here: list[tuple[str, bool, Callable]] = [(n, variants[n][0], variants[n][1](q, k, v, sel, kv))
                                                             for n in timed_names[(H, D)] if n in variants]
             if not args.no_extra and fp8_ok:
@@ -538,33 +571,26 @@ def main(argv: list[str] | None = None) -> int:
                                   if n in extra and (args.variants is None or n in args.variants)]
                 except Exception as exc:
                     res["notes"].append(f"FP8 extra rows at {H}x{D} {S}: {one_line(exc)}")
+            timed = time_rows([(n, fn) for n, _, fn in rows_here if (n, D) not in broken], args.target_ms,
+                              out_of_time=lambda: left() < 3)
+            t_cudnn = timed.get(CUDNN, {}).get("ms")
             for name, sparse, fn in rows_here:
-                if left() < 3:
-                    res["notes"].append(f"time limit: skipped {H}x{D} at {S} tokens from {name} on, and after")
-                    log(res["notes"][-1])
-                    stopped = True
-                    break
                 row = {"heads": H, "head_dim": D, "tokens": S, "variant": name,
                        "density": density if sparse else 1.0}
                 if (name, D) in broken:
                     row["error"] = "failed in the correctness check (see above)"
+                elif "error" in timed[name]:
+                    row["error"] = timed[name]["error"]
+                    broken.add((name, D))
                 else:
-                    try:
-                        ms, first = time_ms(fn, args.target_ms)
-                        flops = fl_sparse if sparse else fl_dense
-                        if name.startswith("fp8-quantize"):
-                            flops = None
-                        row.update(ms=ms, first_ms=first, tflops=flops / ms / 1e9 if flops else None)
-                        if name == CUDNN:
-                            t_cudnn = ms
-                        if t_cudnn:
-                            row["speedup_vs_cudnn"] = t_cudnn / ms
-                            row["rate_vs_cudnn"] = (flops / ms) / (fl_dense / t_cudnn) if flops else None
-                        else:
-                            row["speedup_vs_cudnn"] = row["rate_vs_cudnn"] = None
-                    except Exception as exc:
-                        row["error"] = one_line(exc)
-                        broken.add((name, D))
+                    ms = timed[name]["ms"]
+                    flops = None if name.startswith("fp8-quantize") else (fl_sparse if sparse else fl_dense)
+                    row.update(ms=ms, first_ms=timed[name]["first_ms"], tflops=flops / ms / 1e9 if flops else None)
+                    if t_cudnn:
+                        row["speedup_vs_cudnn"] = t_cudnn / ms
+                        row["rate_vs_cudnn"] = (flops / ms) / (fl_dense / t_cudnn) if flops else None
+                    else:
+                        row["speedup_vs_cudnn"] = row["rate_vs_cudnn"] = None
                 res["rows"].append(row)
                 if "error" in row:
                     log(f"  {H}x{D} {S:>7} {name:<34} FAILED: {row['error']}")
