@@ -178,7 +178,8 @@ def main(argv: list[str] | None = None) -> int:
         gpu = torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu"
         name = args.name or f"prompt-match-mini-{gpu.lower().replace(' ', '-')}"
         write_report(f"# prompt_match of dense mini-model generations ({gpu})\n\n{args.pairs} held-out (prompt, seed) "
-                     f"pairs (`xattn_video.mini.grammar.held_out_pairs`), dense attention.\n\n"
+                     f"pairs (`xattn_video.mini.grammar.held_out_pairs`), dense attention"
+                     + (f"; config overrides: {', '.join(f'`{o}`' for o in args.set)}" if args.set else "") + ".\n\n"
                      + (REFERENCE_NOTE if args.reference else "") + f"{table}\n",
                      {"gpu": gpu, "rows": rows}, args.out_dir, name)
     return 0

@@ -53,6 +53,7 @@ def test_generate_dense_flag(tmp_path):
         (["--frames", "10"], "generation.frames"),
         (["--height", "250"], "generation.height"),
         (["--flow-shift", "0"], "generation.flow_shift"),
+        (["--clause-weight", "-1"], "generation.clause_weight"),
         (["--model", str(Path("/nonexistent/hunyuan"))], "does not exist"),
         (["--config", "no-such-preset.yaml"], "config file not found"),
     ],

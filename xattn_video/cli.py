@@ -33,6 +33,9 @@ def _add_run_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--steps", type=int, help="denoising steps (default: the model's preset)")
     p.add_argument("--flow-shift", type=float, dest="flow_shift",
                    help="the sampler's flow-matching shift (config key generation.flow_shift; default: the model's)")
+    p.add_argument("--clause-weight", type=float, dest="clause_weight",
+                   help="blend in the prediction of each clause of an 'A and B' prompt with this weight (config key "
+                        "generation.clause_weight; 0 off; Wan family; default: the model's)")
     p.add_argument("--cache", metavar="NAME",
                    help="a diffusers step cache: firstblock, taylorseer, magcache, fastercache or pab (config key "
                         "cache.name; its parameters: cache.<name>.<key>, see README 'Step caches')")
@@ -41,7 +44,7 @@ def _add_run_options(p: argparse.ArgumentParser) -> None:
 def _cli_values(args: argparse.Namespace) -> dict[str, Any]:
     """Options given on the command line, as a nested config dict (None = not given)."""
     extra = model_option_values(args)
-    for key in ("steps", "flow_shift", "prompt", "seed"):
+    for key in ("steps", "flow_shift", "clause_weight", "prompt", "seed"):
         if getattr(args, key, None) is not None:
             extra["generation"][key] = getattr(args, key)
     if getattr(args, "dense", False):

@@ -179,6 +179,10 @@ class GenerationConfig:
     image: Optional[str] = None  # conditioning image file, for image-to-video pipelines
     # the flow-matching sampler's shift (pipelines/sampler.py); None: the checkpoint's scheduler config
     flow_shift: Optional[float] = None
+    # > 0: a prompt of several clauses ("... and ...") is also predicted clause by clause, blended in with this
+    # weight (pipelines/clauses.py; Wan family; 0 off, 1 pure composition)
+    clause_weight: float = 0.0
+    clause_steps: Optional[int] = None  # compose in the first N denoising steps only (None: every step)
 
 
 @dataclass
@@ -320,6 +324,12 @@ def validate(run: RunConfig) -> None:
     if g.steps < 1:
         raise ConfigError(f"config key 'generation.steps' must be >= 1, got {g.steps}")
     check_seed(g.seed)
+    if isinstance(g.clause_weight, bool) or not isinstance(g.clause_weight, (int, float)) or not g.clause_weight >= 0:
+        raise ConfigError(f"config key 'generation.clause_weight' must be a number >= 0 (0: off), got {g.clause_weight!r}")
+    if g.clause_steps is not None and (isinstance(g.clause_steps, bool) or not isinstance(g.clause_steps, int)
+                                       or g.clause_steps < 1):
+        raise ConfigError(f"config key 'generation.clause_steps' must be an integer >= 1 (or null: every step), "
+                          f"got {g.clause_steps!r}")
     if g.flow_shift is not None and not g.flow_shift > 0:
         raise ConfigError(f"config key 'generation.flow_shift' must be > 0 (or null: the model's own), got {g.flow_shift}")
     if g.fps < 1:

@@ -19,6 +19,7 @@ from .pipelines.family import apply_xattention, check_precision_runs
 from .pipelines.hunyuan_video15 import asked_size
 from .pipelines.limits import check_model_size, check_pipeline_size
 from .pipelines.loading import is_tiny, load_pipeline, pipeline_class_for, resolve_device, takes_image
+from .pipelines.clauses import clause_composition
 from .pipelines.sampler import sampler_shift
 from .video_io import OutputPathError, write_json, write_mp4
 from .video_io import check_out as check_video_out
@@ -186,7 +187,12 @@ def run_pipeline(pipe: Any, run: RunConfig, latents: torch.Tensor | None = None,
     try:
         _sync(device)
         start = time.perf_counter()
-        with asked_size(pipe, g.height, g.width), sampler_shift(pipe, g.flow_shift):
+        with asked_size(pipe, g.height, g.width), sampler_shift(pipe, g.flow_shift), \
+                clause_composition(pipe, g.prompt, g.clause_weight, g.max_sequence_length, device,
+                                   g.clause_steps) as prompt_embeds:
+            if prompt_embeds is not None:  # the hook knows the prompt's transformer call by this tensor
+                kwargs.pop("prompt")
+                kwargs["prompt_embeds"] = prompt_embeds
             output = pipe(**kwargs)
         _sync(device)
         total = time.perf_counter() - start

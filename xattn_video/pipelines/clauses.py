@@ -1,0 +1,124 @@
+"""Clause composition: a prompt of several clauses, each clause's own prediction steering the video.
+
+"a red ball moving left and a white square moving down" asks a model to bind each direction to its object. A small
+model may read both clauses with every object's tokens and move the objects at random (the mini model: 13–16 of 32
+two-object directions right), while it follows a lone clause (15 of 16). Composable diffusion (Liu et al., 2022,
+"Compositional Visual Generation with Composable Diffusion Models") predicts with each clause alone and adds the
+clauses' differences from the empty prompt; here that composition is blended with the whole prompt's prediction:
+
+    v = v(prompt) + w · (v(∅) + Σ_i [v(clause_i) − v(∅)] − v(prompt))
+
+``w`` = 0 is plain sampling, 1 the pure composition (which loses objects more often: two single-object predictions
+compete for one place). The empty prompt's and the clauses' predictions ride in the prompt's own transformer call
+(batch × (2 + clauses)), so a step of a two-clause prompt costs one call of 4× the batch. Prompts of one clause and
+the unconditional call of classifier-free guidance run unchanged. ``steps`` limits the composition to the first
+denoising steps (where a small model decides each object's colour and motion), the rest run plain.
+
+Wan-family pipelines (``WanPipeline``, its I2V pipeline, Wan 2.2's second expert): their transformer takes the
+text as ``encoder_hidden_states`` alone. The hook is a diffusers ``ModelHook`` on the transformer, installed for one
+generation by :func:`clause_composition`, which also encodes the texts; the pipeline then gets ``prompt_embeds``
+instead of ``prompt`` and the hook recognises the prompt's call by that tensor.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import re
+from collections.abc import Iterator
+from typing import Any
+
+import torch
+from diffusers.hooks import ModelHook
+
+from ..config import ConfigError
+from ..warmup.schedule import StepTracker
+from .dispatch import add_hook, remove_hook
+
+CLAUSE_HOOK = "xattn_video.clause_composition"
+
+
+def split_clauses(prompt: str) -> list[str]:
+    """The prompt's clauses, its parts between the word "and": ``["a red ball moving left", "a white square moving
+    down"]``; one clause for a prompt without "and"."""
+    parts = [part.strip(" ,.;") for part in re.split(r"\band\b", prompt)]
+    return [part for part in parts if part]
+
+
+class ClauseCompositionHook(ModelHook):
+    """On the transformer call whose ``encoder_hidden_states`` is ``prompt_embeds`` [B, L, C], also predicts with
+    ``part_embeds`` [1 + n, L, C] (the empty prompt, then the n clauses) in the same call and returns the blend in the
+    module docstring, in the denoising steps before ``steps`` (None: every step; the step is read from the running
+    pipeline as warmup reads it); every other call runs as is."""
+
+    def __init__(self, prompt_embeds: torch.Tensor, part_embeds: torch.Tensor, weight: float,
+                 steps: int | None = None, tracker: StepTracker | None = None):
+        super().__init__()
+        self.prompt_embeds, self.part_embeds, self.weight = prompt_embeds, part_embeds, float(weight)
+        self.steps, self.tracker = steps, tracker or StepTracker(None)
+
+    def _is_prompt(self, text: Any) -> bool:
+        p = self.prompt_embeds
+        return isinstance(text, torch.Tensor) and (text is p or (text.data_ptr() == p.data_ptr()
+                                                                 and text.shape == p.shape))
+
+    def new_forward(self, module: torch.nn.Module, *args: Any, **kwargs: Any) -> Any:
+        forward = self.fn_ref.original_forward
+        text = kwargs.get("encoder_hidden_states")
+        if args or not self._is_prompt(text):  # Wan pipelines call the transformer with keywords only
+            return forward(*args, **kwargs)
+        if self.steps is not None:
+            step = self.tracker.current()
+            if step is not None and step >= self.steps:
+                return forward(*args, **kwargs)
+        batch = kwargs["hidden_states"].shape[0]
+        copies = 1 + self.part_embeds.shape[0]
+        parts = self.part_embeds.repeat_interleave(batch, dim=0)  # [(1 + n) B, L, C], B rows per part
+        wide = {key: (torch.cat([value] * copies) if isinstance(value, torch.Tensor) and value.ndim > 0
+                      and value.shape[0] == batch else value) for key, value in kwargs.items()}
+        wide["encoder_hidden_states"] = torch.cat([text, parts])
+        out = forward(**wide)
+        sample = out[0] if isinstance(out, tuple) else out.sample
+        prompt, empty, *clauses = sample.split(batch)
+        composed = empty + sum(clause - empty for clause in clauses)
+        blended = prompt + self.weight * (composed - prompt)
+        if isinstance(out, tuple):
+            return (blended, *out[1:])
+        out.sample = blended
+        return out
+
+
+def transformers_of(pipe: Any) -> list[torch.nn.Module]:
+    """The pipeline's denoising transformers (Wan 2.2 A14B has two experts)."""
+    return [m for m in (getattr(pipe, "transformer", None), getattr(pipe, "transformer_2", None)) if m is not None]
+
+
+@contextlib.contextmanager
+def clause_composition(pipe: Any, prompt: str, weight: float, max_sequence_length: int,
+                       device: torch.device | str, steps: int | None = None) -> Iterator[torch.Tensor | None]:
+    """Install :class:`ClauseCompositionHook` for one generation; yields the ``prompt_embeds`` [1, L, C] to pass
+    to the pipeline instead of ``prompt``, or None (nothing installed) when ``weight`` is 0 or the prompt has one
+    clause. Raises ``ConfigError`` for pipelines outside the Wan family."""
+    clauses = split_clauses(prompt)
+    if weight == 0 or len(clauses) < 2:
+        yield None
+        return
+    if not hasattr(pipe, "encode_prompt") or type(pipe).__name__ not in WAN_PIPELINES:
+        raise ConfigError(f"config key 'generation.clause_weight' works with Wan-family pipelines "
+                         f"({', '.join(sorted(WAN_PIPELINES))}), not {type(pipe).__name__}")
+    modules = transformers_of(pipe)
+    dtype = modules[0].dtype
+    with torch.no_grad():
+        embeds, _ = pipe.encode_prompt(prompt=[prompt, "", *clauses], do_classifier_free_guidance=False,
+                                       max_sequence_length=max_sequence_length, device=device, dtype=dtype)
+    prompt_embeds, part_embeds = embeds[:1].contiguous(), embeds[1:]
+    for module in modules:
+        add_hook(module, ClauseCompositionHook(prompt_embeds, part_embeds, weight, steps, StepTracker(pipe)),
+                 CLAUSE_HOOK)
+    try:
+        yield prompt_embeds
+    finally:
+        for module in modules:
+            remove_hook(module, CLAUSE_HOOK)
+
+
+WAN_PIPELINES = frozenset({"WanPipeline", "WanImageToVideoPipeline"})
