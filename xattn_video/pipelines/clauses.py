@@ -35,6 +35,7 @@ from ..warmup.schedule import StepTracker
 from .dispatch import add_hook, remove_hook
 
 CLAUSE_HOOK = "xattn_video.clause_composition"
+WAN_PIPELINES = frozenset({"WanPipeline", "WanImageToVideoPipeline"})  # the text is encoder_hidden_states alone
 
 
 def split_clauses(prompt: str) -> list[str]:
@@ -120,5 +121,3 @@ def clause_composition(pipe: Any, prompt: str, weight: float, max_sequence_lengt
         for module in modules:
             remove_hook(module, CLAUSE_HOOK)
 
-
-WAN_PIPELINES = frozenset({"WanPipeline", "WanImageToVideoPipeline"})
