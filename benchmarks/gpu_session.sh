@@ -4,7 +4,7 @@
 # cache-*: NAME a --cache of xvid bench --e2e (NAME:key=value,... for its parameters); CACHE_ARGS adds e.g.
 # "--computed-fraction 0.6" (firstblock/magcache); CAP the XAttention setting (default cap0.35; e.g. cap0.49);
 # PRECISION the 8-bit precision of e2e-c720-8bit (default int8; its run has CAP in bf16 and in PRECISION)
-# CLAUSE_WEIGHT the generation.clause_weight of pm-clauses (default 0.5; prompt_match of both mini presets, 32 pairs)
+# CLAUSE_WEIGHTS the generation.clause_weight values of pm-clauses (default "0 0.35 0.5 0.75"; prompt_match of both mini presets, 32 pairs each)
 set -u
 OUT=${OUT:-/tmp/out}
 mkdir -p "$OUT"
@@ -31,7 +31,7 @@ for step in "$@"; do
     e2e-c544) timeout 300 python3 benchmarks/bench_e2e.py --models hunyuan-video --shapes 544p --compile --name e2e-compile-hunyuan-544p-$(gpu) --out-dir "$OUT" 2>&1 | tee "$OUT/e2e-c544.txt" | tail -30 ;;
     e2e-cwan) timeout 400 python3 benchmarks/bench_e2e.py --models wan2.1-14b --compile --settings stock dense cap0.2 cap0.35 cap0.35-reuse2 --name e2e-compile-wan-720p-$(gpu) --out-dir "$OUT" 2>&1 | tee "$OUT/e2e-cwan.txt" | tail -30 ;;
     e2e-c15) timeout 560 python3 benchmarks/bench_e2e.py --models hunyuan-video-1.5 --compile --settings stock dense cap0.35 cap0.35-reuse2 --name e2e-compile-hunyuan15-720p-$(gpu) --out-dir "$OUT" 2>&1 | tee "$OUT/e2e-c15.txt" | tail -30 ;;
-    pm-clauses) timeout 560 python3 benchmarks/mini_prompt_match.py --model mini-large mini --pairs 32 --why --set generation.clause_weight=${CLAUSE_WEIGHT:-0.5} --name prompt-match-mini-clauses-${CLAUSE_WEIGHT:-0.5}-$(gpu) --out-dir "$OUT" 2>&1 | tee "$OUT/pm-clauses.txt" | tail -30 ;;
+    pm-clauses) for w in ${CLAUSE_WEIGHTS:-0 0.35 0.5 0.75}; do timeout 300 python3 benchmarks/mini_prompt_match.py --model mini-large mini --pairs 32 --why --set generation.clause_weight=$w --name prompt-match-mini-clauses-$w-$(gpu) --out-dir "$OUT" 2>&1 | tee "$OUT/pm-clauses-$w.txt" | grep "prompt_match 0" ; done ;;
     wan-forward) timeout 300 python3 benchmarks/bench_wan_forward.py --out-dir "$OUT" 2>&1 | tee "$OUT/wan-forward.txt" | tail -20 ;;
     reuse) timeout 300 python3 benchmarks/bench_reuse.py --full --out-dir "$OUT" 2>&1 | tee "$OUT/reuse.txt" | tail -20 ;;
     multigpu) timeout 590 python3 benchmarks/bench_multigpu.py --gpus 1 2 --out-dir "$OUT" 2>&1 | tee "$OUT/multigpu.txt" | tail -30 ;;
