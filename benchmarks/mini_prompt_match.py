@@ -91,6 +91,8 @@ def main(argv: list[str] | None = None) -> int:
                    help="the negative prompt of guidance > 1: empty (plain classifier-free guidance); exchange (the "
                         "prompt with its two objects' directions exchanged, where they differ: guidance then pushes "
                         "away from the wrong binding; empty otherwise); opposite (every direction reversed)")
+    p.add_argument("--objects", type=int, choices=(1, 2), default=None,
+                   help="score only the pairs (of the --pairs held-out ones) whose prompt names this many objects")
     p.add_argument("--why", action="store_true",
                    help="also count, per row, why directions scored as they did (right, object not found, not "
                         "moving, opposite, sideways) and the median travel of the objects found")
@@ -116,6 +118,8 @@ def main(argv: list[str] | None = None) -> int:
             seconds = []
             per_pair = []
             for prompt, seed in held_out_pairs(args.pairs):
+                if args.objects is not None and len(parse_prompt(prompt)) != args.objects:
+                    continue
                 negative = contrast_prompt(prompt, args.negative)
                 run = load_config(None, overrides + [f"generation.prompt={prompt}", f"generation.seed={seed}"]
                                   + ([f"generation.guidance_scale={guidance}"] if guidance is not None else [])
@@ -136,7 +140,7 @@ def main(argv: list[str] | None = None) -> int:
             g = base.generation.guidance_scale if guidance is None else guidance
             row = {"model": model, "guidance": g, "guided_steps": args.guided_steps, "negative": args.negative,
                    "steps": base.generation.steps,
-                   "pairs": args.pairs,
+                   "pairs": len(per_pair),
                    "size": f"{base.generation.frames}x{base.generation.height}x{base.generation.width}",
                    "seconds_per_video": float(np.median(seconds)),
                    **{k: float(np.mean(v)) for k, v in scores.items()}}
@@ -178,7 +182,8 @@ def main(argv: list[str] | None = None) -> int:
         gpu = torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu"
         name = args.name or f"prompt-match-mini-{gpu.lower().replace(' ', '-')}"
         write_report(f"# prompt_match of dense mini-model generations ({gpu})\n\n{args.pairs} held-out (prompt, seed) "
-                     f"pairs (`xattn_video.mini.grammar.held_out_pairs`), dense attention"
+                     f"pairs (`xattn_video.mini.grammar.held_out_pairs`)"
+                     + (f", only those naming {args.objects} object(s)" if args.objects else "") + ", dense attention"
                      + (f"; config overrides: {', '.join(f'`{o}`' for o in args.set)}" if args.set else "") + ".\n\n"
                      + (REFERENCE_NOTE if args.reference else "") + f"{table}\n",
                      {"gpu": gpu, "rows": rows}, args.out_dir, name)
