@@ -35,7 +35,6 @@ from ..warmup.schedule import StepTracker
 from .dispatch import add_hook, remove_hook
 
 CLAUSE_HOOK = "xattn_video.clause_composition"
-WAN_PIPELINES = frozenset({"WanPipeline", "WanImageToVideoPipeline"})  # the text is encoder_hidden_states alone
 
 
 def split_clauses(prompt: str) -> list[str]:
@@ -103,9 +102,16 @@ def clause_composition(pipe: Any, prompt: str, weight: float, max_sequence_lengt
     if weight == 0 or len(clauses) < 2:
         yield None
         return
-    if not hasattr(pipe, "encode_prompt") or type(pipe).__name__ not in WAN_PIPELINES:
+    from .family import detect_family
+    from .wan import WAN  # the family whose transformer takes the text as encoder_hidden_states alone
+
+    try:
+        family = detect_family(pipe)
+    except TypeError:
+        family = None
+    if family is not WAN:
         raise ConfigError(f"config key 'generation.clause_weight' works with Wan-family pipelines "
-                         f"({', '.join(sorted(WAN_PIPELINES))}), not {type(pipe).__name__}")
+                          f"({', '.join(sorted(WAN.pipeline_classes))}), not {type(pipe).__name__}")
     modules = transformers_of(pipe)
     dtype = modules[0].dtype
     with torch.no_grad():
