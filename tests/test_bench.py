@@ -216,7 +216,8 @@ def test_kernels_hopper_times_variants_in_rotated_rounds(monkeypatch):
     assert (out["a"]["ms"], out["b"]["ms"], out["c"]["ms"]) == (9.0, 7.0, 8.0)
     assert all(out[n]["first_ms"] >= 0 for n in "abc")
     stopped = kh.time_rows([("a", variant("a")), ("b", variant("b"))], 30.0, rounds=4, out_of_time=lambda: True)
-    assert set(stopped["a"]) == {"ms", "first_ms"}  # one round kept when time runs out
+    assert set(stopped["a"]) == {"ms", "first_ms", "rounds"} and stopped["a"]["rounds"] == 1  # one round kept
+    assert out["a"]["rounds"] == 3
 
 
 def test_kernels_hopper_variant_lists_are_consistent():

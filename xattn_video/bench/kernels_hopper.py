@@ -157,7 +157,8 @@ def _extra_rows(q, k, v, sel, kv) -> dict[str, tuple[bool, Callable]]:
     }
 
 
-# Timing order within a shape: what the issue's targets need first, so that a time limit cuts the least useful.
+# Row order within a shape, and the order of the correctness checks (which a time limit cuts): what the issue's
+# targets need first. Timing interleaves the variants of a shape (time_rows), so a limit shortens every row alike.
 DEFAULT_ORDER = [
     CUDNN, "v1-sparse-bf16", "gluon-sparse-bf16", "gluon-dense-bf16",
     "gluon-int8-sparse", "gluon-int8-dense", "gluon-fp8-sparse", "gluon-fp8-dense",
@@ -251,14 +252,14 @@ def _batch_ms(fn: Callable[[], object], calls: int) -> float:
 
 def time_rows(fns: list[tuple[str, Callable[[], object]]], target_ms: float, rounds: int = ROUNDS,
               out_of_time: Callable[[], bool] = lambda: False) -> dict[str, dict]:
-    """Times the variants of one shape against each other: {name: {"ms", "first_ms"} or {"error"}}.
+    """Times the variants of one shape against each other: {name: {"ms", "first_ms", "rounds"} or {"error"}}.
 
     Each variant is called once untimed (``first_ms``: compilation included) and once to size its batches
     (``target_ms`` / ``rounds`` per batch), then the variants take turns, one batch each per round, the order
     rotated every round; ``ms`` is the median of a variant's batch means. Interleaving matters: timed one after
     the other, a variant's rate depended on its place in the list by up to 15% (cause not isolated), more than the
     launch options differ (benchmarks/results/hopper-gluon-order-ab-nvidia-h100).
-    ``out_of_time()`` ends the rounds early (at least one is kept)."""
+    ``out_of_time()`` ends the rounds early (at least one is kept; ``rounds`` says how many were timed)."""
     out: dict[str, dict] = {}
     calls: dict[str, int] = {}
     live: list[tuple[str, Callable[[], object]]] = []
@@ -287,7 +288,8 @@ def time_rows(fns: list[tuple[str, Callable[[], object]]], target_ms: float, rou
                 out[name] = {"error": one_line(exc)}
     for entry in out.values():
         if "means" in entry:
-            entry["ms"] = statistics.median(entry.pop("means"))
+            means = entry.pop("means")
+            entry.update(ms=statistics.median(means), rounds=len(means))
     return out
 
 
@@ -574,7 +576,11 @@ def main(argv: list[str] | None = None) -> int:
             timed = time_rows([(n, fn) for n, _, fn in rows_here if (n, D) not in broken], args.target_ms,
                               out_of_time=lambda: left() < 3)
             t_cudnn = timed.get(CUDNN, {}).get("ms")
-            for name, sparse, fn in rows_here:
+            short = min((t["rounds"] for t in timed.values() if "rounds" in t), default=ROUNDS)
+            if short < ROUNDS:
+                res["notes"].append(f"time limit: {H}x{D} at {S} tokens timed in {short} of {ROUNDS} rounds")
+                log(res["notes"][-1])
+            for name, sparse, _ in rows_here:
                 row = {"heads": H, "head_dim": D, "tokens": S, "variant": name,
                        "density": density if sparse else 1.0}
                 if (name, D) in broken:
