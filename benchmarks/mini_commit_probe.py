@@ -19,39 +19,27 @@ import sys
 from pathlib import Path
 
 import numpy as np
-import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from xattn_video.eval.scorers.prompt_match import read_objects  # noqa: E402
-from xattn_video.mini.data import to_frames  # noqa: E402
+from xattn_video.mini.euler import decode_frames, euler_sample  # noqa: E402
 from xattn_video.mini.grammar import held_out_pairs, parse_prompt  # noqa: E402
-from xattn_video.mini.model import encode_prompts, latent_norm, load_folder  # noqa: E402
-from xattn_video.mini.train import shifted_sigma  # noqa: E402
+from xattn_video.mini.model import load_folder  # noqa: E402
 from xattn_video.video_io import write_text  # noqa: E402
 
 
-@torch.no_grad()
 def trajectory(pipe, prompt: str, seed: int, steps: int, shift: float, shape: tuple[int, int, int]):
     """[(σ, readings of the x0 prediction)] per step, then (0, readings of the sample)."""
-    mean, std = latent_norm(pipe.vae)
-    frames, height, width = shape
-    z_shape = (1, pipe.vae.config.z_dim, (frames - 1) // 4 + 1, height // 4, width // 4)
-    x = torch.randn(z_shape, generator=torch.Generator().manual_seed(seed))
-    text = encode_prompts(pipe.text_encoder, [prompt], "cpu")
     objects = parse_prompt(prompt)
-    sigmas = shifted_sigma(torch.linspace(1, 0, steps + 1), shift)
+    out = []
 
     def read(z):
-        video = pipe.vae.decode(z * std + mean).sample.clamp(-1, 1)[0]
-        return read_objects(to_frames(video), objects)
+        return read_objects(decode_frames(pipe, z), objects)
 
-    out = []
-    for i in range(steps):
-        v = pipe.transformer(x, timestep=sigmas[i:i + 1] * 1000, encoder_hidden_states=text, return_dict=False)[0]
-        out.append((float(sigmas[i]), read(x - sigmas[i] * v)))
-        x = x + (sigmas[i + 1] - sigmas[i]) * v
-    out.append((0.0, read(x)))
+    z = euler_sample(pipe, prompt, seed, steps, shift, shape,
+                     after_step=lambda sigma, x, v: out.append((float(sigma), read(x - sigma * v))))
+    out.append((0.0, read(z)))
     return objects, out
 
 

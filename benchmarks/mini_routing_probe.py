@@ -27,11 +27,12 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from xattn_video.eval.scorers.prompt_match import colour_labels, read_objects  # noqa: E402
-from xattn_video.mini.data import render, to_frames  # noqa: E402
+from xattn_video.mini.data import render  # noqa: E402
+from xattn_video.mini.euler import decode_frames, euler_sample  # noqa: E402
 from xattn_video.mini.grammar import COLOURS, held_out_pairs, parse_prompt  # noqa: E402
 from xattn_video.mini.grounding import clause_spans, token_regions  # noqa: E402
-from xattn_video.mini.model import TEXT_LEN, encode_prompts, latent_norm, load_folder  # noqa: E402
-from xattn_video.mini.train import latent_thumbnail, shifted_sigma  # noqa: E402
+from xattn_video.mini.model import TEXT_LEN, load_folder  # noqa: E402
+from xattn_video.mini.train import latent_thumbnail  # noqa: E402
 from xattn_video.video_io import write_text  # noqa: E402
 
 
@@ -61,21 +62,15 @@ def routing_bias(prompt: str, regions: torch.Tensor, threshold: float = 0.3) -> 
     return bias
 
 
-@torch.no_grad()
 def sample(pipe, prompt: str, seed: int, steps: int, shift: float, shape, state: dict, route_sigma: float):
-    mean, std = latent_norm(pipe.vae)
-    frames, height, width = shape
-    z_shape = (1, pipe.vae.config.z_dim, (frames - 1) // 4 + 1, height // 4, width // 4)
-    x = torch.randn(z_shape, generator=torch.Generator().manual_seed(seed))
-    text = encode_prompts(pipe.text_encoder, [prompt], "cpu")
-    sigmas = shifted_sigma(torch.linspace(1, 0, steps + 1), shift)
     routed = state["on"]
-    for i in range(steps):
-        state["on"] = routed and float(sigmas[i]) >= route_sigma
-        v = pipe.transformer(x, timestep=sigmas[i:i + 1] * 1000, encoder_hidden_states=text, return_dict=False)[0]
-        x = x + (sigmas[i + 1] - sigmas[i]) * v
+
+    def route(sigma: float) -> None:
+        state["on"] = routed and sigma >= route_sigma
+
+    z = euler_sample(pipe, prompt, seed, steps, shift, shape, before_step=route)
     state["on"] = False
-    frames = to_frames(pipe.vae.decode(x * std + mean).sample.clamp(-1, 1)[0])
+    frames = decode_frames(pipe, z)
     return read_objects(frames, parse_prompt(prompt)), frames
 
 

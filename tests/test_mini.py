@@ -80,6 +80,26 @@ def test_encode_prompts_is_what_the_pipeline_encodes(shipped_pipe):
     torch.testing.assert_close(ours, theirs, atol=1e-5, rtol=1e-5)
 
 
+def test_euler_sample_steps_the_shifted_schedule_and_calls_back_around_each_step(shipped_pipe):
+    """``mini.euler`` (the probes' sampler): one transformer call per step at σ = shifted_sigma(u) for u from 1 to 0,
+    ``before_step`` before and ``after_step`` after each, and x_{i+1} = x_i + (σ_{i+1} − σ_i)·v_i."""
+    from xattn_video.mini.euler import decode_frames, euler_sample
+    from xattn_video.mini.train import shifted_sigma
+
+    seen_before, seen_after = [], []
+    z = euler_sample(shipped_pipe, "a red ball moving right", 3, steps=2, shift=6.0, shape=(9, 32, 32),
+                     before_step=seen_before.append,
+                     after_step=lambda s, x, v: seen_after.append((float(s), x.clone(), v.clone())))
+    sigmas = shifted_sigma(torch.linspace(1, 0, 3), 6.0)
+    assert seen_before == pytest.approx(sigmas[:2].tolist()) == [s for s, _, _ in seen_after]
+    assert z.shape == (1, shipped_pipe.vae.config.z_dim, 3, 8, 8)
+    (s0, x0, v0), (s1, x1, v1) = seen_after
+    torch.testing.assert_close(x1, x0 + (s1 - s0) * v0)
+    torch.testing.assert_close(z, x1 + (0.0 - s1) * v1)
+    frames = decode_frames(shipped_pipe, z)
+    assert frames.shape == (9, 32, 32, 3) and 0 <= frames.min() and frames.max() <= 1
+
+
 def test_byte_ids_are_the_tokenizer_ids(shipped_pipe):
     prompts = ["a green ball moving down", "Ünïcode and a yellow square moving left!"]
     ids, mask = mini_model.byte_ids(prompts)

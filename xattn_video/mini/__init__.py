@@ -2,7 +2,7 @@
 as a diffusers pipeline folder inside the package (``weights/``), the default model and the quality reference.
 
 ``grammar`` (the prompts it knows), ``data`` (the videos it was trained on), ``model`` (its components),
-``train`` (``python -m xattn_video.mini.train``). Importing this package imports no torch.
+``train`` (``python -m xattn_video.mini.train``), ``euler`` (a plain sampler for probes). Importing this package imports no torch.
 """
 
 import json
