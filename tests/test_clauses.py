@@ -147,3 +147,13 @@ def test_the_cli_refuses_composition_outside_the_wan_family_in_one_line(tmp_path
     err = capsys.readouterr().err
     assert rc == 2 and err.count("\n") == 1 and "generation.clause_weight" in err, err
     assert list(tmp_path.iterdir()) == []
+
+
+def test_the_mini_presets_compose_by_default_and_other_models_do_not():
+    """The mini presets' default weight (0.5: best of 0 / 0.35 / 0.5 / 0.75 at both presets, README); an explicit
+    value still wins, and other built-in models leave it off."""
+    for name in ("mini", "mini-large"):
+        assert load_config(None, [f"model.path={name}"]).generation.clause_weight == 0.5
+        assert load_config(None, [f"model.path={name}", "generation.clause_weight=0"]).generation.clause_weight == 0
+    for name in ("tiny", "tiny-wan"):
+        assert load_config(None, [f"model.path={name}"]).generation.clause_weight == 0

@@ -265,3 +265,16 @@ def test_hunyuan15_i2v_writes_the_asked_size(tmp_path):
     assert (record["height"], record["width"]) == (96, 64) == (record["config"]["generation"]["height"],
                                                                record["config"]["generation"]["width"])
     assert read_video(out).shape[1:3] == (96, 64)
+
+
+def test_generate_says_when_it_composes_clauses(tmp_path, capsys):
+    """The mini presets compose an "A and B" prompt by default (a step then costs 4x the batch): the summary says
+    so; a one-clause prompt, or --clause-weight 0, does not."""
+    small = ["--model", "mini", "--frames", "5", "--steps", "2", "--set", "generation.height=32",
+             "--set", "generation.width=32"]
+    two = "a red ball moving left and a blue square moving up"
+    assert main(["generate", *small, "--prompt", two, "--out", str(tmp_path / "a.mp4")]) == 0
+    assert "clause composition: 2 clauses at weight 0.5" in capsys.readouterr().out
+    assert main(["generate", *small, "--prompt", two, "--clause-weight", "0", "--out", str(tmp_path / "b.mp4")]) == 0
+    assert main(["generate", *small, "--prompt", "a red ball moving left", "--out", str(tmp_path / "c.mp4")]) == 0
+    assert "clause composition" not in capsys.readouterr().out
