@@ -65,11 +65,13 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--device", default="auto")
     p.add_argument("--precisions", nargs="+", default=["bf16"], choices=["bf16", "fp8", "int8"],
                    help="run every τ setting at each precision (fp8/int8: 8-bit q/k, a GPU with FP8 tensor cores)")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="a config override for every run, e.g. generation.clause_weight=0 (repeatable)")
     p.add_argument("--name", default=None, help="results file stem (default quality-<model>-<device>)")
     p.add_argument("--out-dir", type=Path, required=True)
     args = p.parse_args(argv)
 
-    overrides = [f"model.path={args.model}", f"model.device={args.device}"]
+    overrides = [f"model.path={args.model}", f"model.device={args.device}", *args.set]
     base = load_config(None, overrides + ([f"generation.steps={args.steps}"] if args.steps else []))
     pipe = load_pipeline(base.model)
     pairs = held_out_pairs(args.pairs)
@@ -130,7 +132,8 @@ def main(argv: list[str] | None = None) -> int:
         title = (f"# XAttention on the mini model: `{args.model}` ({g.frames}x{g.height}x{g.width}, "
                  f"{tokens_per_call(g.frames, g.height, g.width):,} tokens per attention call, {g.steps} steps), {device}")
         note = (f"{len(pairs)} held-out (prompt, seed) pairs; dense and every setting from the same noise; block 128, "
-                f"stride {base.xattn.stride}; default warmup {base.xattn.warmup_steps} dense steps. Means over the pairs. "
+                f"stride {base.xattn.stride}; default warmup {base.xattn.warmup_steps} dense steps; clause composition "
+                f"weight {g.clause_weight:g}. Means over the pairs. "
                 f"`python benchmarks/quality_mini.py {' '.join(sys.argv[1:] if argv is None else argv)}`.")
         stem = args.name or f"quality-{args.model}-{device.lower().replace(' ', '-')}"
         args.out_dir.mkdir(parents=True, exist_ok=True)

@@ -9,8 +9,8 @@
 #  PM_SET="--set generation.frames=9 --set generation.height=32 --set generation.width=32" scores the mini check at
 #  the shape a segment trained at, for a segment at a small --mini-shape; MINI_DIR=/tmp/mini-a writes the folder
 #  there, so a second call of this script in the same command can --init from it; LOOK=0, PM=0 and PM_LARGE=0 skip
-#  the strip, the mini check and the mini-large check, for a segment at a small shape; WORD_GAP=1 adds the
-#  word-swap loss table of mini_word_gap.py, on the CPU)
+#  the strip, the mini check and the mini-large check (PM_LARGE_PAIRS pairs, default 16, within PM_LARGE_TIMEOUT s),
+#  for a segment at a small shape; WORD_GAP=1 adds the word-swap loss table of mini_word_gap.py, on the CPU)
 set -u
 OUT=${OUT:-/tmp/out}
 MINI_DIR=${MINI_DIR:-/tmp/mini}
@@ -33,7 +33,7 @@ echo "=== look + prompt_match ($(date +%T))"
 [ "${LOOK:-1}" = 0 ] || XVID_MINI_WEIGHTS=$MINI_DIR timeout 35 python3 benchmarks/mini_look.py --out "$OUT/look.png" 2>&1 | grep -v Warn | tail -3
 [ "${PM:-1}" = 0 ] || XVID_MINI_WEIGHTS=$MINI_DIR timeout 120 python3 benchmarks/mini_prompt_match.py --model mini --pairs 32 --guidance ${PM_GUIDANCE:-1 4} ${PM_SET:-} \
   --why --out-dir "$OUT" --name pm-mini 2>&1 | grep -v Warn | tail -9
-[ "${PM_LARGE:-1}" = 0 ] || XVID_MINI_WEIGHTS=$MINI_DIR timeout 90 python3 benchmarks/mini_prompt_match.py --model mini-large --pairs 16 --guidance 1 \
+[ "${PM_LARGE:-1}" = 0 ] || XVID_MINI_WEIGHTS=$MINI_DIR timeout ${PM_LARGE_TIMEOUT:-90} python3 benchmarks/mini_prompt_match.py --model mini-large --pairs ${PM_LARGE_PAIRS:-16} --guidance 1 \
   --why --out-dir "$OUT" --name pm-large 2>&1 | grep -v Warn | tail -8
 [ "${WORD_GAP:-0}" = 0 ] || timeout 200 python3 benchmarks/mini_word_gap.py --weights $MINI_DIR --clips 24 --out-dir "$OUT" \
   --name "$(basename "$MINI_DIR")" 2>&1 | grep "^| 0"
