@@ -275,6 +275,9 @@ def test_generate_says_when_it_composes_clauses(tmp_path, capsys):
     two = "a red ball moving left and a blue square moving up"
     assert main(["generate", *small, "--prompt", two, "--out", str(tmp_path / "a.mp4")]) == 0
     assert "clause composition: 2 clauses at weight 0.5" in capsys.readouterr().out
+    assert json.loads((tmp_path / "a.json").read_text())["clauses"] == ["a red ball moving left",
+                                                                       "a blue square moving up"]
     assert main(["generate", *small, "--prompt", two, "--clause-weight", "0", "--out", str(tmp_path / "b.mp4")]) == 0
     assert main(["generate", *small, "--prompt", "a red ball moving left", "--out", str(tmp_path / "c.mp4")]) == 0
     assert "clause composition" not in capsys.readouterr().out
+    assert json.loads((tmp_path / "b.json").read_text())["clauses"] is None

@@ -98,11 +98,8 @@ def _report(run: Any, result: Any) -> None:
         c = result.cache
         line += (f"; cache {c['name']}: computed-step fraction {c['computed_step_fraction']:.2f} ("
                  + ", ".join(f"{n} {k}" for k, n in c["calls"].items() if n) + " transformer calls)")
-    from .pipelines.clauses import split_clauses
-
-    clauses = split_clauses(g.prompt)
-    if g.clause_weight > 0 and len(clauses) > 1:  # the step costs (2 + clauses)x the batch: say why it is slower
-        line += (f"; clause composition: {len(clauses)} clauses at weight {g.clause_weight:g}"
+    if result.clauses:  # each step costs (2 + clauses)x the batch: say why it is slower
+        line += (f"; clause composition: {len(result.clauses)} clauses at weight {g.clause_weight:g}"
                  f"{'' if g.clause_steps is None else f' in the first {g.clause_steps} steps'}")
     parallel = result.meta.get("parallel")
     if parallel:

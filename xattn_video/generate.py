@@ -19,7 +19,7 @@ from .pipelines.family import apply_xattention, check_precision_runs
 from .pipelines.hunyuan_video15 import asked_size
 from .pipelines.limits import check_model_size, check_pipeline_size
 from .pipelines.loading import is_tiny, load_pipeline, pipeline_class_for, resolve_device, takes_image
-from .pipelines.clauses import clause_composition
+from .pipelines.clauses import clause_composition, split_clauses
 from .pipelines.sampler import sampler_shift
 from .video_io import OutputPathError, write_json, write_mp4
 from .video_io import check_out as check_video_out
@@ -47,6 +47,7 @@ class GenerationResult:
     seconds_per_step: list[float]
     xattn: dict | None  # handle summary (density per step and layer), None for dense runs
     cache: dict | None = None  # step cache ledger (computed/skipped/predicted/reused per step), None without one
+    clauses: list[str] | None = None  # the prompt's clauses when clause composition ran, else None
     video_path: Path | None = None
     json_path: Path | None = None
     meta: dict = field(default_factory=dict)
@@ -184,6 +185,7 @@ def run_pipeline(pipe: Any, run: RunConfig, latents: torch.Tensor | None = None,
     accepted = inspect.signature(pipe.__call__).parameters
     kwargs = {k: v for k, v in kwargs.items() if k in accepted and (v is not None or k == "negative_prompt")}
     pipe.set_progress_bar_config(disable=not show_progress)
+    clauses = None
     try:
         _sync(device)
         start = time.perf_counter()
@@ -193,6 +195,7 @@ def run_pipeline(pipe: Any, run: RunConfig, latents: torch.Tensor | None = None,
             if prompt_embeds is not None:  # the hook knows the prompt's transformer call by this tensor
                 kwargs.pop("prompt")
                 kwargs["prompt_embeds"] = prompt_embeds
+                clauses = split_clauses(g.prompt)
             output = pipe(**kwargs)
         _sync(device)
         total = time.perf_counter() - start
@@ -216,7 +219,7 @@ def run_pipeline(pipe: Any, run: RunConfig, latents: torch.Tensor | None = None,
         frames = np.zeros((0, 0, 0, 3), np.float32)
     per_step = [b - a for a, b in zip([start] + step_ends[:-1], step_ends)]
     return GenerationResult(frames=frames, seconds_total=total, seconds_per_step=per_step, xattn=summary,
-                            cache=cache_summary)
+                            cache=cache_summary, clauses=clauses)
 
 
 def environment() -> dict:
@@ -290,6 +293,7 @@ def run_record(result: GenerationResult, run: RunConfig, pipe: Any) -> dict:
         "width": int(result.frames.shape[2]),
         "xattn": result.xattn,
         "cache": result.cache,
+        "clauses": result.clauses,
         "note": "tiny random-weight model: the video is noise" if is_tiny(run.model) else None,
     }
 
