@@ -25,7 +25,7 @@ from xattn_video.pipelines.loading import load_pipeline
 # Clause composition off: these tests guard the attention selection, and composing the two-object prompt would
 # call the transformer with 4x the batch at every step (2.5x the test's time); the composition has its own tests
 # (test_clauses.py, with XAttention on).
-FIXED = ["generation.clause_weight=0"]
+MINI_CPU = ["model.path=mini", "model.device=cpu", "generation.clause_weight=0"]
 PAIRS = [("a red ball moving right", 10_003), ("a white square moving up and a blue ball moving left", 10_002)]
 # Measured on a 2-core CPU (float32), the weights shipped on 2026-12-06 (stage l: `h` + two segments with every 2nd
 # step at mini-large): default config 35.2 / 23.7 dB against dense, random blocks at the same density 22.5 / 12.4 dB.
@@ -56,7 +56,7 @@ def random_blocks_like(selection: BlockSelection, generator: torch.Generator) ->
 def generate_variants(pairs: list[tuple[str, int]]) -> tuple[dict, dict]:
     """({variant: [frames per pair]}, {variant: [density per pair]}) for dense, the default config, and random
     blocks at the default's density."""
-    base = load_config(None, ["model.path=mini", "model.device=cpu", *FIXED])
+    base = load_config(None, MINI_CPU)
     pipe = load_pipeline(base.model)
     out: dict[str, list[np.ndarray]] = {"dense": [], "default": [], "random": []}
     densities: dict[str, list[float]] = {"default": [], "random": []}
@@ -67,8 +67,7 @@ def generate_variants(pairs: list[tuple[str, int]]) -> tuple[dict, dict]:
         return random_blocks_like(real_select(*args, **kwargs), generator)
 
     for prompt, seed in pairs:
-        run = load_config(None, ["model.path=mini", "model.device=cpu", *FIXED, f"generation.prompt={prompt}",
-                                 f"generation.seed={seed}"])
+        run = load_config(None, [*MINI_CPU, f"generation.prompt={prompt}", f"generation.seed={seed}"])
         run.dense = True
         out["dense"].append(run_pipeline(pipe, run, show_progress=False).frames)
         run.dense = False
