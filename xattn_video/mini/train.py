@@ -7,11 +7,14 @@ Two stages, both on procedural videos drawn on the fly (:mod:`xattn_video.mini.d
 2. the transformer and the text encoder together, with rectified flow matching (x_t = (1-σ)·z + σ·ε, target ε - z,
    timestep σ·1000 as ``WanPipeline`` passes it), prompts encoded as ``WanPipeline.encode_prompt`` encodes them
    (``model.encode_prompts``, tested equal; so training sees exactly what generation sees), 10% empty prompts for classifier-free guidance, at the ``mini``
-   shape and every ``--large-every``-th step at the ``mini-large`` shape. The saved weights are an EMA.
+   shape and every ``--large-every``-th step at the ``mini-large`` shape. The saved weights are an EMA. With
+   ``--recipe`` (:mod:`xattn_video.mini.recipe`; ``grow`` is the shipped weights') this stage is a sequence of
+   phases (shape, shift, learning-rate schedule, loss weights) in one process.
 
 Seeded and step-based (the learning-rate schedule depends on the step count, not on time), so the same command
 gives the same model up to GPU nondeterminism. ``--time-limit`` stops early and saves a resumable checkpoint
-(``--checkpoint``); ``--resume`` continues from it. Logs the loss every ``--log-every`` steps. Weights are saved in
+(``--checkpoint``); ``--resume`` continues from it (in the transformer stage with fresh Adam moments, warmed up
+again: the checkpoint stays small enough to carry to the next device call). Logs the loss every ``--log-every`` steps. Weights are saved in
 float16, the rest in float32 (the folder stays under 30 MB); ``training.json`` in the folder records the command, the GPU, the time and
 the final loss.
 """
@@ -21,6 +24,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import copy
+import dataclasses
 import json
 import math
 import random
@@ -37,9 +41,8 @@ from .grammar import MAX_OBJECTS, ObjectSpec, format_prompt, sample_objects, swa
 from .grounding import CrossAttentionMaps, grounding_loss, prompts_in_window, token_regions
 from .model import (SCHEDULER_CONFIG, TEXT_LEN, build_components, build_pipeline, encode_prompts, latent_norm,
                     tokens_per_call)
+from .recipe import LARGE_SHAPE, MINI_SHAPE, Phase, load_recipe
 
-MINI_SHAPE = (33, 128, 128)  # frames, height, width: 9 x 16 x 16 = 2,304 tokens per attention call
-LARGE_SHAPE = (33, 352, 352)  # 9 x 44 x 44 = 17,424 tokens
 FLOW_SHIFT = SCHEDULER_CONFIG["flow_shift"]  # the default shift of training σ and of the sampler; --flow-shift
 SIGMA_SAMPLINGS = ("uniform", "logit-normal")
 POOL_BATCHES = 8  # --latent-reuse keeps this many batches of clips per shape
@@ -124,6 +127,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="start from the weights of a pipeline folder (a second training segment) with fresh "
                         "optimizers: the VAE stage runs only when --vae-steps or --vae-seconds asks for it (then the "
                         "latent statistics are measured again), the transformer and text encoder continue")
+    p.add_argument("--recipe", default=None,
+                   help="run the transformer stage as the phases of a recipe (mini.recipe: a name, e.g. 'grow', the "
+                        "shipped weights' recipe, or a JSON file), one after the other in this process; each phase "
+                        "sets --seconds/--steps, --mini-shape, --batch, --large-every, --large-batch, --flow-shift, "
+                        "--large-flow-shift, --lr, --warmup and --shape-weight (those flags are then ignored), and "
+                        "its VAE budget applies unless --vae-steps/--vae-seconds/--init/--init-vae say otherwise")
     p.add_argument("--init-vae", type=Path, default=None,
                    help="start from the VAE (with its latent statistics) of this pipeline folder and train the "
                         "transformer and text encoder from scratch: the VAE stage runs only when --vae-steps or "
@@ -131,6 +140,16 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     args = p.parse_args(argv)
     if args.init is not None and args.init_vae is not None:
         p.error("--init and --init-vae: --init already takes the VAE")
+    args.phases = None
+    if args.recipe is not None:
+        try:
+            recipe = load_recipe(args.recipe)
+        except ValueError as error:
+            p.error(str(error))
+        args.phases = list(recipe.phases)
+        starts_from_folder = args.init is not None or args.init_vae is not None
+        if not starts_from_folder and args.vae_steps is None and args.vae_seconds is None:
+            args.vae_steps, args.vae_seconds = recipe.vae_steps, recipe.vae_seconds
     if args.vae_steps is None:
         starts_with_vae = args.init is not None or args.init_vae is not None
         args.vae_steps = 0 if starts_with_vae and args.vae_seconds is None else 1500
@@ -452,6 +471,38 @@ def init_from(folder: Path, components: dict, names: tuple[str, ...] = ("vae", "
                                                 latents_std=list(loaded.config.latents_std))
 
 
+RESUME_WARMUP = 50  # steps over which a resumed transformer stage (fresh Adam moments) ramps its learning rate
+
+
+def phases_of(args: argparse.Namespace) -> list[Phase]:
+    """The transformer phases: the recipe's, or one phase made of the command's flags."""
+    if args.phases is not None:
+        return args.phases
+    budget = {"seconds": args.seconds} if args.seconds is not None else {"steps": args.steps}
+    return [Phase("main", **budget, mini_shape=tuple(args.mini_shape), batch=args.batch, large_every=args.large_every,
+                  large_batch=args.large_batch, flow_shift=args.flow_shift, large_flow_shift=args.large_flow_shift,
+                  lr=args.lr, warmup=args.warmup, shape_weight=args.shape_weight)]
+
+
+def apply_phase(args: argparse.Namespace, phase: Phase) -> None:
+    """Set the flags a phase decides (the training loop reads ``args``)."""
+    args.seconds, args.steps = phase.seconds, phase.steps
+    args.mini_shape, args.batch = list(phase.mini_shape), phase.batch
+    args.large_every, args.large_batch = phase.large_every, phase.large_batch
+    args.flow_shift = phase.flow_shift
+    args.large_flow_shift = phase.flow_shift if phase.large_flow_shift is None else phase.large_flow_shift
+    args.lr, args.warmup, args.shape_weight = phase.lr, phase.warmup, phase.shape_weight
+
+
+def finish_phase(state: dict, phase: Phase, args: argparse.Namespace, elapsed: float) -> None:
+    """Record a finished phase (its step count and when it ended, seconds since the run began) and move on."""
+    state["phases"].append({"name": phase.name, "steps": args.steps, "ended_at_s": round(elapsed, 1)})
+    log(f"phase {phase.name}: {args.steps} steps, done at {elapsed:.0f} s")
+    state.pop("phase_total", None)
+    state["phase"] += 1
+    state["step"] = 0
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     started = time.time()
@@ -478,7 +529,7 @@ def main(argv: list[str] | None = None) -> int:
         gen.set_state(saved["gen"].cpu())
         if "latents_mean" in saved:
             vae.register_to_config(latents_mean=saved["latents_mean"], latents_std=saved["latents_std"])
-        log(f"resumed at stage {state['stage']}, step {state['step']}")
+        log(f"resumed at stage {state['stage']}, phase {state.get('phase', 0)}, step {state['step']}")
     elif args.init is not None or args.init_vae is not None:
         if args.init is not None:
             init_from(args.init, components)
@@ -487,19 +538,26 @@ def main(argv: list[str] | None = None) -> int:
         if args.vae_steps == 0 and args.vae_seconds is None:
             state["stage"] = "transformer"
         log(f"initialised from {args.init or args.init_vae}" + (" (the VAE only)" if args.init is None else ""))
+    resumed_in_transformer = args.resume is not None and state["stage"] == "transformer"
+    # every command of a run split by --time-limit/--resume, for the record
+    state.setdefault("commands", []).append("python -m xattn_video.mini.train " + " ".join(
+        sys.argv[1:] if argv is None else argv))
+    state.setdefault("devices", []).append(torch.cuda.get_device_name() if device.startswith("cuda") else device)
     deadline = None if args.time_limit is None else started + args.time_limit
 
     def stop_now() -> bool:
         return deadline is not None and time.time() > deadline
 
-    def checkpoint(optimizer: Any, extra: dict) -> int:
+    def checkpoint(optimizer: Any | None, extra: dict) -> int:
         if args.checkpoint is None:
             log("time limit reached and no --checkpoint given: nothing saved")
             return 1
+        state["seconds"] = state.get("seconds", 0.0) + time.time() - started
         payload = {"state": state, "vae": vae.state_dict(), "transformer": transformer.state_dict(),
-                   "text_encoder": text_encoder.state_dict(), "optimizer": optimizer.state_dict(),
-                   "rng": rng.getstate(), "gen": gen.get_state(), "args": vars(args) | {"out": str(args.out)},
-                   **extra}
+                   "text_encoder": text_encoder.state_dict(), "rng": rng.getstate(), "gen": gen.get_state(),
+                   "args": vars(args) | {"out": str(args.out)}, **extra}
+        if optimizer is not None:
+            payload["optimizer"] = optimizer.state_dict()
         args.checkpoint.parent.mkdir(parents=True, exist_ok=True)
         tmp = args.checkpoint.with_name(args.checkpoint.name + ".tmp")
         torch.save(payload, tmp)
@@ -514,12 +572,17 @@ def main(argv: list[str] | None = None) -> int:
         if opt_state is not None:
             opt.load_state_dict(opt_state)
         window = torch.zeros(2, device=device)  # summed recon and count since the last log (no per-step sync)
-        if args.vae_seconds is not None:
+        vae_seconds = args.vae_seconds
+        if "vae_total" in state:  # resumed after the budget was turned into a step count
+            args.vae_steps, vae_seconds = state["vae_total"], None
+        elif vae_seconds is not None:
             args.vae_steps = max(args.vae_steps, TIMED_STEPS[1] + 1)  # the budget decides at TIMED_STEPS[1]
         vae_started = [time.time()]
         while state["step"] < args.vae_steps:
             step = state["step"]
-            args.vae_steps = fit_steps(step, vae_started, args.vae_seconds, 100, "vae") or args.vae_steps
+            decided = fit_steps(step, vae_started, vae_seconds, 100, "vae")
+            if decided is not None:
+                args.vae_steps = state["vae_total"] = decided
             for group in opt.param_groups:
                 group["lr"] = args.vae_lr * lr_at(step, args.vae_steps, 100)
             with torch.autocast("cuda", dtype=torch.bfloat16, enabled=device.startswith("cuda")):
@@ -537,22 +600,25 @@ def main(argv: list[str] | None = None) -> int:
                 window.zero_()
             if stop_now() and state["step"] < args.vae_steps:
                 return checkpoint(opt, {})
+        state["vae_steps"] = args.vae_steps
         vae.eval()
         mean, std = latent_stats(vae, args, rng)
         vae.register_to_config(latents_mean=mean, latents_std=std)
         log(f"latent mean {[round(m, 3) for m in mean]} std {[round(s, 3) for s in std]}")
         state.update(stage="transformer", step=0)
         opt_state = None
+    args.vae_steps = state.get("vae_steps", args.vae_steps)
     vae.eval().requires_grad_(False)
     mean, std = latent_norm(vae, device)
 
-    # ---- stage 2: transformer + text encoder
+    # ---- stage 2: transformer + text encoder, phase by phase (one phase without --recipe)
     transformer.train()
     text_encoder.train()
     params = list(transformer.parameters()) + list(text_encoder.parameters())
     opt = torch.optim.AdamW(params, lr=args.lr, weight_decay=0.01, betas=(0.9, 0.99))
-    if opt_state is not None:
-        opt.load_state_dict(opt_state)
+    # a transformer checkpoint holds no optimizer (its moments would double the file, past what a device call
+    # carries): a resumed run starts Adam afresh and warms the learning rate up again over RESUME_WARMUP steps
+    resumed_at = state.get("global_step", 0) if resumed_in_transformer else None
     ema_t, ema_e = copy.deepcopy(transformer).eval(), copy.deepcopy(text_encoder).eval()
     if "ema_transformer" in saved:
         ema_t.load_state_dict(saved["ema_transformer"])
@@ -562,83 +628,111 @@ def main(argv: list[str] | None = None) -> int:
         log("--grounding-weight records the cross-attention in Python: training runs eager (--compile ignored)")
     forward = compiled_forward(transformer) if args.compile and not grounding else transformer
     window = torch.zeros(2, device=device)
-    probe, probe_high = text_probe_batches(vae, args, mean, std)
-    if args.seconds is not None:
-        args.steps = max(args.steps, args.warmup + 1, TIMED_STEPS[1] + 1)
-    stage_started = [time.time()]
-    clock = PhaseClock(device)
-    pools = {"mini": LatentPool(args.latent_reuse, POOL_BATCHES * args.batch),
-             "large": LatentPool(args.latent_reuse, POOL_BATCHES * args.large_batch)}
-    while state["step"] < args.steps:
-        step = state["step"]
-        args.steps = fit_steps(step, stage_started, args.seconds, args.warmup, "transformer") or args.steps
-        if step == TIMED_STEPS[1] and clock.counts:
-            log(clock.summary())
-        for group in opt.param_groups:
-            group["lr"] = args.lr * lr_at(step, args.steps, args.warmup)
-        large = args.large_every > 0 and step % args.large_every == args.large_every - 1
-        shape, batch = (args.large_shape, args.large_batch) if large else (args.mini_shape, args.batch)
-        clock.start(step, "mini-large" if large else "mini")
-        pool = pools["large" if large else "mini"]
-        objects = [sample_objects(rng, args.two_prob) for _ in range(pool.fresh(batch))]
-        if args.latent_reuse <= 1:  # the shipped weights' draw order
-            prompts = ["" if rng.random() < args.uncond else training_prompt(o, rng) for o in objects]
-        else:  # the pool keeps full prompts; each use drops one for guidance on its own
-            prompts = [training_prompt(o, rng) for o in objects]
-        swap_weights = {"shape": args.shape_weight, "direction": args.direction_weight, "binding": args.binding_weight}
-        rng_before = copy.deepcopy(rng) if any(w > 0 for w in swap_weights.values()) else None
-        clip = render(objects, *shape, rng, device)
-        video = clip.video
-        clock.phase("render")
-        z0 = encode_video(vae, video, mean, std)
-        if rng_before is not None:  # the weight travels with its clip through the pool, as one more channel
-            z0 = torch.cat([z0, swap_loss_weight(objects, video, rng_before, swap_weights)], 1)
-        if grounding:  # so do the objects' regions, as MAX_OBJECTS more channels
-            z0 = torch.cat([z0, latent_thumbnail(clip.masks)], 1)
-        z0, prompts = pool.fill(z0, prompts, batch, rng)
-        regions, z0 = (z0[:, -MAX_OBJECTS:], z0[:, :-MAX_OBJECTS]) if grounding else (None, z0)
-        weight, z0 = (z0[:, -1:], z0[:, :-1]) if rng_before is not None else (None, z0)
-        if args.latent_reuse > 1:
-            prompts = ["" if rng.random() < args.uncond else p for p in prompts]
-        clock.phase("encode")
-        noise = torch.randn(z0.shape, generator=gen, device=device)
-        shift = args.large_flow_shift if large else args.flow_shift
-        sigma = flow_sigmas(batch, gen, device, args.sigma_sampling, shift).view(-1, 1, 1, 1, 1)
-        zt = (1 - sigma) * z0 + sigma * noise
-        with torch.autocast("cuda", dtype=torch.bfloat16, enabled=device.startswith("cuda")), \
-                (CrossAttentionMaps(transformer) if grounding else contextlib.nullcontext()) as maps:
-            text = encode_prompts(text_encoder, prompts, device, args.text_len)  # = pipe.encode_prompt, faster
-            pred = forward(zt, timestep=sigma.view(-1) * 1000, encoder_hidden_states=text, return_dict=False)[0]
-        loss = flow_loss(pred.float(), noise - z0, weight)
-        if grounding:
-            patch = tuple(transformer.config.patch_size[1:])
-            in_window = prompts_in_window(prompts, sigma, args.grounding_sigma_min)
-            loss = loss + args.grounding_weight * grounding_loss(maps.layers, token_regions(regions, patch), in_window)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(params, 1.0)
-        opt.step()
-        clock.phase("train")
-        ema_update(ema_t, transformer, ema_decay(step, args.ema))
-        ema_update(ema_e, text_encoder, ema_decay(step, args.ema))
-        clock.phase("ema")
-        window += torch.stack([loss.detach(), torch.ones((), device=device)])
-        state["step"] += 1
-        if state["step"] % args.log_every == 0 or state["step"] == args.steps:
-            state["losses"].append((state["step"], round((window[0] / window[1]).item(), 5)))
-            state.setdefault("text_gaps", []).append((state["step"], round(text_gap(transformer, text_encoder,
-                                                                                    probe, args), 4)))
-            state.setdefault("text_gaps_high", []).append(
-                (state["step"], round(text_gap(transformer, text_encoder, probe_high, args), 4)))
-            log(f"step {state['step']}/{args.steps} loss {state['losses'][-1][1]:.4f} text gap "
-                f"{state['text_gaps'][-1][1]:+.3f} (σ {TEXT_PROBE_SIGMAS[1]}: {state['text_gaps_high'][-1][1]:+.3f}) "
-                f"lr {opt.param_groups[0]['lr']:.2e} ({time.time() - started:.0f} s)")
-            window.zero_()
-        if stop_now() and state["step"] < args.steps:
-            return checkpoint(opt, {"latents_mean": vae.config.latents_mean, "latents_std": vae.config.latents_std,
-                                    "ema_transformer": ema_t.state_dict(), "ema_text_encoder": ema_e.state_dict()})
+    phases = phases_of(args)
+    for key, value in (("phase", 0), ("global_step", 0), ("phases", [])):
+        state.setdefault(key, value)
+    while state["phase"] < len(phases):
+        phase = phases[state["phase"]]
+        apply_phase(args, phase)
+        seconds = args.seconds
+        if "phase_total" in state:  # resumed inside a phase whose step count was decided
+            args.steps, seconds = state["phase_total"], None
+        elif seconds is not None:
+            args.steps = max(args.warmup + 1, TIMED_STEPS[1] + 1)  # until fit_steps decides, at TIMED_STEPS[1]
+        if len(phases) > 1:
+            log(f"phase {phase.name} ({state['phase'] + 1}/{len(phases)}): {tokens_per_call(*args.mini_shape)} "
+                f"tokens x {args.batch}, shift {args.flow_shift:g}, every {args.large_every or '-'} step mini-large "
+                f"(shift {args.large_flow_shift:g}), lr {args.lr:.0e}, shape weight {args.shape_weight:g}, "
+                + (f"{args.seconds:.0f} s" if args.seconds is not None else f"{args.steps} steps"))
+        probe, probe_high = text_probe_batches(vae, args, mean, std)
+        stage_started = [time.time()]
+        clock = PhaseClock(device)
+        pools = {"mini": LatentPool(args.latent_reuse, POOL_BATCHES * args.batch),
+                 "large": LatentPool(args.latent_reuse, POOL_BATCHES * args.large_batch)}
+        while state["step"] < args.steps:
+            step = state["step"]
+            decided = fit_steps(step, stage_started, seconds, args.warmup, phase.name)
+            if decided is not None:
+                args.steps = decided
+            if seconds is None or decided is not None:  # known: a resumed run keeps it
+                state["phase_total"] = args.steps
+            if step == TIMED_STEPS[1] and clock.counts:
+                log(clock.summary())
+            restart = 1.0 if resumed_at is None else min(1.0, (state["global_step"] - resumed_at + 1) / RESUME_WARMUP)
+            for group in opt.param_groups:
+                group["lr"] = args.lr * lr_at(step, args.steps, args.warmup) * restart
+            large = args.large_every > 0 and step % args.large_every == args.large_every - 1
+            shape, batch = (args.large_shape, args.large_batch) if large else (args.mini_shape, args.batch)
+            clock.start(step, "mini-large" if large else "mini")
+            pool = pools["large" if large else "mini"]
+            objects = [sample_objects(rng, args.two_prob) for _ in range(pool.fresh(batch))]
+            if args.latent_reuse <= 1:  # the shipped weights' draw order
+                prompts = ["" if rng.random() < args.uncond else training_prompt(o, rng) for o in objects]
+            else:  # the pool keeps full prompts; each use drops one for guidance on its own
+                prompts = [training_prompt(o, rng) for o in objects]
+            swap_weights = {"shape": args.shape_weight, "direction": args.direction_weight,
+                            "binding": args.binding_weight}
+            rng_before = copy.deepcopy(rng) if any(w > 0 for w in swap_weights.values()) else None
+            clip = render(objects, *shape, rng, device)
+            video = clip.video
+            clock.phase("render")
+            z0 = encode_video(vae, video, mean, std)
+            if rng_before is not None:  # the weight travels with its clip through the pool, as one more channel
+                z0 = torch.cat([z0, swap_loss_weight(objects, video, rng_before, swap_weights)], 1)
+            if grounding:  # so do the objects' regions, as MAX_OBJECTS more channels
+                z0 = torch.cat([z0, latent_thumbnail(clip.masks)], 1)
+            z0, prompts = pool.fill(z0, prompts, batch, rng)
+            regions, z0 = (z0[:, -MAX_OBJECTS:], z0[:, :-MAX_OBJECTS]) if grounding else (None, z0)
+            weight, z0 = (z0[:, -1:], z0[:, :-1]) if rng_before is not None else (None, z0)
+            if args.latent_reuse > 1:
+                prompts = ["" if rng.random() < args.uncond else p for p in prompts]
+            clock.phase("encode")
+            noise = torch.randn(z0.shape, generator=gen, device=device)
+            shift = args.large_flow_shift if large else args.flow_shift
+            sigma = flow_sigmas(batch, gen, device, args.sigma_sampling, shift).view(-1, 1, 1, 1, 1)
+            zt = (1 - sigma) * z0 + sigma * noise
+            with torch.autocast("cuda", dtype=torch.bfloat16, enabled=device.startswith("cuda")), \
+                    (CrossAttentionMaps(transformer) if grounding else contextlib.nullcontext()) as maps:
+                text = encode_prompts(text_encoder, prompts, device, args.text_len)  # = pipe.encode_prompt, faster
+                pred = forward(zt, timestep=sigma.view(-1) * 1000, encoder_hidden_states=text, return_dict=False)[0]
+            loss = flow_loss(pred.float(), noise - z0, weight)
+            if grounding:
+                patch = tuple(transformer.config.patch_size[1:])
+                in_window = prompts_in_window(prompts, sigma, args.grounding_sigma_min)
+                loss = loss + args.grounding_weight * grounding_loss(maps.layers, token_regions(regions, patch),
+                                                                     in_window)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(params, 1.0)
+            opt.step()
+            clock.phase("train")
+            ema_update(ema_t, transformer, ema_decay(state["global_step"], args.ema))
+            ema_update(ema_e, text_encoder, ema_decay(state["global_step"], args.ema))
+            clock.phase("ema")
+            window += torch.stack([loss.detach(), torch.ones((), device=device)])
+            state["step"] += 1
+            state["global_step"] += 1
+            if state["step"] % args.log_every == 0 or state["step"] == args.steps:
+                at = state["global_step"]
+                state["losses"].append((at, round((window[0] / window[1]).item(), 5)))
+                state.setdefault("text_gaps", []).append((at, round(text_gap(transformer, text_encoder, probe, args),
+                                                                    4)))
+                state.setdefault("text_gaps_high", []).append(
+                    (at, round(text_gap(transformer, text_encoder, probe_high, args), 4)))
+                log(f"step {state['step']}/{args.steps} loss {state['losses'][-1][1]:.4f} text gap "
+                    f"{state['text_gaps'][-1][1]:+.3f} (σ {TEXT_PROBE_SIGMAS[1]}: {state['text_gaps_high'][-1][1]:+.3f}) "
+                    f"lr {opt.param_groups[0]['lr']:.2e} ({time.time() - started:.0f} s)")
+                window.zero_()
+            if stop_now() and (state["step"] < args.steps or state["phase"] + 1 < len(phases)):
+                if state["step"] == args.steps:  # stopped between phases: the next one starts on resume
+                    finish_phase(state, phase, args, state.get("seconds", 0.0) + time.time() - started)
+                return checkpoint(None, {"latents_mean": vae.config.latents_mean,
+                                         "latents_std": vae.config.latents_std,
+                                         "ema_transformer": ema_t.state_dict(),
+                                         "ema_text_encoder": ema_e.state_dict()})
+        finish_phase(state, phase, args, state.get("seconds", 0.0) + time.time() - started)
 
-    save(args, components, ema_t, ema_e, state, time.time() - started)
+    save(args, components, ema_t, ema_e, state, state.get("seconds", 0.0) + time.time() - started)
     return 0
 
 
@@ -656,6 +750,8 @@ def save(args: argparse.Namespace, components: dict, ema_t: Any, ema_e: Any, sta
     import transformers
 
     final = {**components, "transformer": ema_t, "text_encoder": ema_e}
+    scheduler = components["scheduler"]  # the sampler the folder ships with: the last phase's shift
+    final["scheduler"] = type(scheduler).from_config(scheduler.config, flow_shift=args.flow_shift)
     final["transformer"] = final["transformer"].to("cpu", torch.float16)  # 18 MB; the text encoder and VAE
     for name in ("text_encoder", "vae"):  # stay float32 (5 MB), so a plain from_pretrained runs them anywhere
         final[name] = final[name].to("cpu", torch.float32)
@@ -664,9 +760,13 @@ def save(args: argparse.Namespace, components: dict, ema_t: Any, ema_e: Any, sta
     build_pipeline(final).save_pretrained(tmp, safe_serialization=True)
     losses = state["losses"]
     record = {
-        "command": "python -m xattn_video.mini.train " + " ".join(sys.argv[1:]),
-        "steps": {"vae": args.vae_steps, "transformer": args.steps},
-        "args": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()},
+        "command": state["commands"][0],
+        "commands": state["commands"],  # more than one when --time-limit split the run
+        "devices": state["devices"],  # the device each command ran on
+        "steps": {"vae": args.vae_steps, "transformer": state["global_step"]},
+        "args": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items() if k != "phases"},
+        "recipe": None if args.phases is None else [dataclasses.asdict(phase) for phase in args.phases],
+        "phases": state["phases"],  # each phase's step count (decided from its seconds) and when it ended
         "gpu": torch.cuda.get_device_name() if torch.cuda.is_available() else None,
         "seconds": round(seconds, 1),
         "final_loss": losses[-1][1] if losses else None,

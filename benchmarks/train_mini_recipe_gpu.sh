@@ -1,0 +1,45 @@
+#!/bin/bash
+# The mini weights' training run, `python -m xattn_video.mini.train --recipe grow` (xattn_video/mini/recipe.py), on
+# one GPU in device calls of at most 10 minutes: a call trains until LIMIT seconds (default 540), then leaves its
+# checkpoint in $OUT as ckpt.part-* (15 MB each); the next call is given the folder holding those parts (carried,
+# e.g. .mini-init/ckpt) and resumes. The call that finishes packs the pipeline folder to $OUT/mini.tar.part-*,
+# copies training.json and scores dense prompt_match at both presets (32 held-out pairs each, the presets'
+# defaults), all logs in one $OUT/checks.tar (the device returns at most 8 files).
+# Usage (repo root): LIMIT=540 bash benchmarks/train_mini_recipe_gpu.sh [FOLDER_WITH_CKPT_PARTS]
+# (RECIPE=FILE|NAME, default grow; TRAIN_ARGS="..." replaces the default "--compile --latent-reuse 2"; PM=0 skips
+#  the checks)
+set -u
+OUT=${OUT:-/tmp/out}
+mkdir -p "$OUT" /tmp/recipe-run
+[ -d /tmp/site ] || python3 -m pip install -q --no-index --no-deps --target /tmp/site .whl/*.whl 2>&1 | tail -2
+export PYTHONPATH=/tmp/site:$PWD:${PYTHONPATH:-}
+nvidia-smi --query-gpu=name,memory.total --format=csv,noheader 2>/dev/null
+RESUME=()
+if [ -n "${1:-}" ]; then
+  cat "$1"/ckpt.part-* > /tmp/recipe-run/resume.ckpt || exit 2
+  RESUME=(--resume /tmp/recipe-run/resume.ckpt)
+fi
+rm -rf /tmp/recipe-run/mini /tmp/recipe-run/next.ckpt
+echo "=== training ($(date +%T))"
+python3 -m xattn_video.mini.train --out /tmp/recipe-run/mini --recipe "${RECIPE:-grow}" ${TRAIN_ARGS:---compile --latent-reuse 2} \
+  --log-every 100 --time-limit "${LIMIT:-540}" --checkpoint /tmp/recipe-run/next.ckpt "${RESUME[@]}" 2>&1 \
+  | grep -v "should be kept\|Writing model\|Warn" | tee "$OUT/train-$(date +%H%M%S).log"
+rc=${PIPESTATUS[0]}
+if [ "$rc" = 3 ]; then  # stopped at the time limit: the checkpoint goes back for the next call
+  split -b 15M /tmp/recipe-run/next.ckpt "$OUT/ckpt.part-"
+  ls -la "$OUT"; echo "=== stopped at the time limit $(date +%T)"; exit 0
+fi
+[ "$rc" = 0 ] || { echo "training failed (exit $rc)"; exit "$rc"; }
+cp /tmp/recipe-run/mini/training.json "$OUT/training.json"
+tar -C /tmp/recipe-run -cf - mini | split -b 15M - "$OUT/mini.tar.part-"
+mkdir -p /tmp/recipe-run/checks
+if [ "${PM:-1}" != 0 ]; then
+  echo "=== prompt_match ($(date +%T))"
+  XVID_MINI_WEIGHTS=/tmp/recipe-run/mini timeout 150 python3 benchmarks/mini_prompt_match.py --model mini --pairs 32 \
+    --guidance 1 --why --out-dir /tmp/recipe-run/checks --name pm-mini 2>&1 | grep -v Warn | tail -9
+  XVID_MINI_WEIGHTS=/tmp/recipe-run/mini timeout 200 python3 benchmarks/mini_prompt_match.py --model mini-large \
+    --pairs 32 --guidance 1 --why --out-dir /tmp/recipe-run/checks --name pm-large 2>&1 | grep -v Warn | tail -8
+fi
+tar -C /tmp/recipe-run -cf "$OUT/checks.tar" checks
+ls -la "$OUT"
+echo "=== done $(date +%T)"

@@ -1,0 +1,114 @@
+"""Training recipes (xattn_video.mini.recipe): phases run in order in one process, each with its own shape, shift
+and loss weight; a run split by --time-limit/--resume ends where the whole run ends; bad recipes get one line."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from xattn_video.mini import recipe as mini_recipe
+from xattn_video.mini import train
+
+TIED_VAE = Path(__file__).resolve().parents[1] / "benchmarks" / "results" / "mini-vae-thumb-cpu"  # the committed VAE
+TINY_RECIPE = {"phases": [
+    {"name": "first", "steps": 3, "mini_shape": [5, 32, 32], "batch": 2, "warmup": 1, "flow_shift": 3.0},
+    {"name": "second", "steps": 4, "mini_shape": [5, 48, 48], "batch": 2, "large_every": 2, "large_batch": 1,
+     "flow_shift": 6.0, "large_flow_shift": 9.0, "warmup": 1, "shape_weight": 10.0},
+]}
+
+
+def tiny_args(tmp_path: Path, *more: str) -> list[str]:
+    path = tmp_path / "recipe.json"
+    path.write_text(json.dumps(TINY_RECIPE))
+    return ["--out", str(tmp_path / "mini"), "--recipe", str(path), "--init-vae", str(TIED_VAE), "--large-shape", "5",
+            "64", "64", "--log-every", "1", "--device", "cpu", *more]
+
+
+def test_phases_run_in_order_with_their_own_shape_shift_and_weight(tmp_path, monkeypatch):
+    drawn = []  # (phase's step, clip shape, σ shift, shape weight) per training step
+    render, flow_sigmas = train.render, train.flow_sigmas
+
+    def spy_render(objects, frames, height, width, rng, device):
+        drawn.append([(frames, height, width)])
+        return render(objects, frames, height, width, rng, device)
+
+    def spy_sigmas(n, generator, device, sampling, shift):
+        drawn[-1].append(shift)
+        return flow_sigmas(n, generator, device, sampling, shift)
+
+    monkeypatch.setattr(train, "render", spy_render)
+    monkeypatch.setattr(train, "flow_sigmas", spy_sigmas)
+    assert train.main(tiny_args(tmp_path)) == 0
+    # the text probes render once per phase at its mini shape; the steps render then draw σ
+    steps = [d for d in drawn if len(d) == 2]
+    assert steps == [[(5, 32, 32), 3.0]] * 3 + [[(5, 48, 48), 6.0], [(5, 64, 64), 9.0]] * 2
+    record = json.loads((tmp_path / "mini" / "training.json").read_text())
+    assert record["steps"]["transformer"] == 7
+    assert [(p["name"], p["steps"]) for p in record["phases"]] == [("first", 3), ("second", 4)]
+    assert [step for step, _ in record["loss_curve"]] == list(range(1, 8))  # steps counted over the whole run
+    assert record["flow_shift"] == {"mini": 6.0, "mini-large": 9.0}  # the last phase's: what the presets sample at
+    scheduler = json.loads((tmp_path / "mini" / "scheduler" / "scheduler_config.json").read_text())
+    assert scheduler["flow_shift"] == 6.0
+    assert record["recipe"][1]["shape_weight"] == 10.0 and record["args"]["shape_weight"] == 10.0
+
+
+def test_a_run_split_by_the_time_limit_ends_as_the_whole_run(tmp_path):
+    """--time-limit 0 stops after every step (inside a phase and between phases); each resume goes on from the
+    checkpoint until the folder is written, with every phase's steps run once."""
+    checkpoint = tmp_path / "run.ckpt"
+    args = tiny_args(tmp_path, "--time-limit", "0", "--checkpoint", str(checkpoint))
+    codes = [train.main(args)]
+    while codes[-1] == 3 and len(codes) < 12:
+        codes.append(train.main([*args, "--resume", str(checkpoint)]))
+    assert codes == [3] * 6 + [0]
+    record = json.loads((tmp_path / "mini" / "training.json").read_text())
+    assert [(p["name"], p["steps"]) for p in record["phases"]] == [("first", 3), ("second", 4)]
+    assert record["steps"]["transformer"] == 7 and len(record["commands"]) == len(record["devices"]) == 7
+    assert "--resume" not in record["command"] and "--resume" in record["commands"][-1]
+
+
+def test_resumed_transformer_warms_its_learning_rate_up_again(tmp_path, monkeypatch):
+    """A transformer checkpoint holds no Adam moments: the resumed run ramps the learning rate over RESUME_WARMUP."""
+    checkpoint = tmp_path / "run.ckpt"
+    args = tiny_args(tmp_path, "--time-limit", "0", "--checkpoint", str(checkpoint))
+    assert train.main(args) == 3
+    rates = []
+    step = train.torch.optim.AdamW.step
+
+    def spy_step(self, *a, **k):
+        rates.append(self.param_groups[0]["lr"])
+        return step(self, *a, **k)
+
+    monkeypatch.setattr(train.torch.optim.AdamW, "step", spy_step)
+    assert train.main([*args, "--resume", str(checkpoint)]) == 3
+    base = 8e-4 * train.lr_at(1, 3, 1)  # the phase's schedule at its step 1
+    assert rates == [pytest.approx(base / train.RESUME_WARMUP)]
+
+
+def test_bad_recipes_are_refused_with_one_line(tmp_path, capsys):
+    bad = tmp_path / "bad.json"
+    bad.write_text(json.dumps({"phases": [{"name": "x", "steps": 2, "shift": 3}]}))
+    with pytest.raises(ValueError, match=r"unknown keys \['shift'\]"):
+        mini_recipe.load_recipe(str(bad))
+    bad.write_text(json.dumps({"phases": [{"name": "x", "steps": 2, "seconds": 9}]}))
+    with pytest.raises(ValueError, match="exactly one of seconds and steps"):
+        mini_recipe.load_recipe(str(bad))
+    with pytest.raises(SystemExit) as stop:
+        train.parse_args(["--out", "x", "--recipe", "nonesuch"])
+    assert stop.value.code == 2 and "not a recipe name (grow) nor a JSON file" in capsys.readouterr().err
+
+
+def test_grow_recipe_fits_the_issue_budget_and_ends_at_the_presets_shifts():
+    """The shipped recipe: under 25 minutes on one H200 with ≥ 3 minutes left for start-up and the compilation
+    after each of two resumes; every warm-up outlasts the steps that time a phase (its step count is decided
+    inside the warm-up); it ends at the shifts the mini presets sample at."""
+    grow = mini_recipe.RECIPES["grow"]
+    assert grow.vae_seconds + sum(p.seconds for p in grow.phases) <= 22 * 60
+    assert all(p.warmup > train.TIMED_STEPS[1] for p in grow.phases)
+    last = grow.phases[-1]
+    assert (last.mini_shape, last.flow_shift, last.large_flow_shift) == (mini_recipe.MINI_SHAPE, 6.0, 12.0)
+    args = train.parse_args(["--out", "x", "--recipe", "grow"])
+    assert (args.vae_seconds, [p.name for p in args.phases]) == (grow.vae_seconds, [p.name for p in grow.phases])
+    assert train.parse_args(["--out", "x", "--recipe", "grow", "--init-vae", str(TIED_VAE)]).vae_steps == 0
