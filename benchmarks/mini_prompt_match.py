@@ -93,12 +93,28 @@ def main(argv: list[str] | None = None) -> int:
                         "away from the wrong binding; empty otherwise); opposite (every direction reversed)")
     p.add_argument("--objects", type=int, choices=(1, 2), default=None,
                    help="score only the pairs (of the --pairs held-out ones) whose prompt names this many objects")
+    p.add_argument("--variant", action="append", default=[], metavar="LABEL:KEY=VALUE[,KEY=VALUE]",
+                   help="a row per variant: these config overrides on top of --set, the pipeline loaded once (e.g. "
+                        "steps30:generation.steps=30); repeatable; default one row with --set alone")
+    p.add_argument("--pair-seed", type=int, default=None,
+                   help="draw the pairs from this grammar seed, generation seeds from 20,000: a tuning set apart from "
+                        "the held-out pairs (choose settings on it, report them on the held-out pairs)")
     p.add_argument("--why", action="store_true",
                    help="also count, per row, why directions scored as they did (right, object not found, not "
                         "moving, opposite, sideways) and the median travel of the objects found")
     args = p.parse_args(argv)
     if args.guided_steps is not None and args.guided_steps < 1:
         p.error(f"--guided-steps must be >= 1, got {args.guided_steps}")
+    variants = [("", [])]
+    if args.variant:
+        variants = []
+        for spec in args.variant:
+            label, _, overrides = spec.partition(":")
+            if not label or "=" not in overrides:
+                p.error(f"--variant {spec!r}: expected LABEL:KEY=VALUE[,KEY=VALUE]")
+            variants.append((label, overrides.split(",")))
+    pairs = (held_out_pairs(args.pairs) if args.pair_seed is None
+             else held_out_pairs(args.pairs, seed=args.pair_seed, first_seed=20_000))
 
     rows = []
     for model in args.model:
@@ -111,17 +127,19 @@ def main(argv: list[str] | None = None) -> int:
             guide_first_steps(pipe, args.guided_steps)
         if args.reference:
             rows.extend(reference_rows(pipe, base, model, args.pairs))
-        for guidance in ([] if args.no_generate else args.guidance):
+        grid = [(v, g) for v in variants for g in ([] if args.no_generate else args.guidance)]
+        for (label, variant), guidance in grid:
+            config = load_config(None, overrides + variant)
             scores: dict[str, list[float]] = {}
             outcomes = dict.fromkeys(DIRECTION_OUTCOMES, 0)
             travels = []
             seconds = []
             per_pair = []
-            for prompt, seed in held_out_pairs(args.pairs):
+            for prompt, seed in pairs:
                 if args.objects is not None and len(parse_prompt(prompt)) != args.objects:
                     continue
                 negative = contrast_prompt(prompt, args.negative)
-                run = load_config(None, overrides + [f"generation.prompt={prompt}", f"generation.seed={seed}"]
+                run = load_config(None, overrides + variant + [f"generation.prompt={prompt}", f"generation.seed={seed}"]
                                   + ([f"generation.guidance_scale={guidance}"] if guidance is not None else [])
                                   + ([f"generation.negative_prompt={negative}"] if negative else []))
                 run.dense = True
@@ -137,9 +155,9 @@ def main(argv: list[str] | None = None) -> int:
                     outcomes[outcome] += 1
                     if reading.found:
                         travels.append(float(np.hypot(*reading.travel)))
-            g = base.generation.guidance_scale if guidance is None else guidance
-            row = {"model": model, "guidance": g, "guided_steps": args.guided_steps, "negative": args.negative,
-                   "steps": base.generation.steps,
+            g = config.generation.guidance_scale if guidance is None else guidance
+            row = {"model": model + (f" {label}" if label else ""), "variant": variant, "guidance": g,
+                   "guided_steps": args.guided_steps, "negative": args.negative, "steps": config.generation.steps,
                    "pairs": len(per_pair),
                    "size": f"{base.generation.frames}x{base.generation.height}x{base.generation.width}",
                    "seconds_per_video": float(np.median(seconds)),
@@ -150,7 +168,7 @@ def main(argv: list[str] | None = None) -> int:
                 row["per_pair"] = per_pair
                 row["right_by_objects"] = right_by_object_count(per_pair)
             rows.append(row)
-            print(f"{model} guidance {g}: " + ", ".join(f"{k} {v:.3f}" for k, v in row.items()
+            print(f"{row['model']} guidance {g}: " + ", ".join(f"{k} {v:.3f}" for k, v in row.items()
                                                          if k.startswith("prompt_match")), flush=True)
     header = "| model | size | steps | guidance | all three | colour | shape | direction | s/video |"
     lines = [header, "|---|---|---:|---:|---:|---:|---:|---:|---:|"]
@@ -181,7 +199,9 @@ def main(argv: list[str] | None = None) -> int:
 
         gpu = torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu"
         name = args.name or f"prompt-match-mini-{gpu.lower().replace(' ', '-')}"
-        write_report(f"# prompt_match of dense mini-model generations ({gpu})\n\n{args.pairs} held-out (prompt, seed) "
+        which = ("held-out" if args.pair_seed is None
+                 else f"tuning (grammar seed {args.pair_seed}, generation seeds from 20,000)")
+        write_report(f"# prompt_match of dense mini-model generations ({gpu})\n\n{args.pairs} {which} (prompt, seed) "
                      f"pairs (`xattn_video.mini.grammar.held_out_pairs`)"
                      + (f", only those naming {args.objects} object(s)" if args.objects else "") + ", dense attention"
                      + (f"; config overrides: {', '.join(f'`{o}`' for o in args.set)}" if args.set else "") + ".\n\n"

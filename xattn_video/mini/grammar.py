@@ -103,14 +103,15 @@ def swap_clip(objects: list[ObjectSpec], swap: str) -> list[ObjectSpec]:
     return [swap_word(o, swap) for o in objects]
 
 
-def held_out_pairs(count: int = 32, seed: int = 1234) -> list[tuple[str, int]]:
+def held_out_pairs(count: int = 32, seed: int = 1234, first_seed: int = 10_000) -> list[tuple[str, int]]:
     """``count`` (prompt, seed) pairs for evaluation: canonical prompts, half with two objects, and generation
-    seeds far from anything the training run draws (training samples noise from its own generator)."""
+    seeds ``first_seed``, ``first_seed + 1``, ..., far from anything the training run draws (training samples noise
+    from its own generator). Another ``seed`` and ``first_seed`` give a tuning set apart from the held-out pairs."""
     rng = random.Random(seed)
     pairs = []
     for i in range(count):
         objects = sample_objects(rng, two_prob=0.0 if i % 2 == 0 else 1.0)
-        pairs.append((format_prompt(objects), 10_000 + i))
+        pairs.append((format_prompt(objects), first_seed + i))
     return pairs
 
 
