@@ -33,3 +33,16 @@ def test_probe_accuracy_reads_a_linear_code_and_not_noise():
     assert probe_accuracy(states[:400], labels[:400], states[400:], labels[400:], 4) > 0.95, seed
     noise = torch.randn(600, 16, generator=gen)
     assert probe_accuracy(noise[:400], labels[:400], noise[400:], labels[400:], 4) < 0.45, seed
+
+
+def test_tuning_pairs_are_apart_from_the_held_out_pairs():
+    """--pair-seed: settings are chosen on other prompts and seeds than the held-out pairs they are reported on; the
+    held-out pairs themselves do not change (every committed prompt_match table uses them)."""
+    from xattn_video.mini.grammar import held_out_pairs
+
+    held_out = held_out_pairs(32)
+    assert held_out[1] == ("a white ball moving left and a red square moving right", 10_001)  # as in the tables
+    assert held_out[:2] == held_out_pairs(2) and [seed for _, seed in held_out] == list(range(10_000, 10_032))
+    tuning = held_out_pairs(32, seed=77, first_seed=20_000)
+    assert not {p for p, _ in tuning[1::2]} & {p for p, _ in held_out[1::2]}  # two-object prompts all differ
+    assert {s for _, s in tuning}.isdisjoint(s for _, s in held_out)
