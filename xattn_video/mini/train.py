@@ -388,6 +388,37 @@ def encode_video(vae: Any, video: torch.Tensor, mean: torch.Tensor, std: torch.T
     return (z - mean) / std  # the normalised latents the pipeline denoises
 
 
+def draw_batch(pool: LatentPool, batch: int, shape: list[int], vae: Any, mean: torch.Tensor, std: torch.Tensor,
+               args: argparse.Namespace, rng: random.Random, clock: PhaseClock,
+               grounding: bool) -> tuple[torch.Tensor, list[str], torch.Tensor | None, torch.Tensor | None]:
+    """One training batch at ``shape`` (frames, height, width): fresh clips rendered and encoded (``pool.fresh``),
+    the rest drawn from ``pool``. Returns the normalised latents [B, C, F', H', W'], the prompts (``args.uncond``
+    of them emptied), the loss weight [B, 1, F', H', W'] when a swap weight is on (else None) and, with
+    ``grounding``, the objects' regions [B, MAX_OBJECTS, F', H', W'] (else None)."""
+    objects = [sample_objects(rng, args.two_prob) for _ in range(pool.fresh(batch))]
+    if args.latent_reuse <= 1:  # the shipped weights' draw order
+        prompts = ["" if rng.random() < args.uncond else training_prompt(o, rng) for o in objects]
+    else:  # the pool keeps full prompts; each use drops one for guidance on its own
+        prompts = [training_prompt(o, rng) for o in objects]
+    swap_weights = {"shape": args.shape_weight, "direction": args.direction_weight, "binding": args.binding_weight}
+    rng_before = copy.deepcopy(rng) if any(w > 0 for w in swap_weights.values()) else None
+    clip = render(objects, *shape, rng, args.device)
+    video = clip.video
+    clock.phase("render")
+    z0 = encode_video(vae, video, mean, std)
+    if rng_before is not None:  # the weight travels with its clip through the pool, as one more channel
+        z0 = torch.cat([z0, swap_loss_weight(objects, video, rng_before, swap_weights)], 1)
+    if grounding:  # so do the objects' regions, as MAX_OBJECTS more channels
+        z0 = torch.cat([z0, latent_thumbnail(clip.masks)], 1)
+    z0, prompts = pool.fill(z0, prompts, batch, rng)
+    regions, z0 = (z0[:, -MAX_OBJECTS:], z0[:, :-MAX_OBJECTS]) if grounding else (None, z0)
+    weight, z0 = (z0[:, -1:], z0[:, :-1]) if rng_before is not None else (None, z0)
+    if args.latent_reuse > 1:
+        prompts = ["" if rng.random() < args.uncond else p for p in prompts]
+    clock.phase("encode")
+    return z0, prompts, weight, regions
+
+
 TEXT_PROBE = 16  # clips in the fixed batch on which the log measures how much the prediction uses the prompt
 # σ of the two text-gap probes: 0.75 (the running measure since the first run) and 0.97, among the sampler's first
 # steps (σ 1 -> 0.94 at shift 3), where layout and colour are decided and the first weights barely used the prompt
@@ -664,29 +695,8 @@ def main(argv: list[str] | None = None) -> int:
             large = args.large_every > 0 and step % args.large_every == args.large_every - 1
             shape, batch = (args.large_shape, args.large_batch) if large else (args.mini_shape, args.batch)
             clock.start(step, "mini-large" if large else "mini")
-            pool = pools["large" if large else "mini"]
-            objects = [sample_objects(rng, args.two_prob) for _ in range(pool.fresh(batch))]
-            if args.latent_reuse <= 1:  # the shipped weights' draw order
-                prompts = ["" if rng.random() < args.uncond else training_prompt(o, rng) for o in objects]
-            else:  # the pool keeps full prompts; each use drops one for guidance on its own
-                prompts = [training_prompt(o, rng) for o in objects]
-            swap_weights = {"shape": args.shape_weight, "direction": args.direction_weight,
-                            "binding": args.binding_weight}
-            rng_before = copy.deepcopy(rng) if any(w > 0 for w in swap_weights.values()) else None
-            clip = render(objects, *shape, rng, device)
-            video = clip.video
-            clock.phase("render")
-            z0 = encode_video(vae, video, mean, std)
-            if rng_before is not None:  # the weight travels with its clip through the pool, as one more channel
-                z0 = torch.cat([z0, swap_loss_weight(objects, video, rng_before, swap_weights)], 1)
-            if grounding:  # so do the objects' regions, as MAX_OBJECTS more channels
-                z0 = torch.cat([z0, latent_thumbnail(clip.masks)], 1)
-            z0, prompts = pool.fill(z0, prompts, batch, rng)
-            regions, z0 = (z0[:, -MAX_OBJECTS:], z0[:, :-MAX_OBJECTS]) if grounding else (None, z0)
-            weight, z0 = (z0[:, -1:], z0[:, :-1]) if rng_before is not None else (None, z0)
-            if args.latent_reuse > 1:
-                prompts = ["" if rng.random() < args.uncond else p for p in prompts]
-            clock.phase("encode")
+            z0, prompts, weight, regions = draw_batch(pools["large" if large else "mini"], batch, shape, vae, mean,
+                                                      std, args, rng, clock, grounding)
             noise = torch.randn(z0.shape, generator=gen, device=device)
             shift = args.large_flow_shift if large else args.flow_shift
             sigma = flow_sigmas(batch, gen, device, args.sigma_sampling, shift).view(-1, 1, 1, 1, 1)
