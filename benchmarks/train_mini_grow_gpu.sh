@@ -1,4 +1,6 @@
 #!/bin/bash
+# (Its successor, the same schedule as phases of one process that fits 25 minutes: `--recipe grow`,
+#  xattn_video/mini/recipe.py, run on the device machine by benchmarks/train_mini_recipe_gpu.sh.)
 # The shipped mini weights' training recipe: ten `python -m xattn_video.mini.train` segments (train_mini_gpu.sh
 # each), grown from 48 to 2,304 tokens per attention call, each at the σ shift that matches its token count
 # (≈ 3·sqrt(tokens / 48), as resolution-dependent shifts do: at 2,304 tokens the motion is decided near σ 1),
