@@ -6,7 +6,7 @@
 # copies training.json and scores dense prompt_match at both presets (32 held-out pairs each, the presets'
 # defaults), all logs in one $OUT/checks.tar (the device returns at most 8 files).
 # Usage (repo root): LIMIT=540 bash benchmarks/train_mini_recipe_gpu.sh [FOLDER_WITH_CKPT_PARTS]
-# (RECIPE=FILE|NAME, default grow; TRAIN_ARGS="..." replaces the default "--compile --latent-reuse 4"; PM=0 skips
+# (RECIPE=FILE|NAME, default grow; TRAIN_ARGS="..." replaces the default "--compile --latent-reuse 4 --encode-every 8"; PM=0 skips
 #  the checks)
 set -u
 OUT=${OUT:-/tmp/out}
@@ -21,7 +21,7 @@ if [ -n "${1:-}" ]; then
 fi
 rm -rf /tmp/recipe-run/mini /tmp/recipe-run/next.ckpt
 echo "=== training ($(date +%T))"
-python3 -m xattn_video.mini.train --out /tmp/recipe-run/mini --recipe "${RECIPE:-grow}" ${TRAIN_ARGS:---compile --latent-reuse 4} \
+python3 -m xattn_video.mini.train --out /tmp/recipe-run/mini --recipe "${RECIPE:-grow}" ${TRAIN_ARGS:---compile --latent-reuse 4 --encode-every 8} \
   --log-every 100 --time-limit "${LIMIT:-540}" --checkpoint /tmp/recipe-run/next.ckpt "${RESUME[@]}" 2>&1 \
   | grep -v "should be kept\|Writing model\|Warn" | tee "$OUT/train-$(date +%H%M%S).log"
 rc=${PIPESTATUS[0]}

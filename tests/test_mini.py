@@ -443,13 +443,16 @@ def test_training_smoke_with_latent_reuse(tmp_path):
     from xattn_video.mini import train
 
     out = tmp_path / "mini"
-    args = ["--out", str(out), "--vae-steps", "1", "--vae-batch", "2", "--steps", "3", "--batch", "2",
+    args = ["--out", str(out), "--vae-steps", "1", "--vae-batch", "2", "--steps", "4", "--batch", "2",
             "--large-every", "0", "--mini-shape", "5", "32", "32", "--warmup", "1", "--log-every", "1",
-            "--latent-reuse", "2", "--flow-shift", "12", "--large-flow-shift", "30", "--shape-weight", "4",
+            "--latent-reuse", "2", "--encode-every", "2", "--flow-shift", "12", "--large-flow-shift", "30", "--shape-weight", "4",
             "--direction-weight", "2", "--binding-weight", "3", "--two-prob", "0.75", "--grounding-weight", "0.5",
             "--grounding-sigma-min", "0.5", "--device", "cpu"]
-    assert train.main(args) == 0  # the shape weight and the regions ride through the pool as more latent channels
+    # the shape weight and the regions ride through the pool as more latent channels, also on the step that
+    # encodes nothing (--encode-every 2: steps 1 and 3 encode two steps' clips, step 2 none)
+    assert train.main(args) == 0
     record = json.loads((out / "training.json").read_text())
+    assert record["args"]["encode_every"] == 2 and record["steps"]["transformer"] == 4
     assert record["args"]["latent_reuse"] == 2 and record["args"]["sigma_sampling"] == "uniform"
     assert record["args"]["shape_weight"] == 4.0 and record["args"]["direction_weight"] == 2.0
     assert record["args"]["binding_weight"] == 3.0 and record["args"]["two_prob"] == 0.75
@@ -546,3 +549,26 @@ def test_direction_outcome_says_why_a_direction_scored_as_it_did():
     assert direction_outcome(got, objects[0]) == "right"
     (still,) = read_objects(np.repeat(frames[:1], len(frames), 0), objects)
     assert direction_outcome(still, objects[0]) == "not moving"
+
+
+def test_latent_pool_encodes_several_steps_of_clips_at_once():
+    """--encode-every K: every K-th warm step encodes K steps' worth of new clips (the batch takes the first of
+    them), the steps between encode none and draw the whole batch from the pool."""
+    from xattn_video.mini import train
+    from xattn_video.mini.train import LatentPool
+
+    rng = random.Random(0)
+    pool = LatentPool(reuse=4, capacity=32, encode_every=3)
+    assert pool.fresh(8) == 8
+    pool.fill(torch.arange(8.0).view(8, 1), [f"p{i}" for i in range(8)], 8, rng)
+    wanted = [pool.fresh(8) for _ in range(6)]
+    assert wanted == [6, 0, 0, 6, 0, 0]
+    z, prompts = pool.fill(torch.arange(100.0, 106.0).view(6, 1), [f"n{i}" for i in range(6)], 4, rng)
+    assert z.view(-1).tolist() == [100.0, 101.0, 102.0, 103.0] and len(pool.prompts) == 14  # all six joined
+    z, prompts = pool.fill(None, [], 8, rng)
+    assert z.shape == (8, 1) and all(p == (f"p{int(v)}" if v < 8 else f"n{int(v) - 100}")
+                                     for v, p in zip(z.view(-1).tolist(), prompts))
+    with pytest.raises(SystemExit):
+        train.parse_args(["--out", "x", "--encode-every", "2"])  # without --latent-reuse
+    with pytest.raises(SystemExit):
+        train.parse_args(["--out", "x", "--latent-reuse", "2", "--encode-every", "9"])  # more than half the pool

@@ -60,6 +60,9 @@ def test_a_run_split_by_the_time_limit_ends_as_the_whole_run(tmp_path):
     checkpoint = tmp_path / "run.ckpt"
     args = tiny_args(tmp_path, "--time-limit", "0", "--checkpoint", str(checkpoint))
     codes = [train.main(args)]
+    saved = train.torch.load(checkpoint, weights_only=False)
+    # small enough to carry to the next device call: the EMA stands in for the raw weights, no Adam moments
+    assert "ema_transformer" in saved and not {"transformer", "text_encoder", "optimizer"} & set(saved)
     while codes[-1] == 3 and len(codes) < 12:
         codes.append(train.main([*args, "--resume", str(checkpoint)]))
     assert codes == [3] * 6 + [0]

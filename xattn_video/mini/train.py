@@ -13,8 +13,9 @@ Two stages, both on procedural videos drawn on the fly (:mod:`xattn_video.mini.d
 
 Seeded and step-based (the learning-rate schedule depends on the step count, not on time), so the same command
 gives the same model up to GPU nondeterminism. ``--time-limit`` stops early and saves a resumable checkpoint
-(``--checkpoint``); ``--resume`` continues from it (in the transformer stage with fresh Adam moments, warmed up
-again: the checkpoint stays small enough to carry to the next device call). Logs the loss every ``--log-every`` steps. Weights are saved in
+(``--checkpoint``); ``--resume`` continues from it (in the transformer stage from the EMA weights with fresh Adam
+moments, the learning rate warmed up again: the checkpoint, 42 MB, stays small enough to carry to the next device
+call). Logs the loss every ``--log-every`` steps. Weights are saved in
 float16, the rest in float32 (the folder stays under 30 MB); ``training.json`` in the folder records the command, the GPU, the time and
 the final loss.
 """
@@ -105,6 +106,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--latent-reuse", type=int, default=1,
                    help="each clip's latents serve this many steps on average (fresh noise and σ each time): a step "
                         "renders and encodes 1/N of its batch and draws the rest from the recent clips (1: no reuse)")
+    p.add_argument("--encode-every", type=int, default=1, metavar="K",
+                   help="with --latent-reuse: encode the new clips of K steps together every K-th step (the VAE "
+                        "encoder's time per call barely depends on its batch); at most %d x --latent-reuse"
+                        % (POOL_BATCHES // 2))
     p.add_argument("--compile", action="store_true",
                    help="train through torch.compile(transformer) (one graph per shape; the EMA copy, the probes "
                         "and the saved weights stay plain modules)")
@@ -157,6 +162,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         args.large_flow_shift = args.flow_shift
     if not 0 <= args.grounding_sigma_min <= 1:
         p.error(f"--grounding-sigma-min must be in [0, 1], got {args.grounding_sigma_min}")
+    if args.encode_every < 1 or (args.encode_every > 1 and args.latent_reuse <= 1):
+        p.error(f"--encode-every must be >= 1, and > 1 only with --latent-reuse > 1; got {args.encode_every}")
+    if args.encode_every > POOL_BATCHES // 2 * max(args.latent_reuse, 1):  # one encoding: at most half the pool
+        p.error(f"--encode-every {args.encode_every} with --latent-reuse {args.latent_reuse} would replace more than "
+                f"half the pool ({POOL_BATCHES} batches) at once: at most {POOL_BATCHES // 2 * args.latent_reuse}")
     if not 0 <= args.two_prob <= 1:
         p.error(f"--two-prob must be in [0, 1], got {args.two_prob}")
     for flag in ("shape_weight", "direction_weight", "binding_weight", "grounding_weight"):
@@ -352,31 +362,41 @@ def flow_loss(pred: torch.Tensor, target: torch.Tensor, weight: torch.Tensor | N
 
 class LatentPool:
     """The last clips' normalised latents and prompts at one shape, for ``--latent-reuse``: a step encodes
-    ``fresh(batch)`` new clips and fills the batch with earlier ones drawn at random, so encoding (a third of a
-    step on an H200) is paid once per ``reuse`` uses. Holds ``capacity`` clips, oldest dropped first."""
+    ``fresh(batch)`` new clips and fills the batch with earlier ones drawn at random, so encoding is paid once per
+    ``reuse`` uses. With ``encode_every`` K > 1 the new clips of K steps are encoded together every K-th step and
+    the steps between draw only from the pool: the encoder's time per call hardly depends on its batch (74 ms for 8
+    clips, 63 ms for 16 at 33x128x128 on an H100: launch-bound), so one call per K steps saves most of it. Holds
+    ``capacity`` clips, oldest dropped first."""
 
-    def __init__(self, reuse: int, capacity: int) -> None:
-        self.reuse, self.capacity = reuse, capacity
+    def __init__(self, reuse: int, capacity: int, encode_every: int = 1) -> None:
+        self.reuse, self.capacity, self.encode_every = reuse, capacity, encode_every
         self.latents: torch.Tensor | None = None  # [N, C, F, H, W]
         self.prompts: list[str] = []
+        self.calls = 0  # warm steps so far: which of them encode
 
     def fresh(self, batch: int) -> int:
-        """How many of ``batch`` clips to render and encode now (all until the pool has a batch's worth)."""
+        """How many clips to render and encode now (all of the batch until the pool has a batch's worth; then
+        ``batch / reuse`` per step, K steps' worth every K-th step)."""
         if self.reuse <= 1 or len(self.prompts) < batch:
             return batch
-        return max(1, math.ceil(batch / self.reuse))
+        due = self.calls % self.encode_every == 0
+        self.calls += 1
+        return max(1, math.ceil(batch / self.reuse)) * self.encode_every if due else 0
 
-    def fill(self, latents: torch.Tensor, prompts: list[str], batch: int,
+    def fill(self, latents: torch.Tensor | None, prompts: list[str], batch: int,
              rng: random.Random) -> tuple[torch.Tensor, list[str]]:
-        """``latents`` [n, ...] of the new clips + ``batch - n`` earlier ones; the new ones join the pool."""
-        n = latents.shape[0]
+        """The batch: the first of the new clips ``latents`` [n, ...] (None: n = 0), then earlier ones drawn
+        without repeats; all new ones join the pool."""
+        n = 0 if latents is None else latents.shape[0]
         if n < batch:
             picks = rng.sample(range(len(self.prompts)), batch - n)
             index = torch.tensor(picks, device=self.latents.device)
-            out = torch.cat([latents, self.latents[index]]), prompts + [self.prompts[i] for i in picks]
+            earlier = self.latents[index]
+            out = (earlier if latents is None else torch.cat([latents, earlier]),
+                   list(prompts) + [self.prompts[i] for i in picks])
         else:
-            out = latents, list(prompts)
-        if self.reuse > 1:
+            out = latents[:batch], list(prompts[:batch])
+        if self.reuse > 1 and n:
             self.latents = latents if self.latents is None else torch.cat([self.latents, latents])[-self.capacity:]
             self.prompts = (self.prompts + list(prompts))[-self.capacity:]
         return out
@@ -401,18 +421,21 @@ def draw_batch(pool: LatentPool, batch: int, shape: list[int], vae: Any, mean: t
     else:  # the pool keeps full prompts; each use drops one for guidance on its own
         prompts = [training_prompt(o, rng) for o in objects]
     swap_weights = {"shape": args.shape_weight, "direction": args.direction_weight, "binding": args.binding_weight}
-    rng_before = copy.deepcopy(rng) if any(w > 0 for w in swap_weights.values()) else None
-    clip = render(objects, *shape, rng, args.device)
-    video = clip.video
-    clock.phase("render")
-    z0 = encode_video(vae, video, mean, std)
-    if rng_before is not None:  # the weight travels with its clip through the pool, as one more channel
-        z0 = torch.cat([z0, swap_loss_weight(objects, video, rng_before, swap_weights)], 1)
-    if grounding:  # so do the objects' regions, as MAX_OBJECTS more channels
-        z0 = torch.cat([z0, latent_thumbnail(clip.masks)], 1)
+    weighted = any(w > 0 for w in swap_weights.values())
+    z0 = None  # no new clips on the steps between --encode-every's encodings
+    if objects:
+        rng_before = copy.deepcopy(rng) if weighted else None
+        clip = render(objects, *shape, rng, args.device)
+        video = clip.video
+        clock.phase("render")
+        z0 = encode_video(vae, video, mean, std)
+        if weighted:  # the weight travels with its clip through the pool, as one more channel
+            z0 = torch.cat([z0, swap_loss_weight(objects, video, rng_before, swap_weights)], 1)
+        if grounding:  # so do the objects' regions, as MAX_OBJECTS more channels
+            z0 = torch.cat([z0, latent_thumbnail(clip.masks)], 1)
     z0, prompts = pool.fill(z0, prompts, batch, rng)
     regions, z0 = (z0[:, -MAX_OBJECTS:], z0[:, :-MAX_OBJECTS]) if grounding else (None, z0)
-    weight, z0 = (z0[:, -1:], z0[:, :-1]) if rng_before is not None else (None, z0)
+    weight, z0 = (z0[:, -1:], z0[:, :-1]) if weighted else (None, z0)
     if args.latent_reuse > 1:
         prompts = ["" if rng.random() < args.uncond else p for p in prompts]
     clock.phase("encode")
@@ -553,8 +576,10 @@ def main(argv: list[str] | None = None) -> int:
         saved = torch.load(args.resume, map_location=device, weights_only=False)
         state = saved["state"]
         vae.load_state_dict(saved["vae"])
-        transformer.load_state_dict(saved["transformer"])
-        text_encoder.load_state_dict(saved["text_encoder"])
+        # a transformer-stage checkpoint keeps only the EMA (80 MB with the raw weights, past what a device call
+        # carries): the resumed run continues from it, as each of the shipped weights' segments began from the last
+        transformer.load_state_dict(saved["transformer"] if "transformer" in saved else saved["ema_transformer"])
+        text_encoder.load_state_dict(saved["text_encoder"] if "text_encoder" in saved else saved["ema_text_encoder"])
         opt_state = saved.get("optimizer")
         rng.setstate(saved["rng"])
         gen.set_state(saved["gen"].cpu())
@@ -584,9 +609,10 @@ def main(argv: list[str] | None = None) -> int:
             log("time limit reached and no --checkpoint given: nothing saved")
             return 1
         state["seconds"] = state.get("seconds", 0.0) + time.time() - started
-        payload = {"state": state, "vae": vae.state_dict(), "transformer": transformer.state_dict(),
-                   "text_encoder": text_encoder.state_dict(), "rng": rng.getstate(), "gen": gen.get_state(),
+        payload = {"state": state, "vae": vae.state_dict(), "rng": rng.getstate(), "gen": gen.get_state(),
                    "args": vars(args) | {"out": str(args.out)}, **extra}
+        if "ema_transformer" not in extra:  # in the transformer stage the EMA stands for the raw weights too
+            payload.update(transformer=transformer.state_dict(), text_encoder=text_encoder.state_dict())
         if optimizer is not None:
             payload["optimizer"] = optimizer.state_dict()
         args.checkpoint.parent.mkdir(parents=True, exist_ok=True)
@@ -648,7 +674,8 @@ def main(argv: list[str] | None = None) -> int:
     params = list(transformer.parameters()) + list(text_encoder.parameters())
     opt = torch.optim.AdamW(params, lr=args.lr, weight_decay=0.01, betas=(0.9, 0.99))
     # a transformer checkpoint holds no optimizer (its moments would double the file, past what a device call
-    # carries): a resumed run starts Adam afresh and warms the learning rate up again over RESUME_WARMUP steps
+    # carries) and no raw weights (the EMA's stand in): a resumed run starts Adam afresh and warms the learning rate
+    # up again over RESUME_WARMUP steps
     resumed_at = state.get("global_step", 0) if resumed_in_transformer else None
     ema_t, ema_e = copy.deepcopy(transformer).eval(), copy.deepcopy(text_encoder).eval()
     if "ema_transformer" in saved:
@@ -678,8 +705,8 @@ def main(argv: list[str] | None = None) -> int:
         probe, probe_high = text_probe_batches(vae, args, mean, std)
         stage_started = [time.time()]
         clock = PhaseClock(device)
-        pools = {"mini": LatentPool(args.latent_reuse, POOL_BATCHES * args.batch),
-                 "large": LatentPool(args.latent_reuse, POOL_BATCHES * args.large_batch)}
+        pools = {"mini": LatentPool(args.latent_reuse, POOL_BATCHES * args.batch, args.encode_every),
+                 "large": LatentPool(args.latent_reuse, POOL_BATCHES * args.large_batch, args.encode_every)}
         while state["step"] < args.steps:
             step = state["step"]
             decided = fit_steps(step, stage_started, seconds, args.warmup, phase.name)
