@@ -7,7 +7,9 @@ clips from 48 to 2,304 tokens per attention call, each at the shift that matches
 shape-weighted loss for the detail. One process keeps the optimizer, the EMA and the compiled graphs across phases
 (ten separate processes spent ~9 of 38 minutes on start-up and compilation). ``--time-limit``/``--resume`` split it
 into device calls. A recipe is a name in :data:`RECIPES` or a JSON file ``{"vae_seconds": S, "phases": [{...}]}``
-whose phase keys are :class:`Phase`'s fields.
+whose phase keys are :class:`Phase`'s fields. The budgets assume the training flags the run uses
+(``--compile --latent-reuse 4 --encode-every 8``: benchmarks/train_mini_recipe_gpu.sh); other flags apply to every
+phase.
 """
 
 from __future__ import annotations
