@@ -150,7 +150,8 @@ def main(argv: list[str] | None = None) -> int:
                 for key, value in score_readings(readings, objects).items():
                     scores.setdefault(key, []).append(value)
                 pair_outcomes = [direction_outcome(reading, obj) for reading, obj in zip(readings, objects)]
-                per_pair.append({"prompt": prompt, "seed": seed, "directions": pair_outcomes})
+                per_pair.append({"prompt": prompt, "seed": seed, "directions": pair_outcomes,
+                                 "shapes": [[obj.shape, reading.shape] for obj, reading in zip(objects, readings)]})
                 for reading, outcome in zip(readings, pair_outcomes):
                     outcomes[outcome] += 1
                     if reading.found:
@@ -167,6 +168,7 @@ def main(argv: list[str] | None = None) -> int:
                 row["median_travel"] = float(np.median(travels)) if travels else float("nan")
                 row["per_pair"] = per_pair
                 row["right_by_objects"] = right_by_object_count(per_pair)
+                row["shape_readings"] = shape_readings(per_pair)
             rows.append(row)
             print(f"{row['model']} guidance {g}: " + ", ".join(f"{k} {v:.3f}" for k, v in row.items()
                                                          if k.startswith("prompt_match")), flush=True)
@@ -187,6 +189,10 @@ def main(argv: list[str] | None = None) -> int:
         lines += [f"- {r['model']}, guidance {guidance_label(r)}: " + ", ".join(
             f"{name} {count}" for name, count in r["direction_outcomes"].items()) + f"; travel {r['median_travel']:.2f}"
             for r in rows if "direction_outcomes" in r]
+        lines += [f"- {r['model']}, guidance {guidance_label(r)}, shapes (asked: read as ball / square / not found): "
+                  + "; ".join(f"{asked} {c['ball']} / {c['square']} / {c['not found']}"
+                              for asked, c in r["shape_readings"].items())
+                  for r in rows if "shape_readings" in r]
         lines += [f"- {r['model']}, guidance {guidance_label(r)}, right directions by objects in the prompt: " + ", ".join(
             f"{n} object(s) {right}/{total}" for n, (right, total) in r["right_by_objects"].items())
             for r in rows if "right_by_objects" in r]
@@ -208,6 +214,16 @@ def main(argv: list[str] | None = None) -> int:
                      + (REFERENCE_NOTE if args.reference else "") + f"{table}\n",
                      {"gpu": gpu, "rows": rows}, args.out_dir, name)
     return 0
+
+
+def shape_readings(per_pair: list[dict]) -> dict[str, dict[str, int]]:
+    """{asked shape: {read as "ball" / "square" / "not found": objects}} over the pairs of one row: which way the
+    shape errors go."""
+    counts = {asked: {"ball": 0, "square": 0, "not found": 0} for asked in ("ball", "square")}
+    for pair in per_pair:
+        for asked, read in pair["shapes"]:
+            counts[asked][read or "not found"] += 1
+    return counts
 
 
 def right_by_object_count(per_pair: list[dict]) -> dict[int, tuple[int, int]]:

@@ -46,3 +46,11 @@ def test_tuning_pairs_are_apart_from_the_held_out_pairs():
     tuning = held_out_pairs(32, seed=77, first_seed=20_000)
     assert not {p for p, _ in tuning[1::2]} & {p for p, _ in held_out[1::2]}  # two-object prompts all differ
     assert {s for _, s in tuning}.isdisjoint(s for _, s in held_out)
+
+
+def test_shape_readings_count_which_way_shapes_go_wrong():
+    readings = load_script("mini_prompt_match").shape_readings([
+        {"shapes": [["ball", "ball"]]}, {"shapes": [["square", "ball"], ["ball", None]]},
+        {"shapes": [["square", "square"], ["square", "ball"]]}])
+    assert readings == {"ball": {"ball": 1, "square": 0, "not found": 1},
+                        "square": {"ball": 2, "square": 1, "not found": 0}}
