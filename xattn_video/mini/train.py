@@ -675,8 +675,11 @@ def main(argv: list[str] | None = None) -> int:
     opt = torch.optim.AdamW(params, lr=args.lr, weight_decay=0.01, betas=(0.9, 0.99))
     # a transformer checkpoint holds no optimizer (its moments would double the file, past what a device call
     # carries) and no raw weights (the EMA's stand in): a resumed run starts Adam afresh and warms the learning rate
-    # up again over RESUME_WARMUP steps
-    resumed_at = state.get("global_step", 0) if resumed_in_transformer else None
+    # up again over RESUME_WARMUP steps (a checkpoint written before that, with its moments, continues as it was)
+    resumed_at = state.get("global_step", state["step"]) if resumed_in_transformer else None
+    if opt_state is not None:
+        opt.load_state_dict(opt_state)
+        resumed_at = None
     ema_t, ema_e = copy.deepcopy(transformer).eval(), copy.deepcopy(text_encoder).eval()
     if "ema_transformer" in saved:
         ema_t.load_state_dict(saved["ema_transformer"])
@@ -687,7 +690,7 @@ def main(argv: list[str] | None = None) -> int:
     forward = compiled_forward(transformer) if args.compile and not grounding else transformer
     window = torch.zeros(2, device=device)
     phases = phases_of(args)
-    for key, value in (("phase", 0), ("global_step", 0), ("phases", [])):
+    for key, value in (("phase", 0), ("global_step", state["step"]), ("phases", [])):  # older checkpoints: one phase
         state.setdefault(key, value)
     while state["phase"] < len(phases):
         phase = phases[state["phase"]]
