@@ -58,9 +58,6 @@ class Recipe:
     vae_seconds: float | None = None
     vae_steps: int | None = None
 
-    def as_dict(self) -> dict:
-        return dataclasses.asdict(self)
-
 
 _LOW = dict(flow_shift=6.0, large_flow_shift=12.0, warmup=50, shape_weight=10.0, large_every=2)
 # Budgets for one H200 (1,270 s; with start-up and the compilation after each resume under 25 minutes). Phase by

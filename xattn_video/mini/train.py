@@ -14,7 +14,7 @@ Two stages, both on procedural videos drawn on the fly (:mod:`xattn_video.mini.d
 Seeded and step-based (the learning-rate schedule depends on the step count, not on time), so the same command
 gives the same model up to GPU nondeterminism. ``--time-limit`` stops early and saves a resumable checkpoint
 (``--checkpoint``); ``--resume`` continues from it (in the transformer stage from the EMA weights with fresh Adam
-moments, the learning rate warmed up again: the checkpoint, 42 MB, stays small enough to carry to the next device
+moments, the learning rate warmed up again: the checkpoint, 41 MB, stays small enough to carry to the next device
 call). Logs the loss every ``--log-every`` steps. Weights are saved in
 float16, the rest in float32 (the folder stays under 30 MB); ``training.json`` in the folder records the command, the GPU, the time and
 the final loss.
@@ -604,11 +604,15 @@ def main(argv: list[str] | None = None) -> int:
     def stop_now() -> bool:
         return deadline is not None and time.time() > deadline
 
+    def elapsed() -> float:
+        """Seconds of training so far, over every command of a run split by --time-limit."""
+        return state.get("seconds", 0.0) + time.time() - started
+
     def checkpoint(optimizer: Any | None, extra: dict) -> int:
         if args.checkpoint is None:
             log("time limit reached and no --checkpoint given: nothing saved")
             return 1
-        state["seconds"] = state.get("seconds", 0.0) + time.time() - started
+        state["seconds"] = elapsed()
         payload = {"state": state, "vae": vae.state_dict(), "rng": rng.getstate(), "gen": gen.get_state(),
                    "args": vars(args) | {"out": str(args.out)}, **extra}
         if "ema_transformer" not in extra:  # in the transformer stage the EMA stands for the raw weights too
@@ -696,7 +700,7 @@ def main(argv: list[str] | None = None) -> int:
         phase = phases[state["phase"]]
         apply_phase(args, phase)
         seconds = args.seconds
-        if "phase_total" in state:  # resumed inside a phase whose step count was decided
+        if "phase_total" in state:  # resumed inside a phase whose budget was turned into steps
             args.steps, seconds = state["phase_total"], None
         elif seconds is not None:
             args.steps = max(args.warmup + 1, TIMED_STEPS[1] + 1)  # until fit_steps decides, at TIMED_STEPS[1]
@@ -713,10 +717,8 @@ def main(argv: list[str] | None = None) -> int:
         while state["step"] < args.steps:
             step = state["step"]
             decided = fit_steps(step, stage_started, seconds, args.warmup, phase.name)
-            if decided is not None:
-                args.steps = decided
-            if seconds is None or decided is not None:  # known: a resumed run keeps it
-                state["phase_total"] = args.steps
+            if decided is not None:  # a resumed run keeps the count the budget was turned into
+                args.steps = state["phase_total"] = decided
             if step == TIMED_STEPS[1] and clock.counts:
                 log(clock.summary())
             restart = 1.0 if resumed_at is None else min(1.0, (state["global_step"] - resumed_at + 1) / RESUME_WARMUP)
@@ -765,14 +767,14 @@ def main(argv: list[str] | None = None) -> int:
                 window.zero_()
             if stop_now() and (state["step"] < args.steps or state["phase"] + 1 < len(phases)):
                 if state["step"] == args.steps:  # stopped between phases: the next one starts on resume
-                    finish_phase(state, phase, args, state.get("seconds", 0.0) + time.time() - started)
+                    finish_phase(state, phase, args, elapsed())
                 return checkpoint(None, {"latents_mean": vae.config.latents_mean,
                                          "latents_std": vae.config.latents_std,
                                          "ema_transformer": ema_t.state_dict(),
                                          "ema_text_encoder": ema_e.state_dict()})
-        finish_phase(state, phase, args, state.get("seconds", 0.0) + time.time() - started)
+        finish_phase(state, phase, args, elapsed())
 
-    save(args, components, ema_t, ema_e, state, state.get("seconds", 0.0) + time.time() - started)
+    save(args, components, ema_t, ema_e, state, elapsed())
     return 0
 
 
