@@ -135,9 +135,8 @@ def main(argv: list[str] | None = None) -> int:
             travels = []
             seconds = []
             per_pair = []
-            for prompt, seed in pairs:
-                if args.objects is not None and len(parse_prompt(prompt)) != args.objects:
-                    continue
+            todo = [(p, s) for p, s in pairs if args.objects is None or len(parse_prompt(p)) == args.objects]
+            for index, (prompt, seed) in enumerate(todo, 1):
                 negative = contrast_prompt(prompt, args.negative)
                 run = load_config(None, overrides + variant + [f"generation.prompt={prompt}", f"generation.seed={seed}"]
                                   + ([f"generation.guidance_scale={guidance}"] if guidance is not None else [])
@@ -147,8 +146,12 @@ def main(argv: list[str] | None = None) -> int:
                 seconds.append(result.seconds_total)
                 objects = parse_prompt(prompt)
                 readings = read_objects(result.frames, objects)
-                for key, value in score_readings(readings, objects).items():
+                pair_scores = score_readings(readings, objects)
+                for key, value in pair_scores.items():
                     scores.setdefault(key, []).append(value)
+                print(f"  {model}{' ' + label if label else ''} guidance {guidance} [{index}/{len(todo)}] {prompt!r} "
+                      f"seed {seed}: prompt_match {pair_scores['prompt_match']:.2f} ({result.seconds_total:.1f} s)",
+                      file=sys.stderr, flush=True)  # progress: a CPU run takes minutes
                 pair_outcomes = [direction_outcome(reading, obj) for reading, obj in zip(readings, objects)]
                 per_pair.append({"prompt": prompt, "seed": seed, "directions": pair_outcomes,
                                  "shapes": [[obj.shape, reading.shape] for obj, reading in zip(objects, readings)]})
