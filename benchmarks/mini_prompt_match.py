@@ -130,6 +130,7 @@ def main(argv: list[str] | None = None) -> int:
         grid = [(v, g) for v in variants for g in ([] if args.no_generate else args.guidance)]
         for (label, variant), guidance in grid:
             config = load_config(None, overrides + variant)
+            g = config.generation.guidance_scale if guidance is None else guidance
             scores: dict[str, list[float]] = {}
             outcomes = dict.fromkeys(DIRECTION_OUTCOMES, 0)
             travels = []
@@ -149,7 +150,7 @@ def main(argv: list[str] | None = None) -> int:
                 pair_scores = score_readings(readings, objects)
                 for key, value in pair_scores.items():
                     scores.setdefault(key, []).append(value)
-                print(f"  {model}{' ' + label if label else ''} guidance {guidance} [{index}/{len(todo)}] {prompt!r} "
+                print(f"  {model}{' ' + label if label else ''} guidance {g} [{index}/{len(todo)}] {prompt!r} "
                       f"seed {seed}: prompt_match {pair_scores['prompt_match']:.2f} ({result.seconds_total:.1f} s)",
                       file=sys.stderr, flush=True)  # progress: a CPU run takes minutes
                 pair_outcomes = [direction_outcome(reading, obj) for reading, obj in zip(readings, objects)]
@@ -159,7 +160,6 @@ def main(argv: list[str] | None = None) -> int:
                     outcomes[outcome] += 1
                     if reading.found:
                         travels.append(float(np.hypot(*reading.travel)))
-            g = config.generation.guidance_scale if guidance is None else guidance
             row = {"model": model + (f" {label}" if label else ""), "variant": variant, "guidance": g,
                    "guided_steps": args.guided_steps, "negative": args.negative, "steps": config.generation.steps,
                    "pairs": len(per_pair),
