@@ -54,3 +54,13 @@ def test_shape_readings_count_which_way_shapes_go_wrong():
         {"shapes": [["square", "square"], ["square", "ball"]]}])
     assert readings == {"ball": {"ball": 1, "square": 0, "not found": 1},
                         "square": {"ball": 2, "square": 1, "not found": 0}}
+
+
+def test_contrast_prompts_change_only_the_named_attribute():
+    contrast = load_script("mini_prompt_match").contrast_prompt
+    two = "a red ball moving left and a white square moving down"
+    assert contrast(two, "shapes") == "a red square moving left and a white ball moving down"
+    assert contrast(two, "opposite") == "a red ball moving right and a white square moving up"
+    assert contrast(two, "exchange") == "a red ball moving down and a white square moving left"
+    assert contrast("a red ball moving left and a blue ball moving left", "exchange") == ""  # same direction
+    assert contrast(two, "empty") == ""

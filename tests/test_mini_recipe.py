@@ -100,7 +100,7 @@ def test_bad_recipes_are_refused_with_one_line(tmp_path, capsys):
         mini_recipe.load_recipe(str(bad))
     with pytest.raises(SystemExit) as stop:
         train.parse_args(["--out", "x", "--recipe", "nonesuch"])
-    assert stop.value.code == 2 and "not a recipe name (grow) nor a JSON file" in capsys.readouterr().err
+    assert stop.value.code == 2 and "not a recipe name (grow, segments) nor a JSON file" in capsys.readouterr().err
 
 
 def test_grow_recipe_fits_the_issue_budget_and_ends_at_the_presets_shifts():
@@ -115,3 +115,67 @@ def test_grow_recipe_fits_the_issue_budget_and_ends_at_the_presets_shifts():
     args = train.parse_args(["--out", "x", "--recipe", "grow"])
     assert (args.vae_seconds, [p.name for p in args.phases]) == (grow.vae_seconds, [p.name for p in grow.phases])
     assert train.parse_args(["--out", "x", "--recipe", "grow", "--init-vae", str(TIED_VAE)]).vae_steps == 0
+
+
+def test_phase_switches_eager_and_restart_from_the_ema(tmp_path, monkeypatch):
+    """``compile`` False: under --compile the phase calls the transformer itself, the next phase the compiled one.
+    ``restart``: the phase's first step starts from the EMA weights, with a new AdamW and the EMA's warm-up begun
+    again (as each of the shipped weights' segments began from the previous folder)."""
+    calls, pairs, ema_steps, optimizers = [], [], [], []
+    ema_update, ema_decay, make = train.ema_update, train.ema_decay, train.transformer_optimizer
+
+    def fake_compiled(transformer):
+        def forward(*a, **k):
+            calls.append(a[0].shape[-1])  # the latents [B, C, F, H, W]
+            return transformer(*a, **k)
+        return forward
+
+    def spy_update(ema, model, decay):
+        pairs.append((ema, model))
+        return ema_update(ema, model, decay)
+
+    def spy_decay(step, decay):
+        ema_steps.append(step)
+        return ema_decay(step, decay)
+
+    def spy_optimizer(params, lr):  # True: every trained module holds its EMA's weights (vacuous before any EMA)
+        optimizers.append(all(train.torch.equal(a, b) for ema, model in pairs[-2:]
+                              for a, b in zip(ema.parameters(), model.parameters())))
+        return make(params, lr)
+
+    for name, spy in (("compiled_forward", fake_compiled), ("ema_update", spy_update), ("ema_decay", spy_decay),
+                      ("transformer_optimizer", spy_optimizer)):
+        monkeypatch.setattr(train, name, spy)
+    first, second = TINY_RECIPE["phases"]
+    args = tiny_args(tmp_path, "--compile")
+    (tmp_path / "switches.json").write_text(json.dumps({"phases": [{**first, "compile": False},
+                                                                    {**second, "restart": True}]}))
+    args[args.index("--recipe") + 1] = str(tmp_path / "switches.json")
+    assert train.main(args) == 0
+    assert calls == [12, 16] * 2  # the second phase's steps only (48 and 64 pixels: 12 and 16 latent columns)
+    assert optimizers == [True, True] and len(pairs) == 14  # the stage's optimizer, then the restart's
+    assert ema_steps[::2] == [0, 1, 2, 0, 1, 2, 3]  # per step (transformer, then text encoder): warm-up begun again
+
+
+def test_segments_recipe_is_the_shipped_weights_schedule():
+    """``segments`` repeats, phase by phase, the ten segments recorded in the shipped folder's training.json (its
+    ``init`` chain): step counts, clip shapes, batches, shifts, learning rates, warm-ups, shape weights."""
+    from xattn_video.mini import weights_dir
+
+    record = json.loads((Path(weights_dir()) / "training.json").read_text())
+    chain = []
+    while record:
+        chain.append(record)
+        record = record.get("init")
+    chain.reverse()  # a first
+    phases = mini_recipe.RECIPES["segments"].phases
+    assert len(chain) == len(phases) == 10
+    for phase, segment in zip(phases, chain):
+        a = segment["args"]
+        recorded = (segment["steps"]["transformer"], tuple(a["mini_shape"]), a["batch"], a["large_every"],
+                    a["flow_shift"], a["large_flow_shift"], a["lr"], a["warmup"], a.get("shape_weight", 0.0))
+        large_shift = phase.flow_shift if phase.large_flow_shift is None else phase.large_flow_shift
+        assert (phase.steps, phase.mini_shape, phase.batch, phase.large_every, phase.flow_shift, large_shift,
+                phase.lr, phase.warmup, phase.shape_weight) == recorded, phase.name
+    assert [p.restart for p in phases] == [False] + [True] * 9
+    assert sum(p.steps for p in phases) == 12_050

@@ -27,7 +27,11 @@ LARGE_SHAPE = (33, 352, 352)  # 9 x 44 x 44 = 17,424 tokens
 class Phase:
     """One transformer phase: ``seconds`` (time budget, compilation included: the step count that fills it is
     decided after the first steps and recorded) or ``steps``; the clip shape, batch and σ shifts; the learning
-    rate's peak and warm-up steps (> 40, so the step count is decided inside the warm-up); the shape loss weight."""
+    rate's peak and warm-up steps (> 40, so the step count is decided inside the warm-up); the shape loss weight.
+    ``compile`` False runs the phase eager even under ``--compile`` (compiling a new shape costs ~45 s on an H100,
+    more than a short phase at a small shape saves); ``restart`` starts the phase from the EMA weights with fresh
+    AdamW moments and the EMA's warm-up begun again, as each of the shipped weights' ten segments began from the
+    previous segment's folder."""
 
     name: str
     seconds: float | None = None
@@ -41,6 +45,8 @@ class Phase:
     lr: float = 8e-4
     warmup: int = 100
     shape_weight: float = 0.0
+    compile: bool = True
+    restart: bool = False
 
     def __post_init__(self) -> None:
         if (self.seconds is None) == (self.steps is None):
@@ -72,7 +78,25 @@ GROW = Recipe(vae_seconds=120, phases=(
     Phase("g", seconds=220, lr=4e-4, **_LOW),
     Phase("k", seconds=440, lr=3e-4, **_LOW),
 ))
-RECIPES = {"grow": GROW}
+# The shipped weights' ten segments (benchmarks/train_mini_grow_gpu.sh a-l, 12,050 transformer steps, 37.8 min as
+# ten processes on an H100) as phases of one process: the same step counts, shapes, shifts, learning rates and
+# shape weights, each phase restarting from the EMA as each segment started from the previous folder; a and b run
+# eager (short, small shapes: compiling them cost more than it saved); the VAE trains on the GPU as in `grow`.
+# Expected ~24 minutes on an H100 with the measured step times (benchmarks/NOTES.md, seventeenth session).
+_SEG_LOW = dict(flow_shift=6.0, large_flow_shift=12.0, warmup=50, large_every=4, restart=True)
+SEGMENTS = Recipe(vae_seconds=120, phases=(
+    Phase("a", steps=700, mini_shape=(9, 32, 32), batch=256, flow_shift=3.0, warmup=300, compile=False),
+    Phase("b", steps=250, mini_shape=(33, 64, 64), flow_shift=10.0, compile=False, restart=True),
+    Phase("c", steps=850, flow_shift=20.0, restart=True),
+    Phase("d", steps=1850, flow_shift=20.0, large_flow_shift=55.0, large_every=4, restart=True),
+    Phase("e", steps=1050, lr=4e-4, **_SEG_LOW),
+    Phase("f", steps=900, lr=3e-4, **_SEG_LOW),
+    Phase("g", steps=800, lr=4e-4, shape_weight=10.0, **_SEG_LOW),
+    Phase("h", steps=1150, lr=3e-4, shape_weight=10.0, **_SEG_LOW),
+    Phase("k", steps=2000, lr=3e-4, shape_weight=10.0, **{**_SEG_LOW, "large_every": 2}),
+    Phase("l", steps=2500, lr=3e-4, shape_weight=10.0, **{**_SEG_LOW, "large_every": 2}),
+))
+RECIPES = {"grow": GROW, "segments": SEGMENTS}
 
 
 def load_recipe(spec: str) -> Recipe:
@@ -103,4 +127,4 @@ def load_recipe(spec: str) -> Recipe:
         raise ValueError(f"--recipe {path}: {error}") from None
 
 
-__all__ = ["GROW", "LARGE_SHAPE", "MINI_SHAPE", "Phase", "RECIPES", "Recipe", "load_recipe"]
+__all__ = ["GROW", "LARGE_SHAPE", "MINI_SHAPE", "Phase", "RECIPES", "Recipe", "SEGMENTS", "load_recipe"]

@@ -8,8 +8,8 @@ Two stages, both on procedural videos drawn on the fly (:mod:`xattn_video.mini.d
    timestep σ·1000 as ``WanPipeline`` passes it), prompts encoded as ``WanPipeline.encode_prompt`` encodes them
    (``model.encode_prompts``, tested equal; so training sees exactly what generation sees), 10% empty prompts for classifier-free guidance, at the ``mini``
    shape and every ``--large-every``-th step at the ``mini-large`` shape. The saved weights are an EMA. With
-   ``--recipe`` (:mod:`xattn_video.mini.recipe`; ``grow`` is the shipped weights') this stage is a sequence of
-   phases (shape, shift, learning-rate schedule, loss weights) in one process.
+   ``--recipe`` (:mod:`xattn_video.mini.recipe`; ``segments`` is the shipped weights' schedule) this stage is a
+   sequence of phases (shape, shift, learning-rate schedule, loss weights) in one process.
 
 Seeded and step-based (the learning-rate schedule depends on the step count, not on time), so the same command
 gives the same model up to GPU nondeterminism. ``--time-limit`` stops early and saves a resumable checkpoint
@@ -133,10 +133,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         "optimizers: the VAE stage runs only when --vae-steps or --vae-seconds asks for it (then the "
                         "latent statistics are measured again), the transformer and text encoder continue")
     p.add_argument("--recipe", default=None,
-                   help="run the transformer stage as the phases of a recipe (mini.recipe: a name, e.g. 'grow', the "
-                        "shipped weights' recipe, or a JSON file), one after the other in this process; each phase "
-                        "sets --seconds/--steps, --mini-shape, --batch, --large-every, --large-batch, --flow-shift, "
-                        "--large-flow-shift, --lr, --warmup and --shape-weight (those flags are then ignored), and "
+                   help="run the transformer stage as the phases of a recipe (mini.recipe: a name, 'segments' (the "
+                        "shipped weights' schedule) or 'grow' (shorter), or a JSON file), one after the other in this "
+                        "process; each phase sets --seconds/--steps, --mini-shape, --batch, --large-every, "
+                        "--large-batch, --flow-shift, --large-flow-shift, --lr, --warmup and --shape-weight (those flags are then ignored), and "
                         "its VAE budget applies unless --vae-steps/--vae-seconds/--init/--init-vae say otherwise")
     p.add_argument("--init-vae", type=Path, default=None,
                    help="start from the VAE (with its latent statistics) of this pipeline folder and train the "
@@ -489,6 +489,11 @@ def ema_update(ema: torch.nn.Module, model: torch.nn.Module, decay: float) -> No
         torch._foreach_lerp_(list(ema.parameters()), list(model.parameters()), 1 - decay)
 
 
+def transformer_optimizer(params: list[torch.nn.Parameter], lr: float) -> torch.optim.Optimizer:
+    """AdamW of the transformer stage (the transformer's and the text encoder's parameters together)."""
+    return torch.optim.AdamW(params, lr=lr, weight_decay=0.01, betas=(0.9, 0.99))
+
+
 def compiled_forward(transformer: torch.nn.Module) -> Any:
     """``torch.compile(transformer)`` for the training steps (it shares the transformer's parameters, so the
     optimizer and the EMA see every update). A run on the device machine is time-boxed: if a compiled call fails
@@ -676,7 +681,7 @@ def main(argv: list[str] | None = None) -> int:
     transformer.train()
     text_encoder.train()
     params = list(transformer.parameters()) + list(text_encoder.parameters())
-    opt = torch.optim.AdamW(params, lr=args.lr, weight_decay=0.01, betas=(0.9, 0.99))
+    opt = transformer_optimizer(params, args.lr)
     # a transformer checkpoint holds no optimizer (its moments would double the file, past what a device call
     # carries) and no raw weights (the EMA's stand in): a resumed run starts Adam afresh and warms the learning rate
     # up again over RESUME_WARMUP steps (a checkpoint written before that, with its moments, continues as it was)
@@ -704,11 +709,20 @@ def main(argv: list[str] | None = None) -> int:
             args.steps, seconds = state["phase_total"], None
         elif seconds is not None:
             args.steps = max(args.warmup + 1, TIMED_STEPS[1] + 1)  # until fit_steps decides, at TIMED_STEPS[1]
+        if phase.restart and state["step"] == 0 and state["global_step"] > 0:
+            # as each of the shipped weights' segments began from the previous folder: the EMA weights, fresh Adam
+            # moments (the phase's own warm-up ramps the learning rate) and the EMA's warm-up begun again
+            transformer.load_state_dict(ema_t.state_dict())
+            text_encoder.load_state_dict(ema_e.state_dict())
+            opt = transformer_optimizer(params, args.lr)
+            state["ema_from"], resumed_at = state["global_step"], None
+        model = forward if phase.compile else transformer  # the phase's own choice under --compile
         if len(phases) > 1:
             log(f"phase {phase.name} ({state['phase'] + 1}/{len(phases)}): {tokens_per_call(*args.mini_shape)} "
                 f"tokens x {args.batch}, shift {args.flow_shift:g}, every {args.large_every or '-'} step mini-large "
                 f"(shift {args.large_flow_shift:g}), lr {args.lr:.0e}, shape weight {args.shape_weight:g}, "
-                + (f"{args.seconds:.0f} s" if args.seconds is not None else f"{args.steps} steps"))
+                + (f"{args.seconds:.0f} s" if args.seconds is not None else f"{args.steps} steps")
+                + (", eager" if model is not forward else "") + (", from the EMA" if phase.restart else ""))
         probe, probe_high = text_probe_batches(vae, args, mean, std)
         stage_started = [time.time()]
         clock = PhaseClock(device)
@@ -736,7 +750,7 @@ def main(argv: list[str] | None = None) -> int:
             with torch.autocast("cuda", dtype=torch.bfloat16, enabled=device.startswith("cuda")), \
                     (CrossAttentionMaps(transformer) if grounding else contextlib.nullcontext()) as maps:
                 text = encode_prompts(text_encoder, prompts, device, args.text_len)  # = pipe.encode_prompt, faster
-                pred = forward(zt, timestep=sigma.view(-1) * 1000, encoder_hidden_states=text, return_dict=False)[0]
+                pred = model(zt, timestep=sigma.view(-1) * 1000, encoder_hidden_states=text, return_dict=False)[0]
             loss = flow_loss(pred.float(), noise - z0, weight)
             if grounding:
                 patch = tuple(transformer.config.patch_size[1:])
@@ -748,8 +762,9 @@ def main(argv: list[str] | None = None) -> int:
             torch.nn.utils.clip_grad_norm_(params, 1.0)
             opt.step()
             clock.phase("train")
-            ema_update(ema_t, transformer, ema_decay(state["global_step"], args.ema))
-            ema_update(ema_e, text_encoder, ema_decay(state["global_step"], args.ema))
+            ema_step = state["global_step"] - state.get("ema_from", 0)
+            ema_update(ema_t, transformer, ema_decay(ema_step, args.ema))
+            ema_update(ema_e, text_encoder, ema_decay(ema_step, args.ema))
             clock.phase("ema")
             window += torch.stack([loss.detach(), torch.ones((), device=device)])
             state["step"] += 1

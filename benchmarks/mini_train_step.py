@@ -1,0 +1,205 @@
+"""Where a mini-model training step's time goes, and which change makes it faster (GPU; one process, one table).
+
+    python benchmarks/mini_train_step.py --out-dir OUT [--variants compile compile-fused ...] [--steps 30]
+
+Times the transformer + text-encoder step of ``python -m xattn_video.mini.train`` (flow loss, backward, clipping,
+AdamW, the EMA) on random latents at the ``mini`` shape (batch 32, 2,304 tokens per clip) and the ``mini-large`` shape
+(batch 4, 17,424 tokens), untrained weights (the step's time does not depend on them), for these variants:
+
+- ``eager``: no compilation;
+- ``compile``: ``torch.compile(transformer)`` as ``--compile`` trains (AdamW's default multi-tensor loop);
+- ``compile-fused``: + ``AdamW(fused=True)``;
+- ``compile-fused-text``: + the text encoder compiled too;
+- ``cudagraphs``: the transformer compiled with ``mode="reduce-overhead"`` (CUDA graphs) + fused AdamW;
+- ``compile-fused-b64``, ``cudagraphs-b64``: twice the batch at each shape (clips per second is the column to
+  compare).
+
+Also profiles a few ``compile`` steps at each shape: the sum of the GPU kernels' times against the wall time says
+whether the step is bound by launches (the GPU idles between kernels) or by the kernels themselves. Writes
+``mini-train-step-<gpu>.md|json`` in ``--out-dir``. Timings are comparable only within one run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import random
+import sys
+import time
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch.profiler import record_function
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from xattn_video.mini.data import training_prompt  # noqa: E402
+from xattn_video.mini.grammar import sample_objects  # noqa: E402
+from xattn_video.mini.model import LATENT_CHANNELS, build_components, encode_prompts  # noqa: E402
+from xattn_video.mini.train import ema_update, flow_sigmas  # noqa: E402
+
+VARIANTS = ("eager", "compile", "compile-fused", "compile-fused-text", "cudagraphs", "compile-fused-b64",
+            "cudagraphs-b64")
+SHAPES = {"mini": ((9, 32, 32), 32, 6.0), "mini-large": ((9, 88, 88), 4, 12.0)}  # latent [F, H, W], batch, shift
+
+
+def make_step(variant: str, device: str):
+    """A fresh model, optimizer and EMA for ``variant``; returns step(latents, prompts) -> loss (a tensor)."""
+    parts = build_components(0)
+    transformer, text_encoder = parts["transformer"].to(device).train(), parts["text_encoder"].to(device).train()
+    params = list(transformer.parameters()) + list(text_encoder.parameters())
+    fused = variant != "eager" and variant != "compile"
+    opt = torch.optim.AdamW(params, lr=3e-4, weight_decay=0.01, betas=(0.9, 0.99), fused=fused or None)
+    ema_t, ema_e = copy.deepcopy(transformer).eval(), copy.deepcopy(text_encoder).eval()
+    forward = transformer
+    if variant != "eager":
+        mode = "reduce-overhead" if variant.startswith("cudagraphs") else None
+        forward = torch.compile(transformer, dynamic=False, mode=mode)
+    encoder = torch.compile(text_encoder, dynamic=False) if variant == "compile-fused-text" else text_encoder
+    gen = torch.Generator(device=device).manual_seed(0)
+
+    def step(z0: torch.Tensor, prompts: list[str], shift: float) -> torch.Tensor:
+        if variant.startswith("cudagraphs"):
+            torch.compiler.cudagraph_mark_step_begin()
+        noise = torch.randn(z0.shape, generator=gen, device=device)
+        sigma = flow_sigmas(z0.shape[0], gen, device, "uniform", shift).view(-1, 1, 1, 1, 1)
+        zt = (1 - sigma) * z0 + sigma * noise
+        with torch.autocast("cuda", dtype=torch.bfloat16):
+            with record_function("step:text"):
+                text = encode_prompts(encoder, prompts, device)
+            with record_function("step:forward"):
+                pred = forward(zt, timestep=sigma.view(-1) * 1000, encoder_hidden_states=text, return_dict=False)[0]
+        loss = F.mse_loss(pred.float(), noise - z0)
+        opt.zero_grad(set_to_none=True)
+        with record_function("step:backward"):
+            loss.backward()
+        with record_function("step:optimizer"):
+            torch.nn.utils.clip_grad_norm_(params, 1.0)
+            opt.step()
+        with record_function("step:ema"):
+            ema_update(ema_t, transformer, 0.999)
+            ema_update(ema_e, text_encoder, 0.999)
+        return loss.detach()
+
+    return step
+
+
+def batch_for(shape: str, doubled: bool, rng: random.Random, device: str) -> tuple[torch.Tensor, list[str], float]:
+    (frames, height, width), batch, shift = SHAPES[shape]
+    batch *= 2 if doubled else 1
+    z0 = torch.randn(batch, LATENT_CHANNELS, frames, height, width, device=device)
+    return z0, [training_prompt(sample_objects(rng), rng) for _ in range(batch)], shift
+
+
+def time_variant(variant: str, steps: int, device: str) -> list[dict]:
+    step = make_step(variant, device)
+    rng = random.Random(0)
+    rows = []
+    for shape in SHAPES:
+        z0, prompts, shift = batch_for(shape, variant.endswith("-b64"), rng, device)
+        started = time.perf_counter()
+        for _ in range(3):  # compilation (and the CUDA graphs' recording) happen here
+            step(z0, prompts, shift)
+        torch.cuda.synchronize()
+        warm = time.perf_counter() - started
+        started = time.perf_counter()
+        for _ in range(steps):
+            loss = step(z0, prompts, shift)
+        torch.cuda.synchronize()
+        ms = 1e3 * (time.perf_counter() - started) / steps
+        rows.append({"variant": variant, "shape": shape, "batch": z0.shape[0], "ms_per_step": ms,
+                     "clips_per_s": z0.shape[0] / ms * 1e3, "warmup_s": warm, "loss": float(loss)})
+        print(f"{variant:20s} {shape:10s} batch {z0.shape[0]:3d}: {ms:7.1f} ms/step, "
+              f"{rows[-1]['clips_per_s']:7.1f} clips/s (first 3 steps {warm:.1f} s)", flush=True)
+    return rows
+
+
+def profile_busy(device: str, steps: int = 5) -> list[dict]:
+    """Per shape: wall ms per ``compile`` step, summed GPU kernel ms per step, and the top kernels' share."""
+    from torch.profiler import ProfilerActivity, profile
+
+    step = make_step("compile", device)
+    rng = random.Random(1)
+    rows = []
+    for shape in SHAPES:
+        z0, prompts, shift = batch_for(shape, False, rng, device)
+        for _ in range(3):
+            step(z0, prompts, shift)
+        torch.cuda.synchronize()
+        with profile(activities=[ProfilerActivity.CUDA, ProfilerActivity.CPU]) as prof:
+            started = time.perf_counter()
+            for _ in range(steps):
+                step(z0, prompts, shift)
+            torch.cuda.synchronize()
+            wall = 1e3 * (time.perf_counter() - started) / steps
+        # the record_function ranges of step() show up on the GPU's timeline too: kernels only here
+        events = [e for e in prof.key_averages() if e.device_type == torch.autograd.DeviceType.CUDA
+                  and not e.key.startswith("step:")]
+        total = sum(e.self_device_time_total for e in events) / 1e3 / steps
+        kernels = sum(e.count for e in events) / steps
+        top = sorted(events, key=lambda e: -e.self_device_time_total)[:8]
+        host: dict[str, float] = {}  # host ms per step in each part of step() (launches, Python, guards)
+        for e in prof.events():
+            if e.name.startswith("step:") and e.device_type == torch.autograd.DeviceType.CPU:
+                host[e.name] = host.get(e.name, 0.0) + e.cpu_time_total / 1e3 / steps
+        host = {k: round(v, 2) for k, v in host.items()}
+        rows.append({"shape": shape, "wall_ms": wall, "kernel_ms": total, "busy": total / wall,
+                     "kernels_per_step": kernels, "host_ms": host,
+                     "top": [(e.key[:60], round(e.self_device_time_total / 1e3 / steps, 2)) for e in top]})
+        print(f"profile {shape}: wall {wall:.1f} ms, kernels {total:.1f} ms ({total / wall:.0%} busy), "
+              f"{kernels:.0f} kernels/step; host ms {host}; top: {rows[-1]['top']}", flush=True)
+    return rows
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--variants", nargs="+", choices=VARIANTS, default=list(VARIANTS))
+    p.add_argument("--steps", type=int, default=30, help="timed steps per variant and shape")
+    p.add_argument("--no-profile", action="store_true")
+    p.add_argument("--out-dir", type=Path, default=Path("."))
+    args = p.parse_args()
+    if not torch.cuda.is_available():
+        print("mini_train_step.py times GPU steps: no CUDA device", file=sys.stderr)
+        return 2
+    device = "cuda"
+    torch.backends.cuda.matmul.allow_tf32 = True
+    gpu = torch.cuda.get_device_name()
+    rows, busy = [], []
+    for variant in args.variants:
+        try:
+            rows += time_variant(variant, args.steps, device)
+        except Exception as error:  # one variant failing (e.g. CUDA graphs) must not lose the others' rows
+            print(f"{variant}: failed: {type(error).__name__}: {str(error).splitlines()[0][:300]}", flush=True)
+        torch._dynamo.reset()
+    if not args.no_profile:
+        busy = profile_busy(device)
+    base = {r["shape"]: r["clips_per_s"] for r in rows if r["variant"] == "compile"}
+    lines = [f"# Mini-model training step ({gpu})", "",
+             "Transformer + text-encoder step of `mini.train` (flow loss, backward, clip, AdamW, EMA) on random "
+             f"latents, untrained weights, {args.steps} timed steps after 3 warm-up steps "
+             "(`benchmarks/mini_train_step.py`).", "",
+             "| variant | shape | batch | ms/step | clips/s | × compile |", "|---|---|---:|---:|---:|---:|"]
+    for r in rows:
+        ratio = r["clips_per_s"] / base[r["shape"]] if r["shape"] in base else float("nan")
+        lines.append(f"| {r['variant']} | {r['shape']} | {r['batch']} | {r['ms_per_step']:.1f} | "
+                     f"{r['clips_per_s']:.0f} | {ratio:.2f} |")
+    if busy:
+        lines += ["", "GPU busy (`compile`, profiled): " + "; ".join(
+            f"{b['shape']} {b['kernel_ms']:.1f} of {b['wall_ms']:.1f} ms ({b['busy']:.0%}), "
+            f"{b['kernels_per_step']:.0f} kernels" for b in busy)]
+        for b in busy:
+            lines.append(f"- top kernels at {b['shape']} (ms/step): " + ", ".join(f"{k} {v}" for k, v in b["top"]))
+            lines.append(f"- host time at {b['shape']} (ms/step): "
+                         + ", ".join(f"{k[5:]} {v}" for k, v in b["host_ms"].items()))
+    name = "mini-train-step-" + gpu.lower().replace(" ", "-")
+    args.out_dir.mkdir(parents=True, exist_ok=True)
+    (args.out_dir / f"{name}.md").write_text("\n".join(lines) + "\n")
+    (args.out_dir / f"{name}.json").write_text(json.dumps({"gpu": gpu, "rows": rows, "busy": busy}, indent=1))
+    print("\n".join(lines))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
