@@ -19,6 +19,8 @@ HAS_CUDA = torch.cuda.is_available()
 requires_cuda = pytest.mark.skipif(not HAS_CUDA, reason="needs a CUDA GPU")
 # torch.testing.assert_close's float32 defaults, for ``assert_close`` where a test relied on them
 TORCH_F32_TOL: dict[str, float] = {"atol": 1e-5, "rtol": 1.3e-6}
+# the committed thumbnail-tied VAE (a pipeline folder's vae/ and training.json): mini training tests start from it
+TIED_VAE = Path(__file__).resolve().parents[1] / "benchmarks" / "results" / "mini-vae-thumb-cpu"
 
 
 def seed_id(seed: int) -> str:

@@ -5,12 +5,12 @@ from __future__ import annotations
 
 import json
 import random
-from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from helpers import TIED_VAE
 
 from xattn_video.config import load_config
 from xattn_video.eval.scorers import available_scorers, make_scorers
@@ -24,7 +24,6 @@ from xattn_video.mini.grammar import (ObjectSpec, format_prompt, held_out_pairs,
 
 MAX_FOLDER_BYTES = 30 * 2**20  # the budget for all weights together
 
-TIED_VAE = Path(__file__).resolve().parents[1] / "benchmarks" / "results" / "mini-vae-thumb-cpu"  # the committed VAE
 
 
 @pytest.fixture(scope="module")

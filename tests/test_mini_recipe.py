@@ -7,11 +7,11 @@ import json
 from pathlib import Path
 
 import pytest
+from helpers import TIED_VAE
 
 from xattn_video.mini import recipe as mini_recipe
 from xattn_video.mini import train
 
-TIED_VAE = Path(__file__).resolve().parents[1] / "benchmarks" / "results" / "mini-vae-thumb-cpu"  # the committed VAE
 TINY_RECIPE = {"phases": [
     {"name": "first", "steps": 3, "mini_shape": [5, 32, 32], "batch": 2, "warmup": 1, "flow_shift": 3.0},
     {"name": "second", "steps": 4, "mini_shape": [5, 48, 48], "batch": 2, "large_every": 2, "large_batch": 1,
