@@ -15,8 +15,7 @@ set -u
 OUT=${OUT:-/tmp/out}
 MINI_DIR=${MINI_DIR:-/tmp/mini}
 mkdir -p "$OUT"
-[ -d /tmp/site ] || python3 -m pip install -q --no-index --no-deps --target /tmp/site .whl/*.whl 2>&1 | tail -2
-export PYTHONPATH=/tmp/site:$PWD:${PYTHONPATH:-}
+source benchmarks/gpu_env.sh
 nvidia-smi --query-gpu=name,memory.total --format=csv,noheader
 echo "=== training ($(date +%T))"
 VAE_ARGS=(--vae-seconds "${VAE_SECONDS:-100}")

@@ -11,8 +11,7 @@
 set -u
 OUT=${OUT:-/tmp/out}
 mkdir -p "$OUT" /tmp/recipe-run
-[ -d /tmp/site ] || python3 -m pip install -q --no-index --no-deps --target /tmp/site .whl/*.whl 2>&1 | tail -2
-export PYTHONPATH=/tmp/site:$PWD:${PYTHONPATH:-}
+source benchmarks/gpu_env.sh
 nvidia-smi --query-gpu=name,memory.total --format=csv,noheader 2>/dev/null
 RESUME=()
 if [ -n "${1:-}" ]; then
