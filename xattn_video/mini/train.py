@@ -136,8 +136,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="run the transformer stage as the phases of a recipe (mini.recipe: a name, 'segments' (the "
                         "shipped weights' schedule) or 'grow' (shorter), or a JSON file), one after the other in this "
                         "process; each phase sets --seconds/--steps, --mini-shape, --batch, --large-every, "
-                        "--large-batch, --flow-shift, --large-flow-shift, --lr, --warmup and --shape-weight (those flags are then ignored), and "
-                        "its VAE budget applies unless --vae-steps/--vae-seconds/--init/--init-vae say otherwise")
+                        "--large-batch, --flow-shift, --large-flow-shift, --lr, --warmup and --shape-weight (those "
+                        "flags are then ignored), and its VAE budget applies unless --vae-steps/--vae-seconds/--init/"
+                        "--init-vae say otherwise")
     p.add_argument("--init-vae", type=Path, default=None,
                    help="start from the VAE (with its latent statistics) of this pipeline folder and train the "
                         "transformer and text encoder from scratch: the VAE stage runs only when --vae-steps or "
