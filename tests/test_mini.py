@@ -444,6 +444,7 @@ def test_training_smoke_with_latent_reuse(tmp_path):
     out = tmp_path / "mini"
     args = ["--out", str(out), "--vae-steps", "1", "--vae-batch", "2", "--steps", "4", "--batch", "2",
             "--large-every", "0", "--mini-shape", "5", "32", "32", "--warmup", "1", "--log-every", "1",
+            "--large-shape", "5", "32", "32", "--large-batch", "1",  # the VAE's latent statistics encode this shape
             "--latent-reuse", "2", "--encode-every", "2", "--flow-shift", "12", "--large-flow-shift", "30", "--shape-weight", "4",
             "--direction-weight", "2", "--binding-weight", "3", "--two-prob", "0.75", "--grounding-weight", "0.5",
             "--grounding-sigma-min", "0.5", "--device", "cpu"]
