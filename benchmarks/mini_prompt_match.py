@@ -42,7 +42,8 @@ def guide_first_steps(pipe: Any, steps: int) -> None:
     pipe.__class__ = type(pipe.__class__.__name__, (pipe.__class__,), {"__call__": guided})
 
 
-NEGATIVES = ("empty", "exchange", "opposite", "shapes")
+SWAPPED_WORD = {"opposite": "direction", "shapes": "shape"}  # negatives that swap one word of every object
+NEGATIVES = ("empty", "exchange", *SWAPPED_WORD)
 
 
 def contrast_prompt(prompt: str, negative: str) -> str:
@@ -52,8 +53,8 @@ def contrast_prompt(prompt: str, negative: str) -> str:
     objects = parse_prompt(prompt)
     if negative == "exchange" and len(objects) == 2 and objects[0].direction != objects[1].direction:
         return format_prompt(exchange_directions(objects))
-    if negative in ("opposite", "shapes"):
-        return format_prompt(swap_clip(objects, "direction" if negative == "opposite" else "shape"))
+    if negative in SWAPPED_WORD:
+        return format_prompt(swap_clip(objects, SWAPPED_WORD[negative]))
     return ""
 
 
@@ -90,9 +91,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--negative", choices=NEGATIVES, default="empty",
                    help="the negative prompt of guidance > 1: empty (plain classifier-free guidance); exchange (the "
                         "prompt with its two objects' directions exchanged, where they differ: guidance then pushes "
-                        "away from the wrong binding; empty otherwise); opposite (every direction reversed); shapes (every "
-                        "ball a square and every square a ball: guidance then pushes each object's shape away from "
-                        "the other one)")
+                        "away from the wrong binding; empty otherwise); opposite (every direction reversed); shapes "
+                        "(every ball a square and every square a ball: guidance then pushes each object's shape "
+                        "away from the other one)")
     p.add_argument("--objects", type=int, choices=(1, 2), default=None,
                    help="score only the pairs (of the --pairs held-out ones) whose prompt names this many objects")
     p.add_argument("--variant", action="append", default=[], metavar="LABEL:KEY=VALUE[,KEY=VALUE]",

@@ -38,7 +38,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from xattn_video.mini.data import training_prompt  # noqa: E402
 from xattn_video.mini.grammar import sample_objects  # noqa: E402
 from xattn_video.mini.model import LATENT_CHANNELS, build_components, encode_prompts  # noqa: E402
-from xattn_video.mini.train import ema_update, flow_sigmas  # noqa: E402
+from xattn_video.mini.train import ema_update, flow_sigmas, transformer_optimizer  # noqa: E402
 
 VARIANTS = ("eager", "compile", "compile-fused", "compile-fused-text", "cudagraphs", "compile-fused-b64",
             "cudagraphs-b64")
@@ -50,8 +50,8 @@ def make_step(variant: str, device: str):
     parts = build_components(0)
     transformer, text_encoder = parts["transformer"].to(device).train(), parts["text_encoder"].to(device).train()
     params = list(transformer.parameters()) + list(text_encoder.parameters())
-    fused = variant != "eager" and variant != "compile"
-    opt = torch.optim.AdamW(params, lr=3e-4, weight_decay=0.01, betas=(0.9, 0.99), fused=fused or None)
+    fused = variant not in ("eager", "compile")
+    opt = transformer_optimizer(params, 3e-4, fused=fused or None)
     ema_t, ema_e = copy.deepcopy(transformer).eval(), copy.deepcopy(text_encoder).eval()
     forward = transformer
     if variant != "eager":

@@ -25,7 +25,6 @@ from xattn_video.mini.grammar import (ObjectSpec, format_prompt, held_out_pairs,
 MAX_FOLDER_BYTES = 30 * 2**20  # the budget for all weights together
 
 
-
 @pytest.fixture(scope="module")
 def shipped_pipe():
     from diffusers import WanPipeline

@@ -19,9 +19,9 @@ TINY_RECIPE = {"phases": [
 ]}
 
 
-def tiny_args(tmp_path: Path, *more: str) -> list[str]:
+def tiny_args(tmp_path: Path, *more: str, recipe: dict = TINY_RECIPE) -> list[str]:
     path = tmp_path / "recipe.json"
-    path.write_text(json.dumps(TINY_RECIPE))
+    path.write_text(json.dumps(recipe))
     return ["--out", str(tmp_path / "mini"), "--recipe", str(path), "--init-vae", str(TIED_VAE), "--large-shape", "5",
             "64", "64", "--log-every", "1", "--device", "cpu", *more]
 
@@ -147,11 +147,8 @@ def test_phase_switches_eager_and_restart_from_the_ema(tmp_path, monkeypatch):
                       ("transformer_optimizer", spy_optimizer)):
         monkeypatch.setattr(train, name, spy)
     first, second = TINY_RECIPE["phases"]
-    args = tiny_args(tmp_path, "--compile")
-    (tmp_path / "switches.json").write_text(json.dumps({"phases": [{**first, "compile": False},
-                                                                    {**second, "restart": True}]}))
-    args[args.index("--recipe") + 1] = str(tmp_path / "switches.json")
-    assert train.main(args) == 0
+    switches = {"phases": [{**first, "compile": False}, {**second, "restart": True}]}
+    assert train.main(tiny_args(tmp_path, "--compile", recipe=switches)) == 0
     assert calls == [12, 16] * 2  # the second phase's steps only (48 and 64 pixels: 12 and 16 latent columns)
     assert optimizers == [True, True] and len(pairs) == 14  # the stage's optimizer, then the restart's
     assert ema_steps[::2] == [0, 1, 2, 0, 1, 2, 3]  # per step (transformer, then text encoder): warm-up begun again

@@ -490,9 +490,11 @@ def ema_update(ema: torch.nn.Module, model: torch.nn.Module, decay: float) -> No
         torch._foreach_lerp_(list(ema.parameters()), list(model.parameters()), 1 - decay)
 
 
-def transformer_optimizer(params: list[torch.nn.Parameter], lr: float) -> torch.optim.Optimizer:
-    """AdamW of the transformer stage (the transformer's and the text encoder's parameters together)."""
-    return torch.optim.AdamW(params, lr=lr, weight_decay=0.01, betas=(0.9, 0.99))
+def transformer_optimizer(params: list[torch.nn.Parameter], lr: float,
+                          fused: bool | None = None) -> torch.optim.Optimizer:
+    """AdamW of the transformer stage (the transformer's and the text encoder's parameters together); ``fused``
+    None is torch's default implementation (training uses it; benchmarks/mini_train_step.py times fused=True)."""
+    return torch.optim.AdamW(params, lr=lr, weight_decay=0.01, betas=(0.9, 0.99), fused=fused)
 
 
 def compiled_forward(transformer: torch.nn.Module) -> Any:
