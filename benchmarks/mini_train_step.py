@@ -8,6 +8,8 @@ AdamW, the EMA) on random latents at the ``mini`` shape (batch 32, 2,304 tokens 
 
 - ``eager``: no compilation;
 - ``compile``: ``torch.compile(transformer)`` as ``--compile`` trains (AdamW's default multi-tensor loop);
+- ``compile-rope``: ``compile`` with ``mini.train_attention``'s processor (the rotary embedding without strided
+  writes; same math);
 - ``compile-fused``: + ``AdamW(fused=True)``;
 - ``compile-fused-text``: + the text encoder compiled too;
 - ``cudagraphs``: the transformer compiled with ``mode="reduce-overhead"`` (CUDA graphs) + fused AdamW;
@@ -39,9 +41,10 @@ from xattn_video.mini.data import training_prompt  # noqa: E402
 from xattn_video.mini.grammar import sample_objects  # noqa: E402
 from xattn_video.mini.model import LATENT_CHANNELS, build_components, encode_prompts  # noqa: E402
 from xattn_video.mini.train import ema_update, flow_sigmas, transformer_optimizer  # noqa: E402
+from xattn_video.mini.train_attention import use_training_attention  # noqa: E402
 
-VARIANTS = ("eager", "compile", "compile-fused", "compile-fused-text", "cudagraphs", "compile-fused-b64",
-            "cudagraphs-b64")
+VARIANTS = ("eager", "compile", "compile-rope", "compile-fused", "compile-fused-text", "cudagraphs",
+            "compile-fused-b64", "cudagraphs-b64")
 SHAPES = {"mini": ((9, 32, 32), 32, 6.0), "mini-large": ((9, 88, 88), 4, 12.0)}  # latent [F, H, W], batch, shift
 
 
@@ -49,8 +52,10 @@ def make_step(variant: str, device: str):
     """A fresh model, optimizer and EMA for ``variant``; returns step(latents, prompts) -> loss (a tensor)."""
     parts = build_components(0)
     transformer, text_encoder = parts["transformer"].to(device).train(), parts["text_encoder"].to(device).train()
+    if variant == "compile-rope":
+        use_training_attention(transformer)
     params = list(transformer.parameters()) + list(text_encoder.parameters())
-    fused = variant not in ("eager", "compile")
+    fused = variant not in ("eager", "compile", "compile-rope")
     opt = transformer_optimizer(params, 3e-4, fused=fused or None)
     ema_t, ema_e = copy.deepcopy(transformer).eval(), copy.deepcopy(text_encoder).eval()
     forward = transformer
@@ -93,11 +98,11 @@ def batch_for(shape: str, doubled: bool, rng: random.Random, device: str) -> tup
     return z0, [training_prompt(sample_objects(rng), rng) for _ in range(batch)], shift
 
 
-def time_variant(variant: str, steps: int, device: str) -> list[dict]:
+def time_variant(variant: str, steps: int, device: str, shapes: list[str]) -> list[dict]:
     step = make_step(variant, device)
     rng = random.Random(0)
     rows = []
-    for shape in SHAPES:
+    for shape in shapes:
         z0, prompts, shift = batch_for(shape, variant.endswith("-b64"), rng, device)
         started = time.perf_counter()
         for _ in range(3):  # compilation (and the CUDA graphs' recording) happen here
@@ -157,6 +162,7 @@ def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--variants", nargs="+", choices=VARIANTS, default=list(VARIANTS))
     p.add_argument("--steps", type=int, default=30, help="timed steps per variant and shape")
+    p.add_argument("--shapes", nargs="+", choices=list(SHAPES), default=list(SHAPES))
     p.add_argument("--no-profile", action="store_true")
     p.add_argument("--out-dir", type=Path, default=Path("."))
     args = p.parse_args()
@@ -169,7 +175,7 @@ def main() -> int:
     rows, busy = [], []
     for variant in args.variants:
         try:
-            rows += time_variant(variant, args.steps, device)
+            rows += time_variant(variant, args.steps, device, args.shapes)
         except Exception as error:  # one variant failing (e.g. CUDA graphs) must not lose the others' rows
             print(f"{variant}: failed: {type(error).__name__}: {str(error).splitlines()[0][:300]}", flush=True)
         torch._dynamo.reset()

@@ -2,19 +2,24 @@
 # The mini weights' training run, `python -m xattn_video.mini.train --recipe grow` (xattn_video/mini/recipe.py), on
 # one GPU in device calls of at most 10 minutes: a call trains until LIMIT seconds (default 540), then leaves its
 # checkpoint in $OUT as ckpt.part-* (15 MB each); the next call is given the folder holding those parts (carried,
-# e.g. .mini-init/ckpt) and resumes. The call that finishes packs the pipeline folder to $OUT/mini.tar.part-*,
-# copies training.json and scores dense prompt_match at both presets (32 held-out pairs each, the presets'
-# defaults), all logs in one $OUT/checks.tar (the device returns at most 8 files).
+# e.g. .mini-init/ckpt) and resumes, from the checkpoint still in /tmp if the machine stayed warm (its compile cache
+# is there too). The call that finishes packs the pipeline folder to $OUT/mini.tar.part-*, copies training.json and
+# scores dense prompt_match at both presets (32 held-out pairs each, the presets' defaults), all logs in one
+# $OUT/checks.tar (the device returns at most 8 files).
 # Usage (repo root): LIMIT=540 bash benchmarks/train_mini_recipe_gpu.sh [FOLDER_WITH_CKPT_PARTS]
-# (RECIPE=FILE|NAME, default grow; TRAIN_ARGS="..." replaces the default "--compile --latent-reuse 4 --encode-every 8"; PM=0 skips
-#  the checks)
+# (RECIPE=FILE|NAME, default grow; TRAIN_ARGS="..." replaces the default "--compile --latent-reuse 4 --encode-every 8";
+#  PM=0 skips the checks)
 set -u
 OUT=${OUT:-/tmp/out}
 mkdir -p "$OUT" /tmp/recipe-run
 source benchmarks/gpu_env.sh
 nvidia-smi --query-gpu=name,memory.total --format=csv,noheader 2>/dev/null
 RESUME=()
-if [ -n "${1:-}" ]; then
+if [ -n "${1:-}" ] && [ -f /tmp/recipe-run/next.ckpt ]; then
+  # the machine stayed warm since the last call: its own checkpoint (and compile cache) are still in /tmp
+  mv /tmp/recipe-run/next.ckpt /tmp/recipe-run/resume.ckpt && echo "resuming from this machine's checkpoint"
+  RESUME=(--resume /tmp/recipe-run/resume.ckpt)
+elif [ -n "${1:-}" ]; then
   cat "$1"/ckpt.part-* > /tmp/recipe-run/resume.ckpt || exit 2
   RESUME=(--resume /tmp/recipe-run/resume.ckpt)
 fi

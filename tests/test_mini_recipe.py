@@ -176,3 +176,17 @@ def test_segments_recipe_is_the_shipped_weights_schedule():
                 phase.lr, phase.warmup, phase.shape_weight) == recorded, phase.name
     assert [p.restart for p in phases] == [False] + [True] * 9
     assert sum(p.steps for p in phases) == 12_050
+
+
+def test_layers_sets_the_transformer_depth_of_the_written_folder(tmp_path, capsys):
+    from diffusers import WanTransformer3DModel
+
+    recipe = {"phases": [TINY_RECIPE["phases"][0]]}
+    assert train.main(tiny_args(tmp_path, "--layers", "3", recipe=recipe)) == 0
+    transformer = WanTransformer3DModel.from_pretrained(tmp_path / "mini" / "transformer")
+    assert transformer.config.num_layers == 3 and len(transformer.blocks) == 3
+    record = json.loads((tmp_path / "mini" / "training.json").read_text())
+    assert record["args"]["layers"] == 3
+    with pytest.raises(SystemExit) as stop:
+        train.main(tiny_args(tmp_path, "--layers", "0", recipe=recipe))
+    assert stop.value.code == 2 and "--layers must be >= 1" in capsys.readouterr().err

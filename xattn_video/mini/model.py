@@ -58,8 +58,10 @@ def latent_norm(vae: Any, device: torch.device | str = "cpu") -> tuple[torch.Ten
     return mean, torch.tensor(vae.config.latents_std, device=device).view(1, -1, 1, 1, 1)
 
 
-def build_components(seed: int = 0, flow_shift: float = SCHEDULER_CONFIG["flow_shift"]) -> dict[str, Any]:
-    """Untrained components of the mini pipeline (float32), seeded; the scheduler shifted by ``flow_shift``."""
+def build_components(seed: int = 0, flow_shift: float = SCHEDULER_CONFIG["flow_shift"],
+                     transformer_overrides: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Untrained components of the mini pipeline (float32), seeded; the scheduler shifted by ``flow_shift``; the
+    transformer's config is :data:`TRANSFORMER_CONFIG` with ``transformer_overrides`` (e.g. ``num_layers``)."""
     from diffusers import UniPCMultistepScheduler, WanTransformer3DModel
     from transformers import ByT5Tokenizer, UMT5Config, UMT5EncoderModel
 
@@ -68,7 +70,7 @@ def build_components(seed: int = 0, flow_shift: float = SCHEDULER_CONFIG["flow_s
         "tokenizer": ByT5Tokenizer(),
         "text_encoder": UMT5EncoderModel(UMT5Config(**TEXT_ENCODER_CONFIG)),
         "vae": build_vae(),
-        "transformer": WanTransformer3DModel(**TRANSFORMER_CONFIG),
+        "transformer": WanTransformer3DModel(**{**TRANSFORMER_CONFIG, **(transformer_overrides or {})}),
         "scheduler": UniPCMultistepScheduler(**{**SCHEDULER_CONFIG, "flow_shift": flow_shift}),
     }
 

@@ -43,6 +43,7 @@ from .grounding import CrossAttentionMaps, grounding_loss, prompts_in_window, to
 from .model import (SCHEDULER_CONFIG, TEXT_LEN, build_components, build_pipeline, encode_prompts, latent_norm,
                     tokens_per_call)
 from .recipe import LARGE_SHAPE, MINI_SHAPE, Phase, load_recipe
+from .train_attention import use_training_attention
 
 FLOW_SHIFT = SCHEDULER_CONFIG["flow_shift"]  # the default shift of training σ and of the sampler; --flow-shift
 SIGMA_SAMPLINGS = ("uniform", "logit-normal")
@@ -113,6 +114,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--compile", action="store_true",
                    help="train through torch.compile(transformer) (one graph per shape; the EMA copy, the probes "
                         "and the saved weights stay plain modules)")
+    p.add_argument("--layers", type=int, default=None,
+                   help="transformer blocks (default: mini.model.TRANSFORMER_CONFIG's); each adds ~1.05M parameters, "
+                        "2.1 MB to the folder")
+    p.add_argument("--training-attention", action="store_true",
+                   help="the transformer's attention through mini.train_attention's processor while training (the "
+                        "same math; the rotary embedding without strided writes, cheaper compiled)")
     p.add_argument("--text-len", type=int, default=TEXT_LEN,
                    help="text positions per prompt (zero-padded); generation must pass the same max_sequence_length")
     p.add_argument("--log-every", type=int, default=100)
@@ -146,6 +153,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     args = p.parse_args(argv)
     if args.init is not None and args.init_vae is not None:
         p.error("--init and --init-vae: --init already takes the VAE")
+    if args.layers is not None and (args.layers < 1 or args.init is not None):
+        p.error(f"--layers must be >= 1 and cannot change an --init folder's transformer, got {args.layers}")
     args.phases = None
     if args.recipe is not None:
         try:
@@ -573,7 +582,8 @@ def main(argv: list[str] | None = None) -> int:
     torch.backends.cudnn.allow_tf32 = True
     rng = random.Random(args.seed)
     gen = torch.Generator(device=device).manual_seed(args.seed)
-    components = build_components(args.seed, args.flow_shift)  # the folder's sampler: the mini shape's shift
+    layers = {} if args.layers is None else {"num_layers": args.layers}
+    components = build_components(args.seed, args.flow_shift, layers)  # the folder's sampler: the mini shape's shift
     vae, transformer, text_encoder = components["vae"], components["transformer"], components["text_encoder"]
     for module in (vae, transformer, text_encoder):
         module.to(device)
@@ -699,6 +709,8 @@ def main(argv: list[str] | None = None) -> int:
     grounding = args.grounding_weight > 0
     if args.compile and grounding:
         log("--grounding-weight records the cross-attention in Python: training runs eager (--compile ignored)")
+    if args.training_attention and not grounding:  # grounding installs its own recording processors
+        use_training_attention(transformer)
     forward = compiled_forward(transformer) if args.compile and not grounding else transformer
     window = torch.zeros(2, device=device)
     phases = phases_of(args)
