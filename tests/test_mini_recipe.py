@@ -190,3 +190,24 @@ def test_layers_sets_the_transformer_depth_of_the_written_folder(tmp_path, capsy
     with pytest.raises(SystemExit) as stop:
         train.main(tiny_args(tmp_path, "--layers", "0", recipe=recipe))
     assert stop.value.code == 2 and "--layers must be >= 1" in capsys.readouterr().err
+
+
+def test_a_phase_may_set_the_share_of_two_object_clips(tmp_path, monkeypatch):
+    shares = []  # the two-object share of every clip the training steps draw, in order (the probes give none)
+    sample_objects = train.sample_objects
+
+    def spy(rng, two_prob=None):
+        if two_prob is None:
+            return sample_objects(rng)
+        shares.append(two_prob)
+        return sample_objects(rng, two_prob)
+
+    monkeypatch.setattr(train, "sample_objects", spy)
+    first, second = TINY_RECIPE["phases"]
+    recipe = {"phases": [{**first, "two_prob": 1.0}, {**second, "large_every": 0}]}
+    assert train.main(tiny_args(tmp_path, "--two-prob", "0.25", "--latent-reuse", "1", recipe=recipe)) == 0
+    assert set(shares[:2 * 3]) == {1.0} and set(shares[2 * 3:]) == {0.25}, shares
+    record = json.loads((tmp_path / "mini" / "training.json").read_text())
+    assert [phase["two_prob"] for phase in record["recipe"]] == [1.0, None]
+    with pytest.raises(ValueError, match="two_prob must be in"):
+        mini_recipe.Phase("x", steps=1, two_prob=1.5)

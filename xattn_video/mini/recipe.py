@@ -27,7 +27,8 @@ LARGE_SHAPE = (33, 352, 352)  # 9 x 44 x 44 = 17,424 tokens
 class Phase:
     """One transformer phase: ``seconds`` (time budget, compilation included: the step count that fills it is
     decided after the first steps and recorded) or ``steps``; the clip shape, batch and σ shifts; the learning
-    rate's peak and warm-up steps (> 40, so the step count is decided inside the warm-up); the shape loss weight.
+    rate's peak and warm-up steps (> 40, so the step count is decided inside the warm-up); the shape loss weight; the
+    share of two-object clips.
     ``compile`` False runs the phase eager even under ``--compile`` (compiling a new shape costs ~45 s on an H100,
     more than a short phase at a small shape saves); ``restart`` starts the phase from the EMA weights with fresh
     AdamW moments and the EMA's warm-up begun again, as each of the shipped weights' ten segments began from the
@@ -45,14 +46,18 @@ class Phase:
     lr: float = 8e-4
     warmup: int = 100
     shape_weight: float = 0.0
+    two_prob: float | None = None  # share of two-object clips; None: the command's --two-prob
     compile: bool = True
     restart: bool = False
 
     def __post_init__(self) -> None:
         if (self.seconds is None) == (self.steps is None):
             raise ValueError(f"recipe phase {self.name!r}: give exactly one of seconds and steps")
+        if self.two_prob is not None and not 0 <= self.two_prob <= 1:
+            raise ValueError(f"recipe phase {self.name!r}: two_prob must be in [0, 1], got {self.two_prob}")
         if len(self.mini_shape) != 3:
-            raise ValueError(f"recipe phase {self.name!r}: mini_shape is (frames, height, width), got {self.mini_shape}")
+            raise ValueError(f"recipe phase {self.name!r}: mini_shape is (frames, height, width), "
+                             f"got {self.mini_shape}")
 
 
 @dataclass(frozen=True)

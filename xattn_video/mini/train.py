@@ -103,7 +103,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="apply the grounding loss only to clips trained at σ ≥ this (0: all); where colour and "
                         "motion are decided, σ 0.98-0.95, is where the routing matters (benchmarks/NOTES.md)")
     p.add_argument("--two-prob", type=float, default=0.5,
-                   help="share of the training clips with two objects (the shipped recipe: 0.5)")
+                   help="share of the training clips with two objects (the shipped recipe: 0.5; a recipe "
+                        "phase's two_prob overrides it)")
     p.add_argument("--latent-reuse", type=int, default=1,
                    help="each clip's latents serve this many steps on average (fresh noise and σ each time): a step "
                         "renders and encodes 1/N of its batch and draws the rest from the recent clips (1: no reuse)")
@@ -563,6 +564,8 @@ def apply_phase(args: argparse.Namespace, phase: Phase) -> None:
     args.flow_shift = phase.flow_shift
     args.large_flow_shift = phase.flow_shift if phase.large_flow_shift is None else phase.large_flow_shift
     args.lr, args.warmup, args.shape_weight = phase.lr, phase.warmup, phase.shape_weight
+    command_two_prob = vars(args).setdefault("command_two_prob", args.two_prob)  # what --two-prob said
+    args.two_prob = command_two_prob if phase.two_prob is None else phase.two_prob
 
 
 def finish_phase(state: dict, phase: Phase, args: argparse.Namespace, elapsed: float) -> None:
