@@ -7,23 +7,10 @@ import json
 from pathlib import Path
 
 import pytest
-from helpers import TIED_VAE
+from helpers import TIED_VAE, TINY_RECIPE, tiny_args
 
 from xattn_video.mini import recipe as mini_recipe
 from xattn_video.mini import train
-
-TINY_RECIPE = {"phases": [
-    {"name": "first", "steps": 3, "mini_shape": [5, 32, 32], "batch": 2, "warmup": 1, "flow_shift": 3.0},
-    {"name": "second", "steps": 4, "mini_shape": [5, 48, 48], "batch": 2, "large_every": 2, "large_batch": 1,
-     "flow_shift": 6.0, "large_flow_shift": 9.0, "warmup": 1, "shape_weight": 10.0},
-]}
-
-
-def tiny_args(tmp_path: Path, *more: str, recipe: dict = TINY_RECIPE) -> list[str]:
-    path = tmp_path / "recipe.json"
-    path.write_text(json.dumps(recipe))
-    return ["--out", str(tmp_path / "mini"), "--recipe", str(path), "--init-vae", str(TIED_VAE), "--large-shape", "5",
-            "64", "64", "--log-every", "1", "--device", "cpu", *more]
 
 
 def test_phases_run_in_order_with_their_own_shape_shift_and_weight(tmp_path, monkeypatch):
@@ -190,6 +177,9 @@ def test_layers_sets_the_transformer_depth_of_the_written_folder(tmp_path, capsy
     with pytest.raises(SystemExit) as stop:
         train.main(tiny_args(tmp_path, "--layers", "0", recipe=recipe))
     assert stop.value.code == 2 and "--layers must be >= 1" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as stop:
+        train.main(["--out", str(tmp_path / "x"), "--init", str(tmp_path / "mini"), "--layers", "4"])
+    assert stop.value.code == 2 and "--layers and --init" in capsys.readouterr().err
 
 
 def test_a_phase_may_set_the_share_of_two_object_clips(tmp_path, monkeypatch):

@@ -5,7 +5,9 @@ import json
 
 import pytest
 import torch
+from helpers import tiny_args
 
+from xattn_video.mini import train
 from xattn_video.mini.model import LATENT_CHANNELS, build_components
 from xattn_video.mini.train_attention import rotate_pairs, use_training_attention
 
@@ -40,10 +42,6 @@ def test_training_processor_matches_the_stock_processor(seed):
 
 def test_training_with_it_follows_the_same_loss_curve(tmp_path):
     """`mini.train --training-attention` trains the same model: the same losses step by step."""
-    from test_mini_recipe import tiny_args
-
-    from xattn_video.mini import train
-
     curves = []
     for name, extra in (("stock", ()), ("ours", ("--training-attention",))):
         folder = tmp_path / name

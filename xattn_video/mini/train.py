@@ -154,8 +154,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     args = p.parse_args(argv)
     if args.init is not None and args.init_vae is not None:
         p.error("--init and --init-vae: --init already takes the VAE")
-    if args.layers is not None and (args.layers < 1 or args.init is not None):
-        p.error(f"--layers must be >= 1 and cannot change an --init folder's transformer, got {args.layers}")
+    if args.layers is not None and args.layers < 1:
+        p.error(f"--layers must be >= 1, got {args.layers}")
+    if args.layers is not None and args.init is not None:
+        p.error("--layers and --init: the --init folder's transformer keeps its own depth")
+    args.command_two_prob = args.two_prob  # a recipe phase without its own two_prob goes back to it
     args.phases = None
     if args.recipe is not None:
         try:
@@ -564,8 +567,7 @@ def apply_phase(args: argparse.Namespace, phase: Phase) -> None:
     args.flow_shift = phase.flow_shift
     args.large_flow_shift = phase.flow_shift if phase.large_flow_shift is None else phase.large_flow_shift
     args.lr, args.warmup, args.shape_weight = phase.lr, phase.warmup, phase.shape_weight
-    command_two_prob = vars(args).setdefault("command_two_prob", args.two_prob)  # what --two-prob said
-    args.two_prob = command_two_prob if phase.two_prob is None else phase.two_prob
+    args.two_prob = args.command_two_prob if phase.two_prob is None else phase.two_prob
 
 
 def finish_phase(state: dict, phase: Phase, args: argparse.Namespace, elapsed: float) -> None:
