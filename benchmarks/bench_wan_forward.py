@@ -15,7 +15,6 @@ Prints a table and writes ``wan_forward.json`` / ``wan_forward.md`` under ``--ou
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import statistics
 import sys
@@ -158,7 +157,7 @@ def main(argv: list[str] | None = None) -> int:
     rows = [("stock (diffusers attention)", stock_ms, 1.0, 1.0),
             (f"XAttention τ={args.threshold} max_density={args.max_density}", sparse_ms, stock_ms / sparse_ms,
              density)]
-    lines = [f"| variant | forward ms | speedup | density |", "|---|---|---|---|"]
+    lines = ["| variant | forward ms | speedup | density |", "|---|---|---|---|"]
     lines += [f"| {name} | {ms:.1f} | {ratio:.2f}× | {d:.3f} |" for name, ms, ratio, d in rows]
     table = "\n".join(lines)
     print(table)

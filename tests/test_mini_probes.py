@@ -4,6 +4,7 @@ import importlib.util
 from pathlib import Path
 
 import numpy as np
+import pytest
 import torch
 
 BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
@@ -64,3 +65,35 @@ def test_contrast_prompts_change_only_the_named_attribute():
     assert contrast(two, "exchange") == "a red ball moving down and a white square moving left"
     assert contrast("a red ball moving left and a blue ball moving left", "exchange") == ""  # same direction
     assert contrast(two, "empty") == ""
+
+
+def test_checkpoint_folder_holds_the_checkpoints_ema_weights(tmp_path):
+    """mini_checkpoint_folder.py: a run's checkpoint, given as the 15 MB parts a device call returns, becomes a
+    pipeline folder holding its EMA transformer (float16), EMA text encoder and VAE with its latent statistics."""
+    from diffusers import AutoencoderKLWan, WanTransformer3DModel
+    from helpers import TINY_RECIPE, tiny_args
+    from transformers import UMT5EncoderModel
+
+    from xattn_video.mini import train
+
+    checkpoint = tmp_path / "run.ckpt"
+    recipe = {"phases": [TINY_RECIPE["phases"][0]]}
+    assert train.main(tiny_args(tmp_path, "--time-limit", "0", "--checkpoint", str(checkpoint), recipe=recipe)) == 3
+    parts = tmp_path / "parts"
+    parts.mkdir()
+    data = checkpoint.read_bytes()
+    size = len(data) // 3 + 1
+    for i, suffix in enumerate(("aa", "ab", "ac")):
+        (parts / f"ckpt.part-{suffix}").write_bytes(data[i * size:(i + 1) * size])
+    out = tmp_path / "interim"
+    assert load_script("mini_checkpoint_folder").main([str(parts), str(out)]) == 0
+    saved = torch.load(checkpoint, weights_only=False)
+    transformer = WanTransformer3DModel.from_pretrained(out / "transformer")
+    for key, value in saved["ema_transformer"].items():
+        assert torch.equal(transformer.state_dict()[key], value.to(torch.float16)), key
+    text_encoder = UMT5EncoderModel.from_pretrained(out / "text_encoder")
+    for key, value in saved["ema_text_encoder"].items():
+        assert torch.equal(text_encoder.state_dict()[key], value), key
+    vae = AutoencoderKLWan.from_pretrained(out / "vae")
+    assert list(vae.config.latents_mean) == pytest.approx(saved["latents_mean"])
+    assert (out / "tokenizer").is_dir() and not (tmp_path / "interim.tmp").exists()

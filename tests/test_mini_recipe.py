@@ -177,9 +177,6 @@ def test_layers_sets_the_transformer_depth_of_the_written_folder(tmp_path, capsy
     with pytest.raises(SystemExit) as stop:
         train.main(tiny_args(tmp_path, "--layers", "0", recipe=recipe))
     assert stop.value.code == 2 and "--layers must be >= 1" in capsys.readouterr().err
-    with pytest.raises(SystemExit) as stop:
-        train.main(["--out", str(tmp_path / "x"), "--init", str(tmp_path / "mini"), "--layers", "4"])
-    assert stop.value.code == 2 and "--layers and --init" in capsys.readouterr().err
 
 
 def test_a_phase_may_set_the_share_of_two_object_clips(tmp_path, monkeypatch):

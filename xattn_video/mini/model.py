@@ -59,16 +59,18 @@ def latent_norm(vae: Any, device: torch.device | str = "cpu") -> tuple[torch.Ten
 
 
 def build_components(seed: int = 0, flow_shift: float = SCHEDULER_CONFIG["flow_shift"],
-                     transformer_overrides: dict[str, Any] | None = None) -> dict[str, Any]:
+                     transformer_overrides: dict[str, Any] | None = None,
+                     text_encoder_overrides: dict[str, Any] | None = None) -> dict[str, Any]:
     """Untrained components of the mini pipeline (float32), seeded; the scheduler shifted by ``flow_shift``; the
-    transformer's config is :data:`TRANSFORMER_CONFIG` with ``transformer_overrides`` (e.g. ``num_layers``)."""
+    transformer's config is :data:`TRANSFORMER_CONFIG` with ``transformer_overrides`` (e.g. ``num_layers``), the
+    text encoder's :data:`TEXT_ENCODER_CONFIG` with ``text_encoder_overrides``."""
     from diffusers import UniPCMultistepScheduler, WanTransformer3DModel
     from transformers import ByT5Tokenizer, UMT5Config, UMT5EncoderModel
 
     torch.manual_seed(seed)
     return {
         "tokenizer": ByT5Tokenizer(),
-        "text_encoder": UMT5EncoderModel(UMT5Config(**TEXT_ENCODER_CONFIG)),
+        "text_encoder": UMT5EncoderModel(UMT5Config(**{**TEXT_ENCODER_CONFIG, **(text_encoder_overrides or {})})),
         "vae": build_vae(),
         "transformer": WanTransformer3DModel(**{**TRANSFORMER_CONFIG, **(transformer_overrides or {})}),
         "scheduler": UniPCMultistepScheduler(**{**SCHEDULER_CONFIG, "flow_shift": flow_shift}),

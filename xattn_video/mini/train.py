@@ -40,6 +40,7 @@ import torch.nn.functional as F
 from .data import random_clips, render, training_prompt
 from .grammar import MAX_OBJECTS, ObjectSpec, format_prompt, sample_objects, swap_clip
 from .grounding import CrossAttentionMaps, grounding_loss, prompts_in_window, token_regions
+from .grow import load_deepened
 from .model import (SCHEDULER_CONFIG, TEXT_LEN, build_components, build_pipeline, encode_prompts, latent_norm,
                     tokens_per_call)
 from .recipe import LARGE_SHAPE, MINI_SHAPE, Phase, load_recipe
@@ -116,8 +117,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="train through torch.compile(transformer) (one graph per shape; the EMA copy, the probes "
                         "and the saved weights stay plain modules)")
     p.add_argument("--layers", type=int, default=None,
-                   help="transformer blocks (default: mini.model.TRANSFORMER_CONFIG's); each adds ~1.05M parameters, "
-                        "2.1 MB to the folder")
+                   help="transformer blocks (default: mini.model.TRANSFORMER_CONFIG's, or the --init folder's); each "
+                        "adds ~1.05M parameters, 2.1 MB to the folder; more than the --init folder's appends blocks "
+                        "that start as the identity (mini.grow)")
+    p.add_argument("--text-layers", type=int, default=None,
+                   help="text-encoder blocks (default: mini.model.TEXT_ENCODER_CONFIG's, or the --init folder's); each "
+                        "adds ~0.2M parameters; more than the --init folder's appends identity blocks (mini.grow)")
     p.add_argument("--training-attention", action="store_true",
                    help="the transformer's attention through mini.train_attention's processor while training (the "
                         "same math; the rotary embedding without strided writes, cheaper compiled)")
@@ -154,10 +159,20 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     args = p.parse_args(argv)
     if args.init is not None and args.init_vae is not None:
         p.error("--init and --init-vae: --init already takes the VAE")
-    if args.layers is not None and args.layers < 1:
-        p.error(f"--layers must be >= 1, got {args.layers}")
-    if args.layers is not None and args.init is not None:
-        p.error("--layers and --init: the --init folder's transformer keeps its own depth")
+    for flag in ("layers", "text_layers"):
+        if getattr(args, flag) is not None and getattr(args, flag) < 1:
+            p.error(f"--{flag.replace('_', '-')} must be >= 1, got {getattr(args, flag)}")
+    if args.init is not None:  # the folder's depths unless deeper ones are asked for (grown from the folder's)
+        for flag, sub, key in (("layers", "transformer", "num_layers"), ("text_layers", "text_encoder", "num_layers")):
+            config = args.init / sub / "config.json"
+            if not config.is_file():
+                p.error(f"--init {args.init}: no {sub}/config.json (not a mini pipeline folder)")
+            depth = json.loads(config.read_text())[key]
+            if getattr(args, flag) is None:
+                setattr(args, flag, depth)
+            elif getattr(args, flag) < depth:
+                p.error(f"--{flag.replace('_', '-')} {getattr(args, flag)}: the --init folder's {sub} has {depth} "
+                        "blocks; a model can be deepened from it, not made shallower")
     args.command_two_prob = args.two_prob  # a recipe phase without its own two_prob goes back to it
     args.phases = None
     if args.recipe is not None:
@@ -540,10 +555,12 @@ def init_from(folder: Path, components: dict, names: tuple[str, ...] = ("vae", "
     classes = {"vae": AutoencoderKLWan, "transformer": WanTransformer3DModel, "text_encoder": UMT5EncoderModel}
     for name in names:
         loaded = classes[name].from_pretrained(folder / name, dtype=torch.float32)
-        components[name].load_state_dict(loaded.state_dict())
         if name == "vae":
+            components[name].load_state_dict(loaded.state_dict())
             components[name].register_to_config(latents_mean=list(loaded.config.latents_mean),
                                                 latents_std=list(loaded.config.latents_std))
+        else:  # deeper than the folder's (--layers / --text-layers): the added blocks start as the identity
+            load_deepened(components[name], loaded.state_dict())
 
 
 RESUME_WARMUP = 50  # steps over which a resumed transformer stage (fresh Adam moments) ramps its learning rate
@@ -588,7 +605,9 @@ def main(argv: list[str] | None = None) -> int:
     rng = random.Random(args.seed)
     gen = torch.Generator(device=device).manual_seed(args.seed)
     layers = {} if args.layers is None else {"num_layers": args.layers}
-    components = build_components(args.seed, args.flow_shift, layers)  # the folder's sampler: the mini shape's shift
+    text_layers = {} if args.text_layers is None else {"num_layers": args.text_layers}
+    # the folder's sampler: the mini shape's shift
+    components = build_components(args.seed, args.flow_shift, layers, text_layers)
     vae, transformer, text_encoder = components["vae"], components["transformer"], components["text_encoder"]
     for module in (vae, transformer, text_encoder):
         module.to(device)
