@@ -8,7 +8,8 @@
 # (VAE_SECONDS=0 with --init FOLDER: no VAE stage, the transformer and text encoder continue from FOLDER;
 #  PM_SET="--set generation.frames=9 --set generation.height=32 --set generation.width=32" scores the mini check at
 #  the shape a segment trained at, for a segment at a small --mini-shape; MINI_DIR=/tmp/mini-a writes the folder
-#  there, so a second call of this script in the same command can --init from it; LOOK=0, PM=0 and PM_LARGE=0 skip
+#  there, so a second call of this script in the same command can --init from it; PM_TIMEOUT (s, default 120)
+#  bounds the mini check; LOOK=0, PM=0 and PM_LARGE=0 skip
 #  the strip, the mini check and the mini-large check (PM_LARGE_PAIRS pairs, default 16, within PM_LARGE_TIMEOUT s),
 #  for a segment at a small shape; WORD_GAP=1 adds the word-swap loss table of mini_word_gap.py, on the CPU)
 set -u
@@ -30,7 +31,7 @@ if [ "${VAE_SECONDS:-100}" != 0 ]; then  # a new VAE: is its latent colour geome
 fi
 echo "=== look + prompt_match ($(date +%T))"
 [ "${LOOK:-1}" = 0 ] || XVID_MINI_WEIGHTS=$MINI_DIR timeout 35 python3 benchmarks/mini_look.py --out "$OUT/look.png" 2>&1 | grep -v Warn | tail -3
-[ "${PM:-1}" = 0 ] || XVID_MINI_WEIGHTS=$MINI_DIR timeout 120 python3 benchmarks/mini_prompt_match.py --model mini --pairs 32 --guidance ${PM_GUIDANCE:-1 4} ${PM_SET:-} \
+[ "${PM:-1}" = 0 ] || XVID_MINI_WEIGHTS=$MINI_DIR timeout ${PM_TIMEOUT:-120} python3 benchmarks/mini_prompt_match.py --model mini --pairs 32 --guidance ${PM_GUIDANCE:-1 4} ${PM_SET:-} \
   --why --out-dir "$OUT" --name pm-mini 2>&1 | grep -v Warn | tail -9
 [ "${PM_LARGE:-1}" = 0 ] || XVID_MINI_WEIGHTS=$MINI_DIR timeout ${PM_LARGE_TIMEOUT:-90} python3 benchmarks/mini_prompt_match.py --model mini-large --pairs ${PM_LARGE_PAIRS:-16} --guidance 1 \
   --why --out-dir "$OUT" --name pm-large 2>&1 | grep -v Warn | tail -8
