@@ -20,6 +20,7 @@ import torch
 
 import xattn_video.mini
 from xattn_video.mini.model import build_components, build_pipeline
+from xattn_video.mini.train import restore_weights
 
 SHIPPED = Path(xattn_video.mini.__file__).parent / "weights"
 
@@ -46,13 +47,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {args.checkpoint} is not a transformer-stage checkpoint (no EMA weights)", file=sys.stderr)
         return 2
     run = saved["args"]
-    layers = {} if run.get("layers") is None else {"num_layers": run["layers"]}
-    text_layers = {} if run.get("text_layers") is None else {"num_layers": run["text_layers"]}
-    parts = build_components(run["seed"], run["flow_shift"], layers, text_layers)
-    parts["transformer"].load_state_dict(saved["ema_transformer"])
-    parts["text_encoder"].load_state_dict(saved["ema_text_encoder"])
-    parts["vae"].load_state_dict(saved["vae"])
-    parts["vae"].register_to_config(latents_mean=saved["latents_mean"], latents_std=saved["latents_std"])
+    parts = build_components(run["seed"], run["flow_shift"], run.get("layers"), run.get("text_layers"))
+    restore_weights(saved, parts)  # a transformer-stage checkpoint holds the EMA weights only
     parts["transformer"] = parts["transformer"].to(torch.float16)
     tmp = args.out.with_name(args.out.name + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)

@@ -9,6 +9,8 @@ are non-zero). This lets an idea that needs a deeper model be tried from the shi
 
 from __future__ import annotations
 
+from typing import Callable
+
 import torch
 from torch import nn
 
@@ -33,11 +35,11 @@ def silence_umt5_block(block: nn.Module) -> None:
     _zero(block.layer[-1].DenseReluDense.wo)
 
 
-def blocks_of(module: nn.Module) -> tuple[str, nn.ModuleList]:
-    """The state-dict prefix and the list of a Wan transformer's or a UMT5 encoder's blocks."""
+def blocks_of(module: nn.Module) -> tuple[str, nn.ModuleList, Callable[[nn.Module], None]]:
+    """The state-dict prefix, the list and the silencer of a Wan transformer's or a UMT5 encoder's blocks."""
     if hasattr(module, "blocks"):
-        return "blocks.", module.blocks
-    return "encoder.block.", module.encoder.block
+        return "blocks.", module.blocks, silence_wan_block
+    return "encoder.block.", module.encoder.block, silence_umt5_block
 
 
 def load_deepened(target: nn.Module, source: dict[str, torch.Tensor]) -> int:
@@ -45,7 +47,7 @@ def load_deepened(target: nn.Module, source: dict[str, torch.Tensor]) -> int:
     blocks): all shared weights and blocks 0..k-1 from ``source``; blocks k..n-1 silenced. Returns k.
 
     Raises ValueError naming the first mismatch (a deeper source, or a weight of another shape or name)."""
-    prefix, blocks = blocks_of(target)
+    prefix, blocks, silence = blocks_of(target)
     depth = 1 + max((int(key[len(prefix):].split(".")[0]) for key in source if key.startswith(prefix)), default=-1)
     if depth > len(blocks):
         raise ValueError(f"the folder's model has {depth} blocks, more than the {len(blocks)} asked for")
@@ -53,12 +55,11 @@ def load_deepened(target: nn.Module, source: dict[str, torch.Tensor]) -> int:
     for key, value in source.items():
         if key not in own or own[key].shape != value.shape:
             raise ValueError(f"weight {key!r} of shape {tuple(value.shape)} does not fit the model")
-    added = {key for key in own if key not in source}
-    outside = sorted(key for key in added if not any(key.startswith(f"{prefix}{i}.") for i in range(depth, len(blocks))))
+    new_blocks = tuple(f"{prefix}{i}." for i in range(depth, len(blocks)))
+    outside = sorted(key for key in own if key not in source and not key.startswith(new_blocks))
     if outside:
         raise ValueError(f"the folder lacks weight {outside[0]!r}")
     target.load_state_dict(source, strict=False)
-    silence = silence_wan_block if prefix == "blocks." else silence_umt5_block
     for block in blocks[depth:]:
         silence(block)
     return depth

@@ -58,21 +58,22 @@ def latent_norm(vae: Any, device: torch.device | str = "cpu") -> tuple[torch.Ten
     return mean, torch.tensor(vae.config.latents_std, device=device).view(1, -1, 1, 1, 1)
 
 
-def build_components(seed: int = 0, flow_shift: float = SCHEDULER_CONFIG["flow_shift"],
-                     transformer_overrides: dict[str, Any] | None = None,
-                     text_encoder_overrides: dict[str, Any] | None = None) -> dict[str, Any]:
+def build_components(seed: int = 0, flow_shift: float = SCHEDULER_CONFIG["flow_shift"], layers: int | None = None,
+                     text_layers: int | None = None) -> dict[str, Any]:
     """Untrained components of the mini pipeline (float32), seeded; the scheduler shifted by ``flow_shift``; the
-    transformer's config is :data:`TRANSFORMER_CONFIG` with ``transformer_overrides`` (e.g. ``num_layers``), the
-    text encoder's :data:`TEXT_ENCODER_CONFIG` with ``text_encoder_overrides``."""
+    transformer and text encoder as :data:`TRANSFORMER_CONFIG` / :data:`TEXT_ENCODER_CONFIG` give them, with
+    ``layers`` / ``text_layers`` blocks where not None."""
     from diffusers import UniPCMultistepScheduler, WanTransformer3DModel
     from transformers import ByT5Tokenizer, UMT5Config, UMT5EncoderModel
 
+    text_config = TEXT_ENCODER_CONFIG if text_layers is None else {**TEXT_ENCODER_CONFIG, "num_layers": text_layers}
+    transformer_config = TRANSFORMER_CONFIG if layers is None else {**TRANSFORMER_CONFIG, "num_layers": layers}
     torch.manual_seed(seed)
     return {
         "tokenizer": ByT5Tokenizer(),
-        "text_encoder": UMT5EncoderModel(UMT5Config(**{**TEXT_ENCODER_CONFIG, **(text_encoder_overrides or {})})),
+        "text_encoder": UMT5EncoderModel(UMT5Config(**text_config)),
         "vae": build_vae(),
-        "transformer": WanTransformer3DModel(**{**TRANSFORMER_CONFIG, **(transformer_overrides or {})}),
+        "transformer": WanTransformer3DModel(**transformer_config),
         "scheduler": UniPCMultistepScheduler(**{**SCHEDULER_CONFIG, "flow_shift": flow_shift}),
     }
 

@@ -563,6 +563,17 @@ def init_from(folder: Path, components: dict, names: tuple[str, ...] = ("vae", "
             load_deepened(components[name], loaded.state_dict())
 
 
+def restore_weights(saved: dict, components: dict) -> None:
+    """Load a checkpoint's VAE (with its latent statistics, once measured), transformer and text encoder into
+    ``components``. A transformer-stage checkpoint keeps only the EMA (80 MB with the raw weights, past what a device
+    call carries): the resumed run continues from it, as each of the shipped weights' segments began from the last."""
+    components["vae"].load_state_dict(saved["vae"])
+    if "latents_mean" in saved:
+        components["vae"].register_to_config(latents_mean=saved["latents_mean"], latents_std=saved["latents_std"])
+    for name in ("transformer", "text_encoder"):
+        components[name].load_state_dict(saved[name] if name in saved else saved[f"ema_{name}"])
+
+
 RESUME_WARMUP = 50  # steps over which a resumed transformer stage (fresh Adam moments) ramps its learning rate
 
 
@@ -604,10 +615,8 @@ def main(argv: list[str] | None = None) -> int:
     torch.backends.cudnn.allow_tf32 = True
     rng = random.Random(args.seed)
     gen = torch.Generator(device=device).manual_seed(args.seed)
-    layers = {} if args.layers is None else {"num_layers": args.layers}
-    text_layers = {} if args.text_layers is None else {"num_layers": args.text_layers}
     # the folder's sampler: the mini shape's shift
-    components = build_components(args.seed, args.flow_shift, layers, text_layers)
+    components = build_components(args.seed, args.flow_shift, args.layers, args.text_layers)
     vae, transformer, text_encoder = components["vae"], components["transformer"], components["text_encoder"]
     for module in (vae, transformer, text_encoder):
         module.to(device)
@@ -617,16 +626,10 @@ def main(argv: list[str] | None = None) -> int:
     if args.resume is not None:
         saved = torch.load(args.resume, map_location=device, weights_only=False)
         state = saved["state"]
-        vae.load_state_dict(saved["vae"])
-        # a transformer-stage checkpoint keeps only the EMA (80 MB with the raw weights, past what a device call
-        # carries): the resumed run continues from it, as each of the shipped weights' segments began from the last
-        transformer.load_state_dict(saved["transformer"] if "transformer" in saved else saved["ema_transformer"])
-        text_encoder.load_state_dict(saved["text_encoder"] if "text_encoder" in saved else saved["ema_text_encoder"])
+        restore_weights(saved, components)
         opt_state = saved.get("optimizer")
         rng.setstate(saved["rng"])
         gen.set_state(saved["gen"].cpu())
-        if "latents_mean" in saved:
-            vae.register_to_config(latents_mean=saved["latents_mean"], latents_std=saved["latents_std"])
         log(f"resumed at stage {state['stage']}, phase {state.get('phase', 0)}, step {state['step']}")
     elif args.init is not None or args.init_vae is not None:
         if args.init is not None:
