@@ -12,6 +12,9 @@ from helpers import TIED_VAE, TINY_RECIPE, tiny_args
 from xattn_video.mini import recipe as mini_recipe
 from xattn_video.mini import train
 
+# the record of the ten segments' last one (l), kept with its logs
+SEGMENT_L_RECORD = Path(__file__).parents[1] / "benchmarks/results/mini-stage-kl-nvidia-h100/l-training.json"
+
 
 def test_phases_run_in_order_with_their_own_shape_shift_and_weight(tmp_path, monkeypatch):
     drawn = []  # (phase's step, clip shape, σ shift, shape weight) per training step
@@ -142,11 +145,10 @@ def test_phase_switches_eager_and_restart_from_the_ema(tmp_path, monkeypatch):
 
 
 def test_segments_recipe_is_the_shipped_weights_schedule():
-    """``segments`` repeats, phase by phase, the ten segments recorded in the shipped folder's training.json (its
-    ``init`` chain): step counts, clip shapes, batches, shifts, learning rates, warm-ups, shape weights."""
-    from xattn_video.mini import weights_dir
-
-    record = json.loads((Path(weights_dir()) / "training.json").read_text())
+    """``segments`` repeats, phase by phase, the ten segments recorded in segment l's training.json (its ``init``
+    chain; l was the shipped folder before ``segments`` ran): step counts, clip shapes, batches, shifts, learning
+    rates, warm-ups, shape weights."""
+    record = json.loads(SEGMENT_L_RECORD.read_text())
     chain = []
     while record:
         chain.append(record)
