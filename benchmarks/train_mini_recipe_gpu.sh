@@ -1,11 +1,13 @@
 #!/bin/bash
 # The mini weights' training run, `python -m xattn_video.mini.train --recipe grow` (xattn_video/mini/recipe.py), on
 # one GPU in device calls of at most 10 minutes: a call trains until LIMIT seconds (default 540), then leaves its
-# checkpoint in $OUT as ckpt.part-* (15 MB each); the next call is given the folder holding those parts (carried,
-# e.g. .mini-init/ckpt) and resumes, from the checkpoint still in /tmp if the machine stayed warm (its compile cache
-# is there too). The call that finishes packs the pipeline folder to $OUT/mini.tar.part-*, copies training.json and
-# scores dense prompt_match at both presets (32 held-out pairs each, the presets' defaults), all logs in one
-# $OUT/checks.tar (the device returns at most 8 files).
+# checkpoint in $OUT as ckpt.part-* (15 MB each) and torch.compile's caches as compile-cache.part-*
+# (--compile-cache); the next call is given the folder holding those parts (carried, e.g. .mini-init/ckpt) and
+# resumes, from the checkpoint still in /tmp if the machine stayed warm (its compile cache is there too), else from
+# the parts, loading the compile caches first so that a fresh machine of the same GPU kind skips most compiling.
+# The call that finishes packs the pipeline folder to $OUT/mini.tar.part-*, copies training.json and scores dense
+# prompt_match at both presets (32 held-out pairs each, the presets' defaults), all logs in one $OUT/checks.tar (the
+# device returns at most 8 files).
 # Usage (repo root): LIMIT=540 bash benchmarks/train_mini_recipe_gpu.sh [FOLDER_WITH_CKPT_PARTS]
 # (RECIPE=FILE|NAME, default grow; TRAIN_ARGS="..." replaces the default "--compile --latent-reuse 4 --encode-every 8";
 #  PM=0 skips the checks)
@@ -22,15 +24,19 @@ if [ -n "${1:-}" ] && [ -f /tmp/recipe-run/next.ckpt ]; then
 elif [ -n "${1:-}" ]; then
   cat "$1"/ckpt.part-* > /tmp/recipe-run/resume.ckpt || exit 2
   RESUME=(--resume /tmp/recipe-run/resume.ckpt)
+  # a fresh machine: torch.compile's caches from the last call, if it left them (same GPU kind: hits; else misses)
+  if ls "$1"/compile-cache.part-* >/dev/null 2>&1; then cat "$1"/compile-cache.part-* > /tmp/recipe-run/compile.cache; fi
 fi
 rm -rf /tmp/recipe-run/mini /tmp/recipe-run/next.ckpt
 echo "=== training ($(date +%T))"
 python3 -m xattn_video.mini.train --out /tmp/recipe-run/mini --recipe "${RECIPE:-grow}" ${TRAIN_ARGS:---compile --latent-reuse 4 --encode-every 8} \
-  --log-every 100 --time-limit "${LIMIT:-540}" --checkpoint /tmp/recipe-run/next.ckpt "${RESUME[@]}" 2>&1 \
+  --log-every 100 --time-limit "${LIMIT:-540}" --checkpoint /tmp/recipe-run/next.ckpt \
+  --compile-cache /tmp/recipe-run/compile.cache "${RESUME[@]}" 2>&1 \
   | grep -v "should be kept\|Writing model\|Warn" | tee "$OUT/train-$(date +%H%M%S).log"
 rc=${PIPESTATUS[0]}
 if [ "$rc" = 3 ]; then  # stopped at the time limit: the checkpoint goes back for the next call
   split -b 15M /tmp/recipe-run/next.ckpt "$OUT/ckpt.part-"
+  [ -f /tmp/recipe-run/compile.cache ] && split -b 15M /tmp/recipe-run/compile.cache "$OUT/compile-cache.part-"
   ls -la "$OUT"; echo "=== stopped at the time limit $(date +%T)"; exit 0
 fi
 [ "$rc" = 0 ] || { echo "training failed (exit $rc)"; exit "$rc"; }

@@ -40,6 +40,7 @@ import torch.nn.functional as F
 from .data import random_clips, render, training_prompt
 from .grammar import MAX_OBJECTS, ObjectSpec, format_prompt, sample_objects, swap_clip
 from .grounding import CrossAttentionMaps, grounding_loss, prompts_in_window, token_regions
+from . import compile_cache
 from .grow import load_deepened
 from .model import (SCHEDULER_CONFIG, TEXT_LEN, build_components, build_pipeline, encode_prompts, latent_norm,
                     tokens_per_call)
@@ -141,6 +142,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--time-limit", type=float, default=None, help="seconds; stop and write --checkpoint")
     p.add_argument("--checkpoint", type=Path, default=None, help="where a stopped run saves its state")
     p.add_argument("--resume", type=Path, default=None, help="a --checkpoint file to continue from")
+    p.add_argument("--compile-cache", type=Path, default=None,
+                   help="with --compile: torch.compile's caches, loaded before training when the file exists and "
+                        "written when the time limit stops the run, so that a resume on a fresh machine (same GPU, "
+                        "torch, Triton) skips most compiling (xattn_video/mini/compile_cache.py)")
     p.add_argument("--init", type=Path, default=None,
                    help="start from the weights of a pipeline folder (a second training segment) with fresh "
                         "optimizers: the VAE stage runs only when --vae-steps or --vae-seconds asks for it (then the "
@@ -620,6 +625,14 @@ def main(argv: list[str] | None = None) -> int:
     vae, transformer, text_encoder = components["vae"], components["transformer"], components["text_encoder"]
     for module in (vae, transformer, text_encoder):
         module.to(device)
+    if args.compile and args.compile_cache is not None:
+        try:
+            held = compile_cache.load(args.compile_cache)
+        except ValueError as error:
+            print(f"error: {error}", file=sys.stderr)
+            return 2
+        if held is not None:
+            log(f"compile cache: {held} artifacts from {args.compile_cache}")
     state: dict[str, Any] = {"stage": "vae", "step": 0, "losses": []}
     opt_state = None
     saved: dict[str, Any] = {}
@@ -668,6 +681,8 @@ def main(argv: list[str] | None = None) -> int:
         tmp = args.checkpoint.with_name(args.checkpoint.name + ".tmp")
         torch.save(payload, tmp)
         tmp.replace(args.checkpoint)
+        if args.compile and args.compile_cache is not None:
+            log(f"compile cache: {compile_cache.save(args.compile_cache) / 2**20:.1f} MB to {args.compile_cache}")
         log(f"time limit: stopped at stage {state['stage']} step {state['step']}; resume with --resume {args.checkpoint}")
         return 3
 
