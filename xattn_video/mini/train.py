@@ -682,7 +682,10 @@ def main(argv: list[str] | None = None) -> int:
         torch.save(payload, tmp)
         tmp.replace(args.checkpoint)
         if args.compile and args.compile_cache is not None:
-            log(f"compile cache: {compile_cache.save(args.compile_cache) / 2**20:.1f} MB to {args.compile_cache}")
+            try:  # the checkpoint is what the next call needs; a cache that cannot be written only costs compiling
+                log(f"compile cache: {compile_cache.save(args.compile_cache) / 2**20:.1f} MB to {args.compile_cache}")
+            except Exception as error:
+                log(f"compile cache not written ({type(error).__name__}: {str(error).splitlines()[0][:200]})")
         log(f"time limit: stopped at stage {state['stage']} step {state['step']}; resume with --resume {args.checkpoint}")
         return 3
 
