@@ -85,12 +85,16 @@ def test_a_split_compiled_run_saves_the_cache_at_each_stop_and_loads_it_on_resum
     assert train.main([*args, "--resume", str(checkpoint)]) == 3 and events[2:] == ["load", "save"]
     out = capsys.readouterr().out
     assert f"compile cache: 7 artifacts from {cache}" in out and f"compile cache: 1.0 MB to {cache}" in out
+
     def broken_save(path):
         raise RuntimeError("no artifacts\nsecond line")
 
     monkeypatch.setattr(compile_cache, "save", broken_save)  # the checkpoint still goes back for the next call
     assert train.main([*args, "--resume", str(checkpoint)]) == 3
     assert "compile cache not written (RuntimeError: no artifacts)" in capsys.readouterr().out
+    monkeypatch.setattr(compile_cache, "save", lambda path: (_ for _ in ()).throw(OSError()))  # no message at all
+    assert train.main([*args, "--resume", str(checkpoint)]) == 3
+    assert "compile cache not written (OSError: )" in capsys.readouterr().out
     events.clear()
     plain = [a for a in args if a != "--compile"]
     assert train.main([*plain, "--resume", str(checkpoint)]) == 3 and events == []

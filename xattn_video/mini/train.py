@@ -37,10 +37,10 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
+from . import compile_cache
 from .data import random_clips, render, training_prompt
 from .grammar import MAX_OBJECTS, ObjectSpec, format_prompt, sample_objects, swap_clip
 from .grounding import CrossAttentionMaps, grounding_loss, prompts_in_window, token_regions
-from . import compile_cache
 from .grow import load_deepened
 from .model import (SCHEDULER_CONFIG, TEXT_LEN, build_components, build_pipeline, encode_prompts, latent_norm,
                     tokens_per_call)
@@ -530,6 +530,12 @@ def transformer_optimizer(params: list[torch.nn.Parameter], lr: float,
     return torch.optim.AdamW(params, lr=lr, weight_decay=0.01, betas=(0.9, 0.99), fused=fused)
 
 
+def error_line(error: BaseException, limit: int = 300) -> str:
+    """``Type: first line of the message``, at most ``limit`` characters: an error as one log line."""
+    message = str(error)
+    return f"{type(error).__name__}: {message.splitlines()[0] if message else ''}"[:limit]
+
+
 def compiled_forward(transformer: torch.nn.Module) -> Any:
     """``torch.compile(transformer)`` for the training steps (it shares the transformer's parameters, so the
     optimizer and the EMA see every update). A run on the device machine is time-boxed: if a compiled call fails
@@ -543,8 +549,7 @@ def compiled_forward(transformer: torch.nn.Module) -> Any:
             try:
                 return compiled(*args, **kwargs)
             except Exception as error:
-                first_line = f"{type(error).__name__}: {str(error).splitlines()[0] if str(error) else ''}"
-                log(f"torch.compile failed ({first_line[:300]}): training goes on without it")
+                log(f"torch.compile failed ({error_line(error)}): training goes on without it")
                 compiled = None
         return transformer(*args, **kwargs)
 
@@ -615,6 +620,14 @@ def finish_phase(state: dict, phase: Phase, args: argparse.Namespace, elapsed: f
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     started = time.time()
+    if args.compile and args.compile_cache is not None:  # first: before anything compiles, and a bad file costs nothing
+        try:
+            held = compile_cache.load(args.compile_cache)
+        except ValueError as error:
+            print(f"error: {error}", file=sys.stderr)
+            return 2
+        if held is not None:
+            log(f"compile cache: {held} artifacts from {args.compile_cache}")
     device = args.device
     torch.backends.cuda.matmul.allow_tf32 = True
     torch.backends.cudnn.allow_tf32 = True
@@ -625,14 +638,6 @@ def main(argv: list[str] | None = None) -> int:
     vae, transformer, text_encoder = components["vae"], components["transformer"], components["text_encoder"]
     for module in (vae, transformer, text_encoder):
         module.to(device)
-    if args.compile and args.compile_cache is not None:
-        try:
-            held = compile_cache.load(args.compile_cache)
-        except ValueError as error:
-            print(f"error: {error}", file=sys.stderr)
-            return 2
-        if held is not None:
-            log(f"compile cache: {held} artifacts from {args.compile_cache}")
     state: dict[str, Any] = {"stage": "vae", "step": 0, "losses": []}
     opt_state = None
     saved: dict[str, Any] = {}
@@ -685,7 +690,7 @@ def main(argv: list[str] | None = None) -> int:
             try:  # the checkpoint is what the next call needs; a cache that cannot be written only costs compiling
                 log(f"compile cache: {compile_cache.save(args.compile_cache) / 2**20:.1f} MB to {args.compile_cache}")
             except Exception as error:
-                log(f"compile cache not written ({type(error).__name__}: {str(error).splitlines()[0][:200]})")
+                log(f"compile cache not written ({error_line(error)})")
         log(f"time limit: stopped at stage {state['stage']} step {state['step']}; resume with --resume {args.checkpoint}")
         return 3
 
