@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import sys
+import textwrap
 import time
 from pathlib import Path
 
@@ -209,7 +210,7 @@ def plot(rows: list[dict], path: Path, title: str) -> None:
                             textcoords="offset points", xytext=(3, 3))
     ax.set_xlabel("mean density of the sparse calls (kept blocks)")
     ax.set_ylabel("PSNR against dense (dB)")
-    ax.set_title(title, fontsize=8)
+    ax.set_title(textwrap.fill(title, 90), fontsize=8)  # the title names model, shape and GPU: wrap, do not clip
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
     fig.tight_layout()
