@@ -1,4 +1,4 @@
-"""Dense prompt following of the mini model: generate held-out (prompt, seed) pairs and score ``prompt_match``.
+"""Prompt following of the mini model: generate held-out (prompt, seed) pairs and score ``prompt_match``.
 
     python benchmarks/mini_prompt_match.py --model mini mini-large --pairs 32 --guidance 1 5 --out-dir OUT
 
@@ -12,6 +12,10 @@ prompts (the scorer's ceiling, 1.0) and those clips after the VAE's encode/decod
 any generation, since every generated video is a VAE decode). ``--guided-steps N`` applies ``--guidance`` to the
 first N denoising steps only (diffusers' dynamic-guidance pattern: a step-end callback sets the pipeline's
 ``_guidance_scale`` to 1, which WanPipeline reads before each step): strong guidance where each seed's motion is fixed.
+``--attention dense xattn`` adds, per row, the same pairs with XAttention (the config's τ and warmup; ``--set
+xattn.threshold=0.95`` changes them) from the same noise, and a paired count against dense: objects right in both,
+lost (right in dense only), gained, wrong in both. Sparse sampling near a fork can flip an object either way, so the
+paired count says whether XAttention costs prompt following where a difference of means over few pairs cannot.
 """
 
 from __future__ import annotations
@@ -66,6 +70,18 @@ def guidance_label(row: dict) -> str:
             + (f", negative {negative}" if negative != "empty" else ""))
 
 
+def paired_objects(dense: list[dict], sparse: list[dict]) -> dict[str, int]:
+    """Per object, dense against sparse from the same noise: {"both", "lost", "gained", "neither"} over the pairs of
+    two rows, each pair's ``right`` a list of bools (all three attributes right) per object of its prompt."""
+    counts = dict.fromkeys(("both", "lost", "gained", "neither"), 0)
+    for d, s in zip(dense, sparse, strict=True):
+        if (d["prompt"], d["seed"]) != (s["prompt"], s["seed"]):
+            raise ValueError(f"pairs differ: {d['prompt']!r} seed {d['seed']} against {s['prompt']!r} seed {s['seed']}")
+        for a, b in zip(d["right"], s["right"], strict=True):
+            counts["both" if a and b else "lost" if a else "gained" if b else "neither"] += 1
+    return counts
+
+
 def main(argv: list[str] | None = None) -> int:
     from xattn_video.config import load_config
     from xattn_video.eval.scorers.prompt_match import DIRECTION_OUTCOMES, direction_outcome, read_objects, score_readings
@@ -102,6 +118,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--pair-seed", type=int, default=None,
                    help="draw the pairs from this grammar seed, generation seeds from 20,000: a tuning set apart from "
                         "the held-out pairs (choose settings on it, report them on the held-out pairs)")
+    p.add_argument("--attention", nargs="+", choices=("dense", "xattn"), default=["dense"],
+                   help="rows per attention: dense, and/or XAttention at the config's τ and warmup from the same noise "
+                        "(with both, each xattn row gets a paired count of objects lost and gained against dense)")
     p.add_argument("--why", action="store_true",
                    help="also count, per row, why directions scored as they did (right, object not found, not "
                         "moving, opposite, sideways) and the median travel of the objects found")
@@ -130,14 +149,16 @@ def main(argv: list[str] | None = None) -> int:
             guide_first_steps(pipe, args.guided_steps)
         if args.reference:
             rows.extend(reference_rows(pipe, base, model, args.pairs))
-        grid = [(v, g) for v in variants for g in ([] if args.no_generate else args.guidance)]
-        for (label, variant), guidance in grid:
+        attentions = sorted(set(args.attention), key=("dense", "xattn").index)  # dense first: xattn rows pair with it
+        grid = [(v, g, a) for v in variants for g in ([] if args.no_generate else args.guidance) for a in attentions]
+        for (label, variant), guidance, attention in grid:
             config = load_config(None, overrides + variant)
             g = config.generation.guidance_scale if guidance is None else guidance
             scores: dict[str, list[float]] = {}
             outcomes = dict.fromkeys(DIRECTION_OUTCOMES, 0)
             travels = []
             seconds = []
+            densities = []
             per_pair = []
             todo = [(p, s) for p, s in pairs if args.objects is None or len(parse_prompt(p)) == args.objects]
             for index, (prompt, seed) in enumerate(todo, 1):
@@ -145,34 +166,41 @@ def main(argv: list[str] | None = None) -> int:
                 run = load_config(None, overrides + variant + [f"generation.prompt={prompt}", f"generation.seed={seed}"]
                                   + ([f"generation.guidance_scale={guidance}"] if guidance is not None else [])
                                   + ([f"generation.negative_prompt={negative}"] if negative else []))
-                run.dense = True
+                run.dense = attention == "dense"
                 result = run_pipeline(pipe, run, show_progress=False)
                 seconds.append(result.seconds_total)
+                if not run.dense:
+                    densities.append(result.xattn["mean_density_sparse_calls"])
                 objects = parse_prompt(prompt)
                 readings = read_objects(result.frames, objects)
                 pair_scores = score_readings(readings, objects)
                 for key, value in pair_scores.items():
                     scores.setdefault(key, []).append(value)
-                print(f"  {model}{' ' + label if label else ''} guidance {g} [{index}/{len(todo)}] {prompt!r} "
+                print(f"  {model}{' ' + label if label else ''} {attention} guidance {g} [{index}/{len(todo)}] {prompt!r} "
                       f"seed {seed}: prompt_match {pair_scores['prompt_match']:.2f} ({result.seconds_total:.1f} s)",
                       file=sys.stderr, flush=True)  # progress: a CPU run takes minutes
                 pair_outcomes = [direction_outcome(reading, obj) for reading, obj in zip(readings, objects)]
                 per_pair.append({"prompt": prompt, "seed": seed, "directions": pair_outcomes,
+                                 "right": [r.found and r.shape == o.shape and r.direction == o.direction
+                                           for r, o in zip(readings, objects)],
                                  "shapes": [[obj.shape, reading.shape] for obj, reading in zip(objects, readings)]})
                 for reading, outcome in zip(readings, pair_outcomes):
                     outcomes[outcome] += 1
                     if reading.found:
                         travels.append(float(np.hypot(*reading.travel)))
-            row = {"model": model + (f" {label}" if label else ""), "variant": variant, "guidance": g,
+            xattn_label = f" xattn τ {config.xattn.threshold:g}" if attention == "xattn" else ""
+            row = {"model": model + (f" {label}" if label else "") + xattn_label, "variant": variant, "guidance": g,
+                   "attention": attention, "density": float(np.mean(densities)) if densities else 1.0,
                    "guided_steps": args.guided_steps, "negative": args.negative, "steps": config.generation.steps,
                    "pairs": len(per_pair),
                    "size": f"{base.generation.frames}x{base.generation.height}x{base.generation.width}",
                    "seconds_per_video": float(np.median(seconds)),
-                   **{k: float(np.mean(v)) for k, v in scores.items()}}
+                   **{k: float(np.mean(v)) for k, v in scores.items()}, "per_pair": per_pair}
+            if attention == "xattn" and rows and rows[-1].get("attention") == "dense":
+                row["vs_dense"] = paired_objects(rows[-1]["per_pair"], per_pair)  # grid order: dense just before
             if args.why:
                 row["direction_outcomes"] = outcomes
                 row["median_travel"] = float(np.median(travels)) if travels else float("nan")
-                row["per_pair"] = per_pair
                 row["right_by_objects"] = right_by_object_count(per_pair)
                 row["shape_readings"] = shape_readings(per_pair)
             rows.append(row)
@@ -202,6 +230,13 @@ def main(argv: list[str] | None = None) -> int:
         lines += [f"- {r['model']}, guidance {guidance_label(r)}, right directions by objects in the prompt: " + ", ".join(
             f"{n} object(s) {right}/{total}" for n, (right, total) in r["right_by_objects"].items())
             for r in rows if "right_by_objects" in r]
+    paired = [r for r in rows if "vs_dense" in r]
+    if paired:
+        lines += ["", "XAttention against dense from the same noise, per object (all three attributes right): right in "
+                  "both, lost (dense only), gained (XAttention only), wrong in both.", ""]
+        lines += [f"- {r['model']}, guidance {guidance_label(r)}: density {r['density']:.3f}; both {r['vs_dense']['both']}, "
+                  f"lost {r['vs_dense']['lost']}, gained {r['vs_dense']['gained']}, neither {r['vs_dense']['neither']}"
+                  for r in paired]
     table = "\n".join(lines)
     print(table)
     if args.out_dir:
@@ -213,9 +248,11 @@ def main(argv: list[str] | None = None) -> int:
         name = args.name or f"prompt-match-mini-{gpu.lower().replace(' ', '-')}"
         which = ("held-out" if args.pair_seed is None
                  else f"tuning (grammar seed {args.pair_seed}, generation seeds from 20,000)")
-        write_report(f"# prompt_match of dense mini-model generations ({gpu})\n\n{args.pairs} {which} (prompt, seed) "
+        attention_words = ("XAttention" if set(args.attention) == {"xattn"}
+                           else "dense attention" + (" and XAttention" if "xattn" in args.attention else ""))
+        write_report(f"# prompt_match of mini-model generations ({gpu})\n\n{args.pairs} {which} (prompt, seed) "
                      f"pairs (`xattn_video.mini.grammar.held_out_pairs`)"
-                     + (f", only those naming {args.objects} object(s)" if args.objects else "") + ", dense attention"
+                     + (f", only those naming {args.objects} object(s)" if args.objects else "") + f", {attention_words}"
                      + (f"; config overrides: {', '.join(f'`{o}`' for o in args.set)}" if args.set else "") + ".\n\n"
                      + (REFERENCE_NOTE if args.reference else "") + f"{table}\n",
                      {"gpu": gpu, "rows": rows}, args.out_dir, name)

@@ -97,3 +97,34 @@ def test_checkpoint_folder_holds_the_checkpoints_ema_weights(tmp_path):
     vae = AutoencoderKLWan.from_pretrained(out / "vae")
     assert list(vae.config.latents_mean) == pytest.approx(saved["latents_mean"])
     assert (out / "tokenizer").is_dir() and not (tmp_path / "interim.tmp").exists()
+
+
+def test_paired_objects_counts_each_object_against_dense():
+    paired = load_script("mini_prompt_match").paired_objects
+    dense = [{"prompt": "a", "seed": 1, "right": [True]}, {"prompt": "b", "seed": 2, "right": [True, False]}]
+    sparse = [{"prompt": "a", "seed": 1, "right": [False]}, {"prompt": "b", "seed": 2, "right": [True, True]}]
+    assert paired(dense, sparse) == {"both": 1, "lost": 1, "gained": 1, "neither": 0}
+    assert paired(dense, dense) == {"both": 2, "lost": 0, "gained": 0, "neither": 1}
+    with pytest.raises(ValueError, match="pairs differ"):
+        paired(dense, sparse[::-1])
+
+
+def test_prompt_match_xattn_rows_pair_with_dense(tmp_path):
+    """--attention dense xattn: the same pairs sparse (density below 1 at τ 0.5, no warmup), each object counted
+    against its dense twin, both rows in the report. Tiny shape (192 tokens, 2 blocks per row), 2 steps."""
+    import json
+
+    script = load_script("mini_prompt_match")
+    shape = ["--set", "generation.frames=9", "--set", "generation.height=64", "--set", "generation.width=64"]
+    args = ["--model", "mini", "--pairs", "2", "--steps", "2", "--guidance", "1", "--device", "cpu", *shape,
+            "--set", "xattn.warmup_steps=0", "--set", "xattn.threshold=0.5", "--set", "generation.clause_weight=0",
+            "--attention", "xattn", "dense",
+            "--out-dir", str(tmp_path), "--name", "pm"]
+    assert script.main(args) == 0
+    rows = json.loads((tmp_path / "pm.json").read_text())["rows"]
+    assert [r["attention"] for r in rows] == ["dense", "xattn"]  # dense first whatever the order asked
+    assert rows[0]["density"] == 1.0 and 0 < rows[1]["density"] < 1, rows[1]["density"]
+    assert rows[1]["model"] == "mini xattn τ 0.5" and "vs_dense" not in rows[0]
+    assert sum(rows[1]["vs_dense"].values()) == 3  # one lone and one two-object prompt: 3 objects
+    report = (tmp_path / "pm.md").read_text()
+    assert "dense attention and XAttention" in report and "mini xattn τ 0.5, guidance 1: density" in report
