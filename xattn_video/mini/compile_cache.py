@@ -16,6 +16,8 @@ from pathlib import Path
 
 import torch
 
+from ..video_io import atomic_write
+
 
 def save(path: Path) -> int:
     """Write this process's compile artifacts to ``path`` (temp name, then rename). Returns the bytes written; 0
@@ -24,10 +26,8 @@ def save(path: Path) -> int:
     if artifacts is None or not artifacts[0]:
         return 0
     blob = zlib.compress(artifacts[0], level=6)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_bytes(blob)
-    tmp.replace(path)
+    with atomic_write(path) as tmp:
+        tmp.write_bytes(blob)
     return len(blob)
 
 

@@ -37,6 +37,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
+from ..video_io import atomic_write
 from . import compile_cache
 from .data import random_clips, render, training_prompt
 from .grammar import MAX_OBJECTS, ObjectSpec, format_prompt, sample_objects, swap_clip
@@ -682,10 +683,8 @@ def main(argv: list[str] | None = None) -> int:
             payload.update(transformer=transformer.state_dict(), text_encoder=text_encoder.state_dict())
         if optimizer is not None:
             payload["optimizer"] = optimizer.state_dict()
-        args.checkpoint.parent.mkdir(parents=True, exist_ok=True)
-        tmp = args.checkpoint.with_name(args.checkpoint.name + ".tmp")
-        torch.save(payload, tmp)
-        tmp.replace(args.checkpoint)
+        with atomic_write(args.checkpoint) as tmp:
+            torch.save(payload, tmp)
         if args.compile and args.compile_cache is not None:
             try:  # the checkpoint is what the next call needs; a cache that cannot be written only costs compiling
                 log(f"compile cache: {compile_cache.save(args.compile_cache) / 2**20:.1f} MB to {args.compile_cache}")
