@@ -67,7 +67,7 @@ def test_the_hook_blends_the_prompt_with_the_composition_of_its_clauses(gen, bat
     torch.testing.assert_close(alone(prompt), v_prompt, rtol=0, atol=0)
 
 
-def test_the_hook_composes_only_in_its_first_steps(gen):
+def test_the_hook_composes_only_in_its_window_of_steps(gen):
     from xattn_video.warmup.schedule import StepTracker
 
     model = TextDependent(gen.initial_seed())
@@ -83,6 +83,12 @@ def test_the_hook_composes_only_in_its_first_steps(gen):
     for step, composed in ((0, True), (2, True), (3, False), (7, False), (None, True)):  # None: step unknown
         tracker.manual_step = step
         assert torch.equal(call(), plain) is not composed, f"step {step}"
+    remove_hook(model, CLAUSE_HOOK)
+    add_hook(model, ClauseCompositionHook(prompt, parts, 1.0, steps=4, tracker=tracker, start=2), CLAUSE_HOOK)
+    for step, composed in ((0, False), (1, False), (2, True), (3, True), (4, False), (None, True)):
+        tracker.manual_step = step
+        assert torch.equal(call(), plain) is not composed, f"start 2, step {step}"
+    remove_hook(model, CLAUSE_HOOK)
 
 
 TINY_WAN = ["model.path=tiny-wan", "model.device=cpu", "generation.frames=5", "generation.steps=3",
@@ -107,6 +113,9 @@ def test_a_two_clause_prompt_is_composed_and_a_one_clause_prompt_is_not(tiny_wan
     assert np.abs(plain - composed).max() > 1e-3
     first_step = _frames(tiny_wan, two, "generation.clause_weight=1", "generation.clause_steps=1")
     assert np.abs(first_step - composed).max() > 1e-3 and np.abs(first_step - plain).max() > 1e-3
+    later_steps = _frames(tiny_wan, two, "generation.clause_weight=1", "generation.clause_start=1")
+    assert np.abs(later_steps - composed).max() > 1e-3 and np.abs(later_steps - plain).max() > 1e-3
+    assert np.abs(later_steps - first_step).max() > 1e-3
     np.testing.assert_array_equal(_frames(tiny_wan, two, "generation.clause_weight=0"), plain)
     one = "generation.prompt=a red ball moving right"
     np.testing.assert_array_equal(_frames(tiny_wan, one, "generation.clause_weight=1"), _frames(tiny_wan, one))
@@ -122,10 +131,18 @@ def test_composition_with_guidance_and_xattention_runs(tiny_wan):
 
 
 @pytest.mark.parametrize("key, value", [("clause_weight", "-0.5"), ("clause_weight", "yes"), ("clause_weight", "true"),
-                                        ("clause_steps", "0"), ("clause_steps", "2.5"), ("clause_steps", "true")])
+                                        ("clause_steps", "0"), ("clause_steps", "2.5"), ("clause_steps", "true"),
+                                        ("clause_start", "-1"), ("clause_start", "1.5"), ("clause_start", "true")])
 def test_clause_keys_refuse_bad_values(key, value):
     with pytest.raises(ConfigError, match=f"generation.{key}"):
         load_config(None, ["model.path=tiny", f"generation.{key}={value}"])
+
+
+def test_clause_start_must_leave_a_composed_step():
+    with pytest.raises(ConfigError, match="generation.clause_start.*below.*generation.clause_steps"):
+        load_config(None, ["model.path=tiny", "generation.clause_start=3", "generation.clause_steps=3"])
+    assert load_config(None, ["model.path=tiny", "generation.clause_start=2",
+                              "generation.clause_steps=3"]).generation.clause_start == 2
 
 
 def test_composition_is_refused_outside_the_wan_family():

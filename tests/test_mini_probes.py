@@ -57,6 +57,21 @@ def test_shape_readings_count_which_way_shapes_go_wrong():
                         "square": {"ball": 2, "square": 1, "not found": 0}}
 
 
+def test_mini_look_selects_held_out_pairs_by_seed(tmp_path):
+    """--seeds picks those held-out pairs (the prompts the prompt_match tables name by seed); a seed below the
+    held-out range is one clear argparse line, before any model loads."""
+    from xattn_video.mini.grammar import held_out_pairs
+
+    look = load_script("mini_look")
+    pairs = held_out_pairs(32)
+    assert look.select_pairs(3) == pairs[:3]
+    assert look.select_pairs(6, [10025, 10009]) == [pairs[9], pairs[25]]
+    with pytest.raises(SystemExit) as e:
+        look.main(["--out", str(tmp_path / "x.png"), "--seeds", "5"])
+    assert e.value.code == 2
+    assert not (tmp_path / "x.png").exists()
+
+
 def test_contrast_prompts_change_only_the_named_attribute():
     contrast = load_script("mini_prompt_match").contrast_prompt
     two = "a red ball moving left and a white square moving down"

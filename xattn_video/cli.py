@@ -100,7 +100,8 @@ def _report(run: Any, result: Any) -> None:
                  + ", ".join(f"{n} {k}" for k, n in c["calls"].items() if n) + " transformer calls)")
     if result.clauses:  # each step costs (2 + clauses)x the batch: say why it is slower
         line += (f"; clause composition: {len(result.clauses)} clauses at weight {g.clause_weight:g}"
-                 f"{'' if g.clause_steps is None else f' in the first {g.clause_steps} steps'}")
+                 f"{'' if not g.clause_start else f' from step {g.clause_start}'}"
+                 f"{'' if g.clause_steps is None else f' before step {g.clause_steps}'}")
     parallel = result.meta.get("parallel")
     if parallel:
         line += (f"; {parallel['world_size']} ranks (Ulysses degree {parallel['ulysses_degree']}, "

@@ -186,6 +186,7 @@ class GenerationConfig:
     # weight (pipelines/clauses.py; Wan family; 0 off, 1 pure composition)
     clause_weight: float = 0.0
     clause_steps: Optional[int] = None  # compose in the first N denoising steps only (None: every step)
+    clause_start: int = 0  # compose from denoising step N on; the steps before run plain (the layout forms there)
 
 
 @dataclass
@@ -333,6 +334,12 @@ def validate(run: RunConfig) -> None:
                                        or g.clause_steps < 1):
         raise ConfigError(f"config key 'generation.clause_steps' must be an integer >= 1 (or null: every step), "
                           f"got {g.clause_steps!r}")
+    if isinstance(g.clause_start, bool) or not isinstance(g.clause_start, int) or g.clause_start < 0:
+        raise ConfigError(f"config key 'generation.clause_start' must be an integer >= 0 (0: from the first step), "
+                          f"got {g.clause_start!r}")
+    if g.clause_steps is not None and g.clause_start >= g.clause_steps:
+        raise ConfigError(f"config key 'generation.clause_start' ({g.clause_start}) must be below "
+                          f"'generation.clause_steps' ({g.clause_steps}): no step would be composed")
     if g.flow_shift is not None and not g.flow_shift > 0:
         raise ConfigError(f"config key 'generation.flow_shift' must be > 0 (or null: the model's own), got {g.flow_shift}")
     if g.fps < 1:

@@ -12,7 +12,9 @@ clauses' differences from the empty prompt; here that composition is blended wit
 compete for one place). The empty prompt's and the clauses' predictions ride in the prompt's own transformer call
 (batch × (2 + clauses)), so a step of a two-clause prompt costs one call of 4× the batch. Prompts of one clause and
 the unconditional call of classifier-free guidance run unchanged. ``steps`` limits the composition to the first
-denoising steps (where a small model decides each object's colour and motion), the rest run plain.
+denoising steps (where a small model decides each object's colour and motion), the rest run plain; ``start`` runs
+the first steps plain, so that the whole prompt lays out its objects before the clauses, each of which alone would
+put its one object where the noise suggests (the same place for every clause), steer them.
 
 Wan-family pipelines (``WanPipeline``, its I2V pipeline, Wan 2.2's second expert): their transformer takes the
 text as ``encoder_hidden_states`` alone. The hook is a diffusers ``ModelHook`` on the transformer, installed for one
@@ -47,14 +49,14 @@ def split_clauses(prompt: str) -> list[str]:
 class ClauseCompositionHook(ModelHook):
     """On the transformer call whose ``encoder_hidden_states`` is ``prompt_embeds`` [B, L, C], also predicts with
     ``part_embeds`` [1 + n, L, C] (the empty prompt, then the n clauses) in the same call and returns the blend in the
-    module docstring, in the denoising steps before ``steps`` (None: every step; the step is read from the running
-    pipeline as warmup reads it); every other call runs as is."""
+    module docstring, in the denoising steps ``start`` ≤ step < ``steps`` (None: to the last step; the step is read
+    from the running pipeline as warmup reads it); every other call runs as is."""
 
     def __init__(self, prompt_embeds: torch.Tensor, part_embeds: torch.Tensor, weight: float,
-                 steps: int | None = None, tracker: StepTracker | None = None):
+                 steps: int | None = None, tracker: StepTracker | None = None, start: int = 0):
         super().__init__()
         self.prompt_embeds, self.part_embeds, self.weight = prompt_embeds, part_embeds, float(weight)
-        self.steps, self.tracker = steps, tracker or StepTracker(None)
+        self.steps, self.start, self.tracker = steps, int(start), tracker or StepTracker(None)
 
     def _is_prompt(self, text: Any) -> bool:
         p = self.prompt_embeds
@@ -66,9 +68,9 @@ class ClauseCompositionHook(ModelHook):
         text = kwargs.get("encoder_hidden_states")
         if args or not self._is_prompt(text):  # Wan pipelines call the transformer with keywords only
             return forward(*args, **kwargs)
-        if self.steps is not None:
+        if self.steps is not None or self.start:
             step = self.tracker.current()
-            if step is not None and step >= self.steps:
+            if step is not None and (step < self.start or (self.steps is not None and step >= self.steps)):
                 return forward(*args, **kwargs)
         batch = kwargs["hidden_states"].shape[0]
         copies = 1 + self.part_embeds.shape[0]
@@ -94,7 +96,8 @@ def transformers_of(pipe: Any) -> list[torch.nn.Module]:
 
 @contextlib.contextmanager
 def clause_composition(pipe: Any, prompt: str, weight: float, max_sequence_length: int,
-                       device: torch.device | str, steps: int | None = None) -> Iterator[torch.Tensor | None]:
+                       device: torch.device | str, steps: int | None = None,
+                       start: int = 0) -> Iterator[torch.Tensor | None]:
     """Install :class:`ClauseCompositionHook` for one generation; yields the ``prompt_embeds`` [1, L, C] to pass
     to the pipeline instead of ``prompt``, or None (nothing installed) when ``weight`` is 0 or the prompt has one
     clause. Raises ``ConfigError`` for pipelines outside the Wan family."""
@@ -119,7 +122,7 @@ def clause_composition(pipe: Any, prompt: str, weight: float, max_sequence_lengt
                                        max_sequence_length=max_sequence_length, device=device, dtype=dtype)
     prompt_embeds, part_embeds = embeds[:1].contiguous(), embeds[1:]
     for module in modules:
-        add_hook(module, ClauseCompositionHook(prompt_embeds, part_embeds, weight, steps, StepTracker(pipe)),
+        add_hook(module, ClauseCompositionHook(prompt_embeds, part_embeds, weight, steps, StepTracker(pipe), start),
                  CLAUSE_HOOK)
     try:
         yield prompt_embeds
