@@ -186,7 +186,7 @@ class GenerationConfig:
     # weight (pipelines/clauses.py; Wan family; 0 off, 1 pure composition)
     clause_weight: float = 0.0
     clause_steps: Optional[int] = None  # compose in the first N denoising steps only (None: every step)
-    clause_start: int = 0  # compose from denoising step N on; the steps before run plain (the layout forms there)
+    clause_start: int = 0  # compose from denoising step N on; the steps before run plain (0: from the first)
 
 
 @dataclass

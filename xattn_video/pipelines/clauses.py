@@ -13,8 +13,9 @@ compete for one place). The empty prompt's and the clauses' predictions ride in 
 (batch × (2 + clauses)), so a step of a two-clause prompt costs one call of 4× the batch. Prompts of one clause and
 the unconditional call of classifier-free guidance run unchanged. ``steps`` limits the composition to the first
 denoising steps (where a small model decides each object's colour and motion), the rest run plain; ``start`` runs
-the first steps plain, so that the whole prompt lays out its objects before the clauses, each of which alone would
-put its one object where the noise suggests (the same place for every clause), steer them.
+the first steps plain, so that the whole prompt lays out its objects before the clauses steer them (each clause
+alone puts its one object where the noise suggests, often the same place for every clause, and the blend then merges
+them). On the mini model that does not pay: composing from step 2 on lost more than it kept apart (README).
 
 Wan-family pipelines (``WanPipeline``, its I2V pipeline, Wan 2.2's second expert): their transformer takes the
 text as ``encoder_hidden_states`` alone. The hook is a diffusers ``ModelHook`` on the transformer, installed for one
