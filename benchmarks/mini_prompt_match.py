@@ -84,7 +84,8 @@ def paired_objects(dense: list[dict], sparse: list[dict]) -> dict[str, int]:
 
 def main(argv: list[str] | None = None) -> int:
     from xattn_video.config import load_config
-    from xattn_video.eval.scorers.prompt_match import DIRECTION_OUTCOMES, direction_outcome, read_objects, score_readings
+    from xattn_video.eval.scorers.prompt_match import (DIRECTION_OUTCOMES, direction_outcome, object_checks,
+                                                        read_objects, score_readings)
     from xattn_video.generate import run_pipeline
     from xattn_video.mini.grammar import held_out_pairs, parse_prompt
     from xattn_video.pipelines.loading import load_pipeline
@@ -181,8 +182,7 @@ def main(argv: list[str] | None = None) -> int:
                       file=sys.stderr, flush=True)  # progress: a CPU run takes minutes
                 pair_outcomes = [direction_outcome(reading, obj) for reading, obj in zip(readings, objects)]
                 per_pair.append({"prompt": prompt, "seed": seed, "directions": pair_outcomes,
-                                 "right": [r.found and r.shape == o.shape and r.direction == o.direction
-                                           for r, o in zip(readings, objects)],
+                                 "right": [all(object_checks(r, o)) for r, o in zip(readings, objects)],
                                  "shapes": [[obj.shape, reading.shape] for obj, reading in zip(objects, readings)]})
                 for reading, outcome in zip(readings, pair_outcomes):
                     outcomes[outcome] += 1

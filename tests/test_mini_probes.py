@@ -141,5 +141,7 @@ def test_prompt_match_xattn_rows_pair_with_dense(tmp_path):
     assert rows[0]["density"] == 1.0 and 0 < rows[1]["density"] < 1, rows[1]["density"]
     assert rows[1]["model"] == "mini xattn τ 0.5" and "vs_dense" not in rows[0]
     assert sum(rows[1]["vs_dense"].values()) == 3  # one lone and one two-object prompt: 3 objects
+    for r in rows:  # the per-object "right" the paired count uses is the scorer's own all-three rule
+        assert r["prompt_match"] == pytest.approx(np.mean([np.mean(p["right"]) for p in r["per_pair"]]))
     report = (tmp_path / "pm.md").read_text()
     assert "dense attention and XAttention" in report and "mini xattn τ 0.5, guidance 1: density" in report

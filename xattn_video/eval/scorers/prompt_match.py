@@ -27,8 +27,8 @@ from scipy import ndimage
 from ...mini.grammar import COLOURS, DIRECTION_VECTORS, OPPOSITE_DIRECTIONS, ObjectSpec, parse_prompt
 from .registry import VideoItem, check_batch
 
-__all__ = ["ObjectReading", "PromptMatchScorer", "largest_regions", "make_prompt_match", "read_object",
-           "read_objects", "score_readings", "score_video"]
+__all__ = ["ObjectReading", "PromptMatchScorer", "largest_regions", "make_prompt_match", "object_checks",
+           "read_object", "read_objects", "score_readings", "score_video"]
 
 MIN_AREA = 0.004  # of the frame: the smallest object the data draws covers ~2% (16% of the side, a disc)
 MAX_AREA = 0.15  # of the frame: the largest covers ~7.8% (a square 28% of the side)
@@ -132,13 +132,19 @@ def format_attributes(scores: dict[str, float]) -> str:
     return "/".join(format(scores[k], ".2f") if k in scores else "–" for k in _KEYS[1:])
 
 
+def object_checks(reading: ObjectReading, obj: ObjectSpec) -> tuple[bool, bool, bool]:
+    """(colour, shape, direction) right for one object: colour is right when the object is found, and a missing
+    object fails all three; the object counts as right when all three are."""
+    return reading.found, reading.shape == obj.shape, reading.direction == obj.direction
+
+
 def score_readings(readings: list[ObjectReading], objects: list[ObjectSpec]) -> dict[str, float]:
     """The four sub-metrics from the readings of :func:`read_objects` (NaN for a prompt with no object)."""
     if not objects:
         return {k: float("nan") for k in _KEYS}
     colour = shape = direction = full = 0
     for reading, obj in zip(readings, objects, strict=True):
-        ok = (reading.found, reading.shape == obj.shape, reading.direction == obj.direction)
+        ok = object_checks(reading, obj)
         colour, shape, direction, full = colour + ok[0], shape + ok[1], direction + ok[2], full + all(ok)
     n = len(objects)
     return dict(zip(_KEYS, (full / n, colour / n, shape / n, direction / n)))
