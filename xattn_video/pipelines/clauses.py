@@ -95,17 +95,11 @@ def transformers_of(pipe: Any) -> list[torch.nn.Module]:
     return [m for m in (getattr(pipe, "transformer", None), getattr(pipe, "transformer_2", None)) if m is not None]
 
 
-@contextlib.contextmanager
-def clause_composition(pipe: Any, prompt: str, weight: float, max_sequence_length: int,
-                       device: torch.device | str, steps: int | None = None,
-                       start: int = 0) -> Iterator[torch.Tensor | None]:
-    """Install :class:`ClauseCompositionHook` for one generation; yields the ``prompt_embeds`` [1, L, C] to pass
-    to the pipeline instead of ``prompt``, or None (nothing installed) when ``weight`` is 0 or the prompt has one
-    clause. Raises ``ConfigError`` for pipelines outside the Wan family."""
-    clauses = split_clauses(prompt)
-    if weight == 0 or len(clauses) < 2:
-        yield None
-        return
+def composes(pipe: Any, prompt: str, weight: float) -> bool:
+    """Whether a generation of ``prompt`` on ``pipe`` is composed clause by clause: ``weight`` > 0 and a prompt of
+    several clauses. Raises ``ConfigError`` when it would be, for a pipeline outside the Wan family."""
+    if weight == 0 or len(split_clauses(prompt)) < 2:
+        return False
     from .family import detect_family
     from .wan import WAN  # the family whose transformer takes the text as encoder_hidden_states alone
 
@@ -116,6 +110,20 @@ def clause_composition(pipe: Any, prompt: str, weight: float, max_sequence_lengt
     if family is not WAN:
         raise ConfigError(f"config key 'generation.clause_weight' works with Wan-family pipelines "
                           f"({', '.join(sorted(WAN.pipeline_classes))}), not {type(pipe).__name__}")
+    return True
+
+
+@contextlib.contextmanager
+def clause_composition(pipe: Any, prompt: str, weight: float, max_sequence_length: int,
+                       device: torch.device | str, steps: int | None = None,
+                       start: int = 0) -> Iterator[torch.Tensor | None]:
+    """Install :class:`ClauseCompositionHook` for one generation; yields the ``prompt_embeds`` [1, L, C] to pass
+    to the pipeline instead of ``prompt``, or None (nothing installed) when ``weight`` is 0 or the prompt has one
+    clause. Raises ``ConfigError`` for pipelines outside the Wan family."""
+    clauses = split_clauses(prompt)
+    if not composes(pipe, prompt, weight):
+        yield None
+        return
     modules = transformers_of(pipe)
     dtype = modules[0].dtype
     with torch.no_grad():
