@@ -167,10 +167,12 @@ def test_the_cli_refuses_composition_outside_the_wan_family_in_one_line(tmp_path
 
 
 def test_the_mini_presets_compose_by_default_and_other_models_do_not():
-    """The mini presets' default weight (0.5: best of 0 / 0.35 / 0.5 / 0.75 at both presets, README); an explicit
-    value still wins, and other built-in models leave it off."""
+    """The mini presets' default schedule (weight 1 in the first 4 of 20 steps: best of eleven schedules on the
+    tuning pairs at both presets, README); an explicit value still wins, and other built-in models leave it off."""
     for name in ("mini", "mini-large"):
-        assert load_config(None, [f"model.path={name}"]).generation.clause_weight == 0.5
+        g = load_config(None, [f"model.path={name}"]).generation
+        assert (g.clause_weight, g.clause_steps, g.clause_start) == (1.0, 4, 0)
         assert load_config(None, [f"model.path={name}", "generation.clause_weight=0"]).generation.clause_weight == 0
+        assert load_config(None, [f"model.path={name}", "generation.clause_steps=null"]).generation.clause_steps is None
     for name in ("tiny", "tiny-wan"):
         assert load_config(None, [f"model.path={name}"]).generation.clause_weight == 0

@@ -19,8 +19,7 @@ from .pipelines.family import apply_xattention, check_precision_runs
 from .pipelines.hunyuan_video15 import asked_size
 from .pipelines.limits import check_model_size, check_pipeline_size
 from .pipelines.loading import is_tiny, load_pipeline, pipeline_class_for, resolve_device, takes_image
-from .pipelines.clause_noise import choose_clause_noise
-from .pipelines.clauses import clause_composition, composes, split_clauses
+from .pipelines.clauses import clause_composition, split_clauses
 from .pipelines.sampler import sampler_shift
 from .video_io import OutputPathError, write_json, write_mp4
 from .video_io import check_out as check_video_out
@@ -49,7 +48,6 @@ class GenerationResult:
     xattn: dict | None  # handle summary (density per step and layer), None for dense runs
     cache: dict | None = None  # step cache ledger (computed/skipped/predicted/reused per step), None without one
     clauses: list[str] | None = None  # the prompt's clauses when clause composition ran, else None
-    clause_noise: int | None = None  # which of generation.clause_candidates noises it started from (0: the seed's own)
     video_path: Path | None = None
     json_path: Path | None = None
     meta: dict = field(default_factory=dict)
@@ -148,16 +146,6 @@ def run_pipeline(pipe: Any, run: RunConfig, latents: torch.Tensor | None = None,
         latents = initial_latents(pipe, run)
     if image is None and g.image is not None:
         image = load_image(g.image)
-    noise_choice, choosing = None, time.perf_counter()
-    if latents is None and g.clause_candidates > 1 and composes(pipe, g.prompt, g.clause_weight):
-        with asked_size(pipe, g.height, g.width), sampler_shift(pipe, g.flow_shift):  # the first step as sampled
-            chosen = choose_clause_noise(pipe, g.prompt, g.clause_candidates, g.frames, g.height, g.width, g.seed,
-                                         g.steps, g.max_sequence_length, device, g.clause_weight,
-                                         g.clause_noise_lookahead, g.clause_noise_score)
-        if chosen is not None:  # before XAttention and caches: dense and sparse runs start from the same noise
-            latents, noise_choice = chosen
-            _sync(device)
-    choosing = time.perf_counter() - choosing  # counted in the generation's time
     if run.model.compile:
         from .compile import is_compiled
 
@@ -210,7 +198,7 @@ def run_pipeline(pipe: Any, run: RunConfig, latents: torch.Tensor | None = None,
                 clauses = split_clauses(g.prompt)
             output = pipe(**kwargs)
         _sync(device)
-        total = time.perf_counter() - start + choosing
+        total = time.perf_counter() - start
         summary = handle.summary() if handle is not None else None
         cache_summary = cache.summary() if cache is not None else None
         if summary is not None and cache_summary is not None:
@@ -231,8 +219,7 @@ def run_pipeline(pipe: Any, run: RunConfig, latents: torch.Tensor | None = None,
         frames = np.zeros((0, 0, 0, 3), np.float32)
     per_step = [b - a for a, b in zip([start] + step_ends[:-1], step_ends)]
     return GenerationResult(frames=frames, seconds_total=total, seconds_per_step=per_step, xattn=summary,
-                            cache=cache_summary, clauses=clauses,
-                            clause_noise=None if noise_choice is None else int(noise_choice))
+                            cache=cache_summary, clauses=clauses)
 
 
 def environment() -> dict:

@@ -8,11 +8,14 @@ clauses' differences from the empty prompt; here that composition is blended wit
 
     v = v(prompt) + w · (v(∅) + Σ_i [v(clause_i) − v(∅)] − v(prompt))
 
-``w`` = 0 is plain sampling, 1 the pure composition (which loses objects more often: two single-object predictions
-compete for one place). The empty prompt's and the clauses' predictions ride in the prompt's own transformer call
+``w`` = 0 is plain sampling, 1 the pure composition (which, on every step, loses objects more often: two
+single-object predictions compete for one place). The empty prompt's and the clauses' predictions ride in the prompt's own transformer call
 (batch × (2 + clauses)), so a step of a two-clause prompt costs one call of 4× the batch. Prompts of one clause and
 the unconditional call of classifier-free guidance run unchanged. ``steps`` limits the composition to the first
-denoising steps (where a small model decides each object's colour and motion), the rest run plain; ``start`` runs
+denoising steps (where a small model decides each object's colour and motion), the rest run plain: the mini presets
+compose at ``w`` = 1 in the first 4 of 20 steps, which beat ``w`` = 0.5 on every step at both sizes (README,
+"Composition schedule"); our reading: on later steps each clause alone keeps its one object and draws background where the other
+one is, so composing there pulls both toward erasure; ``start`` runs
 the first steps plain, so that the whole prompt lays out its objects before the clauses steer them (each clause
 alone puts its one object where the noise suggests, often the same place for every clause, and the blend then merges
 them). On the mini model that does not pay: composing from step 2 on lost more than it kept apart (README).
@@ -95,11 +98,17 @@ def transformers_of(pipe: Any) -> list[torch.nn.Module]:
     return [m for m in (getattr(pipe, "transformer", None), getattr(pipe, "transformer_2", None)) if m is not None]
 
 
-def composes(pipe: Any, prompt: str, weight: float) -> bool:
-    """Whether a generation of ``prompt`` on ``pipe`` is composed clause by clause: ``weight`` > 0 and a prompt of
-    several clauses. Raises ``ConfigError`` when it would be, for a pipeline outside the Wan family."""
-    if weight == 0 or len(split_clauses(prompt)) < 2:
-        return False
+@contextlib.contextmanager
+def clause_composition(pipe: Any, prompt: str, weight: float, max_sequence_length: int,
+                       device: torch.device | str, steps: int | None = None,
+                       start: int = 0) -> Iterator[torch.Tensor | None]:
+    """Install :class:`ClauseCompositionHook` for one generation; yields the ``prompt_embeds`` [1, L, C] to pass
+    to the pipeline instead of ``prompt``, or None (nothing installed) when ``weight`` is 0 or the prompt has one
+    clause. Raises ``ConfigError`` for pipelines outside the Wan family."""
+    clauses = split_clauses(prompt)
+    if weight == 0 or len(clauses) < 2:
+        yield None
+        return
     from .family import detect_family
     from .wan import WAN  # the family whose transformer takes the text as encoder_hidden_states alone
 
@@ -110,20 +119,6 @@ def composes(pipe: Any, prompt: str, weight: float) -> bool:
     if family is not WAN:
         raise ConfigError(f"config key 'generation.clause_weight' works with Wan-family pipelines "
                           f"({', '.join(sorted(WAN.pipeline_classes))}), not {type(pipe).__name__}")
-    return True
-
-
-@contextlib.contextmanager
-def clause_composition(pipe: Any, prompt: str, weight: float, max_sequence_length: int,
-                       device: torch.device | str, steps: int | None = None,
-                       start: int = 0) -> Iterator[torch.Tensor | None]:
-    """Install :class:`ClauseCompositionHook` for one generation; yields the ``prompt_embeds`` [1, L, C] to pass
-    to the pipeline instead of ``prompt``, or None (nothing installed) when ``weight`` is 0 or the prompt has one
-    clause. Raises ``ConfigError`` for pipelines outside the Wan family."""
-    clauses = split_clauses(prompt)
-    if not composes(pipe, prompt, weight):
-        yield None
-        return
     modules = transformers_of(pipe)
     dtype = modules[0].dtype
     with torch.no_grad():
