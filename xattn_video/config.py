@@ -49,8 +49,8 @@ MINI_DEFAULTS: dict[str, Any] = {
     "xattn": {"block_size": 128, "stride": 8, "threshold": 0.9, "warmup_steps": 2},
     # "A and B" prompts are composed clause by clause (pipelines/clauses.py) in the first 4 of the 20 steps, at
     # weight 1: the clauses bind each direction to its own object where the layout is decided (σ ≥ 0.97), and the
-    # later steps run plain, since there each clause alone, a one-object prompt, would erase the other object
-    # (held-out prompt_match 0.797 / 0.812 at mini / mini-large with weight 0.5 on every step -> 0.859 / 0.844)
+    # later steps run plain (held-out prompt_match 0.797 / 0.812 at mini / mini-large with weight 0.5 on every step
+    # -> 0.859 / 0.844, README "Composition schedule"); clause_steps counts steps: scale it with generation.steps
     "generation": {"prompt": "a red ball moving right", "frames": 33, "steps": 20, "fps": 12, "guidance_scale": 1.0,
                    "clause_weight": 1.0, "clause_steps": 4},
 }  # + generation.max_sequence_length and .flow_shift: what the weights were trained with (builtin_defaults reads them)

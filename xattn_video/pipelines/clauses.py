@@ -9,15 +9,15 @@ clauses' differences from the empty prompt; here that composition is blended wit
     v = v(prompt) + w · (v(∅) + Σ_i [v(clause_i) − v(∅)] − v(prompt))
 
 ``w`` = 0 is plain sampling, 1 the pure composition (which, on every step, loses objects more often: two
-single-object predictions compete for one place). The empty prompt's and the clauses' predictions ride in the prompt's own transformer call
-(batch × (2 + clauses)), so a step of a two-clause prompt costs one call of 4× the batch. Prompts of one clause and
-the unconditional call of classifier-free guidance run unchanged. ``steps`` limits the composition to the first
-denoising steps (where a small model decides each object's colour and motion), the rest run plain: the mini presets
-compose at ``w`` = 1 in the first 4 of 20 steps, which beat ``w`` = 0.5 on every step at both sizes (README,
-"Composition schedule"); our reading: on later steps each clause alone keeps its one object and draws background where the other
-one is, so composing there pulls both toward erasure; ``start`` runs
-the first steps plain, so that the whole prompt lays out its objects before the clauses steer them (each clause
-alone puts its one object where the noise suggests, often the same place for every clause, and the blend then merges
+single-object predictions compete for one place). The empty prompt's and the clauses' predictions ride in the
+prompt's own transformer call (batch × (2 + clauses)), so a step of a two-clause prompt costs one call of 4× the
+batch. Prompts of one clause and the unconditional call of classifier-free guidance run unchanged. ``steps`` limits
+the composition to the first denoising steps (where a small model decides each object's colour and motion), the rest
+run plain: the mini presets compose at ``w`` = 1 in the first 4 of 20 steps, which beat ``w`` = 0.5 on every step at
+both sizes (README, "Composition schedule"; our reading: on later steps each clause alone keeps its one object and
+draws background where the other one is, so composing there pulls both toward erasure). ``start`` runs the first
+steps plain, so that the whole prompt lays out its objects before the clauses steer them (each clause alone puts its
+one object where the noise suggests, often the same place for every clause, and the blend then merges
 them). On the mini model that does not pay: composing from step 2 on lost more than it kept apart (README).
 
 Wan-family pipelines (``WanPipeline``, its I2V pipeline, Wan 2.2's second expert): their transformer takes the
