@@ -189,10 +189,6 @@ class GenerationConfig:
     clause_weight: float = 0.0
     clause_steps: Optional[int] = None  # compose in the first N denoising steps only (None: every step)
     clause_start: int = 0  # compose from denoising step N on; the steps before run plain (0: from the first)
-    # "directions": each clause acts in its own region, planned from the clauses' directions of motion
-    # (pipelines/clause_regions.py); outside it with clause_region_floor of its weight
-    clause_regions: str = "none"
-    clause_region_floor: float = 0.0
 
 
 @dataclass

@@ -38,7 +38,6 @@ from diffusers.hooks import ModelHook
 
 from ..config import ConfigError
 from ..warmup.schedule import StepTracker
-from .clause_regions import direction_regions
 from .dispatch import add_hook, remove_hook
 
 CLAUSE_HOOK = "xattn_video.clause_composition"
@@ -58,12 +57,10 @@ class ClauseCompositionHook(ModelHook):
     from the running pipeline as warmup reads it); every other call runs as is."""
 
     def __init__(self, prompt_embeds: torch.Tensor, part_embeds: torch.Tensor, weight: float,
-                 steps: int | None = None, tracker: StepTracker | None = None, start: int = 0,
-                 clauses: list[str] | None = None, regions: str = "none", region_floor: float = 0.0):
+                 steps: int | None = None, tracker: StepTracker | None = None, start: int = 0):
         super().__init__()
         self.prompt_embeds, self.part_embeds, self.weight = prompt_embeds, part_embeds, float(weight)
         self.steps, self.start, self.tracker = steps, int(start), tracker or StepTracker(None)
-        self.clauses, self.regions, self.region_floor = clauses or [], regions, float(region_floor)
 
     def _is_prompt(self, text: Any) -> bool:
         p = self.prompt_embeds
@@ -88,15 +85,7 @@ class ClauseCompositionHook(ModelHook):
         out = forward(**wide)
         sample = out[0] if isinstance(out, tuple) else out.sample
         prompt, empty, *clauses = sample.split(batch)
-        masks = None
-        if self.regions == "directions":
-            _, _, frames, height, width = prompt.shape
-            masks = direction_regions(self.clauses, frames, height, width, self.region_floor, prompt.device,
-                                      prompt.dtype)
-        if masks is None:
-            composed = empty + sum(clause - empty for clause in clauses)
-        else:
-            composed = empty + sum(mask * (clause - empty) for mask, clause in zip(masks, clauses))
+        composed = empty + sum(clause - empty for clause in clauses)
         blended = prompt + self.weight * (composed - prompt)
         if isinstance(out, tuple):
             return (blended, *out[1:])
@@ -112,8 +101,7 @@ def transformers_of(pipe: Any) -> list[torch.nn.Module]:
 @contextlib.contextmanager
 def clause_composition(pipe: Any, prompt: str, weight: float, max_sequence_length: int,
                        device: torch.device | str, steps: int | None = None,
-                       start: int = 0, regions: str = "none",
-                       region_floor: float = 0.0) -> Iterator[torch.Tensor | None]:
+                       start: int = 0) -> Iterator[torch.Tensor | None]:
     """Install :class:`ClauseCompositionHook` for one generation; yields the ``prompt_embeds`` [1, L, C] to pass
     to the pipeline instead of ``prompt``, or None (nothing installed) when ``weight`` is 0 or the prompt has one
     clause. Raises ``ConfigError`` for pipelines outside the Wan family."""
@@ -138,8 +126,7 @@ def clause_composition(pipe: Any, prompt: str, weight: float, max_sequence_lengt
                                        max_sequence_length=max_sequence_length, device=device, dtype=dtype)
     prompt_embeds, part_embeds = embeds[:1].contiguous(), embeds[1:]
     for module in modules:
-        add_hook(module, ClauseCompositionHook(prompt_embeds, part_embeds, weight, steps, StepTracker(pipe), start,
-                                                 clauses, regions, region_floor),
+        add_hook(module, ClauseCompositionHook(prompt_embeds, part_embeds, weight, steps, StepTracker(pipe), start),
                  CLAUSE_HOOK)
     try:
         yield prompt_embeds
