@@ -407,3 +407,35 @@ def test_quality_script_writes_its_results_after_each_pair(tmp_path):
         pytest.approx(2 / 3)
     assert rows["XAttention"]["computed_step_fraction"] == 1.0 and "psnr" in rows["XAttention"]
     assert (tmp_path / "quality-caches-tiny-wan-cpu.md").exists()
+
+
+@pytest.mark.parametrize("name", sorted(PARAMS))
+def test_clause_composition_keeps_one_batch_size_while_a_cache_runs(name):
+    """A two-clause prompt composed in its first steps only (the mini presets' schedule) widens the prompt's
+    transformer call to 4 rows there and to 1 after it; a step cache keeps activations of the batch it saw, so with
+    a cache every call stays at 4 rows (the prompt's own prediction after the window) and the run keeps the cache's
+    pattern. Without a cache the later steps stay cheap (1 row)."""
+    from xattn_video.config import load_config
+    from xattn_video.generate import run_pipeline
+    from xattn_video.pipelines.loading import load_pipeline
+
+    base = ["model.path=tiny-wan", "model.device=cpu", "generation.frames=5", "generation.steps=6",
+            "generation.height=64", "generation.width=64", "generation.guidance_scale=1",
+            "generation.prompt=a red ball moving left and a white square moving down",
+            "generation.clause_weight=1", "generation.clause_steps=2"]
+    pipe = load_pipeline(load_config(None, base).model)
+    rows: list[int] = []
+    pipe.transformer.blocks[0].register_forward_pre_hook(
+        lambda _m, args, kwargs: rows.append((args[0] if args else kwargs["hidden_states"]).shape[0]),
+        with_kwargs=True)
+    plain = load_config(None, base)
+    plain.dense = True
+    run_pipeline(pipe, plain, show_progress=False)
+    assert rows == [4, 4, 1, 1, 1, 1], rows
+    rows.clear()
+    settings = [f"cache.{name}.{key}={value}".replace("'", "") for key, value in PARAMS[name].items()]
+    cached = load_config(None, [*base, f"cache.name={name}", *settings])
+    cached.dense = True
+    result = run_pipeline(pipe, cached, show_progress=False)
+    assert rows and set(rows) == {4}, rows
+    assert [s["status"] for s in result.cache["steps"]] == EXPECTED[name]

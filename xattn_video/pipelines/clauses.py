@@ -54,13 +54,17 @@ class ClauseCompositionHook(ModelHook):
     """On the transformer call whose ``encoder_hidden_states`` is ``prompt_embeds`` [B, L, C], also predicts with
     ``part_embeds`` [1 + n, L, C] (the empty prompt, then the n clauses) in the same call and returns the blend in the
     module docstring, in the denoising steps ``start`` ≤ step < ``steps`` (None: to the last step; the step is read
-    from the running pipeline as warmup reads it); every other call runs as is."""
+    from the running pipeline as warmup reads it); every other call runs as is. ``steady_batch``: the prompt's calls
+    outside that window are widened all the same and return the prompt's own prediction, because a step cache
+    (xattn_video.caches) keeps activations of the batch it saw and breaks when it changes (4 -> 1 rows)."""
 
     def __init__(self, prompt_embeds: torch.Tensor, part_embeds: torch.Tensor, weight: float,
-                 steps: int | None = None, tracker: StepTracker | None = None, start: int = 0):
+                 steps: int | None = None, tracker: StepTracker | None = None, start: int = 0,
+                 steady_batch: bool = False):
         super().__init__()
         self.prompt_embeds, self.part_embeds, self.weight = prompt_embeds, part_embeds, float(weight)
         self.steps, self.start, self.tracker = steps, int(start), tracker or StepTracker(None)
+        self.steady_batch = steady_batch
 
     def _is_prompt(self, text: Any) -> bool:
         p = self.prompt_embeds
@@ -72,10 +76,13 @@ class ClauseCompositionHook(ModelHook):
         text = kwargs.get("encoder_hidden_states")
         if args or not self._is_prompt(text):  # Wan pipelines call the transformer with keywords only
             return forward(*args, **kwargs)
+        weight = self.weight
         if self.steps is not None or self.start:
             step = self.tracker.current()
             if step is not None and (step < self.start or (self.steps is not None and step >= self.steps)):
-                return forward(*args, **kwargs)
+                if not self.steady_batch:
+                    return forward(*args, **kwargs)
+                weight = 0.0  # the widened call all the same, so that a step cache sees one batch size
         batch = kwargs["hidden_states"].shape[0]
         copies = 1 + self.part_embeds.shape[0]
         parts = self.part_embeds.repeat_interleave(batch, dim=0)  # [(1 + n) B, L, C], B rows per part
@@ -86,7 +93,7 @@ class ClauseCompositionHook(ModelHook):
         sample = out[0] if isinstance(out, tuple) else out.sample
         prompt, empty, *clauses = sample.split(batch)
         composed = empty + sum(clause - empty for clause in clauses)
-        blended = prompt + self.weight * (composed - prompt)
+        blended = prompt if weight == 0 else prompt + weight * (composed - prompt)
         if isinstance(out, tuple):
             return (blended, *out[1:])
         out.sample = blended
@@ -101,10 +108,11 @@ def transformers_of(pipe: Any) -> list[torch.nn.Module]:
 @contextlib.contextmanager
 def clause_composition(pipe: Any, prompt: str, weight: float, max_sequence_length: int,
                        device: torch.device | str, steps: int | None = None,
-                       start: int = 0) -> Iterator[torch.Tensor | None]:
+                       start: int = 0, steady_batch: bool = False) -> Iterator[torch.Tensor | None]:
     """Install :class:`ClauseCompositionHook` for one generation; yields the ``prompt_embeds`` [1, L, C] to pass
     to the pipeline instead of ``prompt``, or None (nothing installed) when ``weight`` is 0 or the prompt has one
-    clause. Raises ``ConfigError`` for pipelines outside the Wan family."""
+    clause. ``steady_batch``: one batch size in every step (set it when a step cache runs). Raises ``ConfigError``
+    for pipelines outside the Wan family."""
     clauses = split_clauses(prompt)
     if weight == 0 or len(clauses) < 2:
         yield None
@@ -126,7 +134,8 @@ def clause_composition(pipe: Any, prompt: str, weight: float, max_sequence_lengt
                                        max_sequence_length=max_sequence_length, device=device, dtype=dtype)
     prompt_embeds, part_embeds = embeds[:1].contiguous(), embeds[1:]
     for module in modules:
-        add_hook(module, ClauseCompositionHook(prompt_embeds, part_embeds, weight, steps, StepTracker(pipe), start),
+        add_hook(module, ClauseCompositionHook(prompt_embeds, part_embeds, weight, steps, StepTracker(pipe), start,
+                                                 steady_batch),
                  CLAUSE_HOOK)
     try:
         yield prompt_embeds
