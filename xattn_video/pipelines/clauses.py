@@ -92,8 +92,11 @@ class ClauseCompositionHook(ModelHook):
         out = forward(**wide)
         sample = out[0] if isinstance(out, tuple) else out.sample
         prompt, empty, *clauses = sample.split(batch)
-        composed = empty + sum(clause - empty for clause in clauses)
-        blended = prompt if weight == 0 else prompt + weight * (composed - prompt)
+        if weight == 0:  # outside the window, widened only for a step cache
+            blended = prompt
+        else:
+            composed = empty + sum(clause - empty for clause in clauses)
+            blended = prompt + weight * (composed - prompt)
         if isinstance(out, tuple):
             return (blended, *out[1:])
         out.sample = blended
