@@ -309,6 +309,26 @@ def test_generate_cache_record_and_magcache_calibration_in_one_command(tmp_path,
     assert f"computed-step fraction {record['cache']['computed_step_fraction']:.2f}" in capsys.readouterr().out
 
 
+def test_generate_says_which_steps_the_cache_computed_for_the_composition(tmp_path, capsys):
+    """A two-clause prompt composed in its first 2 steps: TaylorSeer starts predicting after step 3, the record
+    and the summary line say so."""
+    import json
+
+    from xattn_video.cli import main
+
+    out = tmp_path / "two.mp4"
+    assert main(["generate", "--model", "tiny-wan", "--device", "cpu", "--height", "64", "--width", "64",
+                 "--frames", "5", "--steps", "6", "--cache", "taylorseer", "--prompt",
+                 "a red ball moving left and a white square moving down", "--set", "generation.clause_weight=1",
+                 "--set", "generation.clause_steps=2", "--out", str(out)]) == 0
+    record = json.loads(out.with_suffix(".json").read_text())
+    assert record["cache"]["window"] == {"compute_first": 4, "changed": {"disable_cache_before_step": [3, 4]}}
+    assert record["cache"]["params"]["disable_cache_before_step"] == 4
+    assert [s["status"] for s in record["cache"]["steps"]][:4] == ["computed"] * 4
+    printed = capsys.readouterr().out
+    assert "steps 0-3 computed around the clause composition (disable_cache_before_step 3 -> 4)" in printed
+
+
 def test_cli_refuses_a_cache_that_does_not_apply(tmp_path, capsys):
     from xattn_video.cli import main
 
@@ -438,4 +458,48 @@ def test_clause_composition_keeps_one_batch_size_while_a_cache_runs(name):
     cached.dense = True
     result = run_pipeline(pipe, cached, show_progress=False)
     assert rows and set(rows) == {4}, rows
-    assert [s["status"] for s in result.cache["steps"]] == EXPECTED[name]
+    # the composed steps 0-1 and two plain steps after them are computed (caches/window.py); the rest as usual
+    assert [s["status"] for s in result.cache["steps"]] == EXPECTED_WINDOW[name], name
+    assert result.cache["window"]["compute_first"] == 4
+
+
+# the patterns of PARAMS when the first 4 steps must be computed (a composition window of 2 steps)
+EXPECTED_WINDOW = {
+    "firstblock": ["computed"] * 4 + ["skipped"] * 2,
+    "taylorseer": ["computed"] * 4 + ["predicted", "computed"],  # disable_cache_before_step 4, interval 2
+    "fastercache": EXPECTED["fastercache"],  # unchanged: its timestep ranges decide (the defaults start late)
+    "pab": EXPECTED["pab"],
+    "magcache": ["computed"] * 4 + ["skipped"] * 2,  # retention int(0.667 * 6 + 0.5) = 4 steps
+}
+
+
+def test_window_params_raise_each_cache_to_the_window_and_keep_larger_values():
+    from xattn_video.caches.params import CACHES
+    from xattn_video.caches.window import window_params
+
+    for steps in (6, 20, 28, 50):
+        for first in range(1, steps + 1):
+            params, changed = window_params("magcache", CACHES["magcache"], first, steps)
+            kept = int(params["retention_ratio"] * steps + 0.5)  # diffusers' count of never-skipped steps
+            assert kept >= first and (not changed or kept == first), (steps, first, params)
+    params, changed = window_params("taylorseer", CACHES["taylorseer"], 6, 20)
+    assert params["disable_cache_before_step"] == 6 and changed == {"disable_cache_before_step": [3, 6]}
+    params, changed = window_params("taylorseer", {**CACHES["taylorseer"], "disable_cache_before_step": 9}, 6, 20)
+    assert params["disable_cache_before_step"] == 9 and changed == {}  # a user's later start is kept
+    params, changed = window_params("magcache", {**CACHES["magcache"], "retention_ratio": 0.5}, 6, 20)
+    assert params["retention_ratio"] == 0.5 and changed == {}
+    for name in ("fastercache", "pab"):
+        assert window_params(name, CACHES[name], 6, 20) == (CACHES[name], {})
+    assert window_params("taylorseer", CACHES["taylorseer"], 0, 20) == (CACHES["taylorseer"], {})
+
+
+def test_cache_compute_first_is_two_past_the_last_switch_between_composed_and_plain_steps():
+    from xattn_video.pipelines.clauses import cache_compute_first
+
+    two = "a red ball moving left and a white square moving down"
+    assert cache_compute_first(two, 1.0, 4) == 6  # the mini presets' schedule: composed 0-3, computed 0-5
+    assert cache_compute_first(two, 1.0, 4, start=1) == 6
+    assert cache_compute_first(two, 1.0, None, start=3) == 5  # plain 0-2, composed from 3 on
+    assert cache_compute_first(two, 0.5, None) == 0  # composed on every step: no switch
+    assert cache_compute_first(two, 0.0, 4) == 0  # no composition
+    assert cache_compute_first("a red ball moving left", 1.0, 4) == 0  # one clause: no composition

@@ -437,6 +437,28 @@ def test_two_prob_sets_the_share_of_two_object_clips():
         train.parse_args(["--out", "x", "--two-prob", "1.5"])
 
 
+def test_cross_prob_draws_two_object_clips_whose_paths_cross():
+    seed = int(np.random.SeedSequence().entropy % 2**31)
+    objects = [sample_objects(random.Random(seed + i), 1.0) for i in range(24)]
+
+    def overlap_frames(cross_prob: float) -> torch.Tensor:  # [B, T]: frames where both objects cover a pixel
+        masks = render(objects, 9, 48, 48, random.Random(seed), "cpu", cross_prob).masks
+        return ((masks[:, 0] > 0.5) & (masks[:, 1] > 0.5)).flatten(2).any(-1)
+
+    apart, crossing = overlap_frames(0.0), overlap_frames(1.0)
+    assert not apart.any(), f"seed {seed}: objects overlap without --cross-prob"
+    assert not crossing[:, [0, -1]].any(), f"seed {seed}: crossing objects must be whole in the first and last frames"
+    # most pairs can cross (~75% of random pairs, the rest fall back to apart tracks)
+    assert crossing.any(1).float().mean() > 0.4, f"seed {seed}: {crossing.any(1).float().mean():.2f} of clips cross"
+    lone = [[o[0]] for o in objects]  # one-object clips draw no crossing decision: the same clips either way
+    assert torch.equal(render(lone, 9, 48, 48, random.Random(seed), "cpu", 1.0).video,
+                       render(lone, 9, 48, 48, random.Random(seed), "cpu").video), seed
+    from xattn_video.mini import train
+
+    with pytest.raises(SystemExit):
+        train.parse_args(["--out", "x", "--cross-prob", "-0.1"])
+
+
 def test_training_smoke_with_latent_reuse(tmp_path):
     from xattn_video.mini import train
 

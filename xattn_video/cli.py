@@ -98,6 +98,12 @@ def _report(run: Any, result: Any) -> None:
         c = result.cache
         line += (f"; cache {c['name']}: computed-step fraction {c['computed_step_fraction']:.2f} ("
                  + ", ".join(f"{n} {k}" for k, n in c["calls"].items() if n) + " transformer calls)")
+        window = c.get("window")
+        if window:  # the cache was made to compute the composed steps and two after them (caches/window.py)
+            changed = ", ".join(f"{k} {a} -> {b}" for k, (a, b) in window["changed"].items()
+                                if k != "computed_below_step")
+            line += (f", steps 0-{window['compute_first'] - 1} computed around the clause composition"
+                     + (f" ({changed})" if changed else ""))
     if result.clauses:  # each step costs (2 + clauses)x the batch: say why it is slower
         line += (f"; clause composition: {len(result.clauses)} clauses at weight {g.clause_weight:g}"
                  f"{'' if not g.clause_start else f' from step {g.clause_start}'}"

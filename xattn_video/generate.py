@@ -19,7 +19,7 @@ from .pipelines.family import apply_xattention, check_precision_runs
 from .pipelines.hunyuan_video15 import asked_size
 from .pipelines.limits import check_model_size, check_pipeline_size
 from .pipelines.loading import is_tiny, load_pipeline, pipeline_class_for, resolve_device, takes_image
-from .pipelines.clauses import clause_composition, split_clauses
+from .pipelines.clauses import cache_compute_first, clause_composition, split_clauses
 from .pipelines.sampler import sampler_shift
 from .video_io import OutputPathError, write_json, write_mp4
 from .video_io import check_out as check_video_out
@@ -159,7 +159,9 @@ def run_pipeline(pipe: Any, run: RunConfig, latents: torch.Tensor | None = None,
         from .caches.apply import enable_step_cache
 
         try:
-            cache = enable_step_cache(pipe, run.cache, steps=g.steps)
+            # the composed steps and two after them are computed: predicting from them costs two-object prompts
+            compute_first = cache_compute_first(g.prompt, g.clause_weight, g.clause_steps, g.clause_start)
+            cache = enable_step_cache(pipe, run.cache, steps=g.steps, compute_first=compute_first)
         except BaseException:
             if handle is not None:
                 handle.remove()

@@ -19,7 +19,7 @@ from ..config import ConfigError
 from ..pipelines import dispatch
 from ..pipelines.family import EXPERT_ATTRS, detect_family
 from ..warmup import StepTracker, calling_pipeline
-from . import compose, ledger
+from . import compose, ledger, window
 from .params import CACHES, CacheConfig, cache_params, cache_problem, unknown_cache_message
 
 
@@ -152,8 +152,9 @@ class CacheHandle:
     """An enabled step cache: ``ledger`` (per-step accounting), ``summary()``, ``remove()``."""
 
     def __init__(self, pipe: Any, name: str, params: dict, installed: list[tuple[torch.nn.Module, Any]],
-                 book: ledger.CacheLedger):
+                 book: ledger.CacheLedger, window_record: dict | None = None):
         self.pipe, self.name, self.params = pipe, name, params
+        self.window = window_record  # {"compute_first": N, "changed": {key: [before, after]}} or None
         self._installed = installed  # (transformer, the diffusers config we enabled)
         self.ledger = book
         self.active = True
@@ -161,6 +162,8 @@ class CacheHandle:
     def summary(self) -> dict:
         out = self.ledger.summary()
         out["params"] = {k: v for k, v in self.params.items() if k != "mag_ratios" or not isinstance(v, list)}
+        if self.window is not None:
+            out["window"] = self.window
         return out
 
     def reset(self) -> None:
@@ -190,7 +193,8 @@ class CacheHandle:
         self.remove()
 
 
-def _probe(name: str, transformer: torch.nn.Module, served: _Served | None) -> Any:
+def _probe(name: str, transformer: torch.nn.Module, served: _Served | None, pipe: Any = None,
+           compute_first: int = 0) -> Any:
     from diffusers.hooks.faster_cache import _FASTER_CACHE_BLOCK_HOOK
     from diffusers.hooks.first_block_cache import _FBC_LEADER_BLOCK_HOOK
     from diffusers.hooks.mag_cache import _MAG_CACHE_LEADER_BLOCK_HOOK
@@ -202,6 +206,8 @@ def _probe(name: str, transformer: torch.nn.Module, served: _Served | None) -> A
         if name == "firstblock":
             for hook in ledger._hooks(transformer, leader):
                 compose.consensus_decision(hook, lambda t=transformer: _parallel(t))
+                if compute_first > 0:
+                    window.force_compute_below(hook, pipe, compute_first)
         else:  # MagCache's hooks disable compilation of the whole block: only their own frame, here
             from diffusers.hooks.mag_cache import _MAG_CACHE_BLOCK_HOOK
 
@@ -225,12 +231,14 @@ def _probe(name: str, transformer: torch.nn.Module, served: _Served | None) -> A
 
 
 def enable_step_cache(pipe: Any, cache: CacheConfig | str | dict, params: dict | None = None,
-                      steps: int | None = None) -> CacheHandle:
+                      steps: int | None = None, compute_first: int = 0) -> CacheHandle:
     """Enable one of diffusers' step caches on every transformer of ``pipe`` (both experts of Wan 2.2).
 
     ``cache``: a :class:`CacheConfig`, a name (``firstblock``, ``taylorseer``, ``magcache``, ``fastercache``,
     ``pab``) with ``params`` overriding diffusers' defaults, or a dict of the ``cache:`` section. ``steps``: the
-    generation's denoising steps (MagCache's ratios are per step). Raises :class:`CacheNotApplicable` /
+    generation's denoising steps (MagCache's ratios are per step). ``compute_first``: the cache computes the first
+    N steps in full and predicts or skips none of them (a clause composition's window and two steps after it;
+    :mod:`xattn_video.caches.window`). Raises :class:`CacheNotApplicable` /
     ``ConfigError`` (one line) and installs nothing when the cache does not fit.
     """
     if isinstance(cache, str):
@@ -245,6 +253,8 @@ def enable_step_cache(pipe: Any, cache: CacheConfig | str | dict, params: dict |
     if cache.name is None:
         raise ConfigError("config key 'cache.name' is not set: no cache to enable")
     name, params = cache.name, cache_params(cache)
+    params, changed = window.window_params(name, params, compute_first, steps)
+    window_record = {"compute_first": compute_first, "changed": changed} if compute_first > 0 else None
     family = detect_family(pipe).name
     experts = _experts(pipe)
     if name == "magcache" and len(experts) > 1:
@@ -259,14 +269,14 @@ def enable_step_cache(pipe: Any, cache: CacheConfig | str | dict, params: dict |
             _check_blocks(transformer, name)
     book = ledger.CacheLedger(name, StepTracker(pipe))
     installed: list[tuple[torch.nn.Module, Any]] = []
-    handle = CacheHandle(pipe, name, params, installed, book)
+    handle = CacheHandle(pipe, name, params, installed, book, window_record)
     try:
         for expert, transformer in experts:
             config, served = _diffusers_config(name, params, pipe, family, steps)
             transformer.enable_cache(config)
             installed.append((transformer, config))
             compose.lift_parallel_hooks(transformer)
-            probe = _probe(name, transformer, served)
+            probe = _probe(name, transformer, served, pipe, compute_first)
             dispatch.add_hook(transformer, ledger.LedgerHook(book, expert, probe), ledger.LEDGER_HOOK)
             # the ledger hook takes the cache context too: the cached list of hooked registries must include it
             transformer._diffusers_hook.invalidate_child_registries_cache()

@@ -3,7 +3,9 @@ background, drawn in torch on any device (no dataset, no download).
 
 Sizes, speeds and start positions are drawn at random and are relative to the frame, so one model learns every
 resolution it is trained at: an object is 16–28% of the frame side across, moves 25–50% of the frame over the
-clip in a straight line at constant speed, and never leaves the frame; two objects never overlap.
+clip in a straight line at constant speed, and never leaves the frame; two objects never overlap, except in the
+share ``cross_prob`` of two-object clips whose paths are drawn to cross (apart in the first and last frames, one
+passing over the other in between; the second-named object is drawn on top).
 """
 
 from __future__ import annotations
@@ -61,33 +63,54 @@ def _object_track(rng: random.Random, obj: ObjectSpec) -> tuple[float, float, fl
     return size, across, y0, across, y0 + dy * travel
 
 
-def _apart(a: tuple[float, ...], b: tuple[float, ...], frames: int) -> bool:
-    """Whether two tracks keep the objects apart (no overlap) in every frame."""
+def _overlaps(a: tuple[float, ...], b: tuple[float, ...], frames: int) -> list[bool]:
+    """Per frame, whether the two tracks' objects overlap (their boxes intersect)."""
+    flags = []
     for i in range(frames):
         f = i / max(1, frames - 1)
         ax, ay = a[1] + (a[3] - a[1]) * f, a[2] + (a[4] - a[2]) * f
         bx, by = b[1] + (b[3] - b[1]) * f, b[2] + (b[4] - b[2]) * f
-        if max(abs(ax - bx), abs(ay - by)) < (a[0] + b[0]) / 2:
-            return False
-    return True
+        flags.append(max(abs(ax - bx), abs(ay - by)) < (a[0] + b[0]) / 2)
+    return flags
 
 
-def _clip_tracks(rng: random.Random, objects: list[ObjectSpec], frames: int) -> list[tuple[float, ...]]:
+def _apart(a: tuple[float, ...], b: tuple[float, ...], frames: int) -> bool:
+    """Whether two tracks keep the objects apart (no overlap) in every frame."""
+    return not any(_overlaps(a, b, frames))
+
+
+def _crossing(a: tuple[float, ...], b: tuple[float, ...], frames: int) -> bool:
+    """Whether two tracks start and end apart and overlap in between (one object passes over the other)."""
+    flags = _overlaps(a, b, frames)
+    return not flags[0] and not flags[-1] and any(flags)
+
+
+def _clip_tracks(rng: random.Random, objects: list[ObjectSpec], frames: int,
+                 cross_prob: float = 0.0) -> list[tuple[float, ...]]:
     """Tracks for the objects of one clip; a second object is redrawn (up to 100 times) until the two never
-    overlap, so that every object is whole in every frame."""
+    overlap, so that every object is whole in every frame, or, in the share ``cross_prob`` of two-object clips,
+    until their paths cross (whole in the first and last frames)."""
+    # the draw only when asked for, so that cross_prob 0 keeps the shipped weights' random sequence
+    crossing = len(objects) > 1 and cross_prob > 0 and rng.random() < cross_prob
     tracks = [_object_track(rng, objects[0])]
     for obj in objects[1:]:
-        for _ in range(100):
-            track = _object_track(rng, obj)
-            if all(_apart(track, other, frames) for other in tracks):
-                break
+        # some pairs cannot cross (e.g. two slow objects far apart): after 100 tries they are drawn apart instead
+        for accept in (_crossing, _apart) if crossing else (_apart,):
+            for _ in range(100):
+                track = _object_track(rng, obj)
+                if all(accept(track, other, frames) for other in tracks):
+                    break
+            else:
+                continue
+            break
         tracks.append(track)
     return tracks
 
 
 def render(objects: list[list[ObjectSpec]], frames: int, height: int, width: int, rng: random.Random,
-           device: torch.device | str = "cpu") -> Clip:
-    """Draw one clip per entry of ``objects`` (each a list of 1–2 objects); parameters come from ``rng``.
+           device: torch.device | str = "cpu", cross_prob: float = 0.0) -> Clip:
+    """Draw one clip per entry of ``objects`` (each a list of 1–2 objects); parameters come from ``rng``;
+    ``cross_prob``: the share of two-object clips whose objects' paths cross (see the module docstring).
 
     Returns float32 [B, 3, frames, height, width] in [-1, 1]. Edges are anti-aliased over one pixel.
     """
@@ -99,7 +122,7 @@ def render(objects: list[list[ObjectSpec]], frames: int, height: int, width: int
     background = torch.tensor([[rng.uniform(0, BACKGROUND_MAX) for _ in range(3)] for _ in range(batch)],
                               device=device)
     video = background.view(batch, 3, 1, 1, 1).expand(batch, 3, frames, height, width).clone()
-    clip_tracks = [_clip_tracks(rng, o, frames) for o in objects]
+    clip_tracks = [_clip_tracks(rng, o, frames, cross_prob) for o in objects]
     masks = torch.zeros(batch, MAX_OBJECTS, frames, height, width, device=device)
     for slot in range(max(len(o) for o in objects)):
         rows = [i for i, o in enumerate(objects) if len(o) > slot]

@@ -108,6 +108,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--two-prob", type=float, default=0.5,
                    help="share of the training clips with two objects (the shipped recipe: 0.5; a recipe "
                         "phase's two_prob overrides it)")
+    p.add_argument("--cross-prob", type=float, default=0.0,
+                   help="share of the two-object clips whose objects' paths cross (apart in the first and last "
+                        "frames, one passing over the other between; data.render). 0: they never overlap (the "
+                        "shipped weights' data), and a sample whose clauses start on crossing paths fades one")
     p.add_argument("--latent-reuse", type=int, default=1,
                    help="each clip's latents serve this many steps on average (fresh noise and σ each time): a step "
                         "renders and encodes 1/N of its batch and draws the rest from the recent clips (1: no reuse)")
@@ -204,6 +208,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                 f"half the pool ({POOL_BATCHES} batches) at once: at most {POOL_BATCHES // 2 * args.latent_reuse}")
     if not 0 <= args.two_prob <= 1:
         p.error(f"--two-prob must be in [0, 1], got {args.two_prob}")
+    if not 0 <= args.cross_prob <= 1:
+        p.error(f"--cross-prob must be in [0, 1], got {args.cross_prob}")
     for flag in ("shape_weight", "direction_weight", "binding_weight", "grounding_weight"):
         if getattr(args, flag) < 0:
             p.error(f"--{flag.replace('_', '-')} must be >= 0, got {getattr(args, flag)}")
@@ -362,7 +368,7 @@ def flow_sigmas(n: int, generator: torch.Generator, device: str, sampling: str =
 
 
 def swap_loss_weight(objects: list[list[ObjectSpec]], video: torch.Tensor, rng_before: random.Random,
-                     weights: dict[str, float]) -> torch.Tensor:
+                     weights: dict[str, float], cross_prob: float = 0.0) -> torch.Tensor:
     """The flow-matching loss weight of ``--shape-weight`` / ``--direction-weight``: 1 + Σ ``weights[a]`` × the share
     of each latent cell's pixels that would differ in the clip with ``a`` swapped (``grammar.swap_clip``:
     ``"shape"`` the other shape, ``"direction"`` the opposite motion, ``"binding"`` a two-object clip's objects
@@ -376,7 +382,7 @@ def swap_loss_weight(objects: list[list[ObjectSpec]], video: torch.Tensor, rng_b
         if w <= 0:
             continue
         twin = render([swap_clip(objs, attribute) for objs in objects], video.shape[2], video.shape[3],
-                      video.shape[4], copy.deepcopy(rng_before), video.device).video
+                      video.shape[4], copy.deepcopy(rng_before), video.device, cross_prob).video
         differs = ((twin - video).abs().amax(1, keepdim=True) > 1e-3).float()
         weight = weight + w * latent_thumbnail(differs)
     return weight
@@ -460,12 +466,12 @@ def draw_batch(pool: LatentPool, batch: int, shape: list[int], vae: Any, mean: t
     z0 = None  # no new clips on the steps between --encode-every's encodings
     if objects:
         rng_before = copy.deepcopy(rng) if weighted else None
-        clip = render(objects, *shape, rng, args.device)
+        clip = render(objects, *shape, rng, args.device, args.cross_prob)
         video = clip.video
         clock.phase("render")
         z0 = encode_video(vae, video, mean, std)
         if weighted:  # the weight travels with its clip through the pool, as one more channel
-            z0 = torch.cat([z0, swap_loss_weight(objects, video, rng_before, swap_weights)], 1)
+            z0 = torch.cat([z0, swap_loss_weight(objects, video, rng_before, swap_weights, args.cross_prob)], 1)
         if grounding:  # so do the objects' regions, as MAX_OBJECTS more channels
             z0 = torch.cat([z0, latent_thumbnail(clip.masks)], 1)
     z0, prompts = pool.fill(z0, prompts, batch, rng)

@@ -108,6 +108,17 @@ def transformers_of(pipe: Any) -> list[torch.nn.Module]:
     return [m for m in (getattr(pipe, "transformer", None), getattr(pipe, "transformer_2", None)) if m is not None]
 
 
+def cache_compute_first(prompt: str, weight: float, steps: int | None = None, start: int = 0) -> int:
+    """How many first denoising steps a step cache must compute in full for this composition: two past the last
+    step where the prompt's call switches between composed and plain (``steps``, the window's end; else ``start``,
+    its beginning), so that no prediction or skip reads the other kind of step (:mod:`xattn_video.caches.window`).
+    0 when the composition does not run or runs on every step."""
+    if weight == 0 or len(split_clauses(prompt)) < 2:
+        return 0
+    last_switch = steps if steps is not None else start
+    return last_switch + 2 if last_switch else 0
+
+
 @contextlib.contextmanager
 def clause_composition(pipe: Any, prompt: str, weight: float, max_sequence_length: int,
                        device: torch.device | str, steps: int | None = None,
