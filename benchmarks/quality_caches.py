@@ -174,7 +174,7 @@ def main(argv: list[str] | None = None) -> int:
                 f"attention reused). prompt_match: the share of objects with all three attributes right, then per "
                 f"attribute (a video's share, then the mean over pairs: with few pairs one object moves a column by 25 "
                 f"points or more); read each attribute as 'keeps what dense does'. Times: "
-                + (f"a CPU, where the `torch` backend does not skip dropped blocks (XAttention is slower there) and "
+                + (f"a CPU, where the `torch` backend does not skip dropped blocks (XAttention costs what dense does there) and "
                    f"one setting's videos took up to {spread:.1f}x longer on one pair than on another, so these times "
                    f"are not speed; the plot uses the computed-step fraction instead (XAttention's own saving, cheaper "
                    "computed steps, is not on that axis), and the speed that matters is `xvid bench --e2e --cache` "

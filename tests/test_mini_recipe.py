@@ -20,9 +20,9 @@ def test_phases_run_in_order_with_their_own_shape_shift_and_weight(tmp_path, mon
     drawn = []  # (phase's step, clip shape, σ shift, shape weight) per training step
     render, flow_sigmas = train.render, train.flow_sigmas
 
-    def spy_render(objects, frames, height, width, rng, device):
+    def spy_render(objects, frames, height, width, rng, device, *rest):
         drawn.append([(frames, height, width)])
-        return render(objects, frames, height, width, rng, device)
+        return render(objects, frames, height, width, rng, device, *rest)
 
     def spy_sigmas(n, generator, device, sampling, shift):
         drawn[-1].append(shift)
