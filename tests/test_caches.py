@@ -38,6 +38,16 @@ EXPECTED = {
 }
 
 
+# the patterns of PARAMS when the first 4 steps must be computed (a composition window of 2 steps)
+EXPECTED_WINDOW = {
+    "firstblock": ["computed"] * 4 + ["skipped"] * 2,
+    "taylorseer": ["computed"] * 4 + ["predicted", "computed"],  # disable_cache_before_step 4, interval 2
+    "fastercache": EXPECTED["fastercache"],  # unchanged: its timestep ranges decide (the defaults start late)
+    "pab": EXPECTED["pab"],
+    "magcache": ["computed"] * 4 + ["skipped"] * 2,  # retention int(0.667 * 6 + 0.5) = 4 steps
+}
+
+
 @pytest.fixture(scope="module")
 def wan():
     pipe = build_tiny_wan_pipeline()
@@ -461,16 +471,6 @@ def test_clause_composition_keeps_one_batch_size_while_a_cache_runs(name):
     # the composed steps 0-1 and two plain steps after them are computed (caches/window.py); the rest as usual
     assert [s["status"] for s in result.cache["steps"]] == EXPECTED_WINDOW[name], name
     assert result.cache["window"]["compute_first"] == 4
-
-
-# the patterns of PARAMS when the first 4 steps must be computed (a composition window of 2 steps)
-EXPECTED_WINDOW = {
-    "firstblock": ["computed"] * 4 + ["skipped"] * 2,
-    "taylorseer": ["computed"] * 4 + ["predicted", "computed"],  # disable_cache_before_step 4, interval 2
-    "fastercache": EXPECTED["fastercache"],  # unchanged: its timestep ranges decide (the defaults start late)
-    "pab": EXPECTED["pab"],
-    "magcache": ["computed"] * 4 + ["skipped"] * 2,  # retention int(0.667 * 6 + 0.5) = 4 steps
-}
 
 
 def test_window_params_raise_each_cache_to_the_window_and_keep_larger_values():

@@ -100,8 +100,7 @@ def _report(run: Any, result: Any) -> None:
                  + ", ".join(f"{n} {k}" for k, n in c["calls"].items() if n) + " transformer calls)")
         window = c.get("window")
         if window:  # the cache was made to compute the composed steps and two after them (caches/window.py)
-            changed = ", ".join(f"{k} {a} -> {b}" for k, (a, b) in window["changed"].items()
-                                if k != "computed_below_step")
+            changed = ", ".join(f"{k} {a} -> {b}" for k, (a, b) in window["changed"].items())
             line += (f", steps 0-{window['compute_first'] - 1} computed around the clause composition"
                      + (f" ({changed})" if changed else ""))
     if result.clauses:  # each step costs (2 + clauses)x the batch: say why it is slower

@@ -33,7 +33,8 @@ from ..warmup import StepTracker
 def window_params(name: str, params: dict[str, Any], compute_first: int,
                   steps: int | None) -> tuple[dict[str, Any], dict[str, Any]]:
     """(``params`` with the keys that make cache ``name`` compute the first ``compute_first`` steps, the record of
-    what changed: ``{key: [before, after]}``; ``{}`` when nothing had to)."""
+    what changed: ``{key: [before, after]}``; ``{}`` when nothing had to). FirstBlockCache has no such key: its
+    decision is forced instead (:func:`force_compute_below`)."""
     out, changed = dict(params), {}
     if compute_first <= 0:
         return out, changed
@@ -46,8 +47,6 @@ def window_params(name: str, params: dict[str, Any], compute_first: int,
             ratio = min(1.0, math.ceil(compute_first / steps * 1000) / 1000)
             changed["retention_ratio"] = [out["retention_ratio"], ratio]
             out["retention_ratio"] = ratio
-    elif name == "firstblock":
-        changed["computed_below_step"] = [0, compute_first]
     return out, changed
 
 

@@ -64,7 +64,7 @@ def sdpa_block_sparse_attention(
         key_bias = torch.where(valid, block_bias[:, :, i, :, None], neg).view(B, H, 1, cols * bs)[..., :Sk]
         chunk = F.scaled_dot_product_attention(qh[:, :, r0:r1], kh, vh, attn_mask=key_bias)
         kept_row = row_kept[:, :, i, None, None]  # [B, H, 1, 1]
-        nan_row = (row_bad[:, :, i, None] | ~q_ok[:, :, r0:r1]) & row_kept[:, :, i, None]  # [B, H, rows]
+        nan_row = (row_bad[:, :, i, None] | ~q_ok[:, :, r0:r1]) & kept_row[..., 0]  # [B, H, rows]
         out[:, :, r0:r1] = chunk.masked_fill(~kept_row, 0.0).masked_fill(nan_row[..., None], float("nan"))
     return out.transpose(1, 2)
 

@@ -11,6 +11,7 @@ passing over the other in between; the second-named object is drawn on top).
 from __future__ import annotations
 
 import random
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 import numpy as np
@@ -63,15 +64,14 @@ def _object_track(rng: random.Random, obj: ObjectSpec) -> tuple[float, float, fl
     return size, across, y0, across, y0 + dy * travel
 
 
-def _overlaps(a: tuple[float, ...], b: tuple[float, ...], frames: int) -> list[bool]:
-    """Per frame, whether the two tracks' objects overlap (their boxes intersect)."""
-    flags = []
+def _overlaps(a: tuple[float, ...], b: tuple[float, ...], frames: int) -> Iterator[bool]:
+    """Per frame, whether the two tracks' objects overlap (their boxes intersect); lazily, so a caller can stop at
+    the first overlap."""
     for i in range(frames):
         f = i / max(1, frames - 1)
         ax, ay = a[1] + (a[3] - a[1]) * f, a[2] + (a[4] - a[2]) * f
         bx, by = b[1] + (b[3] - b[1]) * f, b[2] + (b[4] - b[2]) * f
-        flags.append(max(abs(ax - bx), abs(ay - by)) < (a[0] + b[0]) / 2)
-    return flags
+        yield max(abs(ax - bx), abs(ay - by)) < (a[0] + b[0]) / 2
 
 
 def _apart(a: tuple[float, ...], b: tuple[float, ...], frames: int) -> bool:
@@ -81,8 +81,19 @@ def _apart(a: tuple[float, ...], b: tuple[float, ...], frames: int) -> bool:
 
 def _crossing(a: tuple[float, ...], b: tuple[float, ...], frames: int) -> bool:
     """Whether two tracks start and end apart and overlap in between (one object passes over the other)."""
-    flags = _overlaps(a, b, frames)
+    flags = list(_overlaps(a, b, frames))
     return not flags[0] and not flags[-1] and any(flags)
+
+
+def _draw_track(rng: random.Random, obj: ObjectSpec, tracks: list[tuple[float, ...]], frames: int,
+                accept: Callable[..., bool]) -> tuple[tuple[float, ...], bool]:
+    """Up to 100 draws of ``obj``'s track until ``accept(track, other, frames)`` holds for every earlier track:
+    (the last draw, whether it was accepted)."""
+    for _ in range(100):
+        track = _object_track(rng, obj)
+        if all(accept(track, other, frames) for other in tracks):
+            return track, True
+    return track, False
 
 
 def _clip_tracks(rng: random.Random, objects: list[ObjectSpec], frames: int,
@@ -94,15 +105,11 @@ def _clip_tracks(rng: random.Random, objects: list[ObjectSpec], frames: int,
     crossing = len(objects) > 1 and cross_prob > 0 and rng.random() < cross_prob
     tracks = [_object_track(rng, objects[0])]
     for obj in objects[1:]:
-        # some pairs cannot cross (e.g. two slow objects far apart): after 100 tries they are drawn apart instead
-        for accept in (_crossing, _apart) if crossing else (_apart,):
-            for _ in range(100):
-                track = _object_track(rng, obj)
-                if all(accept(track, other, frames) for other in tracks):
-                    break
-            else:
-                continue
-            break
+        accepted = False
+        if crossing:
+            track, accepted = _draw_track(rng, obj, tracks, frames, _crossing)
+        if not accepted:  # some pairs cannot cross (e.g. two slow objects far apart): drawn apart instead
+            track, _ = _draw_track(rng, obj, tracks, frames, _apart)
         tracks.append(track)
     return tracks
 

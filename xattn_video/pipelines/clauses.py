@@ -108,12 +108,19 @@ def transformers_of(pipe: Any) -> list[torch.nn.Module]:
     return [m for m in (getattr(pipe, "transformer", None), getattr(pipe, "transformer_2", None)) if m is not None]
 
 
+def composed_clauses(prompt: str, weight: float) -> list[str]:
+    """The clauses a composition at ``weight`` composes for ``prompt``: none when the weight is 0 or the prompt has
+    one clause."""
+    clauses = split_clauses(prompt)
+    return clauses if weight != 0 and len(clauses) >= 2 else []
+
+
 def cache_compute_first(prompt: str, weight: float, steps: int | None = None, start: int = 0) -> int:
     """How many first denoising steps a step cache must compute in full for this composition: two past the last
     step where the prompt's call switches between composed and plain (``steps``, the window's end; else ``start``,
     its beginning), so that no prediction or skip reads the other kind of step (:mod:`xattn_video.caches.window`).
     0 when the composition does not run or runs on every step."""
-    if weight == 0 or len(split_clauses(prompt)) < 2:
+    if not composed_clauses(prompt, weight):
         return 0
     last_switch = steps if steps is not None else start
     return last_switch + 2 if last_switch else 0
@@ -127,8 +134,8 @@ def clause_composition(pipe: Any, prompt: str, weight: float, max_sequence_lengt
     to the pipeline instead of ``prompt``, or None (nothing installed) when ``weight`` is 0 or the prompt has one
     clause. ``steady_batch``: one batch size in every step (set it when a step cache runs). Raises ``ConfigError``
     for pipelines outside the Wan family."""
-    clauses = split_clauses(prompt)
-    if weight == 0 or len(clauses) < 2:
+    clauses = composed_clauses(prompt, weight)
+    if not clauses:
         yield None
         return
     from .family import detect_family
