@@ -23,7 +23,8 @@ TORCH_F32_TOL: dict[str, float] = {"atol": 1e-5, "rtol": 1.3e-6}
 # the committed thumbnail-tied VAE (a pipeline folder's vae/ and training.json): mini training tests start from it
 TIED_VAE = Path(__file__).resolve().parents[1] / "benchmarks" / "results" / "mini-vae-thumb-cpu"
 
-# a two-phase recipe small enough for the CPU, and the mini.train arguments that run it from the tied VAE
+# a two-phase recipe small enough for the CPU, and the mini.train arguments that run it from the tied VAE (a text-gap
+# probe of 2 clips: with the default 16 the log's probes cost 4x the training steps)
 TINY_RECIPE = {"phases": [
     {"name": "first", "steps": 3, "mini_shape": [5, 32, 32], "batch": 2, "warmup": 1, "flow_shift": 3.0},
     {"name": "second", "steps": 4, "mini_shape": [5, 48, 48], "batch": 2, "large_every": 2, "large_batch": 1,
@@ -35,7 +36,7 @@ def tiny_args(tmp_path: Path, *more: str, recipe: dict = TINY_RECIPE) -> list[st
     path = tmp_path / "recipe.json"
     path.write_text(json.dumps(recipe))
     return ["--out", str(tmp_path / "mini"), "--recipe", str(path), "--init-vae", str(TIED_VAE), "--large-shape", "5",
-            "64", "64", "--log-every", "1", "--device", "cpu", *more]
+            "64", "64", "--log-every", "1", "--text-probe-clips", "2", "--device", "cpu", *more]
 
 
 def seed_id(seed: int) -> str:

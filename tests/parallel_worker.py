@@ -7,6 +7,8 @@ XAttention summary and the parallel layout per mode — the mp4 is lossy, the co
 ``python -m tests.parallel_worker hv15 OUT_DIR``: a tiny HunyuanVideo 1.5 transformer, a dense and an XAttention
 forward on one rank and then across both (our plan); rank 0 writes the largest differences and the densities to
 hv15.json.
+``python -m tests.parallel_worker jobs JSON``: several of the above (a JSON list of their argument lists) in one
+process group, one after another: a launch costs two Python start-ups, most of such a test's time on 2 cores.
 """
 
 from __future__ import annotations
@@ -20,26 +22,30 @@ import numpy as np
 
 
 def main(argv: list[str]) -> int:
+    import torch
+    import torch.distributed as dist
+
+    from xattn_video.launch import init_process_group
+
+    rank, world = init_process_group(torch.device("cpu"))
     if argv[0] == "fail":
-        import torch
-        import torch.distributed as dist
-
-        from xattn_video.launch import init_process_group
-
-        rank, _ = init_process_group(torch.device("cpu"))
         if rank == 1:
             raise RuntimeError("injected failure on rank 1")
         dist.barrier()  # rank 0 would wait here for the collective timeout without the launcher
         return 0
+    try:
+        for job in (json.loads(argv[1]) if argv[0] == "jobs" else [argv]):
+            if job[0] == "hv15":
+                _hunyuan_video15(rank, world, Path(job[1]))
+            else:
+                _generate(rank, world, Path(job[1]), job[2].split(","), job[3:])
+            dist.barrier()  # leave together: tearing gloo down under a peer can abort it
+    finally:
+        dist.destroy_process_group()
+    return 0
 
-    if argv[0] == "hv15":
-        return _hunyuan_video15(Path(argv[1]))
 
-    out_dir, modes, overrides = Path(argv[1]), argv[2].split(","), argv[3:]
-    return _generate(out_dir, modes, overrides)
-
-
-def _generate(out_dir: Path, modes: list[str], overrides: list[str]) -> int:
+def _generate(rank: int, world: int, out_dir: Path, modes: list[str], overrides: list[str]) -> None:
     """One 2-rank generation per mode in one process group (each costs a fresh tiny pipeline, not a launch).
 
     Modes: ``dense`` (stock attention), ``xattn`` (enable_context_parallel, then apply_xattention: what
@@ -48,53 +54,44 @@ def _generate(out_dir: Path, modes: list[str], overrides: list[str]) -> int:
     """
     import dataclasses
 
-    import torch
     import torch.distributed as dist
 
     from xattn_video import apply_xattention
     from xattn_video.config import load_config
     from xattn_video.generate import run_pipeline
-    from xattn_video.launch import init_process_group, merge_rank_summaries
+    from xattn_video.launch import merge_rank_summaries
     from xattn_video.pipelines.loading import load_pipeline
     from xattn_video.pipelines.parallel import enable_context_parallel
 
-    rank, world = init_process_group(torch.device("cpu"))
-    try:
-        for mode in modes:
-            run = load_config(overrides=["model.device=cpu", *overrides])
-            pipe = load_pipeline(run.model)
-            handle = None
-            if mode == "xattn-first":
-                handle = apply_xattention(pipe, run.xattn)
-            layout = enable_context_parallel(pipe, world)
-            if mode == "xattn":
-                handle = apply_xattention(pipe, run.xattn)
-            result = run_pipeline(pipe, dataclasses.replace(run, dense=True), show_progress=False,
-                                  decode=rank == 0)
-            summaries: list = [None] * world
-            dist.all_gather_object(summaries, None if handle is None else handle.summary())
-            if handle is not None:
-                handle.remove()
-            if rank == 0:
-                np.save(out_dir / f"frames-{mode}.npy", result.frames)
-                (out_dir / f"summary-{mode}.json").write_text(json.dumps(
-                    {"xattn": merge_rank_summaries(summaries), "parallel": layout.record()}))
-        dist.barrier()  # leave together: tearing gloo down under a peer can abort it
-    finally:
-        dist.destroy_process_group()
-    return 0
+    for mode in modes:
+        run = load_config(overrides=["model.device=cpu", *overrides])
+        pipe = load_pipeline(run.model)
+        handle = None
+        if mode == "xattn-first":
+            handle = apply_xattention(pipe, run.xattn)
+        layout = enable_context_parallel(pipe, world)
+        if mode == "xattn":
+            handle = apply_xattention(pipe, run.xattn)
+        result = run_pipeline(pipe, dataclasses.replace(run, dense=True), show_progress=False,
+                              decode=rank == 0)
+        summaries: list = [None] * world
+        dist.all_gather_object(summaries, None if handle is None else handle.summary())
+        if handle is not None:
+            handle.remove()
+        if rank == 0:
+            np.save(out_dir / f"frames-{mode}.npy", result.frames)
+            (out_dir / f"summary-{mode}.json").write_text(json.dumps(
+                {"xattn": merge_rank_summaries(summaries), "parallel": layout.record()}))
 
 
-def _hunyuan_video15(out_dir: Path) -> int:
+def _hunyuan_video15(rank: int, world: int, out_dir: Path) -> None:
     import torch
     import torch.distributed as dist
     from diffusers import HunyuanVideo15Transformer3DModel
 
     from xattn_video import apply_xattention
-    from xattn_video.launch import init_process_group
     from xattn_video.pipelines.parallel import enable_context_parallel
 
-    rank, world = init_process_group(torch.device("cpu"))
     torch.manual_seed(0)
     model = HunyuanVideo15Transformer3DModel(
         in_channels=4, out_channels=4, num_attention_heads=2, attention_head_dim=64, num_layers=2,
@@ -131,9 +128,6 @@ def _hunyuan_video15(out_dir: Path) -> int:
             "max_abs_diff_sparse": (out_sparse - reference_sparse).abs().max().item(),
             "sparse_vs_dense": (reference_sparse - reference).abs().max().item(),
             "density_one_rank": one["mean_density_sparse_calls"], "density_per_rank": densities}))
-    dist.barrier()  # leave together: tearing gloo down under a peer can abort it
-    dist.destroy_process_group()
-    return 0
 
 
 if __name__ == "__main__":

@@ -237,19 +237,21 @@ def test_fp8_config_is_refused_when_installing_on_a_cpu_model():
 
 @pytest.mark.skipif(HAS_CUDA, reason="the CPU refusal")
 @pytest.mark.parametrize("precision, extra", [("fp8", []), ("int8", ["--gpus", "2", "--device", "cpu"])])
-def test_quantized_precision_on_a_cpu_is_refused_before_the_model_loads(tmp_path, precision, extra):
-    """`xvid generate` with xattn.precision fp8/int8 on the CPU: one line, exit 2, no model loaded (the mini
-    pipeline's loading bar would be on stderr), nothing written; the single process and the multi-rank launcher
-    (one precision each: the operator refuses both alike, test_fp8_is_refused_on_the_cpu_with_one_line)."""
-    import subprocess
-    import sys
+def test_quantized_precision_on_a_cpu_is_refused_before_the_model_loads(tmp_path, capsys, monkeypatch, precision,
+                                                                        extra):
+    """`xvid generate` with xattn.precision fp8/int8 on the CPU: one line, exit 2, no model loaded and no rank
+    started, nothing written; the single process and the multi-rank launcher (one precision each: the operator
+    refuses both alike, test_fp8_is_refused_on_the_cpu_with_one_line)."""
+    from xattn_video.cli import main
 
-    done = subprocess.run([sys.executable, "-m", "xattn_video.cli", "generate", "--model", "mini", "--prompt", "x",
-                           "--set", f"xattn.precision={precision}", "--out", str(tmp_path / "v.mp4"), *extra],
-                          capture_output=True, text=True, timeout=120)
-    assert done.returncode == 2, done.stderr
-    assert done.stderr.startswith(f"xvid generate: error: config key 'xattn.precision': precision '{precision}' "
-                                  "needs a CUDA GPU") and done.stderr.count("\n") == 1, done.stderr
+    monkeypatch.setattr("xattn_video.generate.load_pipeline", lambda *a, **k: pytest.fail("model loaded"))
+    monkeypatch.setattr("xattn_video.launch.launch", lambda *a, **k: pytest.fail("ranks started"))
+    rc = main(["generate", "--model", "mini", "--prompt", "x", "--set", f"xattn.precision={precision}",
+               "--out", str(tmp_path / "v.mp4"), *extra])
+    err = capsys.readouterr().err
+    assert rc == 2, err
+    assert err.startswith(f"xvid generate: error: config key 'xattn.precision': precision '{precision}' "
+                          "needs a CUDA GPU") and err.count("\n") == 1, err
     assert list(tmp_path.iterdir()) == []
 
 

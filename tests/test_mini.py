@@ -437,6 +437,15 @@ def test_two_prob_sets_the_share_of_two_object_clips():
         train.parse_args(["--out", "x", "--two-prob", "1.5"])
 
 
+def test_text_probe_needs_two_clips(capsys):
+    from xattn_video.mini import train
+
+    assert train.parse_args(["--out", "x"]).text_probe_clips == 16
+    with pytest.raises(SystemExit):
+        train.parse_args(["--out", "x", "--text-probe-clips", "1"])
+    assert "--text-probe-clips must be >= 2, got 1" in capsys.readouterr().err
+
+
 def test_cross_prob_draws_two_object_clips_whose_paths_cross():
     seed = int(np.random.SeedSequence().entropy % 2**31)
     objects = [sample_objects(random.Random(seed + i), 1.0) for i in range(24)]
@@ -539,10 +548,11 @@ def test_text_probe_batches_share_clips_and_noise_at_their_own_sigma():
     from xattn_video.mini.model import build_vae
 
     vae = build_vae().eval()
-    args = argparse.Namespace(seed=0, mini_shape=[5, 32, 32], device="cpu")
+    args = argparse.Namespace(seed=0, mini_shape=[5, 32, 32], device="cpu", text_probe_clips=3)
     zero, one = torch.zeros(1, 8, 1, 1, 1), torch.ones(1, 8, 1, 1, 1)
     low, high = text_probe_batches(vae, args, zero, one)
     assert low["prompts"] == high["prompts"] and torch.equal(low["target"], high["target"])
+    assert len(low["prompts"]) == 3 and low["zt"].shape[0] == 3 and low["sigma"].shape == (3,)
     assert high["sigma"].unique().tolist() == [pytest.approx(TEXT_PROBE_SIGMAS[1])]
     # zt = (1 - σ) z0 + σ noise and target = noise - z0, so zt - σ·target = z0: the same clips at both σ
     z_low = low["zt"] - TEXT_PROBE_SIGMAS[0] * low["target"]

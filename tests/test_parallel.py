@@ -106,14 +106,27 @@ def test_merge_rank_summaries_averages_equal_head_shares():
     assert merge_rank_summaries([None, None]) is None
 
 
+@pytest.fixture(scope="module")
+def two_rank_runs(tmp_path_factory) -> Path:
+    """One 2-rank launch for every model's modes and the HunyuanVideo 1.5 check (worker ``jobs``): a launch costs
+    two Python start-ups, most of these tests' time. Each model's outputs in its own folder."""
+    root = tmp_path_factory.mktemp("two-ranks")
+    jobs = [["generate", str(root / model), ",".join(MODES[model]), *MODELS[model], *SMALL, *XATTN]
+            for model in sorted(MODELS)] + [["hv15", str(root / "hv15")]]
+    for job in jobs:
+        Path(job[1]).mkdir()
+    assert launch(2, [WORKER, "jobs", json.dumps(jobs)]) == 0
+    return root
+
+
 @pytest.mark.parametrize("model", sorted(MODELS))
-def test_two_ranks_equal_one_rank(tmp_path, model):
+def test_two_ranks_equal_one_rank(two_rank_runs, model):
     from xattn_video.generate import run_pipeline
     from xattn_video.pipelines.loading import load_pipeline
 
     overrides = [*MODELS[model], *SMALL, *XATTN]
     modes = MODES[model]
-    assert launch(2, [WORKER, "generate", str(tmp_path), ",".join(modes), *overrides]) == 0
+    tmp_path = two_rank_runs / model
     for dense in sorted({mode == "dense" for mode in modes}):
         run = load_config(overrides=["model.device=cpu", *overrides, f"dense={dense}"])
         one = run_pipeline(load_pipeline(run.model), run, show_progress=False)
@@ -137,11 +150,10 @@ def test_two_ranks_equal_one_rank(tmp_path, model):
             assert one.xattn["mean_density_sparse_calls"] < 0.9  # blocks were really skipped on both sides
 
 
-def test_hunyuan_video15_plan_two_ranks_equal_one_rank(tmp_path):
+def test_hunyuan_video15_plan_two_ranks_equal_one_rank(two_rank_runs):
     # diffusers' HunyuanVideo 1.5 processor passes a query x key mask [B, 1, S, S], which Ulysses cannot
     # all-gather; enable_context_parallel routes it through our dispatch, which reduces it to a key mask.
-    assert launch(2, [WORKER, "hv15", str(tmp_path)]) == 0
-    result = json.loads((tmp_path / "hv15.json").read_text())
+    result = json.loads((two_rank_runs / "hv15" / "hv15.json").read_text())
     assert result["max_abs_diff"] < 1e-5 and result["max_abs_diff_sparse"] < 1e-5, result
     assert result["sparse_vs_dense"] > 1e-4, result  # the sparse forward really differs from the dense one
     assert sum(result["density_per_rank"]) / 2 == pytest.approx(result["density_one_rank"], abs=1e-6)

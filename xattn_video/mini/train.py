@@ -135,6 +135,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--text-len", type=int, default=TEXT_LEN,
                    help="text positions per prompt (zero-padded); generation must pass the same max_sequence_length")
     p.add_argument("--log-every", type=int, default=100)
+    p.add_argument("--text-probe-clips", type=int, default=TEXT_PROBE,
+                   help="clips in the fixed batch of the logged text gap (each log step predicts it 4 times)")
     p.add_argument("--mini-shape", type=int, nargs=3, default=list(MINI_SHAPE), metavar=("F", "H", "W"),
                    help="frames, height, width of the mini shape")
     p.add_argument("--large-shape", type=int, nargs=3, default=list(LARGE_SHAPE), metavar=("F", "H", "W"),
@@ -169,6 +171,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     args = p.parse_args(argv)
     if args.init is not None and args.init_vae is not None:
         p.error("--init and --init-vae: --init already takes the VAE")
+    if args.text_probe_clips < 2:  # the gap gives each clip another clip's prompt
+        p.error(f"--text-probe-clips must be >= 2, got {args.text_probe_clips}")
     for flag in ("layers", "text_layers"):
         if getattr(args, flag) is not None and getattr(args, flag) < 1:
             p.error(f"--{flag.replace('_', '-')} must be >= 1, got {getattr(args, flag)}")
@@ -494,13 +498,13 @@ def text_probe_batches(vae: Any, args: argparse.Namespace, mean: torch.Tensor, s
     """A fixed batch (its own seed: training draws nothing from it) at the mini shape, rendered and encoded once
     and noised to each of ``sigmas`` with the same noise: one probe per σ."""
     rng = random.Random(args.seed + 7919)
-    objects = [sample_objects(rng) for _ in range(TEXT_PROBE)]
+    objects = [sample_objects(rng) for _ in range(args.text_probe_clips)]
     z0 = encode_video(vae, render(objects, *args.mini_shape, rng, args.device).video, mean, std)
     noise = torch.randn(z0.shape, generator=torch.Generator(device=args.device).manual_seed(args.seed + 7919),
                         device=args.device)
     prompts = [format_prompt(o) for o in objects]
     return [{"zt": (1 - sigma) * z0 + sigma * noise, "target": noise - z0,
-             "sigma": torch.full((TEXT_PROBE,), sigma, device=args.device), "prompts": prompts}
+             "sigma": torch.full((len(objects),), sigma, device=args.device), "prompts": prompts}
             for sigma in sigmas]
 
 
