@@ -189,8 +189,6 @@ class GenerationConfig:
     clause_weight: float = 0.0
     clause_steps: Optional[int] = None  # compose in the first N denoising steps only (None: every step)
     clause_start: int = 0  # compose from denoising step N on; the steps before run plain (0: from the first)
-    # > 0: in the steps after clause_steps, pull the prediction toward each clause's own where it draws its object
-    clause_keep: float = 0.0
 
 
 @dataclass
@@ -341,8 +339,6 @@ def validate(run: RunConfig) -> None:
     if isinstance(g.clause_start, bool) or not isinstance(g.clause_start, int) or g.clause_start < 0:
         raise ConfigError(f"config key 'generation.clause_start' must be an integer >= 0 (0: from the first step), "
                           f"got {g.clause_start!r}")
-    if isinstance(g.clause_keep, bool) or not isinstance(g.clause_keep, (int, float)) or not g.clause_keep >= 0:
-        raise ConfigError(f"config key 'generation.clause_keep' must be a number >= 0 (0: off), got {g.clause_keep!r}")
     if g.clause_steps is not None and g.clause_start >= g.clause_steps:
         raise ConfigError(f"config key 'generation.clause_start' ({g.clause_start}) must be below "
                           f"'generation.clause_steps' ({g.clause_steps}): no step would be composed")

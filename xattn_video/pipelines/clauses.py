@@ -60,11 +60,11 @@ class ClauseCompositionHook(ModelHook):
 
     def __init__(self, prompt_embeds: torch.Tensor, part_embeds: torch.Tensor, weight: float,
                  steps: int | None = None, tracker: StepTracker | None = None, start: int = 0,
-                 steady_batch: bool = False, keep: float = 0.0):
+                 steady_batch: bool = False):
         super().__init__()
         self.prompt_embeds, self.part_embeds, self.weight = prompt_embeds, part_embeds, float(weight)
         self.steps, self.start, self.tracker = steps, int(start), tracker or StepTracker(None)
-        self.steady_batch, self.keep = steady_batch, float(keep)
+        self.steady_batch = steady_batch
 
     def _is_prompt(self, text: Any) -> bool:
         p = self.prompt_embeds
@@ -80,12 +80,9 @@ class ClauseCompositionHook(ModelHook):
         if self.steps is not None or self.start:
             step = self.tracker.current()
             if step is not None and (step < self.start or (self.steps is not None and step >= self.steps)):
-                after = self.steps is not None and step >= self.steps
-                if not self.steady_batch and not (after and self.keep):
+                if not self.steady_batch:
                     return forward(*args, **kwargs)
                 weight = 0.0  # the widened call all the same, so that a step cache sees one batch size
-                if after and self.keep:
-                    weight = None  # the plain steps after the window keep each clause's object (keep_objects)
         batch = kwargs["hidden_states"].shape[0]
         copies = 1 + self.part_embeds.shape[0]
         parts = self.part_embeds.repeat_interleave(batch, dim=0)  # [(1 + n) B, L, C], B rows per part
@@ -95,9 +92,7 @@ class ClauseCompositionHook(ModelHook):
         out = forward(**wide)
         sample = out[0] if isinstance(out, tuple) else out.sample
         prompt, empty, *clauses = sample.split(batch)
-        if weight is None:
-            blended = keep_objects(prompt, empty, clauses, self.keep)
-        elif weight == 0:  # outside the window, widened only for a step cache
+        if weight == 0:  # outside the window, widened only for a step cache
             blended = prompt
         else:
             composed = empty + sum(clause - empty for clause in clauses)
@@ -106,22 +101,6 @@ class ClauseCompositionHook(ModelHook):
             return (blended, *out[1:])
         out.sample = blended
         return out
-
-
-def keep_objects(prompt: torch.Tensor, empty: torch.Tensor, clauses: list[torch.Tensor],
-                 keep: float) -> torch.Tensor:
-    """The prompt's prediction [B, C, F, H, W] pulled toward each clause's own prediction where that clause draws its
-    object, with weight ``keep``: a clause's object map is the channel norm of its difference from the empty
-    prompt's prediction, scaled to 1 at its peak in each latent frame. Where the maps overlap the pull is their
-    average. Why: after the composed steps the whole prompt's prediction may fade one of two objects while the
-    clause alone still draws it."""
-    maps = []
-    for clause in clauses:
-        norm = (clause - empty).float().norm(dim=1, keepdim=True)  # [B, 1, F, H, W]
-        maps.append(norm / norm.amax(dim=(-2, -1), keepdim=True).clamp_min(1e-6))
-    total = torch.stack(maps).sum(0).clamp_min(1.0)
-    pull = sum(m * (clause.float() - prompt.float()) for m, clause in zip(maps, clauses)) / total
-    return (prompt.float() + keep * pull).to(prompt.dtype)
 
 
 def transformers_of(pipe: Any) -> list[torch.nn.Module]:
@@ -150,8 +129,7 @@ def cache_compute_first(prompt: str, weight: float, steps: int | None = None, st
 @contextlib.contextmanager
 def clause_composition(pipe: Any, prompt: str, weight: float, max_sequence_length: int,
                        device: torch.device | str, steps: int | None = None,
-                       start: int = 0, steady_batch: bool = False,
-                       keep: float = 0.0) -> Iterator[torch.Tensor | None]:
+                       start: int = 0, steady_batch: bool = False) -> Iterator[torch.Tensor | None]:
     """Install :class:`ClauseCompositionHook` for one generation; yields the ``prompt_embeds`` [1, L, C] to pass
     to the pipeline instead of ``prompt``, or None (nothing installed) when ``weight`` is 0 or the prompt has one
     clause. ``steady_batch``: one batch size in every step (set it when a step cache runs). Raises ``ConfigError``
@@ -178,7 +156,7 @@ def clause_composition(pipe: Any, prompt: str, weight: float, max_sequence_lengt
     prompt_embeds, part_embeds = embeds[:1].contiguous(), embeds[1:]
     for module in modules:
         add_hook(module, ClauseCompositionHook(prompt_embeds, part_embeds, weight, steps, StepTracker(pipe), start,
-                                                 steady_batch, keep),
+                                                 steady_batch),
                  CLAUSE_HOOK)
     try:
         yield prompt_embeds
