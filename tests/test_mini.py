@@ -210,7 +210,7 @@ def test_training_smoke_writes_a_loadable_folder(tmp_path):
     out = tmp_path / "mini"
     args = ["--out", str(out), "--vae-steps", "2", "--vae-batch", "2", "--steps", "2", "--batch", "2",
             "--large-batch", "1", "--large-every", "2", "--mini-shape", "5", "32", "32", "--large-shape", "5", "48",
-            "48", "--warmup", "1", "--log-every", "1", "--device", "cpu"]
+            "48", "--warmup", "1", "--log-every", "1", "--text-probe-clips", "2", "--device", "cpu"]
     assert train.main(args) == 0
     record = json.loads((out / "training.json").read_text())
     assert record["steps"] == {"vae": 2, "transformer": 2} and len(record["loss_curve"]) == 2
@@ -279,7 +279,8 @@ def test_training_from_the_committed_vae_init(tmp_path):
     assert record["args"]["vae_thumb"] > 0 and record["init"]["args"]["vae_thumb"] > 0  # both segments tied
     out = tmp_path / "mini"
     args = ["--out", str(out), "--init-vae", str(TIED_VAE), "--steps", "1", "--batch", "1", "--large-every", "0",
-            "--mini-shape", "5", "32", "32", "--warmup", "1", "--log-every", "1", "--device", "cpu"]
+            "--mini-shape", "5", "32", "32", "--warmup", "1", "--log-every", "1", "--text-probe-clips", "2",
+            "--device", "cpu"]
     assert train.main(args) == 0
     written = json.loads((out / "training.json").read_text())
     assert written["steps"]["vae"] == 0 and written["init_vae"]["command"] == record["command"]
@@ -474,6 +475,7 @@ def test_training_smoke_with_latent_reuse(tmp_path):
     out = tmp_path / "mini"
     args = ["--out", str(out), "--vae-steps", "1", "--vae-batch", "2", "--steps", "4", "--batch", "2",
             "--large-every", "0", "--mini-shape", "5", "32", "32", "--warmup", "1", "--log-every", "1",
+            "--text-probe-clips", "2",
             "--large-shape", "5", "32", "32", "--large-batch", "1",  # the VAE's latent statistics encode this shape
             "--latent-reuse", "2", "--encode-every", "2", "--flow-shift", "12", "--large-flow-shift", "30", "--shape-weight", "4",
             "--direction-weight", "2", "--binding-weight", "3", "--two-prob", "0.75", "--grounding-weight", "0.5",
@@ -514,7 +516,8 @@ def test_training_with_compile_trains_the_same_weights(tmp_path, monkeypatch):
 
     monkeypatch.setattr(torch, "compile", eager_compile)
     common = ["--init-vae", str(TIED_VAE), "--steps", "2", "--batch", "2", "--large-every", "0", "--mini-shape", "5",
-              "32", "32", "--warmup", "1", "--log-every", "1", "--ema", "0", "--device", "cpu"]
+              "32", "32", "--warmup", "1", "--log-every", "1", "--text-probe-clips", "2", "--ema", "0",
+              "--device", "cpu"]
     assert train.main(["--out", str(tmp_path / "plain"), *common]) == 0 and not calls
     assert train.main(["--out", str(tmp_path / "compiled"), "--compile", *common]) == 0
     assert calls == [{"dynamic": False}] and len(forwards) == 2  # each training step ran the compiled forward
@@ -535,6 +538,7 @@ def test_training_goes_on_eager_when_compile_fails(tmp_path, monkeypatch, capsys
     monkeypatch.setattr(torch, "compile", lambda model, **kwargs: broken)
     args = ["--out", str(tmp_path / "mini"), "--init-vae", str(TIED_VAE), "--compile", "--steps", "2", "--batch", "1",
             "--large-every", "0", "--mini-shape", "5", "32", "32", "--warmup", "1", "--log-every", "1",
+            "--text-probe-clips", "2",
             "--device", "cpu"]
     assert train.main(args) == 0
     lines = [line for line in capsys.readouterr().out.splitlines() if "torch.compile failed" in line]
