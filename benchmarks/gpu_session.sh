@@ -22,7 +22,7 @@ gpu() { python3 -c "from xattn_video.bench.e2e import gpu_slug; print(gpu_slug()
 for step in "$@"; do
   echo "=== $step $(date +%T)"
   case $step in
-    tests) timeout 240 python3 -m pytest -q -x -p no:cacheprovider tests/test_kernels_*.py tests/test_pipeline_hunyuan.py tests/test_pipeline_gpu.py 2>&1 | tail -25 ;;
+    tests) timeout 420 python3 -m pytest -q -x -p no:cacheprovider tests/test_kernels_*.py tests/test_pipeline_hunyuan.py tests/test_pipeline_gpu.py 2>&1 | tail -25 ;;
     hopper) timeout 420 python3 benchmarks/bench_kernels_hopper.py --time-limit ${HOPPER_LIMIT:-330} --out-dir "$OUT" 2>&1 | tee "$OUT/hopper.txt" | grep -v "^|" | tail -150 ;;
     gluon-tests) timeout 420 python3 -m pytest -q -p no:cacheprovider tests/test_kernels_gluon.py tests/test_kernels_gpu.py tests/test_kernels_compile.py 2>&1 | tee "$OUT/gluon-tests.log" | tail -25 ;;
     hopper-gluon) timeout 420 python3 benchmarks/bench_kernels_hopper.py --variants v1-sparse-bf16 gluon-sparse-bf16 gluon-dense-bf16 gluon-int8-sparse gluon-int8-dense gluon-fp8-sparse gluon-fp8-dense gluon-fp8-sparse-pvfp8 gluon-nopp-sparse-bf16 gluon-s3-nopp-sparse-bf16 int8-sparse fp8-sparse --no-extra --time-limit ${HOPPER_LIMIT:-330} --out-dir "$OUT" 2>&1 | tee "$OUT/hopper.txt" | grep -v "^|" | tail -60 ;;
