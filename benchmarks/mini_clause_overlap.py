@@ -35,28 +35,14 @@ def overlap(empty: torch.Tensor, parts: list[torch.Tensor]) -> float:
 
 
 def recording_hook(record: dict[int, float]) -> type:
-    """The composition hook, also recording each composed step's overlap (the same blend as the shipped hook)."""
+    """The composition hook, also recording the overlap at each composed step (its blend unchanged)."""
 
     class Recording(clauses.ClauseCompositionHook):
-        def new_forward(self, module, *args, **kwargs):
+        def blend(self, prompt, empty, parts, weight):
             step = self.tracker.current()
-            text = kwargs.get("encoder_hidden_states")
-            if args or not self._is_prompt(text) or step is None or step >= (self.steps or step + 1):
-                return super().new_forward(module, *args, **kwargs)
-            batch = kwargs["hidden_states"].shape[0]
-            copies = 1 + self.part_embeds.shape[0]
-            wide = {k: (torch.cat([v] * copies) if isinstance(v, torch.Tensor) and v.ndim > 0 and v.shape[0] == batch
-                        else v) for k, v in kwargs.items()}
-            wide["encoder_hidden_states"] = torch.cat([text, self.part_embeds.repeat_interleave(batch, dim=0)])
-            out = self.fn_ref.original_forward(**wide)
-            sample = out[0] if isinstance(out, tuple) else out.sample
-            prompt, empty, *parts = sample.split(batch)
-            record[step] = overlap(empty, parts)
-            blended = prompt + self.weight * (empty + sum(p - empty for p in parts) - prompt)
-            if isinstance(out, tuple):
-                return (blended, *out[1:])
-            out.sample = blended
-            return out
+            if weight != 0 and step is not None:
+                record[step] = overlap(empty, parts)
+            return super().blend(prompt, empty, parts, weight)
 
     return Recording
 

@@ -42,7 +42,8 @@ def _wait_for(pattern: str, folder: Path, proc: subprocess.Popen, timeout: float
 
 
 # Each subprocess test sends one of the two signals (a process start costs 10-25 s of CI on 2 cores): Ctrl-C to a
-# single-process run, SIGTERM (a job scheduler's) to the launcher; both go through one handler (signals.py).
+# single-process run, SIGTERM (a job scheduler's) to the launcher; every signal the launcher can report reaches the
+# CLI in the in-process test at the end of this file.
 @pytest.mark.parametrize("sig, code, word", [(signal.SIGINT, 130, "interrupted")])
 def test_signal_during_mp4_write_leaves_no_temp_file(tmp_path, sig, code, word):
     out = tmp_path / "v.mp4"

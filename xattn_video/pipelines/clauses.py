@@ -71,6 +71,15 @@ class ClauseCompositionHook(ModelHook):
         return isinstance(text, torch.Tensor) and (text is p or (text.data_ptr() == p.data_ptr()
                                                                  and text.shape == p.shape))
 
+    def blend(self, prompt: torch.Tensor, empty: torch.Tensor, clauses: list[torch.Tensor],
+              weight: float) -> torch.Tensor:
+        """The module docstring's blend of the predictions [B, C, F, H, W] of the prompt, the empty prompt and each
+        clause; ``weight`` 0 (outside the window, widened only for a step cache): the prompt's own."""
+        if weight == 0:
+            return prompt
+        composed = empty + sum(clause - empty for clause in clauses)
+        return prompt + weight * (composed - prompt)
+
     def new_forward(self, module: torch.nn.Module, *args: Any, **kwargs: Any) -> Any:
         forward = self.fn_ref.original_forward
         text = kwargs.get("encoder_hidden_states")
@@ -92,11 +101,7 @@ class ClauseCompositionHook(ModelHook):
         out = forward(**wide)
         sample = out[0] if isinstance(out, tuple) else out.sample
         prompt, empty, *clauses = sample.split(batch)
-        if weight == 0:  # outside the window, widened only for a step cache
-            blended = prompt
-        else:
-            composed = empty + sum(clause - empty for clause in clauses)
-            blended = prompt + weight * (composed - prompt)
+        blended = self.blend(prompt, empty, clauses, weight)
         if isinstance(out, tuple):
             return (blended, *out[1:])
         out.sample = blended
