@@ -107,8 +107,6 @@ def _report(run: Any, result: Any) -> None:
         line += (f"; clause composition: {len(result.clauses)} clauses at weight {g.clause_weight:g}"
                  f"{'' if not g.clause_start else f' from step {g.clause_start}'}"
                  f"{'' if g.clause_steps is None else f' before step {g.clause_steps}'}")
-        if result.clause_noise is not None:  # the choice sampled every candidate to the window's end first
-            line += f", noise {result.clause_noise} of {g.clause_candidates} chosen"
     parallel = result.meta.get("parallel")
     if parallel:
         line += (f"; {parallel['world_size']} ranks (Ulysses degree {parallel['ulysses_degree']}, "

@@ -189,9 +189,6 @@ class GenerationConfig:
     clause_weight: float = 0.0
     clause_steps: Optional[int] = None  # compose in the first N denoising steps only (None: every step)
     clause_start: int = 0  # compose from denoising step N on; the steps before run plain (0: from the first)
-    # > 1: a composed prompt starts from the one of this many seeded noises whose clauses overlap least at the last
-    # composed step (pipelines/clause_noise.py); 1: the seed's own noise
-    clause_candidates: int = 1
 
 
 @dataclass
@@ -342,9 +339,6 @@ def validate(run: RunConfig) -> None:
     if isinstance(g.clause_start, bool) or not isinstance(g.clause_start, int) or g.clause_start < 0:
         raise ConfigError(f"config key 'generation.clause_start' must be an integer >= 0 (0: from the first step), "
                           f"got {g.clause_start!r}")
-    if isinstance(g.clause_candidates, bool) or not isinstance(g.clause_candidates, int) or g.clause_candidates < 1:
-        raise ConfigError(f"config key 'generation.clause_candidates' must be an integer >= 1 (1: the seed's own "
-                          f"noise), got {g.clause_candidates!r}")
     if g.clause_steps is not None and g.clause_start >= g.clause_steps:
         raise ConfigError(f"config key 'generation.clause_start' ({g.clause_start}) must be below "
                           f"'generation.clause_steps' ({g.clause_steps}): no step would be composed")

@@ -19,8 +19,7 @@ from .pipelines.family import apply_xattention, check_precision_runs
 from .pipelines.hunyuan_video15 import asked_size
 from .pipelines.limits import check_model_size, check_pipeline_size
 from .pipelines.loading import is_tiny, load_pipeline, pipeline_class_for, resolve_device, takes_image
-from .pipelines.clause_noise import choose_clause_noise
-from .pipelines.clauses import cache_compute_first, clause_composition, composed_clauses, split_clauses
+from .pipelines.clauses import cache_compute_first, clause_composition, split_clauses
 from .pipelines.sampler import sampler_shift
 from .video_io import OutputPathError, write_json, write_mp4
 from .video_io import check_out as check_video_out
@@ -49,7 +48,6 @@ class GenerationResult:
     xattn: dict | None  # handle summary (density per step and layer), None for dense runs
     cache: dict | None = None  # step cache ledger (computed/skipped/predicted/reused per step), None without one
     clauses: list[str] | None = None  # the prompt's clauses when clause composition ran, else None
-    clause_noise: int | None = None  # the chosen one of generation.clause_candidates noises (0: the seed's own)
     video_path: Path | None = None
     json_path: Path | None = None
     meta: dict = field(default_factory=dict)
@@ -155,6 +153,20 @@ def run_pipeline(pipe: Any, run: RunConfig, latents: torch.Tensor | None = None,
             print("model.compile: the first denoising step compiles the transformer blocks (1-3 min at full size)",
                   file=sys.stderr, flush=True)
         compile_pipeline(pipe)  # once per pipeline; the first step pays for the compilation
+    handle = None if run.dense else apply_xattention(pipe, run.xattn)
+    cache = None
+    if run.cache.name is not None:
+        from .caches.apply import enable_step_cache
+
+        try:
+            # the composed steps and two after them are computed: predicting from them costs two-object prompts
+            compute_first = cache_compute_first(g.prompt, g.clause_weight, g.clause_steps, g.clause_start)
+            cache = enable_step_cache(pipe, run.cache, steps=g.steps, compute_first=compute_first)
+        except BaseException:
+            if handle is not None:
+                handle.remove()
+            raise
+        cache.reset()  # a generation cut short earlier may have left cache state behind
     step_ends: list[float] = []
 
     def on_step_end(_pipe: Any, _i: int, _t: Any, kwargs: dict) -> dict:
@@ -175,33 +187,6 @@ def run_pipeline(pipe: Any, run: RunConfig, latents: torch.Tensor | None = None,
     accepted = inspect.signature(pipe.__call__).parameters
     kwargs = {k: v for k, v in kwargs.items() if k in accepted and (v is not None or k == "negative_prompt")}
     pipe.set_progress_bar_config(disable=not show_progress)
-    noise_choice, choice_seconds = None, 0.0
-    if "latents" not in kwargs and g.clause_candidates > 1 and composed_clauses(g.prompt, g.clause_weight):
-        # before XAttention and a step cache: dense and sparse runs of one seed start from the same chosen noise
-        _sync(device)
-        choice_start = time.perf_counter()
-        with asked_size(pipe, g.height, g.width), sampler_shift(pipe, g.flow_shift):
-            chosen = choose_clause_noise(pipe, kwargs, g.clause_candidates, g.seed, g.clause_weight,
-                                         g.max_sequence_length, device, g.clause_steps, g.clause_start)
-        if chosen is not None:
-            kwargs.pop("generator", None)
-            kwargs["latents"], noise_choice = chosen
-        _sync(device)
-        choice_seconds = time.perf_counter() - choice_start  # counted in the generation's time
-    handle = None if run.dense else apply_xattention(pipe, run.xattn)
-    cache = None
-    if run.cache.name is not None:
-        from .caches.apply import enable_step_cache
-
-        try:
-            # the composed steps and two after them are computed: predicting from them costs two-object prompts
-            compute_first = cache_compute_first(g.prompt, g.clause_weight, g.clause_steps, g.clause_start)
-            cache = enable_step_cache(pipe, run.cache, steps=g.steps, compute_first=compute_first)
-        except BaseException:
-            if handle is not None:
-                handle.remove()
-            raise
-        cache.reset()  # a generation cut short earlier may have left cache state behind
     clauses = None
     try:
         _sync(device)
@@ -215,7 +200,7 @@ def run_pipeline(pipe: Any, run: RunConfig, latents: torch.Tensor | None = None,
                 clauses = split_clauses(g.prompt)
             output = pipe(**kwargs)
         _sync(device)
-        total = time.perf_counter() - start + choice_seconds
+        total = time.perf_counter() - start
         summary = handle.summary() if handle is not None else None
         cache_summary = cache.summary() if cache is not None else None
         if summary is not None and cache_summary is not None:
@@ -236,8 +221,7 @@ def run_pipeline(pipe: Any, run: RunConfig, latents: torch.Tensor | None = None,
         frames = np.zeros((0, 0, 0, 3), np.float32)
     per_step = [b - a for a, b in zip([start] + step_ends[:-1], step_ends)]
     return GenerationResult(frames=frames, seconds_total=total, seconds_per_step=per_step, xattn=summary,
-                            cache=cache_summary, clauses=clauses,
-                            clause_noise=None if noise_choice is None else int(noise_choice))
+                            cache=cache_summary, clauses=clauses)
 
 
 def environment() -> dict:
@@ -312,7 +296,6 @@ def run_record(result: GenerationResult, run: RunConfig, pipe: Any) -> dict:
         "xattn": result.xattn,
         "cache": result.cache,
         "clauses": result.clauses,
-        "clause_noise": result.clause_noise,
         "note": "tiny random-weight model: the video is noise" if is_tiny(run.model) else None,
     }
 

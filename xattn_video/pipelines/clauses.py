@@ -43,19 +43,6 @@ from .dispatch import add_hook, remove_hook
 CLAUSE_HOOK = "xattn_video.clause_composition"
 
 
-def clause_overlap(empty: torch.Tensor, clauses: list[torch.Tensor]) -> torch.Tensor:
-    """How much the clauses draw their objects in the same cells: ``empty`` and each of ``clauses`` [B, C, F, H, W]
-    (one step's predictions) -> [B] float32 in [0, 1]. A clause's object map is the norm over channels of
-    ``v(clause) − v(∅)``, a distribution over each latent frame's cells; two maps share ``Σ min(p_a, p_b)``
-    (0 apart, 1 the same place), averaged over latent frames and clause pairs."""
-    maps = []
-    for clause in clauses:
-        energy = (clause.float() - empty.float()).norm(dim=1).flatten(2)  # [B, F, H·W]
-        maps.append(energy / energy.sum(-1, keepdim=True).clamp_min(1e-12))
-    shared = [torch.minimum(a, b).sum(-1).mean(-1) for i, a in enumerate(maps) for b in maps[i + 1:]]
-    return torch.stack(shared).mean(0)
-
-
 def split_clauses(prompt: str) -> list[str]:
     """The prompt's clauses, its parts between the word "and": ``["a red ball moving left", "a white square moving
     down"]``; one clause for a prompt without "and"."""
@@ -69,17 +56,15 @@ class ClauseCompositionHook(ModelHook):
     module docstring, in the denoising steps ``start`` ≤ step < ``steps`` (None: to the last step; the step is read
     from the running pipeline as warmup reads it); every other call runs as is. ``steady_batch``: the prompt's calls
     outside that window are widened all the same and return the prompt's own prediction, because a step cache
-    (xattn_video.caches) keeps activations of the batch it saw and breaks when it changes (4 -> 1 rows).
-    ``overlaps``: a list that gets ``(step, clause_overlap [B])`` appended on every composed call (the noise choice
-    of :mod:`.clause_noise` reads it); None records nothing."""
+    (xattn_video.caches) keeps activations of the batch it saw and breaks when it changes (4 -> 1 rows)."""
 
     def __init__(self, prompt_embeds: torch.Tensor, part_embeds: torch.Tensor, weight: float,
                  steps: int | None = None, tracker: StepTracker | None = None, start: int = 0,
-                 steady_batch: bool = False, overlaps: list[tuple[int | None, torch.Tensor]] | None = None):
+                 steady_batch: bool = False):
         super().__init__()
         self.prompt_embeds, self.part_embeds, self.weight = prompt_embeds, part_embeds, float(weight)
         self.steps, self.start, self.tracker = steps, int(start), tracker or StepTracker(None)
-        self.steady_batch, self.overlaps = steady_batch, overlaps
+        self.steady_batch = steady_batch
 
     def _is_prompt(self, text: Any) -> bool:
         p = self.prompt_embeds
@@ -116,8 +101,6 @@ class ClauseCompositionHook(ModelHook):
         out = forward(**wide)
         sample = out[0] if isinstance(out, tuple) else out.sample
         prompt, empty, *clauses = sample.split(batch)
-        if self.overlaps is not None and weight != 0:
-            self.overlaps.append((self.tracker.current(), clause_overlap(empty, clauses)))
         blended = self.blend(prompt, empty, clauses, weight)
         if isinstance(out, tuple):
             return (blended, *out[1:])
@@ -151,13 +134,11 @@ def cache_compute_first(prompt: str, weight: float, steps: int | None = None, st
 @contextlib.contextmanager
 def clause_composition(pipe: Any, prompt: str, weight: float, max_sequence_length: int,
                        device: torch.device | str, steps: int | None = None,
-                       start: int = 0, steady_batch: bool = False,
-                       overlaps: list | None = None) -> Iterator[torch.Tensor | None]:
+                       start: int = 0, steady_batch: bool = False) -> Iterator[torch.Tensor | None]:
     """Install :class:`ClauseCompositionHook` for one generation; yields the ``prompt_embeds`` [1, L, C] to pass
     to the pipeline instead of ``prompt``, or None (nothing installed) when ``weight`` is 0 or the prompt has one
-    clause. ``steady_batch``: one batch size in every step (set it when a step cache runs); ``overlaps``: the
-    hook's record of the clauses' overlap per composed call. Raises ``ConfigError`` for pipelines outside the Wan
-    family."""
+    clause. ``steady_batch``: one batch size in every step (set it when a step cache runs). Raises ``ConfigError``
+    for pipelines outside the Wan family."""
     clauses = composed_clauses(prompt, weight)
     if not clauses:
         yield None
@@ -180,7 +161,7 @@ def clause_composition(pipe: Any, prompt: str, weight: float, max_sequence_lengt
     prompt_embeds, part_embeds = embeds[:1].contiguous(), embeds[1:]
     for module in modules:
         add_hook(module, ClauseCompositionHook(prompt_embeds, part_embeds, weight, steps, StepTracker(pipe), start,
-                                                 steady_batch, overlaps),
+                                                 steady_batch),
                  CLAUSE_HOOK)
     try:
         yield prompt_embeds
