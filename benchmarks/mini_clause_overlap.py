@@ -58,12 +58,13 @@ def main() -> None:
     p.add_argument("--pair-seed", type=int, default=77)
     p.add_argument("--model", default="mini")
     p.add_argument("--device", default="cpu")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="config overrides (repeatable)")
     p.add_argument("--candidates", type=int, default=1, help="noises per pair (candidate k: seed + k * 100003)")
     p.add_argument("--out", type=Path, default=None, help="JSON of the rows")
     args = p.parse_args()
     pairs = [pair for pair in held_out_pairs(2 * args.pairs, seed=args.pair_seed, first_seed=20_000)
              if len(clauses.split_clauses(pair[0])) == 2]
-    base = [f"model.path={args.model}", f"model.device={args.device}"]
+    base = [f"model.path={args.model}", f"model.device={args.device}", *args.set]
     pipe = load_pipeline(load_config(None, base).model)
     record: dict[int, float] = {}
     clauses.ClauseCompositionHook = recording_hook(record)  # clause_composition builds the hook by this name
