@@ -189,7 +189,6 @@ class GenerationConfig:
     clause_weight: float = 0.0
     clause_steps: Optional[int] = None  # compose in the first N denoising steps only (None: every step)
     clause_start: int = 0  # compose from denoising step N on; the steps before run plain (0: from the first)
-    clause_mirror: bool = False  # every second clause sees the latents mirrored across its motion (experiment)
 
 
 @dataclass

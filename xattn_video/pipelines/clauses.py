@@ -60,14 +60,11 @@ class ClauseCompositionHook(ModelHook):
 
     def __init__(self, prompt_embeds: torch.Tensor, part_embeds: torch.Tensor, weight: float,
                  steps: int | None = None, tracker: StepTracker | None = None, start: int = 0,
-                 steady_batch: bool = False, mirror: list[int | None] | None = None):
+                 steady_batch: bool = False):
         super().__init__()
         self.prompt_embeds, self.part_embeds, self.weight = prompt_embeds, part_embeds, float(weight)
         self.steps, self.start, self.tracker = steps, int(start), tracker or StepTracker(None)
         self.steady_batch = steady_batch
-        # per clause: None, or the latent dim (-2 rows, -1 columns) along which that clause sees the latents
-        # mirrored (its difference from the empty prompt, predicted on the mirrored latents, is flipped back)
-        self.mirror = mirror or [None] * (part_embeds.shape[0] - 1)
 
     def _is_prompt(self, text: Any) -> bool:
         p = self.prompt_embeds
@@ -95,35 +92,20 @@ class ClauseCompositionHook(ModelHook):
                 if not self.steady_batch:
                     return forward(*args, **kwargs)
                 weight = 0.0  # the widened call all the same, so that a step cache sees one batch size
-        x = kwargs["hidden_states"]
-        batch = x.shape[0]
-        flips = [dim for dim in self.mirror if dim is not None]
-        copies = 1 + self.part_embeds.shape[0] + len(flips)
+        batch = kwargs["hidden_states"].shape[0]
+        copies = 1 + self.part_embeds.shape[0]
         parts = self.part_embeds.repeat_interleave(batch, dim=0)  # [(1 + n) B, L, C], B rows per part
-        empties = self.part_embeds[:1].repeat_interleave(batch * len(flips), dim=0)
         wide = {key: (torch.cat([value] * copies) if isinstance(value, torch.Tensor) and value.ndim > 0
                       and value.shape[0] == batch else value) for key, value in kwargs.items()}
-        wide["encoder_hidden_states"] = torch.cat([text, parts, empties])
-        if flips:
-            wide["hidden_states"] = torch.cat([x, x, *[x if d is None else x.flip(d) for d in self.mirror],
-                                               *[x.flip(d) for d in flips]])
+        wide["encoder_hidden_states"] = torch.cat([text, parts])
         out = forward(**wide)
         sample = out[0] if isinstance(out, tuple) else out.sample
-        prompt, empty, *rest = sample.split(batch)
-        clauses, mirrored_empties = rest[:len(self.mirror)], iter(rest[len(self.mirror):])
-        clauses = [c if d is None else empty + (c - next(mirrored_empties)).flip(d)
-                   for c, d in zip(clauses, self.mirror)]
+        prompt, empty, *clauses = sample.split(batch)
         blended = self.blend(prompt, empty, clauses, weight)
         if isinstance(out, tuple):
             return (blended, *out[1:])
         out.sample = blended
         return out
-
-
-def mirror_dim(clause: str) -> int:
-    """The latent dim to mirror a clause's view along without reversing its motion: rows (-2) for a clause moving
-    left or right, columns (-1) for one moving up or down (rows when it names no direction)."""
-    return -1 if re.search(r"\b(up|down|upward|downward)s?\b", clause) else -2
 
 
 def transformers_of(pipe: Any) -> list[torch.nn.Module]:
@@ -152,8 +134,7 @@ def cache_compute_first(prompt: str, weight: float, steps: int | None = None, st
 @contextlib.contextmanager
 def clause_composition(pipe: Any, prompt: str, weight: float, max_sequence_length: int,
                        device: torch.device | str, steps: int | None = None,
-                       start: int = 0, steady_batch: bool = False,
-                       mirror: bool = False) -> Iterator[torch.Tensor | None]:
+                       start: int = 0, steady_batch: bool = False) -> Iterator[torch.Tensor | None]:
     """Install :class:`ClauseCompositionHook` for one generation; yields the ``prompt_embeds`` [1, L, C] to pass
     to the pipeline instead of ``prompt``, or None (nothing installed) when ``weight`` is 0 or the prompt has one
     clause. ``steady_batch``: one batch size in every step (set it when a step cache runs). Raises ``ConfigError``
@@ -178,10 +159,9 @@ def clause_composition(pipe: Any, prompt: str, weight: float, max_sequence_lengt
         embeds, _ = pipe.encode_prompt(prompt=[prompt, "", *clauses], do_classifier_free_guidance=False,
                                        max_sequence_length=max_sequence_length, device=device, dtype=dtype)
     prompt_embeds, part_embeds = embeds[:1].contiguous(), embeds[1:]
-    flips = [mirror_dim(clause) if mirror and i % 2 else None for i, clause in enumerate(clauses)]
     for module in modules:
         add_hook(module, ClauseCompositionHook(prompt_embeds, part_embeds, weight, steps, StepTracker(pipe), start,
-                                                 steady_batch, flips),
+                                                 steady_batch),
                  CLAUSE_HOOK)
     try:
         yield prompt_embeds
