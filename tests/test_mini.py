@@ -469,6 +469,29 @@ def test_cross_prob_draws_two_object_clips_whose_paths_cross():
         train.parse_args(["--out", "x", "--cross-prob", "-0.1"])
 
 
+def test_partial_prob_names_one_object_of_some_two_object_clips(capsys):
+    from xattn_video.mini import train
+    from xattn_video.mini.data import named_objects
+
+    seed = int(np.random.SeedSequence().entropy % 2**31)
+    rng = random.Random(seed)
+    clips = [sample_objects(rng, 1.0) for _ in range(400)]
+    named = [named_objects(o, rng, 0.3) for o in clips]
+    partial = [n for n, o in zip(named, clips) if len(n) < len(o)]
+    assert all(len(n) == 1 and n[0] in o for n, o in zip(named, clips) if len(n) < len(o)), seed
+    assert 0.2 < len(partial) / len(clips) < 0.4, f"seed {seed}: {len(partial)} of {len(clips)} partial"
+    slots = {next(i for i, x in enumerate(o) if x is n[0]) for n, o in zip(named, clips) if len(n) < len(o)}
+    assert slots == {0, 1}, f"seed {seed}: the named object is always slot {slots}"
+    quiet = random.Random(seed)  # 0 and lone clips draw nothing: the shipped recipe's random sequence is kept
+    assert named_objects(clips[0], quiet, 0.0) is clips[0] and named_objects(clips[0][:1], quiet, 1.0) == clips[0][:1]
+    assert quiet.random() == random.Random(seed).random()
+    with pytest.raises(SystemExit):
+        train.parse_args(["--out", "x", "--partial-prob", "1.5"])
+    with pytest.raises(SystemExit):
+        train.parse_args(["--out", "x", "--partial-prob", "0.3", "--grounding-weight", "1"])
+    assert "cannot be combined" in capsys.readouterr().err
+
+
 def test_training_smoke_with_latent_reuse(tmp_path):
     from xattn_video.mini import train
 

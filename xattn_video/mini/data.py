@@ -49,6 +49,16 @@ def training_prompt(objects: list[ObjectSpec], rng: random.Random) -> str:
     return text[0].upper() + text[1:] if rng.random() < 0.2 else text
 
 
+def named_objects(objects: list[ObjectSpec], rng: random.Random, partial_prob: float = 0.0) -> list[ObjectSpec]:
+    """The objects a clip's prompt names: all of them, or, in the share ``partial_prob`` of clips with several
+    objects, one of them at random (a partial caption: "a red ball moving left" also describes a clip where a blue
+    square moves too, which is what clause composition assumes of a lone clause). Draws from ``rng`` only when
+    ``partial_prob`` > 0 and the clip has several objects, so 0 keeps the shipped weights' random sequence."""
+    if partial_prob > 0 and len(objects) > 1 and rng.random() < partial_prob:
+        return [objects[rng.randrange(len(objects))]]
+    return objects
+
+
 def _object_track(rng: random.Random, obj: ObjectSpec) -> tuple[float, float, float, float, float]:
     """(size, x0, y0, x1, y1) in frame fractions for one object: it stays inside the frame from start to end."""
     size = rng.uniform(*SIZE_RANGE)

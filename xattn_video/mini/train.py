@@ -39,7 +39,7 @@ import torch.nn.functional as F
 
 from ..video_io import atomic_write
 from . import compile_cache
-from .data import random_clips, render, training_prompt
+from .data import named_objects, random_clips, render, training_prompt
 from .grammar import MAX_OBJECTS, ObjectSpec, format_prompt, sample_objects, swap_clip
 from .grounding import CrossAttentionMaps, grounding_loss, prompts_in_window, token_regions
 from .grow import load_deepened
@@ -112,6 +112,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="share of the two-object clips whose objects' paths cross (apart in the first and last "
                         "frames, one passing over the other between; data.render). 0: they never overlap (the "
                         "shipped weights' data), and a sample whose clauses start on crossing paths fades one")
+    p.add_argument("--partial-prob", type=float, default=0.0,
+                   help="share of the two-object clips whose prompt names only one of their objects (data."
+                        "named_objects): a lone clause then means 'this object, whatever else is there', as clause "
+                        "composition reads it; 0: every prompt names every object (the shipped weights' data)")
     p.add_argument("--latent-reuse", type=int, default=1,
                    help="each clip's latents serve this many steps on average (fresh noise and σ each time): a step "
                         "renders and encodes 1/N of its batch and draws the rest from the recent clips (1: no reuse)")
@@ -214,6 +218,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         p.error(f"--two-prob must be in [0, 1], got {args.two_prob}")
     if not 0 <= args.cross_prob <= 1:
         p.error(f"--cross-prob must be in [0, 1], got {args.cross_prob}")
+    if not 0 <= args.partial_prob <= 1:
+        p.error(f"--partial-prob must be in [0, 1], got {args.partial_prob}")
+    if args.partial_prob > 0 and args.grounding_weight > 0:  # grounding reads object i as the prompt's i-th clause
+        p.error("--partial-prob and --grounding-weight cannot be combined: a partial prompt has fewer clauses than "
+                "its clip has objects")
     for flag in ("shape_weight", "direction_weight", "binding_weight", "grounding_weight"):
         if getattr(args, flag) < 0:
             p.error(f"--{flag.replace('_', '-')} must be >= 0, got {getattr(args, flag)}")
@@ -462,9 +471,10 @@ def draw_batch(pool: LatentPool, batch: int, shape: list[int], vae: Any, mean: t
     ``grounding``, the objects' regions [B, MAX_OBJECTS, F', H', W'] (else None)."""
     objects = [sample_objects(rng, args.two_prob) for _ in range(pool.fresh(batch))]
     if args.latent_reuse <= 1:  # the shipped weights' draw order
-        prompts = ["" if rng.random() < args.uncond else training_prompt(o, rng) for o in objects]
+        prompts = ["" if rng.random() < args.uncond
+                   else training_prompt(named_objects(o, rng, args.partial_prob), rng) for o in objects]
     else:  # the pool keeps full prompts; each use drops one for guidance on its own
-        prompts = [training_prompt(o, rng) for o in objects]
+        prompts = [training_prompt(named_objects(o, rng, args.partial_prob), rng) for o in objects]
     swap_weights = {"shape": args.shape_weight, "direction": args.direction_weight, "binding": args.binding_weight}
     weighted = any(w > 0 for w in swap_weights.values())
     z0 = None  # no new clips on the steps between --encode-every's encodings
