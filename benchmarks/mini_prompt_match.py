@@ -85,7 +85,7 @@ def paired_objects(dense: list[dict], sparse: list[dict]) -> dict[str, int]:
 def main(argv: list[str] | None = None) -> int:
     from xattn_video.config import load_config
     from xattn_video.eval.scorers.prompt_match import (DIRECTION_OUTCOMES, direction_outcome, object_checks,
-                                                        read_objects, score_readings)
+                                                        read_objects, score_readings, unasked_colours)
     from xattn_video.generate import run_pipeline
     from xattn_video.mini.grammar import held_out_pairs, parse_prompt
     from xattn_video.pipelines.loading import load_pipeline
@@ -183,7 +183,8 @@ def main(argv: list[str] | None = None) -> int:
                 pair_outcomes = [direction_outcome(reading, obj) for reading, obj in zip(readings, objects)]
                 per_pair.append({"prompt": prompt, "seed": seed, "directions": pair_outcomes,
                                  "right": [all(object_checks(r, o)) for r, o in zip(readings, objects)],
-                                 "shapes": [[obj.shape, reading.shape] for obj, reading in zip(objects, readings)]})
+                                 "shapes": [[obj.shape, reading.shape] for obj, reading in zip(objects, readings)],
+                                 **({"unasked": unasked_colours(result.frames, objects)} if args.why else {})})
                 for reading, outcome in zip(readings, pair_outcomes):
                     outcomes[outcome] += 1
                     if reading.found:
@@ -203,6 +204,7 @@ def main(argv: list[str] | None = None) -> int:
                 row["median_travel"] = float(np.median(travels)) if travels else float("nan")
                 row["right_by_objects"] = right_by_object_count(per_pair)
                 row["shape_readings"] = shape_readings(per_pair)
+                row["unasked"] = sum(bool(pair["unasked"]) for pair in per_pair)
             rows.append(row)
             print(f"{row['model']} guidance {g}: " + ", ".join(f"{k} {v:.3f}" for k, v in row.items()
                                                          if k.startswith("prompt_match")), flush=True)
@@ -230,6 +232,8 @@ def main(argv: list[str] | None = None) -> int:
         lines += [f"- {r['model']}, guidance {guidance_label(r)}, right directions by objects in the prompt: " + ", ".join(
             f"{n} object(s) {right}/{total}" for n, (right, total) in r["right_by_objects"].items())
             for r in rows if "right_by_objects" in r]
+        lines += [f"- {r['model']}, guidance {guidance_label(r)}, videos with an object of a colour the prompt does not "
+                  f"name: {r['unasked']}/{r['pairs']}" for r in rows if "unasked" in r]
     paired = [r for r in rows if "vs_dense" in r]
     if paired:
         lines += ["", "XAttention against dense from the same noise, per object (all three attributes right): right in "

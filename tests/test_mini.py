@@ -154,6 +154,20 @@ def test_scorer_fails_wrong_prompts_and_noise():
     assert score_video(still, objects)["prompt_match_direction"] == 0.0
 
 
+def test_unasked_colours_lists_the_objects_a_prompt_does_not_name():
+    from xattn_video.eval.scorers.prompt_match import unasked_colours
+
+    rng = random.Random(11)
+    clips = random_clips(6, 17, 128, 128, rng, "cpu")
+    assert any(len({o.colour for o in objects}) == 2 for objects in clips.objects)  # a clip with an unasked object
+    for video, objects in zip(clips.video, clips.objects):
+        frames = to_frames(video)
+        assert unasked_colours(frames, objects) == [], format_prompt(objects)
+        for named in objects:  # naming one object of a two-object clip leaves the other one unasked
+            others = sorted({o.colour for o in objects if o.colour != named.colour})
+            assert sorted(unasked_colours(frames, [named])) == others, format_prompt(objects)
+
+
 def test_scorer_ignores_colour_specks_away_from_the_object():
     """A VAE's colour fringes leave specks of an object's colour elsewhere (red at a yellow edge): the object is
     its largest region, so specks in the corners neither lose it nor turn a square into a ball."""

@@ -28,7 +28,7 @@ from ...mini.grammar import COLOURS, DIRECTION_VECTORS, OPPOSITE_DIRECTIONS, Obj
 from .registry import VideoItem, check_batch
 
 __all__ = ["ObjectReading", "PromptMatchScorer", "largest_regions", "make_prompt_match", "object_checks",
-           "read_object", "read_objects", "score_readings", "score_video"]
+           "read_object", "read_objects", "score_readings", "score_video", "unasked_colours"]
 
 MIN_AREA = 0.004  # of the frame: the smallest object the data draws covers ~2% (16% of the side, a disc)
 MAX_AREA = 0.15  # of the frame: the largest covers ~7.8% (a square 28% of the side)
@@ -121,6 +121,14 @@ def read_objects(frames: np.ndarray, objects: list[ObjectSpec]) -> list[ObjectRe
     """One reading per object of the prompt, off ``frames`` [T, H, W, 3] in [0, 1]."""
     labels = colour_labels(frames)
     return [read_object(labels, obj.colour) for obj in objects]
+
+
+def unasked_colours(frames: np.ndarray, objects: list[ObjectSpec]) -> list[str]:
+    """The palette colours the prompt does not name that ``frames`` [T, H, W, 3] in [0, 1] show as an object (found
+    as :func:`read_object` finds one): extra objects, which ``prompt_match`` itself does not penalise."""
+    labels = colour_labels(frames)
+    named = {obj.colour for obj in objects}
+    return [colour for colour in _NAMES if colour not in named and read_object(labels, colour).found]
 
 
 _KEYS = ("prompt_match", "prompt_match_colour", "prompt_match_shape", "prompt_match_direction")
