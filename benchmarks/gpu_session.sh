@@ -7,7 +7,7 @@
 # CLAUSE_WEIGHTS the generation.clause_weight values of pm-clauses (default "0 0.35 0.5 0.75"; prompt_match of both mini presets, 32 pairs each)
 # pm-variants: prompt_match rows per config variant, one file per preset (prompt-match-<preset>-<TAG>-<gpu>.md|json):
 #   VARIANTS "LABEL:KEY=VALUE[,KEY=VALUE] ..." (required; mini_prompt_match.py --variant), MODELS (default "mini
-#   mini-large"), PAIRS (48), PAIR_SEED (unset: the held-out pairs; 77: the tuning set), OBJECTS (2 or empty), TAG,
+#   mini-large"), PAIRS (48, counted before the OBJECTS filter: 48 gives the 24 two-object tuning pairs), PAIR_SEED (unset: the held-out pairs; 77: the tuning set), OBJECTS (2 or empty), TAG,
 #   PM_ARGS more mini_prompt_match.py arguments (e.g. "--attention dense xattn"). The composition schedule's runs:
 #   PAIR_SEED=77 OBJECTS=2 TAG=clause-schedule-tuning VARIANTS="w0.5:generation.clause_weight=0.5
 #   w1s4:generation.clause_weight=1.0,generation.clause_steps=4" bash benchmarks/gpu_session.sh pm-variants

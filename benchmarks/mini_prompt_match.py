@@ -256,7 +256,8 @@ def main(argv: list[str] | None = None) -> int:
                            else "dense attention" + (" and XAttention" if "xattn" in args.attention else ""))
         write_report(f"# prompt_match of mini-model generations ({gpu})\n\n{args.pairs} {which} (prompt, seed) "
                      f"pairs (`xattn_video.mini.grammar.held_out_pairs`)"
-                     + (f", only those naming {args.objects} object(s)" if args.objects else "") + f", {attention_words}"
+                     + (f", only those naming {args.objects} object(s): {rows[0]['pairs']} pairs scored"
+                        if args.objects and rows else "") + f", {attention_words}"
                      + (f"; config overrides: {', '.join(f'`{o}`' for o in args.set)}" if args.set else "") + ".\n\n"
                      + (REFERENCE_NOTE if args.reference else "") + f"{table}\n",
                      {"gpu": gpu, "rows": rows}, args.out_dir, name)

@@ -463,7 +463,7 @@ def test_text_probe_needs_two_clips(capsys):
 
 def test_cross_prob_draws_two_object_clips_whose_paths_cross():
     seed = int(np.random.SeedSequence().entropy % 2**31)
-    objects = [sample_objects(random.Random(seed + i), 1.0) for i in range(24)]
+    objects = [sample_objects(random.Random(seed + i), 1.0) for i in range(64)]
 
     def overlap_frames(cross_prob: float) -> torch.Tensor:  # [B, T]: frames where both objects cover a pixel
         masks = render(objects, 9, 48, 48, random.Random(seed), "cpu", cross_prob).masks
@@ -472,8 +472,10 @@ def test_cross_prob_draws_two_object_clips_whose_paths_cross():
     apart, crossing = overlap_frames(0.0), overlap_frames(1.0)
     assert not apart.any(), f"seed {seed}: objects overlap without --cross-prob"
     assert not crossing[:, [0, -1]].any(), f"seed {seed}: crossing objects must be whole in the first and last frames"
-    # most pairs can cross (~75% of random pairs, the rest fall back to apart tracks)
-    assert crossing.any(1).float().mean() > 0.4, f"seed {seed}: {crossing.any(1).float().mean():.2f} of clips cross"
+    # many pairs cross (~75% of random pairs can, the rest fall back to apart tracks; here, 64 clips of 9 frames at
+    # 48x48, 0.58 of them overlap at half coverage on average over 300 seeds, never below 0.375; 24 clips at > 0.4
+    # failed about one seed in a hundred)
+    assert crossing.any(1).float().mean() > 0.3, f"seed {seed}: {crossing.any(1).float().mean():.2f} of clips cross"
     lone = [[o[0]] for o in objects]  # one-object clips draw no crossing decision: the same clips either way
     assert torch.equal(render(lone, 9, 48, 48, random.Random(seed), "cpu", 1.0).video,
                        render(lone, 9, 48, 48, random.Random(seed), "cpu").video), seed
