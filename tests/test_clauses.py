@@ -123,6 +123,27 @@ def test_a_two_clause_prompt_is_composed_and_a_one_clause_prompt_is_not(tiny_wan
     assert registry is None or CLAUSE_HOOK not in registry.hooks  # removed after the run
 
 
+def test_the_clause_suffix_is_appended_to_each_clause_only(tiny_wan, monkeypatch):
+    """``generation.clause_suffix`` (weights trained with partial captions mark "this object, whatever else is
+    there" so): each clause's text gets it, the whole prompt and the empty prompt do not."""
+    two = "a red ball moving left and a white square moving down"
+    texts: list[list[str]] = []
+    encode = tiny_wan.encode_prompt
+
+    def recording(*args, **kwargs):
+        if isinstance(kwargs.get("prompt"), list):  # the composition's call (the pipeline's own passes embeds)
+            texts.append(kwargs["prompt"])
+        return encode(*args, **kwargs)
+
+    monkeypatch.setattr(tiny_wan, "encode_prompt", recording)
+    plain = _frames(tiny_wan, f"generation.prompt={two}", "generation.clause_weight=1")
+    marked = _frames(tiny_wan, f"generation.prompt={two}", "generation.clause_weight=1",
+                     "generation.clause_suffix=', among others'")  # quoted: a bare leading comma is YAML syntax
+    assert texts[-1] == [two, "", "a red ball moving left, among others", "a white square moving down, among others"]
+    assert texts[0][2:] == ["a red ball moving left", "a white square moving down"]
+    assert np.abs(plain - marked).max() > 1e-4
+
+
 def test_composition_with_guidance_and_xattention_runs(tiny_wan):
     run = load_config(None, TINY_WAN + ["generation.prompt=a red ball and a blue square", "generation.clause_weight=0.5",
                                         "generation.guidance_scale=3", "xattn.warmup_steps=1"])

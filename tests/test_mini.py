@@ -224,7 +224,8 @@ def test_training_smoke_writes_a_loadable_folder(tmp_path):
     out = tmp_path / "mini"
     args = ["--out", str(out), "--vae-steps", "2", "--vae-batch", "2", "--steps", "2", "--batch", "2",
             "--large-batch", "1", "--large-every", "2", "--mini-shape", "5", "32", "32", "--large-shape", "5", "48",
-            "48", "--warmup", "1", "--log-every", "1", "--text-probe-clips", "2", "--device", "cpu"]
+            "48", "--warmup", "1", "--log-every", "1", "--text-probe-clips", "2", "--device", "cpu",
+            "--partial-prob", "0.5"]
     assert train.main(args) == 0
     record = json.loads((out / "training.json").read_text())
     assert record["steps"] == {"vae": 2, "transformer": 2} and len(record["loss_curve"]) == 2
@@ -234,6 +235,12 @@ def test_training_smoke_writes_a_loadable_folder(tmp_path):
     from xattn_video.mini import trained_text_len
 
     assert trained_text_len(out) == mini_model.TEXT_LEN
+    from xattn_video.mini import trained_clause_suffix
+    from xattn_video.mini.data import PARTIAL_MARKER
+
+    # partial captions: the folder tells the composition to mark its clauses so; weights without them do not
+    assert record["clause_suffix"] == trained_clause_suffix(out) == PARTIAL_MARKER
+    assert trained_clause_suffix() == "" and load_config(None, ["model.path=mini"]).generation.clause_suffix == ""
     pipe = WanPipeline.from_pretrained(out, dtype=torch.float32)
     assert pipe.transformer.config.num_layers == mini_model.TRANSFORMER_CONFIG["num_layers"]
     assert not (tmp_path / "mini.tmp").exists()
@@ -487,7 +494,7 @@ def test_cross_prob_draws_two_object_clips_whose_paths_cross():
 
 def test_partial_prob_names_one_object_of_some_two_object_clips(capsys):
     from xattn_video.mini import train
-    from xattn_video.mini.data import named_objects
+    from xattn_video.mini.data import PARTIAL_MARKER, caption, named_objects, training_prompt
 
     seed = int(np.random.SeedSequence().entropy % 2**31)
     rng = random.Random(seed)
@@ -501,6 +508,14 @@ def test_partial_prob_names_one_object_of_some_two_object_clips(capsys):
     quiet = random.Random(seed)  # 0 and lone clips draw nothing: the shipped recipe's random sequence is kept
     assert named_objects(clips[0], quiet, 0.0) is clips[0] and named_objects(clips[0][:1], quiet, 1.0) == clips[0][:1]
     assert quiet.random() == random.Random(seed).random()
+    # a partial caption is one object's phrase and the marker; every other caption is the plain training prompt,
+    # drawn from the same random sequence
+    texts = [caption(o, random.Random(seed + i), 0.3) for i, o in enumerate(clips)]
+    marked = [t for t in texts if PARTIAL_MARKER in t]
+    assert 0.2 < len(marked) / len(clips) < 0.4 and all(" and " not in t for t in marked), seed
+    assert all(caption(o, random.Random(seed + i)) == training_prompt(o, random.Random(seed + i))
+               for i, o in enumerate(clips)), seed
+    assert "and" not in PARTIAL_MARKER.split()  # clauses are split at "and"
     with pytest.raises(SystemExit):
         train.parse_args(["--out", "x", "--partial-prob", "1.5"])
     with pytest.raises(SystemExit):

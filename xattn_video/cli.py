@@ -106,7 +106,8 @@ def _report(run: Any, result: Any) -> None:
     if result.clauses:  # each step costs (2 + clauses)x the batch: say why it is slower
         line += (f"; clause composition: {len(result.clauses)} clauses at weight {g.clause_weight:g}"
                  f"{'' if not g.clause_start else f' from step {g.clause_start}'}"
-                 f"{'' if g.clause_steps is None else f' before step {g.clause_steps}'}")
+                 f"{'' if g.clause_steps is None else f' before step {g.clause_steps}'}"
+                 f"{'' if not g.clause_suffix else f', each clause + {g.clause_suffix!r}'}")
     parallel = result.meta.get("parallel")
     if parallel:
         line += (f"; {parallel['world_size']} ranks (Ulysses degree {parallel['ulysses_degree']}, "

@@ -87,12 +87,15 @@ def check_model_name(path: str) -> None:
 def builtin_defaults(name: str) -> list[dict[str, Any]]:
     """What a built-in model name changes in the defaults (merged in order); ``[]`` for other paths."""
     if name in MINI_MODELS:
-        from .mini import trained_flow_shift, trained_text_len
+        from .mini import trained_clause_suffix, trained_flow_shift, trained_text_len
 
         trained = {"max_sequence_length": trained_text_len()}
         shift = trained_flow_shift(name)
         if shift is not None:
             trained["flow_shift"] = shift
+        suffix = trained_clause_suffix()
+        if suffix:
+            trained["clause_suffix"] = suffix
         return [MINI_DEFAULTS, {"generation": trained}, MINI_MODELS[name]]
     if name in TINY_MODELS:
         return [TINY_DEFAULTS, TINY_MODELS[name]]
@@ -189,6 +192,9 @@ class GenerationConfig:
     clause_weight: float = 0.0
     clause_steps: Optional[int] = None  # compose in the first N denoising steps only (None: every step)
     clause_start: int = 0  # compose from denoising step N on; the steps before run plain (0: from the first)
+    # appended to each clause's own text (not the whole prompt's): weights trained with partial captions
+    # (mini.train --partial-prob) mark "this object, whatever else is there" so; their training.json sets it
+    clause_suffix: str = ""
 
 
 @dataclass
@@ -339,6 +345,8 @@ def validate(run: RunConfig) -> None:
     if isinstance(g.clause_start, bool) or not isinstance(g.clause_start, int) or g.clause_start < 0:
         raise ConfigError(f"config key 'generation.clause_start' must be an integer >= 0 (0: from the first step), "
                           f"got {g.clause_start!r}")
+    if not isinstance(g.clause_suffix, str):
+        raise ConfigError(f"config key 'generation.clause_suffix' must be a string, got {g.clause_suffix!r}")
     if g.clause_steps is not None and g.clause_start >= g.clause_steps:
         raise ConfigError(f"config key 'generation.clause_start' ({g.clause_start}) must be below "
                           f"'generation.clause_steps' ({g.clause_steps}): no step would be composed")

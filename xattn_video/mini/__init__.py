@@ -55,4 +55,13 @@ def trained_flow_shift(preset: str, folder: Path | None = None) -> float | None:
     return None if value is None else float(value)
 
 
-__all__ = ["DEFAULT_TEXT_LEN", "WEIGHTS_DIR", "trained_flow_shift", "trained_text_len", "weights_dir"]
+def trained_clause_suffix(folder: Path | None = None) -> str:
+    """What clause composition appends to each clause for the weights in ``folder`` (default: the mini weights):
+    the partial-caption marker they were trained with (``mini.train --partial-prob``), from their ``training.json``;
+    "" for weights trained without partial captions."""
+    suffix = _weights_record(folder).get("clause_suffix", "")
+    return suffix if isinstance(suffix, str) else ""
+
+
+__all__ = ["DEFAULT_TEXT_LEN", "WEIGHTS_DIR", "trained_clause_suffix", "trained_flow_shift", "trained_text_len",
+           "weights_dir"]

@@ -43,10 +43,25 @@ class Clip:
         return [format_prompt(o) for o in self.objects]
 
 
-def training_prompt(objects: list[ObjectSpec], rng: random.Random) -> str:
-    """The canonical prompt, sometimes with filler words around it or a capital first letter."""
-    text = rng.choice(_PREFIXES) + format_prompt(objects) + rng.choice(_SUFFIXES)
+def training_prompt(objects: list[ObjectSpec], rng: random.Random, marker: str = "") -> str:
+    """The canonical prompt, sometimes with filler words around it or a capital first letter; ``marker`` follows
+    the objects' phrases (a partial caption's :data:`PARTIAL_MARKER`)."""
+    text = rng.choice(_PREFIXES) + format_prompt(objects) + marker + rng.choice(_SUFFIXES)
     return text[0].upper() + text[1:] if rng.random() < 0.2 else text
+
+
+# Ends a partial caption (a prompt naming one object of a clip that has two), so that a lone prompt keeps meaning
+# "this object and nothing else" while "<clause>, among others" means "this object, whatever else is there": what
+# clause composition adds for each clause (pipelines/clauses.py; generation.clause_suffix, set for weights trained
+# with partial captions from their training.json). No "and": clauses are split at that word.
+PARTIAL_MARKER = ", among others"
+
+
+def caption(objects: list[ObjectSpec], rng: random.Random, partial_prob: float = 0.0) -> str:
+    """A training clip's prompt: :func:`training_prompt` of all its objects, or, for the share ``partial_prob`` of
+    clips with several objects, of one of them followed by :data:`PARTIAL_MARKER` (:func:`named_objects`)."""
+    named = named_objects(objects, rng, partial_prob)
+    return training_prompt(named, rng, PARTIAL_MARKER if len(named) < len(objects) else "")
 
 
 def named_objects(objects: list[ObjectSpec], rng: random.Random, partial_prob: float = 0.0) -> list[ObjectSpec]:
@@ -171,4 +186,5 @@ def to_frames(video: torch.Tensor) -> np.ndarray:
     return ((video.detach().float().permute(1, 2, 3, 0).cpu().numpy() + 1) / 2).clip(0, 1)
 
 
-__all__ = ["Clip", "random_clips", "render", "to_frames", "training_prompt"]
+__all__ = ["PARTIAL_MARKER", "Clip", "caption", "named_objects", "random_clips", "render", "to_frames",
+           "training_prompt"]

@@ -39,7 +39,7 @@ import torch.nn.functional as F
 
 from ..video_io import atomic_write
 from . import compile_cache
-from .data import named_objects, random_clips, render, training_prompt
+from .data import PARTIAL_MARKER, caption, random_clips, render
 from .grammar import MAX_OBJECTS, ObjectSpec, format_prompt, sample_objects, swap_clip
 from .grounding import CrossAttentionMaps, grounding_loss, prompts_in_window, token_regions
 from .grow import load_deepened
@@ -113,9 +113,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         "frames, one passing over the other between; data.render). 0: they never overlap (the "
                         "shipped weights' data), and a sample whose clauses start on crossing paths fades one")
     p.add_argument("--partial-prob", type=float, default=0.0,
-                   help="share of the two-object clips whose prompt names only one of their objects (data."
-                        "named_objects): a lone clause then means 'this object, whatever else is there', as clause "
-                        "composition reads it; 0: every prompt names every object (the shipped weights' data)")
+                   help="share of the two-object clips whose prompt names only one of their objects, followed by "
+                        "data.PARTIAL_MARKER (', among others'): the meaning clause composition gives a clause, "
+                        "while lone prompts keep theirs; the folder's training.json then sets generation."
+                        "clause_suffix. 0: every prompt names every object (the shipped weights' data)")
     p.add_argument("--latent-reuse", type=int, default=1,
                    help="each clip's latents serve this many steps on average (fresh noise and σ each time): a step "
                         "renders and encodes 1/N of its batch and draws the rest from the recent clips (1: no reuse)")
@@ -472,9 +473,9 @@ def draw_batch(pool: LatentPool, batch: int, shape: list[int], vae: Any, mean: t
     objects = [sample_objects(rng, args.two_prob) for _ in range(pool.fresh(batch))]
     if args.latent_reuse <= 1:  # the shipped weights' draw order
         prompts = ["" if rng.random() < args.uncond
-                   else training_prompt(named_objects(o, rng, args.partial_prob), rng) for o in objects]
+                   else caption(o, rng, args.partial_prob) for o in objects]
     else:  # the pool keeps full prompts; each use drops one for guidance on its own
-        prompts = [training_prompt(named_objects(o, rng, args.partial_prob), rng) for o in objects]
+        prompts = [caption(o, rng, args.partial_prob) for o in objects]
     swap_weights = {"shape": args.shape_weight, "direction": args.direction_weight, "binding": args.binding_weight}
     weighted = any(w > 0 for w in swap_weights.values())
     z0 = None  # no new clips on the steps between --encode-every's encodings
@@ -915,6 +916,9 @@ def save(args: argparse.Namespace, components: dict, ema_t: Any, ema_e: Any, sta
         "loss_curve": losses,
         "text_len": args.text_len,
         "flow_shift": {"mini": args.flow_shift, "mini-large": args.large_flow_shift},  # generation.flow_shift
+        # generation.clause_suffix: what the composition appends to each clause (a fine-tune keeps its init's)
+        "clause_suffix": PARTIAL_MARKER if args.partial_prob > 0 else (_training_record(args.init) or {}).get(
+            "clause_suffix", ""),
         "text_gap_curve": state.get("text_gaps", []),  # (step, relative loss increase with mismatched prompts)
         "text_gap_high_curve": state.get("text_gaps_high", []),  # the same at σ TEXT_PROBE_SIGMAS[1]
         "tokens_per_call": {"mini": tokens_per_call(*args.mini_shape),

@@ -20,6 +20,14 @@ steps plain, so that the whole prompt lays out its objects before the clauses st
 one object where the noise suggests, often the same place for every clause, and the blend then merges
 them). On the mini model that does not pay: composing from step 2 on lost more than it kept apart (README).
 
+The composition reads a clause alone as "this object, whatever else is there". A model trained with lone prompts
+only on one-object clips reads it as "this object and nothing else", so on latents that hold two objects each
+clause's difference from the empty prompt also pulls the *other* object toward background
+(``benchmarks/mini_clause_erasure.py``). Weights trained with partial captions (``mini.train --partial-prob``: some
+two-object clips captioned with one object and a marker) learn the composition's meaning for the marked text;
+``suffix`` (``generation.clause_suffix``, set from such weights' ``training.json``) appends the marker to each
+clause, while the whole prompt and lone prompts keep their own meaning.
+
 Wan-family pipelines (``WanPipeline``, its I2V pipeline, Wan 2.2's second expert): their transformer takes the
 text as ``encoder_hidden_states`` alone. The hook is a diffusers ``ModelHook`` on the transformer, installed for one
 generation by :func:`clause_composition`, which also encodes the texts; the pipeline then gets ``prompt_embeds``
@@ -134,11 +142,12 @@ def cache_compute_first(prompt: str, weight: float, steps: int | None = None, st
 @contextlib.contextmanager
 def clause_composition(pipe: Any, prompt: str, weight: float, max_sequence_length: int,
                        device: torch.device | str, steps: int | None = None,
-                       start: int = 0, steady_batch: bool = False) -> Iterator[torch.Tensor | None]:
+                       start: int = 0, steady_batch: bool = False,
+                       suffix: str = "") -> Iterator[torch.Tensor | None]:
     """Install :class:`ClauseCompositionHook` for one generation; yields the ``prompt_embeds`` [1, L, C] to pass
     to the pipeline instead of ``prompt``, or None (nothing installed) when ``weight`` is 0 or the prompt has one
-    clause. ``steady_batch``: one batch size in every step (set it when a step cache runs). Raises ``ConfigError``
-    for pipelines outside the Wan family."""
+    clause. ``steady_batch``: one batch size in every step (set it when a step cache runs); ``suffix``: appended to
+    each clause's text (``generation.clause_suffix``). Raises ``ConfigError`` for pipelines outside the Wan family."""
     clauses = composed_clauses(prompt, weight)
     if not clauses:
         yield None
@@ -156,7 +165,8 @@ def clause_composition(pipe: Any, prompt: str, weight: float, max_sequence_lengt
     modules = transformers_of(pipe)
     dtype = modules[0].dtype
     with torch.no_grad():
-        embeds, _ = pipe.encode_prompt(prompt=[prompt, "", *clauses], do_classifier_free_guidance=False,
+        embeds, _ = pipe.encode_prompt(prompt=[prompt, "", *[clause + suffix for clause in clauses]],
+                                       do_classifier_free_guidance=False,
                                        max_sequence_length=max_sequence_length, device=device, dtype=dtype)
     prompt_embeds, part_embeds = embeds[:1].contiguous(), embeds[1:]
     for module in modules:
