@@ -31,9 +31,10 @@ from xattn_video.config import load_config
 from xattn_video.mini.data import render
 from xattn_video.mini.grammar import format_prompt, sample_objects
 from xattn_video.mini.model import encode_prompts, latent_norm
+from xattn_video.pipelines.clauses import refereed_composition
 from xattn_video.pipelines.loading import load_pipeline
 
-ROWS = ("whole prompt", "empty prompt", "own clause", "other clause", "composition")
+ROWS = ("whole prompt", "empty prompt", "own clause", "other clause", "composition", "refereed composition")
 
 
 def retention(pred: torch.Tensor, truth: torch.Tensor, mask: torch.Tensor) -> float:
@@ -75,10 +76,11 @@ def main() -> None:
                                  sigma * 1000), encoder_hidden_states=text, return_dict=False)[0]
             whole, empty, first, second = v.split(1)
             composed = empty + (first - empty) + (second - empty)
-            videos = decode(x - sigma * torch.cat([whole, empty, first, second, composed]))
+            refereed = refereed_composition(whole, empty, [first, second])
+            videos = decode(x - sigma * torch.cat([whole, empty, first, second, composed, refereed]))
             for k in range(2):  # object k, named by clause k
                 own, other = (2, 3) if k == 0 else (3, 2)
-                for row, index in zip(ROWS, (0, 1, own, other, 4)):
+                for row, index in zip(ROWS, (0, 1, own, other, 4, 5)):
                     per_row.setdefault(row, []).append(retention(videos[index], clip.video[i], clip.masks[i, k]))
         table[f"{sigma:g}"] = per_row
         print(f"σ {sigma:g}: " + ", ".join(f"{row} {np.mean(v):.2f}" for row, v in per_row.items()), flush=True)

@@ -111,6 +111,8 @@ def main(argv: list[str] | None = None) -> int:
                         "away from the wrong binding; empty otherwise); opposite (every direction reversed); shapes "
                         "(every ball a square and every square a ball: guidance then pushes each object's shape "
                         "away from the other one)")
+    p.add_argument("--skip", type=int, default=0,
+                   help="leave out the first N pairs (after --objects): score the rest of a set another run began")
     p.add_argument("--objects", type=int, choices=(1, 2), default=None,
                    help="score only the pairs (of the --pairs held-out ones) whose prompt names this many objects")
     p.add_argument("--variant", action="append", default=[], metavar="LABEL:KEY=VALUE[,KEY=VALUE]",
@@ -162,6 +164,7 @@ def main(argv: list[str] | None = None) -> int:
             densities = []
             per_pair = []
             todo = [(p, s) for p, s in pairs if args.objects is None or len(parse_prompt(p)) == args.objects]
+            todo = todo[args.skip:]
             for index, (prompt, seed) in enumerate(todo, 1):
                 negative = contrast_prompt(prompt, args.negative)
                 run = load_config(None, overrides + variant + [f"generation.prompt={prompt}", f"generation.seed={seed}"]
@@ -256,8 +259,10 @@ def main(argv: list[str] | None = None) -> int:
                            else "dense attention" + (" and XAttention" if "xattn" in args.attention else ""))
         write_report(f"# prompt_match of mini-model generations ({gpu})\n\n{args.pairs} {which} (prompt, seed) "
                      f"pairs (`xattn_video.mini.grammar.held_out_pairs`)"
-                     + (f", only those naming {args.objects} object(s): {rows[0]['pairs']} pairs scored"
-                        if args.objects and rows else "") + f", {attention_words}"
+                     + (f", only those naming {args.objects} object(s)" if args.objects else "")
+                     + (f", the first {args.skip} of them left out" if args.skip else "")
+                     + (f": {rows[0]['pairs']} pairs scored" if (args.objects or args.skip) and rows else "")
+                     + f", {attention_words}"
                      + (f"; config overrides: {', '.join(f'`{o}`' for o in args.set)}" if args.set else "") + ".\n\n"
                      + (REFERENCE_NOTE if args.reference else "") + f"{table}\n",
                      {"gpu": gpu, "rows": rows}, args.out_dir, name)

@@ -144,6 +144,67 @@ def test_the_clause_suffix_is_appended_to_each_clause_only(tiny_wan, monkeypatch
     assert np.abs(plain - marked).max() > 1e-4
 
 
+def test_the_refereed_composition_drops_clause_differences_that_oppose_the_prompt(gen):
+    """``refereed_composition``: per latent cell, a clause's difference from the empty prompt counts only where its
+    dot product over channels with the prompt's difference is >= 0 (a clause alone erases the object it does not
+    name, benchmarks/mini_clause_erasure.py; the whole prompt draws it)."""
+    from xattn_video.pipelines.clauses import refereed_composition
+
+    prompt, empty, a, b = (torch.randn(2, 4, 3, 5, 6, generator=gen) for _ in range(4))
+    expected = empty.clone()
+    for clause in (a, b):
+        d = clause - empty
+        agree = torch.einsum("bcfhw,bcfhw->bfhw", d, prompt - empty) >= 0
+        expected += torch.where(agree.unsqueeze(1), d, torch.zeros_like(d))
+    torch.testing.assert_close(refereed_composition(prompt, empty, [a, b]), expected)
+    # an object at one cell: the prompt and clause a draw it, clause b erases it -> kept as clause a draws it
+    empty = torch.zeros(1, 4, 1, 2, 2)
+    bump = torch.zeros_like(empty)
+    bump[..., 0, 0] = 1.0
+    out = refereed_composition(empty + bump, empty, [empty + 1.2 * bump, empty - 0.8 * bump])
+    torch.testing.assert_close(out, empty + 1.2 * bump)
+    plain = empty + (1.2 * bump) + (-0.8 * bump)  # the plain composition keeps 0.4 of it
+    assert out[..., 0, 0].mean() > 2 * plain[..., 0, 0].mean()
+
+
+def test_the_hook_with_a_referee_blends_the_refereed_composition(gen):
+    from xattn_video.pipelines.clauses import refereed_composition
+
+    model = TextDependent(gen.initial_seed())
+    x, t = torch.randn(2, 3, 5, generator=gen), torch.rand(2, generator=gen) * 1000
+    prompt = torch.randn(1, 4, 6, generator=gen).expand(2, 4, 6).contiguous()
+    parts = torch.randn(3, 4, 6, generator=gen)  # empty prompt, clause 1, clause 2
+
+    def alone(text):
+        return model(hidden_states=x, timestep=t, encoder_hidden_states=text, return_dict=False)[0]
+
+    v_prompt, v_empty, v_1, v_2 = alone(prompt), *(alone(p.expand(2, 4, 6)) for p in parts)
+    expected = v_prompt + 0.75 * (refereed_composition(v_prompt, v_empty, [v_1, v_2]) - v_prompt)
+    plain = v_prompt + 0.75 * (v_empty + (v_1 - v_empty) + (v_2 - v_empty) - v_prompt)
+    assert (expected - plain).abs().max() > 1e-3, f"seed {gen.initial_seed()}: every difference agrees"
+    add_hook(model, ClauseCompositionHook(prompt, parts, 0.75, referee=True), CLAUSE_HOOK)
+    got = model(hidden_states=x, timestep=t, encoder_hidden_states=prompt, return_dict=False)[0]
+    remove_hook(model, CLAUSE_HOOK)
+    torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-5)
+
+
+def test_the_referee_key_reaches_the_hook(tiny_wan, monkeypatch):
+    from xattn_video.pipelines import clauses
+
+    seen = []
+
+    class Recording(clauses.ClauseCompositionHook):
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, **kwargs)
+            seen.append(self.referee)
+
+    monkeypatch.setattr(clauses, "ClauseCompositionHook", Recording)
+    two = "generation.prompt=a red ball moving left and a white square moving down"
+    _frames(tiny_wan, two, "generation.clause_weight=1", "generation.clause_referee=true")
+    _frames(tiny_wan, two, "generation.clause_weight=1")
+    assert seen == [True, False]
+
+
 def test_composition_with_guidance_and_xattention_runs(tiny_wan):
     run = load_config(None, TINY_WAN + ["generation.prompt=a red ball and a blue square", "generation.clause_weight=0.5",
                                         "generation.guidance_scale=3", "xattn.warmup_steps=1"])

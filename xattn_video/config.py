@@ -195,6 +195,7 @@ class GenerationConfig:
     # appended to each clause's own text (not the whole prompt's): weights trained with partial captions
     # (mini.train --partial-prob) mark "this object, whatever else is there" so; their training.json sets it
     clause_suffix: str = ""
+    clause_referee: bool = False  # experiment: keep a clause's difference only where it agrees with the prompt's
 
 
 @dataclass

@@ -194,7 +194,7 @@ def run_pipeline(pipe: Any, run: RunConfig, latents: torch.Tensor | None = None,
         with asked_size(pipe, g.height, g.width), sampler_shift(pipe, g.flow_shift), \
                 clause_composition(pipe, g.prompt, g.clause_weight, g.max_sequence_length, device,
                                    g.clause_steps, g.clause_start, steady_batch=cache is not None,
-                                   suffix=g.clause_suffix) as prompt_embeds:
+                                   suffix=g.clause_suffix, referee=g.clause_referee) as prompt_embeds:
             if prompt_embeds is not None:  # the hook knows the prompt's transformer call by this tensor
                 kwargs.pop("prompt")
                 kwargs["prompt_embeds"] = prompt_embeds

@@ -51,6 +51,19 @@ from .dispatch import add_hook, remove_hook
 CLAUSE_HOOK = "xattn_video.clause_composition"
 
 
+def refereed_composition(prompt: torch.Tensor, empty: torch.Tensor, clauses: list[torch.Tensor]) -> torch.Tensor:
+    """∅ + Σ_i d_i, each clause's difference d_i = v(clause_i) − v(∅) kept only in the latent cells where it
+    points the way the whole prompt's does (Σ over channels of d_i · (v(prompt) − v(∅)) ≥ 0): a clause alone
+    erases the objects it does not name (benchmarks/mini_clause_erasure.py), and there its difference opposes the
+    prompt's, which draws every object. Predictions [B, C, F, H, W]."""
+    towards = prompt.float() - empty.float()
+    out = empty.float()
+    for clause in clauses:
+        d = clause.float() - empty.float()
+        out = out + d * ((d * towards).sum(1, keepdim=True) >= 0)
+    return out.to(prompt.dtype)
+
+
 def split_clauses(prompt: str) -> list[str]:
     """The prompt's clauses, its parts between the word "and": ``["a red ball moving left", "a white square moving
     down"]``; one clause for a prompt without "and"."""
@@ -68,8 +81,9 @@ class ClauseCompositionHook(ModelHook):
 
     def __init__(self, prompt_embeds: torch.Tensor, part_embeds: torch.Tensor, weight: float,
                  steps: int | None = None, tracker: StepTracker | None = None, start: int = 0,
-                 steady_batch: bool = False):
+                 steady_batch: bool = False, referee: bool = False):
         super().__init__()
+        self.referee = referee
         self.prompt_embeds, self.part_embeds, self.weight = prompt_embeds, part_embeds, float(weight)
         self.steps, self.start, self.tracker = steps, int(start), tracker or StepTracker(None)
         self.steady_batch = steady_batch
@@ -85,7 +99,10 @@ class ClauseCompositionHook(ModelHook):
         clause; ``weight`` 0 (outside the window, widened only for a step cache): the prompt's own."""
         if weight == 0:
             return prompt
-        composed = empty + sum(clause - empty for clause in clauses)
+        if self.referee:
+            composed = refereed_composition(prompt, empty, clauses)
+        else:
+            composed = empty + sum(clause - empty for clause in clauses)
         return prompt + weight * (composed - prompt)
 
     def new_forward(self, module: torch.nn.Module, *args: Any, **kwargs: Any) -> Any:
@@ -143,7 +160,7 @@ def cache_compute_first(prompt: str, weight: float, steps: int | None = None, st
 def clause_composition(pipe: Any, prompt: str, weight: float, max_sequence_length: int,
                        device: torch.device | str, steps: int | None = None,
                        start: int = 0, steady_batch: bool = False,
-                       suffix: str = "") -> Iterator[torch.Tensor | None]:
+                       suffix: str = "", referee: bool = False) -> Iterator[torch.Tensor | None]:
     """Install :class:`ClauseCompositionHook` for one generation; yields the ``prompt_embeds`` [1, L, C] to pass
     to the pipeline instead of ``prompt``, or None (nothing installed) when ``weight`` is 0 or the prompt has one
     clause. ``steady_batch``: one batch size in every step (set it when a step cache runs); ``suffix``: appended to
@@ -171,7 +188,7 @@ def clause_composition(pipe: Any, prompt: str, weight: float, max_sequence_lengt
     prompt_embeds, part_embeds = embeds[:1].contiguous(), embeds[1:]
     for module in modules:
         add_hook(module, ClauseCompositionHook(prompt_embeds, part_embeds, weight, steps, StepTracker(pipe), start,
-                                                 steady_batch),
+                                                 steady_batch, referee),
                  CLAUSE_HOOK)
     try:
         yield prompt_embeds
