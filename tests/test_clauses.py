@@ -214,7 +214,8 @@ def test_composition_with_guidance_and_xattention_runs(tiny_wan):
 
 @pytest.mark.parametrize("key, value", [("clause_weight", "-0.5"), ("clause_weight", "yes"), ("clause_weight", "true"),
                                         ("clause_steps", "0"), ("clause_steps", "2.5"), ("clause_steps", "true"),
-                                        ("clause_start", "-1"), ("clause_start", "1.5"), ("clause_start", "true")])
+                                        ("clause_start", "-1"), ("clause_start", "1.5"), ("clause_start", "true"),
+                                        ("clause_referee", "yes please")])
 def test_clause_keys_refuse_bad_values(key, value):
     with pytest.raises(ConfigError, match=f"generation.{key}"):
         load_config(None, ["model.path=tiny", f"generation.{key}={value}"])

@@ -346,6 +346,8 @@ def validate(run: RunConfig) -> None:
     if isinstance(g.clause_start, bool) or not isinstance(g.clause_start, int) or g.clause_start < 0:
         raise ConfigError(f"config key 'generation.clause_start' must be an integer >= 0 (0: from the first step), "
                           f"got {g.clause_start!r}")
+    if not isinstance(g.clause_referee, bool):
+        raise ConfigError(f"config key 'generation.clause_referee' must be true or false, got {g.clause_referee!r}")
     if not isinstance(g.clause_suffix, str):
         raise ConfigError(f"config key 'generation.clause_suffix' must be a string, got {g.clause_suffix!r}")
     if g.clause_steps is not None and g.clause_start >= g.clause_steps:
