@@ -77,7 +77,8 @@ class ClauseCompositionHook(ModelHook):
     module docstring, in the denoising steps ``start`` ≤ step < ``steps`` (None: to the last step; the step is read
     from the running pipeline as warmup reads it); every other call runs as is. ``steady_batch``: the prompt's calls
     outside that window are widened all the same and return the prompt's own prediction, because a step cache
-    (xattn_video.caches) keeps activations of the batch it saw and breaks when it changes (4 -> 1 rows)."""
+    (xattn_video.caches) keeps activations of the batch it saw and breaks when it changes (4 -> 1 rows).
+    ``referee``: compose with :func:`refereed_composition` instead of ∅ + Σ(clause − ∅)."""
 
     def __init__(self, prompt_embeds: torch.Tensor, part_embeds: torch.Tensor, weight: float,
                  steps: int | None = None, tracker: StepTracker | None = None, start: int = 0,
