@@ -31,7 +31,7 @@ from xattn_video.config import load_config
 from xattn_video.mini.data import render
 from xattn_video.mini.grammar import format_prompt, sample_objects
 from xattn_video.mini.model import encode_prompts, latent_norm
-from xattn_video.pipelines.clauses import refereed_composition
+from xattn_video.pipelines.clauses import composition, refereed_composition
 from xattn_video.pipelines.loading import load_pipeline
 
 ROWS = ("whole prompt", "empty prompt", "own clause", "other clause", "composition", "refereed composition")
@@ -65,17 +65,18 @@ def main() -> None:
     z0 = (pipe.vae.encode(clip.video).latent_dist.mode() - mean) / std  # [N, C, F, h, w]
     noise = torch.randn(z0.shape, generator=torch.Generator().manual_seed(args.seed))
     decode = lambda z: pipe.vae.decode(z * std + mean).sample.clamp(-1, 1)  # noqa: E731
+    # per clip: the whole prompt, the empty prompt, clause 1, clause 2 (encoded once, used at every σ)
+    texts = [encode_prompts(pipe.text_encoder, [format_prompt(pair), "", format_prompt([pair[0]]),
+                                                format_prompt([pair[1]])], "cpu") for pair in objects]
     table: dict[str, dict[str, list[float]]] = {}
     for sigma in args.sigmas:
         per_row: dict[str, list[float]] = {}
-        for i, pair in enumerate(objects):
-            prompts = [format_prompt(pair), "", format_prompt([pair[0]]), format_prompt([pair[1]])]
-            text = encode_prompts(pipe.text_encoder, prompts, "cpu")
+        for i, text in enumerate(texts):
             x = (1 - sigma) * z0[i:i + 1] + sigma * noise[i:i + 1]
-            v = pipe.transformer(x.expand(len(prompts), -1, -1, -1, -1), timestep=torch.full((len(prompts),),
+            v = pipe.transformer(x.expand(len(text), -1, -1, -1, -1), timestep=torch.full((len(text),),
                                  sigma * 1000), encoder_hidden_states=text, return_dict=False)[0]
             whole, empty, first, second = v.split(1)
-            composed = empty + (first - empty) + (second - empty)
+            composed = composition(empty, [first, second])
             refereed = refereed_composition(whole, empty, [first, second])
             videos = decode(x - sigma * torch.cat([whole, empty, first, second, composed, refereed]))
             for k in range(2):  # object k, named by clause k

@@ -87,16 +87,9 @@ def check_model_name(path: str) -> None:
 def builtin_defaults(name: str) -> list[dict[str, Any]]:
     """What a built-in model name changes in the defaults (merged in order); ``[]`` for other paths."""
     if name in MINI_MODELS:
-        from .mini import trained_clause_suffix, trained_flow_shift, trained_text_len
+        from .mini import trained_generation
 
-        trained = {"max_sequence_length": trained_text_len()}
-        shift = trained_flow_shift(name)
-        if shift is not None:
-            trained["flow_shift"] = shift
-        suffix = trained_clause_suffix()
-        if suffix:
-            trained["clause_suffix"] = suffix
-        return [MINI_DEFAULTS, {"generation": trained}, MINI_MODELS[name]]
+        return [MINI_DEFAULTS, {"generation": trained_generation(name)}, MINI_MODELS[name]]
     if name in TINY_MODELS:
         return [TINY_DEFAULTS, TINY_MODELS[name]]
     return []

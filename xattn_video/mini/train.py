@@ -901,6 +901,7 @@ def save(args: argparse.Namespace, components: dict, ema_t: Any, ema_e: Any, sta
     shutil.rmtree(tmp, ignore_errors=True)
     build_pipeline(final).save_pretrained(tmp, safe_serialization=True)
     losses = state["losses"]
+    init = _training_record(args.init)
     record = {
         "command": state["commands"][0],
         "commands": state["commands"],  # more than one when --time-limit split the run
@@ -917,14 +918,13 @@ def save(args: argparse.Namespace, components: dict, ema_t: Any, ema_e: Any, sta
         "text_len": args.text_len,
         "flow_shift": {"mini": args.flow_shift, "mini-large": args.large_flow_shift},  # generation.flow_shift
         # generation.clause_suffix: what the composition appends to each clause (a fine-tune keeps its init's)
-        "clause_suffix": PARTIAL_MARKER if args.partial_prob > 0 else (_training_record(args.init) or {}).get(
-            "clause_suffix", ""),
+        "clause_suffix": PARTIAL_MARKER if args.partial_prob > 0 else (init or {}).get("clause_suffix", ""),
         "text_gap_curve": state.get("text_gaps", []),  # (step, relative loss increase with mismatched prompts)
         "text_gap_high_curve": state.get("text_gaps_high", []),  # the same at σ TEXT_PROBE_SIGMAS[1]
         "tokens_per_call": {"mini": tokens_per_call(*args.mini_shape),
                             "mini-large": tokens_per_call(*args.large_shape)},
         # a second segment (--init) records the segment it started from, so the chain of commands is kept
-        "init": _training_record(args.init),
+        "init": init,
         "init_vae": _training_record(args.init_vae),
         "versions": {"torch": torch.__version__, "diffusers": diffusers.__version__,
                      "transformers": transformers.__version__},

@@ -51,15 +51,21 @@ from .dispatch import add_hook, remove_hook
 CLAUSE_HOOK = "xattn_video.clause_composition"
 
 
+def composition(empty: torch.Tensor, clauses: list[torch.Tensor]) -> torch.Tensor:
+    """Composable diffusion's ∅ + Σ_i [v(clause_i) − v(∅)] of predictions [B, C, F, H, W]."""
+    return empty + sum(clause - empty for clause in clauses)
+
+
 def refereed_composition(prompt: torch.Tensor, empty: torch.Tensor, clauses: list[torch.Tensor]) -> torch.Tensor:
     """∅ + Σ_i d_i, each clause's difference d_i = v(clause_i) − v(∅) kept only in the latent cells where it
     points the way the whole prompt's does (Σ over channels of d_i · (v(prompt) − v(∅)) ≥ 0): a clause alone
     erases the objects it does not name (benchmarks/mini_clause_erasure.py), and there its difference opposes the
     prompt's, which draws every object. Predictions [B, C, F, H, W]."""
-    towards = prompt.float() - empty.float()
-    out = empty.float()
+    empty = empty.float()
+    towards = prompt.float() - empty
+    out = empty
     for clause in clauses:
-        d = clause.float() - empty.float()
+        d = clause.float() - empty
         out = out + d * ((d * towards).sum(1, keepdim=True) >= 0)
     return out.to(prompt.dtype)
 
@@ -84,10 +90,9 @@ class ClauseCompositionHook(ModelHook):
                  steps: int | None = None, tracker: StepTracker | None = None, start: int = 0,
                  steady_batch: bool = False, referee: bool = False):
         super().__init__()
-        self.referee = referee
         self.prompt_embeds, self.part_embeds, self.weight = prompt_embeds, part_embeds, float(weight)
         self.steps, self.start, self.tracker = steps, int(start), tracker or StepTracker(None)
-        self.steady_batch = steady_batch
+        self.steady_batch, self.referee = steady_batch, referee
 
     def _is_prompt(self, text: Any) -> bool:
         p = self.prompt_embeds
@@ -100,10 +105,7 @@ class ClauseCompositionHook(ModelHook):
         clause; ``weight`` 0 (outside the window, widened only for a step cache): the prompt's own."""
         if weight == 0:
             return prompt
-        if self.referee:
-            composed = refereed_composition(prompt, empty, clauses)
-        else:
-            composed = empty + sum(clause - empty for clause in clauses)
+        composed = refereed_composition(prompt, empty, clauses) if self.referee else composition(empty, clauses)
         return prompt + weight * (composed - prompt)
 
     def new_forward(self, module: torch.nn.Module, *args: Any, **kwargs: Any) -> Any:
@@ -165,7 +167,8 @@ def clause_composition(pipe: Any, prompt: str, weight: float, max_sequence_lengt
     """Install :class:`ClauseCompositionHook` for one generation; yields the ``prompt_embeds`` [1, L, C] to pass
     to the pipeline instead of ``prompt``, or None (nothing installed) when ``weight`` is 0 or the prompt has one
     clause. ``steady_batch``: one batch size in every step (set it when a step cache runs); ``suffix``: appended to
-    each clause's text (``generation.clause_suffix``). Raises ``ConfigError`` for pipelines outside the Wan family."""
+    each clause's text (``generation.clause_suffix``); ``referee``: the hook's (``generation.clause_referee``).
+    Raises ``ConfigError`` for pipelines outside the Wan family."""
     clauses = composed_clauses(prompt, weight)
     if not clauses:
         yield None
