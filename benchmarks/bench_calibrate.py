@@ -249,11 +249,11 @@ def main(argv: list[str] | None = None) -> int:
         # a content never profiled
         q, k, v = layer_inputs(layer, args.calib_inputs, grid, text, args.heads, args.device)
         ref = dense(q, k, v)
-        dense_ms.append(bench(lambda: dense(q, k, v)))
+        dense_ms.append(bench(lambda q=q, k=k, v=v: dense(q, k, v)))  # bound now: the loop deletes them
         for name, cfg in configs.items():
             tau = per_head(cfg["thresholds"][layer], args.heads)
 
-            def call():
+            def call(q=q, k=k, v=v, tau=tau):
                 return xattention(q, k, v, threshold=tau, stride=STRIDE, block_size=BLOCK, text_start=n_img,
                                   backend=backend, return_selection=True)
 

@@ -65,9 +65,11 @@ def main() -> None:
     z0 = (pipe.vae.encode(clip.video).latent_dist.mode() - mean) / std  # [N, C, F, h, w]
     noise = torch.randn(z0.shape, generator=torch.Generator().manual_seed(args.seed))
     decode = lambda z: pipe.vae.decode(z * std + mean).sample.clamp(-1, 1)  # noqa: E731
-    # per clip: the whole prompt, the empty prompt, clause 1, clause 2 (encoded once, used at every σ)
-    texts = [encode_prompts(pipe.text_encoder, [format_prompt(pair), "", format_prompt([pair[0]]),
-                                                format_prompt([pair[1]])], "cpu") for pair in objects]
+    # per clip: the whole prompt, the empty prompt, clause 1, clause 2 (encoded once, used at every σ); each clause
+    # with the weights' clause suffix, as the composition reads it (generation.clause_suffix)
+    texts = [encode_prompts(pipe.text_encoder, [format_prompt(pair), "", format_prompt([pair[0]]) + g.clause_suffix,
+                                                format_prompt([pair[1]]) + g.clause_suffix], "cpu")
+             for pair in objects]
     table: dict[str, dict[str, list[float]]] = {}
     for sigma in args.sigmas:
         per_row: dict[str, list[float]] = {}

@@ -259,3 +259,12 @@ def test_the_mini_presets_compose_by_default_and_other_models_do_not():
         assert load_config(None, [f"model.path={name}", "generation.clause_steps=null"]).generation.clause_steps is None
     for name in ("tiny", "tiny-wan"):
         assert load_config(None, [f"model.path={name}"]).generation.clause_weight == 0
+
+
+def test_the_referee_is_on_by_default_at_mini_only():
+    """The refereed composition gained objects at ``mini`` and lost some at ``mini-large`` (README), so only ``mini``
+    turns it on; an explicit value still wins."""
+    assert load_config(None, ["model.path=mini"]).generation.clause_referee is True
+    assert load_config(None, ["model.path=mini", "generation.clause_referee=false"]).generation.clause_referee is False
+    for name in ("mini-large", "tiny-wan"):
+        assert load_config(None, [f"model.path={name}"]).generation.clause_referee is False

@@ -269,12 +269,12 @@ def test_hunyuan15_i2v_writes_the_asked_size(tmp_path):
 
 def test_generate_says_when_it_composes_clauses(tmp_path, capsys):
     """The mini presets compose an "A and B" prompt by default (a composed step costs 4x the batch; the first 4
-    steps are composed): the summary says so; a one-clause prompt, or --clause-weight 0, does not."""
+    steps are composed; at mini refereed): the summary says so; a one-clause prompt, or --clause-weight 0, does not."""
     small = ["--model", "mini", "--frames", "5", "--steps", "2", "--set", "generation.height=32",
              "--set", "generation.width=32"]
     two = "a red ball moving left and a blue square moving up"
     assert main(["generate", *small, "--prompt", two, "--out", str(tmp_path / "a.mp4")]) == 0
-    assert "clause composition: 2 clauses at weight 1 before step 4" in capsys.readouterr().out
+    assert "refereed clause composition: 2 clauses at weight 1 before step 4" in capsys.readouterr().out
     assert json.loads((tmp_path / "a.json").read_text())["clauses"] == ["a red ball moving left",
                                                                        "a blue square moving up"]
     assert main(["generate", *small, "--prompt", two, "--clause-weight", "0", "--out", str(tmp_path / "b.mp4")]) == 0

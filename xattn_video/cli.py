@@ -104,7 +104,8 @@ def _report(run: Any, result: Any) -> None:
             line += (f", steps 0-{window['compute_first'] - 1} computed around the clause composition"
                      + (f" ({changed})" if changed else ""))
     if result.clauses:  # each step costs (2 + clauses)x the batch: say why it is slower
-        line += (f"; clause composition: {len(result.clauses)} clauses at weight {g.clause_weight:g}"
+        line += (f"; {'refereed ' if g.clause_referee else ''}clause composition: {len(result.clauses)} clauses "
+                 f"at weight {g.clause_weight:g}"
                  f"{'' if not g.clause_start else f' from step {g.clause_start}'}"
                  f"{'' if g.clause_steps is None else f' before step {g.clause_steps}'}"
                  f"{'' if not g.clause_suffix else f', each clause + {g.clause_suffix!r}'}")
