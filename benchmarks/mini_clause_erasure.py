@@ -31,7 +31,7 @@ from xattn_video.config import load_config
 from xattn_video.mini.data import render
 from xattn_video.mini.grammar import format_prompt, sample_objects
 from xattn_video.mini.model import encode_prompts, latent_norm
-from xattn_video.pipelines.clauses import composition, refereed_composition
+from xattn_video.pipelines.clauses import composition, composition_texts, refereed_composition, split_clauses
 from xattn_video.pipelines.loading import load_pipeline
 
 ROWS = ("whole prompt", "empty prompt", "own clause", "other clause", "composition", "refereed composition")
@@ -65,11 +65,10 @@ def main() -> None:
     z0 = (pipe.vae.encode(clip.video).latent_dist.mode() - mean) / std  # [N, C, F, h, w]
     noise = torch.randn(z0.shape, generator=torch.Generator().manual_seed(args.seed))
     decode = lambda z: pipe.vae.decode(z * std + mean).sample.clamp(-1, 1)  # noqa: E731
-    # per clip: the whole prompt, the empty prompt, clause 1, clause 2 (encoded once, used at every σ); each clause
-    # with the weights' clause suffix, as the composition reads it (generation.clause_suffix)
-    texts = [encode_prompts(pipe.text_encoder, [format_prompt(pair), "", format_prompt([pair[0]]) + g.clause_suffix,
-                                                format_prompt([pair[1]]) + g.clause_suffix], "cpu")
-             for pair in objects]
+    # per clip: the whole prompt, the empty prompt, clause 1, clause 2 as the composition reads them (each clause with
+    # the weights' generation.clause_suffix); encoded once, used at every σ
+    texts = [encode_prompts(pipe.text_encoder, composition_texts(format_prompt(pair), split_clauses(
+        format_prompt(pair)), g.clause_suffix), "cpu") for pair in objects]
     table: dict[str, dict[str, list[float]]] = {}
     for sigma in args.sigmas:
         per_row: dict[str, list[float]] = {}

@@ -62,7 +62,7 @@ def probe_accuracy(train_x: torch.Tensor, train_y: torch.Tensor, test_x: torch.T
 
 
 def main(argv: list[str] | None = None) -> int:
-    from xattn_video.mini import trained_text_len
+    from xattn_video.mini import trained_generation
 
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--weights", type=Path, default=None, help="pipeline folder (default: the mini weights)")
@@ -75,7 +75,7 @@ def main(argv: list[str] | None = None) -> int:
     from xattn_video.mini.model import build_components
 
     folder, pipe = load_folder(args.weights)
-    text_len = trained_text_len(folder)
+    text_len = trained_generation("mini", folder)["max_sequence_length"]
     accuracy = {}
     for name, encoder in (("trained", pipe.text_encoder), ("untrained", build_components(seed=0)["text_encoder"])):
         rng = random.Random(args.seed)

@@ -69,7 +69,7 @@ def gap_over(loss: torch.Tensor, right: torch.Tensor, clips: torch.Tensor | None
 
 
 def main(argv: list[str] | None = None) -> int:
-    from xattn_video.mini import trained_text_len
+    from xattn_video.mini import trained_generation
 
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--weights", type=Path, default=None, help="pipeline folder (default: the mini weights)")
@@ -81,7 +81,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--name", default="mini")
     args = p.parse_args(argv)
     folder, pipe = load_folder(args.weights)
-    rows = word_gaps(pipe, args.clips, args.sigmas, tuple(args.shape), args.seed, trained_text_len(folder))
+    rows = word_gaps(pipe, args.clips, args.sigmas, tuple(args.shape), args.seed,
+                     trained_generation("mini", folder)["max_sequence_length"])
     lines = [f"# Which words the mini model uses (`{folder}`)", "",
              f"Command: `python benchmarks/mini_word_gap.py {' '.join(argv or sys.argv[1:])}` ({args.clips} clips at "
              f"{'x'.join(map(str, args.shape))}, seed {args.seed}). Relative loss increase when each object's word is "

@@ -232,15 +232,15 @@ def test_training_smoke_writes_a_loadable_folder(tmp_path):
     assert record["text_len"] == mini_model.TEXT_LEN and len(record["text_gap_curve"]) == 2
     assert [step for step, _ in record["text_gap_high_curve"]] == [1, 2]  # the probe at the sampler's first steps
     assert record["args"]["vae_thumb"] > 0  # the VAE ties its first channels to the thumbnail by default
-    from xattn_video.mini import trained_text_len
+    from xattn_video.mini import trained_generation
 
-    assert trained_text_len(out) == mini_model.TEXT_LEN
-    from xattn_video.mini import trained_clause_suffix
+    assert trained_generation("mini", out)["max_sequence_length"] == mini_model.TEXT_LEN
     from xattn_video.mini.data import PARTIAL_MARKER
 
     # partial captions: the folder tells the composition to mark its clauses so; weights without them do not
-    assert record["clause_suffix"] == trained_clause_suffix(out) == PARTIAL_MARKER
-    assert trained_clause_suffix() == "" and load_config(None, ["model.path=mini"]).generation.clause_suffix == ""
+    assert record["clause_suffix"] == trained_generation("mini", out)["clause_suffix"] == PARTIAL_MARKER
+    assert "clause_suffix" not in trained_generation("mini")
+    assert load_config(None, ["model.path=mini"]).generation.clause_suffix == ""
     pipe = WanPipeline.from_pretrained(out, dtype=torch.float32)
     assert pipe.transformer.config.num_layers == mini_model.TRANSFORMER_CONFIG["num_layers"]
     assert not (tmp_path / "mini.tmp").exists()
@@ -544,10 +544,10 @@ def test_training_smoke_with_latent_reuse(tmp_path):
     assert record["args"]["binding_weight"] == 3.0 and record["args"]["two_prob"] == 0.75
     assert record["args"]["grounding_weight"] == 0.5 and record["args"]["grounding_sigma_min"] == 0.5
     # the shift trained with is the shift sampled with: the folder's scheduler (mini) and the presets' record
-    from xattn_video.mini import trained_flow_shift
+    from xattn_video.mini import trained_generation
 
     assert json.loads((out / "scheduler" / "scheduler_config.json").read_text())["flow_shift"] == 12.0
-    assert (trained_flow_shift("mini", out), trained_flow_shift("mini-large", out)) == (12.0, 30.0)
+    assert tuple(trained_generation(p, out)["flow_shift"] for p in ("mini", "mini-large")) == (12.0, 30.0)
 
 
 def test_training_with_compile_trains_the_same_weights(tmp_path, monkeypatch):

@@ -7,7 +7,7 @@ import pytest
 
 from xattn_video.config import ConfigError, builtin_defaults, load_config
 from xattn_video.generate import run_pipeline
-from xattn_video.mini import trained_flow_shift
+from xattn_video.mini import trained_generation
 from xattn_video.pipelines.loading import load_pipeline
 from xattn_video.pipelines.sampler import sampler_shift, shift_key
 
@@ -85,9 +85,10 @@ def test_generation_with_the_models_own_shift_is_unchanged_and_another_shift_cha
 
 def test_mini_presets_take_the_shift_their_weights_were_trained_with(tmp_path, monkeypatch):
     (tmp_path / "training.json").write_text(json.dumps({"flow_shift": {"mini": 12.0, "mini-large": 30.0}}))
-    assert trained_flow_shift("mini", tmp_path) == 12.0 and trained_flow_shift("mini-large", tmp_path) == 30.0
+    assert trained_generation("mini", tmp_path)["flow_shift"] == 12.0
+    assert trained_generation("mini-large", tmp_path)["flow_shift"] == 30.0
     (tmp_path / "training.json").write_text(json.dumps({"text_len": 128}))  # weights from before the record
-    assert trained_flow_shift("mini", tmp_path) is None
+    assert "flow_shift" not in trained_generation("mini", tmp_path)
     import xattn_video.mini as mini
 
     (tmp_path / "training.json").write_text(json.dumps({"flow_shift": {"mini": 12.0, "mini-large": 30.0}}))

@@ -43,8 +43,8 @@ TINY_MODELS: dict[str, dict[str, Any]] = {
 # Tokens per self-attention call: latents (frames-1)/4+1 x height/4 x width/4, patches 1x2x2.
 MINI_MODELS: dict[str, dict[str, Any]] = {
     # 9 x 16 x 16 = 2,304 tokens: a CPU video in < 60 s. The refereed composition (pipelines/clauses.py) at mini
-    # only: two-object prompts at mini gained 2 / 0 objects of 48 on the tuning pairs (CPU / H100) and 2 / 1 of 32
-    # held out; at mini-large it lost 3 of 48 on the tuning pairs (README "Composition schedule")
+    # only: at mini it gained 2 / 0 objects (CPU / H100) on the 24 two-object tuning pairs and 2 / 1 on the 32
+    # held-out pairs; at mini-large it lost 3 of 48 on the tuning pairs (README "Composition schedule")
     "mini": {"generation": {"height": 128, "width": 128, "clause_referee": True}},
     "mini-large": {"generation": {"height": 352, "width": 352}},  # 9 x 44 x 44 = 17,424 tokens: for a GPU
 }

@@ -36,58 +36,32 @@ def _weights_record(folder: Path | None) -> dict:
     return record if isinstance(record, dict) else {}
 
 
-def _text_len(record: dict) -> int:
-    try:
-        return int(record.get("text_len", DEFAULT_TEXT_LEN))
-    except (TypeError, ValueError):
-        return DEFAULT_TEXT_LEN
-
-
-def _flow_shift(record: dict, preset: str) -> float | None:
-    shifts = record.get("flow_shift")
-    value = shifts.get(preset) if isinstance(shifts, dict) else None
-    return None if value is None else float(value)
-
-
-def _clause_suffix(record: dict) -> str:
-    suffix = record.get("clause_suffix", "")
-    return suffix if isinstance(suffix, str) else ""
-
-
-def trained_text_len(folder: Path | None = None) -> int:
-    """The prompt length (text positions, zero-padded) the weights in ``folder`` (default: the mini weights) were
-    trained with, from their ``training.json``; generation must pad prompts to the same length, because Wan's
-    cross-attention has no mask and the padding positions are keys like any other."""
-    return _text_len(_weights_record(folder))
-
-
-def trained_flow_shift(preset: str, folder: Path | None = None) -> float | None:
-    """The sampler shift the weights in ``folder`` (default: the mini weights) were trained with at ``preset``
-    (``mini`` or ``mini-large``), from their ``training.json``; None when it records none (weights trained at
-    the shift of their own scheduler config, 3)."""
-    return _flow_shift(_weights_record(folder), preset)
-
-
-def trained_clause_suffix(folder: Path | None = None) -> str:
-    """What clause composition appends to each clause for the weights in ``folder`` (default: the mini weights):
-    the partial-caption marker they were trained with (``mini.train --partial-prob``), from their ``training.json``;
-    "" for weights trained without partial captions."""
-    return _clause_suffix(_weights_record(folder))
-
-
 def trained_generation(preset: str, folder: Path | None = None) -> dict:
-    """The ``generation`` config keys the weights in ``folder`` (default: the mini weights) set at ``preset``, their
-    ``training.json`` read once: ``max_sequence_length``, and ``flow_shift`` / ``clause_suffix`` where it records
-    them (the functions above, one key each)."""
+    """The ``generation`` config keys the weights in ``folder`` (default: the mini weights) set at ``preset``
+    (``mini`` or ``mini-large``), their ``training.json`` read once:
+
+    - ``max_sequence_length``: the prompt length (text positions, zero-padded) they were trained with; generation
+      must pad prompts to the same length, because Wan's cross-attention has no mask and the padding positions are
+      keys like any other (``DEFAULT_TEXT_LEN`` for weights from before the record);
+    - ``flow_shift``: the sampler shift they were trained with at ``preset``; absent when none is recorded (weights
+      trained at the shift of their own scheduler config, 3);
+    - ``clause_suffix``: what clause composition appends to each clause, the partial-caption marker they were
+      trained with (``mini.train --partial-prob``); absent for weights trained without partial captions.
+    """
     record = _weights_record(folder)
-    trained: dict = {"max_sequence_length": _text_len(record)}
-    shift, suffix = _flow_shift(record, preset), _clause_suffix(record)
+    try:
+        text_len = int(record.get("text_len", DEFAULT_TEXT_LEN))
+    except (TypeError, ValueError):
+        text_len = DEFAULT_TEXT_LEN
+    trained: dict = {"max_sequence_length": text_len}
+    shifts = record.get("flow_shift")
+    shift = shifts.get(preset) if isinstance(shifts, dict) else None
     if shift is not None:
-        trained["flow_shift"] = shift
-    if suffix:
+        trained["flow_shift"] = float(shift)
+    suffix = record.get("clause_suffix")
+    if isinstance(suffix, str) and suffix:
         trained["clause_suffix"] = suffix
     return trained
 
 
-__all__ = ["DEFAULT_TEXT_LEN", "WEIGHTS_DIR", "trained_clause_suffix", "trained_flow_shift", "trained_generation",
-           "trained_text_len", "weights_dir"]
+__all__ = ["DEFAULT_TEXT_LEN", "WEIGHTS_DIR", "trained_generation", "weights_dir"]

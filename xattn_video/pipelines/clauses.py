@@ -70,6 +70,12 @@ def refereed_composition(prompt: torch.Tensor, empty: torch.Tensor, clauses: lis
     return out.to(prompt.dtype)
 
 
+def composition_texts(prompt: str, clauses: list[str], suffix: str = "") -> list[str]:
+    """The texts one composed prediction reads, in the hook's order: the whole prompt, the empty prompt, then each
+    clause with ``suffix`` (``generation.clause_suffix``) appended."""
+    return [prompt, "", *[clause + suffix for clause in clauses]]
+
+
 def split_clauses(prompt: str) -> list[str]:
     """The prompt's clauses, its parts between the word "and": ``["a red ball moving left", "a white square moving
     down"]``; one clause for a prompt without "and"."""
@@ -186,7 +192,7 @@ def clause_composition(pipe: Any, prompt: str, weight: float, max_sequence_lengt
     modules = transformers_of(pipe)
     dtype = modules[0].dtype
     with torch.no_grad():
-        embeds, _ = pipe.encode_prompt(prompt=[prompt, "", *[clause + suffix for clause in clauses]],
+        embeds, _ = pipe.encode_prompt(prompt=composition_texts(prompt, clauses, suffix),
                                        do_classifier_free_guidance=False,
                                        max_sequence_length=max_sequence_length, device=device, dtype=dtype)
     prompt_embeds, part_embeds = embeds[:1].contiguous(), embeds[1:]
