@@ -67,8 +67,9 @@ def main() -> None:
     decode = lambda z: pipe.vae.decode(z * std + mean).sample.clamp(-1, 1)  # noqa: E731
     # per clip: the whole prompt, the empty prompt, clause 1, clause 2 as the composition reads them (each clause with
     # the weights' generation.clause_suffix); encoded once, used at every σ
-    texts = [encode_prompts(pipe.text_encoder, composition_texts(format_prompt(pair), split_clauses(
-        format_prompt(pair)), g.clause_suffix), "cpu") for pair in objects]
+    prompts = [format_prompt(pair) for pair in objects]
+    texts = [encode_prompts(pipe.text_encoder, composition_texts(prompt, split_clauses(prompt), g.clause_suffix), "cpu")
+             for prompt in prompts]
     table: dict[str, dict[str, list[float]]] = {}
     for sigma in args.sigmas:
         per_row: dict[str, list[float]] = {}
