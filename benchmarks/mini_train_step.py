@@ -4,17 +4,25 @@
 
 Times the transformer + text-encoder step of ``python -m xattn_video.mini.train`` (flow loss, backward, clipping,
 AdamW, the EMA) on random latents at the ``mini`` shape (batch 32, 2,304 tokens per clip) and the ``mini-large`` shape
-(batch 4, 17,424 tokens), untrained weights (the step's time does not depend on them), for these variants:
+(batch 4, 17,424 tokens), untrained weights (the step's time does not depend on them), the steps cycling through 8
+batches of training prompts (so the text encoder's length varies as in training), for these variants:
 
 - ``eager``: no compilation;
 - ``compile``: ``torch.compile(transformer)`` as ``--compile`` trains (AdamW's default multi-tensor loop);
 - ``compile-rope``: ``compile`` with ``mini.train_attention``'s processor (the rotary embedding without strided
   writes; same math);
 - ``compile-fused``: + ``AdamW(fused=True)``;
-- ``compile-fused-text``: + the text encoder compiled too;
+- ``compile-fused-text``: + the text encoder compiled too (``dynamic=False``: one graph per prompt length);
+- ``compile-text``: ``compile`` with the text encoder compiled as training would (``dynamic=None``: the prompts'
+  longest length varies from batch to batch, so its second length compiles one dynamic graph);
 - ``cudagraphs``: the transformer compiled with ``mode="reduce-overhead"`` (CUDA graphs) + fused AdamW;
 - ``compile-fused-b64``, ``cudagraphs-b64``: twice the batch at each shape (clips per second is the column to
   compare).
+
+``--encode`` times instead the VAE encoding of fresh clips (``mini.train.encode_video``: --encode-every's grouped
+call, 64 clips at ``mini``, 8 at ``mini-large``, and half and double those) as ``eager``, as ``compile`` (the VAE's
+encoder through ``torch.compile``) and as ``graph`` (the whole call captured once per batch size in a CUDA graph and
+replayed: the causal encoder walks the 33 frames in 9 chunks, many small launches), checking each against eager.
 
 Also profiles a few ``compile`` steps at each shape: the sum of the GPU kernels' times against the wall time says
 whether the step is bound by launches (the GPU idles between kernels) or by the kernels themselves. Writes
@@ -43,7 +51,7 @@ from xattn_video.mini.model import LATENT_CHANNELS, build_components, encode_pro
 from xattn_video.mini.train import ema_update, flow_sigmas, transformer_optimizer  # noqa: E402
 from xattn_video.mini.train_attention import use_training_attention  # noqa: E402
 
-VARIANTS = ("eager", "compile", "compile-rope", "compile-fused", "compile-fused-text", "cudagraphs",
+VARIANTS = ("eager", "compile", "compile-rope", "compile-fused", "compile-fused-text", "compile-text", "cudagraphs",
             "compile-fused-b64", "cudagraphs-b64")
 SHAPES = {"mini": ((9, 32, 32), 32, 6.0), "mini-large": ((9, 88, 88), 4, 12.0)}  # latent [F, H, W], batch, shift
 
@@ -62,7 +70,11 @@ def make_step(variant: str, device: str):
     if variant != "eager":
         mode = "reduce-overhead" if variant.startswith("cudagraphs") else None
         forward = torch.compile(transformer, dynamic=False, mode=mode)
-    encoder = torch.compile(text_encoder, dynamic=False) if variant == "compile-fused-text" else text_encoder
+    encoder = text_encoder
+    if variant == "compile-fused-text":
+        encoder = torch.compile(text_encoder, dynamic=False)
+    elif variant == "compile-text":
+        encoder = torch.compile(text_encoder, dynamic=None)
     gen = torch.Generator(device=device).manual_seed(0)
 
     def step(z0: torch.Tensor, prompts: list[str], shift: float) -> torch.Tensor:
@@ -98,20 +110,27 @@ def batch_for(shape: str, doubled: bool, rng: random.Random, device: str) -> tup
     return z0, [training_prompt(sample_objects(rng), rng) for _ in range(batch)], shift
 
 
+def prompt_batches(batch: int, rng: random.Random, count: int = 8) -> list[list[str]]:
+    """``count`` batches of training prompts: the steps cycle through them, so the longest prompt (the text
+    encoder's sequence length) changes from step to step as in training."""
+    return [[training_prompt(sample_objects(rng), rng) for _ in range(batch)] for _ in range(count)]
+
+
 def time_variant(variant: str, steps: int, device: str, shapes: list[str]) -> list[dict]:
     step = make_step(variant, device)
     rng = random.Random(0)
     rows = []
     for shape in shapes:
-        z0, prompts, shift = batch_for(shape, variant.endswith("-b64"), rng, device)
+        z0, _, shift = batch_for(shape, variant.endswith("-b64"), rng, device)
+        prompts = prompt_batches(z0.shape[0], rng)
         started = time.perf_counter()
-        for _ in range(3):  # compilation (and the CUDA graphs' recording) happen here
-            step(z0, prompts, shift)
+        for i in range(3):  # compilation (and the CUDA graphs' recording) happen here
+            step(z0, prompts[i], shift)
         torch.cuda.synchronize()
         warm = time.perf_counter() - started
         started = time.perf_counter()
-        for _ in range(steps):
-            loss = step(z0, prompts, shift)
+        for i in range(steps):
+            loss = step(z0, prompts[(3 + i) % len(prompts)], shift)
         torch.cuda.synchronize()
         ms = 1e3 * (time.perf_counter() - started) / steps
         rows.append({"variant": variant, "shape": shape, "batch": z0.shape[0], "ms_per_step": ms,
@@ -158,12 +177,112 @@ def profile_busy(device: str, steps: int = 5) -> list[dict]:
     return rows
 
 
+ENCODE_SHAPES = {"mini": ((33, 128, 128), (32, 64, 128)), "mini-large": ((33, 352, 352), (4, 8, 16))}
+
+
+def encode_variant(variant: str, vae, mean: torch.Tensor, std: torch.Tensor):
+    """``encode(video) -> latents`` for one of ``eager``, ``compile``, ``graph`` (see the module docstring)."""
+    from xattn_video.mini.train import encode_video
+
+    if variant == "eager":
+        return lambda video: encode_video(vae, video, mean, std)
+    if variant == "compile":
+        # every causal conv of the encoder runs one ``forward`` code object at its own shapes, each with and
+        # without the previous chunk's cached frames: far more graphs than dynamo's default limit of 8
+        torch._dynamo.config.recompile_limit = 256
+        torch._dynamo.config.accumulated_recompile_limit = 4096
+        vae.encoder = torch.compile(vae.encoder, dynamic=False)
+        return lambda video: encode_video(vae, video, mean, std)
+    graphs: dict[tuple, tuple] = {}
+
+    def replay(video: torch.Tensor) -> torch.Tensor:
+        key = tuple(video.shape)
+        if key not in graphs:
+            static = video.clone()
+            side = torch.cuda.Stream()
+            side.wait_stream(torch.cuda.current_stream())
+            with torch.cuda.stream(side):  # warm-up outside the capture (cuDNN picks its algorithms here)
+                encode_video(vae, static, mean, std)
+            torch.cuda.current_stream().wait_stream(side)
+            graph = torch.cuda.CUDAGraph()
+            with torch.cuda.graph(graph):
+                out = encode_video(vae, static, mean, std)
+            graphs[key] = (graph, static, out)
+        graph, static, out = graphs[key]
+        static.copy_(video)
+        graph.replay()
+        return out.clone()
+
+    return replay
+
+
+def time_encode(device: str, steps: int, variants: tuple[str, ...] = ("eager", "compile", "graph"),
+                batches: dict[str, tuple[int, ...]] | None = None) -> list[dict]:
+    """ms per encoding call and per clip, each variant on the same rendered clips, and its largest difference from
+    eager's latents (the normalised latents are O(1))."""
+    from xattn_video.mini.data import render
+    from xattn_video.mini.model import build_vae, latent_norm
+
+    rows = []
+    for variant in variants:
+        torch.manual_seed(0)
+        vae = build_vae().to(device).eval()
+        mean, std = latent_norm(vae, device)
+        encode = encode_variant(variant, vae, mean, std)
+        rng = random.Random(0)
+        for shape, (size, sizes) in ENCODE_SHAPES.items():
+            for batch in (batches or {}).get(shape, sizes):
+                video = render([sample_objects(rng) for _ in range(batch)], *size, rng, device).video
+                try:
+                    started = time.perf_counter()
+                    got = encode(video)  # compilation / capture
+                    torch.cuda.synchronize()
+                    first = time.perf_counter() - started
+                    started = time.perf_counter()
+                    for _ in range(steps):
+                        got = encode(video)
+                    torch.cuda.synchronize()
+                    ms = 1e3 * (time.perf_counter() - started) / steps
+                except Exception as error:  # one variant failing must not lose the others' rows
+                    print(f"encode {variant} {shape} {batch}: failed: {type(error).__name__}: "
+                          f"{str(error).splitlines()[0][:300]}", flush=True)
+                    continue
+                torch.manual_seed(0)
+                reference = build_vae().to(device).eval()
+                diff = (got - encode_variant("eager", reference, mean, std)(video)).abs().max().item()
+                rows.append({"variant": variant, "shape": shape, "batch": batch, "ms_per_call": ms,
+                             "ms_per_clip": ms / batch, "first_s": first, "max_diff": diff})
+                print(f"encode {variant:8s} {shape:10s} {batch:4d} clips: {ms:7.1f} ms/call, {ms / batch:6.2f} ms/clip "
+                      f"(first call {first:.1f} s), max |diff| vs eager {diff:.2e}", flush=True)
+        torch._dynamo.reset()
+    return rows
+
+
+def encode_table(rows: list[dict], gpu: str, steps: int) -> list[str]:
+    base = {(r["shape"], r["batch"]): r["ms_per_call"] for r in rows if r["variant"] == "eager"}
+    lines = [f"# Mini-model VAE encoding of fresh clips ({gpu})", "",
+             "`mini.train.encode_video` on rendered clips, random VAE weights (the time does not depend on them), "
+             f"{steps} timed calls after one (`benchmarks/mini_train_step.py --encode`).", "",
+             "| variant | shape | clips | ms/call | ms/clip | × eager | max diff vs eager |",
+             "|---|---|---:|---:|---:|---:|---:|"]
+    for r in rows:
+        ratio = base.get((r["shape"], r["batch"]), float("nan")) / r["ms_per_call"]
+        lines.append(f"| {r['variant']} | {r['shape']} | {r['batch']} | {r['ms_per_call']:.1f} | "
+                     f"{r['ms_per_clip']:.2f} | {ratio:.2f} | {r['max_diff']:.1e} |")
+    return lines
+
+
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--variants", nargs="+", choices=VARIANTS, default=list(VARIANTS))
     p.add_argument("--steps", type=int, default=30, help="timed steps per variant and shape")
     p.add_argument("--shapes", nargs="+", choices=list(SHAPES), default=list(SHAPES))
     p.add_argument("--no-profile", action="store_true")
+    p.add_argument("--encode", action="store_true", help="time the VAE encoding of fresh clips instead of the step")
+    p.add_argument("--encode-variants", nargs="+", choices=("eager", "compile", "graph"),
+                   default=["eager", "compile", "graph"])
+    p.add_argument("--encode-batches", nargs=2, type=int, metavar=("MINI", "LARGE"), default=None,
+                   help="one batch size per shape instead of the three of ENCODE_SHAPES")
     p.add_argument("--out-dir", type=Path, default=Path("."))
     args = p.parse_args()
     if not torch.cuda.is_available():
@@ -172,6 +291,15 @@ def main() -> int:
     device = "cuda"
     torch.backends.cuda.matmul.allow_tf32 = True
     gpu = torch.cuda.get_device_name()
+    if args.encode:
+        batches = {"mini": (args.encode_batches[0],), "mini-large": (args.encode_batches[1],)} \
+            if args.encode_batches else None
+        lines = encode_table(time_encode(device, args.steps, tuple(args.encode_variants), batches), gpu, args.steps)
+        name = "mini-encode-" + gpu.lower().replace(" ", "-")
+        args.out_dir.mkdir(parents=True, exist_ok=True)
+        (args.out_dir / f"{name}.md").write_text("\n".join(lines) + "\n")
+        print("\n".join(lines))
+        return 0
     rows, busy = [], []
     for variant in args.variants:
         try:

@@ -552,35 +552,47 @@ def test_training_smoke_with_latent_reuse(tmp_path):
 
 def test_training_with_compile_trains_the_same_weights(tmp_path, monkeypatch):
     """--compile routes the training forward through torch.compile (the eager backend here, so the numbers are
-    bitwise those of the plain run): the compiled wrapper must train the transformer's own parameters, which the
-    EMA and the saved folder read."""
-    from xattn_video.mini import train
-
-    calls, forwards = [], []
-    plain_compile = torch.compile
-
-    def eager_compile(model, **kwargs):
-        calls.append(kwargs)
-        compiled = plain_compile(model, backend="eager", **kwargs)
-
-        def counted(*args, **kw):
-            forwards.append(args[0].shape)
-            return compiled(*args, **kw)
-        return counted
-
-    monkeypatch.setattr(torch, "compile", eager_compile)
-    common = ["--init-vae", str(TIED_VAE), "--steps", "2", "--batch", "2", "--large-every", "0", "--mini-shape", "5",
-              "32", "32", "--warmup", "1", "--log-every", "1", "--text-probe-clips", "2", "--ema", "0",
-              "--device", "cpu"]
-    assert train.main(["--out", str(tmp_path / "plain"), *common]) == 0 and not calls
-    assert train.main(["--out", str(tmp_path / "compiled"), "--compile", *common]) == 0
-    assert calls == [{"dynamic": False}] and len(forwards) == 2  # each training step ran the compiled forward
-    records = [json.loads((tmp_path / name / "training.json").read_text()) for name in ("plain", "compiled")]
-    assert records[0]["loss_curve"] == records[1]["loss_curve"] and records[1]["args"]["compile"] is True
+    bitwise those of the plain run), and on CUDA the text encoder (its prompt length varies: dynamic None) and the
+    VAE's encoder too (``train.EXTRA_COMPILED``, forced on here): every training step calls the three through
+    torch.compile, the compiled wrappers train the modules' own parameters (the loss curve and every saved weight
+    equal the plain run's), and the VAE's compiled forward, an instance attribute, leaves its state dict as it was."""
     from safetensors.torch import load_file
 
-    weights = [load_file(next((tmp_path / name / "transformer").glob("*.safetensors"))) for name in ("plain", "compiled")]
-    assert all(torch.equal(weights[0][k], weights[1][k]) for k in weights[0])
+    from xattn_video.mini import train
+
+    plain_compile, compiled, calls = torch.compile, [], {}
+
+    def eager_compile(model, **kwargs):
+        owner = type(getattr(model, "__self__", model)).__name__  # a bound forward names its module
+        compiled.append((owner, kwargs.get("dynamic")))
+        inner = plain_compile(model, backend="eager", **kwargs)
+
+        def counted(*args, **kw):
+            calls[owner] = calls.get(owner, 0) + 1
+            return inner(*args, **kw)
+        return counted
+
+    for key in ("recompile_limit", "accumulated_recompile_limit"):  # compile_extras raises them: restored after
+        monkeypatch.setattr(torch._dynamo.config, key, getattr(torch._dynamo.config, key))
+    common = ["--init-vae", str(TIED_VAE), "--steps", "2", "--batch", "2", "--large-every", "0", "--mini-shape", "5",
+              "32", "32", "--warmup", "1", "--log-every", "1", "--text-probe-clips", "2", "--ema", "0",
+              "--latent-reuse", "2", "--device", "cpu"]
+    monkeypatch.setattr(torch, "compile", eager_compile)
+    assert train.main(["--out", str(tmp_path / "plain"), *common]) == 0 and not compiled
+    monkeypatch.setattr(train, "EXTRA_COMPILED", {"cpu": ("text_encoder", "vae_encoder")})
+    assert train.main(["--out", str(tmp_path / "compiled"), "--compile", *common]) == 0
+    assert sorted(compiled) == sorted([("WanTransformer3DModel", False), ("UMT5EncoderModel", None),
+                                       ("WanEncoder3d", False)])
+    assert calls["UMT5EncoderModel"] == 2 and calls["WanTransformer3DModel"] == 2  # one call per training step
+    # step 1 fills the pool eager; step 2's fresh clip is encoded compiled: one encoder call per chunk of 5 frames (2)
+    assert calls["WanEncoder3d"] == 2
+    assert torch._dynamo.config.recompile_limit >= train.VAE_ENCODER_RECOMPILES
+    records = [json.loads((tmp_path / name / "training.json").read_text()) for name in ("plain", "compiled")]
+    assert records[0]["loss_curve"] == records[1]["loss_curve"] and records[1]["args"]["compile"] is True
+    for part in ("transformer", "text_encoder", "vae"):
+        weights = [load_file(next((tmp_path / name / part).glob("*.safetensors"))) for name in ("plain", "compiled")]
+        assert weights[0].keys() == weights[1].keys(), part
+        assert all(torch.equal(weights[0][k], weights[1][k]) for k in weights[0]), part
 
 
 def test_training_goes_on_eager_when_compile_fails(tmp_path, monkeypatch, capsys):
@@ -595,8 +607,9 @@ def test_training_goes_on_eager_when_compile_fails(tmp_path, monkeypatch, capsys
             "--text-probe-clips", "2",
             "--device", "cpu"]
     assert train.main(args) == 0
-    lines = [line for line in capsys.readouterr().out.splitlines() if "torch.compile failed" in line]
-    assert lines == ["torch.compile failed (RuntimeError: no compiler here): training goes on without it"]
+    lines = [line for line in capsys.readouterr().out.splitlines() if "torch.compile of the" in line]
+    assert lines == ["torch.compile of the transformer failed (RuntimeError: no compiler here): "
+                     "training goes on without it"]
 
 
 def test_text_probe_batches_share_clips_and_noise_at_their_own_sigma():

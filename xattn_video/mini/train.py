@@ -126,7 +126,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         % (POOL_BATCHES // 2))
     p.add_argument("--compile", action="store_true",
                    help="train through torch.compile(transformer) (one graph per shape; the EMA copy, the probes "
-                        "and the saved weights stay plain modules)")
+                        "and the saved weights stay plain modules); on CUDA the text encoder and the VAE encoder of "
+                        "the fresh clips compile too (EXTRA_COMPILED)")
     p.add_argument("--layers", type=int, default=None,
                    help="transformer blocks (default: mini.model.TRANSFORMER_CONFIG's, or the --init folder's); each "
                         "adds ~1.05M parameters, 2.1 MB to the folder; more than the --init folder's appends blocks "
@@ -457,19 +458,31 @@ class LatentPool:
         return out
 
 
-def encode_video(vae: Any, video: torch.Tensor, mean: torch.Tensor, std: torch.Tensor) -> torch.Tensor:
-    with torch.no_grad(), torch.autocast("cuda", dtype=torch.bfloat16, enabled=video.is_cuda):
-        z = vae.encode(video).latent_dist.mode().float()
+def encode_video(vae: Any, video: torch.Tensor, mean: torch.Tensor, std: torch.Tensor,
+                 encoder: Any = None) -> torch.Tensor:
+    """The normalised latents [B, C, F', H', W'] of ``video`` [B, 3, F, H, W] in [-1, 1]; ``encoder``: a stand-in for
+    ``vae.encoder``'s forward for this call (the compiled one of :func:`compile_extras`), None: the module's own."""
+    if encoder is not None:  # an instance attribute for the call: the module and its state dict stay as they are
+        vae.encoder.forward = encoder
+    try:
+        with torch.no_grad(), torch.autocast("cuda", dtype=torch.bfloat16, enabled=video.is_cuda):
+            z = vae.encode(video).latent_dist.mode().float()
+    finally:
+        if encoder is not None:
+            del vae.encoder.forward
     return (z - mean) / std  # the normalised latents the pipeline denoises
 
 
 def draw_batch(pool: LatentPool, batch: int, shape: list[int], vae: Any, mean: torch.Tensor, std: torch.Tensor,
-               args: argparse.Namespace, rng: random.Random, clock: PhaseClock,
-               grounding: bool) -> tuple[torch.Tensor, list[str], torch.Tensor | None, torch.Tensor | None]:
+               args: argparse.Namespace, rng: random.Random, clock: PhaseClock, grounding: bool,
+               encoder: Any = None) -> tuple[torch.Tensor, list[str], torch.Tensor | None, torch.Tensor | None]:
     """One training batch at ``shape`` (frames, height, width): fresh clips rendered and encoded (``pool.fresh``),
     the rest drawn from ``pool``. Returns the normalised latents [B, C, F', H', W'], the prompts (``args.uncond``
     of them emptied), the loss weight [B, 1, F', H', W'] when a swap weight is on (else None) and, with
-    ``grounding``, the objects' regions [B, MAX_OBJECTS, F', H', W'] (else None)."""
+    ``grounding``, the objects' regions [B, MAX_OBJECTS, F', H', W'] (else None). ``encoder``: as in
+    :func:`encode_video`."""
+    if pool.reuse > 1 and len(pool.prompts) < batch:
+        encoder = None  # a pool's first fill (once per phase and shape) runs eager: one batch size fewer to compile
     objects = [sample_objects(rng, args.two_prob) for _ in range(pool.fresh(batch))]
     if args.latent_reuse <= 1:  # the shipped weights' draw order
         prompts = ["" if rng.random() < args.uncond
@@ -484,7 +497,7 @@ def draw_batch(pool: LatentPool, batch: int, shape: list[int], vae: Any, mean: t
         clip = render(objects, *shape, rng, args.device, args.cross_prob)
         video = clip.video
         clock.phase("render")
-        z0 = encode_video(vae, video, mean, std)
+        z0 = encode_video(vae, video, mean, std, encoder)
         if weighted:  # the weight travels with its clip through the pool, as one more channel
             z0 = torch.cat([z0, swap_loss_weight(objects, video, rng_before, swap_weights, args.cross_prob)], 1)
         if grounding:  # so do the objects' regions, as MAX_OBJECTS more channels
@@ -558,12 +571,13 @@ def error_line(error: BaseException, limit: int = 300) -> str:
     return f"{type(error).__name__}: {message.splitlines()[0] if message else ''}"[:limit]
 
 
-def compiled_forward(transformer: torch.nn.Module) -> Any:
-    """``torch.compile(transformer)`` for the training steps (it shares the transformer's parameters, so the
-    optimizer and the EMA see every update). A run on the device machine is time-boxed: if a compiled call fails
-    (compile errors surface at a shape's first call), that is logged and training goes on eager rather than losing
-    the run; an error that is not the compiler's recurs in the eager call and stops the run as it would have."""
-    compiled: Any = torch.compile(transformer, dynamic=False)
+def compiled_forward(module: Any, dynamic: bool | None = False, what: str = "transformer") -> Any:
+    """``torch.compile(module)`` for the training steps (it shares the module's parameters, so the optimizer and the
+    EMA see every update). A run on the device machine is time-boxed: if a compiled call fails (compile errors
+    surface at a shape's first call), that is logged and training goes on eager rather than losing the run; an error
+    that is not the compiler's recurs in the eager call and stops the run as it would have. ``dynamic`` None lets a
+    dimension that changes between calls (the text encoder's prompt length) compile once as dynamic."""
+    compiled: Any = torch.compile(module, dynamic=dynamic)
 
     def forward(*args: Any, **kwargs: Any) -> Any:
         nonlocal compiled
@@ -571,11 +585,37 @@ def compiled_forward(transformer: torch.nn.Module) -> Any:
             try:
                 return compiled(*args, **kwargs)
             except Exception as error:
-                log(f"torch.compile failed ({error_line(error)}): training goes on without it")
+                log(f"torch.compile of the {what} failed ({error_line(error)}): training goes on without it")
                 compiled = None
-        return transformer(*args, **kwargs)
+        return module(*args, **kwargs)
 
     return forward
+
+
+# Under --compile, what else compiles besides the transformer, by device. On an H100 (benchmarks/results/
+# mini-train-step-* and mini-encode-*): the text encoder 76.1 -> 62.1 ms a mini step, 120.8 -> 117.4 at mini-large;
+# the VAE encoder's fresh clips 1.9x (64 mini clips 135.6 -> 71.1 ms, 8 mini-large clips 129.3 -> 69.6). On the CPU
+# Inductor's C++ build of the encoder's ~50 graphs would cost minutes for nothing a CPU run needs.
+EXTRA_COMPILED = {"cuda": ("text_encoder", "vae_encoder"), "cpu": ()}
+VAE_ENCODER_RECOMPILES = 256  # each causal conv runs one code object at its own shapes, with and without cached frames
+
+
+def compile_extras(device: str, vae: Any, text_encoder: torch.nn.Module) -> tuple[Any, Any]:
+    """``--compile``'s other parts on ``device`` (:data:`EXTRA_COMPILED`), for the compiled phases' steps: the text
+    encoder's callable (compiled, else the module) and a compiled stand-in for the VAE encoder's forward to pass to
+    :func:`encode_video` (else None). Only the steps' fresh clips use it, at two shapes (``mini`` and
+    ``mini-large``'s encode-every batches): each new batch shape compiles the encoder's graphs again (~35 s on an
+    H100), so the once-per-phase text probes and the pools' first fills stay eager. The VAE is frozen by then, so
+    the compiled encoder's latents are the eager ones up to bf16 rounding."""
+    extras = EXTRA_COMPILED.get(torch.device(device).type, ())
+    encoder = None
+    if "vae_encoder" in extras:
+        config = torch._dynamo.config
+        config.recompile_limit = max(config.recompile_limit, VAE_ENCODER_RECOMPILES)
+        config.accumulated_recompile_limit = max(config.accumulated_recompile_limit, 16 * VAE_ENCODER_RECOMPILES)
+        encoder = compiled_forward(vae.encoder.forward, what="VAE encoder")
+    text = compiled_forward(text_encoder, None, "text encoder") if "text_encoder" in extras else text_encoder
+    return text, encoder
 
 
 def init_from(folder: Path, components: dict, names: tuple[str, ...] = ("vae", "transformer", "text_encoder")) -> None:
@@ -782,6 +822,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.training_attention and not grounding:  # grounding installs its own recording processors
         use_training_attention(transformer)
     forward = compiled_forward(transformer) if args.compile and not grounding else transformer
+    text_forward, vae_encoder = (compile_extras(device, vae, text_encoder) if args.compile and not grounding
+                                 else (text_encoder, None))
     window = torch.zeros(2, device=device)
     phases = phases_of(args)
     for key, value in (("phase", 0), ("global_step", state["step"]), ("phases", [])):  # older checkpoints: one phase
@@ -802,6 +844,7 @@ def main(argv: list[str] | None = None) -> int:
             opt = transformer_optimizer(params, args.lr)
             state["ema_from"], resumed_at = state["global_step"], None
         model = forward if phase.compile else transformer  # the phase's own choice under --compile
+        text_model, encoder = (text_forward, vae_encoder) if phase.compile else (text_encoder, None)
         if len(phases) > 1:
             log(f"phase {phase.name} ({state['phase'] + 1}/{len(phases)}): {tokens_per_call(*args.mini_shape)} "
                 f"tokens x {args.batch}, shift {args.flow_shift:g}, every {args.large_every or '-'} step mini-large "
@@ -827,14 +870,14 @@ def main(argv: list[str] | None = None) -> int:
             shape, batch = (args.large_shape, args.large_batch) if large else (args.mini_shape, args.batch)
             clock.start(step, "mini-large" if large else "mini")
             z0, prompts, weight, regions = draw_batch(pools["large" if large else "mini"], batch, shape, vae, mean,
-                                                      std, args, rng, clock, grounding)
+                                                      std, args, rng, clock, grounding, encoder)
             noise = torch.randn(z0.shape, generator=gen, device=device)
             shift = args.large_flow_shift if large else args.flow_shift
             sigma = flow_sigmas(batch, gen, device, args.sigma_sampling, shift).view(-1, 1, 1, 1, 1)
             zt = (1 - sigma) * z0 + sigma * noise
             with torch.autocast("cuda", dtype=torch.bfloat16, enabled=device.startswith("cuda")), \
                     (CrossAttentionMaps(transformer) if grounding else contextlib.nullcontext()) as maps:
-                text = encode_prompts(text_encoder, prompts, device, args.text_len)  # = pipe.encode_prompt, faster
+                text = encode_prompts(text_model, prompts, device, args.text_len)  # = pipe.encode_prompt, faster
                 pred = model(zt, timestep=sigma.view(-1) * 1000, encoder_hidden_states=text, return_dict=False)[0]
             loss = flow_loss(pred.float(), noise - z0, weight)
             if grounding:
