@@ -10,7 +10,7 @@
 # device returns at most 8 files).
 # Usage (repo root): LIMIT=540 bash benchmarks/train_mini_recipe_gpu.sh [FOLDER_WITH_CKPT_PARTS]
 # (RECIPE=FILE|NAME, default grow; TRAIN_ARGS="..." replaces the default "--compile --latent-reuse 4 --encode-every 8";
-#  PM=0 skips the checks)
+#  PM=0 skips the checks, PM=mini or PM=large runs only that preset's: `mini` can be scored on a CPU instead, ~55 min)
 set -u
 OUT=${OUT:-/tmp/out}
 mkdir -p "$OUT" /tmp/recipe-run
@@ -43,10 +43,14 @@ fi
 cp /tmp/recipe-run/mini/training.json "$OUT/training.json"
 tar -C /tmp/recipe-run -cf - mini | split -b 15M - "$OUT/mini.tar.part-"
 mkdir -p /tmp/recipe-run/checks
-if [ "${PM:-1}" != 0 ]; then
-  echo "=== prompt_match ($(date +%T))"
+PM=${PM:-1}
+if [ "$PM" = 1 ] || [ "$PM" = mini ]; then
+  echo "=== prompt_match mini ($(date +%T))"
   XVID_MINI_WEIGHTS=/tmp/recipe-run/mini timeout 150 python3 benchmarks/mini_prompt_match.py --model mini --pairs 32 \
     --guidance 1 --why --out-dir /tmp/recipe-run/checks --name pm-mini 2>&1 | grep -v Warn | tail -9
+fi
+if [ "$PM" = 1 ] || [ "$PM" = large ]; then
+  echo "=== prompt_match mini-large ($(date +%T))"
   XVID_MINI_WEIGHTS=/tmp/recipe-run/mini timeout 200 python3 benchmarks/mini_prompt_match.py --model mini-large \
     --pairs 32 --guidance 1 --why --out-dir /tmp/recipe-run/checks --name pm-large 2>&1 | grep -v Warn | tail -8
 fi
