@@ -20,9 +20,11 @@ batches of training prompts (so the text encoder's length varies as in training)
   compare).
 
 ``--encode`` times instead the VAE encoding of fresh clips (``mini.train.encode_video``: --encode-every's grouped
-call, 64 clips at ``mini``, 8 at ``mini-large``, and half and double those) as ``eager``, as ``compile`` (the VAE's
-encoder through ``torch.compile``) and as ``graph`` (the whole call captured once per batch size in a CUDA graph and
-replayed: the causal encoder walks the 33 frames in 9 chunks, many small launches), checking each against eager.
+call, 64 clips at ``mini``, 8 at ``mini-large``, and half and double those, or ``--encode-batches``) as ``eager``,
+as ``compile`` (the VAE's encoder through ``torch.compile`` with dynamo's recompile limit raised, as
+``mini.train --compile`` does on CUDA) and as ``graph`` (the whole call captured once per batch size in a CUDA graph
+and replayed, in case the causal encoder's 9 chunks of frames were bound by launches: on an H100 they are not),
+checking each against eager. Writes ``mini-encode-<gpu>.md``.
 
 Also profiles a few ``compile`` steps at each shape: the sum of the GPU kernels' times against the wall time says
 whether the step is bound by launches (the GPU idles between kernels) or by the kernels themselves. Writes
